@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds everything `bin/patu` needs from source:
+#   1. eBPF objects: every bpf/*.c -> build/bpf/<name>.o (clang -target bpf)
+#   2. TypeScript: src/, test/, bench/ -> dist/ (tsc, strict; fails on type errors)
+#   3. the CNI fast path bundle: dist/cni.mjs (esbuild, one file, loads fast)
+# Objects are build outputs; nothing here is committed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLANG=${CLANG:-$(command -v clang-16 || command -v clang || true)}
+if [[ -z "$CLANG" ]]; then
+  echo "build: clang not found (apt-get install clang-16), needed to compile bpf/*.c" >&2
+  exit 1
+fi
+
+mkdir -p build/bpf
+shopt -s nullglob
+for src in bpf/*.c; do
+  obj="build/bpf/$(basename "${src%.c}").o"
+  if [[ "$obj" -nt "$src" && -z "$(find bpf/include -newer "$obj" -print -quit 2>/dev/null)" ]]; then
+    continue
+  fi
+  "$CLANG" -target bpf -O2 -g -Wall -Werror \
+    -I bpf/include -I/usr/include/x86_64-linux-gnu \
+    -c "$src" -o "$obj"
+done
+
+npx --no-install tsc -p tsconfig.json
+
+# The CNI plugin path is started once per pod event: one bundled file avoids
+# resolving dozens of modules on every start (measured ~40 ms saved with zod).
+if [[ -f src/cni/main.ts ]]; then
+  npx --no-install esbuild src/cni/main.ts --bundle --platform=node --format=esm \
+    --target=node20 --external:koffi --outfile=dist/cni.mjs --log-level=warning \
+    --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
+fi

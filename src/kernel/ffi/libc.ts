@@ -1,0 +1,108 @@
+// The one place patu binds libc through koffi. Everything that needs a raw
+// syscall (netlink sockets, setns, flock) goes through these typed wrappers,
+// which turn a -1 return into a SysError naming the call and errno.
+import koffi from 'koffi';
+import { constants as osConstants } from 'node:os';
+
+const lib = koffi.load('libc.so.6');
+
+const errnoNames: Record<number, string> = Object.fromEntries(
+  Object.entries(osConstants.errno).map(([name, num]) => [num, name]),
+);
+
+/** A failed system call: carries errno and its symbolic name (EEXIST, ENOENT, ...). */
+export class SysError extends Error {
+  readonly errno: number;
+  readonly code: string;
+  readonly syscall: string;
+  constructor(syscall: string, errno: number, detail?: string) {
+    const code = errnoNames[errno] ?? `E${errno}`;
+    super(`${syscall}${detail ? ` (${detail})` : ''}: ${code} (errno ${errno})`);
+    this.name = 'SysError';
+    this.errno = errno;
+    this.code = code;
+    this.syscall = syscall;
+  }
+}
+
+export const errno = (): number => koffi.errno();
+
+const raw = {
+  socket: lib.func('int socket(int domain, int type, int protocol)'),
+  bind: lib.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
+  sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)'),
+  recv: lib.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)'),
+  setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
+  close: lib.func('int close(int fd)'),
+  open: lib.func('int open(const char *path, int flags, int mode)'),
+  setns: lib.func('int setns(int fd, int nstype)'),
+  unshare: lib.func('int unshare(int flags)'),
+  flock: lib.func('int flock(int fd, int op)'),
+  mount: lib.func('int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)'),
+  umount2: lib.func('int umount2(const char *target, int flags)'),
+  gettid: lib.func('int gettid()'),
+};
+
+function check(name: string, rc: number | bigint, detail?: string): number {
+  const n = Number(rc);
+  if (n < 0) throw new SysError(name, koffi.errno(), detail);
+  return n;
+}
+
+export const AF_NETLINK = 16;
+export const SOCK_RAW = 3;
+export const SOCK_CLOEXEC = 0o2000000;
+export const O_RDONLY = 0;
+export const O_RDWR = 2;
+export const O_CREAT = 0o100;
+export const O_CLOEXEC = 0o2000000;
+export const CLONE_NEWNET = 0x40000000;
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+export const SOL_SOCKET = 1;
+export const SOL_NETLINK = 270;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const NETLINK_EXT_ACK = 11;
+export const NETLINK_GET_STRICT_CHK = 12;
+export const MS_BIND = 4096;
+export const MNT_DETACH = 2;
+
+export const socket = (domain: number, type: number, protocol: number): number =>
+  check('socket', raw.socket(domain, type, protocol));
+export const bind = (fd: number, addr: Buffer): void => {
+  check('bind', raw.bind(fd, addr, addr.length));
+};
+export const sendto = (fd: number, buf: Buffer, addr: Buffer | null): number =>
+  check('sendto', raw.sendto(fd, buf, buf.length, 0, addr, addr ? addr.length : 0));
+/** Receives into buf, returns the byte count. */
+export const recv = (fd: number, buf: Buffer, flags = 0): number =>
+  check('recv', raw.recv(fd, buf, buf.length, flags));
+export const setsockoptInt = (fd: number, level: number, name: number, value: number): void => {
+  const v = Buffer.alloc(4);
+  v.writeInt32LE(value);
+  check('setsockopt', raw.setsockopt(fd, level, name, v, 4));
+};
+export const close = (fd: number): void => {
+  raw.close(fd);
+};
+export const open = (path: string, flags: number, mode = 0o644): number =>
+  check('open', raw.open(path, flags | O_CLOEXEC, mode), path);
+export const setns = (fd: number, nstype: number): void => {
+  check('setns', raw.setns(fd, nstype));
+};
+export const unshare = (flags: number): void => {
+  check('unshare', raw.unshare(flags));
+};
+export const flock = (fd: number, op: number, what?: string): void => {
+  check('flock', raw.flock(fd, op), what);
+};
+export const mount = (src: string, target: string, fstype: string | null, flags: number): void => {
+  check('mount', raw.mount(src, target, fstype, flags, null), target);
+};
+export const umount2 = (target: string, flags: number): void => {
+  check('umount2', raw.umount2(target, flags), target);
+};
+export const gettid = (): number => raw.gettid() as number;
