@@ -3,6 +3,8 @@
 #   1. eBPF objects: every bpf/*.c -> build/bpf/<name>.o (clang -target bpf)
 #   2. TypeScript: src/, test/, bench/ -> dist/ (tsc, strict; fails on type errors)
 #   3. the CNI fast path bundle: dist/cni.mjs (esbuild, one file, loads fast)
+#   4. bin/patu: the small C launcher (src/launcher/patu.c) that hands CNI requests to
+#      a running agent, or runs the Node plugin/CLI itself
 # Objects are build outputs; nothing here is committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,3 +36,10 @@ if [[ -f src/cni/main.ts ]]; then
     --target=node20 --external:koffi --outfile=dist/cni.mjs --log-level=warning \
     --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
 fi
+
+CC=${CC:-$(command -v cc || command -v gcc || echo "$CLANG")}
+NODE_BIN=$(command -v node)
+mkdir -p bin
+"$CC" -O2 -Wall -Wextra -Werror -DPATU_NODE="\"$NODE_BIN\"" -DPATU_HOME="\"$PWD\"" \
+  -o bin/patu.tmp src/launcher/patu.c
+mv -f bin/patu.tmp bin/patu

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian 12 machine (as root) to build, run and test patu:
+# Debian packages, node modules, the build. Safe to re-run: it installs only what
+# is missing and rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What each package is for:
+#   clang-16 llvm-16 libbpf-dev   compile bpf/*.c (libbpf headers) ; libbpf1 is loaded at run time via koffi
+#   bpftool                       only for people inspecting a node (bpftool prog list | grep patu_)
+#   iproute2 nftables iptables    masquerade (nft) and test oracles (ip); iptables for the service benchmark
+#   iperf3 sockperf               benchmarks and the demo
+#   busybox-static                a tiny userland for test containers and pods
+#   containernetworking-plugins   the reference bridge/host-local/portmap/bandwidth plugins (tests, bench)
+#   podman runc                   a real CNI client for the end-to-end test
+PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables iptables iperf3 sockperf
+  busybox-static containernetworking-plugins podman runc iputils-ping procps kmod)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup: run as root (patu programs the kernel: netlink, eBPF, netns)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+bash scripts/build.sh

@@ -1,0 +1,66 @@
+// The agent's CNI endpoint: bin/patu forwards each CNI invocation here over a unix
+// socket so a pod event does not pay for a Node start. The request is handled by the
+// very same runPlugin() the standalone plugin process uses; IPAM's file lock keeps
+// agent-served and process-served requests safe from each other.
+//
+// Wire protocol (see src/launcher/patu.c): request = "KEY=VALUE\n" lines for the CNI_*
+// environment, an empty line, then the raw stdin bytes, then EOF; response =
+// "<exit code>\n" then the plugin's stdout, then EOF.
+import { createServer, type Server, type Socket } from 'node:net';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { runPlugin, type PluginOutcome } from '../cni/plugin.js';
+
+export interface CniRequest {
+  env: Record<string, string>;
+  stdin: string;
+}
+
+export function decodeRequest(bytes: Buffer): CniRequest {
+  const text = bytes.toString('utf8');
+  const end = text.indexOf('\n\n');
+  const header = end < 0 ? text : text.slice(0, end);
+  const env: Record<string, string> = {};
+  for (const line of header.split('\n')) {
+    const eq = line.indexOf('=');
+    // Only CNI_* variables cross the socket: nothing else of the caller's environment
+    // may steer the agent.
+    if (eq > 0 && line.startsWith('CNI_')) env[line.slice(0, eq)] = line.slice(eq + 1);
+  }
+  return { env, stdin: end < 0 ? '' : text.slice(end + 2) };
+}
+
+export const encodeResponse = (o: PluginOutcome): string => `${o.exitCode}\n${o.stdout}`;
+
+export interface CniServerOptions {
+  socketPath: string;
+  /** Called after each request, for logs and metrics. */
+  onRequest?: (req: CniRequest, outcome: PluginOutcome, millis: number) => void;
+}
+
+export function startCniServer(opts: CniServerOptions): Promise<Server> {
+  mkdirSync(dirname(opts.socketPath), { recursive: true, mode: 0o700 });
+  rmSync(opts.socketPath, { force: true }); // a socket file left by a previous agent
+  const server = createServer((sock: Socket) => {
+    const chunks: Buffer[] = [];
+    sock.on('data', (c: Buffer) => chunks.push(c));
+    sock.on('error', () => sock.destroy());
+    sock.on('end', () => {
+      const started = performance.now();
+      const req = decodeRequest(Buffer.concat(chunks));
+      // Handled synchronously, one at a time: netns switching is per thread and the
+      // kernel work is short; concurrent runtimes simply queue here.
+      const outcome = runPlugin(req.env, req.stdin);
+      sock.end(encodeResponse(outcome));
+      opts.onRequest?.(req, outcome, performance.now() - started);
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.socketPath, () => {
+      // Root only: whoever can talk to this socket can create and delete pod networking.
+      chmodSync(opts.socketPath, 0o600);
+      resolve(server);
+    });
+  });
+}

@@ -1,0 +1,69 @@
+// The patu command line. Each subcommand loads its module only when it runs, so
+// `patu --help` and quick commands stay quick.
+import { Command, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { DEFAULTS } from '../cni/netconf.js';
+
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8'));
+  return String(pkg.version);
+}
+
+export function buildProgram(): Command {
+  const program = new Command('patu')
+    .description(
+      'Lightweight eBPF networking for Kubernetes at the edge.\n\n' +
+        'As a CNI plugin (CNI_COMMAND set) patu gives each pod a veth on a host bridge, an address\n' +
+        'from its own IPAM, routes and masquerade. As a CLI it shows and steers what it manages.',
+    )
+    .version(packageVersion(), '-V, --version')
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText(
+      'after',
+      '\nExamples:\n' +
+        '  patu demo                 build a small edge node from namespaces, send traffic, measure, clean up\n' +
+        '  patu status               programs, maps, pins and pods that patu manages\n' +
+        '  patu status --json        the same, for scripts\n' +
+        '  patu accel status         socket acceleration state and accelerated sockets\n' +
+        '  patu services apply f.yaml  program ClusterIP services from a file once\n',
+    );
+
+  const pinRoot = new Option('--pin-root <dir>', 'bpffs directory holding patu pins').default(DEFAULTS.pinRoot);
+  const dataDir = new Option('--data-dir <dir>', 'IPAM state directory').default(DEFAULTS.dataDir);
+  const bridge = new Option('--bridge <name>', 'host bridge of the patu network').default(DEFAULTS.bridge);
+
+  program
+    .command('status')
+    .description('show the eBPF programs, maps, pins and pods that patu manages')
+    .option('--json', 'print JSON instead of tables')
+    .addOption(pinRoot)
+    .addOption(dataDir)
+    .addOption(bridge)
+    .action(async (opts) => {
+      const { statusCommand } = await import('./status.js');
+      await statusCommand(opts);
+    });
+
+  program
+    .command('demo')
+    .description('build a small edge node out of network namespaces with the patu CNI, send traffic, print what it measured, clean up')
+    .option('--keep', 'leave the demo namespaces running for a look around (clean up later with `patu demo --cleanup`)')
+    .option('--cleanup', 'remove what an earlier `patu demo --keep` left')
+    .option('--json', 'print the measurements as JSON at the end')
+    .action(async (opts) => {
+      const { demoCommand } = await import('./demo.js');
+      await demoCommand(opts);
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    process.stderr.write(`patu: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,94 @@
+// ADD: address from IPAM, bridge and veth, addresses and routes in the pod, then
+// (optionally) registration for socket acceleration. Any failure rolls back what
+// this call did, so a failed ADD leaves no address, link or route behind.
+import type { CniEnv } from '../env.js';
+import type { NetConf } from '../netconf.js';
+import type { CniResult } from '../spec.js';
+import { toCniError } from '../errors.js';
+import { ipamFor } from '../ipam.js';
+import { Rtnl } from '../../kernel/netlink/rtnl.js';
+import { attachPod, detachPod, ensureBridge } from '../../dataplane/bridge.js';
+import { ensureMasquerade } from '../../dataplane/masquerade.js';
+import { hostVethName } from '../../dataplane/names.js';
+import { registerPodForAccel } from '../accel-registry.js';
+
+export function cmdAdd(env: CniEnv, conf: NetConf): CniResult {
+  const ipam = ipamFor(conf);
+  const allocations = (() => {
+    try {
+      return ipam.allocate(env.containerId, env.ifname, conf.requestedIps);
+    } catch (err) {
+      throw toCniError(err, 'allocating an address');
+    }
+  })();
+
+  const hostVeth = hostVethName(env.containerId, env.ifname);
+  const host = Rtnl.open();
+  let vethCreated = false;
+  try {
+    const { link: bridge, created } = ensureBridge(host, {
+      name: conf.bridge,
+      mtu: conf.mtu,
+      gateways: allocations.filter((a) => a.gateway).map((a) => ({
+        cidr: `${a.gateway}/${a.prefixLen}`,
+        family: a.family,
+      })),
+    });
+    if (created && conf.masquerade) ensureMasquerade(conf.bridge, ipam.subnets(), conf.clusterCIDR);
+
+    vethCreated = true;
+    const attached = attachPod(host, {
+      hostVeth,
+      ifname: env.ifname,
+      netnsPath: env.netns,
+      bridgeIndex: bridge.index,
+      mtu: conf.mtu,
+      hairpin: conf.hairpin,
+      addresses: allocations.map((a) => ({
+        cidr: a.address,
+        family: a.family,
+        ...(a.gateway ? { gateway: a.gateway } : {}),
+      })),
+      routes: ipam.routes(),
+    });
+
+    const accelOn = conf.accel && env.args.PATU_ACCEL !== 'off';
+    registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn });
+
+    return {
+      cniVersion: conf.cniVersion,
+      interfaces: [
+        { name: conf.bridge, mac: bridge.mac },
+        { name: hostVeth, mac: attached.hostMac },
+        { name: env.ifname, mac: attached.podMac, sandbox: env.netns },
+      ],
+      ips: allocations.map((a) => ({
+        address: a.address,
+        interface: 2,
+        ...(a.gateway ? { gateway: a.gateway } : {}),
+      })),
+      routes: [
+        ...allocations.filter((a) => a.gateway).map((a) => ({ dst: a.family === 4 ? '0.0.0.0/0' : '::/0', gw: a.gateway! })),
+        ...ipam.routes().filter((r) => r.dst !== '0.0.0.0/0' && r.dst !== '::/0'),
+      ],
+      dns: {},
+    };
+  } catch (err) {
+    // Roll back in reverse order; a rollback failure must not hide the cause.
+    if (vethCreated) {
+      try {
+        detachPod(host, hostVeth);
+      } catch {
+        /* best effort: GC removes what is left */
+      }
+    }
+    try {
+      ipam.release(env.containerId, env.ifname);
+    } catch {
+      /* best effort: GC releases what is left */
+    }
+    throw toCniError(err, `setting up ${env.ifname} in ${env.netns}`);
+  } finally {
+    host.close();
+  }
+}

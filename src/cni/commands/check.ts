@@ -1,0 +1,63 @@
+// CHECK: compares the attachment with what ADD reported (prevResult) and with
+// patu's own state (IPAM records), and fails naming the first thing that differs.
+import type { CniEnv } from '../env.js';
+import type { NetConf } from '../netconf.js';
+import { CniCode, CniError, invalidConfig, toCniError } from '../errors.js';
+import { ipamFor } from '../ipam.js';
+import { Rtnl } from '../../kernel/netlink/rtnl.js';
+import { hostVethName } from '../../dataplane/names.js';
+
+const fail = (what: string): CniError => new CniError(CniCode.CheckFailed, `CHECK failed: ${what}`);
+
+export function cmdCheck(env: CniEnv, conf: NetConf): void {
+  const prev = conf.prevResult;
+  if (!prev) throw invalidConfig('prevResult', 'CHECK needs the result of the preceding ADD');
+  const expected = (prev.ips ?? []).map((ip) => ip.address);
+
+  let held: string[];
+  try {
+    held = ipamFor(conf).addressesOf(env.containerId, env.ifname);
+  } catch (err) {
+    throw toCniError(err, 'reading IPAM state');
+  }
+  for (const cidr of expected) {
+    if (!held.includes(cidr.split('/')[0]!)) throw fail(`address ${cidr} is no longer reserved for ${env.containerId}/${env.ifname}`);
+  }
+
+  const host = Rtnl.open();
+  try {
+    const bridge = host.linkByName(conf.bridge);
+    if (!bridge) throw fail(`bridge '${conf.bridge}' is missing`);
+    const vethName = hostVethName(env.containerId, env.ifname);
+    const veth = host.linkByName(vethName);
+    if (!veth) throw fail(`host veth '${vethName}' is missing`);
+    if (veth.masterIndex !== bridge.index) throw fail(`host veth '${vethName}' is not attached to bridge '${conf.bridge}'`);
+    if (!veth.up) throw fail(`host veth '${vethName}' is down`);
+  } finally {
+    host.close();
+  }
+
+  let pod: Rtnl;
+  try {
+    pod = Rtnl.openInNetns(env.netns);
+  } catch (err) {
+    throw fail(`cannot enter netns ${env.netns}: ${(err as Error).message}`);
+  }
+  try {
+    const link = pod.linkByName(env.ifname);
+    if (!link) throw fail(`interface '${env.ifname}' is missing in ${env.netns}`);
+    if (!link.up) throw fail(`interface '${env.ifname}' in ${env.netns} is down`);
+    const have = new Set(pod.listAddresses(link.index).map((a) => `${a.address}/${a.prefixLen}`));
+    for (const cidr of expected) {
+      if (!have.has(cidr)) throw fail(`address ${cidr} is missing on '${env.ifname}' in ${env.netns}`);
+    }
+    const routes = pod.listRoutes({});
+    for (const ip of prev.ips ?? []) {
+      if (!ip.gateway) continue;
+      const ok = routes.some((r) => r.dst === 'default' && r.gateway === ip.gateway);
+      if (!ok) throw fail(`default route via ${ip.gateway} is missing in ${env.netns}`);
+    }
+  } finally {
+    pod.close();
+  }
+}

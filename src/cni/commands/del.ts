@@ -1,0 +1,30 @@
+// DEL: idempotent and forgiving. It succeeds for containers patu never saw, for a
+// netns that is already gone, and when called twice.
+import type { CniEnv } from '../env.js';
+import type { NetConf } from '../netconf.js';
+import { toCniError } from '../errors.js';
+import { ipamFor } from '../ipam.js';
+import { Rtnl } from '../../kernel/netlink/rtnl.js';
+import { detachPod } from '../../dataplane/bridge.js';
+import { hostVethName } from '../../dataplane/names.js';
+import { unregisterPodFromAccel } from '../accel-registry.js';
+
+export function cmdDel(env: CniEnv, conf: NetConf): void {
+  const ipam = ipamFor(conf);
+  // The host veth is deleted by us rather than left to the netns teardown, which
+  // the kernel does asynchronously (PLATFORM.md): the next ADD may reuse the name.
+  const host = Rtnl.open();
+  try {
+    detachPod(host, hostVethName(env.containerId, env.ifname));
+  } catch (err) {
+    throw toCniError(err, `removing the veth of ${env.containerId}/${env.ifname}`);
+  } finally {
+    host.close();
+  }
+  try {
+    const released = ipam.release(env.containerId, env.ifname);
+    unregisterPodFromAccel(conf, released);
+  } catch (err) {
+    throw toCniError(err, `releasing the addresses of ${env.containerId}/${env.ifname}`);
+  }
+}

@@ -1,0 +1,37 @@
+// GC (spec 1.1): the runtime lists every attachment that is still valid; patu
+// releases addresses and removes veths that belong to none of them. This is what
+// cleans up after an ADD that was killed half-way.
+import type { NetConf } from '../netconf.js';
+import { invalidConfig, toCniError } from '../errors.js';
+import { ipamFor } from '../ipam.js';
+import { Rtnl } from '../../kernel/netlink/rtnl.js';
+import { detachPod } from '../../dataplane/bridge.js';
+import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
+import { unregisterPodFromAccel } from '../accel-registry.js';
+
+export function cmdGc(conf: NetConf): void {
+  const valid = conf.validAttachments;
+  if (!valid) throw invalidConfig('cni.dev/valid-attachments', 'GC needs the list of valid attachments');
+  try {
+    const released = ipamFor(conf).gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
+    unregisterPodFromAccel(conf, released);
+  } catch (err) {
+    throw toCniError(err, 'releasing stale addresses');
+  }
+
+  const keep = new Set(valid.map((v) => hostVethName(v.containerID, v.ifname)));
+  const host = Rtnl.open();
+  try {
+    const bridge = host.linkByName(conf.bridge);
+    if (!bridge) return;
+    for (const link of host.listLinks()) {
+      if (link.masterIndex === bridge.index && isPatuVethName(link.name) && !keep.has(link.name)) {
+        detachPod(host, link.name);
+      }
+    }
+  } catch (err) {
+    throw toCniError(err, 'removing stale veths');
+  } finally {
+    host.close();
+  }
+}

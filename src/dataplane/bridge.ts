@@ -1,0 +1,150 @@
+// Bridge mode, the default data path: one host bridge per network whose address is
+// the pods' gateway, and a veth per pod with one end on the bridge and the other,
+// named CNI_IFNAME, inside the pod.
+//
+//   pod netns: eth0 10.200.0.5/24, default via 10.200.0.1
+//        |  veth pair
+//   host:    patu<hash> --master--> patu0 10.200.0.1/24 --(routing, masquerade)--> world
+import { Rtnl, type LinkInfo } from '../kernel/netlink/rtnl.js';
+import { SysError, open, close, O_RDONLY } from '../kernel/ffi/libc.js';
+import { readSysctl, writeSysctl } from '../kernel/sysctl.js';
+import { withNetns } from '../kernel/netns.js';
+
+export interface GatewayAddress {
+  /** The gateway with the subnet's prefix, e.g. 10.200.0.1/24: the bridge's address. */
+  cidr: string;
+  family: 4 | 6;
+}
+
+export interface BridgeSpec {
+  name: string;
+  mtu: number;
+  gateways: GatewayAddress[];
+}
+
+export interface EnsuredBridge {
+  link: LinkInfo;
+  /** True when this call created the bridge: the caller sets up node-wide things once. */
+  created: boolean;
+}
+
+const isErrno = (err: unknown, code: string): boolean => err instanceof SysError && err.code === code;
+
+/** Creates the bridge if needed and makes sure it carries every gateway address and is up. */
+export function ensureBridge(rtnl: Rtnl, spec: BridgeSpec): EnsuredBridge {
+  let link = rtnl.linkByName(spec.name);
+  let created = false;
+  if (!link) {
+    try {
+      rtnl.createBridge(spec.name, { mtu: spec.mtu });
+      created = true;
+    } catch (err) {
+      // Another ADD may have created it between our lookup and create.
+      if (!isErrno(err, 'EEXIST')) throw err;
+    }
+    link = rtnl.linkByName(spec.name);
+    if (!link) throw new Error(`bridge '${spec.name}' vanished right after it was created`);
+  }
+  if (link.kind !== undefined && link.kind !== 'bridge') {
+    throw new Error(`link '${spec.name}' exists but is a '${link.kind}', not a bridge`);
+  }
+  const have = new Set(rtnl.listAddresses(link.index).map((a) => `${a.address}/${a.prefixLen}`));
+  for (const gw of spec.gateways) {
+    if (have.has(gw.cidr)) continue;
+    try {
+      rtnl.addAddress(link.index, gw.cidr);
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw err;
+    }
+  }
+  if (!link.up) rtnl.setUp(link.index);
+  ensureForwarding(spec.gateways);
+  return { link, created };
+}
+
+function ensureForwarding(gateways: GatewayAddress[]): void {
+  const keys = ['net.ipv4.ip_forward'];
+  if (gateways.some((g) => g.family === 6)) keys.push('net.ipv6.conf.all.forwarding');
+  for (const key of keys) if (readSysctl(key).trim() !== '1') writeSysctl(key, '1');
+}
+
+export interface PodSpec {
+  hostVeth: string;
+  ifname: string;
+  netnsPath: string;
+  bridgeIndex: number;
+  mtu: number;
+  hairpin: boolean;
+  /** Addresses with prefix, e.g. 10.200.0.5/24, and the gateway of each. */
+  addresses: { cidr: string; gateway?: string; family: 4 | 6 }[];
+  /** Extra routes from the IPAM config; a default route via each family's gateway is always added. */
+  routes: { dst: string; gw?: string }[];
+}
+
+export interface AttachedPod {
+  hostMac: string;
+  podMac: string;
+  podIndex: number;
+}
+
+/**
+ * Wires one pod: veth created with its peer directly inside the pod netns (no move
+ * step), host end on the bridge, addresses and routes inside the pod.
+ */
+export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
+  const stale = host.linkByName(spec.hostVeth);
+  // A previous ADD that was killed half-way leaves its veth behind: start clean.
+  if (stale) host.deleteLink(stale.index);
+
+  const nsFd = open(spec.netnsPath, O_RDONLY);
+  try {
+    host.createVeth(spec.hostVeth, spec.ifname, { mtu: spec.mtu, peerNetnsFd: nsFd });
+  } finally {
+    close(nsFd);
+  }
+  const hostLink = host.linkByName(spec.hostVeth);
+  if (!hostLink) throw new Error(`veth '${spec.hostVeth}' not found right after it was created`);
+  host.setMaster(hostLink.index, spec.bridgeIndex);
+  if (spec.hairpin) host.setHairpin(hostLink.index, true);
+  host.setUp(hostLink.index);
+
+  const pod = Rtnl.openInNetns(spec.netnsPath);
+  try {
+    const podLink = pod.linkByName(spec.ifname);
+    if (!podLink) throw new Error(`interface '${spec.ifname}' not found in ${spec.netnsPath} after veth creation`);
+    if (spec.addresses.some((a) => a.family === 6)) {
+      // Pods get their IPv6 address statically: duplicate address detection would
+      // only delay it, and router advertisements are not how patu routes.
+      withNetns(spec.netnsPath, () => writeSysctl(`net.ipv6.conf.${spec.ifname}.accept_ra`, '0'));
+    }
+    for (const a of spec.addresses) pod.addAddress(podLink.index, a.cidr);
+    pod.setUp(podLink.index);
+    const lo = pod.linkByName('lo');
+    if (lo && !lo.up) pod.setUp(lo.index);
+    for (const a of spec.addresses) {
+      if (a.gateway) pod.addRoute({ dst: 'default', gateway: a.gateway, oif: podLink.index });
+    }
+    for (const r of spec.routes) {
+      if (r.dst === '0.0.0.0/0' || r.dst === '::/0') continue; // the default route above covers it
+      const family = r.dst.includes(':') ? 6 : 4;
+      const gw = r.gw ?? spec.addresses.find((a) => a.family === family)?.gateway;
+      pod.addRoute({ dst: r.dst, oif: podLink.index, ...(gw ? { gateway: gw } : {}) });
+    }
+    return { hostMac: hostLink.mac, podMac: podLink.mac, podIndex: podLink.index };
+  } finally {
+    pod.close();
+  }
+}
+
+/** Removes a pod's veth (its peer goes with it). True when there was one. */
+export function detachPod(host: Rtnl, hostVeth: string): boolean {
+  const link = host.linkByName(hostVeth);
+  if (!link) return false;
+  try {
+    host.deleteLink(link.index);
+  } catch (err) {
+    if (isErrno(err, 'ENODEV')) return false; // deleted concurrently (its netns went away)
+    throw err;
+  }
+  return true;
+}

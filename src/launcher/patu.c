@@ -1,0 +1,192 @@
+/*
+ * bin/patu: patu's one executable, a small launcher in front of the Node code.
+ *
+ * Why C: a CNI plugin process is started for every pod event, and a bare Node start
+ * costs ~30-60 ms here, while the reference bridge plugin finishes a whole ADD in
+ * ~15 ms. So when CNI_COMMAND is set and the patu agent is running, this launcher
+ * hands the request (CNI_* environment + stdin) to the agent over a unix socket and
+ * prints its answer: no Node start at all. When the agent is not running (or dies
+ * mid-request) it runs the plugin itself in Node, which does the same work and is
+ * just slower. Without CNI_COMMAND it is the `patu` CLI: it execs Node straight away.
+ *
+ * Wire protocol (one request per connection):
+ *   request:  "KEY=VALUE\n" for every CNI_* variable, "\n", then the raw stdin bytes; EOF (shutdown SHUT_WR)
+ *   response: "<exit code>\n" then the plugin's stdout bytes; EOF
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#ifndef PATU_NODE
+#define PATU_NODE "/usr/bin/node"
+#endif
+#ifndef PATU_HOME
+#define PATU_HOME "/usr/lib/patu"
+#endif
+#define DEFAULT_AGENT_SOCKET "/run/patu/agent.sock"
+#define MAX_STDIN (16 << 20)
+
+extern char **environ;
+
+struct buf { char *data; size_t len, cap; };
+
+static int buf_append(struct buf *b, const void *p, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 8192;
+    while (cap < b->len + n) cap *= 2;
+    char *d = realloc(b->data, cap);
+    if (!d) return -1;
+    b->data = d;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+static int read_all(int fd, struct buf *b, size_t limit) {
+  char chunk[65536];
+  for (;;) {
+    ssize_t n = read(fd, chunk, sizeof chunk);
+    if (n == 0) return 0;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (b->len + (size_t)n > limit || buf_append(b, chunk, (size_t)n) < 0) return -1;
+  }
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* The directory holding dist/: next to this binary's real path, else the build-time default. */
+static void patu_home(char *out, size_t size) {
+  char exe[PATH_MAX];
+  if (realpath("/proc/self/exe", exe)) {
+    char probe[PATH_MAX];
+    char *dir = dirname(dirname(exe)); /* <home>/bin/patu -> <home> */
+    snprintf(probe, sizeof probe, "%s/dist/cni.mjs", dir);
+    if (access(probe, R_OK) == 0) {
+      snprintf(out, size, "%s", dir);
+      return;
+    }
+  }
+  snprintf(out, size, "%s", PATU_HOME);
+}
+
+/* Runs the Node side: the CNI plugin (script = dist/cni.mjs) or the CLI. */
+static void exec_node(const char *script, int argc, char **argv) {
+  char home[PATH_MAX], path[PATH_MAX + 64];
+  patu_home(home, sizeof home);
+  snprintf(path, sizeof path, "%s/%s", home, script);
+  /* Extra CA certificates cost ~50 ms per Node start and patu never needs them. */
+  unsetenv("NODE_EXTRA_CA_CERTS");
+  char **args = calloc((size_t)argc + 3, sizeof *args);
+  if (!args) _exit(100);
+  args[0] = (char *)"node";
+  args[1] = path;
+  for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
+  execv(PATU_NODE, args);
+  execvp("node", args);
+  fprintf(stderr, "patu: cannot run node (%s or on PATH): %s\n", PATU_NODE, strerror(errno));
+  _exit(127);
+}
+
+/* Returns the plugin's exit code, or -1 when the agent could not answer (run locally). */
+static int via_agent(const struct buf *in) {
+  const char *sock_path = getenv("PATU_AGENT_SOCKET");
+  if (!sock_path || !*sock_path) sock_path = DEFAULT_AGENT_SOCKET;
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if (strlen(sock_path) >= sizeof addr.sun_path) return -1;
+  strcpy(addr.sun_path, sock_path);
+
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+    close(fd);
+    return -1;
+  }
+  /* A wedged agent must not wedge the runtime forever: give up and run locally. */
+  struct timeval tv = {.tv_sec = 60};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+  struct buf req = {0};
+  for (char **e = environ; *e; e++) {
+    if (strncmp(*e, "CNI_", 4) == 0 && !strchr(*e, '\n')) {
+      if (buf_append(&req, *e, strlen(*e)) < 0 || buf_append(&req, "\n", 1) < 0) goto fail;
+    }
+  }
+  if (buf_append(&req, "\n", 1) < 0) goto fail;
+  if (in->len && buf_append(&req, in->data, in->len) < 0) goto fail;
+  if (write_all(fd, req.data, req.len) < 0) goto fail;
+  shutdown(fd, SHUT_WR);
+
+  struct buf resp = {0};
+  if (read_all(fd, &resp, MAX_STDIN) < 0) {
+    free(resp.data);
+    goto fail;
+  }
+  close(fd);
+  free(req.data);
+  char *nl = resp.len ? memchr(resp.data, '\n', resp.len) : NULL;
+  if (!nl) {
+    free(resp.data);
+    return -1; /* agent closed without an answer (restarting?): run locally */
+  }
+  int code = atoi(resp.data);
+  size_t off = (size_t)(nl - resp.data) + 1;
+  write_all(STDOUT_FILENO, resp.data + off, resp.len - off);
+  free(resp.data);
+  return code;
+fail:
+  close(fd);
+  free(req.data);
+  return -1;
+}
+
+int main(int argc, char **argv) {
+  const char *command = getenv("CNI_COMMAND");
+  if (!command || !*command) exec_node("dist/src/cli/index.js", argc, argv);
+
+  /* Read stdin once: it goes either to the agent or, through a pipe, to Node. */
+  struct buf in = {0};
+  if (strcmp(command, "VERSION") != 0 && read_all(STDIN_FILENO, &in, MAX_STDIN) < 0) {
+    printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"reading the network config from stdin failed\",\"details\":\"\"}\n");
+    return 1;
+  }
+  if (!getenv("PATU_NO_AGENT")) {
+    int code = via_agent(&in);
+    if (code >= 0) return code;
+  }
+
+  /* No agent: hand the bytes we already read to Node as its stdin, through an
+   * in-memory file, and become the Node process (exit status passes straight through). */
+  int mem = memfd_create("patu-cni-stdin", MFD_CLOEXEC);
+  if (mem < 0 || write_all(mem, in.data ? in.data : "", in.len) < 0 || lseek(mem, 0, SEEK_SET) < 0 ||
+      dup2(mem, STDIN_FILENO) < 0) {
+    printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"passing stdin to the plugin failed: %s\",\"details\":\"\"}\n", strerror(errno));
+    return 1;
+  }
+  exec_node("dist/cni.mjs", 1, argv);
+  return 127;
+}
