@@ -1,0 +1,139 @@
+// CNI ADD/DEL latency, patu vs the reference bridge + host-local plugins, in the same
+// run and interleaved (pod i: one flavour then the other, alternating who goes
+// first), so machine noise hits both alike. Needs root.
+//
+//   node dist/bench/cni-add-del.js            200 pods per flavour
+//   BENCH_PODS=50 PATU_BIN=/path/to/patu node dist/bench/cni-add-del.js
+//
+// Timed: the plugin exec as a runtime does it (spawn, stdin, wait for exit), so
+// process start-up is included: it is part of what a pod pays. The netns is made
+// outside the timed section; the "+netns" rows add `ip netns add` before ADD and
+// `ip netns del` after DEL, which is what a pod start/stop costs end to end.
+import {
+  addNetns,
+  delNetns,
+  describe as show,
+  execPlugin,
+  isRoot,
+  patuFlavour,
+  referenceFlavour,
+  type Flavour,
+} from '../test/helpers/cni.js';
+
+const PODS = Number(process.env.BENCH_PODS ?? 200);
+
+interface Samples {
+  add: number[];
+  del: number[];
+  netnsAdd: number[];
+  netnsDel: number[];
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+}
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const fmt = (x: number) => (Number.isFinite(x) ? x.toFixed(1).padStart(8) : '     n/a');
+
+async function main(): Promise<void> {
+  if (!isRoot()) {
+    console.error('cni-add-del bench: needs root (creates network namespaces, bridges, veths)');
+    process.exit(2);
+  }
+  if (PODS > 250) throw new Error(`BENCH_PODS=${PODS}: a /24 holds at most 253 pods`);
+  const flavours: Flavour[] = [];
+  const ref = referenceFlavour();
+  flavours.push(ref);
+  const patu = patuFlavour();
+  const patuSkip = patu.skipReason();
+  if (patuSkip) {
+    console.error(`patu skipped: ${patuSkip}`);
+    patu.destroy();
+  } else flavours.push(patu);
+  const refSkip = ref.skipReason();
+  if (refSkip) throw new Error(refSkip);
+
+  const samples = new Map<Flavour, Samples>(flavours.map((f) => [f, { add: [], del: [], netnsAdd: [], netnsDel: [] }]));
+  const live: { f: Flavour; ns: string; id: string }[] = [];
+  const tag = `bn${process.pid.toString(36)}`;
+  try {
+    // One untimed ADD/DEL per flavour: creates the bridge and warms the page cache.
+    for (const f of flavours) {
+      const ns = `${tag}${f.id[0]}w`;
+      const path = addNetns(ns);
+      try {
+        const a = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: `${ns}-ctr`, netns: path });
+        if (a.code !== 0) throw new Error(`${f.id} warm-up ADD failed: ${show(a)}`);
+        const d = await execPlugin(f.bin, 'DEL', f.netconf(), { containerId: `${ns}-ctr`, netns: path });
+        if (d.code !== 0) throw new Error(`${f.id} warm-up DEL failed: ${show(d)}`);
+      } finally {
+        delNetns(ns);
+      }
+    }
+
+    const order = (i: number) => (i % 2 === 0 ? flavours : [...flavours].reverse());
+    for (let i = 0; i < PODS; i++) {
+      for (const f of order(i)) {
+        const s = samples.get(f)!;
+        const ns = `${tag}${f.id[0]}${i}`;
+        const t0 = performance.now();
+        const path = addNetns(ns);
+        s.netnsAdd.push(performance.now() - t0);
+        const id = `${ns}-ctr`;
+        live.push({ f, ns, id });
+        const r = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: id, netns: path });
+        if (r.code !== 0) throw new Error(`${f.id} ADD of pod ${i} failed: ${show(r)}`);
+        s.add.push(r.ms);
+      }
+    }
+    for (let i = 0; i < PODS; i++) {
+      for (const f of order(i)) {
+        const s = samples.get(f)!;
+        const ns = `${tag}${f.id[0]}${i}`;
+        const r = await execPlugin(f.bin, 'DEL', f.netconf(), { containerId: `${ns}-ctr`, netns: `/var/run/netns/${ns}` });
+        if (r.code !== 0) throw new Error(`${f.id} DEL of pod ${i} failed: ${show(r)}`);
+        s.del.push(r.ms);
+        const t0 = performance.now();
+        delNetns(ns);
+        s.netnsDel.push(performance.now() - t0);
+        live.splice(live.findIndex((l) => l.ns === ns), 1);
+      }
+    }
+  } finally {
+    for (const l of live) {
+      await execPlugin(l.f.bin, 'DEL', l.f.netconf(), { containerId: l.id, netns: `/var/run/netns/${l.ns}` }).catch(() => undefined);
+      delNetns(l.ns);
+    }
+    for (const f of flavours) f.destroy();
+  }
+
+  const rows: { name: string; f: Flavour; xs: number[] }[] = [];
+  for (const f of flavours) {
+    const s = samples.get(f)!;
+    rows.push({ name: 'ADD', f, xs: s.add });
+    rows.push({ name: 'DEL', f, xs: s.del });
+    rows.push({ name: 'ADD+netns', f, xs: s.add.map((x, i) => x + s.netnsAdd[i]!) });
+    rows.push({ name: 'DEL+netns', f, xs: s.del.map((x, i) => x + s.netnsDel[i]!) });
+  }
+  console.log(`CNI ADD/DEL latency, ${PODS} pods per flavour, interleaved, ms (exec incl. process start)`);
+  console.log(`  reference: ${ref.bin} (+ host-local)${flavours.length > 1 ? `\n  patu:      ${patu.bin}` : ''}`);
+  console.log(`${'op'.padEnd(10)} ${'flavour'.padEnd(10)} ${'p50'.padStart(8)} ${'p99'.padStart(8)} ${'mean'.padStart(8)} ${'max'.padStart(8)}`);
+  for (const r of rows.sort((a, b) => a.name.localeCompare(b.name))) {
+    console.log(`${r.name.padEnd(10)} ${r.f.id.padEnd(10)} ${fmt(pct(r.xs, 50))} ${fmt(pct(r.xs, 99))} ${fmt(mean(r.xs))} ${fmt(Math.max(...r.xs))}`);
+  }
+  if (flavours.length > 1) {
+    console.log('\nratio patu/reference (below 1: patu is faster)');
+    for (const op of ['ADD', 'DEL', 'ADD+netns', 'DEL+netns']) {
+      const p = rows.find((r) => r.name === op && r.f.id === 'patu')!.xs;
+      const q = rows.find((r) => r.name === op && r.f.id === 'reference')!.xs;
+      console.log(`${op.padEnd(10)} p50 ${(pct(p, 50) / pct(q, 50)).toFixed(2)}  p99 ${(pct(p, 99) / pct(q, 99)).toFixed(2)}`);
+    }
+  }
+}
+
+main().catch((err) => {
+  console.error(`cni-add-del bench failed: ${(err as Error).stack ?? err}`);
+  process.exit(1);
+});
