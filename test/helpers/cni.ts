@@ -275,6 +275,7 @@ function destroyBridge(name: string, dataDir: string): void {
 export function patuFlavour(): Flavour {
   const b = baseFlavour('patu', 'pt');
   const bin = PATU_BIN;
+  const pinRoot = `/sys/fs/bpf/patu-test-${b.netName}`;
   return {
     ...b,
     bin,
@@ -298,6 +299,9 @@ export function patuFlavour(): Flavour {
         hairpin: true,
         masquerade: false,
         ipam: { ranges: [[{ subnet: b.subnet }]], dataDir: b.dataDir },
+        // Never the production pins or agent: a test's pods must not land in the node's maps.
+        pinRoot,
+        agentSocket: join(b.dataDir, 'agent.sock'),
         ...overrides,
       };
     },
@@ -310,6 +314,7 @@ export function patuFlavour(): Flavour {
     },
     destroy() {
       destroyBridge(b.bridge, b.dataDir);
+      rmSync(pinRoot, { recursive: true, force: true });
     },
   };
 }
@@ -446,7 +451,7 @@ export interface HostSnapshot {
   addresses: string[];
   /** Host routes into the subnet or through the bridge (all tables). */
   routes: string[];
-  /** nftables tables named like patu or cni, plus every rule line naming our bridge, subnet or containers. */
+  /** Every nftables line naming our bridge, subnet or containers (iptables-nft rules included). */
   nft: string[];
   /** IPAM files: relative path -> content. */
   ipamFiles: Record<string, string>;
@@ -509,7 +514,9 @@ export function snapshotHost(scope: SnapshotScope): HostSnapshot {
   const needles = [scope.bridge, `${scope.prefix}.`, ...(scope.containerIds ?? [])];
   for (const line of ruleset.split('\n')) {
     const t = line.trim();
-    if (/^table\s+\S+\s+(patu|cni)/i.test(t) || needles.some((n) => t.includes(n))) nft.push(t);
+    // Table names alone are not ours to judge: other tests may create `inet patu`
+    // concurrently. Rules that name our bridge, subnet or containers are.
+    if (needles.some((n) => t.includes(n))) nft.push(t);
   }
   return {
     links: links.sort(),
