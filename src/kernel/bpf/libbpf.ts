@@ -1,0 +1,113 @@
+// Private raw bindings to the system libbpf.so.1 (v1.1) through koffi. Nothing
+// outside src/kernel/bpf/ imports this file: object.ts, map.ts, introspect.ts
+// wrap it in typed classes that check sizes and turn failures into BpfError.
+//
+// libbpf 1.x conventions relied on here: int-returning calls return -errno;
+// pointer-returning calls return NULL and set errno.
+import koffi from 'koffi';
+
+const bpf = koffi.load('libbpf.so.1');
+const libc = koffi.load('libc.so.6');
+
+/** Opaque libbpf pointers (struct bpf_object *, struct bpf_program *, struct bpf_map *). */
+export type Ptr = bigint;
+
+const PrintFn = koffi.proto('int patu_libbpf_print_fn(int level, const char *fmt, void *args)');
+
+export const raw = {
+  // object lifecycle
+  bpf_object__open_file: bpf.func('void *bpf_object__open_file(const char *path, const void *opts)'),
+  bpf_object__load: bpf.func('int bpf_object__load(void *obj)'),
+  bpf_object__close: bpf.func('void bpf_object__close(void *obj)'),
+  bpf_object__name: bpf.func('const char *bpf_object__name(void *obj)'),
+  bpf_object__find_program_by_name: bpf.func('void *bpf_object__find_program_by_name(void *obj, const char *name)'),
+  bpf_object__find_map_by_name: bpf.func('void *bpf_object__find_map_by_name(void *obj, const char *name)'),
+  bpf_object__next_program: bpf.func('void *bpf_object__next_program(void *obj, void *prev)'),
+  bpf_object__next_map: bpf.func('void *bpf_object__next_map(void *obj, void *prev)'),
+  // programs
+  bpf_program__name: bpf.func('const char *bpf_program__name(void *prog)'),
+  bpf_program__section_name: bpf.func('const char *bpf_program__section_name(void *prog)'),
+  bpf_program__fd: bpf.func('int bpf_program__fd(void *prog)'),
+  bpf_program__type: bpf.func('int bpf_program__type(void *prog)'),
+  bpf_program__expected_attach_type: bpf.func('int bpf_program__expected_attach_type(void *prog)'),
+  bpf_program__set_autoload: bpf.func('int bpf_program__set_autoload(void *prog, bool autoload)'),
+  // maps
+  bpf_map__name: bpf.func('const char *bpf_map__name(void *map)'),
+  bpf_map__fd: bpf.func('int bpf_map__fd(void *map)'),
+  bpf_map__type: bpf.func('int bpf_map__type(void *map)'),
+  bpf_map__key_size: bpf.func('uint32_t bpf_map__key_size(void *map)'),
+  bpf_map__value_size: bpf.func('uint32_t bpf_map__value_size(void *map)'),
+  bpf_map__pin_path: bpf.func('const char *bpf_map__pin_path(void *map)'),
+  bpf_map__set_pin_path: bpf.func('int bpf_map__set_pin_path(void *map, const char *path)'),
+  bpf_map__reuse_fd: bpf.func('int bpf_map__reuse_fd(void *map, int fd)'),
+  // low-level syscall wrappers (bpf.h)
+  bpf_map_update_elem: bpf.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
+  bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
+  bpf_map_delete_elem: bpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
+  bpf_map_get_next_key: bpf.func('int bpf_map_get_next_key(int fd, const void *key, void *next_key)'),
+  bpf_map_update_batch: bpf.func('int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const void *opts)'),
+  bpf_map_delete_batch: bpf.func('int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const void *opts)'),
+  bpf_obj_pin: bpf.func('int bpf_obj_pin(int fd, const char *path)'),
+  bpf_obj_get: bpf.func('int bpf_obj_get(const char *path)'),
+  bpf_obj_get_info_by_fd: bpf.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
+  bpf_prog_attach: bpf.func('int bpf_prog_attach(int prog_fd, int target_fd, int type, unsigned int flags)'),
+  bpf_prog_detach2: bpf.func('int bpf_prog_detach2(int prog_fd, int target_fd, int type)'),
+  bpf_prog_query: bpf.func('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, void *prog_ids, _Inout_ uint32_t *prog_cnt)'),
+  bpf_link_create: bpf.func('int bpf_link_create(int prog_fd, int target_fd, int type, const void *opts)'),
+  bpf_link_detach: bpf.func('int bpf_link_detach(int link_fd)'),
+  bpf_prog_get_next_id: bpf.func('int bpf_prog_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
+  bpf_map_get_next_id: bpf.func('int bpf_map_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
+  bpf_link_get_next_id: bpf.func('int bpf_link_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
+  bpf_prog_get_fd_by_id: bpf.func('int bpf_prog_get_fd_by_id(uint32_t id)'),
+  bpf_map_get_fd_by_id: bpf.func('int bpf_map_get_fd_by_id(uint32_t id)'),
+  bpf_link_get_fd_by_id: bpf.func('int bpf_link_get_fd_by_id(uint32_t id)'),
+  libbpf_set_print: bpf.func('void *libbpf_set_print(patu_libbpf_print_fn *fn)'),
+};
+
+const vasprintf = libc.func('int vasprintf(_Out_ void **strp, const char *fmt, void *ap)');
+const free = libc.func('void free(void *p)');
+const closeFd = libc.func('int close(int fd)');
+
+export const closeRawFd = (fd: number): void => {
+  if (fd >= 0) closeFd(fd);
+};
+
+// --- libbpf's print callback -------------------------------------------------
+// libbpf prints warnings and, when a program fails to load, the verifier log
+// through one global callback with a va_list. We format it with vasprintf (one
+// pass over the va_list, any length) and collect lines into the innermost active
+// capture, so a failing call can attach exactly what libbpf said about it.
+const LIBBPF_WARN = 0;
+const LIBBPF_INFO = 1;
+const debugEnabled = process.env.PATU_BPF_DEBUG === '1';
+const captures: string[][] = [];
+
+function onPrint(level: number, fmt: string, ap: bigint): number {
+  if (level > LIBBPF_INFO && !debugEnabled) return 0;
+  const out: (bigint | null)[] = [null];
+  const n = vasprintf(out, fmt, ap) as number;
+  const p = out[0];
+  if (n < 0 || p == null) return 0;
+  const text = koffi.decode(p, 'char', n) as string;
+  free(p);
+  const sink = captures[captures.length - 1];
+  if (sink) sink.push(text);
+  if (debugEnabled || (!sink && level === LIBBPF_WARN)) process.stderr.write(text);
+  return n;
+}
+// Registered once for the life of the process: libbpf keeps the pointer globally.
+const printCb = koffi.register(onPrint, koffi.pointer(PrintFn));
+raw.libbpf_set_print(printCb);
+
+/** Collects libbpf's output into an array the caller owns (for error reporting after the call). */
+export function captureLibbpf<T>(sink: string[], fn: () => T): T {
+  captures.push(sink);
+  try {
+    return fn();
+  } finally {
+    captures.pop();
+  }
+}
+
+export const errno = (): number => koffi.errno();
+export const decodeString = (p: bigint): string => koffi.decode.string(p) as string;
