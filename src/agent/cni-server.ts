@@ -41,18 +41,24 @@ export interface CniServerOptions {
 export function startCniServer(opts: CniServerOptions): Promise<Server> {
   mkdirSync(dirname(opts.socketPath), { recursive: true, mode: 0o700 });
   rmSync(opts.socketPath, { force: true }); // a socket file left by a previous agent
+  let queue: Promise<void> = Promise.resolve();
   const server = createServer((sock: Socket) => {
     const chunks: Buffer[] = [];
     sock.on('data', (c: Buffer) => chunks.push(c));
     sock.on('error', () => sock.destroy());
     sock.on('end', () => {
-      const started = performance.now();
       const req = decodeRequest(Buffer.concat(chunks));
-      // Handled synchronously, one at a time: netns switching is per thread and the
-      // kernel work is short; concurrent runtimes simply queue here.
-      const outcome = runPlugin(req.env, req.stdin);
-      sock.end(encodeResponse(outcome));
-      opts.onRequest?.(req, outcome, performance.now() - started);
+      // One request at a time: the kernel work is short, netns switching is per
+      // thread, and concurrent runtimes simply queue here.
+      queue = queue.then(async () => {
+        const started = performance.now();
+        const outcome = await runPlugin(req.env, req.stdin);
+        sock.end(encodeResponse(outcome));
+        opts.onRequest?.(req, outcome, performance.now() - started);
+      }).catch(() => {
+        // Unanswered, the launcher runs the plugin itself: nothing is lost.
+        sock.destroy();
+      });
     });
   });
   return new Promise((resolve, reject) => {

@@ -56,6 +56,16 @@ export function buildProgram(): Command {
       await demoCommand(opts);
     });
 
+  program
+    .command('agent')
+    .description('run the node agent: serves CNI requests for bin/patu over a unix socket (pod events then skip a Node start)')
+    .option('--cni-socket <path>', 'unix socket for CNI requests', DEFAULTS.agentSocket)
+    .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .action(async (opts) => {
+      const { runAgent } = await import('../agent/agent.js');
+      await runAgent({ cniSocket: opts.cniSocket, logLevel: opts.logLevel });
+    });
+
   return program;
 }
 

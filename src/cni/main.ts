@@ -12,7 +12,7 @@ function readStdin(): string {
   }
 }
 
-export function main(): void {
+export async function main(): Promise<void> {
   let stdin = '';
   if (process.env.CNI_COMMAND !== 'VERSION') {
     try {
@@ -23,9 +23,9 @@ export function main(): void {
       return;
     }
   }
-  const outcome = runPlugin(process.env, stdin);
+  const outcome = await runPlugin(process.env, stdin);
   process.stdout.write(outcome.stdout);
   process.exitCode = outcome.exitCode;
 }
 
-main();
+await main();

@@ -54,7 +54,6 @@ const netconfShape = z.looseObject({
   podCIDR: z.optional(z.string().check(z.regex(CIDR4, 'must be an IPv4 CIDR like 10.200.0.0/24'))),
   accel: z.optional(z.boolean()),
   pinRoot: z.optional(z.string().check(z.regex(/^\/sys\/fs\/bpf\/[A-Za-z0-9_.-]+$/, 'must be a directory directly under /sys/fs/bpf'))),
-  agentSocket: z.optional(z.string()),
   ipam: z.optional(ipamShape),
   runtimeConfig: z.optional(z.looseObject({ ips: z.optional(z.array(z.string())) })),
   args: z.optional(z.looseObject({})),
@@ -82,7 +81,6 @@ export interface NetConf {
   clusterCIDR: string;
   accel: boolean;
   pinRoot: string;
-  agentSocket: string;
   ipam: RawIpam & { ranges: unknown; dataDir: string };
   /** Addresses a runtime asked for (runtimeConfig.ips, capability "ips"). */
   requestedIps: string[];
@@ -140,7 +138,6 @@ export function parseNetConf(raw: unknown): NetConf {
     clusterCIDR: c.clusterCIDR ?? DEFAULTS.clusterCIDR,
     accel: c.accel ?? true,
     pinRoot: c.pinRoot ?? DEFAULTS.pinRoot,
-    agentSocket: c.agentSocket ?? DEFAULTS.agentSocket,
     ipam: {
       ranges,
       dataDir: c.ipam?.dataDir ?? DEFAULTS.dataDir,

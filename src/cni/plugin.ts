@@ -17,7 +17,7 @@ export interface PluginOutcome {
   stdout: string;
 }
 
-export function runPlugin(env: NodeJS.ProcessEnv, stdin: string): PluginOutcome {
+export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string): Promise<PluginOutcome> {
   let version = LATEST_VERSION;
   try {
     const command: CniCommand = readCommand(env);
@@ -30,15 +30,15 @@ export function runPlugin(env: NodeJS.ProcessEnv, stdin: string): PluginOutcome 
     const cniEnv = readEnv(env, command);
     switch (command) {
       case 'ADD':
-        return ok(resultForVersion(cmdAdd(cniEnv, conf), conf.cniVersion));
+        return ok(resultForVersion(await cmdAdd(cniEnv, conf), conf.cniVersion));
       case 'DEL':
-        cmdDel(cniEnv, conf);
+        await cmdDel(cniEnv, conf);
         return { exitCode: 0, stdout: '' };
       case 'CHECK':
         cmdCheck(cniEnv, conf);
         return { exitCode: 0, stdout: '' };
       case 'GC':
-        cmdGc(conf);
+        await cmdGc(conf);
         return { exitCode: 0, stdout: '' };
       case 'STATUS':
         cmdStatus(conf);

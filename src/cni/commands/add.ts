@@ -12,7 +12,7 @@ import { ensureMasquerade } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel } from '../accel-registry.js';
 
-export function cmdAdd(env: CniEnv, conf: NetConf): CniResult {
+export async function cmdAdd(env: CniEnv, conf: NetConf): Promise<CniResult> {
   const ipam = ipamFor(conf);
   const allocations = (() => {
     try {
@@ -53,7 +53,7 @@ export function cmdAdd(env: CniEnv, conf: NetConf): CniResult {
     });
 
     const accelOn = conf.accel && env.args.PATU_ACCEL !== 'off';
-    registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn });
+    await registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn });
 
     return {
       cniVersion: conf.cniVersion,

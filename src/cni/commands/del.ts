@@ -9,7 +9,7 @@ import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { unregisterPodFromAccel } from '../accel-registry.js';
 
-export function cmdDel(env: CniEnv, conf: NetConf): void {
+export async function cmdDel(env: CniEnv, conf: NetConf): Promise<void> {
   const ipam = ipamFor(conf);
   // The host veth is deleted by us rather than left to the netns teardown, which
   // the kernel does asynchronously (PLATFORM.md): the next ADD may reuse the name.
@@ -21,10 +21,11 @@ export function cmdDel(env: CniEnv, conf: NetConf): void {
   } finally {
     host.close();
   }
+  let released: string[];
   try {
-    const released = ipam.release(env.containerId, env.ifname);
-    unregisterPodFromAccel(conf, released);
+    released = ipam.release(env.containerId, env.ifname);
   } catch (err) {
     throw toCniError(err, `releasing the addresses of ${env.containerId}/${env.ifname}`);
   }
+  await unregisterPodFromAccel(conf, released);
 }

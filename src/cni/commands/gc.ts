@@ -9,15 +9,16 @@ import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
 import { unregisterPodFromAccel } from '../accel-registry.js';
 
-export function cmdGc(conf: NetConf): void {
+export async function cmdGc(conf: NetConf): Promise<void> {
   const valid = conf.validAttachments;
   if (!valid) throw invalidConfig('cni.dev/valid-attachments', 'GC needs the list of valid attachments');
+  let released: string[];
   try {
-    const released = ipamFor(conf).gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
-    unregisterPodFromAccel(conf, released);
+    released = ipamFor(conf).gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
   } catch (err) {
     throw toCniError(err, 'releasing stale addresses');
   }
+  await unregisterPodFromAccel(conf, released);
 
   const keep = new Set(valid.map((v) => hostVethName(v.containerID, v.ifname)));
   const host = Rtnl.open();

@@ -1,0 +1,104 @@
+// `patu status`: what patu manages on this node, read from the kernel and from
+// patu's own state (not from intent): eBPF programs and maps named patu_*, pins
+// under the pin root, and every pod address with its host veth.
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { listMaps, patuPrograms } from '../kernel/bpf/introspect.js';
+import { listPins } from '../kernel/bpf/pins.js';
+import { IpamStore } from '../ipam/store.js';
+import { Rtnl } from '../kernel/netlink/rtnl.js';
+import { hostVethName } from '../dataplane/names.js';
+
+export interface StatusOptions {
+  json?: boolean;
+  pinRoot: string;
+  dataDir: string;
+  bridge: string;
+}
+
+export interface PodStatus {
+  network: string;
+  ip: string;
+  containerId: string;
+  ifname: string;
+  hostVeth: string;
+  /** Whether the host veth exists and is up: false means the pod's link is gone (GC will tidy). */
+  linkUp: boolean;
+}
+
+export interface NodeStatus {
+  bridge: { name: string; present: boolean; up: boolean; addresses: string[] };
+  programs: { id: number; name: string; type: string }[];
+  maps: { id: number; name: string; type: string; maxEntries: number }[];
+  pins: string[];
+  pods: PodStatus[];
+}
+
+export function collectStatus(opts: StatusOptions): NodeStatus {
+  const rtnl = Rtnl.open();
+  try {
+    const links = new Map(rtnl.listLinks().map((l) => [l.name, l]));
+    const br = links.get(opts.bridge);
+    const pods: PodStatus[] = [];
+    if (existsSync(opts.dataDir)) {
+      for (const network of readdirSync(opts.dataDir).sort()) {
+        if (!statSync(join(opts.dataDir, network)).isDirectory()) continue;
+        for (const r of IpamStore.open(opts.dataDir, network).list()) {
+          const hostVeth = hostVethName(r.containerId, r.ifname);
+          pods.push({ network, ...r, hostVeth, linkUp: links.get(hostVeth)?.up ?? false });
+        }
+      }
+    }
+    return {
+      bridge: {
+        name: opts.bridge,
+        present: br !== undefined,
+        up: br?.up ?? false,
+        addresses: br ? rtnl.listAddresses(br.index).map((a) => `${a.address}/${a.prefixLen}`) : [],
+      },
+      programs: patuPrograms().map((p) => ({ id: p.id, name: p.name, type: p.type })),
+      maps: listMaps()
+        .filter((m) => m.name.startsWith('patu_'))
+        .map((m) => ({ id: m.id, name: m.name, type: m.type, maxEntries: m.maxEntries })),
+      pins: listPins(opts.pinRoot),
+      pods,
+    };
+  } finally {
+    rtnl.close();
+  }
+}
+
+function table(rows: string[][]): string {
+  if (rows.length === 0) return '';
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+export function formatStatus(s: NodeStatus): string {
+  const out: string[] = [];
+  const br = s.bridge;
+  out.push(
+    `Bridge ${br.name}: ${br.present ? `${br.up ? 'up' : 'DOWN'} ${br.addresses.join(' ')}` : 'not created yet (the first pod ADD creates it)'}\n`,
+  );
+  out.push(`\neBPF programs (${s.programs.length}):\n`);
+  out.push(s.programs.length ? table([['ID', 'NAME', 'TYPE'], ...s.programs.map((p) => [String(p.id), p.name, p.type])]) : '  none loaded\n');
+  out.push(`\neBPF maps (${s.maps.length}):\n`);
+  out.push(s.maps.length ? table([['ID', 'NAME', 'TYPE', 'MAX'], ...s.maps.map((m) => [String(m.id), m.name, m.type, String(m.maxEntries)])]) : '  none\n');
+  out.push(`\nPins (${s.pins.length}):\n`);
+  out.push(s.pins.length ? s.pins.map((p) => `  ${p}\n`).join('') : '  none\n');
+  out.push(`\nPods (${s.pods.length}):\n`);
+  out.push(
+    s.pods.length
+      ? table([
+          ['NETWORK', 'IP', 'CONTAINER', 'IFNAME', 'HOST VETH', 'LINK'],
+          ...s.pods.map((p) => [p.network, p.ip, p.containerId.slice(0, 16), p.ifname, p.hostVeth, p.linkUp ? 'up' : 'missing']),
+        ])
+      : '  none\n',
+  );
+  return out.join('');
+}
+
+export async function statusCommand(opts: StatusOptions): Promise<void> {
+  const status = collectStatus(opts);
+  process.stdout.write(opts.json ? JSON.stringify(status, (_k, v) => (typeof v === 'bigint' ? String(v) : v), 2) + '\n' : formatStatus(status));
+}
