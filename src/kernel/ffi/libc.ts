@@ -41,6 +41,7 @@ const raw = {
   mount: lib.func('int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)'),
   umount2: lib.func('int umount2(const char *target, int flags)'),
   gettid: lib.func('int gettid()'),
+  getsockname: lib.func('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *addrlen)'),
 };
 
 function check(name: string, rc: number | bigint, detail?: string): number {
@@ -69,6 +70,12 @@ export const NETLINK_EXT_ACK = 11;
 export const NETLINK_GET_STRICT_CHK = 12;
 export const MS_BIND = 4096;
 export const MNT_DETACH = 2;
+export const SO_RCVTIMEO = 20;
+export const SO_SNDTIMEO = 21;
+export const SO_RCVBUFFORCE = 33;
+export const MSG_PEEK = 2;
+export const MSG_TRUNC = 0x20;
+export const MSG_DONTWAIT = 0x40;
 
 export const socket = (domain: number, type: number, protocol: number): number =>
   check('socket', raw.socket(domain, type, protocol));
@@ -106,3 +113,13 @@ export const umount2 = (target: string, flags: number): void => {
   check('umount2', raw.umount2(target, flags), target);
 };
 export const gettid = (): number => raw.gettid() as number;
+/** setsockopt with a raw option value (struct timeval, ...). */
+export const setsockoptBuf = (fd: number, level: number, name: number, value: Buffer): void => {
+  check('setsockopt', raw.setsockopt(fd, level, name, value, value.length));
+};
+/** Fills addr (sized by the caller) with the socket's own address; returns its length. */
+export const getsockname = (fd: number, addr: Buffer): number => {
+  const len = [addr.length];
+  check('getsockname', raw.getsockname(fd, addr, len));
+  return len[0]!;
+};

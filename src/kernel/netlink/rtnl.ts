@@ -1,0 +1,458 @@
+// Routing netlink for patu: links (bridge, veth), addresses, routes, neighbours,
+// spoken directly over one AF_NETLINK socket. A socket belongs to the netns it was
+// opened in for its whole life, which is how one process configures a pod's
+// namespace without keeping its thread switched into it.
+import { open, close, O_RDONLY } from '../ffi/libc.js';
+import { withNetns } from '../netns.js';
+import { NetlinkSocket } from './socket.js';
+import {
+  NlMsg, NetlinkError, AttrMap, Family,
+  attr, attrU8, attrU32, attrStr, attrNested,
+  encodeIfInfo, decodeIfInfo, encodeIfAddr, decodeIfAddr, encodeRtMsg, decodeRtMsg, encodeNdMsg, decodeNdMsg,
+  parseCidr, ipToBytes, bytesToIp, maskBytes, familyToAf, afToFamily, macToBytes, bytesToMac,
+  RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR,
+  RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH,
+  NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_DUMP,
+  AF_UNSPEC, AF_INET, AF_INET6, AF_BRIDGE, IFF_UP,
+  IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD,
+  IFLA_EXT_MASK, IFLA_LINK_NETNSID, IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA,
+  VETH_INFO_PEER, IFLA_BRPORT_MODE, RTEXT_FILTER_SKIP_STATS,
+  IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS, IFA_F_NODAD,
+  RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE,
+  RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RTPROT_BOOT, RTPROT_UNSPEC, RTN_UNICAST, RTN_UNSPEC,
+  RTM_F_CLONED, NDA_DST, NDA_LLADDR, NUD_PERMANENT, NUD_REACHABLE,
+} from './message.js';
+
+export interface LinkInfo {
+  index: number;
+  name: string;
+  mtu: number;
+  /** IFF_* flags as the kernel reports them. */
+  flags: number;
+  /** IFF_UP: administratively up (carrier is a separate matter). */
+  up: boolean;
+  /** Hardware address as aa:bb:cc:dd:ee:ff ('' for links without one). */
+  mac: string;
+  /** IFLA_INFO_KIND: 'bridge', 'veth', ... (absent for physical devices and lo). */
+  kind?: string;
+  /** IFLA_MASTER: the bridge this link is a port of. */
+  masterIndex?: number;
+  /** IFLA_LINK: for a veth, its peer's index (in the peer's own netns). */
+  linkIndex?: number;
+  /** IFLA_LINK_NETNSID: set when the peer lives in another netns. */
+  linkNetnsId?: number;
+  /** IFLA_INFO_SLAVE_KIND: 'bridge' for a bridge port. */
+  slaveKind?: string;
+  /** Bridge port hairpin mode (IFLA_BRPORT_MODE), only present on bridge ports. */
+  hairpin?: boolean;
+}
+
+export interface AddressInfo {
+  index: number;
+  family: Family;
+  address: string;
+  prefixLen: number;
+}
+
+export interface Route {
+  /** Destination as a CIDR, or 'default'. */
+  dst: string;
+  gateway?: string;
+  oif?: number;
+  /** Routing table id; main (254) when omitted. */
+  table?: number;
+  /** RT_SCOPE_*; when omitted: universe with a gateway, link without. */
+  scope?: number;
+  /** Preferred source address (RTA_PREFSRC). */
+  src?: string;
+  /** RTPROT_*; boot (3) when omitted, like `ip route`. */
+  protocol?: number;
+  /** RTA_PRIORITY. */
+  metric?: number;
+  /** Only needed for 'default' without a gateway: which family's default. */
+  family?: Family;
+  /** RTN_* route type, reported by listRoutes. */
+  type?: number;
+}
+
+export interface Neighbour {
+  index: number;
+  family: Family;
+  ip: string;
+  mac?: string;
+  /** NUD_* state bits. */
+  state: number;
+  permanent: boolean;
+}
+
+export interface VethOptions {
+  mtu?: number;
+  /** Create the peer directly inside this netns (an fd from open(nsPath)). */
+  peerNetnsFd?: number;
+  /** Same, by path; opened and closed here. */
+  peerNetnsPath?: string;
+}
+
+const IFNAMSIZ = 16;
+
+function checkName(name: string, what: string): void {
+  if (name.length === 0 || Buffer.byteLength(name) >= IFNAMSIZ || /[\s/:]/.test(name) || name === '.' || name === '..') {
+    throw new Error(`invalid ${what} name '${name}': 1-15 bytes, no whitespace, '/' or ':'`);
+  }
+}
+
+const isErr = (err: unknown, code: string): boolean => err instanceof NetlinkError && err.code === code;
+
+export class Rtnl {
+  private readonly sock: NetlinkSocket;
+
+  private constructor(sock: NetlinkSocket) {
+    this.sock = sock;
+  }
+
+  /** A handle on the calling thread's current network namespace. */
+  static open(): Rtnl {
+    return new Rtnl(NetlinkSocket.open());
+  }
+
+  /**
+   * A handle on the netns at nsPath: the socket is opened inside it (setns there
+   * and back), and keeps talking to that namespace until closed.
+   */
+  static openInNetns(nsPath: string): Rtnl {
+    return new Rtnl(withNetns(nsPath, () => NetlinkSocket.open()));
+  }
+
+  close(): void {
+    this.sock.close();
+  }
+
+  // ------------------------------------------------------------------ links
+
+  listLinks(): LinkInfo[] {
+    const msgs = this.sock.request(RTM_GETLINK, NLM_F_DUMP, [encodeIfInfo({}), attrU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)], {
+      object: 'links (dump)',
+    });
+    return msgs.filter((m) => m.type === RTM_NEWLINK).map(parseLink);
+  }
+
+  /** Exact name match (an alternative name does not count); undefined when absent. */
+  linkByName(name: string): LinkInfo | undefined {
+    if (name.length === 0 || Buffer.byteLength(name) >= IFNAMSIZ) return undefined;
+    const link = this.getLink([encodeIfInfo({}), attrStr(IFLA_IFNAME, name), attrU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)], `link '${name}'`);
+    return link && link.name === name ? link : undefined;
+  }
+
+  linkByIndex(index: number): LinkInfo | undefined {
+    if (!Number.isInteger(index) || index <= 0 || index > 0x7fffffff) return undefined;
+    return this.getLink([encodeIfInfo({ index }), attrU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)], `link #${index}`);
+  }
+
+  private getLink(body: Buffer[], object: string): LinkInfo | undefined {
+    try {
+      const m = this.sock.request(RTM_GETLINK, 0, body, { object }).find((x) => x.type === RTM_NEWLINK);
+      return m ? parseLink(m) : undefined;
+    } catch (err) {
+      if (isErr(err, 'ENODEV')) return undefined;
+      throw err;
+    }
+  }
+
+  createBridge(name: string, opts: { mtu?: number } = {}): void {
+    checkName(name, 'bridge');
+    const body = [encodeIfInfo({}), attrStr(IFLA_IFNAME, name)];
+    if (opts.mtu !== undefined) body.push(attrU32(IFLA_MTU, opts.mtu));
+    body.push(attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'bridge')]));
+    this.sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, { object: `bridge '${name}'` });
+  }
+
+  /**
+   * Creates a veth pair. With peerNetnsFd/peerNetnsPath the peer is born inside
+   * that netns (IFLA_NET_NS_FD inside VETH_INFO_PEER), which saves a move. The peer
+   * is down: bring it up from a handle on its netns (IFF_UP here fails, ENOTCONN).
+   */
+  createVeth(name: string, peerName: string, opts: VethOptions = {}): void {
+    checkName(name, 'veth');
+    checkName(peerName, 'veth peer');
+    const object = `veth '${name}' (peer '${peerName}'${opts.peerNetnsPath ? ` in ${opts.peerNetnsPath}` : ''})`;
+    let fd = opts.peerNetnsFd;
+    let opened = -1;
+    if (fd === undefined && opts.peerNetnsPath !== undefined) fd = opened = open(opts.peerNetnsPath, O_RDONLY);
+    try {
+      const peer = [encodeIfInfo({}), attrStr(IFLA_IFNAME, peerName)];
+      if (opts.mtu !== undefined) peer.push(attrU32(IFLA_MTU, opts.mtu));
+      if (fd !== undefined) peer.push(attrU32(IFLA_NET_NS_FD, fd));
+      const body = [encodeIfInfo({}), attrStr(IFLA_IFNAME, name)];
+      if (opts.mtu !== undefined) body.push(attrU32(IFLA_MTU, opts.mtu));
+      body.push(attrNested(IFLA_LINKINFO, [
+        attrStr(IFLA_INFO_KIND, 'veth'),
+        attrNested(IFLA_INFO_DATA, [attr(VETH_INFO_PEER, Buffer.concat(peer))]),
+      ]));
+      this.sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, { object });
+    } finally {
+      if (opened >= 0) close(opened);
+    }
+  }
+
+  setUp(index: number): void {
+    this.setLink(index, [encodeIfInfo({ index, flags: IFF_UP, change: IFF_UP })], 'setting up');
+  }
+
+  setDown(index: number): void {
+    this.setLink(index, [encodeIfInfo({ index, flags: 0, change: IFF_UP })], 'setting down');
+  }
+
+  setMtu(index: number, mtu: number): void {
+    this.setLink(index, [encodeIfInfo({ index }), attrU32(IFLA_MTU, mtu)], `setting mtu ${mtu} on`);
+  }
+
+  /** Makes the link a port of masterIndex (0 detaches it). */
+  setMaster(index: number, masterIndex: number): void {
+    this.setLink(index, [encodeIfInfo({ index }), attrU32(IFLA_MASTER, masterIndex)], `attaching to master #${masterIndex}:`);
+  }
+
+  /** Moves the link into the netns behind nsFd. It loses its addresses on the way. */
+  setNetns(index: number, nsFd: number): void {
+    this.setLink(index, [encodeIfInfo({ index }), attrU32(IFLA_NET_NS_FD, nsFd)], 'moving to another netns:');
+  }
+
+  rename(index: number, name: string): void {
+    checkName(name, 'link');
+    this.setLink(index, [encodeIfInfo({ index }), attrStr(IFLA_IFNAME, name)], `renaming to '${name}':`);
+  }
+
+  /** Bridge port hairpin mode: lets a pod reach itself through a service address. */
+  setHairpin(index: number, on: boolean): void {
+    const body = [encodeIfInfo({ family: AF_BRIDGE, index }), attrNested(IFLA_PROTINFO, [attrU8(IFLA_BRPORT_MODE, on ? 1 : 0)], true)];
+    this.onLink(index, `setting hairpin ${on ? 'on' : 'off'} on bridge port`, () => this.sock.request(RTM_SETLINK, 0, body, { op: 'RTM_SETLINK', object: '' }));
+  }
+
+  deleteLink(index: number): void {
+    this.onLink(index, 'deleting', () => this.sock.request(RTM_DELLINK, 0, [encodeIfInfo({ index })], { object: '' }));
+  }
+
+  private setLink(index: number, body: Buffer[], what: string): void {
+    this.onLink(index, what, () => this.sock.request(RTM_SETLINK, 0, body, { object: '' }));
+  }
+
+  /**
+   * Runs a request about one link; on failure, names the link (looked up only then,
+   * so the fast path costs nothing extra).
+   */
+  private onLink<T>(index: number, what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      if (!(err instanceof NetlinkError)) throw err;
+      throw new NetlinkError(err.op, `${what} ${this.describeLink(index)}`.trim(), err.errno, err.extack);
+    }
+  }
+
+  private describeLink(index: number): string {
+    let l: LinkInfo | undefined;
+    try {
+      l = this.linkByIndex(index);
+    } catch {
+      l = undefined;
+    }
+    return l ? `link '${l.name}' (#${index})` : `link #${index} (no such link)`;
+  }
+
+  // ------------------------------------------------------------------ addresses
+
+  /** Adds '10.200.0.5/24' or 'fd00::5/64'. IPv6 gets IFA_F_NODAD: usable at once. */
+  addAddress(index: number, cidr: string): void {
+    this.addrRequest(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, index, cidr, 'adding address');
+  }
+
+  deleteAddress(index: number, cidr: string): void {
+    this.addrRequest(RTM_DELADDR, 0, index, cidr, 'deleting address');
+  }
+
+  private addrRequest(type: number, flags: number, index: number, cidr: string, what: string): void {
+    const c = parseCidr(cidr);
+    const body = [encodeIfAddr({ family: familyToAf(c.family), prefixLen: c.prefixLen, index })];
+    body.push(attr(IFA_LOCAL, c.bytes), attr(IFA_ADDRESS, c.bytes));
+    if (c.family === 6 && type === RTM_NEWADDR) body.push(attrU32(IFA_FLAGS, IFA_F_NODAD));
+    this.onLink(index, `${what} ${cidr} on`, () => this.sock.request(type, flags, body, { object: '' }));
+  }
+
+  listAddresses(index?: number): AddressInfo[] {
+    const msgs = this.sock.request(RTM_GETADDR, NLM_F_DUMP, [encodeIfAddr({ index: index ?? 0 })], {
+      object: index === undefined ? 'addresses (dump)' : `addresses of link #${index} (dump)`,
+    });
+    const out: AddressInfo[] = [];
+    for (const m of msgs) {
+      if (m.type !== RTM_NEWADDR) continue;
+      const h = decodeIfAddr(m.payload);
+      if (h.family !== AF_INET && h.family !== AF_INET6) continue;
+      if (index !== undefined && h.index !== index) continue;
+      const a = AttrMap.parse(m.payload, 8);
+      // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
+      const raw = a.get(IFA_LOCAL) ?? a.get(IFA_ADDRESS);
+      if (!raw) continue;
+      out.push({ index: h.index, family: afToFamily(h.family), address: bytesToIp(raw), prefixLen: h.prefixLen });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ routes
+
+  addRoute(r: Route): void {
+    this.routeRequest(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, r, 'adding');
+  }
+
+  replaceRoute(r: Route): void {
+    this.routeRequest(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, r, 'replacing');
+  }
+
+  deleteRoute(r: Route): void {
+    this.routeRequest(RTM_DELROUTE, 0, r, 'deleting');
+  }
+
+  private routeRequest(type: number, flags: number, r: Route, what: string): void {
+    const isDel = type === RTM_DELROUTE;
+    let family: Family;
+    let dstBytes: Buffer | undefined;
+    let dstLen = 0;
+    if (r.dst === 'default') {
+      family = r.family ?? (r.gateway ? parseCidr(r.gateway).family : r.src ? parseCidr(r.src).family : 4);
+    } else {
+      const c = parseCidr(r.dst);
+      family = c.family;
+      dstLen = c.prefixLen;
+      dstBytes = maskBytes(c.bytes, c.prefixLen);
+    }
+    const table = r.table ?? RT_TABLE_MAIN;
+    const scope = r.scope ?? (isDel ? RT_SCOPE_NOWHERE : r.gateway ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK);
+    const body = [encodeRtMsg({
+      family: familyToAf(family), dstLen, table: table < 256 ? table : 0,
+      protocol: r.protocol ?? (isDel ? RTPROT_UNSPEC : RTPROT_BOOT), scope, type: isDel ? RTN_UNSPEC : RTN_UNICAST,
+    })];
+    body.push(attrU32(RTA_TABLE, table));
+    if (dstBytes && dstLen > 0) body.push(attr(RTA_DST, dstBytes));
+    if (r.gateway) body.push(attr(RTA_GATEWAY, sameFamily(r.gateway, family, 'gateway')));
+    if (r.src) body.push(attr(RTA_PREFSRC, sameFamily(r.src, family, 'src')));
+    if (r.oif !== undefined) body.push(attrU32(RTA_OIF, r.oif));
+    if (r.metric !== undefined) body.push(attrU32(RTA_PRIORITY, r.metric));
+    const object = `route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}${r.oif !== undefined ? ` dev #${r.oif}` : ''}${table !== RT_TABLE_MAIN ? ` table ${table}` : ''}`;
+    const run = (): unknown => this.sock.request(type, flags, body, { object: `${what} ${object}` });
+    if (r.oif !== undefined) {
+      this.onLinkRoute(r.oif, `${what} ${object}`, run);
+    } else {
+      run();
+    }
+  }
+
+  private onLinkRoute(oif: number, object: string, fn: () => unknown): void {
+    try {
+      fn();
+    } catch (err) {
+      if (!(err instanceof NetlinkError)) throw err;
+      throw new NetlinkError(err.op, `${object} (dev ${this.describeLink(oif)})`, err.errno, err.extack);
+    }
+  }
+
+  /** Routes of one table (main by default; table 0 = every table), both families unless one is given. */
+  listRoutes(filter: { family?: Family; table?: number } = {}): Route[] {
+    const af = filter.family ? familyToAf(filter.family) : AF_UNSPEC;
+    const table = filter.table ?? RT_TABLE_MAIN;
+    const msgs = this.sock.request(RTM_GETROUTE, NLM_F_DUMP, [encodeRtMsg({ family: af })], { object: 'routes (dump)' });
+    const out: Route[] = [];
+    for (const m of msgs) {
+      if (m.type !== RTM_NEWROUTE) continue;
+      const h = decodeRtMsg(m.payload);
+      if (h.family !== AF_INET && h.family !== AF_INET6) continue;
+      if (h.flags & RTM_F_CLONED) continue;
+      const a = AttrMap.parse(m.payload, 12);
+      const t = a.u32(RTA_TABLE) ?? h.table;
+      if (table !== 0 && t !== table) continue;
+      const dst = a.get(RTA_DST);
+      const r: Route = {
+        dst: h.dstLen === 0 || !dst ? 'default' : `${bytesToIp(dst)}/${h.dstLen}`,
+        table: t, scope: h.scope, protocol: h.protocol, type: h.type, family: afToFamily(h.family),
+      };
+      const gw = a.get(RTA_GATEWAY);
+      if (gw) r.gateway = bytesToIp(gw);
+      const oif = a.u32(RTA_OIF);
+      if (oif !== undefined) r.oif = oif;
+      const src = a.get(RTA_PREFSRC);
+      if (src) r.src = bytesToIp(src);
+      const metric = a.u32(RTA_PRIORITY);
+      if (metric !== undefined) r.metric = metric;
+      out.push(r);
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ neighbours
+
+  /** A static neighbour entry (reachable, or permanent: never expires, never probed). */
+  addNeighbour(n: { index: number; ip: string; mac: string; permanent?: boolean }): void {
+    const ip = ipToBytes(n.ip);
+    const body = [
+      encodeNdMsg({ family: ip.length === 4 ? AF_INET : AF_INET6, index: n.index, state: n.permanent ? NUD_PERMANENT : NUD_REACHABLE }),
+      attr(NDA_DST, ip),
+      attr(NDA_LLADDR, macToBytes(n.mac)),
+    ];
+    this.onLink(n.index, `adding neighbour ${n.ip} lladdr ${n.mac} on`, () => this.sock.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, body, { object: '' }));
+  }
+
+  listNeighbours(index?: number): Neighbour[] {
+    const msgs = this.sock.request(RTM_GETNEIGH, NLM_F_DUMP, [encodeNdMsg({ index: index ?? 0 })], { object: 'neighbours (dump)' });
+    const out: Neighbour[] = [];
+    for (const m of msgs) {
+      if (m.type !== RTM_NEWNEIGH) continue;
+      const h = decodeNdMsg(m.payload);
+      // AF_UNSPEC dumps include the bridge FDB (AF_BRIDGE): not IP neighbours.
+      if (h.family !== AF_INET && h.family !== AF_INET6) continue;
+      if (index !== undefined && h.index !== index) continue;
+      const a = AttrMap.parse(m.payload, 12);
+      const dst = a.get(NDA_DST);
+      if (!dst) continue;
+      const n: Neighbour = { index: h.index, family: afToFamily(h.family), ip: bytesToIp(dst), state: h.state, permanent: (h.state & NUD_PERMANENT) !== 0 };
+      const ll = a.get(NDA_LLADDR);
+      if (ll && ll.length > 0) n.mac = bytesToMac(ll);
+      out.push(n);
+    }
+    return out;
+  }
+}
+
+function sameFamily(ip: string, family: Family, what: string): Buffer {
+  const b = ipToBytes(ip);
+  if ((b.length === 4 ? 4 : 6) !== family) throw new Error(`route ${what} ${ip} is not IPv${family} like the destination`);
+  return b;
+}
+
+function parseLink(m: NlMsg): LinkInfo {
+  const h = decodeIfInfo(m.payload);
+  const a = AttrMap.parse(m.payload, 16);
+  const mac = a.get(IFLA_ADDRESS);
+  const l: LinkInfo = {
+    index: h.index,
+    name: a.str(IFLA_IFNAME) ?? '',
+    mtu: a.u32(IFLA_MTU) ?? 0,
+    flags: h.flags,
+    up: (h.flags & IFF_UP) !== 0,
+    mac: mac ? bytesToMac(mac) : '',
+  };
+  const master = a.u32(IFLA_MASTER);
+  if (master !== undefined && master !== 0) l.masterIndex = master;
+  const link = a.s32(IFLA_LINK);
+  if (link !== undefined && link !== h.index && link !== 0) l.linkIndex = link;
+  const nsid = a.s32(IFLA_LINK_NETNSID);
+  if (nsid !== undefined) l.linkNetnsId = nsid;
+  const li = a.nested(IFLA_LINKINFO);
+  if (li) {
+    const kind = li.str(IFLA_INFO_KIND);
+    if (kind) l.kind = kind;
+    const sk = li.str(IFLA_INFO_SLAVE_KIND);
+    if (sk) l.slaveKind = sk;
+    if (sk === 'bridge') {
+      const mode = li.nested(IFLA_INFO_SLAVE_DATA)?.u8(IFLA_BRPORT_MODE);
+      if (mode !== undefined) l.hairpin = mode !== 0;
+    }
+  }
+  return l;
+}

@@ -1,0 +1,135 @@
+// Network namespace switching for the calling thread. setns() moves only the
+// thread that calls it (PLATFORM.md), so every switched section here is
+// synchronous and always switches back, even when it throws.
+import { access, existsSync, mkdirSync, rmSync, statSync, statfsSync } from 'node:fs';
+import {
+  open, close, setns, unshare, mount, umount2, SysError,
+  CLONE_NEWNET, O_RDONLY, O_CREAT, MS_BIND, MNT_DETACH,
+} from './ffi/libc.js';
+
+/** Where `ip netns add` puts named namespaces. */
+export const NETNS_RUN_DIR = '/run/netns';
+const NSFS_MAGIC = 0x6e736673;
+const SELF_NET = '/proc/thread-self/ns/net';
+const O_EXCL = 0o200;
+
+let poolWarm = false;
+/**
+ * libuv starts its threadpool lazily, on the first async job, and new threads
+ * inherit the netns of the thread that spawns them. Submitting one job now,
+ * before any setns, makes the pool start in the original namespace instead of a
+ * pod's. uv_queue_work creates the threads synchronously at submission.
+ */
+export function warmThreadpool(): void {
+  if (poolWarm) return;
+  poolWarm = true;
+  access('/', () => {});
+}
+
+/** Inode of the calling thread's current network namespace (identifies it). */
+export function currentNetnsInode(): number {
+  return statSync(SELF_NET).ino;
+}
+
+/** True when path is a network namespace handle (a bind-mounted nsfs file or /proc/<pid>/ns/net). */
+export function netnsExists(path: string): boolean {
+  try {
+    return statfsSync(path).type === NSFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs fn with the calling thread inside nsPath; switches back afterwards, even on throw. */
+export function withNetns<T>(nsPath: string, fn: () => T): T {
+  warmThreadpool();
+  const target = open(nsPath, O_RDONLY);
+  let orig: number;
+  try {
+    orig = open(SELF_NET, O_RDONLY);
+  } catch (err) {
+    close(target);
+    throw err;
+  }
+  try {
+    try {
+      setns(target, CLONE_NEWNET);
+    } catch (err) {
+      throw new SysError('setns', (err as SysError).errno, `entering netns ${nsPath}`);
+    }
+    try {
+      return fn();
+    } finally {
+      restore(orig, nsPath);
+    }
+  } finally {
+    close(orig);
+    close(target);
+  }
+}
+
+function restore(origFd: number, from: string): void {
+  try {
+    setns(origFd, CLONE_NEWNET);
+  } catch (err) {
+    // Carrying on would run the rest of the program (and every later netlink
+    // socket) in the pod's namespace: there is no safe way forward.
+    process.stderr.write(`patu: fatal: cannot switch back from netns ${from}: ${(err as Error).message}\n`);
+    process.abort();
+  }
+}
+
+const namedPath = (name: string): string => {
+  if (!/^[A-Za-z0-9_.-]{1,200}$/.test(name) || name === '.' || name === '..') {
+    throw new Error(`invalid netns name '${name}'`);
+  }
+  return `${NETNS_RUN_DIR}/${name}`;
+};
+
+/**
+ * Creates a named network namespace under /run/netns, as `ip netns add` does:
+ * unshare a new netns on this thread, bind-mount its handle, switch back.
+ * Returns the path. Throws EEXIST when the name is taken.
+ */
+export function createNamedNetns(name: string): string {
+  const path = namedPath(name);
+  warmThreadpool();
+  mkdirSync(NETNS_RUN_DIR, { recursive: true, mode: 0o755 });
+  close(open(path, O_RDONLY | O_CREAT | O_EXCL, 0o444));
+  const orig = open(SELF_NET, O_RDONLY);
+  let mounted = false;
+  try {
+    unshare(CLONE_NEWNET);
+    try {
+      mount(SELF_NET, path, 'none', MS_BIND);
+      mounted = true;
+    } finally {
+      restore(orig, `new netns ${name}`);
+    }
+  } catch (err) {
+    if (mounted) umount2(path, MNT_DETACH);
+    rmSync(path, { force: true });
+    throw err;
+  } finally {
+    close(orig);
+  }
+  return path;
+}
+
+/**
+ * Unmounts and removes a named namespace, as `ip netns del` does. The kernel tears
+ * the namespace (and links still in it) down asynchronously once nothing holds it.
+ * Returns false when there was no such namespace.
+ */
+export function deleteNamedNetns(name: string): boolean {
+  const path = namedPath(name);
+  if (!existsSync(path)) return false;
+  try {
+    umount2(path, MNT_DETACH);
+  } catch (err) {
+    // EINVAL: not a mount point (a leftover file from an interrupted create).
+    if (!(err instanceof SysError && err.code === 'EINVAL')) throw err;
+  }
+  rmSync(path, { force: true });
+  return true;
+}
