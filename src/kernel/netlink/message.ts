@@ -442,7 +442,7 @@ export interface ErrorPayload {
 export function parseErrorPayload(msg: NlMsg): ErrorPayload {
   const p = msg.payload;
   need(p, 4, msg.type === NLMSG_DONE ? 'NLMSG_DONE' : 'nlmsgerr');
-  const errno = -p.readInt32LE(0);
+  const errno = -p.readInt32LE(0) || 0; // no -0 for a plain ack
   if (msg.type === NLMSG_DONE) {
     const out: ErrorPayload = { errno: Math.max(errno, 0), seq: msg.seq };
     if (msg.flags & NLM_F_ACK_TLVS && p.length > 4) {
