@@ -107,7 +107,7 @@ export class IpamStore {
       }
       if (Date.now() >= deadline) throw new IpamLockTimeoutError(this.lockPath, timeoutMs);
       sleepMs(wait);
-      wait = Math.min(wait * 2, 8);
+      wait = Math.min(wait * 2, 2);
     }
     h.depth = 1;
   }
