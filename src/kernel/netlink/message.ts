@@ -125,6 +125,7 @@ export const RTM_F_CLONED = 0x200;
 
 export const NDA_DST = 1;
 export const NDA_LLADDR = 2;
+export const NDA_IFINDEX = 8;
 
 export const NUD_INCOMPLETE = 0x01;
 export const NUD_REACHABLE = 0x02;

@@ -20,7 +20,7 @@ import {
   IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS, IFA_F_NODAD,
   RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE,
   RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RTPROT_BOOT, RTPROT_UNSPEC, RTN_UNICAST, RTN_UNSPEC,
-  RTM_F_CLONED, NDA_DST, NDA_LLADDR, NUD_PERMANENT, NUD_REACHABLE,
+  RTM_F_CLONED, NDA_DST, NDA_LLADDR, NDA_IFINDEX, NUD_PERMANENT, NUD_REACHABLE,
 } from './message.js';
 
 export interface LinkInfo {
@@ -399,7 +399,10 @@ export class Rtnl {
   }
 
   listNeighbours(index?: number): Neighbour[] {
-    const msgs = this.sock.request(RTM_GETNEIGH, NLM_F_DUMP, [encodeNdMsg({ index: index ?? 0 })], { object: 'neighbours (dump)' });
+    // Strict dump checking refuses an index in the header; the filter goes in NDA_IFINDEX.
+    const body = [encodeNdMsg({})];
+    if (index !== undefined) body.push(attrU32(NDA_IFINDEX, index));
+    const msgs = this.sock.request(RTM_GETNEIGH, NLM_F_DUMP, body, { object: index === undefined ? 'neighbours (dump)' : `neighbours of link #${index} (dump)` });
     const out: Neighbour[] = [];
     for (const m of msgs) {
       if (m.type !== RTM_NEWNEIGH) continue;
