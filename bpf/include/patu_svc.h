@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Map layouts for socket-level ClusterIP load balancing (bpf/sock_lb.c).
+ * The TypeScript codecs in src/dataplane/service-lb.ts mirror these structs
+ * byte for byte; the libbpf layer checks key/value sizes against the kernel
+ * at open time, so keep both sides in step.
+ *
+ * Addresses and ports are kept in network byte order, as the socket hooks see
+ * them, so the programs never convert on the fast path.
+ */
+#ifndef PATU_SVC_H
+#define PATU_SVC_H
+
+#include <linux/types.h>
+
+#define PATU_SVC_MAX      65536    /* service ports (vip, port, proto) */
+#define PATU_BACKEND_MAX  262144   /* backends over all services */
+#define PATU_REVNAT_MAX   262144   /* LRU: per-socket reverse translations */
+#define PATU_AFFINITY_MAX 65536    /* LRU: (client netns, service) -> backend */
+#define PATU_SVC_NAME_LEN 64
+
+/* svc_val.flags */
+#define PATU_SVC_F_AFFINITY 0x1    /* sessionAffinity: ClientIP */
+
+/* Service key: protocol is part of it so TCP and UDP on one port are distinct. */
+struct patu_svc_key {
+	__be32 vip;
+	__be16 port;
+	__u8 proto;          /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;            /* must be zero: hash keys compare bytewise */
+};
+
+struct patu_svc_val {
+	__u32 count;         /* selectable backends: slots 0..count-1; 0 = reject */
+	__u32 svc_id;        /* unique per service port, never 0 */
+	__u32 flags;         /* PATU_SVC_F_* */
+	__u32 affinity_timeout; /* seconds, when PATU_SVC_F_AFFINITY */
+};
+
+struct patu_slot_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+/*
+ * Backend ids are allocated globally (not per service), so one id never names
+ * two services' backends; svc_id lets the affinity path prove an id it
+ * remembered still belongs to the same service.
+ */
+struct patu_backend {
+	__be32 ip;
+	__be16 port;
+	__u16 pad;
+	__u32 svc_id;
+};
+
+/*
+ * Reverse translation: a socket (cookie) that was sent to a backend sees the
+ * service address instead, on recvmsg (unconnected UDP) and getpeername.
+ */
+struct patu_revnat_key {
+	__u64 cookie;
+	__be32 ip;
+	__be16 port;
+	__u16 pad;
+};
+
+struct patu_revnat_val {
+	__be32 vip;
+	__be16 port;
+	__u16 pad;
+};
+
+/*
+ * sessionAffinity ClientIP. At connect() the source address is usually not
+ * chosen yet, so the client is identified by its network namespace cookie:
+ * one pod = one netns = one pod IP, which is what ClientIP means for pods.
+ * Host processes share the host netns, hence one affinity for the host.
+ */
+struct patu_aff_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct patu_aff_val {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_used_ns;  /* bpf_ktime_get_ns() */
+};
+
+/* Names for `patu services`: not read by the programs. */
+struct patu_svc_meta {
+	char name[PATU_SVC_NAME_LEN];
+};
+
+#endif

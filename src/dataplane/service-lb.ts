@@ -1,0 +1,391 @@
+// Owns the socket load-balancing BPF object (bpf/sock_lb.c): its pinned maps,
+// its cgroup attachments, and the translation of the service model into map
+// entries through the phased diff in src/services/diff.ts.
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
+import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
+import { ensurePinDir, PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
+import {
+  commit, diffServices, emptyState, IdAllocator,
+  type DiffResult, type MapOp, type ProgrammedBackend, type ProgrammedService, type ProgrammedState,
+} from '../services/diff.js';
+import { portKey, type DesiredServicePort, type Protocol, type ServiceModel } from '../services/model.js';
+
+export const SOCK_LB_PROGRAMS = ['patu_connect4', 'patu_sendmsg4', 'patu_recvmsg4', 'patu_getpeername4'] as const;
+export const PROD_CGROUP = '/sys/fs/cgroup/unified';
+const DEFAULT_OBJECT = fileURLToPath(new URL('../../../build/bpf/sock_lb.o', import.meta.url));
+
+const IPPROTO: Record<Protocol, number> = { TCP: 6, UDP: 17 };
+const PROTO_NAME: Record<number, Protocol | undefined> = { 6: 'TCP', 17: 'UDP' };
+const F_AFFINITY = 1;
+const NAME_LEN = 64;
+
+// Mirrors of bpf/include/patu_svc.h; TypedMap checks the sizes against the kernel.
+interface SvcKeyC { vip: string; port: number; proto: number; pad: number }
+interface SvcValC { count: number; svcId: number; flags: number; affinityTimeout: number }
+interface SlotKeyC { svcId: number; slot: number }
+interface BackendC { ip: string; port: number; pad: number; svcId: number }
+export interface RevNatKeyC { cookie: bigint; ip: string; port: number; pad: number }
+export interface RevNatValC { vip: string; port: number; pad: number }
+export interface AffKeyC { netnsCookie: bigint; svcId: number; pad: number }
+export interface AffValC { backendId: number; pad: number; lastUsedNs: bigint }
+
+const svcKeyC = structCodec<SvcKeyC>({ vip: ipv4, port: be16, proto: u8, pad: u8 });
+const svcValC = structCodec<SvcValC>({ count: u32, svcId: u32, flags: u32, affinityTimeout: u32 });
+const slotKeyC = structCodec<SlotKeyC>({ svcId: u32, slot: u32 });
+const backendC = structCodec<BackendC>({ ip: ipv4, port: be16, pad: u16, svcId: u32 });
+export const revNatKeyC = structCodec<RevNatKeyC>({ cookie: u64, ip: ipv4, port: be16, pad: u16 });
+export const revNatValC = structCodec<RevNatValC>({ vip: ipv4, port: be16, pad: u16 });
+export const affKeyC = structCodec<AffKeyC>({ netnsCookie: u64, svcId: u32, pad: u32 });
+export const affValC = structCodec<AffValC>({ backendId: u32, pad: u32, lastUsedNs: u64 });
+const raw64 = bytes(NAME_LEN);
+const nameC: Codec<string> = {
+  size: NAME_LEN, align: 1,
+  encode(v, b, o) {
+    b.fill(0, o, o + NAME_LEN);
+    // Truncated on a UTF-8 boundary is not worth the cost here: names are ASCII (DNS labels).
+    b.write(v.slice(0, NAME_LEN - 1), o, 'utf8');
+  },
+  decode(b, o) {
+    const s = raw64.decode(b, o);
+    const z = s.indexOf(0);
+    return s.subarray(0, z < 0 ? NAME_LEN : z).toString('utf8');
+  },
+};
+
+export interface ServiceLbOptions {
+  /** bpffs directory for the maps and links; production: /sys/fs/bpf/patu. */
+  pinRoot?: string;
+  /** cgroup2 directory the programs attach to; production: the cgroup2 root. */
+  cgroupPath?: string;
+  /** Compiled bpf/sock_lb.c. */
+  objectPath?: string;
+}
+
+export interface ProgrammedServiceView {
+  name: string;
+  vip: string;
+  port: number;
+  protocol: Protocol;
+  svcId: number;
+  sessionAffinity: 'None' | 'ClientIP';
+  affinityTimeoutSeconds: number;
+  /** Selectable backends in slot order. */
+  backends: { id: number; ip: string; port: number }[];
+}
+
+export interface ApplyStats {
+  ops: number;
+  services: number;
+  syscallBatches: number;
+  ms: number;
+}
+
+interface Maps {
+  svc: TypedMap<SvcKeyC, SvcValC>;
+  slot: TypedMap<SlotKeyC, number>;
+  backend: TypedMap<number, BackendC>;
+  meta: TypedMap<number, string>;
+  revnat: TypedMap<RevNatKeyC, RevNatValC>;
+  affinity: TypedMap<AffKeyC, AffValC>;
+}
+
+export class ServiceLb {
+  private links: BpfLink[] = [];
+  private state: ProgrammedState;
+  private ids: IdAllocator;
+  private readonly svcIds = new Set<number>();
+
+  private constructor(
+    private readonly obj: BpfObject,
+    readonly maps: Maps,
+    readonly pinRoot: string,
+    readonly cgroupPath: string,
+  ) {
+    this.state = readState(maps);
+    for (const s of this.state.services.values()) this.svcIds.add(s.id);
+    let max = 0;
+    for (const id of this.state.backends.keys()) max = Math.max(max, id);
+    for (const id of this.svcIds) max = Math.max(max, id);
+    this.ids = new IdAllocator((id) => this.state.backends.has(id) || this.svcIds.has(id), max + 1);
+  }
+
+  /**
+   * Loads the programs, reusing maps already pinned under pinRoot (an agent
+   * restart keeps every service and established translation), and repairs
+   * what an interrupted apply may have left (slots beyond count, backends in
+   * no slot).
+   */
+  static open(opts: ServiceLbOptions = {}): ServiceLb {
+    const pinRoot = ensurePinDir(opts.pinRoot ?? PATU_PIN_ROOT);
+    const objectPath = opts.objectPath ?? DEFAULT_OBJECT;
+    if (!existsSync(objectPath)) throw new Error(`ServiceLb.open: BPF object ${objectPath} is missing (run scripts/build.sh)`);
+    const obj = BpfObject.open(objectPath, { pinRoot });
+    try {
+      obj.load();
+      const maps: Maps = {
+        svc: obj.map('patu_svc').typed(svcKeyC, svcValC),
+        slot: obj.map('patu_svc_slot').typed(slotKeyC, u32),
+        backend: obj.map('patu_backend').typed(u32, backendC),
+        meta: obj.map('patu_svc_meta').typed(u32, nameC),
+        revnat: obj.map('patu_revnat').typed(revNatKeyC, revNatValC),
+        affinity: obj.map('patu_affinity').typed(affKeyC, affValC),
+      };
+      repair(maps);
+      return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath ?? PROD_CGROUP);
+    } catch (e) {
+      obj.close();
+      throw e;
+    }
+  }
+
+  private linkPin(prog: string): string {
+    return join(this.pinRoot, 'links', prog);
+  }
+
+  /**
+   * Attaches the four programs to the cgroup with pinned links (they survive
+   * the agent). A link already pinned from an earlier run is replaced only
+   * after the new one is attached, so there is no moment without translation;
+   * two copies running for that moment is harmless (the second sees a backend
+   * address, not a service address).
+   */
+  attach(): void {
+    if (this.links.length) return;
+    mkdirSync(join(this.pinRoot, 'links'), { recursive: true });
+    const created: BpfLink[] = [];
+    try {
+      for (const name of SOCK_LB_PROGRAMS) {
+        const link = this.obj.program(name).attachCgroup(this.cgroupPath);
+        created.push(link);
+        const pin = this.linkPin(name);
+        if (existsSync(pin)) BpfLink.fromPin(pin).destroy();
+        link.pin(pin);
+      }
+    } catch (e) {
+      for (const l of created) l.destroy();
+      throw e;
+    }
+    this.links = created;
+  }
+
+  /** Detaches the programs (also links pinned by an earlier run) and removes their pins. */
+  detach(): void {
+    for (const l of this.links) l.destroy();
+    this.links = [];
+    for (const name of SOCK_LB_PROGRAMS) {
+      const pin = this.linkPin(name);
+      if (existsSync(pin)) BpfLink.fromPin(pin).destroy();
+    }
+  }
+
+  get attached(): boolean {
+    return this.links.length > 0;
+  }
+
+  /**
+   * Programs the model. With `changedRefs` (e.g. model.takeChanges()) only
+   * those services are diffed, so one change costs the same whatever the
+   * number of services; without, everything is compared (full resync).
+   */
+  apply(model: ServiceModel | ReadonlyMap<string, DesiredServicePort>, changedRefs?: ReadonlySet<string>): ApplyStats {
+    const t0 = performance.now();
+    const desired = 'desired' in model && typeof model.desired === 'function'
+      ? (model as ServiceModel).desired(changedRefs)
+      : (model as ReadonlyMap<string, DesiredServicePort>);
+    if (changedRefs && !('desired' in model && typeof model.desired === 'function')) {
+      throw new Error('ServiceLb.apply: changedRefs needs a ServiceModel');
+    }
+    const diff = diffServices(this.state, desired, this.ids, changedRefs);
+    const batches = this.write(diff.ops);
+    this.record(diff);
+    return { ops: diff.ops.length, services: diff.services.size, syscallBatches: batches, ms: performance.now() - t0 };
+  }
+
+  private record(diff: DiffResult): void {
+    for (const [key, s] of diff.services) {
+      const old = this.state.services.get(key);
+      if (old && (!s || s.id !== old.id)) this.svcIds.delete(old.id);
+      if (s) this.svcIds.add(s.id);
+    }
+    commit(this.state, diff);
+  }
+
+  /**
+   * Writes ops phase by phase (the order is what keeps readers consistent);
+   * within a phase, one batch syscall per map and kind.
+   */
+  private write(ops: readonly MapOp[]): number {
+    let batches = 0;
+    let i = 0;
+    while (i < ops.length) {
+      const phase = ops[i]!.phase;
+      const groups = new Map<string, MapOp[]>();
+      for (; i < ops.length && ops[i]!.phase === phase; i++) {
+        const op = ops[i]!;
+        const g = `${op.map}/${op.op}`;
+        let list = groups.get(g);
+        if (!list) groups.set(g, (list = []));
+        list.push(op);
+      }
+      for (const list of groups.values()) {
+        this.writeGroup(list);
+        batches++;
+      }
+    }
+    return batches;
+  }
+
+  private writeGroup(list: MapOp[]): void {
+    const m = this.maps;
+    const first = list[0]!;
+    switch (first.map) {
+      case 'backend':
+        if (first.op === 'update') {
+          m.backend.batchUpdate(list.map((o) => {
+            const b = (o as Extract<MapOp, { map: 'backend'; op: 'update' }>).value;
+            return [(o as { id: number }).id, { ip: b.ip, port: b.port, pad: 0, svcId: b.svcId }] as const;
+          }));
+        } else m.backend.batchDelete(list.map((o) => (o as { id: number }).id));
+        return;
+      case 'meta':
+        if (first.op === 'update') {
+          m.meta.batchUpdate(list.map((o) => [(o as { svcId: number }).svcId, (o as { name: string }).name] as const));
+        } else m.meta.batchDelete(list.map((o) => (o as { svcId: number }).svcId));
+        return;
+      case 'slot':
+        if (first.op === 'update') {
+          m.slot.batchUpdate(list.map((o) => {
+            const s = o as Extract<MapOp, { map: 'slot'; op: 'update' }>;
+            return [{ svcId: s.svcId, slot: s.slot }, s.backendId] as const;
+          }));
+        } else {
+          m.slot.batchDelete(list.map((o) => {
+            const s = o as Extract<MapOp, { map: 'slot'; op: 'delete' }>;
+            return { svcId: s.svcId, slot: s.slot };
+          }));
+        }
+        return;
+      case 'svc':
+        if (first.op === 'update') {
+          m.svc.batchUpdate(list.map((o) => {
+            const s = o as Extract<MapOp, { map: 'svc'; op: 'update' }>;
+            return [
+              { vip: s.key.vip, port: s.key.port, proto: IPPROTO[s.key.protocol], pad: 0 },
+              { count: s.value.count, svcId: s.value.svcId, flags: s.value.affinity ? F_AFFINITY : 0, affinityTimeout: s.value.affinityTimeoutSeconds },
+            ] as const;
+          }));
+        } else {
+          m.svc.batchDelete(list.map((o) => {
+            const k = (o as Extract<MapOp, { map: 'svc'; op: 'delete' }>).key;
+            return { vip: k.vip, port: k.port, proto: IPPROTO[k.protocol], pad: 0 };
+          }));
+        }
+        return;
+    }
+  }
+
+  /** Services and backends as the maps hold them now (not as intended). */
+  programmed(): ProgrammedServiceView[] {
+    return programmedView(this.maps);
+  }
+
+  /** The diff base (what this process believes is programmed). */
+  get programmedState(): ProgrammedState {
+    return this.state;
+  }
+
+  /** Releases fds; pinned maps and links stay, so translation continues. */
+  close(): void {
+    for (const l of this.links) l.close();
+    this.links = [];
+    for (const m of Object.values(this.maps)) (m as TypedMap<unknown, unknown>).close();
+    this.obj.close();
+  }
+}
+
+function readState(m: Maps): ProgrammedState {
+  const state = emptyState();
+  const names = new Map<number, string>(m.meta.entries());
+  for (const [k, v] of m.svc.entries()) {
+    const protocol = PROTO_NAME[k.proto];
+    if (!protocol) continue;
+    const slots: number[] = [];
+    for (let i = 0; i < v.count; i++) {
+      const bid = m.slot.lookup({ svcId: v.svcId, slot: i });
+      if (bid === undefined) break;
+      slots.push(bid);
+      const b = m.backend.lookup(bid);
+      if (b) state.backends.set(bid, { ip: b.ip, port: b.port, svcId: b.svcId });
+    }
+    const name = names.get(v.svcId) ?? `?/svc-${v.svcId}:${k.port}`;
+    const key = portKey(k.vip, k.port, protocol);
+    const svc: ProgrammedService = {
+      key, ref: name.slice(0, name.lastIndexOf(':')), vip: k.vip, port: k.port, protocol, id: v.svcId, name,
+      affinity: (v.flags & F_AFFINITY) !== 0, affinityTimeoutSeconds: v.affinityTimeout, slots,
+    };
+    state.services.set(key, svc);
+  }
+  return state;
+}
+
+/** Removes entries no service can reach: leftovers of an apply interrupted between phases. */
+function repair(m: Maps): void {
+  const counts = new Map<number, number>();
+  for (const [, v] of m.svc.entries()) counts.set(v.svcId, v.count);
+  const live = new Set<number>();
+  const staleSlots: SlotKeyC[] = [];
+  for (const [k, bid] of m.slot.entries()) {
+    const count = counts.get(k.svcId);
+    if (count === undefined || k.slot >= count) staleSlots.push(k);
+    else live.add(bid);
+  }
+  m.slot.batchDelete(staleSlots);
+  m.backend.batchDelete([...m.backend.keys()].filter((id) => !live.has(id)));
+  m.meta.batchDelete([...m.meta.keys()].filter((id) => !counts.has(id)));
+}
+
+function programmedView(m: Maps): ProgrammedServiceView[] {
+  const out: ProgrammedServiceView[] = [];
+  for (const [k, v] of m.svc.entries()) {
+    const backends: ProgrammedServiceView['backends'] = [];
+    for (let i = 0; i < v.count; i++) {
+      const bid = m.slot.lookup({ svcId: v.svcId, slot: i });
+      const b = bid === undefined ? undefined : m.backend.lookup(bid);
+      if (bid !== undefined && b) backends.push({ id: bid, ip: b.ip, port: b.port });
+    }
+    const affinity = (v.flags & F_AFFINITY) !== 0;
+    out.push({
+      name: m.meta.lookup(v.svcId) ?? '',
+      vip: k.vip, port: k.port, protocol: PROTO_NAME[k.proto] ?? 'TCP', svcId: v.svcId,
+      sessionAffinity: affinity ? 'ClientIP' : 'None',
+      affinityTimeoutSeconds: affinity ? v.affinityTimeout : 0,
+      backends,
+    });
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name) || a.vip.localeCompare(b.vip) || a.port - b.port);
+}
+
+/**
+ * Reads the programmed services from pinned maps without loading programs
+ * (for `patu services` / `patu status` next to a running agent).
+ */
+export function readProgrammed(pinRoot: string = PATU_PIN_ROOT): ProgrammedServiceView[] | null {
+  const p = (n: string): string => join(pinRoot, n);
+  if (!existsSync(p('patu_svc'))) return null;
+  const maps = {
+    svc: TypedMap.fromPin(p('patu_svc'), svcKeyC, svcValC),
+    slot: TypedMap.fromPin(p('patu_svc_slot'), slotKeyC, u32),
+    backend: TypedMap.fromPin(p('patu_backend'), u32, backendC),
+    meta: TypedMap.fromPin(p('patu_svc_meta'), u32, nameC),
+  };
+  try {
+    return programmedView(maps as unknown as Maps);
+  } finally {
+    for (const x of Object.values(maps)) x.close();
+  }
+}
+
+export type { ProgrammedBackend };
