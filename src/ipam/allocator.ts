@@ -104,7 +104,11 @@ function pickFree(cfg: IpamConfig, set: IpamRangeSet, taken: Set<bigint>, last: 
 }
 
 function checkOwner(containerId: string, ifname: string): void {
-  if (!containerId || /[\r\n\0]/.test(containerId)) throw new IpamConfigError('CNI_CONTAINERID', `container id ${JSON.stringify(containerId)} is empty or holds a line break`);
+  // Records are read back trimmed: an id with outer whitespace would never match
+  // itself again and every re-ADD would take a new address.
+  if (!containerId || /[\r\n\0]/.test(containerId) || containerId.trim() !== containerId) {
+    throw new IpamConfigError('CNI_CONTAINERID', `container id ${JSON.stringify(containerId)} is empty, holds a line break or has outer whitespace`);
+  }
   if (!ifname || /[\r\n\0/]/.test(ifname)) throw new IpamConfigError('CNI_IFNAME', `ifname ${JSON.stringify(ifname)} is empty or holds a line break or '/'`);
 }
 

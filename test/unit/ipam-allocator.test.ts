@@ -285,6 +285,7 @@ test('bad owners are rejected before anything is written', () => {
   const cfg = parseIpamConfig({ ranges: [[{ subnet: '10.82.0.0/24' }]], dataDir: root });
   assert.throws(() => allocate(cfg, store, '', 'eth0'), (e: unknown) => (e as IpamConfigError).field === 'CNI_CONTAINERID');
   assert.throws(() => allocate(cfg, store, 'a\nb', 'eth0'), (e: unknown) => (e as IpamConfigError).field === 'CNI_CONTAINERID');
+  assert.throws(() => allocate(cfg, store, ' a', 'eth0'), (e: unknown) => (e as IpamConfigError).field === 'CNI_CONTAINERID');
   assert.throws(() => allocate(cfg, store, 'a', ''), (e: unknown) => (e as IpamConfigError).field === 'CNI_IFNAME');
   assert.deepEqual(readdirSync(store.dir).filter((n) => n !== 'lock'), []);
   store.close();
