@@ -55,6 +55,7 @@ export const raw = {
   bpf_prog_query: bpf.func('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, void *prog_ids, _Inout_ uint32_t *prog_cnt)'),
   bpf_link_create: bpf.func('int bpf_link_create(int prog_fd, int target_fd, int type, const void *opts)'),
   bpf_link_detach: bpf.func('int bpf_link_detach(int link_fd)'),
+  bpf_link_update: bpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
   bpf_prog_get_next_id: bpf.func('int bpf_prog_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_map_get_next_id: bpf.func('int bpf_map_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_link_get_next_id: bpf.func('int bpf_link_get_next_id(uint32_t start, _Out_ uint32_t *next)'),

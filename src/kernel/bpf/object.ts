@@ -8,7 +8,7 @@ import { unlinkSync } from 'node:fs';
 import { raw, captureLibbpf, closeRawFd, errno, type Ptr } from './libbpf.js';
 import { BpfError } from './errors.js';
 import { TypedMap, type Codec } from './map.js';
-import { linkInfoByFd, mapInfoByFd, type LinkInfo, type MapInfo } from './introspect.js';
+import { linkInfoByFd, mapInfoByFd, progInfoByFd, type LinkInfo, type MapInfo } from './introspect.js';
 import { open as openFile, O_RDONLY } from '../ffi/libc.js';
 
 const O_DIRECTORY = 0o200000;
@@ -97,6 +97,12 @@ export class BpfLink {
     this.pinPath = undefined;
   }
 
+  /** Atomically swaps the attached program (upgrade without a detach gap). */
+  update(progFd: number): void {
+    const rc = raw.bpf_link_update(this.linkFd, progFd, null) as number;
+    if (rc < 0) throw new BpfError('bpf_link_update', -rc, { program: this.description });
+  }
+
   /** Detaches the program now (even if other references or pins exist), unpins and closes. */
   destroy(): void {
     if (this.linkFd < 0) return;
@@ -119,28 +125,56 @@ export class BpfLink {
 }
 
 export class BpfProgram {
+  private ownFd = -1;
+  private pinnedName = '';
   /** @internal */
-  constructor(private readonly ptr: Ptr, private readonly objectName: string) {}
+  constructor(private readonly ptr: Ptr | null, private readonly objectName: string) {}
+
+  /**
+   * A program re-opened from its pin (e.g. after an agent restart), without
+   * its object. Its section is unknown, so pass attach types explicitly.
+   */
+  static fromPin(path: string): BpfProgram {
+    const fd = raw.bpf_obj_get(path) as number;
+    if (fd < 0) throw new BpfError('bpf_obj_get', -fd, { path });
+    const p = new BpfProgram(null, `pinned ${path}`);
+    p.ownFd = fd;
+    try {
+      p.pinnedName = progInfoByFd(fd).name;
+    } catch (e) {
+      closeRawFd(fd);
+      throw e;
+    }
+    return p;
+  }
 
   get name(): string {
-    return raw.bpf_program__name(this.ptr) as string;
+    return this.ptr == null ? this.pinnedName : (raw.bpf_program__name(this.ptr) as string);
   }
 
   get sectionName(): string {
-    return raw.bpf_program__section_name(this.ptr) as string;
+    return this.ptr == null ? '' : (raw.bpf_program__section_name(this.ptr) as string);
   }
 
   /** Negative (-ENOENT) until the object is loaded. */
   get fd(): number {
-    return raw.bpf_program__fd(this.ptr) as number;
+    return this.ptr == null ? this.ownFd : (raw.bpf_program__fd(this.ptr) as number);
   }
 
+  /** -1 for a program opened from a pin (the kernel does not report it). */
   get expectedAttachType(): number {
-    return raw.bpf_program__expected_attach_type(this.ptr) as number;
+    return this.ptr == null ? -1 : (raw.bpf_program__expected_attach_type(this.ptr) as number);
+  }
+
+  /** Closes the fd of a program opened with fromPin (object programs close with their object). */
+  close(): void {
+    if (this.ownFd >= 0) closeRawFd(this.ownFd);
+    this.ownFd = -1;
   }
 
   /** Skip this program at load() (must be called before load). */
   setAutoload(on: boolean): void {
+    if (this.ptr == null) throw new Error(`setAutoload: ${this.name} is a pinned program, already loaded`);
     const rc = raw.bpf_program__set_autoload(this.ptr, on) as number;
     if (rc < 0) throw new BpfError('bpf_program__set_autoload', -rc, { object: this.objectName, program: this.name });
   }
@@ -156,6 +190,7 @@ export class BpfProgram {
    * libbpf derived from the program's section (sockops, cgroup/connect4, ...).
    */
   attachCgroup(cgroupPath: string, attachType = this.expectedAttachType): BpfLink {
+    if (attachType < 0) throw new Error(`attachCgroup: attach type of ${this.name} unknown, pass it explicitly`);
     const progFd = this.loadedFd('bpf_link_create');
     const cgFd = openFile(cgroupPath, O_RDONLY | O_DIRECTORY);
     try {
