@@ -6,6 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Rtnl } from '../../src/kernel/netlink/rtnl.js';
 import { NetlinkError } from '../../src/kernel/netlink/message.js';
 import { createNamedNetns, deleteNamedNetns, netnsExists, withNetns, currentNetnsInode } from '../../src/kernel/netns.js';
@@ -91,6 +92,58 @@ test('withNetns switches this thread and always switches back, even on throw', {
   assert.equal(currentNetnsInode(), home);
   assert.throws(() => withNetns(`/run/netns/${tag}-none`, () => 1), /ENOENT/);
   assert.equal(currentNetnsInode(), home);
+});
+
+test('the libuv threadpool stays in the original netns even when first used inside withNetns', { skip }, () => {
+  // A fresh CommonJS process that loads netns.js with require(esm): unlike the ESM
+  // loader, that reads files synchronously, so nothing has started the pool before
+  // withNetns. Async work first submitted inside the switched section must still run
+  // on threads in the home netns (the check that this test can fail: with the warm-up
+  // in warmThreadpool() removed, "pool" comes back equal to "inside").
+  const netnsJs = fileURLToPath(new URL('../../src/kernel/netns.js', import.meta.url));
+  const script = `
+    const { readdirSync, readlinkSync, promises: fsp } = require('node:fs');
+    const { withNetns } = require(${JSON.stringify(netnsJs)});
+    const threadsBefore = readdirSync('/proc/self/task').length;
+    const home = readlinkSync('/proc/thread-self/ns/net');
+    let pending;
+    const inside = withNetns(${JSON.stringify(paths[POD_A])}, () => {
+      pending = fsp.readlink('/proc/thread-self/ns/net');
+      return readlinkSync('/proc/thread-self/ns/net');
+    });
+    pending.then((pool) => console.log(JSON.stringify({ home, inside, pool, threadsBefore, threadsAfter: readdirSync('/proc/self/task').length })));`;
+  const r = spawnSync(process.execPath, ['--experimental-require-module', '--no-warnings', '-e', script], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const got = JSON.parse(r.stdout) as { home: string; inside: string; pool: string; threadsBefore: number; threadsAfter: number };
+  assert.ok(got.threadsAfter > got.threadsBefore, `the pool started during the test (${got.threadsBefore} -> ${got.threadsAfter} threads)`);
+  assert.equal(got.inside, `net:[${statSync(paths[POD_A]!).ino}]`, 'the main thread was in the pod');
+  assert.equal(got.pool, got.home, 'threadpool threads were started in the home netns');
+});
+
+test('setNetns moves a link into a pod netns; it arrives without its addresses', { skip }, () => {
+  const node = Rtnl.openInNetns(paths[NODE]!);
+  const pod = Rtnl.openInNetns(paths[POD_B]!);
+  try {
+    node.createVeth('mv0', 'mv1');
+    const mv1 = node.linkByName('mv1')!;
+    node.addAddress(mv1.index, '10.66.0.2/24');
+    const fd = open(paths[POD_B]!, O_RDONLY);
+    try {
+      node.setNetns(mv1.index, fd);
+    } finally {
+      close(fd);
+    }
+    assert.equal(node.linkByName('mv1'), undefined);
+    const moved = pod.linkByName('mv1')!;
+    assert.equal(moved.kind, 'veth');
+    assert.deepEqual(pod.listAddresses(moved.index), []);
+    assert.notEqual(node.linkByName('mv0')!.linkNetnsId, undefined);
+    node.deleteLink(node.linkByName('mv0')!.index);
+    assert.equal(pod.linkByName('mv1'), undefined);
+  } finally {
+    node.close();
+    pod.close();
+  }
 });
 
 test('sysctl writes inside withNetns land in that netns only', { skip }, () => {
