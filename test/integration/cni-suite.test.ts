@@ -319,6 +319,60 @@ for (const f of flavours) {
       }
     });
 
+    test('a full range: ADD fails cleanly (and STATUS says not available, for spec 1.1 plugins)', async (t) => {
+      // Two addresses only, in a network (IPAM store) of its own on the same bridge.
+      const small = (conf: Record<string, any>) => ({
+        ...conf,
+        name: `${f.netName}x`,
+        ipam: { ...conf.ipam, ranges: [[{ subnet: f.subnet, rangeStart: `${f.prefix}.250`, rangeEnd: `${f.prefix}.251` }]] },
+      });
+      const conf = small(f.netconf());
+      const pods = [newNetns(), newNetns(), newNetns()];
+      const [p1, p2, p3] = pods as [ReturnType<typeof newNetns>, ReturnType<typeof newNetns>, ReturnType<typeof newNetns>];
+      if (f.features.status) {
+        const st = await execPlugin(f.bin, 'STATUS', conf);
+        assert.equal(st.code, 0, `STATUS with free addresses: ${show(st)}`);
+      }
+      for (const p of [p1, p2]) {
+        const r = await add(p, conf);
+        assert.equal(r.code, 0, show(r));
+      }
+      const before = snapshotHost(scope({ containerIds: [p3.id] }));
+      const full = await add(p3, conf);
+      assert.notEqual(full.code, 0, `ADD into a full range must fail: ${show(full)}`);
+      assert.equal(typeof full.json?.code, 'number', `error JSON with a code: ${show(full)}`);
+      assert.equal(typeof full.json?.msg, 'string', `error JSON with a msg: ${show(full)}`);
+      const leftByAdd = diffSnapshots(before, snapshotHost(scope({ containerIds: [p3.id] })), scope(), { containerIds: [p3.id] });
+      const podLinks = () => spawnSync('ip', ['-n', p3.name, '-o', 'link', 'show'], { encoding: 'utf8' }).stdout.trim().split('\n');
+      if (f.id === 'patu') {
+        // patu promises more than the spec: a failed ADD rolls itself back.
+        assert.deepEqual(leftByAdd, [], 'the failed ADD left nothing');
+        assert.equal(podLinks().length, 1, `the failed ADD left links in the pod: ${podLinks().join(' | ')}`);
+      } else {
+        t.diagnostic(`reference: failed ADD leaves ${leftByAdd.join('; ') || 'nothing'} until the runtime's DEL`);
+      }
+      // The spec has the runtime DEL after a failed ADD; afterwards nothing may remain.
+      const cleanup = await del(p3, conf);
+      assert.equal(cleanup.code, 0, `DEL after a failed ADD: ${show(cleanup)}`);
+      assert.deepEqual(diffSnapshots(before, snapshotHost(scope({ containerIds: [p3.id] })), scope(), { containerIds: [p3.id] }), [], 'failed ADD + DEL left something');
+      assert.equal(podLinks().length, 1, `failed ADD + DEL left links in the pod: ${podLinks().join(' | ')}`);
+      if (f.features.status) {
+        const st = await execPlugin(f.bin, 'STATUS', conf);
+        assert.notEqual(st.code, 0, `STATUS with no free address must fail: ${show(st)}`);
+        assert.equal(st.json?.code, 50, `STATUS answers 50 (plugin not available): ${show(st)}`);
+      }
+      const d = await del(p1, conf);
+      assert.equal(d.code, 0, show(d));
+      if (f.features.status) {
+        const st = await execPlugin(f.bin, 'STATUS', conf);
+        assert.equal(st.code, 0, `STATUS after a DEL freed an address: ${show(st)}`);
+      }
+      const again = await add(p3, conf);
+      assert.equal(again.code, 0, `ADD after a DEL freed an address: ${show(again)}`);
+      assert.equal(ipOf(again.json), `${f.prefix}.250`, 'the freed address is handed out again');
+      for (const p of [p2, p3]) assert.equal((await del(p, conf)).code, 0);
+    });
+
     test('STATUS reports ready; GC releases attachments not in cni.dev/valid-attachments', { skip: f.features.gc ? false : `${f.id} speaks spec ${f.cniVersion}: no STATUS or GC` }, async () => {
       const st = await execPlugin(f.bin, 'STATUS', f.netconf());
       assert.equal(st.code, 0, `STATUS: ${show(st)}`);
