@@ -298,7 +298,9 @@ test('bridge + veths into two pods: addresses, default routes, hairpin, MTU, pin
 test('errors name the link: EEXIST on duplicates, ENODEV on unknown indexes; lookups are exact', { skip }, () => {
   const node = Rtnl.openInNetns(paths[NODE]!);
   try {
-    node.createBridge('dup0');
+    node.createBridge('dup0', { mac: '02:77:00:00:00:01' });
+    assert.equal(node.linkByName('dup0')!.mac, '02:77:00:00:00:01', 'a pinned bridge MAC is kept');
+    assert.throws(() => node.createBridge('dup1', { mac: '02:77:00:00:01' }), /invalid MAC address/);
     const dup = expectErr(() => node.createBridge('dup0'), 'EEXIST', /^RTM_NEWLINK bridge 'dup0': EEXIST \(errno 17\)/);
     assert.equal(dup.errno, 17);
     node.createVeth('pair0', 'pair1');

@@ -158,10 +158,16 @@ export class Rtnl {
     }
   }
 
-  createBridge(name: string, opts: { mtu?: number } = {}): void {
+  /**
+   * Creates a bridge. Give `mac` to pin its address: a bridge without one adopts
+   * its lowest port's MAC and changes it when that port leaves, which leaves pods
+   * with a stale ARP entry for their gateway.
+   */
+  createBridge(name: string, opts: { mtu?: number; mac?: string } = {}): void {
     checkName(name, 'bridge');
     const body = [encodeIfInfo({}), attrStr(IFLA_IFNAME, name)];
     if (opts.mtu !== undefined) body.push(attrU32(IFLA_MTU, opts.mtu));
+    if (opts.mac !== undefined) body.push(attr(IFLA_ADDRESS, macToBytes(opts.mac)));
     body.push(attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'bridge')]));
     this.sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, { object: `bridge '${name}'` });
   }
