@@ -1,0 +1,282 @@
+// The standalone service source: one local YAML or JSON file with services and
+// their endpoints. The embedded default for hosts without Kubernetes (and what
+// `patu demo` uses). Validation reports every problem with the path of the
+// entry and field (`services[2].ports[0].protocol: must be TCP or UDP`); a
+// watcher reloads on change and keeps the last good content when a new one is
+// bad, so a typo never unprograms anything.
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, extname } from 'node:path';
+import {
+  DEFAULT_AFFINITY_TIMEOUT, portKey,
+  type Endpoint, type Protocol, type Service, type ServicePort, type SessionAffinity,
+} from './model.js';
+
+export interface ServiceWithEndpoints {
+  service: Service;
+  endpoints: Endpoint[];
+}
+
+export class ServiceFileError extends Error {
+  constructor(readonly file: string, readonly problems: string[]) {
+    super(`${file}: ${problems.length === 1 ? problems[0] : `${problems.length} problems:\n  ${problems.join('\n  ')}`}`);
+    this.name = 'ServiceFileError';
+  }
+}
+
+const MAX_PROBLEMS = 50;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+const SERVICE_FIELDS = new Set(['name', 'namespace', 'clusterIP', 'ports', 'sessionAffinity', 'affinityTimeoutSeconds', 'endpoints']);
+const PORT_FIELDS = new Set(['name', 'port', 'protocol', 'targetPort']);
+const ENDPOINT_FIELDS = new Set(['ip', 'ready', 'serving', 'terminating', 'ports']);
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
+
+/**
+ * Validates parsed file content. Throws ServiceFileError listing every
+ * problem found (up to 50), each prefixed with the path of the field.
+ */
+export function validateServices(doc: unknown, file = '<input>'): ServiceWithEndpoints[] {
+  const problems: string[] = [];
+  const bad = (path: string, msg: string): void => {
+    if (problems.length < MAX_PROBLEMS) problems.push(`${path}: ${msg}`);
+  };
+  if (!isObj(doc)) throw new ServiceFileError(file, ['(top level): must be an object with a `services` list']);
+  for (const k of Object.keys(doc)) if (k !== 'services') bad(k, 'unknown field (expected only `services`)');
+  const list = doc.services ?? [];
+  if (!Array.isArray(list)) throw new ServiceFileError(file, ['services: must be a list']);
+
+  const out: ServiceWithEndpoints[] = [];
+  const refs = new Map<string, string>();
+  const keys = new Map<string, string>();
+  list.forEach((s: unknown, i: number) => {
+    const at = `services[${i}]`;
+    if (!isObj(s)) return bad(at, 'must be an object');
+    for (const k of Object.keys(s)) if (!SERVICE_FIELDS.has(k)) bad(`${at}.${k}`, 'unknown field');
+    const before = problems.length;
+
+    const name = s.name;
+    if (typeof name !== 'string' || !DNS_LABEL.test(name) || name.length > 63) {
+      bad(`${at}.name`, 'must be a DNS label (lowercase letters, digits, -; at most 63)');
+    }
+    const namespace = s.namespace ?? 'default';
+    if (typeof namespace !== 'string' || !DNS_LABEL.test(namespace) || namespace.length > 63) {
+      bad(`${at}.namespace`, 'must be a DNS label (lowercase letters, digits, -; at most 63)');
+    }
+    const clusterIP = s.clusterIP;
+    if (typeof clusterIP !== 'string' || !IPV4.test(clusterIP)) bad(`${at}.clusterIP`, 'must be an IPv4 address like 10.96.0.10');
+    const affinity = s.sessionAffinity ?? 'None';
+    if (affinity !== 'None' && affinity !== 'ClientIP') bad(`${at}.sessionAffinity`, 'must be None or ClientIP');
+    const timeout = s.affinityTimeoutSeconds ?? DEFAULT_AFFINITY_TIMEOUT;
+    if (!Number.isInteger(timeout) || (timeout as number) < 1 || (timeout as number) > 86400) {
+      bad(`${at}.affinityTimeoutSeconds`, 'must be an integer from 1 to 86400');
+    }
+
+    const ports: ServicePort[] = [];
+    if (!Array.isArray(s.ports) || s.ports.length === 0) bad(`${at}.ports`, 'must be a non-empty list');
+    else {
+      const portNames = new Set<string>();
+      s.ports.forEach((p: unknown, j: number) => {
+        const pat = `${at}.ports[${j}]`;
+        if (!isObj(p)) return bad(pat, 'must be an object');
+        for (const k of Object.keys(p)) if (!PORT_FIELDS.has(k)) bad(`${pat}.${k}`, 'unknown field');
+        if (p.name !== undefined) {
+          if (typeof p.name !== 'string' || !DNS_LABEL.test(p.name)) bad(`${pat}.name`, 'must be a DNS label');
+          else if (portNames.has(p.name)) bad(`${pat}.name`, `duplicate port name ${p.name}`);
+          else portNames.add(p.name);
+        }
+        if (!isPort(p.port)) bad(`${pat}.port`, 'must be an integer from 1 to 65535');
+        const protocol = p.protocol ?? 'TCP';
+        if (protocol !== 'TCP' && protocol !== 'UDP') bad(`${pat}.protocol`, 'must be TCP or UDP');
+        const target = p.targetPort ?? p.port;
+        if (!isPort(target) && !(typeof target === 'string' && DNS_LABEL.test(target))) {
+          bad(`${pat}.targetPort`, 'must be a port number (1-65535) or an endpoint port name');
+        }
+        ports.push({
+          ...(typeof p.name === 'string' ? { name: p.name } : {}),
+          port: p.port as number, protocol: protocol as Protocol, targetPort: target as number | string,
+        });
+        if (typeof clusterIP === 'string' && isPort(p.port) && (protocol === 'TCP' || protocol === 'UDP')) {
+          const key = portKey(clusterIP, p.port, protocol);
+          const other = keys.get(key);
+          if (other) bad(pat, `${key} is already used by ${other}`);
+          else keys.set(key, pat);
+        }
+      });
+    }
+
+    const endpoints: Endpoint[] = [];
+    const eps = s.endpoints ?? [];
+    if (!Array.isArray(eps)) bad(`${at}.endpoints`, 'must be a list');
+    else {
+      eps.forEach((e: unknown, j: number) => {
+        const eat = `${at}.endpoints[${j}]`;
+        if (!isObj(e)) return bad(eat, 'must be an object');
+        for (const k of Object.keys(e)) if (!ENDPOINT_FIELDS.has(k)) bad(`${eat}.${k}`, 'unknown field');
+        if (typeof e.ip !== 'string' || !IPV4.test(e.ip)) bad(`${eat}.ip`, 'must be an IPv4 address');
+        const ready = e.ready ?? true;
+        const serving = e.serving ?? ready;
+        const terminating = e.terminating ?? false;
+        for (const [f, v] of [['ready', ready], ['serving', serving], ['terminating', terminating]] as const) {
+          if (typeof v !== 'boolean') bad(`${eat}.${f}`, 'must be true or false');
+        }
+        let named: Record<string, number> | undefined;
+        if (e.ports !== undefined) {
+          if (!isObj(e.ports)) bad(`${eat}.ports`, 'must map port names to numbers');
+          else {
+            named = {};
+            for (const [pn, pv] of Object.entries(e.ports)) {
+              if (!isPort(pv)) bad(`${eat}.ports.${pn}`, 'must be an integer from 1 to 65535');
+              else named[pn] = pv;
+            }
+          }
+        }
+        endpoints.push({
+          ip: e.ip as string, ready: ready as boolean, serving: serving as boolean, terminating: terminating as boolean,
+          ...(named ? { ports: named } : {}),
+        });
+      });
+    }
+
+    if (typeof name === 'string' && typeof namespace === 'string') {
+      const ref = `${namespace}/${name}`;
+      const other = refs.get(ref);
+      if (other) bad(`${at}.name`, `duplicate service ${ref} (also ${other})`);
+      else refs.set(ref, at);
+    }
+    if (problems.length > before) return;
+    out.push({
+      service: {
+        namespace: namespace as string, name: name as string, clusterIP: clusterIP as string, ports,
+        sessionAffinity: affinity as SessionAffinity, affinityTimeoutSeconds: timeout as number,
+      },
+      endpoints,
+    });
+  });
+  if (problems.length) throw new ServiceFileError(file, problems);
+  return out;
+}
+
+/** Parses file text as JSON (.json) or YAML (anything else; YAML is a superset of JSON). */
+export async function parseServicesText(text: string, file: string): Promise<ServiceWithEndpoints[]> {
+  let doc: unknown;
+  if (extname(file).toLowerCase() === '.json') {
+    try {
+      doc = JSON.parse(text);
+    } catch (e) {
+      throw new ServiceFileError(file, [`(syntax): ${(e as Error).message}`]);
+    }
+  } else {
+    // Loaded on first use: the yaml parser is the largest module on this path.
+    const YAML = await import('yaml');
+    const parsed = YAML.parseDocument(text, { prettyErrors: true });
+    if (parsed.errors.length) {
+      throw new ServiceFileError(file, parsed.errors.slice(0, 5).map((e) => `(syntax): ${e.message.split('\n')[0]}`));
+    }
+    doc = parsed.toJS();
+  }
+  return validateServices(doc ?? {}, file);
+}
+
+export async function loadServicesFile(file: string): Promise<ServiceWithEndpoints[]> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new ServiceFileError(file, [`(read): ${err.code ?? ''} ${err.message}`.trim()]);
+  }
+  return parseServicesText(text, file);
+}
+
+export interface WatchOptions {
+  /** Called with each good content (also the first); may apply it to the dataplane. */
+  onChange: (items: ServiceWithEndpoints[]) => void | Promise<void>;
+  /** Called when the file is bad after it has settled; the last good content stays applied. */
+  onError: (err: Error) => void;
+  /**
+   * How long a bad read waits for another change before it is reported. An
+   * editor or `cp` may be caught mid-write: the follow-up event then reloads
+   * the complete file and no error is shown.
+   */
+  settleMs?: number;
+}
+
+/**
+ * Watches a services file. Reloads at the first change event (no up-front
+ * debounce: a single edit is applied as soon as it is visible) and coalesces
+ * events that arrive during a reload into one more reload, so the last
+ * applied content is never older than the last event. The directory is
+ * watched, not the file, so editors that replace the file by rename are seen.
+ */
+export class ServicesFileWatcher {
+  private watcher: FSWatcher | undefined;
+  private running = false;
+  private dirty = false;
+  private errorTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** Resolves when the current reload (if any) and the ones it triggered are done. */
+  private idle: Promise<void> = Promise.resolve();
+
+  constructor(readonly file: string, private readonly opts: WatchOptions) {}
+
+  /** Loads once (throws if the initial file is bad), then watches. */
+  async start(): Promise<ServiceWithEndpoints[]> {
+    const items = await loadServicesFile(this.file);
+    await this.opts.onChange(items);
+    const name = basename(this.file);
+    this.watcher = watch(dirname(this.file), { persistent: true }, (_event, filename) => {
+      if (filename === null || filename.toString() === name) this.kick();
+    });
+    this.watcher.on('error', (e) => this.opts.onError(e));
+    return items;
+  }
+
+  private kick(): void {
+    if (this.closed) return;
+    this.dirty = true;
+    if (!this.running) this.idle = this.run();
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    let lastError: Error | undefined;
+    try {
+      while (this.dirty && !this.closed) {
+        this.dirty = false;
+        try {
+          const items = await loadServicesFile(this.file);
+          lastError = undefined;
+          if (this.errorTimer) clearTimeout(this.errorTimer);
+          this.errorTimer = undefined;
+          await this.opts.onChange(items);
+        } catch (e) {
+          lastError = e as Error;
+        }
+      }
+    } finally {
+      this.running = false;
+    }
+    if (lastError && !this.closed) {
+      const err = lastError;
+      if (this.errorTimer) clearTimeout(this.errorTimer);
+      this.errorTimer = setTimeout(() => {
+        this.errorTimer = undefined;
+        if (!this.running && !this.closed) this.opts.onError(err);
+      }, this.opts.settleMs ?? 100);
+    }
+  }
+
+  /** Waits for reloads in progress (tests and benchmarks). */
+  async settled(): Promise<void> {
+    await this.idle;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.watcher?.close();
+    if (this.errorTimer) clearTimeout(this.errorTimer);
+  }
+}

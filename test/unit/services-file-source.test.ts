@@ -1,0 +1,119 @@
+// The standalone services file: parsing, validation messages that name the
+// entry and field, and the watcher keeping the last good content.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseServicesText, validateServices, ServiceFileError, ServicesFileWatcher, type ServiceWithEndpoints } from '../../src/services/file-source.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'patu-svc-file-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const good = `
+services:
+  - name: web
+    namespace: shop
+    clusterIP: 10.96.0.10
+    sessionAffinity: ClientIP
+    affinityTimeoutSeconds: 60
+    ports:
+      - { name: http, port: 80, targetPort: 8080 }
+      - { name: dns, port: 53, protocol: UDP, targetPort: dns }
+    endpoints:
+      - { ip: 10.244.1.5, ports: { dns: 5353 } }
+      - { ip: 10.244.1.6, ready: false, serving: true, terminating: true }
+  - name: db
+    clusterIP: 10.96.0.11
+    ports: [{ port: 5432 }]
+`;
+
+function problemsOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof ServiceFileError, `expected ServiceFileError, got ${e}`);
+    return e.problems;
+  }
+  assert.fail('expected a validation error');
+}
+
+test('a good YAML file parses with defaults filled in', async () => {
+  const items = await parseServicesText(good, 'x.yaml');
+  assert.equal(items.length, 2);
+  const web = items[0]!;
+  assert.equal(web.service.sessionAffinity, 'ClientIP');
+  assert.equal(web.service.affinityTimeoutSeconds, 60);
+  assert.deepEqual(web.service.ports[0], { name: 'http', port: 80, protocol: 'TCP', targetPort: 8080 });
+  assert.deepEqual(web.endpoints[0], { ip: '10.244.1.5', ready: true, serving: true, terminating: false, ports: { dns: 5353 } });
+  assert.deepEqual(web.endpoints[1], { ip: '10.244.1.6', ready: false, serving: true, terminating: true });
+  const db = items[1]!;
+  assert.equal(db.service.namespace, 'default');
+  assert.equal(db.service.sessionAffinity, 'None');
+  assert.deepEqual(db.service.ports[0], { port: 5432, protocol: 'TCP', targetPort: 5432 });
+  assert.deepEqual(db.endpoints, []);
+});
+
+test('JSON files parse too', async () => {
+  const items = await parseServicesText(JSON.stringify({ services: [{ name: 'a', clusterIP: '10.96.0.1', ports: [{ port: 1 }] }] }), 'x.json');
+  assert.equal(items[0]!.service.name, 'a');
+  await assert.rejects(parseServicesText('{"services": [', 'x.json'), (e: unknown) => e instanceof ServiceFileError && /\(syntax\)/.test(e.message));
+});
+
+test('errors name the entry and the field', () => {
+  const svc = (over: Record<string, unknown>): Record<string, unknown> => ({ name: 'a', clusterIP: '10.96.0.1', ports: [{ port: 80 }], ...over });
+  const cases: [unknown, string][] = [
+    [{ services: [svc({}), svc({ name: 'b', clusterIP: '10.96.0.2' }), svc({ name: 'c', clusterIP: '10.96.0.3', ports: [{ port: 80, protocol: 'SCTP' }] })] }, 'services[2].ports[0].protocol: must be TCP or UDP'],
+    [{ services: [svc({ clusterIP: '10.96.0.300' })] }, 'services[0].clusterIP: must be an IPv4 address like 10.96.0.10'],
+    [{ services: [svc({ ports: [{ port: 0 }] })] }, 'services[0].ports[0].port: must be an integer from 1 to 65535'],
+    [{ services: [svc({ ports: [] })] }, 'services[0].ports: must be a non-empty list'],
+    [{ services: [svc({ sessionAffinity: 'Sticky' })] }, 'services[0].sessionAffinity: must be None or ClientIP'],
+    [{ services: [svc({ affinityTimeoutSeconds: 0 })] }, 'services[0].affinityTimeoutSeconds: must be an integer from 1 to 86400'],
+    [{ services: [svc({ endpoints: [{ ip: '10.0.0.1' }, { ip: 'nope' }] })] }, 'services[0].endpoints[1].ip: must be an IPv4 address'],
+    [{ services: [svc({ endpoints: [{ ip: '10.0.0.1', ready: 'yes' }] })] }, 'services[0].endpoints[0].ready: must be true or false'],
+    [{ services: [svc({ ports: [{ port: 80, protocl: 'UDP' }] })] }, 'services[0].ports[0].protocl: unknown field'],
+    [{ services: [svc({ Name: 'x' })] }, 'services[0].Name: unknown field'],
+    [{ services: [svc({}), svc({ clusterIP: '10.96.0.2' })] }, 'services[1].name: duplicate service default/a (also services[0])'],
+    [{ services: [svc({}), svc({ name: 'b' })] }, 'services[1].ports[0]: 10.96.0.1:80/TCP is already used by services[0].ports[0]'],
+    [{ services: [svc({ name: 'Bad_Name' })] }, 'services[0].name: must be a DNS label (lowercase letters, digits, -; at most 63)'],
+    [{ services: [svc({ ports: [{ port: 80, targetPort: 70000 }] })] }, 'services[0].ports[0].targetPort: must be a port number (1-65535) or an endpoint port name'],
+  ];
+  for (const [doc, want] of cases) assert.ok(problemsOf(() => validateServices(doc, 'f.yaml')).includes(want), `expected ${JSON.stringify(want)} in ${JSON.stringify(problemsOf(() => validateServices(doc, 'f.yaml')))}`);
+  // TCP and UDP on one port are distinct, not a collision.
+  assert.equal(validateServices({ services: [svc({ ports: [{ port: 53, protocol: 'UDP' }, { port: 53, protocol: 'TCP' }] })] }).length, 1);
+  // Several problems are all reported.
+  assert.equal(problemsOf(() => validateServices({ services: [svc({ clusterIP: 'x', ports: [{ port: -1, protocol: 'X', targetPort: 80 }] })] })).length, 3);
+});
+
+test('YAML syntax errors are reported as such', async () => {
+  await assert.rejects(parseServicesText('services:\n  - name: [a\n', 'x.yaml'), (e: unknown) => e instanceof ServiceFileError && /\(syntax\)/.test(e.message));
+});
+
+test('the watcher applies changes, reports a bad file after it settles, and keeps the last good content', async () => {
+  const file = join(dir, 'svc.yaml');
+  writeFileSync(file, good);
+  const applied: ServiceWithEndpoints[][] = [];
+  const errors: Error[] = [];
+  const w = new ServicesFileWatcher(file, { onChange: (items) => { applied.push(items); }, onError: (e) => errors.push(e), settleMs: 50 });
+  try {
+    await w.start();
+    assert.equal(applied.length, 1);
+    const waitFor = async (cond: () => boolean, what: string): Promise<void> => {
+      for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(cond(), `timed out waiting for ${what}`);
+    };
+    writeFileSync(file, good.replace('10.96.0.11', '10.96.0.12'));
+    await waitFor(() => applied.at(-1)?.[1]?.service.clusterIP === '10.96.0.12', 'the edit to be applied');
+    const count = applied.length;
+    writeFileSync(file, good.replace('protocol: UDP', 'protocol: SCTP'));
+    await waitFor(() => errors.length > 0, 'the error report');
+    assert.match(errors[0]!.message, /services\[0\]\.ports\[1\]\.protocol: must be TCP or UDP/);
+    assert.equal(applied.length, count, 'a bad file must not be applied');
+    // Replace by rename (what editors do): still seen.
+    writeFileSync(file + '.tmp', good.replace('10.96.0.11', '10.96.0.13'));
+    renameSync(file + '.tmp', file);
+    await waitFor(() => applied.at(-1)?.[1]?.service.clusterIP === '10.96.0.13', 'the renamed file to be applied');
+  } finally {
+    w.close();
+  }
+});
