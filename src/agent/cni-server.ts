@@ -42,7 +42,9 @@ export function startCniServer(opts: CniServerOptions): Promise<Server> {
   mkdirSync(dirname(opts.socketPath), { recursive: true, mode: 0o700 });
   rmSync(opts.socketPath, { force: true }); // a socket file left by a previous agent
   let queue: Promise<void> = Promise.resolve();
-  const server = createServer((sock: Socket) => {
+  // allowHalfOpen: the launcher shuts down its write side to mark the end of the
+  // request; without it Node would close our side too, before the answer is written.
+  const server = createServer({ allowHalfOpen: true }, (sock: Socket) => {
     const chunks: Buffer[] = [];
     sock.on('data', (c: Buffer) => chunks.push(c));
     sock.on('error', () => sock.destroy());

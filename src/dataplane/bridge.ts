@@ -9,6 +9,7 @@ import { Rtnl, type LinkInfo } from '../kernel/netlink/rtnl.js';
 import { SysError, open, close, O_RDONLY } from '../kernel/ffi/libc.js';
 import { readSysctl, writeSysctl } from '../kernel/sysctl.js';
 import { withNetns } from '../kernel/netns.js';
+import { createHash } from 'node:crypto';
 
 export interface GatewayAddress {
   /** The gateway with the subnet's prefix, e.g. 10.200.0.1/24: the bridge's address. */
@@ -28,6 +29,16 @@ export interface EnsuredBridge {
   created: boolean;
 }
 
+/**
+ * A fixed, locally administered MAC derived from the bridge name: the gateway's MAC
+ * then never changes as pods come and go (see Rtnl.createBridge).
+ */
+export function bridgeMac(name: string): string {
+  const d = createHash('sha256').update(`patu-bridge/${name}`).digest();
+  d[0] = (d[0]! & 0xfc) | 0x02; // unicast, locally administered
+  return [...d.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
 const isErrno = (err: unknown, code: string): boolean => err instanceof SysError && err.code === code;
 
 /** Creates the bridge if needed and makes sure it carries every gateway address and is up. */
@@ -36,7 +47,7 @@ export function ensureBridge(rtnl: Rtnl, spec: BridgeSpec): EnsuredBridge {
   let created = false;
   if (!link) {
     try {
-      rtnl.createBridge(spec.name, { mtu: spec.mtu });
+      rtnl.createBridge(spec.name, { mtu: spec.mtu, mac: bridgeMac(spec.name) });
       created = true;
     } catch (err) {
       // Another ADD may have created it between our lookup and create.
