@@ -197,10 +197,13 @@ test('bridge + veths into two pods: addresses, default routes, hairpin, MTU, pin
     node.createVeth('va', 'eth0', { mtu: 1400, peerNetnsPath: paths[POD_A]! });
     const fdB = open(paths[POD_B]!, O_RDONLY);
     try {
-      node.createVeth('vb', 'eth0', { mtu: 1400, peerNetnsFd: fdB });
+      // B's host end is enslaved and up in the creating request itself.
+      node.createVeth('vb', 'eth0', { mtu: 1400, peerNetnsFd: fdB, masterIndex: br.index, up: true });
     } finally {
       close(fdB);
     }
+    assert.deepEqual([node.linkByName('vb')!.masterIndex, node.linkByName('vb')!.up], [br.index, true]);
+    assert.deepEqual([node.linkByName('va')!.masterIndex, node.linkByName('va')!.up], [undefined, false]);
     const pods: [Rtnl, string, string][] = [[podA, '10.77.0.2', 'fd77::2'], [podB, '10.77.0.3', 'fd77::3']];
     for (const [host, [pod, v4, v6]] of [['va', pods[0]!], ['vb', pods[1]!]] as const) {
       const h = node.linkByName(host)!;
@@ -307,6 +310,8 @@ test('errors name the link: EEXIST on duplicates, ENODEV on unknown indexes; loo
     expectErr(() => node.createVeth('pair0', 'other1'), 'EEXIST', /RTM_NEWLINK veth 'pair0' \(peer 'other1'\)/);
     expectErr(() => node.createVeth('other0', 'dup0'), 'EEXIST', /veth 'other0' \(peer 'dup0'\)/);
     assert.equal(node.linkByName('other0'), undefined, 'a failed create leaves nothing behind');
+    expectErr(() => node.createVeth('atom0', 'atom1', { masterIndex: 999_999, up: true }), 'EINVAL', /veth 'atom0'/);
+    assert.equal(node.linkByName('atom0') ?? node.linkByName('atom1'), undefined, 'a bad master fails the whole create');
 
     const missing = 999_999;
     for (const fn of [() => node.setUp(missing), () => node.deleteLink(missing), () => node.setMtu(missing, 1400), () => node.addAddress(missing, '10.1.1.1/24')]) {

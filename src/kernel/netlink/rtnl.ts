@@ -91,6 +91,13 @@ export interface VethOptions {
   peerNetnsFd?: number;
   /** Same, by path; opened and closed here. */
   peerNetnsPath?: string;
+  /**
+   * Enslave the new (host) end to this bridge in the same request: one round trip
+   * less, and no window in which a killed caller leaves a veth outside the bridge.
+   */
+  masterIndex?: number;
+  /** Bring the new (host) end up in the same request (the peer stays down). */
+  up?: boolean;
 }
 
 const IFNAMSIZ = 16;
@@ -188,8 +195,9 @@ export class Rtnl {
       const peer = [encodeIfInfo({}), attrStr(IFLA_IFNAME, peerName)];
       if (opts.mtu !== undefined) peer.push(attrU32(IFLA_MTU, opts.mtu));
       if (fd !== undefined) peer.push(attrU32(IFLA_NET_NS_FD, fd));
-      const body = [encodeIfInfo({}), attrStr(IFLA_IFNAME, name)];
+      const body = [encodeIfInfo(opts.up ? { flags: IFF_UP, change: IFF_UP } : {}), attrStr(IFLA_IFNAME, name)];
       if (opts.mtu !== undefined) body.push(attrU32(IFLA_MTU, opts.mtu));
+      if (opts.masterIndex !== undefined) body.push(attrU32(IFLA_MASTER, opts.masterIndex));
       body.push(attrNested(IFLA_LINKINFO, [
         attrStr(IFLA_INFO_KIND, 'veth'),
         attrNested(IFLA_INFO_DATA, [attr(VETH_INFO_PEER, Buffer.concat(peer))]),
