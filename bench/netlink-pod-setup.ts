@@ -52,6 +52,7 @@ function main(): void {
   node.setUp(br.index);
   const dir = mkdtempSync(join(tmpdir(), 'nlb-'));
 
+  const atomicSetup: number[] = [];
   const rtnlSetup: number[] = [];
   const rtnlWithNs: number[] = [];
   const ipSetup: number[] = [];
@@ -80,6 +81,23 @@ function main(): void {
       rtnlSetup.push(ms(t1));
       rtnlWithNs.push(ms(t0));
 
+      // --- patu, host end enslaved and up in the creating request (what the CNI plugin can use)
+      const aname = `${tag}q${i}`;
+      const aPath = newNs(aname);
+      const a0 = process.hrtime.bigint();
+      node.createVeth(`vq${i}`, 'eth0', { mtu: 1500, peerNetnsPath: aPath, masterIndex: br.index, up: true });
+      const apod = Rtnl.openInNetns(aPath);
+      try {
+        const eth0 = apod.linkByName('eth0')!;
+        apod.addAddress(eth0.index, `${podIp(2, i)}/16`);
+        apod.setUp(eth0.index);
+        apod.setUp(apod.linkByName('lo')!.index);
+        apod.addRoute({ dst: 'default', gateway: '10.88.0.1', oif: eth0.index });
+      } finally {
+        apod.close();
+      }
+      atomicSetup.push(ms(a0));
+
       // --- ip -batch: host part in the node netns, pod part in the pod netns
       const iname = `${tag}i${i}`;
       const hostFile = join(dir, 'host');
@@ -107,6 +125,7 @@ function main(): void {
   const row = (label: string, xs: number[]): string =>
     `${label.padEnd(34)} median ${median(xs).toFixed(3)} ms  p90 ${pct(xs, 0.9).toFixed(3)} ms  (n=${xs.length})`;
   console.log(row('rtnetlink pod setup', rtnlSetup));
+  console.log(row('rtnetlink, master+up in create', atomicSetup));
   console.log(row('ip -batch pod setup', ipSetup));
   console.log(row('rtnetlink incl. netns creation', rtnlWithNs));
   console.log(row('ip -batch incl. ip netns add', ipWithNs));
