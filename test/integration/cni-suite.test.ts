@@ -440,9 +440,9 @@ for (const f of flavours) {
       const pod = newNetns();
       const good = f.netconf();
       const { name: _drop, ...noName } = good;
-      type Case = { what: string; conf: object; env?: Record<string, string | undefined>; ifname?: string; netns?: string; code: number; field: RegExp };
+      type Case = { what: string; conf: object | string; env?: Record<string, string | undefined>; ifname?: string; netns?: string; code: number; field: RegExp };
       // Spec "Well-known Error Codes": 1 incompatible version, 4 invalid environment
-      // variables, 7 invalid network config.
+      // variables, 6 failed to decode content, 7 invalid network config.
       const cases: Case[] = [
         { what: 'cniVersion 9.9.9', conf: { ...good, cniVersion: '9.9.9' }, code: 1, field: /cniVersion|9\.9\.9/ },
         { what: 'missing name', conf: noName, code: 7, field: /name/ },
@@ -451,6 +451,7 @@ for (const f of flavours) {
         { what: 'unknown ipam type', conf: { ...good, ipam: { ...good.ipam, type: 'no-such-ipam' } }, code: 7, field: /ipam\.type|type/ },
         { what: 'mtu too large', conf: { ...good, mtu: 70000 }, code: 7, field: /mtu/ },
         { what: 'mtu too small', conf: { ...good, mtu: 100 }, code: 7, field: /mtu/ },
+        { what: 'config not JSON', conf: '{"cniVersion":', code: 6, field: /JSON/ },
         { what: 'missing CNI_CONTAINERID', conf: good, env: { CNI_CONTAINERID: undefined }, code: 4, field: /CNI_CONTAINERID/ },
         { what: 'CNI_NETNS does not exist', conf: good, netns: netnsPath(`${tag}-missing`), code: 4, field: /CNI_NETNS/ },
         { what: 'CNI_IFNAME too long', conf: good, ifname: 'eth0-way-too-long-name', code: 4, field: /CNI_IFNAME/ },
