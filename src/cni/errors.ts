@@ -20,6 +20,8 @@ export const CniCode = {
   CheckFailed: 101,
   /** patu: no free address left in the configured ranges. */
   AddressesExhausted: 102,
+  /** patu: a specifically requested address (runtimeConfig.ips) is held by another attachment. */
+  AddressUnavailable: 103,
 } as const;
 export type CniCodeValue = (typeof CniCode)[keyof typeof CniCode];
 
@@ -50,6 +52,7 @@ export function toCniError(err: unknown, doing: string): CniError {
   const e = err as { message?: string; code?: string; field?: string; name?: string };
   if (e?.name === 'IpamConfigError' && e.field) return invalidConfig(e.field, e.message ?? String(err));
   if (e?.name === 'IpamExhaustedError') return new CniError(CniCode.AddressesExhausted, `${doing}: ${e.message}`);
+  if (e?.name === 'IpamUnavailableError') return new CniError(CniCode.AddressUnavailable, `${doing}: ${e.message}`);
   if (e?.name === 'IpamLockTimeoutError') return new CniError(CniCode.TryAgainLater, `${doing}: ${e.message}`);
   return new CniError(CniCode.Internal, `${doing}: ${e?.message ?? String(err)}`, (err as Error)?.stack ?? '');
 }

@@ -109,15 +109,21 @@ export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
 
   const nsFd = open(spec.netnsPath, O_RDONLY);
   try {
-    host.createVeth(spec.hostVeth, spec.ifname, { mtu: spec.mtu, peerNetnsFd: nsFd });
+    // Born on the bridge and up, in one request: an ADD killed at any point never
+    // leaves a patu veth outside its bridge, where GC (which looks only at this
+    // network's bridge ports) could not tell which network it belonged to.
+    host.createVeth(spec.hostVeth, spec.ifname, {
+      mtu: spec.mtu,
+      peerNetnsFd: nsFd,
+      masterIndex: spec.bridgeIndex,
+      up: true,
+    });
   } finally {
     close(nsFd);
   }
   const hostLink = host.linkByName(spec.hostVeth);
   if (!hostLink) throw new Error(`veth '${spec.hostVeth}' not found right after it was created`);
-  host.setMaster(hostLink.index, spec.bridgeIndex);
   if (spec.hairpin) host.setHairpin(hostLink.index, true);
-  host.setUp(hostLink.index);
 
   const pod = Rtnl.openInNetns(spec.netnsPath);
   try {
@@ -126,7 +132,7 @@ export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
     if (spec.addresses.some((a) => a.family === 6)) {
       // Pods get their IPv6 address statically: duplicate address detection would
       // only delay it, and router advertisements are not how patu routes.
-      withNetns(spec.netnsPath, () => writeSysctl(`net.ipv6.conf.${spec.ifname}.accept_ra`, '0'));
+      withNetns(spec.netnsPath, () => writeSysctl(`net/ipv6/conf/${spec.ifname}/accept_ra`, '0')); // slashes: ifnames may hold dots
     }
     for (const a of spec.addresses) pod.addAddress(podLink.index, a.cidr);
     pod.setUp(podLink.index);
