@@ -185,6 +185,11 @@ export class ServiceLb {
     return this.links.length > 0;
   }
 
+  /** Whether every program is attached through a link pinned under pinRoot (by this or an earlier process). */
+  linksPinned(): boolean {
+    return SOCK_LB_PROGRAMS.every((name) => existsSync(this.linkPin(name)));
+  }
+
   /**
    * Programs the model. With `changedRefs` (e.g. model.takeChanges()) only
    * those services are diffed, so one change costs the same whatever the

@@ -304,3 +304,35 @@ test('after detach the service address is no longer translated (negative control
   assert.equal(r.ok, 0);
   assert.deepEqual(r.errors, { ENETUNREACH: 2 });
 });
+
+test('CLI: services apply programs a file once (a bad one changes nothing) and services lists the maps', { skip }, async () => {
+  const { servicesApply, servicesList } = await import('../../src/cli/services.js');
+  const pinRoot = join(PIN, 'cli');
+  const file = join(tmp, 'cli.json');
+  writeFileSync(file, JSON.stringify({ services: [{ name: 'api', namespace: 'it', clusterIP: '10.96.77.7', ports: [{ port: 80, targetPort: 8080 }], endpoints: [{ ip: '10.77.0.3' }] }] }));
+  let out = '';
+  let err = '';
+  const io = { out: (s: string) => (out += s), err: (s: string) => (err += s) };
+  try {
+    assert.equal(await servicesApply(file, { pinRoot, cgroupPath: CG, ...io }), 0, err);
+    assert.match(out, /programmed 1 services \(1 ports, 1 backends\)/);
+    const r = await runClient({ mode: 'tcp', host: '10.96.77.7', port: 80, count: 3 });
+    assert.deepEqual(r.byBackend, { '10.77.0.3:8080': 3 });
+
+    writeFileSync(file, '{"services": [{"name": "api", "clusterIP": "10.96.77.7", "ports": [{"port": 80, "protocol": "SCTP"}]}]}');
+    assert.equal(await servicesApply(file, { pinRoot, cgroupPath: CG, ...io }), 1);
+    assert.match(err, /services\[0\]\.ports\[0\]\.protocol: must be TCP or UDP/);
+
+    out = '';
+    assert.equal(await servicesList({ pinRoot, json: true, ...io }), 0);
+    const listed = JSON.parse(out) as { services: { name: string; backends: { id: number; ip: string; port: number }[] }[] };
+    assert.deepEqual(listed.services.map((s) => [s.name, s.backends]), [['it/api:80', [{ id: listed.services[0]!.backends[0]!.id, ip: '10.77.0.3', port: 8080 }]]]);
+    out = '';
+    await servicesList({ pinRoot, ...io });
+    assert.match(out, /^SERVICE\s+ADDRESS\s+AFFINITY\s+BACKENDS\nit\/api:80\s+10\.96\.77\.7:80\/TCP\s+None\s+10\.77\.0\.3:8080\n$/);
+  } finally {
+    const l = ServiceLb.open({ pinRoot, cgroupPath: CG });
+    l.detach();
+    l.close();
+  }
+});
