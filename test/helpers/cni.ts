@@ -208,7 +208,10 @@ export async function execChain(
 // Flavours: one network (bridge, subnet, IPAM dir) for one plugin implementation
 
 export interface Flavour {
-  id: 'patu' | 'reference';
+  /** 'patu-agent': bin/patu handing each request to a running `patu agent` (its fast path). */
+  id: 'patu' | 'patu-agent' | 'reference';
+  /** Extra environment for every exec of this flavour's plugins. */
+  env: Record<string, string>;
   /** The main plugin binary (patu, or the reference bridge). */
   bin: string;
   /** Spec version the flavour's configs use; the newest the plugin supports. */
@@ -279,6 +282,7 @@ export function patuFlavour(): Flavour {
   return {
     ...b,
     bin,
+    env: {},
     cniVersion: '1.1.0',
     versionsToTest: ['0.4.0', '1.0.0', '1.1.0'],
     features: { status: true, gc: true, errorTable: true },
@@ -325,6 +329,7 @@ export function referenceFlavour(): Flavour {
   return {
     ...b,
     bin,
+    env: {},
     // containernetworking-plugins 1.1.x speaks spec up to 1.0.0 (CNI_COMMAND=VERSION).
     cniVersion: '1.0.0',
     versionsToTest: ['0.4.0', '1.0.0'],
@@ -469,6 +474,7 @@ function listFiles(dir: string, base = dir, out: Record<string, string> = {}): R
     const p = join(dir, name);
     const st = statSync(p);
     if (st.isDirectory()) listFiles(p, base, out);
+    else if (!st.isFile()) continue; // sockets, fifos: not records
     else out[relative(base, p)] = st.size > 65536 ? `<${st.size} bytes>` : readFileSync(p, 'utf8');
   }
   return out;
@@ -567,4 +573,68 @@ export function diffSnapshots(before: HostSnapshot, after: HostSnapshot, scope: 
   cmp('nft', before.nft, after.nft);
   cmp('ipam record', ipamRecords(before, o.containerIds), ipamRecords(after, o.containerIds));
   return out;
+}
+
+// ---------------------------------------------------------------------------
+// patu through its agent
+
+export interface AgentHandle {
+  socket: string;
+  /** Requests the agent logged as served: proves the launcher did not fall back to Node. */
+  served(): number;
+  log(): string;
+  stop(): Promise<void>;
+}
+
+/** Starts `bin/patu agent` on a private socket; resolves once the socket exists (bounded). */
+export async function startAgent(bin: string, socket: string): Promise<AgentHandle> {
+  const child = spawn(bin, ['agent', '--cni-socket', socket, '--log-level', 'info'], {
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  const exited = new Promise<void>((res) => child.on('close', () => res()));
+  for (let i = 0; i < 100 && !existsSync(socket); i++) {
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  if (!existsSync(socket)) {
+    child.kill('SIGKILL');
+    throw new Error(`patu agent did not create ${socket} within 10 s (exit ${child.exitCode}): ${log.slice(0, 2000)}`);
+  }
+  return {
+    socket,
+    served: () => (log.match(/"msg":"cni request"/g) ?? []).length,
+    log: () => log,
+    async stop() {
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+/**
+ * patu with its agent: the same netconf and checks as patuFlavour, but every exec
+ * carries PATU_AGENT_SOCKET so bin/patu forwards to the agent (start() first).
+ */
+export function patuAgentFlavour(): Flavour & { start(): Promise<AgentHandle>; agent?: AgentHandle } {
+  const base = patuFlavour();
+  const socket = join(base.dataDir, 'agent-h4.sock');
+  const f: Flavour & { start(): Promise<AgentHandle>; agent?: AgentHandle } = {
+    ...base,
+    id: 'patu-agent',
+    env: { PATU_AGENT_SOCKET: socket },
+    async start() {
+      f.agent = await startAgent(base.bin, socket);
+      return f.agent;
+    },
+    destroy() {
+      base.destroy();
+    },
+  };
+  return f;
 }

@@ -24,15 +24,19 @@ import {
   snapshotHost,
   startPlugin,
   tcpExchange,
+  patuAgentFlavour,
+  type CniCommandName,
+  type ExecOptions,
   type Flavour,
   type SnapshotScope,
 } from '../helpers/cni.js';
 
 const ROOT = isRoot();
 // CNI_SUITE_FLAVOURS=reference or =patu runs one flavour only.
-const wanted = (process.env.CNI_SUITE_FLAVOURS ?? 'reference,patu').split(',');
+// patu-agent: the same cases through bin/patu's fast path (a running `patu agent`).
+const wanted = (process.env.CNI_SUITE_FLAVOURS ?? 'reference,patu,patu-agent').split(',');
 const flavours: Flavour[] = ROOT
-  ? [referenceFlavour, patuFlavour].map((make) => make()).filter((f) => wanted.includes(f.id) || (f.destroy(), false))
+  ? [referenceFlavour, patuFlavour, patuAgentFlavour].map((make) => make()).filter((f) => wanted.includes(f.id) || (f.destroy(), false))
   : [];
 if (!ROOT) test('CNI behaviour suite', { skip: 'needs root: creates network namespaces, bridges and veths' }, () => {});
 
@@ -55,6 +59,11 @@ for (const f of flavours) {
       ...extra,
     });
 
+    /** Every exec of this flavour carries its environment (PATU_AGENT_SOCKET for patu-agent). */
+    const withEnv = (o: ExecOptions = {}): ExecOptions => ({ ...o, env: { ...f.env, ...o.env } });
+    const run = (cmd: CniCommandName, conf: object | string, o: ExecOptions = {}) => execPlugin(f.bin, cmd, conf, withEnv(o));
+    const launch = (cmd: CniCommandName, conf: object | string, o: ExecOptions = {}) => startPlugin(f.bin, cmd, conf, withEnv(o));
+
     function newNetns(): { name: string; path: string; id: string } {
       const name = `${tag}${f.id[0]}${nsCounter++}`;
       made.add(name);
@@ -62,13 +71,13 @@ for (const f of flavours) {
     }
 
     async function add(pod: { path: string; id: string; name: string }, conf = f.netconf(), ifname = 'eth0') {
-      const r = await execPlugin(f.bin, 'ADD', conf, { containerId: pod.id, netns: pod.path, ifname });
+      const r = await run('ADD', conf, { containerId: pod.id, netns: pod.path, ifname });
       if (r.code === 0) live.set(`${pod.id}/${ifname}`, { ns: pod.path, conf });
       return r;
     }
 
     async function del(pod: { path: string; id: string }, conf = f.netconf(), ifname = 'eth0') {
-      const r = await execPlugin(f.bin, 'DEL', conf, { containerId: pod.id, netns: pod.path, ifname });
+      const r = await run('DEL', conf, { containerId: pod.id, netns: pod.path, ifname });
       if (r.code === 0) live.delete(`${pod.id}/${ifname}`);
       return r;
     }
@@ -82,21 +91,25 @@ for (const f of flavours) {
     /** The pod's IPv4 address (without prefix) as a runtime reads it from the result. */
     const ipOf = (result: any): string => String(result.ips[0].address).split('/')[0]!;
 
-    before(() => {
+    const agentFlavour = f.id === 'patu-agent' ? (f as ReturnType<typeof patuAgentFlavour>) : undefined;
+
+    before(async () => {
+      if (agentFlavour) await agentFlavour.start();
       initial = snapshotHost(scope());
     });
 
     after(async () => {
       for (const [key, { ns, conf }] of live) {
         const [containerId, ifname] = key.split('/') as [string, string];
-        await execPlugin(f.bin, 'DEL', conf, { containerId, netns: ns, ifname }).catch(() => undefined);
+        await run('DEL', conf, { containerId, netns: ns, ifname }).catch(() => undefined);
       }
       for (const name of made) delNetns(name);
+      await agentFlavour?.agent?.stop();
       f.destroy();
     });
 
     test('VERSION lists the supported spec versions', async () => {
-      const r = await execPlugin(f.bin, 'VERSION', { cniVersion: f.cniVersion });
+      const r = await run('VERSION', { cniVersion: f.cniVersion });
       assert.equal(r.code, 0, show(r));
       assert.ok(Array.isArray(r.json?.supportedVersions), `no supportedVersions array: ${show(r)}`);
       for (const v of f.versionsToTest) assert.ok(r.json.supportedVersions.includes(v), `VERSION does not list ${v}: ${show(r)}`);
@@ -140,7 +153,7 @@ for (const f of flavours) {
         if (mac) assert.equal(links[0].address, mac.toLowerCase(), 'sandbox mac in the result is the pod mac');
         assert.equal(links[0].mtu, 1500, 'pod MTU is the configured one');
         const routes = spawnSync('ip', ['-n', pod.name, '-4', 'route', 'show', 'default'], { encoding: 'utf8' }).stdout;
-        if (f.id === 'patu') assert.match(routes, new RegExp(`default via ${f.gateway.replaceAll('.', '\\.')}`), 'pod default route via the gateway');
+        if (f.id !== 'reference') assert.match(routes, new RegExp(`default via ${f.gateway.replaceAll('.', '\\.')}`), 'pod default route via the gateway');
 
         const d = await del(pod, conf);
         assert.equal(d.code, 0, show(d));
@@ -175,7 +188,7 @@ for (const f of flavours) {
       assert.equal(ipamRecords(up, [a.id, b.id]).length, 2, `IPAM records: ${JSON.stringify(up.ipamFiles)}`);
 
       // CHECK with the ADD result as prevResult (spec: CHECK needs it).
-      const chk = await execPlugin(f.bin, 'CHECK', { ...f.netconf(), prevResult: ra.json }, { containerId: a.id, netns: a.path });
+      const chk = await run('CHECK', { ...f.netconf(), prevResult: ra.json }, { containerId: a.id, netns: a.path });
       assert.equal(chk.code, 0, `CHECK on a good pod: ${show(chk)}`);
 
       const delA = await del(a);
@@ -187,7 +200,7 @@ for (const f of flavours) {
 
       const again = await del(a);
       assert.equal(again.code, 0, `second DEL must succeed: ${show(again)}`);
-      const unknown = await execPlugin(f.bin, 'DEL', f.netconf(), {
+      const unknown = await run('DEL', f.netconf(), {
         containerId: `${tag}-never-added`,
         netns: netnsPath(`${tag}-no-such-netns`),
       });
@@ -202,7 +215,7 @@ for (const f of flavours) {
       const rb = await add(b);
       assert.equal(rb.code, 0, show(rb));
       const checkOf = (pod: typeof a, result: any) =>
-        execPlugin(f.bin, 'CHECK', { ...f.netconf(), prevResult: result }, { containerId: pod.id, netns: pod.path });
+        run('CHECK', { ...f.netconf(), prevResult: result }, { containerId: pod.id, netns: pod.path });
 
       assert.equal((await checkOf(a, ra.json)).code, 0, 'CHECK passes before the pod is broken');
       const delAddr = spawnSync('ip', ['-n', a.name, 'addr', 'del', ra.json.ips[0].address, 'dev', 'eth0'], { encoding: 'utf8' });
@@ -268,7 +281,7 @@ for (const f of flavours) {
         bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000, egressRate: 100_000_000, egressBurst: 1_000_000 },
       };
       const before = snapshotHost(scope({ containerIds: [pod.id] }));
-      const opts = { containerId: pod.id, netns: pod.path, ifname: 'eth0', binFor: (t: string) => f.binFor(t), runtimeConfig };
+      const opts = { containerId: pod.id, netns: pod.path, ifname: 'eth0', binFor: (t: string) => f.binFor(t), runtimeConfig, env: f.env };
       const addRes = await execChain(list, 'ADD', opts);
       live.set(`${pod.id}/eth0`, { ns: pod.path, conf: f.netconf() });
       try {
@@ -330,7 +343,7 @@ for (const f of flavours) {
       const pods = [newNetns(), newNetns(), newNetns()];
       const [p1, p2, p3] = pods as [ReturnType<typeof newNetns>, ReturnType<typeof newNetns>, ReturnType<typeof newNetns>];
       if (f.features.status) {
-        const st = await execPlugin(f.bin, 'STATUS', conf);
+        const st = await run('STATUS', conf);
         assert.equal(st.code, 0, `STATUS with free addresses: ${show(st)}`);
       }
       for (const p of [p1, p2]) {
@@ -344,7 +357,7 @@ for (const f of flavours) {
       assert.equal(typeof full.json?.msg, 'string', `error JSON with a msg: ${show(full)}`);
       const leftByAdd = diffSnapshots(before, snapshotHost(scope({ containerIds: [p3.id] })), scope(), { containerIds: [p3.id] });
       const podLinks = () => spawnSync('ip', ['-n', p3.name, '-o', 'link', 'show'], { encoding: 'utf8' }).stdout.trim().split('\n');
-      if (f.id === 'patu') {
+      if (f.id !== 'reference') {
         // patu promises more than the spec: a failed ADD rolls itself back.
         assert.deepEqual(leftByAdd, [], 'the failed ADD left nothing');
         assert.equal(podLinks().length, 1, `the failed ADD left links in the pod: ${podLinks().join(' | ')}`);
@@ -357,14 +370,14 @@ for (const f of flavours) {
       assert.deepEqual(diffSnapshots(before, snapshotHost(scope({ containerIds: [p3.id] })), scope(), { containerIds: [p3.id] }), [], 'failed ADD + DEL left something');
       assert.equal(podLinks().length, 1, `failed ADD + DEL left links in the pod: ${podLinks().join(' | ')}`);
       if (f.features.status) {
-        const st = await execPlugin(f.bin, 'STATUS', conf);
+        const st = await run('STATUS', conf);
         assert.notEqual(st.code, 0, `STATUS with no free address must fail: ${show(st)}`);
         assert.equal(st.json?.code, 50, `STATUS answers 50 (plugin not available): ${show(st)}`);
       }
       const d = await del(p1, conf);
       assert.equal(d.code, 0, show(d));
       if (f.features.status) {
-        const st = await execPlugin(f.bin, 'STATUS', conf);
+        const st = await run('STATUS', conf);
         assert.equal(st.code, 0, `STATUS after a DEL freed an address: ${show(st)}`);
       }
       const again = await add(p3, conf);
@@ -374,7 +387,7 @@ for (const f of flavours) {
     });
 
     test('STATUS reports ready; GC releases attachments not in cni.dev/valid-attachments', { skip: f.features.gc ? false : `${f.id} speaks spec ${f.cniVersion}: no STATUS or GC` }, async () => {
-      const st = await execPlugin(f.bin, 'STATUS', f.netconf());
+      const st = await run('STATUS', f.netconf());
       assert.equal(st.code, 0, `STATUS: ${show(st)}`);
 
       const keep = newNetns();
@@ -384,7 +397,7 @@ for (const f of flavours) {
       assert.equal(rk.code, 0, show(rk));
       const rd = await add(drop);
       assert.equal(rd.code, 0, show(rd));
-      const gc = await execPlugin(f.bin, 'GC', {
+      const gc = await run('GC', {
         ...f.netconf(),
         'cni.dev/valid-attachments': [{ containerID: keep.id, ifname: 'eth0' }],
       });
@@ -406,29 +419,37 @@ for (const f of flavours) {
     });
 
     test('kill -9 of ADDs in progress, then GC: nothing left but the bridge', { skip: f.features.gc ? false : `${f.id} has no GC` }, async (t) => {
+      // One timed ADD/DEL first: the kill delays are spread over 0-150 % of it, so they
+      // land in start-up, IPAM and kernel work alike whether an ADD takes 8 ms (agent)
+      // or 70 ms (Node start).
+      const probe = newNetns();
+      const pr = await add(probe);
+      assert.equal(pr.code, 0, show(pr));
+      assert.equal((await del(probe)).code, 0);
+      const addMs = pr.ms;
       const pods = Array.from({ length: 24 }, () => newNetns());
       const ids = pods.map((p) => p.id);
       const start = snapshotHost(scope());
       let killed = 0;
       let finished = 0;
       for (const [i, p] of pods.entries()) {
-        const run = startPlugin(f.bin, 'ADD', f.netconf(), { containerId: p.id, netns: p.path, ifname: 'eth0' });
+        const proc = launch('ADD', f.netconf(), { containerId: p.id, netns: p.path, ifname: 'eth0' });
         // Delays spread over plugin start-up and the kernel work (a plugin ADD takes tens of ms).
-        const delay = 10 + ((i * 37 + process.pid) % 120);
+        const delay = (((i * 37 + process.pid) % 24) / 16) * addMs;
         await new Promise((r) => setTimeout(r, delay));
-        if (run.child.exitCode === null) {
-          run.child.kill('SIGKILL');
+        if (proc.child.exitCode === null) {
+          proc.child.kill('SIGKILL');
           killed++;
         }
-        const r = await run.done;
+        const r = await proc.done;
         if (r.code === 0) finished++;
       }
       assert.ok(killed > 0, 'at least one ADD was killed mid-flight (delays too long for this machine?)');
       // What the killed ADDs left (finished ones count too: GC with an empty valid list
       // must remove them). Shows the GC below had work to do.
       const leftovers = diffSnapshots(start, snapshotHost(scope()), scope(), { ignoreBridge: true, containerIds: ids });
-      t.diagnostic(`${killed} ADDs killed, ${finished} finished; before GC: ${leftovers.length} leftovers: ${leftovers.join('; ')}`);
-      const gc = await execPlugin(f.bin, 'GC', { ...f.netconf(), 'cni.dev/valid-attachments': [] });
+      t.diagnostic(`ADD ~${addMs.toFixed(0)} ms; ${killed} ADDs killed, ${finished} finished; before GC: ${leftovers.length} leftovers: ${leftovers.join('; ')}`);
+      const gc = await run('GC', { ...f.netconf(), 'cni.dev/valid-attachments': [] });
       assert.equal(gc.code, 0, `GC: ${show(gc)}`);
       const end = snapshotHost(scope());
       const diff = diffSnapshots(start, end, scope(), { ignoreBridge: true, containerIds: ids });
@@ -460,7 +481,7 @@ for (const f of flavours) {
       const before = snapshotHost(scope({ containerIds: [pod.id] }));
       const problems: string[] = [];
       for (const c of cases) {
-        const r = await execPlugin(f.bin, 'ADD', c.conf, {
+        const r = await run('ADD', c.conf, {
           containerId: pod.id,
           netns: c.netns ?? pod.path,
           ifname: c.ifname ?? 'eth0',
@@ -513,7 +534,7 @@ for (const f of flavours) {
         const pod = newNetns();
         const before = snapshotHost(scope({ containerIds: [pod.id] }));
         const t0 = performance.now();
-        const busy = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: pod.id, netns: pod.path, timeoutMs: 75_000 });
+        const busy = await run('ADD', f.netconf(), { containerId: pod.id, netns: pod.path, timeoutMs: 75_000 });
         if (busy.code === 0) live.set(`${pod.id}/eth0`, { ns: pod.path, conf: f.netconf() });
         t.diagnostic(`ADD with the lock held answered after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
         if (busy.code === 0) await del(pod);
@@ -524,6 +545,13 @@ for (const f of flavours) {
         for (const h of holders) h.kill('SIGKILL');
       }
     });
+
+    if (agentFlavour) {
+      test('the agent served the requests (bin/patu did not fall back to a local Node run)', () => {
+        const served = agentFlavour.agent?.served() ?? 0;
+        assert.ok(served >= 50, `agent served only ${served} requests: ${agentFlavour.agent?.log().slice(-2000)}`);
+      });
+    }
 
     test('after everything: host state for this network equals the start, apart from the bridge', () => {
       const ids = [...made].map((n) => `${n}-ctr`);
