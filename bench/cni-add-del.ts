@@ -4,6 +4,10 @@
 //
 //   node dist/bench/cni-add-del.js            200 pods per flavour
 //   BENCH_PODS=50 PATU_BIN=/path/to/patu node dist/bench/cni-add-del.js
+//   BENCH_AGENT=0 ...                         without the patu-agent column
+//
+// patu runs two ways: "patu" (bin/patu runs the plugin in Node per call, no agent)
+// and "patu-agent" (bin/patu forwards to a `patu agent` on a private socket).
 //
 // Timed: the plugin exec as a runtime does it (spawn, stdin, wait for exit), so
 // process start-up is included: it is part of what a pod pays. The netns is made
@@ -15,6 +19,7 @@ import {
   describe as show,
   execPlugin,
   isRoot,
+  patuAgentFlavour,
   patuFlavour,
   referenceFlavour,
   type Flavour,
@@ -47,11 +52,19 @@ async function main(): Promise<void> {
   const ref = referenceFlavour();
   flavours.push(ref);
   const patu = patuFlavour();
+  const patuAgent = patuAgentFlavour();
   const patuSkip = patu.skipReason();
   if (patuSkip) {
     console.error(`patu skipped: ${patuSkip}`);
     patu.destroy();
-  } else flavours.push(patu);
+    patuAgent.destroy();
+  } else {
+    flavours.push(patu);
+    if (process.env.BENCH_AGENT !== '0') {
+      await patuAgent.start();
+      flavours.push(patuAgent);
+    } else patuAgent.destroy();
+  }
   const refSkip = ref.skipReason();
   if (refSkip) throw new Error(refSkip);
 
@@ -61,12 +74,12 @@ async function main(): Promise<void> {
   try {
     // One untimed ADD/DEL per flavour: creates the bridge and warms the page cache.
     for (const f of flavours) {
-      const ns = `${tag}${f.id[0]}w`;
+      const ns = `${tag}${flavours.indexOf(f)}w`;
       const path = addNetns(ns);
       try {
-        const a = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: `${ns}-ctr`, netns: path });
+        const a = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: `${ns}-ctr`, netns: path, env: f.env });
         if (a.code !== 0) throw new Error(`${f.id} warm-up ADD failed: ${show(a)}`);
-        const d = await execPlugin(f.bin, 'DEL', f.netconf(), { containerId: `${ns}-ctr`, netns: path });
+        const d = await execPlugin(f.bin, 'DEL', f.netconf(), { containerId: `${ns}-ctr`, netns: path, env: f.env });
         if (d.code !== 0) throw new Error(`${f.id} warm-up DEL failed: ${show(d)}`);
       } finally {
         delNetns(ns);
@@ -77,13 +90,13 @@ async function main(): Promise<void> {
     for (let i = 0; i < PODS; i++) {
       for (const f of order(i)) {
         const s = samples.get(f)!;
-        const ns = `${tag}${f.id[0]}${i}`;
+        const ns = `${tag}${flavours.indexOf(f)}n${i}`;
         const t0 = performance.now();
         const path = addNetns(ns);
         s.netnsAdd.push(performance.now() - t0);
         const id = `${ns}-ctr`;
         live.push({ f, ns, id });
-        const r = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: id, netns: path });
+        const r = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: id, netns: path, env: f.env });
         if (r.code !== 0) throw new Error(`${f.id} ADD of pod ${i} failed: ${show(r)}`);
         s.add.push(r.ms);
       }
@@ -91,8 +104,8 @@ async function main(): Promise<void> {
     for (let i = 0; i < PODS; i++) {
       for (const f of order(i)) {
         const s = samples.get(f)!;
-        const ns = `${tag}${f.id[0]}${i}`;
-        const r = await execPlugin(f.bin, 'DEL', f.netconf(), { containerId: `${ns}-ctr`, netns: `/var/run/netns/${ns}` });
+        const ns = `${tag}${flavours.indexOf(f)}n${i}`;
+        const r = await execPlugin(f.bin, 'DEL', f.netconf(), { containerId: `${ns}-ctr`, netns: `/var/run/netns/${ns}`, env: f.env });
         if (r.code !== 0) throw new Error(`${f.id} DEL of pod ${i} failed: ${show(r)}`);
         s.del.push(r.ms);
         const t0 = performance.now();
@@ -103,8 +116,15 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const l of live) {
-      await execPlugin(l.f.bin, 'DEL', l.f.netconf(), { containerId: l.id, netns: `/var/run/netns/${l.ns}` }).catch(() => undefined);
+      await execPlugin(l.f.bin, 'DEL', l.f.netconf(), { containerId: l.id, netns: `/var/run/netns/${l.ns}`, env: l.f.env }).catch(() => undefined);
       delNetns(l.ns);
+    }
+    if (patuAgent.agent) {
+      const served = patuAgent.agent.served();
+      await patuAgent.agent.stop();
+      // Every patu-agent exec must have gone through the agent, or its rows measure Node.
+      const expected = 2 * (samples.get(patuAgent)?.add.length ?? 0);
+      if (served < expected) console.error(`warning: the agent served ${served} requests, expected >= ${expected}: some fell back to Node`);
     }
     for (const f of flavours) f.destroy();
   }
@@ -118,15 +138,16 @@ async function main(): Promise<void> {
     rows.push({ name: 'DEL+netns', f, xs: s.del.map((x, i) => x + s.netnsDel[i]!) });
   }
   console.log(`CNI ADD/DEL latency, ${PODS} pods per flavour, interleaved, ms (exec incl. process start)`);
-  console.log(`  reference: ${ref.bin} (+ host-local)${flavours.length > 1 ? `\n  patu:      ${patu.bin}` : ''}`);
-  console.log(`${'op'.padEnd(10)} ${'flavour'.padEnd(10)} ${'p50'.padStart(8)} ${'p99'.padStart(8)} ${'mean'.padStart(8)} ${'max'.padStart(8)}`);
+  console.log(`  reference:  ${ref.bin} (+ host-local)`);
+  for (const f of flavours.filter((x) => x.id !== 'reference')) console.log(`  ${`${f.id}:`.padEnd(11)} ${f.bin}${f.env.PATU_AGENT_SOCKET ? ' -> patu agent' : ' (Node per call)'}`);
+  console.log(`${'op'.padEnd(10)} ${'flavour'.padEnd(11)} ${'p50'.padStart(8)} ${'p99'.padStart(8)} ${'mean'.padStart(8)} ${'max'.padStart(8)}`);
   for (const r of rows.sort((a, b) => a.name.localeCompare(b.name))) {
-    console.log(`${r.name.padEnd(10)} ${r.f.id.padEnd(10)} ${fmt(pct(r.xs, 50))} ${fmt(pct(r.xs, 99))} ${fmt(mean(r.xs))} ${fmt(Math.max(...r.xs))}`);
+    console.log(`${r.name.padEnd(10)} ${r.f.id.padEnd(11)} ${fmt(pct(r.xs, 50))} ${fmt(pct(r.xs, 99))} ${fmt(mean(r.xs))} ${fmt(Math.max(...r.xs))}`);
   }
-  if (flavours.length > 1) {
-    console.log('\nratio patu/reference (below 1: patu is faster)');
+  for (const f of flavours.filter((x) => x.id !== 'reference')) {
+    console.log(`\nratio ${f.id}/reference (below 1: ${f.id} is faster)`);
     for (const op of ['ADD', 'DEL', 'ADD+netns', 'DEL+netns']) {
-      const p = rows.find((r) => r.name === op && r.f.id === 'patu')!.xs;
+      const p = rows.find((r) => r.name === op && r.f === f)!.xs;
       const q = rows.find((r) => r.name === op && r.f.id === 'reference')!.xs;
       console.log(`${op.padEnd(10)} p50 ${(pct(p, 50) / pct(q, 50)).toFixed(2)}  p99 ${(pct(p, 99) / pct(q, 99)).toFixed(2)}`);
     }
