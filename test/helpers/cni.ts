@@ -284,7 +284,7 @@ export function patuFlavour(): Flavour {
     bin,
     env: {},
     cniVersion: '1.1.0',
-    versionsToTest: ['0.4.0', '1.0.0', '1.1.0'],
+    versionsToTest: ['0.3.1', '0.4.0', '1.0.0', '1.1.0'],
     features: { status: true, gc: true, errorTable: true },
     skipReason() {
       if (!existsSync(bin)) return `patu plugin binary ${bin} not built yet (run bash scripts/build.sh, or set PATU_BIN)`;
@@ -332,7 +332,7 @@ export function referenceFlavour(): Flavour {
     env: {},
     // containernetworking-plugins 1.1.x speaks spec up to 1.0.0 (CNI_COMMAND=VERSION).
     cniVersion: '1.0.0',
-    versionsToTest: ['0.4.0', '1.0.0'],
+    versionsToTest: ['0.3.1', '0.4.0', '1.0.0'],
     features: { status: false, gc: false, errorTable: false },
     skipReason() {
       for (const p of ['bridge', 'host-local']) {
