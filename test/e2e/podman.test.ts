@@ -13,6 +13,7 @@ import {
   diffSnapshots,
   ipamRecords,
   isRoot,
+  patuAgentFlavour,
   patuFlavour,
   referenceFlavour,
   REFERENCE_DIR,
@@ -30,8 +31,10 @@ const skipAll = !isRoot()
       ? 'busybox-static is not installed (needed to build the image without a registry)'
       : undefined;
 
-const wanted = (process.env.CNI_SUITE_FLAVOURS ?? 'reference,patu').split(',');
-const makers = skipAll ? [] : [referenceFlavour, patuFlavour];
+const wanted = (process.env.CNI_SUITE_FLAVOURS ?? 'reference,patu,patu-agent').split(',');
+// patu-agent: podman passes its environment on to plugins (libcni), so
+// PATU_AGENT_SOCKET in podman's environment routes bin/patu to the agent.
+const makers = skipAll ? [] : [referenceFlavour, patuFlavour, patuAgentFlavour];
 if (skipAll) test('podman e2e', { skip: skipAll }, () => {});
 
 const ULIMITS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
@@ -56,14 +59,17 @@ for (const make of makers) {
         {
           encoding: 'utf8',
           timeout: timeoutMs,
-          env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CONTAINERS_CONF: join(dir, 'containers.conf'), HOME: dir },
+          env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CONTAINERS_CONF: join(dir, 'containers.conf'), HOME: dir, ...f.env },
         },
       );
       return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '', what: `podman ${args.join(' ')}` };
     }
     const ok = (r: ReturnType<typeof podman>) => `${r.what} exited ${r.status}: ${r.stderr.trim()} ${r.stdout.trim()}`.slice(0, 2000);
 
-    before(() => {
+    const agentFlavour = f.id === 'patu-agent' ? (f as ReturnType<typeof patuAgentFlavour>) : undefined;
+
+    before(async () => {
+      if (agentFlavour) await agentFlavour.start();
       mkdirSync(join(dir, 'net.d'));
       mkdirSync(join(dir, 'plugins'));
       symlinkSync(f.bin, join(dir, 'plugins', 'patu'));
@@ -97,16 +103,17 @@ for (const make of makers) {
       imported = true;
     });
 
-    after(() => {
+    after(async () => {
       for (const n of Object.values(names)) podman(['rm', '-f', '-t', '0', n]);
       podman(['network', 'rm', '-f', f.netName]);
       if (imported) podman(['rmi', '-f', image]);
+      await agentFlavour?.agent?.stop();
       f.destroy();
       // vfs storage has no mounts; the runroot may hold a tmpfs for /dev/shm per container, gone after rm.
       rmSync(dir, { recursive: true, force: true });
     });
 
-    test('two containers on the network talk HTTP; podman rm -f leaves no veth and no IPAM record', () => {
+    test('two containers on the network talk HTTP; podman rm -f leaves no veth and no IPAM record', async () => {
       const scope = { bridge: f.bridge, prefix: f.prefix, dataDir: f.dataDir };
       const start = snapshotHost(scope);
       const nets = podman(['network', 'ls', '--format', '{{.Name}}']);
@@ -139,6 +146,13 @@ for (const make of makers) {
       const end = snapshotHost(scope);
       assert.deepEqual(diffSnapshots(start, end, scope, { ignoreBridge: true, containerIds: [id] }), [], 'podman rm -f left something behind');
       assert.deepEqual(ipamRecords(end, [id]), [], 'no IPAM record names the server any more');
+      if (agentFlavour) {
+        // ADD server, ADD client, DEL client, DEL server at least. spawnSync kept this
+        // event loop from reading the agent's log pipe: give it a bounded moment.
+        for (let i = 0; i < 20 && (agentFlavour.agent?.served() ?? 0) < 4; i++) await new Promise((r) => setTimeout(r, 100));
+        const served = agentFlavour.agent?.served() ?? 0;
+        assert.ok(served >= 4, `the agent served ${served} of podman's CNI calls: ${agentFlavour.agent?.log().slice(-1500)}`);
+      }
     });
   });
 }
