@@ -566,6 +566,33 @@ for (const f of flavours) {
       }
     });
 
+    test('a stuck IPAM lock on one network does not stall ADDs on another (agent)', { skip: !agentFlavour ? 'agent only' : slowSkip }, async () => {
+      const warm = newNetns();
+      assert.equal((await add(warm)).code, 0);
+      assert.equal((await del(warm)).code, 0);
+      const lock = join(f.dataDir, f.netName, 'lock');
+      assert.ok(existsSync(lock), `no IPAM lock file at ${lock}`);
+      const other = patuFlavour();
+      const holder = spawn('flock', ['-x', '-o', lock, 'sleep', '90'], { stdio: 'ignore' });
+      const podA = newNetns();
+      const podB = newNetns();
+      try {
+        await new Promise((res) => setTimeout(res, 300));
+        const stuck = run('ADD', f.netconf(), { containerId: podA.id, netns: podA.path, timeoutMs: 75_000 });
+        await new Promise((res) => setTimeout(res, 300));
+        const rb = await run('ADD', other.netconf(), { containerId: podB.id, netns: podB.path, timeoutMs: 75_000 });
+        assert.equal(rb.code, 0, show(rb));
+        await run('DEL', other.netconf(), { containerId: podB.id, netns: podB.path });
+        holder.kill('SIGKILL');
+        const ra = await stuck;
+        if (ra.code === 0) await del(podA);
+        assert.ok(rb.ms < 5_000, `ADD on an unrelated network waited ${(rb.ms / 1000).toFixed(1)} s behind another network's IPAM lock`);
+      } finally {
+        holder.kill('SIGKILL');
+        other.destroy();
+      }
+    });
+
     if (agentFlavour) {
       test('the agent served the requests (bin/patu did not fall back to a local Node run)', () => {
         const served = agentFlavour.agent?.served() ?? 0;
