@@ -9,6 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, rmdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Accel } from '../../src/dataplane/accel.js';
+import { accelCommand } from '../../src/cli/accel.js';
 import { listPins, removePins } from '../../src/kernel/bpf/pins.js';
 import { patuPrograms } from '../../src/kernel/bpf/introspect.js';
 
@@ -143,13 +144,17 @@ after(async () => {
   }
 });
 
-test('enable is idempotent; status shows the switch, the attachment and the pods', { skip }, () => {
+test('enable is idempotent; status (and `patu accel on`) shows the switch, the attachment and the pods', { skip }, async () => {
   accel.enable();
   const st = accel.status();
   assert.equal(st.setUp, true);
   assert.equal(st.enabled, true);
   assert.equal(st.attached, true);
   assert.deepEqual(st.pods.sort((a, b) => a.ip.localeCompare(b.ip)), [{ ip: IP1, optOut: false }, { ip: IP2, optOut: false }]);
+  const lines: string[] = [];
+  await accelCommand('on', { pinRoot: PIN_ROOT, cgroup: CG, object: OBJ, out: (l) => lines.push(l) });
+  assert.equal(lines[0], 'acceleration: on');
+  assert.ok(lines.some((l) => l.includes(IP2) && l.includes('accelerated')), lines.join('\n'));
   const names = patuPrograms().map((p) => p.name);
   assert.ok(names.includes('patu_sockops') && names.includes('patu_skmsg'), names.join(','));
 });

@@ -1,0 +1,44 @@
+// `patu accel on|off|status`: node-wide switch for same-node socket acceleration.
+import { Accel, CGROUP2_ROOT, type AccelStatus } from '../dataplane/accel.js';
+import { PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
+
+export interface AccelCommandOptions {
+  pinRoot?: string;
+  /** cgroup2 directory to attach sock_ops to; the default (the cgroup2 root) covers every pod. */
+  cgroup?: string;
+  /** BPF object to load (defaults to build/bpf/accel.o). */
+  object?: string;
+  /** on: load a fresh object even when pinned programs exist (upgrade in place). */
+  reload?: boolean;
+  json?: boolean;
+  /** Where output goes (tests capture it). */
+  out?: (line: string) => void;
+}
+
+function render(st: AccelStatus): string[] {
+  const lines = [
+    `acceleration: ${!st.setUp ? 'not set up (run: patu accel on)' : st.enabled ? 'on' : 'off'}`,
+    `sock_ops attached: ${st.attached ? `yes (cgroup id ${st.cgroupId})` : 'no'}`,
+    `accelerated sockets: ${st.sockets} (~${Math.floor(st.sockets / 2)} connections)`,
+    `pods: ${st.pods.length}`,
+  ];
+  for (const p of [...st.pods].sort((a, b) => a.ip.localeCompare(b.ip, 'en', { numeric: true }))) {
+    lines.push(`  ${p.ip.padEnd(15)} ${p.optOut ? 'opted out' : 'accelerated'}`);
+  }
+  return lines;
+}
+
+export async function accelCommand(action: 'on' | 'off' | 'status', opts: AccelCommandOptions = {}): Promise<AccelStatus> {
+  const out = opts.out ?? ((l: string) => process.stdout.write(l + '\n'));
+  const accel = Accel.open({
+    pinRoot: opts.pinRoot ?? PATU_PIN_ROOT,
+    cgroupPath: opts.cgroup ?? CGROUP2_ROOT,
+    ...(opts.object ? { objectPath: opts.object } : {}),
+  });
+  if (action === 'on') accel.enable({ reload: opts.reload ?? false });
+  else if (action === 'off') accel.disable();
+  const st = accel.status();
+  if (opts.json) out(JSON.stringify(st, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)));
+  else for (const l of render(st)) out(l);
+  return st;
+}
