@@ -148,6 +148,7 @@ export function diffServices(
       continue;
     }
 
+    if (old && unchanged(state, old, want)) continue;
     const svcId = old?.id ?? ids.alloc();
     if (!old || old.name !== want.name) p1.push({ phase: 1, map: 'meta', op: 'update', svcId, name: want.name });
 
@@ -214,7 +215,22 @@ export function diffServices(
     };
     if (!old || !sameService(old, next)) services.set(key, next);
   }
-  return { ops: [...p1, ...p2, ...p3, ...p4, ...p5], services, addedBackends, removedBackends };
+  return { ops: p1.concat(p2, p3, p4, p5), services, addedBackends, removedBackends };
+}
+
+/** Fast path for a full resync: same settings and the same backend set means no ops. */
+function unchanged(state: ProgrammedState, old: ProgrammedService, want: DesiredServicePort): boolean {
+  if (old.slots.length !== want.backends.length || old.name !== want.name || old.ref !== want.ref ||
+    old.affinity !== want.affinity || old.affinityTimeoutSeconds !== want.affinityTimeoutSeconds) return false;
+  const addrs: string[] = new Array(old.slots.length);
+  for (let i = 0; i < old.slots.length; i++) {
+    const b = state.backends.get(old.slots[i]!);
+    if (!b || b.svcId !== old.id) return false;
+    addrs[i] = `${b.ip}:${b.port}`;
+  }
+  addrs.sort();
+  for (let i = 0; i < addrs.length; i++) if (addrs[i] !== want.backends[i]) return false;
+  return true;
 }
 
 function sameService(a: ProgrammedService, b: ProgrammedService): boolean {

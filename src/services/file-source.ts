@@ -25,7 +25,26 @@ export class ServiceFileError extends Error {
 
 const MAX_PROBLEMS = 50;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+/** Dotted-quad IPv4 without leading zeros; hand-rolled because it runs for every endpoint. */
+function isIPv4(s: string): boolean {
+  let parts = 0;
+  let val = 0;
+  let digits = 0;
+  for (let i = 0; i <= s.length; i++) {
+    const c = i < s.length ? s.charCodeAt(i) : 46;
+    if (c === 46) {
+      if (digits === 0 || val > 255) return false;
+      parts++;
+      val = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && val === 0) return false;
+      val = val * 10 + (c - 48);
+      if (++digits > 3) return false;
+    } else return false;
+  }
+  return parts === 4;
+}
 
 const SERVICE_FIELDS = new Set(['name', 'namespace', 'clusterIP', 'ports', 'sessionAffinity', 'affinityTimeoutSeconds', 'endpoints']);
 const PORT_FIELDS = new Set(['name', 'port', 'protocol', 'targetPort']);
@@ -66,7 +85,7 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
       bad(`${at}.namespace`, 'must be a DNS label (lowercase letters, digits, -; at most 63)');
     }
     const clusterIP = s.clusterIP;
-    if (typeof clusterIP !== 'string' || !IPV4.test(clusterIP)) bad(`${at}.clusterIP`, 'must be an IPv4 address like 10.96.0.10');
+    if (typeof clusterIP !== 'string' || !isIPv4(clusterIP)) bad(`${at}.clusterIP`, 'must be an IPv4 address like 10.96.0.10');
     const affinity = s.sessionAffinity ?? 'None';
     if (affinity !== 'None' && affinity !== 'ClientIP') bad(`${at}.sessionAffinity`, 'must be None or ClientIP');
     const timeout = s.affinityTimeoutSeconds ?? DEFAULT_AFFINITY_TIMEOUT;
@@ -112,16 +131,16 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
     if (!Array.isArray(eps)) bad(`${at}.endpoints`, 'must be a list');
     else {
       eps.forEach((e: unknown, j: number) => {
-        const eat = `${at}.endpoints[${j}]`;
+        const eat = `${at}.endpoints[${j}]`; // cheap next to the checks; kept simple
         if (!isObj(e)) return bad(eat, 'must be an object');
         for (const k of Object.keys(e)) if (!ENDPOINT_FIELDS.has(k)) bad(`${eat}.${k}`, 'unknown field');
-        if (typeof e.ip !== 'string' || !IPV4.test(e.ip)) bad(`${eat}.ip`, 'must be an IPv4 address');
+        if (typeof e.ip !== 'string' || !isIPv4(e.ip)) bad(`${eat}.ip`, 'must be an IPv4 address');
         const ready = e.ready ?? true;
         const serving = e.serving ?? ready;
         const terminating = e.terminating ?? false;
-        for (const [f, v] of [['ready', ready], ['serving', serving], ['terminating', terminating]] as const) {
-          if (typeof v !== 'boolean') bad(`${eat}.${f}`, 'must be true or false');
-        }
+        if (typeof ready !== 'boolean') bad(`${eat}.ready`, 'must be true or false');
+        if (typeof serving !== 'boolean') bad(`${eat}.serving`, 'must be true or false');
+        if (typeof terminating !== 'boolean') bad(`${eat}.terminating`, 'must be true or false');
         let named: Record<string, number> | undefined;
         if (e.ports !== undefined) {
           if (!isObj(e.ports)) bad(`${eat}.ports`, 'must map port names to numbers');
