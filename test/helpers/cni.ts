@@ -432,7 +432,15 @@ export async function tcpExchange(serverNs: string, clientNs: string, addr: stri
     clearTimeout(killTimer);
     server.kill('SIGKILL');
   }
-  return { ok: received.trim() === token, received: received.trim(), detail: `${detail}; server stderr: ${serverErr.trim()}` };
+  const ok = received.trim() === token;
+  if (!ok) {
+    // Enough context to tell a plugin fault from interference (e.g. another test's
+    // cgroup socket programs): sockets on both sides and BPF cgroup attachments.
+    const ss = (ns: string) => nsRun(ns, ['ss', '-tanoi'], 3_000).stdout.trim();
+    const cg = spawnSync('bpftool', ['cgroup', 'tree'], { encoding: 'utf8', timeout: 3_000 }).stdout ?? '';
+    detail += `; server ns ss: ${ss(serverNs)}; client ns ss: ${ss(clientNs)}; bpftool cgroup tree: ${cg.trim()}`;
+  }
+  return { ok, received: received.trim(), detail: `${detail}; server stderr: ${serverErr.trim()}` };
 }
 
 // ---------------------------------------------------------------------------
