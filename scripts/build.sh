@@ -33,8 +33,10 @@ npx --no-install tsc -p tsconfig.json
 # resolving dozens of modules on every start (measured ~40 ms saved with zod).
 if [[ -f src/cni/main.ts ]]; then
   npx --no-install esbuild src/cni/main.ts --bundle --platform=node --format=esm \
-    --target=node20 --external:koffi --outfile=dist/cni.mjs --log-level=warning \
+    --target=node20 --external:koffi --outfile=dist/cni.mjs.tmp --log-level=warning \
     --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
+  # Renamed into place: a runtime may start the plugin while we rebuild (or upgrade).
+  mv -f dist/cni.mjs.tmp dist/cni.mjs
 fi
 
 CC=${CC:-$(command -v cc || command -v gcc || echo "$CLANG")}

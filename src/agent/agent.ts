@@ -20,6 +20,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
           containerId: req.env.CNI_CONTAINERID,
           ifname: req.env.CNI_IFNAME,
           exitCode: outcome.exitCode,
+          ...(outcome.deferred ? { deferred: 'IPAM lock busy: handed back to bin/patu' } : {}),
           ms: Math.round(millis * 100) / 100,
           ...(outcome.exitCode !== 0 ? { error: outcome.stdout.trim() } : {}),
         },

@@ -11,6 +11,9 @@ import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { runPlugin, type PluginOutcome } from '../cni/plugin.js';
 
+/** The agent waits this long for an IPAM lock before handing the request back. */
+export const AGENT_LOCK_WAIT_MS = 100;
+
 export interface CniRequest {
   env: Record<string, string>;
   stdin: string;
@@ -54,8 +57,11 @@ export function startCniServer(opts: CniServerOptions): Promise<Server> {
       // thread, and concurrent runtimes simply queue here.
       queue = queue.then(async () => {
         const started = performance.now();
-        const outcome = await runPlugin(req.env, req.stdin);
-        sock.end(encodeResponse(outcome));
+        const outcome = await runPlugin(req.env, req.stdin, { lockTimeoutMs: AGENT_LOCK_WAIT_MS, deferOnBusyLock: true });
+        // A deferred request is closed unanswered: bin/patu then runs it in its own
+        // process, which may wait for the lock as long as the netconf allows.
+        if (outcome.deferred) sock.end();
+        else sock.end(encodeResponse(outcome));
         opts.onRequest?.(req, outcome, performance.now() - started);
       }).catch(() => {
         // Unanswered, the launcher runs the plugin itself: nothing is lost.

@@ -56,6 +56,62 @@ export function buildProgram(): Command {
       await demoCommand(opts);
     });
 
+  const accel = program
+    .command('accel')
+    .description('same-node socket acceleration: TCP between two local pods goes socket to socket (sockops + sk_msg)')
+    .addHelpText(
+      'after',
+      '\nAcceleration is node-wide; a pod opts out with CNI_ARGS=PATU_ACCEL=off or `"accel": false` in the netconf.\n' +
+        'Redirected bytes skip tc, XDP and netfilter on the veths: see README "Socket acceleration".',
+    );
+  for (const action of ['on', 'off', 'status'] as const) {
+    accel
+      .command(action)
+      .description(
+        action === 'on'
+          ? 'load and attach the programs (idempotent; pinned, so restarts keep established connections)'
+          : action === 'off'
+            ? 'stop accelerating: detach sock_ops and sk_msg; the pod registry is kept'
+            : 'show the switch, the attachment, accelerated sockets and per-pod flags',
+      )
+      .addOption(pinRoot)
+      .option('--cgroup <dir>', 'cgroup2 directory to attach to (default: the cgroup2 root, every pod)')
+      .option('--json', 'print JSON')
+      .action(async (opts) => {
+        const { accelCommand } = await import('./accel.js');
+        await accelCommand(action, { pinRoot: opts.pinRoot, cgroup: opts.cgroup, json: opts.json });
+      });
+  }
+
+  const services = program
+    .command('services')
+    .description('ClusterIP services balanced at connect() time in eBPF (no per-packet NAT)')
+    .addOption(pinRoot)
+    .option('--json', 'print JSON')
+    .action(async (opts) => {
+      const { servicesList } = await import('./services.js');
+      process.exitCode = await servicesList({ pinRoot: opts.pinRoot, json: opts.json });
+    });
+  services
+    .command('list')
+    .description('services and backends as programmed in the kernel maps')
+    .addOption(pinRoot)
+    .option('--json', 'print JSON')
+    .action(async (opts) => {
+      const { servicesList } = await import('./services.js');
+      process.exitCode = await servicesList({ pinRoot: opts.pinRoot, json: opts.json });
+    });
+  services
+    .command('apply <file>')
+    .description('program the services of FILE (YAML or JSON, or a directory of them) once and exit; the file is the whole truth')
+    .addOption(pinRoot)
+    .option('--cgroup <dir>', 'cgroup2 directory to attach to if not attached yet (default: the cgroup2 root)')
+    .option('--json', 'print what was programmed as JSON')
+    .action(async (file, opts) => {
+      const { servicesApply } = await import('./services.js');
+      process.exitCode = await servicesApply(file, { pinRoot: opts.pinRoot, cgroupPath: opts.cgroup, json: opts.json });
+    });
+
   program
     .command('agent')
     .description('run the node agent: serves CNI requests for bin/patu over a unix socket (pod events then skip a Node start)')

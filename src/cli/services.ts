@@ -4,7 +4,7 @@
 // shows what the kernel will do, not what a file says.
 import { PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
 import { ServiceLb, readProgrammed, PROD_CGROUP, type ProgrammedServiceView } from '../dataplane/service-lb.js';
-import { loadServicesFile, ServiceFileError } from '../services/file-source.js';
+import { loadServices, ServiceFileError } from '../services/file-source.js';
 import { ServiceModel } from '../services/model.js';
 
 export interface ServicesOptions {
@@ -38,7 +38,7 @@ const stderr = (s: string): void => {
 };
 
 /**
- * Programs FILE once. Returns the process exit code: 0 on success, 1 when the
+ * Programs FILE (or every *.yaml/*.yml/*.json of a directory) once. Returns the process exit code: 0 on success, 1 when the
  * file is invalid (each problem printed with its entry and field; nothing is
  * changed), 2 when the kernel side fails.
  */
@@ -48,7 +48,7 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
   const t0 = performance.now();
   let items;
   try {
-    items = await loadServicesFile(file);
+    items = await loadServices(file);
   } catch (e) {
     if (e instanceof ServiceFileError) {
       err(`patu services apply: ${e.message}\n`);

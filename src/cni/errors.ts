@@ -50,9 +50,14 @@ export const invalidEnv = (variable: string, problem: string): CniError =>
 export function toCniError(err: unknown, doing: string): CniError {
   if (err instanceof CniError) return err;
   const e = err as { message?: string; code?: string; field?: string; name?: string };
-  if (e?.name === 'IpamConfigError' && e.field) return invalidConfig(e.field, e.message ?? String(err));
+  if (e?.name === 'IpamConfigError' && e.field) {
+    const msg = e.message ?? String(err);
+    return invalidConfig(e.field, msg.startsWith(`${e.field}: `) ? msg.slice(e.field.length + 2) : msg);
+  }
   if (e?.name === 'IpamExhaustedError') return new CniError(CniCode.AddressesExhausted, `${doing}: ${e.message}`);
   if (e?.name === 'IpamUnavailableError') return new CniError(CniCode.AddressUnavailable, `${doing}: ${e.message}`);
-  if (e?.name === 'IpamLockTimeoutError') return new CniError(CniCode.TryAgainLater, `${doing}: ${e.message}`);
+  if (e?.name === 'IpamLockTimeoutError') {
+    return new CniError(CniCode.TryAgainLater, `${doing}: ${e.message}`, 'another CNI operation on this network holds the IPAM lock; retry');
+  }
   return new CniError(CniCode.Internal, `${doing}: ${e?.message ?? String(err)}`, (err as Error)?.stack ?? '');
 }

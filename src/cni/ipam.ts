@@ -31,9 +31,16 @@ export interface NetworkIpam {
   reservations(): { ip: string; containerId: string; ifname: string }[];
 }
 
-export function ipamFor(conf: NetConf): NetworkIpam {
-  const config = parseIpamConfig(conf.ipam, 'ipam');
-  const store = IpamStore.open(config.dataDir, conf.name);
+export interface IpamOpenOptions {
+  /** Overrides ipam.lockTimeoutMs: the agent waits only briefly (see src/agent/cni-server.ts). */
+  lockTimeoutMs?: number;
+}
+
+export function ipamFor(conf: NetConf, opts: IpamOpenOptions = {}): NetworkIpam {
+  const { lockTimeoutMs: confTimeout, ...raw } = conf.ipam;
+  const config = parseIpamConfig(raw, 'ipam');
+  const lockTimeoutMs = opts.lockTimeoutMs ?? confTimeout;
+  const store = IpamStore.open(config.dataDir, conf.name, lockTimeoutMs !== undefined ? { lockTimeoutMs } : {});
   return {
     config,
     allocate: (containerId, ifname, ips) => allocate(config, store, containerId, ifname, { ips }),

@@ -40,6 +40,7 @@ const ipamShape = z.looseObject({
   routes: z.optional(z.array(z.looseObject({ dst: z.string(), gw: z.optional(z.string()) }))),
   dataDir: z.optional(z.string().check(z.minLength(1))),
   reserved: z.optional(z.array(z.string())),
+  lockTimeoutMs: z.optional(z.number().check(z.int(), z.gte(0), z.lte(300_000))),
 });
 
 const netconfShape = z.looseObject({
@@ -69,6 +70,8 @@ export interface RawIpam {
   routes?: unknown;
   dataDir?: string;
   reserved?: string[];
+  /** How long an ADD waits for the IPAM lock before answering code 11 (default 30 s). */
+  lockTimeoutMs?: number;
 }
 
 export interface NetConf {
@@ -114,6 +117,10 @@ export function parseNetConf(raw: unknown): NetConf {
       'cniVersion',
     );
   }
+  const ipamType = (raw as { ipam?: { type?: unknown } }).ipam?.type;
+  if (ipamType !== undefined && ipamType !== 'patu') {
+    throw invalidConfig('ipam.type', `patu allocates addresses itself: leave ipam.type out or set it to "patu" (got ${JSON.stringify(ipamType)}; delegating to another IPAM plugin is not supported)`);
+  }
   const parsed = netconfShape.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
@@ -143,6 +150,7 @@ export function parseNetConf(raw: unknown): NetConf {
       dataDir: c.ipam?.dataDir ?? DEFAULTS.dataDir,
       ...(c.ipam?.routes ? { routes: c.ipam.routes } : {}),
       ...(c.ipam?.reserved ? { reserved: c.ipam.reserved } : {}),
+      ...(c.ipam?.lockTimeoutMs !== undefined ? { lockTimeoutMs: c.ipam.lockTimeoutMs } : {}),
     },
     requestedIps: c.runtimeConfig?.ips ?? [],
     ...(c.prevResult ? { prevResult: c.prevResult as unknown as CniResult } : {}),

@@ -2,10 +2,10 @@
 // the spec says: a result (ADD), a version list (VERSION), nothing (DEL, CHECK,
 // STATUS, GC) or an error object with a non-zero exit status. Free of process state,
 // so both the plugin process and the resident agent can serve a request with it.
-import { CniError, toCniError } from './errors.js';
+import { CniCode, CniError, toCniError } from './errors.js';
 import { readCommand, readEnv } from './env.js';
 import { parseJson, parseNetConf, peekVersion } from './netconf.js';
-import { LATEST_VERSION, SUPPORTED_VERSIONS, resultForVersion, type CniCommand } from './spec.js';
+import { LATEST_VERSION, SUPPORTED_VERSIONS, isSupportedVersion, resultForVersion, type CniCommand } from './spec.js';
 import { cmdAdd } from './commands/add.js';
 import { cmdDel } from './commands/del.js';
 import { cmdCheck } from './commands/check.js';
@@ -15,9 +15,23 @@ import { cmdStatus } from './commands/status.js';
 export interface PluginOutcome {
   exitCode: number;
   stdout: string;
+  /** The agent gave the request back (IPAM lock busy): the launcher runs it itself. */
+  deferred?: boolean;
 }
 
-export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string): Promise<PluginOutcome> {
+export interface RunOptions {
+  /** How long to wait for a network's IPAM lock (default: the netconf's, else 30 s). */
+  lockTimeoutMs?: number;
+  /**
+   * Give the request back instead of answering code 11 when the lock stays busy. The
+   * agent serves every network on one thread: waiting there for one network's lock
+   * would stall all the others, while the launcher's own process can wait.
+   */
+  deferOnBusyLock?: boolean;
+}
+
+export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string, opts: RunOptions = {}): Promise<PluginOutcome> {
+  const ipamOpts = opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: opts.lockTimeoutMs } : {};
   let version = LATEST_VERSION;
   try {
     const command: CniCommand = readCommand(env);
@@ -25,20 +39,22 @@ export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string): Promise<
       return ok({ cniVersion: LATEST_VERSION, supportedVersions: [...SUPPORTED_VERSIONS] });
     }
     const raw = parseJson(stdin);
-    version = peekVersion(raw) ?? LATEST_VERSION;
+    const asked = peekVersion(raw);
+    // Answer errors in the version asked for, unless we cannot speak it.
+    if (asked && isSupportedVersion(asked)) version = asked;
     const conf = parseNetConf(raw);
     const cniEnv = readEnv(env, command);
     switch (command) {
       case 'ADD':
-        return ok(resultForVersion(await cmdAdd(cniEnv, conf), conf.cniVersion));
+        return ok(resultForVersion(await cmdAdd(cniEnv, conf, ipamOpts), conf.cniVersion));
       case 'DEL':
-        await cmdDel(cniEnv, conf);
+        await cmdDel(cniEnv, conf, ipamOpts);
         return { exitCode: 0, stdout: '' };
       case 'CHECK':
         cmdCheck(cniEnv, conf);
         return { exitCode: 0, stdout: '' };
       case 'GC':
-        await cmdGc(conf);
+        await cmdGc(conf, ipamOpts);
         return { exitCode: 0, stdout: '' };
       case 'STATUS':
         cmdStatus(conf);
@@ -46,6 +62,7 @@ export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string): Promise<
     }
   } catch (err) {
     const e = err instanceof CniError ? err : toCniError(err, 'unexpected failure');
+    if (opts.deferOnBusyLock && e.code === CniCode.TryAgainLater) return { exitCode: -1, stdout: '', deferred: true };
     return { exitCode: 1, stdout: JSON.stringify(e.toJSON(version)) + '\n' };
   }
 }

@@ -8,7 +8,7 @@ import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
 import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
 import { ensurePinDir, PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
 import {
-  commit, diffServices, emptyState, IdAllocator,
+  commit, diffServices, emptyState, IdAllocator, setService,
   type DiffResult, type MapOp, type ProgrammedBackend, type ProgrammedService, type ProgrammedState,
 } from '../services/diff.js';
 import { portKey, type DesiredServicePort, type Protocol, type ServiceModel } from '../services/model.js';
@@ -331,7 +331,7 @@ function readState(m: Maps): ProgrammedState {
       key, ref: name.slice(0, name.lastIndexOf(':')), vip: k.vip, port: k.port, protocol, id: v.svcId, name,
       affinity: (v.flags & F_AFFINITY) !== 0, affinityTimeoutSeconds: v.affinityTimeout, slots,
     };
-    state.services.set(key, svc);
+    setService(state, svc);
   }
   return state;
 }

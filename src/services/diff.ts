@@ -42,9 +42,34 @@ export interface ProgrammedService {
 export interface ProgrammedState {
   services: Map<string, ProgrammedService>;
   backends: Map<number, ProgrammedBackend>;
+  /** Service ref -> its port keys, so a change to one service does not scan them all. */
+  byRef: Map<string, Set<string>>;
 }
 
-export const emptyState = (): ProgrammedState => ({ services: new Map(), backends: new Map() });
+export const emptyState = (): ProgrammedState => ({ services: new Map(), backends: new Map(), byRef: new Map() });
+
+/** Records (or replaces) one programmed service, keeping the ref index in step. */
+export function setService(state: ProgrammedState, s: ProgrammedService): void {
+  const old = state.services.get(s.key);
+  if (old && old.ref !== s.ref) unindex(state, old);
+  state.services.set(s.key, s);
+  let keys = state.byRef.get(s.ref);
+  if (!keys) state.byRef.set(s.ref, (keys = new Set()));
+  keys.add(s.key);
+}
+
+function unindex(state: ProgrammedState, s: ProgrammedService): void {
+  const keys = state.byRef.get(s.ref);
+  keys?.delete(s.key);
+  if (keys && keys.size === 0) state.byRef.delete(s.ref);
+}
+
+export function deleteService(state: ProgrammedState, key: string): void {
+  const old = state.services.get(key);
+  if (!old) return;
+  unindex(state, old);
+  state.services.delete(key);
+}
 
 export interface SvcKey {
   vip: string;
@@ -128,9 +153,8 @@ export function diffServices(
   const removedBackends: number[] = [];
 
   const scope = new Set<string>(desired.keys());
-  for (const [key, s] of state.services) {
-    if (!refs || refs.has(s.ref)) scope.add(key);
-  }
+  if (!refs) for (const key of state.services.keys()) scope.add(key);
+  else for (const ref of refs) for (const key of state.byRef.get(ref) ?? []) scope.add(key);
 
   for (const key of scope) {
     const old = state.services.get(key);
@@ -244,7 +268,7 @@ export function commit(state: ProgrammedState, r: DiffResult): void {
   for (const [id, b] of r.addedBackends) state.backends.set(id, b);
   for (const id of r.removedBackends) state.backends.delete(id);
   for (const [key, s] of r.services) {
-    if (s) state.services.set(key, s);
-    else state.services.delete(key);
+    if (s) setService(state, s);
+    else deleteService(state, key);
   }
 }

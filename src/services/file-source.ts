@@ -299,3 +299,217 @@ export class ServicesFileWatcher {
     if (this.errorTimer) clearTimeout(this.errorTimer);
   }
 }
+
+/** What changed in a reload, when the source can tell (directory mode). */
+export interface ServicesDelta {
+  upserts: ServiceWithEndpoints[];
+  /** Refs (`namespace/name`) that are gone. */
+  removed: string[];
+}
+
+const SERVICE_FILE = /^[^.].*\.(ya?ml|json)$/i;
+
+export interface DirWatchOptions {
+  /** All services after the change, and the delta (null for the initial load). */
+  onChange: (all: ServiceWithEndpoints[], delta: ServicesDelta | null) => void | Promise<void>;
+  onError: (err: Error) => void;
+  settleMs?: number;
+}
+
+const refOf = (it: ServiceWithEndpoints): string => `${it.service.namespace}/${it.service.name}`;
+
+/**
+ * A directory of services files (*.yaml, *.yml, *.json; dotfiles ignored).
+ * A change to one file re-reads that file only and reports a delta of its
+ * services, so a single edit costs the same with 10 or 10,000 services in
+ * the directory. A service name or address claimed by two files is an error
+ * in the file that claimed it last; a bad file keeps its last good content.
+ */
+export class ServicesDirWatcher {
+  private readonly files = new Map<string, ServiceWithEndpoints[]>();
+  private readonly refOwner = new Map<string, string>();
+  private readonly keyOwner = new Map<string, string>();
+  private watcher: FSWatcher | undefined;
+  private readonly dirty = new Set<string>();
+  private running = false;
+  private closed = false;
+  private errorTimer: NodeJS.Timeout | undefined;
+  private idle: Promise<void> = Promise.resolve();
+
+  constructor(readonly dir: string, private readonly opts: DirWatchOptions) {}
+
+  all(): ServiceWithEndpoints[] {
+    return [...this.files.values()].flat();
+  }
+
+  /** Loads every file (throws listing the bad ones), then watches. */
+  async start(): Promise<ServiceWithEndpoints[]> {
+    const items = await this.load();
+    await this.opts.onChange(items, null);
+    this.watcher = watch(this.dir, { persistent: true }, (_event, filename) => {
+      const name = filename?.toString();
+      if (name && SERVICE_FILE.test(name)) this.kick(name);
+    });
+    this.watcher.on('error', (e) => this.opts.onError(e));
+    return items;
+  }
+
+  /** Loads every file once without watching (for `patu services apply DIR`). */
+  async load(): Promise<ServiceWithEndpoints[]> {
+    const { readdirSync } = await import('node:fs');
+    const problems: string[] = [];
+    for (const name of readdirSync(this.dir).filter((n) => SERVICE_FILE.test(n)).sort()) {
+      try {
+        await this.reload(name);
+      } catch (e) {
+        problems.push((e as Error).message);
+      }
+    }
+    if (problems.length) throw new ServiceFileError(this.dir, problems);
+    return this.all();
+  }
+
+  /** Re-reads one file; returns its delta. Throws (leaving its last good content) when it is bad. */
+  private async reload(name: string): Promise<ServicesDelta> {
+    const path = `${this.dir}/${name}`;
+    const { existsSync } = await import('node:fs');
+    const items = existsSync(path) ? await loadServicesFile(path) : [];
+    const problems: string[] = [];
+    items.forEach((it, i) => {
+      const ref = refOf(it);
+      const owner = this.refOwner.get(ref);
+      if (owner && owner !== name) problems.push(`services[${i}].name: service ${ref} is already defined in ${owner}`);
+      it.service.ports.forEach((p, j) => {
+        const key = portKey(it.service.clusterIP, p.port, p.protocol);
+        const ko = this.keyOwner.get(key);
+        if (ko && ko !== name) problems.push(`services[${i}].ports[${j}]: ${key} is already used in ${ko}`);
+      });
+    });
+    if (problems.length) throw new ServiceFileError(path, problems);
+
+    const before = new Map((this.files.get(name) ?? []).map((it) => [refOf(it), it]));
+    for (const [k, o] of this.keyOwner) if (o === name) this.keyOwner.delete(k);
+    const upserts: ServiceWithEndpoints[] = [];
+    const now = new Set<string>();
+    for (const it of items) {
+      const ref = refOf(it);
+      now.add(ref);
+      this.refOwner.set(ref, name);
+      for (const p of it.service.ports) this.keyOwner.set(portKey(it.service.clusterIP, p.port, p.protocol), name);
+      const prev = before.get(ref);
+      if (!prev || JSON.stringify(prev) !== JSON.stringify(it)) upserts.push(it);
+    }
+    const removed = [...before.keys()].filter((r) => !now.has(r));
+    for (const r of removed) this.refOwner.delete(r);
+    if (items.length) this.files.set(name, items);
+    else this.files.delete(name);
+    return { upserts, removed };
+  }
+
+  private kick(name: string): void {
+    if (this.closed) return;
+    this.dirty.add(name);
+    if (!this.running) this.idle = this.run();
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    let lastError: Error | undefined;
+    try {
+      while (this.dirty.size && !this.closed) {
+        const names = [...this.dirty];
+        this.dirty.clear();
+        const delta: ServicesDelta = { upserts: [], removed: [] };
+        for (const name of names) {
+          try {
+            const d = await this.reload(name);
+            delta.upserts.push(...d.upserts);
+            delta.removed.push(...d.removed);
+          } catch (e) {
+            lastError = e as Error;
+          }
+        }
+        if (delta.upserts.length || delta.removed.length) {
+          try {
+            await this.opts.onChange(this.all(), delta);
+            if (!lastError && this.errorTimer) {
+              clearTimeout(this.errorTimer);
+              this.errorTimer = undefined;
+            }
+          } catch (e) {
+            lastError = e as Error;
+          }
+        }
+      }
+    } finally {
+      this.running = false;
+    }
+    if (lastError && !this.closed) {
+      const err = lastError;
+      if (this.errorTimer) clearTimeout(this.errorTimer);
+      this.errorTimer = setTimeout(() => {
+        this.errorTimer = undefined;
+        if (!this.running && !this.closed) this.opts.onError(err);
+      }, this.opts.settleMs ?? 100);
+    }
+  }
+
+  async settled(): Promise<void> {
+    await this.idle;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.watcher?.close();
+    if (this.errorTimer) clearTimeout(this.errorTimer);
+  }
+}
+
+/**
+ * Brings a model in line with a reload: the delta when there is one (only
+ * those services are marked changed), else the whole content.
+ */
+export function applyToModel(
+  model: { replaceAll(items: readonly ServiceWithEndpoints[]): void; upsertService(s: Service): void; setEndpoints(ref: string, e: Endpoint[]): void; deleteService(ref: string): boolean },
+  all: readonly ServiceWithEndpoints[],
+  delta: ServicesDelta | null,
+): void {
+  if (!delta) {
+    model.replaceAll(all);
+    return;
+  }
+  for (const ref of delta.removed) model.deleteService(ref);
+  for (const it of delta.upserts) {
+    model.upsertService(it.service);
+    model.setEndpoints(refOf(it), it.endpoints);
+  }
+}
+
+/** Loads a services file, or every services file of a directory. */
+export async function loadServices(path: string): Promise<ServiceWithEndpoints[]> {
+  const { statSync } = await import('node:fs');
+  let isDir = false;
+  try {
+    isDir = statSync(path).isDirectory();
+  } catch {
+    // loadServicesFile reports the missing file with its path.
+  }
+  if (!isDir) return loadServicesFile(path);
+  return new ServicesDirWatcher(path, { onChange: () => {}, onError: () => {} }).load();
+}
+
+export interface ServicesWatcher {
+  start(): Promise<ServiceWithEndpoints[]>;
+  settled(): Promise<void>;
+  close(): void;
+}
+
+/**
+ * Watches a services file or directory (what the agent runs). onChange gets
+ * everything plus, for a directory, the delta; applyToModel() takes both.
+ */
+export async function watchServices(path: string, opts: DirWatchOptions): Promise<ServicesWatcher> {
+  const { statSync } = await import('node:fs');
+  if (statSync(path).isDirectory()) return new ServicesDirWatcher(path, opts);
+  return new ServicesFileWatcher(path, { ...opts, onChange: (items) => opts.onChange(items, null) });
+}

@@ -5,15 +5,15 @@ import type { CniEnv } from '../env.js';
 import type { NetConf } from '../netconf.js';
 import type { CniResult } from '../spec.js';
 import { toCniError } from '../errors.js';
-import { ipamFor } from '../ipam.js';
+import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { attachPod, detachPod, ensureBridge } from '../../dataplane/bridge.js';
 import { ensureMasquerade } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel } from '../accel-registry.js';
 
-export async function cmdAdd(env: CniEnv, conf: NetConf): Promise<CniResult> {
-  const ipam = ipamFor(conf);
+export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions = {}): Promise<CniResult> {
+  const ipam = ipamFor(conf, opts);
   const allocations = (() => {
     try {
       return ipam.allocate(env.containerId, env.ifname, conf.requestedIps);

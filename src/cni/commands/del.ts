@@ -3,14 +3,14 @@
 import type { CniEnv } from '../env.js';
 import type { NetConf } from '../netconf.js';
 import { toCniError } from '../errors.js';
-import { ipamFor } from '../ipam.js';
+import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { unregisterPodFromAccel } from '../accel-registry.js';
 
-export async function cmdDel(env: CniEnv, conf: NetConf): Promise<void> {
-  const ipam = ipamFor(conf);
+export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions = {}): Promise<void> {
+  const ipam = ipamFor(conf, opts);
   // The host veth is deleted by us rather than left to the netns teardown, which
   // the kernel does asynchronously (PLATFORM.md): the next ADD may reuse the name.
   const host = Rtnl.open();

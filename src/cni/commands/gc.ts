@@ -3,18 +3,18 @@
 // cleans up after an ADD that was killed half-way.
 import type { NetConf } from '../netconf.js';
 import { invalidConfig, toCniError } from '../errors.js';
-import { ipamFor } from '../ipam.js';
+import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
 import { unregisterPodFromAccel } from '../accel-registry.js';
 
-export async function cmdGc(conf: NetConf): Promise<void> {
+export async function cmdGc(conf: NetConf, opts: IpamOpenOptions = {}): Promise<void> {
   const valid = conf.validAttachments;
   if (!valid) throw invalidConfig('cni.dev/valid-attachments', 'GC needs the list of valid attachments');
   let released: string[];
   try {
-    released = ipamFor(conf).gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
+    released = ipamFor(conf, opts).gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
   } catch (err) {
     throw toCniError(err, 'releasing stale addresses');
   }
