@@ -1,8 +1,11 @@
 // `patu demo`: builds a small edge node out of network namespaces with the real
 // patu CNI plugin, sends traffic between its pods, prints what it did and
 // measured, and removes everything again (also when a step fails).
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Lab } from '../demo/lab.js';
-import { haveTool, iperf, pingPong } from '../demo/measure.js';
+import { haveTool, iperf, pingPong, type Latency, type Throughput } from '../demo/measure.js';
+import { countClientScript, nameServerScript, type CountResult } from '../demo/probe.js';
 
 export interface DemoOptions {
   keep?: boolean;
@@ -29,9 +32,21 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     say('patu demo: an edge node made of network namespaces, wired by the patu CNI plugin');
     say(`  bridge ${lab.bridge}, pod subnet ${LAB.subnet}, pods in cgroup ${lab.cgroup}`);
     say();
-    say('1. CNI ADD for each pod (bin/patu, exec\'d like a container runtime does)');
-    lab.up();
-    for (const p of lab.pods.values()) say(`   ${p.name.padEnd(7)} ${p.ip.padEnd(12)} netns ${p.netns}  ADD ${fmt(p.addMs)} ms`);
+    // Acceleration is set up (programs loaded, attached to the lab's cgroup) before
+    // the pods exist, so each CNI ADD registers its pod; it is switched off for the
+    // "before" figures and on again for the "after" ones.
+    const { Accel } = await import('../dataplane/accel.js');
+    const accel = Accel.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroup });
+    say('1. CNI ADD for each pod: bin/patu exec\'d like a container runtime does, first alone (Node start per call), then with `patu agent` serving');
+    lab.prepare();
+    accel.enable();
+    accel.disable();
+    lab.up(['web1']);
+    await lab.startAgent();
+    lab.up(['web2', 'client']);
+    for (const p of lab.pods.values()) {
+      say(`   ${p.name.padEnd(7)} ${p.ip.padEnd(11)} netns ${p.netns.padEnd(27)} ADD ${fmt(p.addMs).padStart(5)} ms ${p.name === 'web1' ? '(plugin process)' : '(via agent)'}`);
+    }
     results.pods = [...lab.pods.values()].map((p) => ({ name: p.name, ip: p.ip, addMs: p.addMs }));
 
     say();
@@ -43,17 +58,60 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     }
 
     say();
-    say('3. Pod-to-pod traffic over the bridge');
-    if (haveTool('iperf3')) {
-      const t = await iperf(lab, 'client', 'web1', { seconds: 2 });
-      say(`   iperf3 client -> web1, 1 stream, 128 KiB writes, 2 s: ${fmt(t.gbitPerSec, 2)} Gbit/s`);
-      results.throughputGbit = t.gbitPerSec;
-    } else say('   iperf3 not installed: skipped (apt-get install iperf3)');
-    if (haveTool('sockperf')) {
-      const l = await pingPong(lab, 'client', 'web2', { seconds: 2 });
-      say(`   sockperf TCP ping-pong client -> web2, 64 B: p50 ${fmt(l.p50us)} us, p99 ${fmt(l.p99us)} us`);
-      results.latencyUs = l;
-    } else say('   sockperf not installed: skipped (apt-get install sockperf)');
+    say('3. Pod-to-pod TCP: the bridge path, then socket acceleration (sockops + sk_msg redirect)');
+    const figures: Record<string, { throughput?: Throughput; latency?: Latency; vethBytes?: number }> = {};
+    for (const mode of ['bridge', 'accelerated'] as const) {
+      if (mode === 'accelerated') accel.enable();
+      const f: { throughput?: Throughput; latency?: Latency; vethBytes?: number } = {};
+      const before = lab.vethTxBytes('web1');
+      if (haveTool('iperf3')) f.throughput = await iperf(lab, 'client', 'web1', { seconds: 2 });
+      f.vethBytes = lab.vethTxBytes('web1') - before;
+      if (haveTool('sockperf')) f.latency = await pingPong(lab, 'client', 'web2', { seconds: 2 });
+      figures[mode] = f;
+      say(
+        `   ${mode.padEnd(11)} iperf3 1 stream 128 KiB: ${fmt(f.throughput?.gbitPerSec ?? NaN, 2).padStart(6)} Gbit/s   ` +
+          `sockperf 64 B p50 ${fmt(f.latency?.p50us ?? NaN).padStart(6)} us, p99 ${fmt(f.latency?.p99us ?? NaN).padStart(6)} us` +
+          `   bytes on web1's veth: ${f.vethBytes}`,
+      );
+    }
+    const b = figures.bridge!;
+    const a = figures.accelerated!;
+    if (b.throughput && a.throughput) say(`   throughput accelerated/bridge: ${fmt(a.throughput.gbitPerSec / b.throughput.gbitPerSec, 2)}x`);
+    if (b.latency && a.latency) say(`   latency p50 accelerated/bridge: ${fmt(a.latency.p50us / b.latency.p50us, 2)}x`);
+    if (!haveTool('iperf3') || !haveTool('sockperf')) say('   (iperf3/sockperf missing: run scripts/setup.sh)');
+    results.traffic = figures;
+
+    say();
+    say('4. A ClusterIP service from a local file: 10.96.0.10:80 -> web1, web2 (chosen at connect(), no NAT)');
+    const servicesFile = join(lab.stateDir, 'services.yaml');
+    writeFileSync(
+      servicesFile,
+      [
+        'services:',
+        '  - name: web',
+        '    clusterIP: 10.96.0.10',
+        '    ports: [{ port: 80, targetPort: 8080 }]',
+        '    endpoints:',
+        `      - ip: ${lab.pod('web1').ip}`,
+        `      - ip: ${lab.pod('web2').ip}`,
+        '',
+      ].join('\n'),
+    );
+    const { servicesApply } = await import('./services.js');
+    const applied = await servicesApply(servicesFile, { pinRoot: lab.pinRoot, cgroupPath: lab.cgroup, out: () => {} });
+    if (applied !== 0) throw new Error(`patu services apply ${servicesFile} failed (exit ${applied})`);
+    const servers = ['web1', 'web2'].map((n) => lab.start(n, [process.execPath, '-e', nameServerScript(n, 8080)]));
+    await new Promise((r) => setTimeout(r, 500));
+    const r = lab.exec('client', [process.execPath, '-e', countClientScript('10.96.0.10', 80, 200)], 60_000);
+    servers.forEach((s) => lab.stop(s));
+    const counts = JSON.parse(r.stdout || '{}') as CountResult;
+    if (r.code !== 0 || !counts.seen) throw new Error(`service client failed: ${r.stdout} ${r.stderr}`);
+    say(
+      `   200 connects from client to 10.96.0.10:80: ${Object.entries(counts.seen).map(([k, v]) => `${k} ${v}`).join(', ')}; ` +
+        `failed ${counts.failed}; ${fmt((counts.done / counts.ms) * 1000, 0)} connects/s`,
+    );
+    if (counts.failed > 0 || Object.keys(counts.seen).length !== 2) failed = true;
+    results.service = counts;
   } catch (err) {
     failed = true;
     say(`\ndemo step failed: ${(err as Error).message}`);
@@ -62,7 +120,7 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
       say('\n--keep: the demo node stays up; remove it with `patu demo --cleanup`');
     } else {
       say();
-      say('4. CNI DEL for each pod, then remove the bridge, namespaces, cgroup and pins');
+      say('5. CNI DEL for each pod, then remove the bridge, namespaces, cgroup and pins');
       const t0 = performance.now();
       const problems = lab.down();
       say(problems.length ? `   left problems: ${problems.join('; ')}` : `   clean (${fmt(performance.now() - t0, 0)} ms)`);

@@ -4,7 +4,8 @@
 // cgroup of the lab's own, so patu's cgroup eBPF programs can be attached there and
 // never to the host's root cgroup.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, rmdirSync } from 'node:fs';
+import { hostVethName } from '../dataplane/names.js';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -43,6 +44,9 @@ export class Lab {
   readonly pinRoot: string;
   readonly cgroup: string;
   readonly pods = new Map<string, Pod>();
+  /** Set while startAgent()'s agent runs: CNI calls then go through it. */
+  agentSocket: string | undefined;
+  private agent: ChildProcess | undefined;
   private readonly children = new Set<ChildProcess>();
 
   constructor(opts: LabOptions) {
@@ -78,17 +82,25 @@ export class Lab {
         CNI_NETNS: pod.netns,
         CNI_IFNAME: 'eth0',
         CNI_PATH: dirname(PATU_BIN),
-        ...(process.env.PATU_AGENT_SOCKET ? { PATU_AGENT_SOCKET: process.env.PATU_AGENT_SOCKET } : {}),
+        // With an agent running, bin/patu hands it the request; otherwise (or when
+        // the socket does not answer) it runs the plugin in its own process.
+        ...(this.agentSocket ? { PATU_AGENT_SOCKET: this.agentSocket } : { PATU_NO_AGENT: '1' }),
       },
     });
     return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - t0 };
   }
 
-  up(): void {
-    this.down(); // a previous run that was killed leaves things behind: start clean
+  /** Removes what a killed earlier run left, then makes the state dir and the cgroup. */
+  prepare(): void {
+    this.down();
     mkdirSync(this.stateDir, { recursive: true });
     mkdirSync(this.cgroup, { recursive: true });
-    for (const name of this.opts.pods) {
+  }
+
+  /** Creates pods (default: all): a netns each, then CNI ADD through bin/patu. */
+  up(names: string[] = this.opts.pods): void {
+    if (!existsSync(this.cgroup)) this.prepare();
+    for (const name of names) {
       const ns = `${this.opts.name}-${name}`;
       run('ip', ['netns', 'add', ns]);
       const pod = { name, netns: `/run/netns/${ns}`, containerId: `${this.opts.name}-${name}` };
@@ -133,6 +145,27 @@ export class Lab {
     this.children.delete(child);
   }
 
+  /** Starts `bin/patu agent` on a socket of the lab's own, and waits until it answers. */
+  async startAgent(): Promise<void> {
+    const socket = join(this.stateDir, 'agent.sock');
+    this.agent = spawn(PATU_BIN, ['agent', '--cni-socket', socket, '--log-level', 'warn'], { stdio: 'ignore' });
+    for (let i = 0; i < 100 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+    if (!existsSync(socket)) throw new Error(`patu agent did not open ${socket} within 5 s`);
+    this.agentSocket = socket;
+  }
+
+  stopAgent(): void {
+    this.agent?.kill('SIGTERM');
+    this.agent = undefined;
+    this.agentSocket = undefined;
+  }
+
+  /** Bytes the host end of a pod's veth has sent (into the pod). */
+  vethTxBytes(pod: string): number {
+    const veth = hostVethName(this.pod(pod).containerId, 'eth0');
+    return Number(readFileSync(`/sys/class/net/${veth}/statistics/tx_bytes`, 'utf8'));
+  }
+
   /** Removes everything the lab made. Safe to call twice and after a failed up(). */
   down(): string[] {
     const problems: string[] = [];
@@ -145,6 +178,7 @@ export class Lab {
       if (existsSync(`/run/netns/${ns}`)) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
     }
     this.pods.clear();
+    this.stopAgent();
     spawnSync('ip', ['link', 'del', this.bridge], { stdio: 'ignore' });
     if (existsSync(this.cgroup)) {
       // Processes may still be exiting: cgroup rmdir returns EBUSY for a moment.

@@ -534,10 +534,14 @@ for (const f of flavours) {
       assert.deepEqual(problems, []);
     });
 
-    // patu waits up to 30 s for its IPAM lock (not configurable from the netconf), so
-    // this case costs ~30 s: opt in with CNI_SUITE_SLOW=1.
-    const slowSkip = !f.features.errorTable ? 'patu only' : process.env.CNI_SUITE_SLOW === '1' ? false : "takes ~30 s (patu's IPAM lock timeout): set CNI_SUITE_SLOW=1";
-    test('ADD answers 11 (try again later) when the IPAM lock cannot be taken', { skip: slowSkip }, async (t) => {
+    // ipam.lockTimeoutMs keeps these short: the 30 s default would only slow the suite.
+    const lockSkip = !f.features.errorTable ? 'patu only' : false;
+    const shortLock = (): Record<string, any> => {
+      const conf = f.netconf();
+      conf.ipam = { ...conf.ipam, lockTimeoutMs: 1500 };
+      return conf;
+    };
+    test('ADD answers 11 (try again later) when the IPAM lock cannot be taken', { skip: lockSkip }, async (t) => {
       const warm = newNetns();
       const r = await add(warm);
       assert.equal(r.code, 0, show(r));
@@ -557,14 +561,14 @@ for (const f of flavours) {
         return;
       }
       // flock(1) holds every lock file for a bounded time, like a stuck concurrent ADD.
-      // Held well past patu's 30 s lock timeout; killed in finally either way.
+      // Held well past the 1.5 s lock timeout set below; killed in finally either way.
       const holders = locks.map((l) => spawn('flock', ['-x', '-o', l, 'sleep', '90'], { stdio: 'ignore' }));
       try {
         await new Promise((res) => setTimeout(res, 300));
         const pod = newNetns();
         const before = snapshotHost(scope({ containerIds: [pod.id] }));
         const t0 = performance.now();
-        const busy = await run('ADD', f.netconf(), { containerId: pod.id, netns: pod.path, timeoutMs: 75_000 });
+        const busy = await run('ADD', shortLock(), { containerId: pod.id, netns: pod.path, timeoutMs: 75_000 });
         if (busy.code === 0) live.set(`${pod.id}/eth0`, { ns: pod.path, conf: f.netconf() });
         t.diagnostic(`ADD with the lock held answered after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
         if (busy.code === 0) await del(pod);
@@ -576,7 +580,7 @@ for (const f of flavours) {
       }
     });
 
-    test('a stuck IPAM lock on one network does not stall ADDs on another (agent)', { skip: !agentFlavour ? 'agent only' : slowSkip }, async () => {
+    test('a stuck IPAM lock on one network does not stall ADDs on another (agent)', { skip: !agentFlavour ? 'agent only' : lockSkip }, async () => {
       const warm = newNetns();
       assert.equal((await add(warm)).code, 0);
       assert.equal((await del(warm)).code, 0);
@@ -588,7 +592,7 @@ for (const f of flavours) {
       const podB = newNetns();
       try {
         await new Promise((res) => setTimeout(res, 300));
-        const stuck = run('ADD', f.netconf(), { containerId: podA.id, netns: podA.path, timeoutMs: 75_000 });
+        const stuck = run('ADD', shortLock(), { containerId: podA.id, netns: podA.path, timeoutMs: 75_000 });
         await new Promise((res) => setTimeout(res, 300));
         const rb = await run('ADD', other.netconf(), { containerId: podB.id, netns: podB.path, timeoutMs: 75_000 });
         assert.equal(rb.code, 0, show(rb));

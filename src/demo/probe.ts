@@ -1,0 +1,33 @@
+// Tiny TCP peers for the demo, run inside lab pods with the same Node that runs
+// patu: a server that answers each connection with its name, and a client that
+// connects N times to an address and counts who answered. Bounded by count and
+// by a per-connection timeout.
+export const nameServerScript = (name: string, port: number): string =>
+  `require('net').createServer((s) => { s.on('error', () => {}); s.end(${JSON.stringify(name)}); }).listen(${port})`;
+
+export const countClientScript = (host: string, port: number, count: number): string => `
+const net = require('net');
+const seen = {}; let failed = 0; let done = 0;
+const t0 = process.hrtime.bigint();
+function one(i) {
+  if (i >= ${count}) { finish(); return; }
+  const s = net.connect(${port}, ${JSON.stringify(host)});
+  let data = '';
+  s.setTimeout(2000, () => { s.destroy(); failed++; one(i + 1); });
+  s.on('data', (d) => { data += d; });
+  s.on('error', () => { failed++; one(i + 1); });
+  s.on('end', () => { seen[data] = (seen[data] || 0) + 1; done++; one(i + 1); });
+}
+function finish() {
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  process.stdout.write(JSON.stringify({ seen, failed, done, ms }));
+}
+one(0);
+`;
+
+export interface CountResult {
+  seen: Record<string, number>;
+  failed: number;
+  done: number;
+  ms: number;
+}
