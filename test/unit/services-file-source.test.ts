@@ -2,10 +2,11 @@
 // entry and field, and the watcher keeping the last good content.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, unlinkSync, writeFileSync, renameSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseServicesText, validateServices, ServiceFileError, ServicesFileWatcher, type ServiceWithEndpoints } from '../../src/services/file-source.js';
+import { parseServicesText, validateServices, ServiceFileError, ServicesFileWatcher, ServicesDirWatcher, applyToModel, loadServices, type ServiceWithEndpoints, type ServicesDelta } from '../../src/services/file-source.js';
+import { ServiceModel } from '../../src/services/model.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'patu-svc-file-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -113,6 +114,54 @@ test('the watcher applies changes, reports a bad file after it settles, and keep
     writeFileSync(file + '.tmp', good.replace('10.96.0.11', '10.96.0.13'));
     renameSync(file + '.tmp', file);
     await waitFor(() => applied.at(-1)?.[1]?.service.clusterIP === '10.96.0.13', 'the renamed file to be applied');
+  } finally {
+    w.close();
+  }
+});
+
+test('a directory source reloads only the changed file and reports a delta; cross-file conflicts are errors', async () => {
+  const d = join(dir, 'svc.d');
+  mkdirSync(d);
+  const one = (name: string, ip: string, eps: string[]): string =>
+    JSON.stringify({ name, clusterIP: ip, ports: [{ port: 80 }], endpoints: eps.map((e) => ({ ip: e })) });
+  writeFileSync(join(d, 'a.json'), `{"services": [${one('a1', '10.96.1.1', ['10.0.0.1'])}, ${one('a2', '10.96.1.2', ['10.0.0.2'])}]}`);
+  writeFileSync(join(d, 'b.yaml'), `services: [${one('b1', '10.96.2.1', ['10.0.0.3'])}]\n`);
+  writeFileSync(join(d, '.hidden.yaml'), 'not: [valid');
+  const model = new ServiceModel();
+  const deltas: (ServicesDelta | null)[] = [];
+  const errors: Error[] = [];
+  const w = new ServicesDirWatcher(d, {
+    onChange: (all, delta) => {
+      deltas.push(delta);
+      applyToModel(model, all, delta);
+    },
+    onError: (e) => errors.push(e),
+    settleMs: 50,
+  });
+  const waitFor = async (cond: () => boolean, what: string): Promise<void> => {
+    for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(cond(), `timed out waiting for ${what}`);
+  };
+  try {
+    await w.start();
+    assert.deepEqual(model.refs().sort(), ['default/a1', 'default/a2', 'default/b1']);
+    model.takeChanges();
+    writeFileSync(join(d, 'a.json'), `{"services": [${one('a1', '10.96.1.1', ['10.0.0.9'])}, ${one('a2', '10.96.1.2', ['10.0.0.2'])}]}`);
+    await waitFor(() => model.get('default/a1')?.endpoints[0]?.ip === '10.0.0.9', 'a.json edit');
+    await w.settled();
+    assert.deepEqual([...model.takeChanges()], ['default/a1'], 'only the edited service is marked changed');
+    const last = deltas.at(-1)!;
+    assert.deepEqual(last.upserts.map((x) => x.service.name), ['a1']);
+    // b.yaml claims a1's address: an error for b.yaml, which keeps its last good content.
+    writeFileSync(join(d, 'b.yaml'), `services: [${one('b1', '10.96.1.1', ['10.0.0.3'])}]\n`);
+    await waitFor(() => errors.length > 0, 'the conflict error');
+    assert.match(errors[0]!.message, /b\.yaml: services\[0\]\.ports\[0\]: 10\.96\.1\.1:80\/TCP is already used in a\.json/);
+    assert.equal(model.get('default/b1')?.service.clusterIP, '10.96.2.1');
+    // Removing a file removes its services.
+    unlinkSync(join(d, 'b.yaml'));
+    await waitFor(() => model.get('default/b1') === undefined, 'b.yaml removal');
+    // One-shot load of a directory (patu services apply DIR); dotfiles are ignored.
+    assert.deepEqual((await loadServices(d)).map((x) => x.service.name), ['a1', 'a2']);
   } finally {
     w.close();
   }
