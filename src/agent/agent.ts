@@ -1,16 +1,40 @@
-// The patu node agent: a long-running process that serves CNI requests from
-// bin/patu over a unix socket (so pod events skip a Node start) and, as later
-// features land, owns the node's eBPF state.
+// The patu node agent: a long-running process that
+//   - serves CNI requests from bin/patu over a unix socket (pod events skip a Node start),
+//   - with --accel, switches on same-node socket acceleration (pinned: survives restarts),
+//   - with --services-file, watches a services file and programs ClusterIP load balancing.
+// State lives in pinned eBPF objects, so stopping or restarting the agent never
+// breaks established connections; bin/patu falls back to running the plugin itself.
 import pino from 'pino';
 import { startCniServer } from './cni-server.js';
 
 export interface AgentOptions {
   cniSocket: string;
   logLevel: string;
+  pinRoot: string;
+  /** cgroup2 directory the cgroup programs attach to (production: the cgroup2 root). */
+  cgroup: string;
+  accel: boolean;
+  servicesFile?: string;
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
   const log = pino({ level: opts.logLevel, base: { component: 'patu-agent' } });
+  const closers: (() => void)[] = [];
+
+  if (opts.accel) {
+    const { Accel } = await import('../dataplane/accel.js');
+    const accel = Accel.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroup });
+    accel.enable();
+    const st = accel.status();
+    log.info({ cgroup: opts.cgroup, pods: st.pods.length, sockets: st.sockets }, 'socket acceleration on');
+  }
+
+  if (opts.servicesFile) {
+    const { startServicesSource } = await import('./services-source.js');
+    const source = await startServicesSource({ file: opts.servicesFile, pinRoot: opts.pinRoot, cgroupPath: opts.cgroup, log });
+    closers.push(() => source.close());
+  }
+
   const server = await startCniServer({
     socketPath: opts.cniSocket,
     onRequest: (req, outcome, millis) =>
@@ -22,7 +46,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
           exitCode: outcome.exitCode,
           ...(outcome.deferred ? { deferred: 'IPAM lock busy: handed back to bin/patu' } : {}),
           ms: Math.round(millis * 100) / 100,
-          ...(outcome.exitCode !== 0 ? { error: outcome.stdout.trim() } : {}),
+          ...(outcome.exitCode > 0 ? { error: outcome.stdout.trim() } : {}),
         },
         'cni request',
       ),
@@ -31,7 +55,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
-      log.info({ signal }, 'shutting down');
+      log.info({ signal }, 'shutting down (pinned eBPF state stays in place)');
+      for (const close of closers) close();
       // Closing the socket makes bin/patu fall back to running the plugin itself.
       server.close(() => resolve());
     };

@@ -116,10 +116,22 @@ export function buildProgram(): Command {
     .command('agent')
     .description('run the node agent: serves CNI requests for bin/patu over a unix socket (pod events then skip a Node start)')
     .option('--cni-socket <path>', 'unix socket for CNI requests', DEFAULTS.agentSocket)
+    .option('--accel', 'switch on same-node socket acceleration at start')
+    .option('--services-file <file>', 'watch this services file (YAML/JSON) and program ClusterIP services from it')
+    .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs', '/sys/fs/cgroup/unified')
+    .addOption(pinRoot)
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .addHelpText('after', '\nLogs are JSON lines on stdout. Stop with SIGTERM: pinned eBPF state stays, so traffic keeps flowing.')
     .action(async (opts) => {
       const { runAgent } = await import('../agent/agent.js');
-      await runAgent({ cniSocket: opts.cniSocket, logLevel: opts.logLevel });
+      await runAgent({
+        cniSocket: opts.cniSocket,
+        logLevel: opts.logLevel,
+        pinRoot: opts.pinRoot,
+        cgroup: opts.cgroup,
+        accel: Boolean(opts.accel),
+        ...(opts.servicesFile ? { servicesFile: opts.servicesFile } : {}),
+      });
     });
 
   return program;

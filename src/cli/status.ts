@@ -8,6 +8,9 @@ import { listPins } from '../kernel/bpf/pins.js';
 import { IpamStore } from '../ipam/store.js';
 import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { hostVethName } from '../dataplane/names.js';
+import { Accel, type AccelStatus } from '../dataplane/accel.js';
+import { readProgrammed, type ProgrammedServiceView } from '../dataplane/service-lb.js';
+import { formatServicesTable } from './services.js';
 
 export interface StatusOptions {
   json?: boolean;
@@ -27,6 +30,8 @@ export interface PodStatus {
 }
 
 export interface NodeStatus {
+  accel: AccelStatus;
+  services: ProgrammedServiceView[] | null;
   bridge: { name: string; present: boolean; up: boolean; addresses: string[] };
   programs: { id: number; name: string; type: string }[];
   maps: { id: number; name: string; type: string; maxEntries: number }[];
@@ -50,6 +55,8 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
       }
     }
     return {
+      accel: Accel.open({ pinRoot: opts.pinRoot }).status(),
+      services: readProgrammed(opts.pinRoot),
       bridge: {
         name: opts.bridge,
         present: br !== undefined,
@@ -86,12 +93,20 @@ export function formatStatus(s: NodeStatus): string {
   out.push(s.maps.length ? table([['ID', 'NAME', 'TYPE', 'MAX'], ...s.maps.map((m) => [String(m.id), m.name, m.type, String(m.maxEntries)])]) : '  none\n');
   out.push(`\nPins (${s.pins.length}):\n`);
   out.push(s.pins.length ? s.pins.map((p) => `  ${p}\n`).join('') : '  none\n');
+  const a = s.accel;
+  out.push(`\nSocket acceleration: ${!a.setUp ? 'not set up (patu accel on)' : a.enabled ? 'on' : 'off'}` +
+    (a.setUp ? `, ${a.attached ? 'attached' : 'detached'}, ${a.sockets} sockets redirected, ${a.pods.filter((p) => !p.optOut).length} pods accelerated, ${a.pods.filter((p) => p.optOut).length} opted out` : '') + '\n');
+  out.push(`\nServices: ${s.services === null ? 'none programmed' : `${s.services.length}`}\n`);
+  if (s.services?.length) out.push(formatServicesTable(s.services));
   out.push(`\nPods (${s.pods.length}):\n`);
   out.push(
     s.pods.length
       ? table([
-          ['NETWORK', 'IP', 'CONTAINER', 'IFNAME', 'HOST VETH', 'LINK'],
-          ...s.pods.map((p) => [p.network, p.ip, p.containerId.slice(0, 16), p.ifname, p.hostVeth, p.linkUp ? 'up' : 'missing']),
+          ['NETWORK', 'IP', 'CONTAINER', 'IFNAME', 'HOST VETH', 'LINK', 'ACCEL'],
+          ...s.pods.map((p) => {
+            const reg = a.pods.find((r) => r.ip === p.ip);
+            return [p.network, p.ip, p.containerId.slice(0, 16), p.ifname, p.hostVeth, p.linkUp ? 'up' : 'missing', !reg ? '-' : reg.optOut ? 'opted out' : 'yes'];
+          }),
         ])
       : '  none\n',
   );

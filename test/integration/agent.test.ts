@@ -1,0 +1,116 @@
+// The agent's own duties beyond serving CNI (which the CNI suite's patu-agent
+// flavour covers): switching acceleration on, watching a services file into the
+// maps, keeping the last good state on a bad file, and leaving pinned state in
+// place across a restart. Needs root; uses its own cgroup, pins and socket.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PATU_BIN, isRoot } from '../helpers/cni.js';
+
+const tag = `agt${process.pid.toString(36)}`;
+const pinRoot = `/sys/fs/bpf/patu-test-${tag}`;
+const cgroup = `/sys/fs/cgroup/unified/patu-test-${tag}`;
+const dir = mkdtempSync(join(tmpdir(), 'patu-agent-test-'));
+const socket = join(dir, 'agent.sock');
+const servicesFile = join(dir, 'services.yaml');
+const skip = !isRoot() ? 'needs root (eBPF, cgroups)' : !existsSync(PATU_BIN) ? `${PATU_BIN} not built (scripts/build.sh)` : false;
+
+let agent: ChildProcess | undefined;
+let log = '';
+
+function startAgent(): Promise<void> {
+  log = '';
+  agent = spawn(PATU_BIN, ['agent', '--cni-socket', socket, '--accel', '--services-file', servicesFile, '--cgroup', cgroup, '--pin-root', pinRoot], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  agent.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  agent.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  return waitFor(() => log.includes('serving CNI requests'), 10_000, 'agent start');
+}
+
+async function stopAgent(): Promise<void> {
+  if (!agent) return;
+  const exited = new Promise((r) => agent!.once('exit', r));
+  agent.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
+  agent.kill('SIGKILL');
+  agent = undefined;
+}
+
+async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; agent log:\n${log}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function status(): any {
+  const r = spawnSync(PATU_BIN, ['status', '--json', '--pin-root', pinRoot, '--data-dir', join(dir, 'none')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+const backendsOf = (s: any, vip: string): string[] =>
+  (s.services ?? []).filter((x: any) => x.vip === vip).flatMap((x: any) => x.backends.map((b: any) => `${b.ip}:${b.port}`)).sort();
+
+const file = (vip: string, ips: string[]) =>
+  `services:\n  - name: web\n    clusterIP: ${vip}\n    ports: [{ port: 80, targetPort: 8080 }]\n    endpoints:\n${ips.map((ip) => `      - ip: ${ip}\n`).join('')}`;
+
+before(() => {
+  if (skip) return;
+  mkdirSync(cgroup, { recursive: true });
+  writeFileSync(servicesFile, file('10.96.7.1', ['10.251.7.2', '10.251.7.3']));
+});
+
+after(async () => {
+  await stopAgent();
+  rmSync(pinRoot, { recursive: true, force: true });
+  for (let i = 0; i < 50 && existsSync(cgroup); i++) {
+    try {
+      rmdirSync(cgroup);
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('agent: --accel and --services-file program the node; edits apply; a bad file keeps the last good state', { skip }, async () => {
+  await startAgent();
+  let s = status();
+  assert.equal(s.accel.enabled, true, 'acceleration switched on');
+  assert.equal(s.accel.attached, true, 'sock_ops attached');
+  assert.deepEqual(backendsOf(s, '10.96.7.1'), ['10.251.7.2:8080', '10.251.7.3:8080']);
+
+  writeFileSync(servicesFile, file('10.96.7.1', ['10.251.7.4']));
+  await waitFor(() => backendsOf(status(), '10.96.7.1').join() === '10.251.7.4:8080', 5_000, 'edited file applied');
+
+  writeFileSync(servicesFile, 'services: [ { name: broken, clusterIP: nope } ]\n');
+  await waitFor(() => log.includes('services file rejected'), 5_000, 'bad file reported');
+  assert.match(log, /services\[0\]\.clusterIP/, 'the error names the entry and field');
+  s = status();
+  assert.deepEqual(backendsOf(s, '10.96.7.1'), ['10.251.7.4:8080'], 'last good state stays programmed');
+});
+
+test('agent: stopping keeps pinned state; a restart reuses it without duplicate attachments', { skip }, async () => {
+  await stopAgent();
+  let s = status();
+  assert.equal(s.accel.attached, true, 'acceleration stays attached while the agent is down');
+  assert.deepEqual(backendsOf(s, '10.96.7.1'), ['10.251.7.4:8080'], 'services stay programmed while the agent is down');
+
+  writeFileSync(servicesFile, file('10.96.7.1', ['10.251.7.5', '10.251.7.6']));
+  await startAgent();
+  await waitFor(() => backendsOf(status(), '10.96.7.1').length === 2, 5_000, 'file applied after restart');
+  s = status();
+  assert.deepEqual(backendsOf(s, '10.96.7.1'), ['10.251.7.5:8080', '10.251.7.6:8080']);
+  // One set of cgroup programs on our cgroup, not one per agent start.
+  const attached = spawnSync('bpftool', ['cgroup', 'show', cgroup], { encoding: 'utf8' }).stdout;
+  for (const prog of ['patu_connect4', 'patu_sockops']) {
+    const n = attached.split('\n').filter((l) => l.includes(prog)).length;
+    assert.equal(n, 1, `${prog} attached ${n} times to ${cgroup}:\n${attached}`);
+  }
+});
