@@ -65,8 +65,9 @@ export function buildProgram(): Command {
         'Redirected bytes skip tc, XDP and netfilter on the veths: see README "Socket acceleration".',
     );
   for (const action of ['on', 'off', 'status'] as const) {
-    accel
-      .command(action)
+    const cmd = accel.command(action);
+    if (action === 'on') cmd.option('--reload', 'load the programs from the current build even if pinned ones exist (upgrade in place; connections survive)');
+    cmd
       .description(
         action === 'on'
           ? 'load and attach the programs (idempotent; pinned, so restarts keep established connections)'
@@ -79,7 +80,7 @@ export function buildProgram(): Command {
       .option('--json', 'print JSON')
       .action(async (opts) => {
         const { accelCommand } = await import('./accel.js');
-        await accelCommand(action, { pinRoot: opts.pinRoot, cgroup: opts.cgroup, json: opts.json });
+        await accelCommand(action, { pinRoot: opts.pinRoot, cgroup: opts.cgroup, json: opts.json, reload: Boolean(opts.reload) });
       });
   }
 
