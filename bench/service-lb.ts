@@ -326,7 +326,7 @@ async function main(): Promise<void> {
         for (let i = 0; i < 200; i++) {
           const f = (i * 37) % files;
           // A different service of this file than on its previous edit, so every write is a change.
-          const text = fileText(f, i % perFile, false);
+          const text = fileText(f, Math.floor(i / files) % perFile, false);
           const applied = new Promise<number>((r) => (resolveApplied = r));
           const t0 = performance.now();
           writeFileSync(join(d, `svc-${f}.json`), text);

@@ -51,6 +51,14 @@ struct {
 } patu_revnat SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct patu_sock_nat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} patu_sock_nat SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PATU_AFFINITY_MAX);
 	__type(key, struct patu_aff_key);
@@ -130,11 +138,19 @@ static __always_inline int pick_backend(void *ctx, const struct patu_svc_key *ke
  * kube-proxy's REJECT does: returning 0 alone would surface as EPERM, so the
  * program sets the syscall's return value first (bpf_set_retval, 5.18+).
  */
-static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 ip, __u32 port, __u32 proto)
+static __always_inline int translate(struct bpf_sock_addr *ctx, struct bpf_sock *sk, __u32 ip,
+				     __u32 port, __u32 proto, int connected)
 {
 	struct patu_svc_key key = { .vip = ip, .port = (__u16)port, .proto = (__u8)proto };
-	if (!bpf_map_lookup_elem(&patu_svc, &key))
+	if (!bpf_map_lookup_elem(&patu_svc, &key)) {
+		/* A socket re-connected elsewhere must not keep its old reverse translation. */
+		if (connected && sk) {
+			struct patu_sock_nat *old = bpf_sk_storage_get(&patu_sock_nat, sk, 0, 0);
+			if (old)
+				old->vip = 0;
+		}
 		return 1;
+	}
 
 	struct patu_backend be;
 	if (pick_backend(ctx, &key, &be) < 0) {
@@ -144,6 +160,17 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 ip, __u32 
 	ctx->user_ip4 = be.ip;
 	ctx->user_port = (__u32)be.port;
 
+	if (connected && sk) {
+		struct patu_sock_nat *sn = bpf_sk_storage_get(&patu_sock_nat, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (sn) {
+			sn->backend_ip = be.ip;
+			sn->backend_port = be.port;
+			sn->vip = ip;
+			sn->vport = (__u16)port;
+			return 1;
+		}
+		/* No memory for socket storage: fall back to the LRU map. */
+	}
 	struct patu_revnat_key rk = {
 		.cookie = bpf_get_socket_cookie(ctx),
 		.ip = be.ip,
@@ -167,12 +194,13 @@ int patu_connect4(struct bpf_sock_addr *ctx)
 	__u32 ip = ctx->user_ip4;
 	__u32 port = ctx->user_port;
 	__u32 proto = ctx->protocol;
+	struct bpf_sock *sk = ctx->sk;
 	READ_ONCE_CTX(ip);
 	READ_ONCE_CTX(port);
 	READ_ONCE_CTX(proto);
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 1;
-	return translate(ctx, ip, port, proto);
+	return translate(ctx, sk, ip, port, proto, 1);
 }
 
 SEC("cgroup/sendmsg4")
@@ -186,7 +214,7 @@ int patu_sendmsg4(struct bpf_sock_addr *ctx)
 	READ_ONCE_CTX(proto);
 	if (proto != IPPROTO_UDP)
 		return 1;
-	return translate(ctx, ip, port, proto);
+	return translate(ctx, 0, ip, port, proto, 0);
 }
 
 /* Reply source (recvmsg) and peer (getpeername) seen as the service address. */
@@ -194,8 +222,17 @@ static __always_inline void reverse(struct bpf_sock_addr *ctx)
 {
 	__u32 ip = ctx->user_ip4;
 	__u32 port = ctx->user_port;
+	struct bpf_sock *sk = ctx->sk;
 	READ_ONCE_CTX(ip);
 	READ_ONCE_CTX(port);
+	if (sk) {
+		struct patu_sock_nat *sn = bpf_sk_storage_get(&patu_sock_nat, sk, 0, 0);
+		if (sn && sn->vip && sn->backend_ip == ip && sn->backend_port == (__u16)port) {
+			ctx->user_ip4 = sn->vip;
+			ctx->user_port = (__u32)sn->vport;
+			return;
+		}
+	}
 	struct patu_revnat_key rk = {
 		.cookie = bpf_get_socket_cookie(ctx),
 		.ip = ip,

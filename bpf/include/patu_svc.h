@@ -72,6 +72,19 @@ struct patu_revnat_val {
 };
 
 /*
+ * Per-socket reverse translation for connected sockets (TCP, connected UDP),
+ * in socket-local storage: freed with the socket, so no LRU churn or stale
+ * entries for the common case. Unconnected UDP, which may talk to several
+ * services from one socket, uses the patu_revnat LRU map instead.
+ */
+struct patu_sock_nat {
+	__be32 backend_ip;
+	__be32 vip;
+	__be16 backend_port;
+	__be16 vport;
+};
+
+/*
  * sessionAffinity ClientIP. At connect() the source address is usually not
  * chosen yet, so the client is identified by its network namespace cookie:
  * one pod = one netns = one pod IP, which is what ClientIP means for pods.

@@ -137,6 +137,8 @@ test('TCP connects to a service address spread fairly over its backends, and get
   const chi2 = Object.values(r.byBackend).reduce((s, c) => s + (c - expected) ** 2 / expected, 0);
   assert.ok(chi2 < 16.27, `distribution ${JSON.stringify(r.byBackend)} is not uniform (chi2 ${chi2.toFixed(1)})`);
   assert.deepEqual(r.peers, { '10.96.77.1:80': n }, 'getpeername must return the service address, not the backend');
+  // Connected sockets keep their reverse translation in socket storage (freed with the socket), not the LRU map.
+  assert.equal([...lb!.maps.revnat.keys()].length, 0);
 });
 
 test('sessionAffinity ClientIP keeps a client on one backend, and a new choice is made after the timeout', { skip }, async () => {
@@ -174,6 +176,7 @@ test('UDP: unconnected (DNS-style) replies come from the service address; TCP an
   assert.deepEqual(u.peers, { '10.96.77.3:53': 40 }, 'recvmsg must show the service address as the reply source');
   for (const b of Object.keys(u.byBackend)) assert.match(b, /:8081$/, 'UDP goes to the UDP target port');
   assert.ok(Object.keys(u.byBackend).length > 1, `UDP is not balanced: ${JSON.stringify(u.byBackend)}`);
+  assert.ok([...lb!.maps.revnat.keys()].length >= 40, 'unconnected UDP reverse entries live in the LRU map');
 
   const c = await runClient({ mode: 'udp-connected', host: '10.96.77.3', port: 53, count: 10 });
   assert.deepEqual(c.errors, {});
@@ -334,5 +337,31 @@ test('CLI: services apply programs a file once (a bad one changes nothing) and s
     const l = ServiceLb.open({ pinRoot, cgroupPath: CG });
     l.detach();
     l.close();
+  }
+});
+
+test('servicesWatch: the first load is a full resync, later edits apply, programs attach once', { skip }, async () => {
+  const { servicesWatch } = await import('../../src/cli/services.js');
+  const pinRoot = join(PIN, 'watch');
+  const file = join(tmp, 'watch.yaml');
+  // Something an earlier run programmed that the file does not have: the first load removes it.
+  const pre = ServiceLb.open({ pinRoot, cgroupPath: CG });
+  const stale = new ServiceModel();
+  stale.upsertService(svc('stale', '10.96.77.9', [{ port: 80, protocol: 'TCP', targetPort: 8080 }]));
+  pre.apply(stale);
+  pre.close();
+  writeFileSync(file, 'services:\n  - { name: w, namespace: it, clusterIP: 10.96.77.8, ports: [{ port: 80, targetPort: 8080 }], endpoints: [{ ip: 10.77.0.4 }] }\n');
+  const h = await servicesWatch(file, { pinRoot, cgroupPath: CG });
+  try {
+    assert.deepEqual(h.lb.programmed().map((s) => s.name), ['it/w:80']);
+    assert.ok(h.lb.linksPinned());
+    const r = await runClient({ mode: 'tcp', host: '10.96.77.8', port: 80, count: 3 });
+    assert.deepEqual(r.byBackend, { '10.77.0.4:8080': 3 });
+    writeFileSync(file, 'services:\n  - { name: w, namespace: it, clusterIP: 10.96.77.8, ports: [{ port: 80, targetPort: 8080 }], endpoints: [{ ip: 10.77.0.3 }] }\n');
+    for (let i = 0; i < 200 && h.lb.programmed()[0]?.backends[0]?.ip !== '10.77.0.3'; i++) await new Promise((res) => setTimeout(res, 10));
+    assert.equal(h.lb.programmed()[0]?.backends[0]?.ip, '10.77.0.3');
+  } finally {
+    h.lb.detach();
+    h.close();
   }
 });
