@@ -30,9 +30,16 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   }
 
   if (opts.servicesFile) {
-    const { startServicesSource } = await import('./services-source.js');
-    const source = await startServicesSource({ file: opts.servicesFile, pinRoot: opts.pinRoot, cgroupPath: opts.cgroup, log });
-    closers.push(() => source.close());
+    // The standalone service source; the Kubernetes source feeds the same model.
+    const { servicesWatch } = await import('../cli/services.js');
+    const file = opts.servicesFile;
+    const watch = await servicesWatch(file, {
+      pinRoot: opts.pinRoot,
+      cgroupPath: opts.cgroup,
+      onApplied: (stats) => log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed'),
+      onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
+    });
+    closers.push(() => watch.close());
   }
 
   const server = await startCniServer({

@@ -118,7 +118,7 @@ export function buildProgram(): Command {
     .description('run the node agent: serves CNI requests for bin/patu over a unix socket (pod events then skip a Node start)')
     .option('--cni-socket <path>', 'unix socket for CNI requests', DEFAULTS.agentSocket)
     .option('--accel', 'switch on same-node socket acceleration at start')
-    .option('--services-file <file>', 'watch this services file (YAML/JSON) and program ClusterIP services from it')
+    .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it')
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs', '/sys/fs/cgroup/unified')
     .addOption(pinRoot)
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
