@@ -153,16 +153,17 @@ export function allocate(
   checkOwner(containerId, ifname);
   const wanted = placeRequested(cfg, requested.ips ?? []);
   return store.withLock(() => {
-    const records = store.list();
+    // The directory listing gives what is taken; the owner index what this owner
+    // already holds: no record but the owner's own is read (see store.ts).
     const taken: Record<Family, Set<bigint>> = { 4: new Set(), 6: new Set() };
-    const holderOf = new Map<string, string>();
-    const mine: { family: Family; v: bigint }[] = [];
-    for (const rec of records) {
-      const ip = parseIp(rec.ip);
+    for (const text of store.heldIps()) {
+      const ip = parseIp(text);
       taken[ip.family].add(ip.value);
-      holderOf.set(`${ip.family}:${ip.value}`, `${rec.containerId}/${rec.ifname}`);
-      if (rec.containerId === containerId && rec.ifname === ifname) mine.push({ family: ip.family, v: ip.value });
     }
+    const mine = store.findByOwnerIndexed(containerId, ifname).map((text) => {
+      const ip = parseIp(text);
+      return { family: ip.family, v: ip.value };
+    });
 
     const fresh: string[] = [];
     try {
@@ -177,7 +178,8 @@ export function allocate(
         }
         let pick: { r: IpamRange; v: bigint } | undefined;
         if (want) {
-          const holder = holderOf.get(`${set.family}:${want.v}`);
+          const held = taken[set.family].has(want.v) ? store.ownerOf(want.text) : undefined;
+          const holder = held ? `${held.containerId}/${held.ifname}` : undefined;
           if (holder !== undefined) throw new IpamUnavailableError(`requested address ${want.text} is already held by ${holder}`);
           pick = want;
         } else {

@@ -60,7 +60,7 @@ function child(mode: string, raw: object, containerId: string, startFile?: strin
 function records(dir: string): Map<string, string> {
   const out = new Map<string, string>();
   for (const name of readdirSync(dir)) {
-    if (name === 'lock' || name.startsWith('last_reserved_ip.') || name.startsWith('.tmp.')) continue;
+    if (name === 'lock' || name.startsWith('last_reserved_ip.') || name.startsWith('.tmp.') || name.startsWith('.owner.')) continue;
     const text = readFileSync(join(dir, name), 'utf8');
     assert.match(text, /^[A-Za-z0-9-]+\neth0$/, `record ${name} is not a complete "<id>\\n<ifname>": ${JSON.stringify(text)}`);
     out.set(name, text.split('\n')[0]!);

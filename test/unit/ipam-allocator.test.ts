@@ -5,6 +5,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -85,15 +86,29 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('gc' as const), keep: fc.uniqueArray(fc.integer({ min: 0, max: OWNERS - 1 }), { maxLength: OWNERS }) }) },
 );
 
-/** What the files on disk say, read without the product code: ip -> "ctr/ifname". */
+/**
+ * What the files on disk say, read without the product code: ip -> "ctr/ifname".
+ * Also checks the owner index: after completed calls every record has exactly one
+ * marker, named by the hash of its owner, and no marker is left without a record.
+ */
 function disk(store: IpamStore): Map<string, string> {
   const out = new Map<string, string>();
+  const markers: string[] = [];
   for (const name of readdirSync(store.dir)) {
     if (name === 'lock' || name.startsWith('last_reserved_ip.')) continue;
     assert.ok(!name.startsWith('.tmp.'), `temp file ${name} left behind by a completed call`);
+    if (name.startsWith('.owner.')) {
+      markers.push(name);
+      continue;
+    }
     const [cid, ifn] = readFileSync(join(store.dir, name), 'utf8').split('\n');
     out.set(name, `${cid}/${ifn}`);
   }
+  const expected = [...out].map(([ip, owner]) => {
+    const [cid, ifn] = owner.split('/');
+    return `.owner.${createHash('sha256').update(`${cid}\n${ifn}`).digest('hex').slice(0, 20)}.${ip}`;
+  });
+  assert.deepEqual(markers.sort(), expected.sort(), 'owner index markers match the records');
   return out;
 }
 
