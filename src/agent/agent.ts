@@ -1,7 +1,9 @@
 // The patu node agent: a long-running process that
 //   - serves CNI requests from bin/patu over a unix socket (pod events skip a Node start),
 //   - with --accel, switches on same-node socket acceleration (pinned: survives restarts),
-//   - with --services-file, watches a services file and programs ClusterIP load balancing.
+//   - with --services-file, watches a services file and programs ClusterIP load balancing,
+//   - or with --kubernetes, takes services, endpoints, pod opt-outs and the pod subnet
+//     from the apiserver (src/k8s), and serves /metrics, /healthz, /readyz.
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
 // breaks established connections; bin/patu falls back to running the plugin itself.
 import pino from 'pino';
@@ -15,11 +17,34 @@ export interface AgentOptions {
   cgroup: string;
   accel: boolean;
   servicesFile?: string;
+  /** Watch a Kubernetes apiserver for services, endpoints, this node's pods and Node. */
+  kubernetes?: {
+    kubeconfig?: string;
+    nodeName?: string;
+    clusterCidr?: string;
+    cniConfDir?: string;
+  };
+  /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default 127.0.0.1:9464). */
+  metricsAddr?: string;
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
   const log = pino({ level: opts.logLevel, base: { component: 'patu-agent' } });
-  const closers: (() => void)[] = [];
+  const closers: (() => void | Promise<void>)[] = [];
+  if (opts.kubernetes && opts.servicesFile) {
+    throw new Error('agent: --kubernetes and --services-file both program the same service maps; use one');
+  }
+  // The health server comes first, so /healthz answers while the informers sync.
+  let metrics: import('../k8s/metrics.js').AgentMetrics | undefined;
+  let notReady: () => string | undefined = () => undefined;
+  const metricsAddr = opts.metricsAddr ?? (opts.kubernetes ? '127.0.0.1:9464' : undefined);
+  if (metricsAddr) {
+    const { AgentMetrics, startHealthServer } = await import('../k8s/metrics.js');
+    metrics = new AgentMetrics();
+    const health = await startHealthServer({ addr: metricsAddr, metrics, notReady: () => notReady() });
+    log.info({ addr: metricsAddr, port: health.port }, 'serving /metrics, /healthz, /readyz');
+    closers.push(() => health.close());
+  }
 
   if (opts.accel) {
     const { Accel } = await import('../dataplane/accel.js');
@@ -42,9 +67,26 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => watch.close());
   }
 
+  if (opts.kubernetes) {
+    const { startKubernetes } = await import('../k8s/agent-k8s.js');
+    const k8s = await startKubernetes({
+      ...opts.kubernetes,
+      pinRoot: opts.pinRoot,
+      cgroup: opts.cgroup,
+      log,
+      ...(metrics ? { metrics } : {}),
+    });
+    notReady = () => k8s.source.notReady();
+    closers.push(() => k8s.close());
+  }
+
   const server = await startCniServer({
     socketPath: opts.cniSocket,
-    onRequest: (req, outcome, millis) =>
+    onRequest: (req, outcome, millis) => {
+      metrics?.cniRequests.inc({
+        command: req.env.CNI_COMMAND ?? 'unknown',
+        result: outcome.deferred ? 'deferred' : outcome.exitCode === 0 ? 'ok' : 'error',
+      });
       log.info(
         {
           command: req.env.CNI_COMMAND,
@@ -56,16 +98,17 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
           ...(outcome.exitCode > 0 ? { error: outcome.stdout.trim() } : {}),
         },
         'cni request',
-      ),
+      );
+    },
   });
   log.info({ socket: opts.cniSocket }, 'serving CNI requests');
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'shutting down (pinned eBPF state stays in place)');
-      for (const close of closers) close();
       // Closing the socket makes bin/patu fall back to running the plugin itself.
-      server.close(() => resolve());
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      Promise.allSettled([...closers.map(async (close) => close()), closed]).then(() => resolve());
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));

@@ -120,6 +120,12 @@ export function buildProgram(): Command {
     .option('--accel', 'switch on same-node socket acceleration at start')
     .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it')
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs', '/sys/fs/cgroup/unified')
+    .option('--kubernetes', 'take services, endpoints, pod acceleration opt-outs and the pod subnet from the Kubernetes API')
+    .option('--kubeconfig <file>', 'with --kubernetes outside a pod: the kubeconfig to use (in a pod the ServiceAccount is used)')
+    .option('--node-name <name>', 'with --kubernetes: this node\'s name (default: $NODE_NAME, else the hostname)')
+    .option('--cluster-cidr <cidr>', 'with --kubernetes: pod addresses of the cluster; its first /24 is the pod subnet when the Node has no spec.podCIDR', DEFAULTS.clusterCIDR)
+    .option('--cni-conf-dir <dir>', 'with --kubernetes: where to write 10-patu.conflist (empty: do not write)', '/etc/cni/net.d')
+    .option('--metrics-addr <host:port>', '/metrics, /healthz, /readyz (default with --kubernetes: 127.0.0.1:9464; otherwise off)')
     .addOption(pinRoot)
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
     .addHelpText('after', '\nLogs are JSON lines on stdout. Stop with SIGTERM: pinned eBPF state stays, so traffic keeps flowing.')
@@ -132,6 +138,17 @@ export function buildProgram(): Command {
         cgroup: opts.cgroup,
         accel: Boolean(opts.accel),
         ...(opts.servicesFile ? { servicesFile: opts.servicesFile } : {}),
+        ...(opts.kubernetes
+          ? {
+            kubernetes: {
+              ...(opts.kubeconfig ? { kubeconfig: opts.kubeconfig } : {}),
+              ...(opts.nodeName ? { nodeName: opts.nodeName } : {}),
+              clusterCidr: opts.clusterCidr,
+              cniConfDir: opts.cniConfDir,
+            },
+          }
+          : {}),
+        ...(opts.metricsAddr ? { metricsAddr: opts.metricsAddr } : {}),
       });
     });
 

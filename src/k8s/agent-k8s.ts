@@ -1,0 +1,78 @@
+// `patu agent --kubernetes`: the Kubernetes source wired to the data plane,
+// the pod registry, the CNI conflist and the health/metrics server.
+import { hostname } from 'node:os';
+import { DEFAULTS } from '../cni/netconf.js';
+import { openPodRegistry, type PodRegistry } from '../dataplane/accel-registry.js';
+import { ServiceLb } from '../dataplane/service-lb.js';
+import { buildConflist, writeConflistIfChanged, CONFLIST_NAME } from './conflist.js';
+import { loadClientConfig } from './config.js';
+import type { AgentMetrics } from './metrics.js';
+import { K8sSource, type Logger } from './source.js';
+
+export interface KubernetesAgentOptions {
+  kubeconfig?: string;
+  /** --node-name, else NODE_NAME, else the hostname. */
+  nodeName?: string;
+  clusterCidr?: string;
+  /** Where 10-patu.conflist goes; '' to not write one. */
+  cniConfDir?: string;
+  pinRoot: string;
+  cgroup: string;
+  /** Compiled sock_lb.o (tests). */
+  objectPath?: string;
+  log: Logger;
+  metrics?: AgentMetrics;
+  coalesceMs?: number;
+  resyncMs?: number;
+}
+
+export const resolveNodeName = (flag?: string, env: NodeJS.ProcessEnv = process.env): string => flag || env.NODE_NAME || hostname();
+
+export interface KubernetesAgent {
+  source: K8sSource;
+  lb: ServiceLb;
+  close(): Promise<void>;
+}
+
+export async function startKubernetes(o: KubernetesAgentOptions): Promise<KubernetesAgent> {
+  const cfg = loadClientConfig(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {});
+  const nodeName = resolveNodeName(o.nodeName);
+  const clusterCidr = o.clusterCidr ?? DEFAULTS.clusterCIDR;
+  const lb = ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
+  let registry: PodRegistry | undefined;
+  const confDir = o.cniConfDir ?? '/etc/cni/net.d';
+  const source = new K8sSource({
+    nodeName,
+    clusterCidr,
+    sink: lb,
+    log: o.log,
+    ...(o.metrics ? { metrics: o.metrics } : {}),
+    ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
+    ...(o.resyncMs !== undefined ? { resyncMs: o.resyncMs } : {}),
+    // Opened on first need: the registry exists once acceleration was switched on.
+    podRegistry: () => (registry ??= openPodRegistry(o.pinRoot)),
+    onApplied: () => {
+      // Attach only after the first programming, so no connect() is translated against half-filled maps.
+      if (!lb.linksPinned()) {
+        lb.attach();
+        o.log.info({ cgroup: o.cgroup }, 'service programs attached');
+      }
+    },
+    onPodCidr: (cidr) => {
+      if (!confDir) return;
+      const wrote = writeConflistIfChanged(confDir, buildConflist({ podCIDR: cidr, clusterCIDR: clusterCidr, pinRoot: o.pinRoot }));
+      o.log.info({ file: `${confDir}/${CONFLIST_NAME}`, podCIDR: cidr, changed: wrote }, wrote ? 'CNI conflist written' : 'CNI conflist up to date');
+    },
+  });
+  source.start(cfg);
+  o.log.info({ apiserver: cfg.server, credentials: cfg.source, node: nodeName }, 'watching Kubernetes');
+  return {
+    source,
+    lb,
+    close: async () => {
+      await source.close();
+      registry?.close();
+      lb.close();
+    },
+  };
+}

@@ -1,0 +1,73 @@
+// The CNI network configuration the agent writes for the container runtime:
+// /etc/cni/net.d/10-patu.conflist with this node's pod subnet. Written
+// atomically (temp file + rename in the same directory), so a runtime reading
+// it at any moment sees the old or the new file, never half of one; and only
+// when the content changes, so a restart does not make runtimes reload.
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+
+export const CONFLIST_NAME = '10-patu.conflist';
+
+export interface ConflistOptions {
+  podCIDR: string;
+  clusterCIDR: string;
+  /** Network name (default "patu"). */
+  name?: string;
+  bridge?: string;
+  mtu?: number;
+  dataDir?: string;
+  pinRoot?: string;
+  cniVersion?: string;
+}
+
+export function buildConflist(o: ConflistOptions): string {
+  const plugin: Record<string, unknown> = {
+    type: 'patu',
+    ...(o.bridge ? { bridge: o.bridge } : {}),
+    ...(o.mtu ? { mtu: o.mtu } : {}),
+    hairpin: true,
+    masquerade: true,
+    clusterCIDR: o.clusterCIDR,
+    podCIDR: o.podCIDR,
+    accel: true,
+    ...(o.pinRoot ? { pinRoot: o.pinRoot } : {}),
+    // podCIDR, not ipam.ranges: the plugin refuses both at once.
+    ...(o.dataDir ? { ipam: { dataDir: o.dataDir } } : {}),
+  };
+  const doc = { cniVersion: o.cniVersion ?? '1.0.0', name: o.name ?? 'patu', plugins: [plugin] };
+  return JSON.stringify(doc, null, 2) + '\n';
+}
+
+/**
+ * Writes `content` to dir/name unless the file already holds exactly that.
+ * Returns whether it wrote. Errors name the path and the failing call.
+ */
+export function writeConflistIfChanged(dir: string, content: string, name = CONFLIST_NAME): boolean {
+  const path = join(dir, name);
+  try {
+    if (readFileSync(path, 'utf8') === content) return false;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`conflist: read ${path}: ${(e as NodeJS.ErrnoException).code}`);
+  }
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw new Error(`conflist: mkdir ${dir}: ${(e as NodeJS.ErrnoException).code}`);
+  }
+  // A dot name: runtimes load only *.conf/*.conflist/*.json, so they never pick up the temp file.
+  const tmp = join(dir, `.${name}.${process.pid}.tmp`);
+  try {
+    writeFileSync(tmp, content, { mode: 0o644 });
+    const fd = openSync(tmp, 'r');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw new Error(`conflist: write ${path} (via ${tmp}): ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return true;
+}

@@ -1,0 +1,229 @@
+// Kubernetes objects -> the service model (src/services/model.ts). Pure
+// functions, no client import, so the rules can be unit-tested and measured
+// without an apiserver.
+//
+// Backend ports follow kube-proxy: the endpoints controller has already
+// resolved each service port's targetPort (a number, or a container port name
+// that may differ per pod) into the EndpointSlice's ports, which carry the
+// *service port's* name. So a service port is matched to a slice port by name
+// and protocol, per slice, hence per endpoint. This also works for
+// selector-less services whose slices are written by hand.
+import { DEFAULT_AFFINITY_TIMEOUT, type Endpoint, type Protocol, type Service, type ServicePort } from '../services/model.js';
+
+/** The fields of a v1 Service patu reads (everything else is dropped on arrival: see slim*). */
+export interface K8sService {
+  metadata: { name?: string; namespace?: string; resourceVersion?: string };
+  spec?: {
+    type?: string;
+    clusterIP?: string;
+    ports?: { name?: string; port: number; protocol?: string; targetPort?: number | string }[];
+    sessionAffinity?: string;
+    sessionAffinityConfig?: { clientIP?: { timeoutSeconds?: number } };
+  };
+}
+
+export interface K8sEndpointSlice {
+  metadata: { name?: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string> };
+  addressType?: string;
+  endpoints?: {
+    addresses?: string[];
+    conditions?: { ready?: boolean | null; serving?: boolean | null; terminating?: boolean | null };
+  }[] | null;
+  ports?: { name?: string | null; port?: number | null; protocol?: string | null }[] | null;
+}
+
+export interface K8sPod {
+  metadata: { name?: string; namespace?: string; resourceVersion?: string; annotations?: Record<string, string> };
+  spec?: { hostNetwork?: boolean; nodeName?: string };
+  status?: { phase?: string; podIP?: string; podIPs?: { ip: string }[] };
+}
+
+export interface K8sNode {
+  metadata: { name?: string; resourceVersion?: string };
+  spec?: { podCIDR?: string; podCIDRs?: string[] };
+}
+
+export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
+export const ACCEL_ANNOTATION = 'patu.dev/accel';
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+export const isIPv4 = (s: string | undefined): s is string => typeof s === 'string' && IPV4.test(s);
+
+export const refOf = (m: { name?: string; namespace?: string }): string => `${m.namespace ?? ''}/${m.name ?? ''}`;
+
+/** Why a service is not programmed (for debug logs and tests). */
+export type SkipReason = 'headless' | 'externalName' | 'noClusterIP' | 'notIPv4' | 'noTcpUdpPorts';
+
+export interface ConvertedService {
+  service?: Service;
+  skipped?: SkipReason;
+  /** Ports left out (SCTP or unknown protocols), as `port/PROTO`. */
+  skippedPorts: string[];
+}
+
+/** Key under which a slice port is found from a service port: its name and protocol. */
+const portSlot = (name: string | null | undefined, protocol: string): string => `${name ?? ''}/${protocol}`;
+
+export function convertService(svc: K8sService): ConvertedService {
+  const spec = svc.spec ?? {};
+  const skippedPorts: string[] = [];
+  if (spec.type === 'ExternalName') return { skipped: 'externalName', skippedPorts };
+  const ip = spec.clusterIP;
+  if (ip === 'None') return { skipped: 'headless', skippedPorts };
+  if (!ip) return { skipped: 'noClusterIP', skippedPorts };
+  // The socket LB is IPv4 only; an IPv6 single-stack service is left to others.
+  if (!isIPv4(ip)) return { skipped: 'notIPv4', skippedPorts };
+  const ports: ServicePort[] = [];
+  for (const p of spec.ports ?? []) {
+    const protocol = (p.protocol ?? 'TCP').toUpperCase();
+    if (protocol !== 'TCP' && protocol !== 'UDP') {
+      skippedPorts.push(`${p.port}/${protocol}`);
+      continue;
+    }
+    ports.push({
+      ...(p.name ? { name: p.name } : {}),
+      port: p.port,
+      protocol: protocol as Protocol,
+      // Resolved per endpoint from the slice port of the same name (see the header).
+      targetPort: portSlot(p.name, protocol),
+    });
+  }
+  if (ports.length === 0) return { skipped: 'noTcpUdpPorts', skippedPorts };
+  const affinity = spec.sessionAffinity === 'ClientIP';
+  const service: Service = {
+    namespace: svc.metadata.namespace ?? '',
+    name: svc.metadata.name ?? '',
+    clusterIP: ip,
+    ports,
+    sessionAffinity: affinity ? 'ClientIP' : 'None',
+    affinityTimeoutSeconds: affinity
+      ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? DEFAULT_AFFINITY_TIMEOUT)
+      : DEFAULT_AFFINITY_TIMEOUT,
+  };
+  return { service, skippedPorts };
+}
+
+/**
+ * Endpoints of one service, merged across its slices. Only IPv4 slices; the
+ * first address of an endpoint (as kube-proxy). Conditions follow the API's
+ * nil rules: ready and serving unknown -> true, terminating unknown -> false.
+ * An address in two slices (a slice being replaced) keeps the better
+ * conditions and the union of ports.
+ */
+export function mergeSlices(slices: Iterable<K8sEndpointSlice>): Endpoint[] {
+  const byIp = new Map<string, Endpoint>();
+  // Slices in a stable order, so the merge does not depend on event order.
+  const sorted = [...slices].sort((a, b) => (a.metadata.name ?? '').localeCompare(b.metadata.name ?? ''));
+  for (const slice of sorted) {
+    if (slice.addressType !== 'IPv4') continue;
+    const ports: Record<string, number> = {};
+    for (const p of slice.ports ?? []) {
+      if (typeof p.port !== 'number') continue;
+      ports[portSlot(p.name, (p.protocol ?? 'TCP').toUpperCase())] = p.port;
+    }
+    for (const ep of slice.endpoints ?? []) {
+      const ip = ep.addresses?.[0];
+      if (!isIPv4(ip)) continue;
+      const c = ep.conditions ?? {};
+      const e: Endpoint = {
+        ip,
+        ready: c.ready !== false,
+        serving: c.serving !== false,
+        terminating: c.terminating === true,
+        ports: { ...ports },
+      };
+      const prev = byIp.get(ip);
+      if (!prev) {
+        byIp.set(ip, e);
+        continue;
+      }
+      prev.ready ||= e.ready;
+      prev.serving ||= e.serving;
+      prev.terminating &&= e.terminating;
+      prev.ports = { ...e.ports, ...prev.ports };
+    }
+  }
+  return [...byIp.values()].sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
+}
+
+/** The owning service of a slice (`namespace/name`), or undefined for a slice of no service. */
+export function sliceService(slice: K8sEndpointSlice): string | undefined {
+  const svc = slice.metadata.labels?.[SERVICE_NAME_LABEL];
+  return svc ? `${slice.metadata.namespace ?? ''}/${svc}` : undefined;
+}
+
+/** What a pod means to the acceleration registry: its IPv4 address and whether it opts out. */
+export function podAccel(pod: K8sPod): { ip: string; optOut: boolean } | undefined {
+  if (pod.spec?.hostNetwork) return undefined;
+  const phase = pod.status?.phase;
+  if (phase === 'Succeeded' || phase === 'Failed') return undefined;
+  const ip = [pod.status?.podIP, ...(pod.status?.podIPs ?? []).map((p) => p.ip)].find(isIPv4);
+  if (!ip) return undefined;
+  return { ip, optOut: pod.metadata.annotations?.[ACCEL_ANNOTATION] === 'off' };
+}
+
+/** The first /24 of an IPv4 CIDR (the default pod subnet when the node has no podCIDR). */
+export function firstSubnet24(cidr: string): string {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(cidr);
+  if (!m || !isIPv4(`${m[1]}.${m[2]}.${m[3]}.${m[4]}`)) throw new Error(`cluster CIDR ${JSON.stringify(cidr)} is not an IPv4 CIDR`);
+  const len = Number(m[5]);
+  if (len > 24) throw new Error(`cluster CIDR ${cidr} is smaller than a /24`);
+  const ip = ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
+  const net = len === 0 ? 0 : (ip & (~0 << (32 - len))) >>> 0;
+  return `${net >>> 24}.${(net >>> 16) & 255}.${(net >>> 8) & 255}.0/24`;
+}
+
+/** node.spec.podCIDR (the IPv4 one of podCIDRs), else undefined. */
+export function nodePodCidr(node: K8sNode | undefined): string | undefined {
+  const all = [node?.spec?.podCIDR, ...(node?.spec?.podCIDRs ?? [])];
+  return all.find((c) => typeof c === 'string' && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(c));
+}
+
+// Objects are trimmed to these fields as they arrive, before the informer
+// caches them: managedFields, annotations and pod specs are most of a real
+// object's size, and the informer keeps every object for its lifetime.
+
+export function slimService(o: K8sService): K8sService {
+  const s = o.spec ?? {};
+  return {
+    metadata: { name: o.metadata.name, namespace: o.metadata.namespace, resourceVersion: o.metadata.resourceVersion },
+    spec: {
+      type: s.type, clusterIP: s.clusterIP,
+      ports: (s.ports ?? []).map((p) => ({ name: p.name, port: p.port, protocol: p.protocol, targetPort: p.targetPort })),
+      sessionAffinity: s.sessionAffinity,
+      ...(s.sessionAffinityConfig ? { sessionAffinityConfig: s.sessionAffinityConfig } : {}),
+    },
+  } as K8sService;
+}
+
+export function slimEndpointSlice(o: K8sEndpointSlice): K8sEndpointSlice {
+  const svc = o.metadata.labels?.[SERVICE_NAME_LABEL];
+  return {
+    metadata: {
+      name: o.metadata.name, namespace: o.metadata.namespace, resourceVersion: o.metadata.resourceVersion,
+      ...(svc ? { labels: { [SERVICE_NAME_LABEL]: svc } } : {}),
+    },
+    addressType: o.addressType,
+    endpoints: (o.endpoints ?? []).map((e) => ({ addresses: e.addresses?.slice(0, 1), conditions: e.conditions ?? {} })),
+    ports: (o.ports ?? []).map((p) => ({ name: p.name, port: p.port, protocol: p.protocol })),
+  } as K8sEndpointSlice;
+}
+
+export function slimPod(o: K8sPod): K8sPod {
+  const accel = o.metadata.annotations?.[ACCEL_ANNOTATION];
+  return {
+    metadata: {
+      name: o.metadata.name, namespace: o.metadata.namespace, resourceVersion: o.metadata.resourceVersion,
+      ...(accel !== undefined ? { annotations: { [ACCEL_ANNOTATION]: accel } } : {}),
+    },
+    spec: { hostNetwork: o.spec?.hostNetwork ?? false },
+    status: { phase: o.status?.phase, podIP: o.status?.podIP, podIPs: o.status?.podIPs?.map((p) => ({ ip: p.ip })) },
+  } as K8sPod;
+}
+
+export function slimNode(o: K8sNode): K8sNode {
+  return {
+    metadata: { name: o.metadata.name, resourceVersion: o.metadata.resourceVersion },
+    spec: { podCIDR: o.spec?.podCIDR, podCIDRs: o.spec?.podCIDRs },
+  } as K8sNode;
+}

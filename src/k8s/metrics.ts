@@ -1,0 +1,81 @@
+// /metrics (Prometheus text, prom-client), /healthz and /readyz for the agent.
+// One registry per agent, not prom-client's global one, so tests can run
+// several in a process.
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly servicesProgrammed = new Gauge({ name: 'patu_services_programmed', help: 'Services in the data plane (ClusterIP services with at least one TCP/UDP port)', registers: [this.registry] });
+  readonly servicePortsProgrammed = new Gauge({ name: 'patu_service_ports_programmed', help: 'Service ports (vip:port/proto entries) in the data plane', registers: [this.registry] });
+  readonly endpointsProgrammed = new Gauge({ name: 'patu_endpoints_programmed', help: 'Selectable backends (ip:port) summed over service ports', registers: [this.registry] });
+  readonly applySeconds = new Histogram({
+    name: 'patu_service_apply_duration_seconds',
+    help: 'Time to program one batch of service changes into the maps',
+    labelNames: ['kind'] as const,
+    buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly mapOps = new Counter({ name: 'patu_service_map_ops_total', help: 'Single-entry map operations written for services', registers: [this.registry] });
+  readonly applyErrors = new Counter({ name: 'patu_service_apply_errors_total', help: 'Failed applies (retried as a full resync)', registers: [this.registry] });
+  readonly cniRequests = new Counter({ name: 'patu_cni_requests_total', help: 'CNI requests served by the agent', labelNames: ['command', 'result'] as const, registers: [this.registry] });
+  readonly informerRestarts = new Counter({ name: 'patu_informer_restarts_total', help: 'Informer restarts after an error (apiserver unreachable, watch failed)', labelNames: ['resource'] as const, registers: [this.registry] });
+  readonly informerEvents = new Counter({ name: 'patu_informer_events_total', help: 'Objects added, updated or deleted as seen by the informers', labelNames: ['resource', 'event'] as const, registers: [this.registry] });
+  readonly podAccelUpdates = new Counter({ name: 'patu_pod_accel_updates_total', help: 'Acceleration opt-out flag changes written from pod annotations', registers: [this.registry] });
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    // process_resident_memory_bytes and friends: the agent's footprint is a goal.
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'patu_' });
+  }
+}
+
+export interface HealthServerOptions {
+  /** host:port; port 0 picks a free one. */
+  addr: string;
+  metrics: AgentMetrics;
+  /** Why the agent is not ready, or undefined when it is. */
+  notReady: () => string | undefined;
+}
+
+export function parseAddr(addr: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(addr);
+  if (!m || Number(m[2]) > 65535) throw new Error(`--metrics-addr ${JSON.stringify(addr)}: expected host:port`);
+  return { host: m[1] || '127.0.0.1', port: Number(m[2]) };
+}
+
+export async function startHealthServer(opts: HealthServerOptions): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+  const { host, port } = parseAddr(opts.addr);
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { Allow: 'GET, HEAD' }).end();
+      return;
+    }
+    if (path === '/healthz') {
+      res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok\n');
+    } else if (path === '/readyz') {
+      const why = opts.notReady();
+      res.writeHead(why ? 503 : 200, { 'Content-Type': 'text/plain' }).end(why ? `not ready: ${why}\n` : 'ok\n');
+    } else if (path === '/metrics') {
+      opts.metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { 'Content-Type': opts.metrics.registry.contentType }).end(text),
+        (e: Error) => res.writeHead(500, { 'Content-Type': 'text/plain' }).end(`metrics: ${e.message}\n`),
+      );
+    } else {
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /metrics, /healthz, /readyz\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`metrics server: listen ${host}:${port}: ${e.code ?? e.message}`)));
+    server.listen(port, host, () => resolve());
+  });
+  const bound = server.address();
+  return {
+    server,
+    port: typeof bound === 'object' && bound ? bound.port : port,
+    close: () => new Promise<void>((resolve) => {
+      server.closeAllConnections?.();
+      server.close(() => resolve());
+    }),
+  };
+}

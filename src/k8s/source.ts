@@ -1,0 +1,380 @@
+// The agent's Kubernetes source: Services, EndpointSlices, the Pods of this
+// node and this Node, turned into (1) the service model the data plane is
+// programmed from, (2) acceleration opt-out flags in the pod registry, and
+// (3) the node's pod subnet.
+//
+// Event handling is separate from the informers (the handle* methods), so the
+// same code runs against a real apiserver, in unit tests and in the memory
+// measurement. Nothing is applied before Services and EndpointSlices have both
+// been listed: the first apply is one full resync against what the pinned
+// maps hold (a restart changes only what really changed, no delete-all then
+// add-all). After that each burst of events (coalesced for coalesceMs) is
+// applied for the changed services only.
+import type { ApplyStats } from '../dataplane/service-lb.js';
+import type { PodRegistry } from '../dataplane/accel-registry.js';
+import { ServiceModel, type DesiredServicePort } from '../services/model.js';
+import type { ClientConfig } from './config.js';
+import {
+  convertService, firstSubnet24, mergeSlices, nodePodCidr, podAccel, refOf, sliceService,
+  slimEndpointSlice, slimNode, slimPod, slimService,
+  type K8sEndpointSlice, type K8sNode, type K8sPod, type K8sService,
+} from './convert.js';
+import type { AgentMetrics } from './metrics.js';
+import { startInformer, type BackoffOptions, type RunningInformer } from './informers.js';
+
+/** What programs services: ServiceLb in the agent, a recorder in tests. */
+export interface ServiceSink {
+  apply(model: ServiceModel | ReadonlyMap<string, DesiredServicePort>, changedRefs?: ReadonlySet<string>): ApplyStats;
+}
+
+export interface Logger {
+  debug(o: object, msg: string): void;
+  info(o: object, msg: string): void;
+  warn(o: object, msg: string): void;
+  error(o: object, msg: string): void;
+}
+
+export interface K8sSourceOptions {
+  nodeName: string;
+  /** Used for the pod subnet when the Node has no spec.podCIDR (its first /24). */
+  clusterCidr: string;
+  sink?: ServiceSink;
+  /** Opens the acceleration pod registry; undefined while acceleration was never set up. */
+  podRegistry?: () => PodRegistry | undefined;
+  /** Events are gathered this long before an apply (default 20 ms). */
+  coalesceMs?: number;
+  /** Recompute everything from the informer caches this often (default 5 min; 0: never). */
+  resyncMs?: number;
+  /** After a failed apply, retry as a full resync after this long (default 1 s). */
+  retryMs?: number;
+  log?: Logger;
+  metrics?: AgentMetrics;
+  /** Called with the pod subnet once the Node informer has synced, then on every change. */
+  onPodCidr?: (cidr: string) => void;
+  /** Called after every successful apply. */
+  onApplied?: (stats: ApplyStats, kind: 'resync' | 'delta') => void;
+  backoff?: BackoffOptions;
+}
+
+export const RESOURCES = ['services', 'endpointslices', 'pods', 'node'] as const;
+export type Resource = (typeof RESOURCES)[number];
+
+const nolog: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+export class K8sSource {
+  readonly model = new ServiceModel();
+  private readonly services = new Map<string, K8sService>();
+  /** Service ref -> slice name -> slice. */
+  private readonly slices = new Map<string, Map<string, K8sEndpointSlice>>();
+  /** Slice `namespace/name` -> the service ref it was filed under (the label can change). */
+  private readonly sliceOwner = new Map<string, string>();
+  private readonly dirty = new Set<string>();
+  private readonly synced = new Set<Resource>();
+  private programmed = false;
+  private needResync = true;
+  private timer: NodeJS.Timeout | undefined;
+  private resyncTimer: NodeJS.Timeout | undefined;
+  private informers: RunningInformer<any>[] = [];
+  private closed = false;
+  private readonly log: Logger;
+  /** Pod `namespace/name` -> its IPv4 address as last seen. */
+  private readonly podIps = new Map<string, string>();
+  /** Addresses whose opt-out flag this agent set (only those are reverted when the annotation goes). */
+  private readonly optedOut = new Set<string>();
+  private node: K8sNode | undefined;
+  private lastCidr: string | undefined;
+  private lastError: string | undefined;
+
+  constructor(private readonly opts: K8sSourceOptions) {
+    this.log = opts.log ?? nolog;
+    firstSubnet24(opts.clusterCidr); // validates early
+    const resync = opts.resyncMs ?? 300_000;
+    if (resync > 0) {
+      this.resyncTimer = setInterval(() => this.resync(), resync);
+      this.resyncTimer.unref();
+    }
+  }
+
+  /** Starts the four informers against an apiserver. */
+  start(cfg: ClientConfig): void {
+    const node = this.opts.nodeName;
+    const on = <T>(resource: Resource, up: (o: T) => void, del: (o: T) => void) => ({
+      onUpsert: (o: T) => {
+        this.opts.metrics?.informerEvents.inc({ resource, event: 'upsert' });
+        up(o);
+      },
+      onDelete: (o: T) => {
+        this.opts.metrics?.informerEvents.inc({ resource, event: 'delete' });
+        del(o);
+      },
+      onSynced: () => this.markSynced(resource),
+      onError: (err: Error, ms: number) => {
+        this.lastError = `${resource}: ${err.message}`;
+        this.log.warn({ resource, err: err.message, retryInMs: ms }, 'informer failed; the data plane keeps its last state');
+      },
+      onRestart: () => {
+        this.opts.metrics?.informerRestarts.inc({ resource });
+        this.log.info({ resource }, 'informer restarting');
+      },
+    });
+    const b = this.opts.backoff ?? {};
+    this.informers = [
+      startInformer<K8sService>(cfg, { resource: 'services', path: '/api/v1/services', slim: slimService },
+        on('services', (o) => this.handleService(o), (o) => this.handleServiceDelete(o)), b),
+      startInformer<K8sEndpointSlice>(cfg, { resource: 'endpointslices', path: '/apis/discovery.k8s.io/v1/endpointslices', slim: slimEndpointSlice },
+        on('endpointslices', (o) => this.handleSlice(o), (o) => this.handleSliceDelete(o)), b),
+      startInformer<K8sPod>(cfg, { resource: 'pods', path: '/api/v1/pods', fieldSelector: `spec.nodeName=${node}`, slim: slimPod },
+        on('pods', (o) => this.handlePod(o), (o) => this.handlePodDelete(o)), b),
+      startInformer<K8sNode>(cfg, { resource: 'node', path: '/api/v1/nodes', fieldSelector: `metadata.name=${node}`, slim: slimNode },
+        on('node', (o) => this.handleNode(o), (o) => this.handleNodeDelete(o)), b),
+    ];
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    clearInterval(this.resyncTimer);
+    await Promise.all(this.informers.map((i) => i.stop()));
+  }
+
+  // ---- services and endpoints
+
+  handleService(o: K8sService): void {
+    const ref = refOf(o.metadata);
+    this.services.set(ref, o);
+    this.markDirty(ref);
+  }
+
+  handleServiceDelete(o: K8sService): void {
+    const ref = refOf(o.metadata);
+    this.services.delete(ref);
+    this.markDirty(ref);
+  }
+
+  handleSlice(o: K8sEndpointSlice): void {
+    const key = refOf(o.metadata);
+    const owner = sliceService(o);
+    const prev = this.sliceOwner.get(key);
+    if (prev !== undefined && prev !== owner) this.dropSlice(key, prev);
+    if (owner === undefined) return;
+    let m = this.slices.get(owner);
+    if (!m) this.slices.set(owner, (m = new Map()));
+    m.set(o.metadata.name ?? '', o);
+    this.sliceOwner.set(key, owner);
+    this.markDirty(owner);
+  }
+
+  handleSliceDelete(o: K8sEndpointSlice): void {
+    const key = refOf(o.metadata);
+    const owner = this.sliceOwner.get(key);
+    if (owner !== undefined) this.dropSlice(key, owner);
+  }
+
+  private dropSlice(key: string, owner: string): void {
+    const m = this.slices.get(owner);
+    m?.delete(key.slice(key.indexOf('/') + 1));
+    if (m && m.size === 0) this.slices.delete(owner);
+    this.sliceOwner.delete(key);
+    this.markDirty(owner);
+  }
+
+  markSynced(resource: Resource): void {
+    if (this.synced.has(resource)) return;
+    this.synced.add(resource);
+    this.log.info({ resource }, 'informer synced');
+    if (resource === 'node') this.publishCidr();
+    if (resource === 'pods') this.resyncPods();
+    this.schedule();
+  }
+
+  private markDirty(ref: string): void {
+    this.dirty.add(ref);
+    this.schedule();
+  }
+
+  private schedule(delay = this.opts.coalesceMs ?? 20): void {
+    if (this.timer || this.closed) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.flush();
+    }, delay);
+  }
+
+  /** Brings the model in line with the cached objects of one service. */
+  private updateModel(ref: string): void {
+    const svc = this.services.get(ref);
+    const conv = svc ? convertService(svc) : undefined;
+    if (conv && conv.skippedPorts.length) this.log.debug({ service: ref, ports: conv.skippedPorts }, 'ports skipped: only TCP and UDP are balanced');
+    if (!conv?.service) {
+      if (conv?.skipped) this.log.debug({ service: ref, reason: conv.skipped }, 'service not programmed');
+      this.model.deleteService(ref);
+      return;
+    }
+    this.model.upsertService(conv.service);
+    this.model.setEndpoints(ref, mergeSlices(this.slices.get(ref)?.values() ?? []));
+  }
+
+  /** Applies pending changes now (normally run by the coalescing timer). */
+  flush(): void {
+    if (this.closed || !this.synced.has('services') || !this.synced.has('endpointslices')) return;
+    const sink = this.opts.sink;
+    const resync = this.needResync;
+    const t0 = performance.now();
+    if (resync) {
+      // One full pass: every cached service, and services the model had that are gone.
+      const refs = new Set([...this.services.keys(), ...this.model.refs()]);
+      for (const ref of refs) this.updateModel(ref);
+    } else {
+      for (const ref of this.dirty) this.updateModel(ref);
+    }
+    this.dirty.clear();
+    const changed = this.model.takeChanges();
+    if (!resync && changed.size === 0) return;
+    try {
+      const stats = sink ? (resync ? sink.apply(this.model.desired()) : sink.apply(this.model, changed)) : { ops: 0, services: changed.size, syscallBatches: 0, ms: performance.now() - t0 };
+      this.needResync = false;
+      const first = !this.programmed;
+      this.programmed = true;
+      this.lastError = undefined;
+      this.record(stats, resync ? 'resync' : 'delta');
+      if (first || stats.ops > 0) {
+        this.log.info({ kind: resync ? 'resync' : 'delta', services: this.model.size, changed: changed.size, mapOps: stats.ops, ms: Math.round(stats.ms * 100) / 100 },
+          first ? 'services programmed (initial resync)' : 'services programmed');
+      }
+      this.opts.onApplied?.(stats, resync ? 'resync' : 'delta');
+    } catch (e) {
+      // The maps may hold part of this batch: the next attempt compares everything.
+      this.needResync = true;
+      this.lastError = `apply: ${(e as Error).message}`;
+      this.opts.metrics?.applyErrors.inc();
+      this.log.error({ err: (e as Error).message, retryInMs: this.opts.retryMs ?? 1000 }, 'programming services failed; retrying as a full resync');
+      if (!this.closed) {
+        clearTimeout(this.timer);
+        this.timer = setTimeout(() => {
+          this.timer = undefined;
+          this.flush();
+        }, this.opts.retryMs ?? 1000);
+      }
+    }
+  }
+
+  private record(stats: ApplyStats, kind: 'resync' | 'delta'): void {
+    const m = this.opts.metrics;
+    if (!m) return;
+    m.applySeconds.observe({ kind }, stats.ms / 1000);
+    m.mapOps.inc(stats.ops);
+    const desired = this.model.desired();
+    let backends = 0;
+    for (const d of desired.values()) backends += d.backends.length;
+    m.servicesProgrammed.set(this.model.size);
+    m.servicePortsProgrammed.set(desired.size);
+    m.endpointsProgrammed.set(backends);
+  }
+
+  /** Recomputes everything from the caches (a safety net against a missed event). */
+  resync(): void {
+    if (!this.programmed) return;
+    this.needResync = true;
+    this.schedule(0);
+    this.resyncPods();
+  }
+
+  // ---- pods: acceleration opt-out
+
+  handlePod(o: K8sPod): void {
+    const key = refOf(o.metadata);
+    const acc = podAccel(o);
+    const prevIp = this.podIps.get(key);
+    if (prevIp && prevIp !== acc?.ip) this.forgetPodIp(key, prevIp);
+    if (!acc) return;
+    this.podIps.set(key, acc.ip);
+    this.setOptOut(acc.ip, acc.optOut);
+  }
+
+  handlePodDelete(o: K8sPod): void {
+    const key = refOf(o.metadata);
+    const ip = this.podIps.get(key);
+    // The registry entry itself is removed by CNI DEL, which owns it.
+    if (ip) this.forgetPodIp(key, ip);
+  }
+
+  private forgetPodIp(key: string, ip: string): void {
+    this.podIps.delete(key);
+    this.optedOut.delete(ip);
+  }
+
+  private setOptOut(ip: string, optOut: boolean): void {
+    if (!optOut && !this.optedOut.has(ip)) return; // an opt-out from CNI_ARGS is not ours to undo
+    const reg = this.opts.podRegistry?.();
+    if (!reg) return;
+    const cur = reg.lookup(ip);
+    if (optOut && cur?.optOut) {
+      this.optedOut.add(ip);
+      return;
+    }
+    if (!optOut && !cur) {
+      this.optedOut.delete(ip);
+      return;
+    }
+    if (!optOut && cur && !cur.optOut) {
+      this.optedOut.delete(ip);
+      return;
+    }
+    // Keep what CNI ADD recorded (ifindex, netns cookie); only the flag changes.
+    reg.register(ip, optOut, cur ? { ifindex: cur.ifindex, netnsCookie: cur.netnsCookie } : {});
+    if (optOut) this.optedOut.add(ip);
+    else this.optedOut.delete(ip);
+    this.opts.metrics?.podAccelUpdates.inc();
+    this.log.info({ ip, optOut }, optOut ? 'pod opted out of acceleration (annotation patu.dev/accel=off)' : 'pod acceleration back on (annotation removed)');
+  }
+
+  private resyncPods(): void {
+    const pods = this.informers.find((i) => i.resource === 'pods');
+    for (const p of (pods?.list() ?? []) as K8sPod[]) this.handlePod(p);
+  }
+
+  // ---- node: pod subnet
+
+  handleNode(o: K8sNode): void {
+    if (o.metadata.name !== this.opts.nodeName) return;
+    this.node = o;
+    if (this.synced.has('node')) this.publishCidr();
+  }
+
+  handleNodeDelete(o: K8sNode): void {
+    if (o.metadata.name !== this.opts.nodeName) return;
+    // Keep the last subnet: pods keep their addresses; a re-created Node updates it.
+    this.log.warn({ node: o.metadata.name }, 'this Node was deleted; keeping its pod subnet');
+  }
+
+  /** node.spec.podCIDR, else the first /24 of the cluster CIDR. */
+  podCIDR(): string {
+    return nodePodCidr(this.node) ?? this.lastCidr ?? firstSubnet24(this.opts.clusterCidr);
+  }
+
+  private publishCidr(): void {
+    const cidr = this.podCIDR();
+    if (cidr === this.lastCidr) return;
+    this.lastCidr = cidr;
+    this.log.info({ podCIDR: cidr, from: nodePodCidr(this.node) ? 'node.spec.podCIDR' : 'cluster CIDR' }, 'pod subnet');
+    try {
+      this.opts.onPodCidr?.(cidr);
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, 'pod subnet change not written');
+    }
+  }
+
+  // ---- state
+
+  /** Undefined when ready (informers synced, data plane programmed), else why not. */
+  notReady(): string | undefined {
+    const missing = RESOURCES.filter((r) => !this.synced.has(r));
+    if (missing.length) return `informers not synced: ${missing.join(', ')}${this.lastError ? ` (last error: ${this.lastError})` : ''}`;
+    if (!this.programmed) return `services not programmed yet${this.lastError ? ` (${this.lastError})` : ''}`;
+    return undefined;
+  }
+
+  get isProgrammed(): boolean {
+    return this.programmed;
+  }
+}
