@@ -35,6 +35,14 @@ const IP1 = '172.31.78.11';
 const IP2 = '172.31.78.12';
 const IPERF_PORT = 5201;
 const SOCKPERF_PORT = 11111;
+/**
+ * A second sockperf server, pinned with its client to one CPU. On this 2-vCPU VM a
+ * ping-pong across CPUs is dominated by the ~30 us cross-CPU wake-up (an IPI and a
+ * VM exit), the same for every path; on one CPU the wake-up is a context switch and
+ * what remains is the network path itself, which is what acceleration removes.
+ */
+const SOCKPERF_PINNED_PORT = 11112;
+const PIN_CPU = '1';
 
 const ip = (...a: string[]): string => execFileSync('ip', a, { encoding: 'utf8' });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -75,8 +83,9 @@ function iperf(ns: string, host: string, port: number, streams: number, len: str
 }
 
 interface PingPong { p50us: number; p99us: number; rrPerSec: number }
-function sockperf(ns: string, host: string, port: number, size: number): PingPong {
-  const out = run(ns, ['sockperf', 'pp', '-i', host, '-p', String(port), '--tcp', '-m', String(size), '-t', String(SECONDS)], (SECONDS + 15) * 1000);
+function sockperf(ns: string, host: string, port: number, size: number, pinned = false): PingPong {
+  const argv = ['sockperf', 'pp', '-i', host, '-p', String(port), '--tcp', '-m', String(size), '-t', String(SECONDS)];
+  const out = run(ns, pinned ? ['taskset', '-c', PIN_CPU, ...argv] : argv, (SECONDS + 15) * 1000);
   const num = (re: RegExp): number => {
     const m = re.exec(out);
     if (!m) throw new Error(`sockperf output lacks ${re}: ${out.slice(-500)}`);
@@ -106,6 +115,11 @@ function measure(ns: string, host: string, label: string): Figures {
     f[`sockperf ${size} B p99 us`] = p.p99us;
     f[`sockperf ${size} B req/resp per s`] = p.rrPerSec;
     process.stderr.write(`  ${label}: sockperf ${size} B p50 ${p.p50us} us\n`);
+    const q = sockperf(ns, host, SOCKPERF_PINNED_PORT, size, true);
+    f[`sockperf ${size} B one CPU p50 us`] = q.p50us;
+    f[`sockperf ${size} B one CPU p99 us`] = q.p99us;
+    f[`sockperf ${size} B one CPU req/resp per s`] = q.rrPerSec;
+    process.stderr.write(`  ${label}: sockperf ${size} B one CPU p50 ${q.p50us} us\n`);
   }
   f['veth bytes (pod 1)'] = vethBytes() - v0;
   return f;
@@ -137,6 +151,8 @@ async function main(): Promise<void> {
   daemon(NS2, ['sockperf', 'sr', '-i', IP2, '-p', String(SOCKPERF_PORT), '--tcp']);
   daemon(NS1, ['iperf3', '-s', '-p', String(IPERF_PORT)]);
   daemon(NS1, ['sockperf', 'sr', '-i', '127.0.0.1', '-p', String(SOCKPERF_PORT), '--tcp']);
+  daemon(NS2, ['taskset', '-c', PIN_CPU, 'sockperf', 'sr', '-i', IP2, '-p', String(SOCKPERF_PINNED_PORT), '--tcp']);
+  daemon(NS1, ['taskset', '-c', PIN_CPU, 'sockperf', 'sr', '-i', '127.0.0.1', '-p', String(SOCKPERF_PINNED_PORT), '--tcp']);
   await sleep(700);
 
   const kernel = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
@@ -163,6 +179,7 @@ async function main(): Promise<void> {
   }
   lines.push(`sockhash entries right after (b): ${sockets} (benchmark connections closed; expect 0, no leak)`);
   lines.push('latency: sockperf half round trip; lower is better for latency and CPU s/GB, higher for the rest');
+  lines.push(`"one CPU": client and server pinned to CPU ${PIN_CPU}, so a cross-CPU wake-up (~30 us on this VM, the same for every path) does not hide the network path`);
   process.stdout.write(lines.join('\n') + '\n');
   if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ kernel, seconds: SECONDS, a, b, c, sockets }, null, 2));
 }

@@ -117,6 +117,7 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     say(`\ndemo step failed: ${(err as Error).message}`);
   } finally {
     if (opts.keep && !failed) {
+      lab.stopAgent(); // the pods stay; later CNI calls run the plugin in its own process
       say('\n--keep: the demo node stays up; remove it with `patu demo --cleanup`');
     } else {
       say();
