@@ -1,0 +1,234 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { K8sSource, type ServiceSink } from '../../src/k8s/source.js';
+import type { K8sEndpointSlice, K8sService } from '../../src/k8s/convert.js';
+import { commit, diffServices, emptyState, IdAllocator, type ProgrammedState } from '../../src/services/diff.js';
+import { ServiceModel, type DesiredServicePort } from '../../src/services/model.js';
+import type { PodRegistry } from '../../src/dataplane/accel-registry.js';
+
+/** A sink that runs the real diff against a state that outlives the source (like pinned maps outlive the agent). */
+class DiffSink implements ServiceSink {
+  calls: { full: boolean; changed: string[]; ops: number }[] = [];
+  fail = 0;
+  private ids: IdAllocator;
+  constructor(readonly state: ProgrammedState = emptyState()) {
+    let max = 0;
+    for (const s of state.services.values()) max = Math.max(max, s.id, ...s.slots);
+    this.ids = new IdAllocator((id) => state.backends.has(id), max + 1);
+  }
+  apply(model: ServiceModel | ReadonlyMap<string, DesiredServicePort>, changed?: ReadonlySet<string>) {
+    if (this.fail > 0) {
+      this.fail--;
+      throw new Error('bpf_map_update_batch(patu_svc): ENOSPC');
+    }
+    const desired = model instanceof ServiceModel ? model.desired(changed) : model;
+    const d = diffServices(this.state, desired, this.ids, changed);
+    commit(this.state, d);
+    this.calls.push({ full: !changed, changed: [...(changed ?? [])].sort(), ops: d.ops.length });
+    return { ops: d.ops.length, services: d.services.size, syscallBatches: 0, ms: 0 };
+  }
+  backends(key: string): string[] {
+    const s = this.state.services.get(key);
+    return (s?.slots ?? []).map((id) => { const b = this.state.backends.get(id)!; return `${b.ip}:${b.port}`; }).sort();
+  }
+}
+
+const svc = (name: string, ip: string, extra: Partial<NonNullable<K8sService['spec']>> = {}): K8sService => ({
+  metadata: { name, namespace: 'default', resourceVersion: '1' },
+  spec: { type: 'ClusterIP', clusterIP: ip, ports: [{ name: 'http', port: 80, protocol: 'TCP', targetPort: 8080 }], ...extra },
+});
+const slice = (name: string, service: string, ips: string[], ready = true): K8sEndpointSlice => ({
+  metadata: { name, namespace: 'default', labels: { 'kubernetes.io/service-name': service } },
+  addressType: 'IPv4',
+  endpoints: ips.map((ip) => ({ addresses: [ip], conditions: { ready } })),
+  ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+});
+
+function source(sink: ServiceSink, extra: Partial<ConstructorParameters<typeof K8sSource>[0]> = {}) {
+  return new K8sSource({ nodeName: 'n1', clusterCidr: '10.200.0.0/16', sink, coalesceMs: 5, resyncMs: 0, retryMs: 10, ...extra });
+}
+
+function syncAll(s: K8sSource): void {
+  for (const r of ['services', 'endpointslices', 'pods', 'node'] as const) s.markSynced(r);
+}
+
+test('nothing is applied before services and slices are listed; then one full resync', async () => {
+  const sink = new DiffSink();
+  const s = source(sink);
+  try {
+    s.handleService(svc('a', '10.96.0.1'));
+    s.handleSlice(slice('a-1', 'a', ['10.200.0.5']));
+    s.markSynced('services');
+    await sleep(20);
+    assert.equal(sink.calls.length, 0, 'applied before endpointslices were listed');
+    assert.match(s.notReady() ?? '', /endpointslices/);
+    s.markSynced('endpointslices');
+    await sleep(20);
+    assert.equal(sink.calls.length, 1);
+    assert.equal(sink.calls[0]!.full, true);
+    assert.deepEqual(sink.backends('10.96.0.1:80/TCP'), ['10.200.0.5:8080']);
+    assert.match(s.notReady() ?? '', /pods, node/, 'ready needs every informer');
+    s.markSynced('pods');
+    s.markSynced('node');
+    assert.equal(s.notReady(), undefined);
+  } finally {
+    await s.close();
+  }
+});
+
+test('a restart with the same objects writes no map operation (no delete-all then add-all)', async () => {
+  const first = new DiffSink();
+  const objs = Array.from({ length: 50 }, (_, i) => [svc(`s${i}`, `10.96.1.${i}`), slice(`s${i}-x`, `s${i}`, [`10.200.1.${i}`, `10.200.2.${i}`])] as const);
+  const a = source(first);
+  for (const [sv, sl] of objs) { a.handleService(sv); a.handleSlice(sl); }
+  syncAll(a);
+  await sleep(20);
+  await a.close();
+  assert.ok(first.calls[0]!.ops > 100);
+  // The restarted agent: new source, same programmed state, one service changed and one gone meanwhile.
+  const again = new DiffSink(first.state);
+  const b = source(again);
+  try {
+    for (const [sv, sl] of objs.slice(1)) { b.handleService(sv); b.handleSlice(sl.metadata.name === 's7-x' ? slice('s7-x', 's7', ['10.200.9.9']) : sl); }
+    syncAll(b);
+    await sleep(20);
+    assert.equal(again.calls.length, 1);
+    assert.equal(again.calls[0]!.full, true);
+    assert.equal(again.state.services.has('10.96.1.0:80/TCP'), false, 'a service deleted while the agent was down must go');
+    assert.deepEqual(again.backends('10.96.1.7:80/TCP'), ['10.200.9.9:8080']);
+    assert.deepEqual(again.backends('10.96.1.8:80/TCP'), ['10.200.1.8:8080', '10.200.2.8:8080']);
+    // Delete s0 (svc + meta + 2 slots + 2 backends = 6 ops) and swap s7's two backends for one (backend add,
+    // slot rewrite, count shrink, slot delete, two backend deletes) = 12 at most; untouched services cost nothing.
+    assert.ok(again.calls[0]!.ops <= 12, `restart wrote ${again.calls[0]!.ops} ops`);
+  } finally {
+    await b.close();
+  }
+});
+
+test('a burst of events becomes one apply touching only the changed services', async () => {
+  const sink = new DiffSink();
+  const s = source(sink, { coalesceMs: 30 });
+  try {
+    for (let i = 0; i < 20; i++) { s.handleService(svc(`s${i}`, `10.96.2.${i}`)); s.handleSlice(slice(`s${i}-x`, `s${i}`, [`10.200.3.${i}`])); }
+    syncAll(s);
+    await sleep(60);
+    assert.equal(sink.calls.length, 1);
+    for (let k = 0; k < 10; k++) s.handleSlice(slice('s3-x', 's3', ['10.200.3.3', `10.200.4.${k}`]));
+    s.handleServiceDelete(svc('s5', '10.96.2.5'));
+    await sleep(80);
+    assert.equal(sink.calls.length, 2, 'the burst must be coalesced into one apply');
+    assert.deepEqual(sink.calls[1]!.changed, ['default/s3', 'default/s5']);
+    assert.deepEqual(sink.backends('10.96.2.3:80/TCP'), ['10.200.3.3:8080', '10.200.4.9:8080']);
+    assert.equal(sink.state.services.has('10.96.2.5:80/TCP'), false);
+  } finally {
+    await s.close();
+  }
+});
+
+test('slices: merged per service, moved when their label changes, removed on delete; skipped services leave the model', async () => {
+  const sink = new DiffSink();
+  const s = source(sink);
+  try {
+    s.handleService(svc('a', '10.96.3.1'));
+    s.handleService(svc('b', '10.96.3.2'));
+    s.handleService(svc('h', 'None'));
+    s.handleSlice(slice('a-1', 'a', ['10.200.5.1']));
+    s.handleSlice(slice('a-2', 'a', ['10.200.5.2']));
+    s.handleSlice(slice('h-1', 'h', ['10.200.5.3']));
+    syncAll(s);
+    await sleep(20);
+    assert.deepEqual(sink.backends('10.96.3.1:80/TCP'), ['10.200.5.1:8080', '10.200.5.2:8080']);
+    assert.equal(s.model.get('default/h'), undefined, 'headless must not be programmed');
+    s.handleSlice(slice('a-2', 'b', ['10.200.5.2'])); // relabelled
+    await sleep(20);
+    assert.deepEqual(sink.backends('10.96.3.1:80/TCP'), ['10.200.5.1:8080']);
+    assert.deepEqual(sink.backends('10.96.3.2:80/TCP'), ['10.200.5.2:8080']);
+    s.handleSliceDelete(slice('a-1', 'a', []));
+    s.handleSlice(slice('a-3', 'a', ['10.200.5.9'], false)); // not ready
+    await sleep(20);
+    assert.deepEqual(sink.backends('10.96.3.1:80/TCP'), []);
+    assert.ok(sink.state.services.has('10.96.3.1:80/TCP'), 'a service without ready endpoints stays (connections refused), not deleted');
+    s.handleService(svc('b', '', { type: 'ExternalName' }));
+    await sleep(20);
+    assert.equal(sink.state.services.has('10.96.3.2:80/TCP'), false, 'a service turned ExternalName must be removed');
+  } finally {
+    await s.close();
+  }
+});
+
+test('a failed apply is retried as a full resync and readiness says why meanwhile', async () => {
+  const sink = new DiffSink();
+  sink.fail = 1;
+  const s = source(sink);
+  try {
+    s.handleService(svc('a', '10.96.4.1'));
+    s.handleSlice(slice('a-1', 'a', ['10.200.6.1']));
+    syncAll(s);
+    await sleep(8);
+    assert.match(s.notReady() ?? '', /ENOSPC/);
+    await sleep(40);
+    assert.equal(s.notReady(), undefined);
+    assert.equal(sink.calls.length, 1);
+    assert.equal(sink.calls[0]!.full, true);
+    assert.deepEqual(sink.backends('10.96.4.1:80/TCP'), ['10.200.6.1:8080']);
+  } finally {
+    await s.close();
+  }
+});
+
+class MemRegistry implements PodRegistry {
+  m = new Map<string, { optOut: boolean; ifindex: number; netnsCookie: bigint }>();
+  writes = 0;
+  register(ip: string, optOut: boolean, extra: { ifindex?: number; netnsCookie?: bigint } = {}) {
+    this.writes++;
+    this.m.set(ip, { optOut, ifindex: extra.ifindex ?? 0, netnsCookie: extra.netnsCookie ?? 0n });
+  }
+  unregister(ip: string) { return this.m.delete(ip); }
+  lookup(ip: string) { return this.m.get(ip); }
+  list() { return [...this.m].map(([ip, v]) => ({ ip, optOut: v.optOut })); }
+  close() {}
+}
+
+test('pod annotation patu.dev/accel=off opts the pod out, keeps what CNI ADD recorded, and comes back when removed', async () => {
+  const reg = new MemRegistry();
+  reg.register('10.200.7.1', false, { ifindex: 42, netnsCookie: 7n });
+  reg.register('10.200.7.2', true, { ifindex: 43, netnsCookie: 8n }); // opted out by CNI_ARGS
+  reg.writes = 0;
+  const s = source(new DiffSink(), { podRegistry: () => reg });
+  const pod = (name: string, ip: string, ann?: string) => ({
+    metadata: { name, namespace: 'default', ...(ann ? { annotations: { 'patu.dev/accel': ann } } : {}) },
+    spec: {}, status: { phase: 'Running', podIP: ip },
+  });
+  try {
+    s.handlePod(pod('p1', '10.200.7.1', 'off'));
+    assert.deepEqual(reg.lookup('10.200.7.1'), { optOut: true, ifindex: 42, netnsCookie: 7n });
+    s.handlePod(pod('p1', '10.200.7.1', 'off'));
+    assert.equal(reg.writes, 1, 'an unchanged pod must not rewrite the entry');
+    s.handlePod(pod('p1', '10.200.7.1'));
+    assert.deepEqual(reg.lookup('10.200.7.1'), { optOut: false, ifindex: 42, netnsCookie: 7n });
+    s.handlePod(pod('p2', '10.200.7.2'));
+    assert.equal(reg.lookup('10.200.7.2')!.optOut, true, 'an opt-out this agent did not set is not undone');
+    s.handlePod({ ...pod('p3', '10.200.7.3', 'off'), spec: { hostNetwork: true } });
+    assert.equal(reg.lookup('10.200.7.3'), undefined);
+  } finally {
+    await s.close();
+  }
+});
+
+test('pod subnet: published once the Node is listed (fallback, then the Node value), and only on change', async () => {
+  const seen: string[] = [];
+  const s = source(new DiffSink(), { onPodCidr: (c) => seen.push(c), clusterCidr: '10.201.0.0/16' });
+  try {
+    assert.equal(s.podCIDR(), '10.201.0.0/24');
+    s.handleNode({ metadata: { name: 'other' }, spec: { podCIDR: '10.201.9.0/24' } });
+    s.markSynced('node');
+    assert.deepEqual(seen, ['10.201.0.0/24']);
+    s.handleNode({ metadata: { name: 'n1' }, spec: { podCIDR: '10.201.3.0/24' } });
+    s.handleNode({ metadata: { name: 'n1', resourceVersion: '2' }, spec: { podCIDR: '10.201.3.0/24' } });
+    assert.deepEqual(seen, ['10.201.0.0/24', '10.201.3.0/24']);
+    assert.equal(s.podCIDR(), '10.201.3.0/24');
+  } finally {
+    await s.close();
+  }
+});
