@@ -1,0 +1,219 @@
+// The agent's Kubernetes source against a REAL kube-apiserver (with etcd):
+// least-privilege credentials, services and hand-written EndpointSlices
+// programmed into real service maps, an apiserver outage, and an agent restart
+// that writes nothing. Needs root (BPF maps, never attached here: no program
+// runs) and the binaries: kube-apiserver from $PATU_K8S_BIN_DIR (default
+// ~/.cache/patu/k8s/bin, where scripts/k8s builds it), etcd from there or PATH.
+// Skips, saying which, when any is missing. Creates: a temp dir, etcd and
+// apiserver on loopback ports, pins under /sys/fs/bpf/patu-test-k8sapi-<pid>/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createServer } from 'node:net';
+import { request } from 'node:https';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ServiceLb } from '../../src/dataplane/service-lb.js';
+import { K8sSource } from '../../src/k8s/source.js';
+import { kubeconfigFile } from '../../src/k8s/config.js';
+import { AgentMetrics } from '../../src/k8s/metrics.js';
+
+const BIN = process.env.PATU_K8S_BIN_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'patu', 'k8s', 'bin');
+const which = (name: string): string | undefined => {
+  if (existsSync(join(BIN, name))) return join(BIN, name);
+  const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+};
+const APISERVER = existsSync(join(BIN, 'kube-apiserver')) ? join(BIN, 'kube-apiserver') : undefined;
+const ETCD = which('etcd');
+const skip = process.getuid?.() !== 0 ? 'needs root (BPF maps)'
+  : !APISERVER ? `no kube-apiserver in ${BIN} (set PATU_K8S_BIN_DIR, or build it with scripts/k8s)`
+    : !ETCD ? `no etcd in ${BIN} or PATH (apt-get install etcd-server)`
+      : !which('openssl') ? 'no openssl (for the service-account key)' : false;
+
+const PIN = `/sys/fs/bpf/patu-test-k8sapi-${process.pid}`;
+const ADMIN_TOKEN = `admin-${process.pid}-${Math.random().toString(36).slice(2)}`;
+const AGENT_TOKEN = `agent-${process.pid}-${Math.random().toString(36).slice(2)}`;
+const NODE = `patu-it-node-${process.pid}`;
+let tmp = '';
+let etcd: ChildProcess | undefined;
+let apiserver: ChildProcess | undefined;
+let apiPort = 0;
+let etcdPort = 0;
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+function api(method: string, path: string, body?: unknown, token = ADMIN_TOKEN): Promise<{ status: number; json: any }> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const r = request({ host: '127.0.0.1', port: apiPort, path, method, rejectUnauthorized: false, timeout: 10_000,
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json', ...(data ? { 'Content-Length': Buffer.byteLength(data) } : {}) } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        let json: unknown = text;
+        try { json = JSON.parse(text); } catch { /* plain text (readyz) */ }
+        resolve({ status: res.statusCode ?? 0, json });
+      });
+    });
+    r.on('error', reject);
+    r.on('timeout', () => r.destroy(new Error(`${method} ${path}: timeout`)));
+    if (data) r.write(data);
+    r.end();
+  });
+}
+
+async function must(method: string, path: string, body?: unknown): Promise<any> {
+  const r = await api(method, path, body);
+  if (r.status >= 300) throw new Error(`${method} ${path}: HTTP ${r.status}: ${JSON.stringify(r.json).slice(0, 400)}`);
+  return r.json;
+}
+
+async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      if (await cond()) return;
+    } catch { /* not yet */ }
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for: ${what}`);
+    await sleep(50);
+  }
+}
+
+async function startApiserver(): Promise<void> {
+  apiserver = spawn(APISERVER!, [
+    `--etcd-servers=http://127.0.0.1:${etcdPort}`, `--secure-port=${apiPort}`, '--bind-address=127.0.0.1',
+    `--cert-dir=${join(tmp, 'certs')}`, `--token-auth-file=${join(tmp, 'tokens.csv')}`, '--authorization-mode=RBAC',
+    '--service-account-issuer=https://kubernetes.default.svc', `--service-account-key-file=${join(tmp, 'sa.key')}`,
+    `--service-account-signing-key-file=${join(tmp, 'sa.key')}`, '--service-cluster-ip-range=10.96.0.0/16',
+    '--enable-priority-and-fairness=false', '--v=0',
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  apiserver.stderr!.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-4000); });
+  await until('kube-apiserver /readyz', async () => {
+    if (apiserver?.exitCode !== null) throw Object.assign(new Error(`kube-apiserver exited: ${err}`), { fatal: true });
+    return (await api('GET', '/readyz')).status === 200;
+  }, 60_000).catch((e) => { throw new Error(`${e.message}\n${err}`); });
+}
+
+async function stopApiserver(): Promise<void> {
+  if (!apiserver || apiserver.exitCode !== null) return;
+  const p = apiserver;
+  await new Promise<void>((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
+}
+
+before(async () => {
+  if (skip) return;
+  tmp = mkdtempSync(join(tmpdir(), 'patu-k8sapi-'));
+  etcdPort = await freePort();
+  apiPort = await freePort();
+  const peer = await freePort();
+  writeFileSync(join(tmp, 'tokens.csv'), `${ADMIN_TOKEN},patu-it-admin,1,"system:masters"\n${AGENT_TOKEN},patu-it-agent,2,\n`);
+  const k = spawnSync('openssl', ['genrsa', '-out', join(tmp, 'sa.key'), '2048'], { encoding: 'utf8' });
+  if (k.status !== 0) throw new Error(`openssl genrsa: ${k.stderr}`);
+  etcd = spawn(ETCD!, [`--data-dir=${join(tmp, 'etcd')}`, `--listen-client-urls=http://127.0.0.1:${etcdPort}`,
+    `--advertise-client-urls=http://127.0.0.1:${etcdPort}`, `--listen-peer-urls=http://127.0.0.1:${peer}`,
+    `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`, `--initial-cluster=default=http://127.0.0.1:${peer}`], { stdio: 'ignore' });
+  await startApiserver();
+  // The agent's permissions: what deploy/patu.yaml must grant, nothing more.
+  await must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', {
+    metadata: { name: `patu-it-${process.pid}` },
+    rules: [
+      { apiGroups: [''], resources: ['services', 'pods', 'nodes'], verbs: ['list', 'watch'] },
+      { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
+    ],
+  });
+  await must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
+    metadata: { name: `patu-it-${process.pid}` },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `patu-it-${process.pid}` },
+    subjects: [{ kind: 'User', name: 'patu-it-agent', apiGroup: 'rbac.authorization.k8s.io' }],
+  });
+  writeFileSync(join(tmp, 'kubeconfig'), [
+    'apiVersion: v1', 'kind: Config', 'current-context: it',
+    `clusters: [{name: it, cluster: {server: "https://127.0.0.1:${apiPort}", insecure-skip-tls-verify: true}}]`,
+    `users: [{name: agent, user: {token: "${AGENT_TOKEN}"}}]`,
+    'contexts: [{name: it, context: {cluster: it, user: agent}}]', '',
+  ].join('\n'));
+  await must('POST', '/api/v1/nodes', { metadata: { name: NODE }, spec: { podCIDR: '10.244.7.0/24' } });
+});
+
+after(async () => {
+  await stopApiserver();
+  if (etcd && etcd.exitCode === null) etcd.kill('SIGTERM');
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+  if (existsSync(PIN)) rmSync(PIN, { recursive: true, force: true });
+});
+
+const slice = (name: string, svc: string, eps: { ip: string; ready: boolean }[]) => ({
+  apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice',
+  metadata: { name, namespace: 'default', labels: { 'kubernetes.io/service-name': svc } },
+  addressType: 'IPv4',
+  endpoints: eps.map((e) => ({ addresses: [e.ip], conditions: { ready: e.ready } })),
+  ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+});
+
+test('services and slices from a real apiserver are programmed; outage and agent restart keep the data plane', { skip }, async () => {
+  const svc = await must('POST', '/api/v1/namespaces/default/services', {
+    metadata: { name: 'web' },
+    spec: { ports: [{ name: 'http', port: 80, targetPort: 'web' }, { name: 'sctp', port: 3868, protocol: 'SCTP' }], selector: { app: 'none' } },
+  });
+  await must('POST', '/api/v1/namespaces/default/services', { metadata: { name: 'headless' }, spec: { clusterIP: 'None', ports: [{ port: 80 }] } });
+  const vip: string = svc.spec.clusterIP;
+  await must('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', slice('web-1', 'web', [{ ip: '10.244.7.10', ready: true }, { ip: '10.244.7.11', ready: false }]));
+
+  const cfg = kubeconfigFile(join(tmp, 'kubeconfig'));
+  const lb = ServiceLb.open({ pinRoot: PIN });
+  const metrics = new AgentMetrics({ defaultMetrics: false });
+  const cidrs: string[] = [];
+  let source = new K8sSource({ nodeName: NODE, clusterCidr: '10.200.0.0/16', sink: lb, metrics, resyncMs: 0, onPodCidr: (c) => cidrs.push(c), backoff: { initialMs: 200, maxMs: 1000 } });
+  const backends = () => lb.programmed().find((s) => s.vip === vip && s.port === 80)?.backends.map((b) => `${b.ip}:${b.port}`).sort();
+  try {
+    source.start(cfg);
+    await until('agent ready', () => source.notReady() === undefined);
+    assert.deepEqual(backends(), ['10.244.7.10:8080']);
+    assert.equal(lb.programmed().length, 1, 'only the ClusterIP TCP port: SCTP and headless skipped');
+    assert.deepEqual(cidrs, ['10.244.7.0/24']);
+
+    await must('PUT', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-1', slice('web-1', 'web', [{ ip: '10.244.7.10', ready: true }, { ip: '10.244.7.11', ready: true }]));
+    await until('second endpoint programmed', () => backends()?.length === 2);
+
+    // Outage: the apiserver stops. The maps keep what they had.
+    await stopApiserver();
+    await sleep(1500);
+    assert.deepEqual(backends(), ['10.244.7.10:8080', '10.244.7.11:8080']);
+    await startApiserver();
+    await must('DELETE', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-1');
+    await must('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', slice('web-2', 'web', [{ ip: '10.244.7.12', ready: true }]));
+    await until('caught up after the outage', () => backends()?.join() === '10.244.7.12:8080', 30_000);
+    const restarts = (await metrics.informerRestarts.get()).values.reduce((n, v) => n + v.value, 0);
+    assert.ok(restarts >= 1, 'informer restarts must be counted');
+
+    // Agent restart: a new source on the same pinned maps programs nothing new.
+    await source.close();
+    lb.close();
+    const lb2 = ServiceLb.open({ pinRoot: PIN });
+    let firstOps = -1;
+    source = new K8sSource({ nodeName: NODE, clusterCidr: '10.200.0.0/16', sink: lb2, resyncMs: 0, onApplied: (s) => { if (firstOps < 0) firstOps = s.ops; } });
+    try {
+      source.start(cfg);
+      await until('restarted agent ready', () => source.notReady() === undefined);
+      assert.equal(firstOps, 0, 'a restart with nothing changed must write no map entry');
+      assert.deepEqual(lb2.programmed().find((s) => s.vip === vip)?.backends.map((b) => b.ip), ['10.244.7.12']);
+    } finally {
+      await source.close();
+      lb2.close();
+    }
+  } finally {
+    await source.close();
+  }
+});
