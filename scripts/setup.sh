@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 #   busybox-static                a tiny userland for test containers and pods
 #   containernetworking-plugins   the reference bridge/host-local/portmap/bandwidth plugins (tests, bench)
 #   podman runc                   a real CNI client for the end-to-end test
+#   tcpdump                       test oracle: what an outside host sees (masquerade)
 PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables iptables iperf3 sockperf
-  busybox-static containernetworking-plugins podman runc iputils-ping procps kmod)
+  busybox-static containernetworking-plugins podman runc iputils-ping procps kmod tcpdump)
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "setup: run as root (patu programs the kernel: netlink, eBPF, netns)" >&2
