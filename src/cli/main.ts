@@ -84,24 +84,23 @@ export function buildProgram(): Command {
       });
   }
 
+  // `patu services` alone lists, like `patu services list`.
+  const listServices = async (opts: { pinRoot: string; json?: boolean }) => {
+    const { servicesList } = await import('./services.js');
+    process.exitCode = await servicesList({ pinRoot: opts.pinRoot, json: Boolean(opts.json) });
+  };
   const services = program
     .command('services')
     .description('ClusterIP services balanced at connect() time in eBPF (no per-packet NAT)')
     .addOption(pinRoot)
     .option('--json', 'print JSON')
-    .action(async (opts) => {
-      const { servicesList } = await import('./services.js');
-      process.exitCode = await servicesList({ pinRoot: opts.pinRoot, json: opts.json });
-    });
+    .action(listServices);
   services
     .command('list')
     .description('services and backends as programmed in the kernel maps')
     .addOption(pinRoot)
     .option('--json', 'print JSON')
-    .action(async (opts) => {
-      const { servicesList } = await import('./services.js');
-      process.exitCode = await servicesList({ pinRoot: opts.pinRoot, json: opts.json });
-    });
+    .action(listServices);
   services
     .command('apply <file>')
     .description('program the services of FILE (YAML or JSON, or a directory of them) once and exit; the file is the whole truth')
