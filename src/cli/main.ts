@@ -117,7 +117,7 @@ export function buildProgram(): Command {
     .description('run the node agent: serves CNI requests for bin/patu over a unix socket (pod events then skip a Node start)')
     .option('--cni-socket <path>', 'unix socket for CNI requests', DEFAULTS.agentSocket)
     .option('--accel', 'switch on same-node socket acceleration at start')
-    .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it')
+    .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it (an empty file is an error: write "services: []")')
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs', '/sys/fs/cgroup/unified')
     .option('--kubernetes', 'take services, endpoints, pod acceleration opt-outs and the pod subnet from the Kubernetes API')
     .option('--kubeconfig <file>', 'with --kubernetes outside a pod: the kubeconfig to use (in a pod the ServiceAccount is used)')

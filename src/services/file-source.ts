@@ -180,6 +180,13 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
 
 /** Parses file text as JSON (.json) or YAML (anything else; YAML is a superset of JSON). */
 export async function parseServicesText(text: string, file: string): Promise<ServiceWithEndpoints[]> {
+  // A watcher often reads a file between a writer's truncate and its write: taken
+  // as "no services", that read would wipe every service for a moment. So empty is
+  // an error (the last good state stays; the writer's next event brings the real
+  // content), and removing every service is said explicitly.
+  if (text.trim() === '') {
+    throw new ServiceFileError(file, ['(empty): the file is empty; write "services: []" to program no services']);
+  }
   let doc: unknown;
   if (extname(file).toLowerCase() === '.json') {
     try {

@@ -166,3 +166,9 @@ test('a directory source reloads only the changed file and reports a delta; cros
     w.close();
   }
 });
+
+test('an empty file is an error, not "no services" (a watcher may read between truncate and write)', async () => {
+  await assert.rejects(parseServicesText('', 'x.yaml'), (e: unknown) => e instanceof ServiceFileError && /empty/.test(e.message));
+  await assert.rejects(parseServicesText('  \n', 'x.json'), (e: unknown) => e instanceof ServiceFileError && /services: \[\]/.test(e.message));
+  assert.deepEqual(await parseServicesText('services: []\n', 'x.yaml'), []);
+});
