@@ -151,6 +151,41 @@ export function buildProgram(): Command {
       });
     });
 
+  program
+    .command('install')
+    .description('install patu on this host: files under --prefix, the CNI binary and conflist, the systemd unit (recorded for uninstall)')
+    .option('--flavour <name>', 'default CNI paths of: kubeadm (containerd/CRI-O), k3s, microshift, podman', 'kubeadm')
+    .option('--cni-bin-dir <dir>', 'where the runtime looks for CNI plugins (default: the flavour\'s)')
+    .option('--cni-conf-dir <dir>', 'where the runtime reads network configs (default: the flavour\'s)')
+    .option('--prefix <dir>', 'where patu\'s own files go', '/usr/lib/patu')
+    .option('--root <dir>', 'install into a staging root instead of / (paths inside stay host paths)')
+    .option('--state-dir <dir>', 'where the install manifest is kept', '/var/lib/patu')
+    .option('--symlink', 'development: make the prefix a symlink to this checkout instead of a copy')
+    .option('--cni-only', 'no systemd unit (the Kubernetes DaemonSet\'s init container: the agent runs in the pod)')
+    .option('--no-conflist', 'do not write 10-patu.conflist (the agent writes it with --kubernetes)')
+    .option('--cluster-cidr <cidr>', 'pod addresses of the whole cluster (never masqueraded)', DEFAULTS.clusterCIDR)
+    .option('--pod-cidr <cidr>', 'this node\'s pod subnet in the conflist', DEFAULTS.podCIDR)
+    .option('--force', 'take over target files that exist but were not installed by patu')
+    .option('--json', 'print the install manifest as JSON')
+    .addHelpText('after', '\nIdempotent: running it again updates the files and keeps the manifest (<state-dir>/install.json) exact.\nThe agent is not started: systemctl enable --now patu-agent.service')
+    .action(async (opts) => {
+      const { installCommand } = await import('./install.js');
+      process.exitCode = await installCommand(opts);
+    });
+
+  program
+    .command('uninstall')
+    .description('remove exactly what `patu install` recorded, then patu\'s own pins (never the rest of bpffs)')
+    .option('--root <dir>', 'the staging root given to install (pins are then left alone unless --pin-root is given)')
+    .option('--state-dir <dir>', 'where the install manifest is kept', '/var/lib/patu')
+    .option('--pin-root <dir>', `patu's pin directory to remove (default on a live host: ${DEFAULTS.pinRoot})`)
+    .option('--no-pins', 'leave pinned eBPF state alone')
+    .option('--json', 'print what was removed and kept as JSON')
+    .action(async (opts) => {
+      const { uninstallCommand } = await import('./install.js');
+      process.exitCode = await uninstallCommand(opts);
+    });
+
   return program;
 }
 
