@@ -145,12 +145,15 @@ export function within(inner: string, outer: string): boolean {
 }
 
 /**
- * The CNI binary is a relative symlink to <prefix>/bin/patu: the launcher finds
- * its dist/ through the link's real path, and a relative target resolves the
- * same on the host and inside a staging root.
+ * The CNI binary is a symlink to <prefix>/bin/patu, never a copy: the launcher
+ * finds its dist/ through its own real path. On a live host the target is
+ * absolute, so the link works wherever the runtime's bin dir is mounted (the
+ * DaemonSet's init container sees it at another path on k3s); in a staging
+ * root it is relative, so it resolves inside the root.
  */
 export function cniLinkTarget(p: InstallPaths): string {
-  return relative(dirname(p.cniBinary), join(p.prefix, 'bin', 'patu'));
+  const target = join(p.prefix, 'bin', 'patu');
+  return p.root === '/' ? target : relative(dirname(p.cniBinary), target);
 }
 
 /** CRI-O drop-in for MicroShift: later files in crio.conf.d win, so this one overrides MicroShift's network choice. */

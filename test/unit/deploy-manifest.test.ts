@@ -1,0 +1,148 @@
+// deploy/patu.yaml and deploy/patu-uninstall.yaml: they parse, the agent's RBAC
+// is exactly read-only on the four resources it watches (this test fails if
+// anyone widens it), no credential other than the ServiceAccount is used, and
+// every flag the manifests pass exists in the CLI.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import type { Command } from 'commander';
+import { REPO_ROOT } from '../helpers/cni.js';
+import { buildProgram } from '../../src/cli/main.js';
+
+type Doc = Record<string, any>;
+
+function load(name: string): Doc[] {
+  const text = readFileSync(join(REPO_ROOT, 'deploy', name), 'utf8');
+  const docs = parseAllDocuments(text);
+  for (const d of docs) assert.deepEqual(d.errors.map(String), [], `${name}: YAML errors`);
+  return docs.map((d) => d.toJS() as Doc).filter((d) => d !== null);
+}
+
+const ALLOWED: Record<string, string[]> = {
+  '/services': ['get', 'list', 'watch'],
+  '/pods': ['get', 'list', 'watch'],
+  '/nodes': ['get', 'list', 'watch'],
+  'discovery.k8s.io/endpointslices': ['get', 'list', 'watch'],
+};
+
+test('patu.yaml: the expected objects, all valid YAML', () => {
+  const docs = load('patu.yaml');
+  const kinds = docs.map((d) => `${d.kind}/${d.metadata?.name}`).sort();
+  assert.deepEqual(kinds, ['ClusterRole/patu', 'ClusterRoleBinding/patu', 'ConfigMap/patu-config', 'DaemonSet/patu', 'ServiceAccount/patu']);
+  for (const d of docs) {
+    assert.ok(typeof d.apiVersion === 'string' && d.apiVersion.length > 0, `${d.kind}: apiVersion`);
+    if (d.kind !== 'ClusterRole' && d.kind !== 'ClusterRoleBinding') assert.equal(d.metadata.namespace, 'kube-system', d.kind);
+  }
+});
+
+test('patu.yaml: RBAC grants get/list/watch on services, endpointslices, pods, nodes and nothing else', () => {
+  const docs = load('patu.yaml');
+  // No Role/RoleBinding sneaking in extra rights, no aggregation.
+  const rbac = docs.filter((d) => String(d.apiVersion).startsWith('rbac.authorization.k8s.io/'));
+  assert.deepEqual(rbac.map((d) => d.kind).sort(), ['ClusterRole', 'ClusterRoleBinding']);
+  const role = rbac.find((d) => d.kind === 'ClusterRole')!;
+  assert.equal(role.aggregationRule, undefined, 'no aggregationRule');
+  const granted: Record<string, string[]> = {};
+  for (const r of role.rules as Doc[]) {
+    assert.deepEqual(Object.keys(r).sort(), ['apiGroups', 'resources', 'verbs'], 'no resourceNames/nonResourceURLs, no extra keys');
+    for (const g of r.apiGroups as string[]) {
+      assert.notEqual(g, '*', 'no wildcard apiGroup');
+      for (const res of r.resources as string[]) {
+        assert.ok(!res.includes('*') && !res.includes('/'), `resource ${res}: no wildcards or subresources`);
+        const key = `${g}/${res}`;
+        for (const v of r.verbs as string[]) {
+          assert.ok(ALLOWED[key]?.includes(v), `verb "${v}" on ${key} is more than the agent needs`);
+          (granted[key] ??= []).push(v);
+        }
+      }
+    }
+  }
+  for (const k of Object.keys(granted)) granted[k]!.sort();
+  assert.deepEqual(granted, ALLOWED, 'every needed grant present exactly once');
+  const binding = rbac.find((d) => d.kind === 'ClusterRoleBinding')!;
+  assert.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'patu' });
+  assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: 'patu', namespace: 'kube-system' }]);
+});
+
+function options(cmd: Command): Set<string> {
+  return new Set(cmd.options.flatMap((o) => [o.long, o.short].filter((x): x is string => Boolean(x))));
+}
+
+function flagsOf(args: string[]): string[] {
+  return args.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]!);
+}
+
+test('patu.yaml: the DaemonSet runs install --cni-only then agent --kubernetes --accel with host networking and the host mounts', () => {
+  const ds = load('patu.yaml').find((d) => d.kind === 'DaemonSet')!;
+  const spec = ds.spec.template.spec;
+  assert.equal(spec.serviceAccountName, 'patu');
+  assert.equal(spec.hostNetwork, true);
+  assert.notEqual(spec.hostPID, true, 'hostPID is not needed');
+  assert.ok((spec.tolerations as Doc[]).some((t) => t.operator === 'Exists'), 'runs on NotReady nodes (no CNI yet)');
+
+  const program = buildProgram();
+  const sub = (name: string) => program.commands.find((c) => c.name() === name)!;
+
+  const [init] = spec.initContainers as Doc[];
+  assert.equal(spec.initContainers.length, 1);
+  assert.equal(init!.args[0], 'install');
+  assert.ok(init!.args.includes('--cni-only'));
+  assert.notEqual(init!.securityContext?.privileged, true, 'copying files needs no privileges');
+  for (const f of flagsOf(init!.args)) assert.ok(options(sub('install')).has(f), `patu install has no option ${f}`);
+
+  const [agent] = spec.containers as Doc[];
+  assert.equal(spec.containers.length, 1);
+  assert.equal(agent!.args[0], 'agent');
+  assert.ok(agent!.args.includes('--kubernetes') && agent!.args.includes('--accel'));
+  for (const f of flagsOf(agent!.args)) assert.ok(options(sub('agent')).has(f), `patu agent has no option ${f}`);
+  assert.equal(agent!.securityContext.privileged, true);
+
+  // The agent's own ServiceAccount only: no kubeconfig flag, file or secret anywhere.
+  const all = JSON.stringify(ds);
+  assert.doesNotMatch(all, /kubeconfig|admin\.conf|secretName/i);
+  assert.notEqual(spec.automountServiceAccountToken, false);
+
+  // Every $(VAR) in args is defined in the container's env (Kubernetes leaves unknown ones verbatim).
+  for (const c of [init!, agent!]) {
+    const env = new Set((c.env as Doc[] | undefined ?? []).map((e) => e.name));
+    for (const a of c.args as string[]) for (const m of a.matchAll(/\$\((\w+)\)/g)) assert.ok(env.has(m[1]), `${c.name}: $(${m[1]}) not in env`);
+  }
+
+  const vols = new Map((spec.volumes as Doc[]).map((v) => [v.name, v.hostPath?.path]));
+  const mounts = new Map((agent!.volumeMounts as Doc[]).map((m) => [vols.get(m.name), m]));
+  for (const host of ['/sys/fs/bpf', '/sys/fs/cgroup', '/opt/cni/bin', '/etc/cni/net.d', '/var/lib/patu', '/run/patu', '/run/netns']) {
+    assert.ok(mounts.has(host), `agent mounts host ${host}`);
+  }
+  assert.equal(mounts.get('/sys/fs/bpf')!.mountPropagation, 'Bidirectional');
+  assert.equal(mounts.get('/run/netns')!.mountPropagation, 'HostToContainer');
+  // The init container sees the CNI directories at the host's own paths, so the paths it records are the host's.
+  for (const m of init!.volumeMounts as Doc[]) assert.equal(m.mountPath, vols.get(m.name), `init mount ${m.name}`);
+
+  // The ConfigMap keys the pods read exist (optional ones excepted).
+  const cm = load('patu.yaml').find((d) => d.kind === 'ConfigMap')!;
+  for (const c of [init!, agent!]) {
+    for (const e of (c.env as Doc[]) ?? []) {
+      const ref = e.valueFrom?.configMapKeyRef;
+      if (ref && !ref.optional) assert.ok(ref.key in cm.data, `ConfigMap key ${ref.key}`);
+    }
+  }
+  assert.match(cm.data['cluster-cidr'], /^\d+\.\d+\.\d+\.\d+\/\d+$/);
+});
+
+test('patu-uninstall.yaml: runs `patu uninstall` with the install container\'s mounts and no API rights', () => {
+  const docs = load('patu-uninstall.yaml');
+  assert.deepEqual(docs.map((d) => d.kind), ['DaemonSet']);
+  const spec = docs[0]!.spec.template.spec;
+  assert.equal(spec.serviceAccountName, undefined, 'the default ServiceAccount: it needs no API access');
+  const [u] = spec.initContainers as Doc[];
+  assert.deepEqual(u!.command, ['/usr/lib/patu/bin/patu', 'uninstall']);
+  assert.notEqual(u!.securityContext?.privileged, true);
+  const vols = new Map((spec.volumes as Doc[]).map((v) => [v.name, v.hostPath?.path]));
+  const install = load('patu.yaml').find((d) => d.kind === 'DaemonSet')!.spec.template.spec.initContainers[0];
+  const installMounts = (install.volumeMounts as Doc[]).map((m) => m.mountPath).sort();
+  const uninstallMounts = (u!.volumeMounts as Doc[]).map((m) => m.mountPath);
+  for (const p of installMounts) assert.ok(uninstallMounts.includes(p), `uninstall sees ${p} like install did`);
+  assert.ok((u!.volumeMounts as Doc[]).some((m) => vols.get(m.name) === '/sys/fs/bpf'), 'uninstall reaches the pins');
+});
