@@ -14,8 +14,8 @@ export function buildProgram(): Command {
   const program = new Command('patu')
     .description(
       'Lightweight eBPF networking for Kubernetes at the edge.\n\n' +
-        'As a CNI plugin (CNI_COMMAND set) patu gives each pod a veth on a host bridge, an address\n' +
-        'from its own IPAM, routes and masquerade. As a CLI it shows and steers what it manages.',
+        'As a CNI plugin (CNI_COMMAND set) patu gives each pod a veth on a host bridge, an address from its own IPAM, ' +
+        'routes and masquerade. As a CLI it shows and steers what it manages.',
     )
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
