@@ -164,7 +164,7 @@ export function buildProgram(): Command {
     .option('--cni-only', 'no systemd unit (the Kubernetes DaemonSet\'s init container: the agent runs in the pod)')
     .option('--no-conflist', 'do not write 10-patu.conflist (the agent writes it with --kubernetes)')
     .option('--cluster-cidr <cidr>', 'pod addresses of the whole cluster (never masqueraded)', DEFAULTS.clusterCIDR)
-    .option('--pod-cidr <cidr>', 'this node\'s pod subnet in the conflist', DEFAULTS.podCIDR)
+    .option('--pod-cidr <cidr>', 'this node\'s pod subnet in the conflist (default: the first /24 of --cluster-cidr)')
     .option('--force', 'take over target files that exist but were not installed by patu')
     .option('--json', 'print the install manifest as JSON')
     .addHelpText('after', '\nIdempotent: running it again updates the files and keeps the manifest (<state-dir>/install.json) exact.\nThe agent is not started: systemctl enable --now patu-agent.service')

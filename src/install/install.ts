@@ -22,6 +22,7 @@ import {
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildConflist } from '../k8s/conflist.js';
+import { firstSubnet24 } from '../k8s/convert.js';
 import { DEFAULTS } from '../cni/netconf.js';
 import {
   cniLinkTarget, crioDropIn, DEFAULT_STATE_DIR, resolvePaths, within,
@@ -250,6 +251,18 @@ export function install(o: InstallOptions = {}): InstallResult {
   }
   if (paths.root !== '/' && !lstatOrNull(paths.root)) throw new InstallError(paths.root, '--root does not exist');
 
+  const clusterCIDR = o.clusterCidr ?? DEFAULTS.clusterCIDR;
+  let podCIDR = '';
+  if (o.conflist !== false) {
+    try {
+      // Like the agent without a Node podCIDR: the first /24 of the cluster CIDR.
+      podCIDR = o.podCidr ?? firstSubnet24(clusterCIDR);
+      if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(podCIDR)) throw new Error(`pod CIDR ${JSON.stringify(podCIDR)} is not an IPv4 CIDR`);
+    } catch (e) {
+      throw new InstallError(paths.conflist, `--cluster-cidr/--pod-cidr: ${(e as Error).message}`);
+    }
+  }
+
   const previous = readManifest(paths);
   const ours = new Map((previous?.entries ?? []).map((e) => [e.path, e]));
   const created: string[] = [...(previous?.createdDirs ?? [])];
@@ -359,7 +372,7 @@ export function install(o: InstallOptions = {}): InstallResult {
   if (o.conflist !== false) {
     const prevConf = ours.get(paths.conflist);
     const now = paths.staged(paths.conflist);
-    const content = buildConflist({ podCIDR: o.podCidr ?? DEFAULTS.podCIDR, clusterCIDR: o.clusterCidr ?? DEFAULTS.clusterCIDR });
+    const content = buildConflist({ podCIDR, clusterCIDR });
     if (prevConf && lstatOrNull(now)?.isFile() && sha256(readFileSync(now)) !== prevConf.sha256) {
       entries.push(prevConf);
       log(`CNI network config: ${paths.conflist} (rewritten since install, e.g. by the agent: kept)`);

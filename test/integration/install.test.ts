@@ -182,6 +182,19 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     assert.notEqual(r.status, 0, said(r));
     assert.match(r.stderr, /etc\/cni\/net\.d\/10-patu\.conflist: exists and was not installed by patu/);
     assert.deepEqual(tree(other), was);
+    // Bad input is found before anything is written.
+    for (const args of [['--cluster-cidr', '10.1.2.0/28'], ['--pod-cidr', '10.1.2.0']]) {
+      const bad = patu(['install', '--root', other, '--force', ...args]);
+      assert.notEqual(bad.status, 0, said(bad));
+      assert.match(bad.stderr, /--cluster-cidr\/--pod-cidr: /);
+      assert.deepEqual(tree(other), was, args.join(' '));
+    }
+    // The pod subnet follows the cluster CIDR, like the agent's default.
+    const k3s = patu(['install', '--root', other, '--force', '--cni-only', '--cluster-cidr', '10.42.0.0/16']);
+    assert.equal(k3s.status, 0, said(k3s));
+    const conf = JSON.parse(readFileSync(join(other, 'etc/cni/net.d/10-patu.conflist'), 'utf8'));
+    assert.equal(conf.plugins[0].podCIDR, '10.42.0.0/24');
+    assert.equal(conf.plugins[0].clusterCIDR, '10.42.0.0/16');
   });
 
   test('uninstall removes exactly what was recorded and patu\'s pins, and nothing else', () => {
