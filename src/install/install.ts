@@ -118,12 +118,13 @@ export function productionModules(source: string): string[] {
   const top = new Set<string>();
   const seen = new Set<string>();
   const rootPkg = JSON.parse(readFileSync(join(source, 'package.json'), 'utf8'));
-  const queue: Array<{ from: string; deps: Record<string, string> }> = [
-    { from: source, deps: { ...(rootPkg.dependencies ?? {}), ...(rootPkg.optionalDependencies ?? {}) } },
+  // required: `dependencies`; optional: optional and peer dependencies (absent for another platform, or provided by the user).
+  const queue: Array<{ from: string; required: string[]; optional: string[] }> = [
+    { from: source, required: Object.keys(rootPkg.dependencies ?? {}), optional: Object.keys(rootPkg.optionalDependencies ?? {}) },
   ];
   while (queue.length) {
-    const { from, deps } = queue.shift()!;
-    for (const name of Object.keys(deps)) {
+    const { from, required, optional } = queue.shift()!;
+    for (const name of [...required, ...optional]) {
       // Node's resolution: the nearest node_modules/<name> walking up, not past source.
       let dir = from;
       let found: string | null = null;
@@ -137,15 +138,21 @@ export function productionModules(source: string): string[] {
         dir = dirname(dir);
       }
       if (!found) {
-        if (rootPkg.dependencies?.[name]) throw new InstallError(join(source, 'node_modules', name), 'dependency not installed (run: npm ci --omit=dev)');
-        continue; // an optional dependency for another platform
+        if (required.includes(name) && !optional.includes(name)) {
+          throw new InstallError(join(from, 'node_modules', name), `dependency of ${relative(source, from) || 'patu'} not installed (run: npm ci)`);
+        }
+        continue;
       }
       if (seen.has(found)) continue;
       seen.add(found);
       const rel = relative(join(source, 'node_modules'), found);
       if (!rel.includes('node_modules')) top.add(rel);
       const pkg = JSON.parse(readFileSync(join(found, 'package.json'), 'utf8'));
-      queue.push({ from: found, deps: { ...(pkg.dependencies ?? {}), ...(pkg.optionalDependencies ?? {}), ...(pkg.peerDependencies ?? {}) } });
+      queue.push({
+        from: found,
+        required: Object.keys(pkg.dependencies ?? {}),
+        optional: [...Object.keys(pkg.optionalDependencies ?? {}), ...Object.keys(pkg.peerDependencies ?? {})],
+      });
     }
   }
   return [...top].sort().map((n) => join('node_modules', n));
