@@ -20,7 +20,7 @@ import { K8sSource } from '../../src/k8s/source.js';
 import { kubeconfigFile } from '../../src/k8s/config.js';
 import { AgentMetrics } from '../../src/k8s/metrics.js';
 
-const BIN = process.env.PATU_K8S_BIN_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'patu', 'k8s', 'bin');
+const BIN = process.env.PATU_K8S_BIN_DIR ?? join(process.env.PATU_K8S_CACHE ?? '/var/cache/patu/k8s', 'bin');
 const which = (name: string): string | undefined => {
   if (existsSync(join(BIN, name))) return join(BIN, name);
   const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Builds the Kubernetes node/control-plane binaries patu's e2e tests need, from the Go module proxy only.
+#
+# Version: v1.34.4, the newest 1.34 patch the proxy serves: same API surface as 1.34.0 but with all the
+# 1.34 bug/CVE fixes; pinning one exact version keeps the cache key (and test behaviour) stable.
+#
+# `go install k8s.io/kubernetes/cmd/...@v` fails because k8s.io/kubernetes' go.mod replaces every
+# k8s.io/* staging module with ./staging/src/..., and replace directives are ignored (and forbidden for
+# go install) outside the main module. So we generate a tiny main module that requires k8s.io/kubernetes
+# and replaces each staging module with its published v0.34.x twin, then `go build` the commands from it.
+#
+# Output: ${PATU_K8S_CACHE:-/var/cache/patu/k8s}/<version>/bin/{kube-apiserver,kubelet,kube-proxy,kubectl,etcd,etcdctl}
+# Go module + build caches live in the same cache dir so a second run is instant and CI on the same
+# machine reuses them. Usage: scripts/k8s/build.sh [--force]
+set -euo pipefail
+
+K8S_VERSION=${PATU_K8S_VERSION:-v1.34.4}
+# etcd: Debian's etcd-server is 3.4.23; kube-apiserver 1.34 is only supported with etcd >= 3.5
+# (its storage layer relies on 3.5 progress-notify semantics for consistent reads from cache), so etcd is
+# built the same way from go.etcd.io. v3.6.x is what kubeadm 1.34 ships.
+ETCD_VERSION=${PATU_ETCD_VERSION:-v3.6.4}
+CACHE=${PATU_K8S_CACHE:-/var/cache/patu/k8s}
+GO=${GO:-/usr/local/go/bin/go}
+STAGING_VERSION=v0.${K8S_VERSION#v1.}
+
+ROOT="$CACHE/$K8S_VERSION"
+BIN="$ROOT/bin"
+export GOPATH="$CACHE/gopath" GOMODCACHE="$CACHE/gopath/pkg/mod" GOCACHE="$CACHE/gocache"
+export GOFLAGS=-buildvcs=false GOTOOLCHAIN=local CGO_ENABLED=0 GOPROXY=${GOPROXY:-https://proxy.golang.org}
+mkdir -p "$BIN" "$GOMODCACHE" "$GOCACHE"
+
+force=0; [[ ${1:-} == --force ]] && force=1
+t_all=$(date +%s)
+step() { # name, then command: runs it and prints how long it took
+  local name=$1 t0; shift; t0=$(date +%s)
+  echo "== $name"
+  "$@"
+  echo "== $name: $(( $(date +%s) - t0 ))s"
+}
+have_all() { for b in "$@"; do [[ -x $BIN/$b ]] || return 1; done; }
+
+build_k8s() {
+  local mod="$ROOT/src-k8s"
+  mkdir -p "$mod"
+  # The staging list comes from kubernetes' own go.mod so a version bump cannot miss a module.
+  local kmod; kmod=$(curl -fsS -m 60 "$GOPROXY/k8s.io/kubernetes/@v/$K8S_VERSION.mod") \
+    || { echo "build.sh: cannot fetch k8s.io/kubernetes@$K8S_VERSION go.mod from $GOPROXY" >&2; return 1; }
+  {
+    echo "module patu.local/k8sbuild"
+    echo "go 1.24"
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo "replace ("
+    grep -E '^\s*k8s\.io/[^ ]+ => \./staging/' <<<"$kmod" | awk -v v="$STAGING_VERSION" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } >"$mod/go.mod"
+  # Without these, every component reports v0.0.0-master: kubectl warns about skew and clients that gate
+  # on the server version (discovery, feature checks) see a bogus one.
+  local commit; commit=$(curl -fsS -m 30 "$GOPROXY/k8s.io/kubernetes/@v/$K8S_VERSION.info" | sed -n 's/.*"Hash":"\([0-9a-f]*\)".*/\1/p')
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local x="" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    x+=" -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitTreeState=clean"
+    x+=" -X $pkg.gitCommit=${commit:-unknown} -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  ( cd "$mod"
+    "$GO" get \
+      k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION \
+      k8s.io/kubernetes/cmd/kube-proxy@$K8S_VERSION k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION \
+      k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION k8s.io/kubernetes/cmd/kube-scheduler@$K8S_VERSION
+    for c in kube-apiserver kubelet kube-proxy kubectl kube-controller-manager kube-scheduler; do
+      (( force == 0 )) && [[ -x $BIN/$c ]] && continue
+      step "go build $c" "$GO" build -trimpath -ldflags="-s -w$x" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c"
+      mv "$BIN/$c.tmp" "$BIN/$c"
+    done )
+}
+
+build_etcd() {
+  local mod="$ROOT/src-etcd"
+  mkdir -p "$mod"
+  # etcd's server module also uses local replaces (../api, ../pkg, ...); same trick.
+  cat >"$mod/go.mod" <<MOD
+module patu.local/etcdbuild
+go 1.24
+require (
+	go.etcd.io/etcd/server/v3 $ETCD_VERSION
+	go.etcd.io/etcd/etcdctl/v3 $ETCD_VERSION
+)
+replace (
+	go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 $ETCD_VERSION
+	go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/server/v3 => go.etcd.io/etcd/server/v3 $ETCD_VERSION
+	go.etcd.io/etcd/etcdctl/v3 => go.etcd.io/etcd/etcdctl/v3 $ETCD_VERSION
+)
+MOD
+  ( cd "$mod"
+    "$GO" get go.etcd.io/etcd/server/v3@$ETCD_VERSION go.etcd.io/etcd/etcdctl/v3@$ETCD_VERSION
+    step "go build etcd" "$GO" build -trimpath -ldflags="-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3
+    mv "$BIN/etcd.tmp" "$BIN/etcd"
+    step "go build etcdctl" "$GO" build -trimpath -ldflags="-s -w" -o "$BIN/etcdctl.tmp" go.etcd.io/etcd/etcdctl/v3
+    mv "$BIN/etcdctl.tmp" "$BIN/etcdctl" )
+}
+
+if (( force )) || ! have_all etcd etcdctl; then step "etcd $ETCD_VERSION" build_etcd; fi
+if (( force )) || ! have_all kube-apiserver kubelet kube-proxy kubectl kube-controller-manager kube-scheduler; then step "kubernetes $K8S_VERSION" build_k8s; fi
+# $CACHE/bin always points at the pinned version's binaries: a stable default for tests that only need
+# "a kube-apiserver" (test/integration/k8s-apiserver.test.ts) without knowing the version.
+ln -sfn "$K8S_VERSION/bin" "$CACHE/bin"
+echo "== total: $(( $(date +%s) - t_all ))s; binaries in $BIN"
+ls -l "$BIN"

@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# A single-node Kubernetes cluster inside this machine, for patu's tests. Loopback and private dirs only:
+#   etcd (127.0.0.1), kube-apiserver (127.0.0.1:$PATU_K8S_API_PORT), a PRIVATE containerd (own config, root,
+#   state, socket: never the machine's default one), kubelet (cgroupfs driver, cgroup v1 allowed, its cgroups under
+#   /$CGROOT in every v1 hierarchy), patu as the only CNI (private conf and bin dirs), optional kube-proxy.
+# Usage: scripts/k8s/cluster.sh up [--kube-proxy] | down | env | status
+# Env: PATU_K8S_CACHE (binaries, see build.sh), PATU_K8S_STATE (default /var/lib/patu-k8s), PATU_K8S_API_PORT (6443),
+#   PATU_K8S_ETCD_PORT (23790, +1 for peers), PATU_K8S_KUBELET_PORT (10250), PATU_K8S_KUBELET_HEALTHZ_PORT (port-2),
+#   PATU_K8S_NODE, PATU_K8S_POD_CIDR (inside 10.202.0.0/16), PATU_K8S_BRIDGE, PATU_K8S_CGROUP (cgroup dir name).
+# The admin kubeconfig lives only in $STATE/admin.kubeconfig: it is for the tests, never shipped.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+K8S_VERSION=${PATU_K8S_VERSION:-v1.34.4}
+CACHE=${PATU_K8S_CACHE:-/var/cache/patu/k8s}
+BIN=${PATU_K8S_BIN_DIR:-$CACHE/$K8S_VERSION/bin}
+STATE=${PATU_K8S_STATE:-/var/lib/patu-k8s}
+API_PORT=${PATU_K8S_API_PORT:-6443}
+ETCD_PORT=${PATU_K8S_ETCD_PORT:-23790}
+ETCD_PEER_PORT=$((ETCD_PORT + 1))
+KUBELET_PORT=${PATU_K8S_KUBELET_PORT:-10250}
+# The node is called localhost because the apiserver reaches kubelet (logs, exec, port-forward) at the
+# node's Hostname address, and kubelet refuses a loopback --node-ip ("nodeIP can't be loopback address").
+# "localhost" resolves to 127.0.0.1 without touching /etc/hosts; the name is per-apiserver, so never shared.
+NODE=${PATU_K8S_NODE:-localhost}
+SERVICE_CIDR=10.96.0.0/16
+# Own ranges: 10.200/16 is the agent's default and 10.201.x/24 the CNI suite's, so runs never collide.
+CLUSTER_CIDR=10.202.0.0/16
+POD_CIDR=${PATU_K8S_POD_CIDR:-10.202.0.0/24}
+# Names the host sees; a test running its own cluster next to another one overrides them (and the ports).
+BRIDGE=${PATU_K8S_BRIDGE:-patuk8s0}
+CGROOT=${PATU_K8S_CGROUP:-patu-k8s}
+KUBELET_HEALTHZ_PORT=${PATU_K8S_KUBELET_HEALTHZ_PORT:-$((KUBELET_PORT - 2))}
+PAUSE_IMAGE=localhost/patu/pause:3.10
+TEST_IMAGE=localhost/patu/busybox:test
+CTRD_SOCK=$STATE/containerd/containerd.sock
+PATH=$BIN:$PATH
+
+log() { echo "cluster: $*" >&2; }
+die() { echo "cluster: $*" >&2; exit 1; }
+
+# wait_for <what> <seconds> <command...>: every wait is bounded; on timeout, show the component's log tail.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    # A daemon that died will not become ready: fail now, with its log, instead of at the timeout.
+    if [[ -f $STATE/pids/$what ]] && ! alive "$what"; then
+      log "$what exited while waiting for it to become ready"
+      tail -n 30 "$STATE/logs/$what.log" >&2
+      return 1
+    fi
+    if ((SECONDS >= end)); then
+      log "timed out after ${secs}s waiting for $what"
+      [[ -f $STATE/logs/$what.log ]] && tail -n 30 "$STATE/logs/$what.log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# start <name> <command...>: background daemon, pid in $STATE/pids/<name>, log in $STATE/logs/<name>.log.
+# setsid: its own process group, so `down` can stop it (and only it) by pid.
+start() {
+  local name=$1; shift
+  setsid "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE/pids/$name"
+}
+alive() { local p; p=$(cat "$STATE/pids/$1" 2>/dev/null) && kill -0 "$p" 2>/dev/null; }
+ensure_alive() { alive "$1" || { tail -n 30 "$STATE/logs/$1.log" >&2; die "$1 exited during startup (log: $STATE/logs/$1.log)"; }; }
+
+kubectl_() { kubectl --kubeconfig "$STATE/admin.kubeconfig" --request-timeout=20s "$@"; }
+
+# ---------- certificates ----------
+mkcert() { # name CN O [extra SAN line]
+  local name=$1 cn=$2 o=$3 san=${4:-} d=$STATE/pki
+  local ext="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth,clientAuth"
+  [[ -n $san ]] && ext+=$'\n'"subjectAltName=$san"
+  openssl req -newkey rsa:2048 -nodes -keyout "$d/$name.key" -subj "/CN=$cn${o:+/O=$o}" -out "$d/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
+    -extfile <(echo "$ext") -out "$d/$name.crt" 2>/dev/null
+  rm -f "$d/$name.csr"
+}
+kubeconfig() { # file user cert
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: patu-k8s, cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$STATE/pki/ca.crt"}}]
+users: [{name: $2, user: {client-certificate: "$STATE/pki/$3.crt", client-key: "$STATE/pki/$3.key"}}]
+contexts: [{name: patu-k8s, context: {cluster: patu-k8s, user: $2}}]
+current-context: patu-k8s
+EOF
+}
+make_pki() {
+  local d=$STATE/pki
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout "$d/ca.key" -out "$d/ca.crt" -subj "/CN=patu-k8s-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  # 10.96.0.1: the kubernetes Service's ClusterIP, so in-cluster clients verify the same cert.
+  mkcert apiserver kube-apiserver "" "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+  mkcert admin patu-k8s-admin system:masters
+  mkcert kubelet "system:node:$NODE" system:nodes "DNS:$NODE,IP:127.0.0.1"
+  mkcert kube-proxy system:kube-proxy ""
+  mkcert kube-controller-manager system:kube-controller-manager ""
+  mkcert kube-scheduler system:kube-scheduler ""
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  kubeconfig "$STATE/admin.kubeconfig" admin admin
+  kubeconfig "$STATE/kubelet.kubeconfig" "system:node:$NODE" kubelet
+  kubeconfig "$STATE/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
+  kubeconfig "$STATE/kube-controller-manager.kubeconfig" system:kube-controller-manager kube-controller-manager
+  kubeconfig "$STATE/kube-scheduler.kubeconfig" system:kube-scheduler kube-scheduler
+}
+
+# ---------- images (no registry) ----------
+# oci_image <rootfs dir> <name:tag> <out.tar> <entrypoint json array>: a one-layer OCI image archive that
+# `ctr images import` accepts (the io.containerd.image.name annotation names it).
+oci_image() {
+  local rootfs=$1 ref=$2 out=$3 cmd=$4 w; w=$(mktemp -d)
+  mkdir -p "$w/blobs/sha256"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$w/layer.tar" .
+  local layer; layer=$(sha256sum "$w/layer.tar" | cut -d' ' -f1)
+  mv "$w/layer.tar" "$w/blobs/sha256/$layer"
+  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$cmd" "$layer" >"$w/config.json"
+  local cfg; cfg=$(sha256sum "$w/config.json" | cut -d' ' -f1)
+  mv "$w/config.json" "$w/blobs/sha256/$cfg"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
+    "$cfg" "$(stat -c %s "$w/blobs/sha256/$cfg")" "$layer" "$(stat -c %s "$w/blobs/sha256/$layer")" >"$w/manifest.json"
+  local man; man=$(sha256sum "$w/manifest.json" | cut -d' ' -f1)
+  local mansize; mansize=$(stat -c %s "$w/manifest.json")
+  mv "$w/manifest.json" "$w/blobs/sha256/$man"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+    "$man" "$mansize" "$ref" "${ref##*:}" >"$w/index.json"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$w/oci-layout"
+  tar -C "$w" -cf "$out" oci-layout index.json blobs
+  rm -rf "$w"
+}
+build_images() {
+  local d=$STATE/images; mkdir -p "$d/pause/rootfs" "$d/busybox/rootfs/bin"
+  # pause: holds the pod's namespaces; exits on SIGINT/SIGTERM, reaps orphans (it is the pod's pid 1).
+  cat >"$d/pause/pause.c" <<'C'
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void quit(int s) { (void)s; _exit(0); }
+static void reap(int s) { (void)s; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
+int main(void) {
+  struct sigaction q = { .sa_handler = quit }, r = { .sa_handler = reap, .sa_flags = SA_NOCLDSTOP };
+  sigaction(SIGINT, &q, NULL); sigaction(SIGTERM, &q, NULL); sigaction(SIGCHLD, &r, NULL);
+  for (;;) pause();
+}
+C
+  gcc -static -O2 -o "$d/pause/rootfs/pause" "$d/pause/pause.c" || die "gcc -static pause.c failed (libc6-dev provides libc.a)"
+  oci_image "$d/pause/rootfs" "$PAUSE_IMAGE" "$d/pause.tar" '["/pause"]'
+  local bb; bb=$(command -v busybox || true); [[ -n $bb ]] || die "busybox not found (apt-get install busybox-static)"
+  cp "$bb" "$d/busybox/rootfs/bin/busybox"
+  local a; for a in $("$bb" --list); do [[ $a == busybox ]] || ln -sf busybox "$d/busybox/rootfs/bin/$a"; done
+  mkdir -p "$d/busybox/rootfs/"{etc,tmp,proc,sys,dev,var/www}
+  echo 'root:x:0:0:root:/:/bin/sh' >"$d/busybox/rootfs/etc/passwd"
+  oci_image "$d/busybox/rootfs" "$TEST_IMAGE" "$d/busybox.tar" '["/bin/sh"]'
+}
+
+# ---------- components ----------
+write_containerd_config() {
+  local c=$STATE/containerd; mkdir -p "$c/root" "$c/state" "$c/opt"
+  cat >"$c/config.toml" <<EOF
+version = 2
+root = "$c/root"
+state = "$c/state"
+[grpc]
+  address = "$CTRD_SOCK"
+[ttrpc]
+  address = "$CTRD_SOCK.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$c/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  # Root here lacks CAP_SYS_RESOURCE: a negative oom_score_adj (CRI gives sandboxes -998) would fail in runc.
+  restrict_oom_score_adj = true
+  # Pod netns files under our state dir, not /run/netns: down unmounts exactly ours.
+  netns_mounts_under_state_dir = true
+  enable_cdi = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$STATE/cni/bin"
+    conf_dir = "$STATE/cni/net.d"
+    max_conf_num = 1
+EOF
+}
+
+write_cni() {
+  mkdir -p "$STATE/cni/bin" "$STATE/cni/net.d" "$STATE/ipam"
+  [[ -x $REPO/bin/patu ]] || die "$REPO/bin/patu missing (run scripts/build.sh)"
+  ln -sf "$REPO/bin/patu" "$STATE/cni/bin/patu"
+  # containerd's CRI sets up each pod's lo through the reference loopback plugin.
+  ln -sf /usr/lib/cni/loopback "$STATE/cni/bin/loopback"
+  # masquerade off: nothing leaves this node, and the nft table is shared with other tests on the machine.
+  # accel off: the pin root of production (/sys/fs/bpf/patu) is not this cluster's to touch.
+  cat >"$STATE/cni/net.d/10-patu.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "patu-k8s",
+  "plugins": [
+    {"type": "patu", "bridge": "$BRIDGE", "hairpin": true, "masquerade": false, "accel": false,
+     "clusterCIDR": "$CLUSTER_CIDR", "podCIDR": "$POD_CIDR", "ipam": {"dataDir": "$STATE/ipam"}}
+  ]
+}
+EOF
+}
+
+write_kubelet_config() {
+  mkdir -p "$STATE/kubelet"
+  cat >"$STATE/kubelet-config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: "$STATE/pki/ca.crt"}
+authorization: {mode: AlwaysAllow}
+containerRuntimeEndpoint: "unix://$CTRD_SOCK"
+# This host is hybrid (v1 controllers; cgroup2 only at /sys/fs/cgroup/unified): kubelet sees cgroup v1.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+# Everything kubelet makes lives under /$CGROOT in each hierarchy, so down removes exactly that.
+cgroupRoot: /$CGROOT
+cgroupsPerQOS: true
+enforceNodeAllocatable: [pods]
+failSwapOn: false
+# Raising its own priority needs CAP_SYS_RESOURCE, which root lacks here.
+oomScoreAdj: 0
+resolvConf: ""
+registerNode: true
+podCIDR: "$POD_CIDR"
+maxPods: 50
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+syncFrequency: 10s
+fileCheckFrequency: 10s
+nodeStatusUpdateFrequency: 5s
+EOF
+}
+
+apiserver_ready() { curl -fsS --max-time 2 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" "https://127.0.0.1:$API_PORT/readyz" | grep -qx ok; }
+node_ready() { kubectl_ get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
+etcd_ready() { etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health; }
+
+up() {
+  local with_proxy=0
+  [[ ${1:-} == --kube-proxy ]] && with_proxy=1
+  [[ $(id -u) == 0 ]] || die "needs root (containerd, kubelet, netns, cgroups)"
+  local b; for b in etcd etcdctl kube-apiserver kubelet kubectl; do [[ -x $BIN/$b ]] || die "$BIN/$b missing: run scripts/k8s/build.sh"; done
+  ((with_proxy)) && { [[ -x $BIN/kube-proxy ]] || die "$BIN/kube-proxy missing: run scripts/k8s/build.sh"; }
+  [[ -e $STATE/pids ]] && die "$STATE already holds a cluster: run '$0 down' first"
+  mkdir -p "$STATE/pids" "$STATE/logs"
+  local t0=$SECONDS
+  make_pki
+  build_images
+  write_cni
+  write_containerd_config
+  write_kubelet_config
+
+  start etcd etcd --name patu-k8s --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "patu-k8s=http://127.0.0.1:$ETCD_PEER_PORT" --listen-metrics-urls "" --log-level warn
+  wait_for etcd 30 etcd_ready || { ensure_alive etcd; die "etcd not healthy"; }
+
+  start kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true --authorization-mode Node,RBAC \
+    --client-ca-file "$STATE/pki/ca.crt" --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
+    --kubelet-client-certificate "$STATE/pki/admin.crt" --kubelet-client-key "$STATE/pki/admin.key" \
+    --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local --api-audiences https://kubernetes.default.svc.cluster.local \
+    --endpoint-reconciler-type none --profiling=false \
+    --kubelet-preferred-address-types Hostname
+  wait_for kube-apiserver 90 apiserver_ready || { ensure_alive kube-apiserver; die "kube-apiserver not ready"; }
+
+  # Without kube-controller-manager nobody creates the default ServiceAccount or the kube-root-ca.crt ConfigMap
+  # that every pod's projected token volume needs; make them for the namespaces tests use.
+  local ns
+  for ns in default kube-system; do
+    kubectl_ -n "$ns" create serviceaccount default >/dev/null 2>&1 || true
+    kubectl_ -n "$ns" create configmap kube-root-ca.crt --from-file=ca.crt="$STATE/pki/ca.crt" >/dev/null 2>&1 || true
+  done
+  [[ -x $BIN/kube-controller-manager ]] && {
+    start kube-controller-manager kube-controller-manager --kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
+      --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --use-service-account-credentials=true \
+      --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
+      --cluster-signing-cert-file "$STATE/pki/ca.crt" --cluster-signing-key-file "$STATE/pki/ca.key" \
+      --allocate-node-cidrs=false --cluster-cidr "$CLUSTER_CIDR" --service-cluster-ip-range "$SERVICE_CIDR" \
+      --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller'
+  }
+  [[ -x $BIN/kube-scheduler ]] && {
+    start kube-scheduler kube-scheduler --kubeconfig "$STATE/kube-scheduler.kubeconfig" \
+      --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
+  }
+
+  start containerd containerd --config "$STATE/containerd/config.toml"
+  wait_for containerd 30 ctr --address "$CTRD_SOCK" version || { ensure_alive containerd; die "containerd not answering"; }
+  local img
+  for img in pause busybox; do
+    ctr --address "$CTRD_SOCK" -n k8s.io images import "$STATE/images/$img.tar" >>"$STATE/logs/images.log" 2>&1 \
+      || { cat "$STATE/logs/images.log" >&2; die "ctr images import $img.tar failed"; }
+  done
+
+  # kubelet refuses a cgroupRoot that does not exist in every hierarchy. cpuset needs cpus/mems copied from
+  # its parent before a task (or child) may join.
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    [[ -f ${h}cgroup.procs ]] || continue
+    mkdir -p "$h$CGROOT"
+    if [[ -f ${h}cpuset.cpus ]]; then
+      cat "${h}cpuset.cpus" >"$h$CGROOT/cpuset.cpus"
+      cat "${h}cpuset.mems" >"$h$CGROOT/cpuset.mems"
+    fi
+  done
+  # kubelet adds its own iptables chains (KUBE-FIREWALL in filter INPUT/OUTPUT, canaries, a hint). Remember
+  # whether another kubelet on this machine already had them, so down removes them only if they are ours.
+  iptables-save 2>/dev/null | grep -q '^:KUBE-KUBELET-CANARY' && touch "$STATE/kubelet-chains-preexisting"
+  start kubelet kubelet --config "$STATE/kubelet-config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
+    --root-dir "$STATE/kubelet" --hostname-override "$NODE" --v 2
+  wait_for kubelet 120 node_ready || { ensure_alive kubelet; die "node $NODE not Ready (log: $STATE/logs/kubelet.log)"; }
+
+  if ((with_proxy)); then
+    cat >"$STATE/kube-proxy-config.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {kubeconfig: "$STATE/kube-proxy.kubeconfig"}
+clusterCIDR: "$CLUSTER_CIDR"
+hostnameOverride: "$NODE"
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack: {maxPerCore: 0}
+EOF
+    start kube-proxy kube-proxy --config "$STATE/kube-proxy-config.yaml"
+    touch "$STATE/kube-proxy-ran"
+    wait_for kube-proxy 30 curl -fsS --max-time 2 http://127.0.0.1:10256/healthz || { ensure_alive kube-proxy; die "kube-proxy not healthy"; }
+  fi
+  log "up in $((SECONDS - t0))s; node $NODE Ready"
+  env_
+}
+
+stop_pid() { # name: TERM its process group, then KILL after 10 s
+  local f=$STATE/pids/$1 p; [[ -f $f ]] || return 0
+  p=$(cat "$f")
+  if kill -0 "$p" 2>/dev/null; then
+    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+    local end=$((SECONDS + 10))
+    while kill -0 "$p" 2>/dev/null && ((SECONDS < end)); do sleep 0.2; done
+    kill -KILL -- "-$p" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+down() {
+  [[ -d $STATE ]] || { log "nothing to tear down in $STATE"; return 0; }
+  # Pods first, while kubelet and containerd still run, so patu's CNI DEL removes veths and IPAM records.
+  if alive kubelet && alive kube-apiserver; then
+    kubectl_ delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
+  fi
+  if [[ -S $CTRD_SOCK ]] && alive containerd; then
+    local id end=$((SECONDS + 30))
+    for id in $(ctr --address "$CTRD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr --address "$CTRD_SOCK" -n k8s.io tasks kill -s KILL "$id" >/dev/null 2>&1 || true
+    done
+    # Stopping sandboxes through CRI is what runs CNI DEL; kubelet does it, containerd finishes it.
+    while ((SECONDS < end)) && alive kubelet \
+      && [[ -n $(find "$STATE/ipam" -mindepth 2 -maxdepth 2 -regex '.*/[0-9.]+' 2>/dev/null) ]]; do sleep 1; done
+  fi
+  local c
+  for c in kube-proxy kubelet kube-scheduler kube-controller-manager; do stop_pid "$c"; done
+  if [[ -f $STATE/kube-proxy-ran && -x $BIN/kube-proxy ]]; then
+    kube-proxy --cleanup >/dev/null 2>&1 || log "kube-proxy --cleanup failed (iptables KUBE-* chains may remain)"
+  fi
+  if [[ ! -f $STATE/kubelet-chains-preexisting ]]; then
+    local ipt t
+    for ipt in iptables ip6tables; do
+      for c in INPUT OUTPUT; do while $ipt -t filter -D $c -j KUBE-FIREWALL 2>/dev/null; do :; done; done
+      $ipt -t filter -F KUBE-FIREWALL 2>/dev/null && $ipt -t filter -X KUBE-FIREWALL 2>/dev/null || true
+      for t in mangle nat filter; do $ipt -t $t -X KUBE-KUBELET-CANARY 2>/dev/null || true; done
+      $ipt -t mangle -X KUBE-IPTABLES-HINT 2>/dev/null || true
+    done
+  fi
+  stop_pid containerd
+  # containerd's shims outlive it by design; stop those whose socket/bundle lives in our state dir.
+  local p
+  for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $CTRD_SOCK" || true); do kill -KILL "$p" 2>/dev/null || true; done
+  # Containers the killed shims left behind: every process still in our cgroups.
+  local procs
+  for procs in /sys/fs/cgroup/*/"$CGROOT"; do
+    [[ -d $procs ]] && find "$procs" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done
+  stop_pid kube-apiserver
+  stop_pid etcd
+  # Pod netns files and volume mounts under the state dir, deepest first.
+  local m
+  for m in $(findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r); do umount -l "$m" 2>/dev/null || true; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  # The cgroups kubelet made under /$CGROOT, in every v1 hierarchy and in cgroup2; deepest first, EBUSY retried.
+  local h d try
+  for h in /sys/fs/cgroup/*/; do
+    [[ -d $h$CGROOT ]] || continue
+    for d in $(find "$h$CGROOT" -depth -type d); do
+      for try in 1 2 3 4 5; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
+    done
+  done
+  rm -rf "$STATE"
+  log "down: $STATE removed"
+}
+
+env_() {
+  cat <<EOF
+export KUBECONFIG=$STATE/admin.kubeconfig
+export PATU_K8S_BIN_DIR=$BIN
+export PATU_K8S_API_SERVER=https://127.0.0.1:$API_PORT
+export PATU_K8S_CA=$STATE/pki/ca.crt
+export PATU_K8S_NODE=$NODE
+export PATU_K8S_POD_CIDR=$POD_CIDR
+export PATU_K8S_CLUSTER_CIDR=$CLUSTER_CIDR
+export PATU_K8S_SERVICE_CIDR=$SERVICE_CIDR
+export PATU_K8S_IPAM_DIR=$STATE/ipam
+export PATU_K8S_CNI_CONF_DIR=$STATE/cni/net.d
+export PATU_K8S_CONTAINERD_SOCK=$CTRD_SOCK
+export PATU_K8S_TEST_IMAGE=$TEST_IMAGE
+export PATU_K8S_STATE=$STATE
+EOF
+}
+
+status() {
+  local c
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+    [[ -f $STATE/pids/$c ]] || continue
+    if alive "$c"; then echo "$c: running (pid $(cat "$STATE/pids/$c"))"; else echo "$c: DEAD (log: $STATE/logs/$c.log)"; fi
+  done
+}
+
+case ${1:-} in
+  up) shift; up "$@" ;;
+  down) down ;;
+  env) env_ ;;
+  status) status ;;
+  *) echo "usage: $0 up [--kube-proxy] | down | env | status" >&2; exit 2 ;;
+esac
