@@ -338,9 +338,6 @@ up() {
       cat "${h}cpuset.mems" >"$h$CGROOT/cpuset.mems"
     fi
   done
-  # kubelet adds its own iptables chains (KUBE-FIREWALL in filter INPUT/OUTPUT, canaries, a hint). Remember
-  # whether another kubelet on this machine already had them, so down removes them only if they are ours.
-  iptables-save 2>/dev/null | grep -q '^:KUBE-KUBELET-CANARY' && touch "$STATE/kubelet-chains-preexisting"
   start kubelet kubelet --config "$STATE/kubelet-config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
     --root-dir "$STATE/kubelet" --hostname-override "$NODE" --v 2
   wait_for kubelet 120 node_ready || { ensure_alive kubelet; die "node $NODE not Ready (log: $STATE/logs/kubelet.log)"; }
@@ -380,7 +377,10 @@ stop_pid() { # name: TERM its process group, then KILL after 10 s
 
 down() {
   [[ -d $STATE ]] || { log "nothing to tear down in $STATE"; return 0; }
-  # Pods first, while kubelet and containerd still run, so patu's CNI DEL removes veths and IPAM records.
+  # Controllers first, so no ReplicaSet/DaemonSet recreates the pods deleted next.
+  local c
+  for c in kube-controller-manager kube-scheduler; do stop_pid "$c"; done
+  # Pods next, while kubelet and containerd still run, so patu's CNI DEL removes veths and IPAM records.
   if alive kubelet && alive kube-apiserver; then
     kubectl_ delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
   fi
@@ -393,12 +393,14 @@ down() {
     while ((SECONDS < end)) && alive kubelet \
       && [[ -n $(find "$STATE/ipam" -mindepth 2 -maxdepth 2 -regex '.*/[0-9.]+' 2>/dev/null) ]]; do sleep 1; done
   fi
-  local c
-  for c in kube-proxy kubelet kube-scheduler kube-controller-manager; do stop_pid "$c"; done
+  for c in kube-proxy kubelet; do stop_pid "$c"; done
   if [[ -f $STATE/kube-proxy-ran && -x $BIN/kube-proxy ]]; then
     kube-proxy --cleanup >/dev/null 2>&1 || log "kube-proxy --cleanup failed (iptables KUBE-* chains may remain)"
   fi
-  if [[ ! -f $STATE/kubelet-chains-preexisting ]]; then
+  # kubelet adds its own iptables chains (KUBE-FIREWALL jumped to from filter INPUT/OUTPUT, canaries, a hint)
+  # and never removes them. They are shared by every kubelet on the machine, so remove them only when no
+  # other kubelet still runs (one that does would recreate them within a minute anyway).
+  if ! pgrep -x kubelet >/dev/null; then
     local ipt t
     for ipt in iptables ip6tables; do
       for c in INPUT OUTPUT; do while $ipt -t filter -D $c -j KUBE-FIREWALL 2>/dev/null; do :; done; done

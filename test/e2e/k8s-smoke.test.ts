@@ -219,6 +219,11 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
     assert.equal(shims.stdout.trim(), '', 'containerd shims of this cluster still run');
     const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(STATE));
     assert.deepEqual(mounts, [], 'mounts under the state dir remain');
+    // kubelet's own iptables chains are shared by all kubelets: down removes them when no other kubelet runs.
+    if (!run('pgrep', ['-x', 'kubelet'], 5_000).ok) {
+      const chains = run('iptables-save', [], 10_000).stdout.split('\n').filter((l) => /^:KUBE-(KUBELET-CANARY|FIREWALL|IPTABLES-HINT) /.test(l));
+      assert.deepEqual(chains, [], 'kubelet iptables chains remain');
+    }
   });
 });
 
