@@ -338,6 +338,7 @@ up() {
       cat "${h}cpuset.mems" >"$h$CGROOT/cpuset.mems"
     fi
   done
+  save_sysctls
   start kubelet kubelet --config "$STATE/kubelet-config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
     --root-dir "$STATE/kubelet" --hostname-override "$NODE" --v 2
   wait_for kubelet 120 node_ready || { ensure_alive kubelet; die "node $NODE not Ready (log: $STATE/logs/kubelet.log)"; }
@@ -353,7 +354,9 @@ hostnameOverride: "$NODE"
 bindAddress: 127.0.0.1
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
-conntrack: {maxPerCore: 0}
+# 0 everywhere: leave the host's conntrack sysctls alone; no localhost NodePorts, so route_localnet stays 0.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+iptables: {localhostNodePorts: false}
 EOF
     start kube-proxy kube-proxy --config "$STATE/kube-proxy-config.yaml"
     touch "$STATE/kube-proxy-ran"
@@ -361,6 +364,29 @@ EOF
   fi
   log "up in $((SECONDS - t0))s; node $NODE Ready"
   env_
+}
+
+# kubelet (protectKernelDefaults=false) rewrites kernel tunables at start: kernel.panic=10,
+# kernel.panic_on_oops=1, vm.overcommit_memory=1, ...; kube-proxy may set route_localnet and conntrack timeouts.
+# On a shared test machine those must come back. Saved machine-wide (not per cluster) and only while no kubelet
+# runs, so a second cluster started next to a first one cannot save the already-changed values.
+SYSCTL_SAVE=/run/patu-k8s-sysctl.saved
+SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
+  kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet net.netfilter.nf_conntrack_max
+  net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait)
+save_sysctls() {
+  [[ -f $SYSCTL_SAVE ]] && return 0
+  pgrep -x kubelet >/dev/null && return 0
+  local k v
+  for k in "${SYSCTLS[@]}"; do v=$(sysctl -n "$k" 2>/dev/null) && echo "$k=$v"; done >"$SYSCTL_SAVE.tmp"
+  mv "$SYSCTL_SAVE.tmp" "$SYSCTL_SAVE"
+}
+restore_sysctls() {
+  [[ -f $SYSCTL_SAVE ]] || return 0
+  pgrep -x kubelet >/dev/null && return 0
+  local kv
+  while IFS= read -r kv; do sysctl -q -w "$kv" >/dev/null 2>&1 || log "sysctl -w $kv failed"; done <"$SYSCTL_SAVE"
+  rm -f "$SYSCTL_SAVE"
 }
 
 stop_pid() { # name: TERM its process group, then KILL after 10 s
@@ -409,6 +435,7 @@ down() {
       $ipt -t mangle -X KUBE-IPTABLES-HINT 2>/dev/null || true
     done
   fi
+  restore_sysctls
   stop_pid containerd
   # containerd's shims outlive it by design; stop those whose socket/bundle lives in our state dir.
   local p

@@ -101,8 +101,13 @@ const logTail = (c: string) => {
   return existsSync(p) ? `\n--- ${c}.log ---\n${readFileSync(p, 'utf8').split('\n').slice(-25).join('\n')}` : '';
 };
 
+// kubelet and kube-proxy rewrite these at start; down must put them back (the machine is shared).
+const SYSCTLS = ['/proc/sys/vm/overcommit_memory', '/proc/sys/kernel/panic', '/proc/sys/kernel/panic_on_oops', '/proc/sys/vm/panic_on_oom'];
+const readSysctls = () => Object.fromEntries(SYSCTLS.map((p) => [p, readFileSync(p, 'utf8').trim()]));
+
 describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: skip ?? false }, () => {
   let upOk = false;
+  let sysctlsBefore: Record<string, string> = {};
 
   before(async () => {
     if (missing.length > 0) {
@@ -113,6 +118,7 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
     env.PATU_K8S_ETCD_PORT = String(await freePort());
     env.PATU_K8S_KUBELET_PORT = String(await freePort());
     env.PATU_K8S_KUBELET_HEALTHZ_PORT = String(await freePort());
+    sysctlsBefore = readSysctls();
     const up = run('bash', [join(SCRIPTS, 'cluster.sh'), 'up'], 300_000);
     assert.ok(up.ok, `cluster.sh up failed: ${up.detail}${up.stdout}`);
     upOk = true;
@@ -219,8 +225,10 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
     assert.equal(shims.stdout.trim(), '', 'containerd shims of this cluster still run');
     const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(STATE));
     assert.deepEqual(mounts, [], 'mounts under the state dir remain');
-    // kubelet's own iptables chains are shared by all kubelets: down removes them when no other kubelet runs.
+    // kubelet's own iptables chains and its kernel tunables are machine-wide: down restores them when no other
+    // kubelet runs.
     if (!run('pgrep', ['-x', 'kubelet'], 5_000).ok) {
+      assert.deepEqual(readSysctls(), sysctlsBefore, 'kernel tunables kubelet changed were not restored');
       const chains = run('iptables-save', [], 10_000).stdout.split('\n').filter((l) => /^:KUBE-(KUBELET-CANARY|FIREWALL|IPTABLES-HINT) /.test(l));
       assert.deepEqual(chains, [], 'kubelet iptables chains remain');
     }
