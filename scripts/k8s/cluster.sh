@@ -196,6 +196,8 @@ state = "$c/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        # runc's state for our containers stays in our state dir, not /run/containerd/runc.
+        Root = "$c/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$STATE/cni/bin"
     conf_dir = "$STATE/cni/net.d"
@@ -251,6 +253,8 @@ failSwapOn: false
 oomScoreAdj: 0
 resolvConf: ""
 registerNode: true
+# Container logs in our state dir instead of /var/log/pods (kubelet still links them from /var/log/containers).
+podLogsDir: "$STATE/pod-logs"
 podCIDR: "$POD_CIDR"
 maxPods: 50
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
@@ -339,8 +343,12 @@ up() {
     fi
   done
   save_sysctls
+  # kubelet also writes to fixed host paths whatever its flags say: /var/lib/kubelet/device-plugins/kubelet.sock
+  # and /var/log/containers/*.log links. Note which of those dirs we bring into being, for down.
+  local d
+  for d in /var/lib/kubelet /var/log/containers; do [[ -e $d ]] || echo "$d" >>"$STATE/host-dirs-created"; done
   start kubelet kubelet --config "$STATE/kubelet-config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
-    --root-dir "$STATE/kubelet" --hostname-override "$NODE" --v 2
+    --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki" --hostname-override "$NODE" --v 2
   wait_for kubelet 120 node_ready || { ensure_alive kubelet; die "node $NODE not Ready (log: $STATE/logs/kubelet.log)"; }
 
   if ((with_proxy)); then
@@ -419,6 +427,10 @@ down() {
     while ((SECONDS < end)) && alive kubelet \
       && [[ -n $(find "$STATE/ipam" -mindepth 2 -maxdepth 2 -regex '.*/[0-9.]+' 2>/dev/null) ]]; do sleep 1; done
   fi
+  # Every container/sandbox id of our containerd: their shim sockets (/run/containerd/s/<sha256(address/ns/id)>,
+  # a fixed place in containerd 1.6) and libcni's result cache (/var/lib/cni/results) are keyed by them.
+  local ids=""
+  alive containerd && ids=$(ctr --address "$CTRD_SOCK" -n k8s.io containers ls -q 2>/dev/null || true)
   for c in kube-proxy kubelet; do stop_pid "$c"; done
   if [[ -f $STATE/kube-proxy-ran && -x $BIN/kube-proxy ]]; then
     kube-proxy --cleanup >/dev/null 2>&1 || log "kube-proxy --cleanup failed (iptables KUBE-* chains may remain)"
@@ -440,6 +452,24 @@ down() {
   # containerd's shims outlive it by design; stop those whose socket/bundle lives in our state dir.
   local p
   for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $CTRD_SOCK" || true); do kill -KILL "$p" 2>/dev/null || true; done
+  local id
+  for id in $ids; do
+    rm -f "/run/containerd/s/$(printf '%s' "$CTRD_SOCK/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+    # Present only if a pod's CNI DEL never ran; the pod's netns and IPAM dir go away with the state dir.
+    rm -f /var/lib/cni/results/*-"$id"-*
+  done
+  find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+  # containerd 1.6 makes /run/containerd/s for shim sockets even with a private state dir.
+  pgrep -x containerd >/dev/null || rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+  if ! pgrep -x kubelet >/dev/null && [[ -f $STATE/host-dirs-created ]]; then
+    while IFS= read -r d; do
+      case $d in
+        /var/lib/kubelet) rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+          rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || log "$d not empty: left in place" ;;
+        /var/log/containers) rmdir "$d" 2>/dev/null || log "$d not empty: left in place" ;;
+      esac
+    done <"$STATE/host-dirs-created"
+  fi
   # Containers the killed shims left behind: every process still in our cgroups.
   local procs
   for procs in /sys/fs/cgroup/*/"$CGROOT"; do

@@ -108,6 +108,7 @@ const readSysctls = () => Object.fromEntries(SYSCTLS.map((p) => [p, readFileSync
 describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: skip ?? false }, () => {
   let upOk = false;
   let sysctlsBefore: Record<string, string> = {};
+  let sandboxId = '';
 
   before(async () => {
     if (missing.length > 0) {
@@ -187,6 +188,7 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
     // patu's IPAM holds exactly this address, owned by the pod's sandbox container in our containerd.
     assert.deepEqual(records(), [podIP], `IPAM records in ${ipamDir}`);
     const [owner, ifname] = readFileSync(join(ipamDir, podIP), 'utf8').split('\n');
+    sandboxId = owner!;
     assert.equal(ifname, 'eth0');
     const info = ctr(['containers', 'info', owner!]);
     assert.ok(info.ok, `IPAM record owner ${owner} is not a container in the cluster's containerd: ${info.detail}`);
@@ -225,6 +227,14 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
     assert.equal(shims.stdout.trim(), '', 'containerd shims of this cluster still run');
     const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(STATE));
     assert.deepEqual(mounts, [], 'mounts under the state dir remain');
+    // kubelet and containerd also write to fixed host paths; down must take back what is this cluster's.
+    const links = existsSync('/var/log/containers')
+      ? readdirSync('/var/log/containers').filter((f) => run('readlink', [join('/var/log/containers', f)], 5_000).stdout.startsWith(STATE))
+      : [];
+    assert.deepEqual(links, [], '/var/log/containers links into the state dir remain');
+    if (sandboxId && existsSync('/var/lib/cni/results')) {
+      assert.deepEqual(readdirSync('/var/lib/cni/results').filter((f) => f.includes(sandboxId)), [], 'libcni cache of the pod remains');
+    }
     // kubelet's own iptables chains and its kernel tunables are machine-wide: down restores them when no other
     // kubelet runs.
     if (!run('pgrep', ['-x', 'kubelet'], 5_000).ok) {
