@@ -116,7 +116,7 @@ make_pki() {
 }
 
 # ---------- images (no registry) ----------
-# oci_image <rootfs dir> <name:tag> <out.tar> <entrypoint json array>: a one-layer OCI image archive that
+# oci_image <rootfs dir> <name:tag> <out.tar> <cmd json array> (Cmd, not Entrypoint: a pod's command/args replace it): a one-layer OCI image archive that
 # `ctr images import` accepts (the io.containerd.image.name annotation names it).
 oci_image() {
   local rootfs=$1 ref=$2 out=$3 cmd=$4 w; w=$(mktemp -d)
@@ -124,7 +124,7 @@ oci_image() {
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$w/layer.tar" .
   local layer; layer=$(sha256sum "$w/layer.tar" | cut -d' ' -f1)
   mv "$w/layer.tar" "$w/blobs/sha256/$layer"
-  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+  printf '{"architecture":"amd64","os":"linux","config":{"Cmd":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
     "$cmd" "$layer" >"$w/config.json"
   local cfg; cfg=$(sha256sum "$w/config.json" | cut -d' ' -f1)
   mv "$w/config.json" "$w/blobs/sha256/$cfg"
@@ -429,8 +429,9 @@ down() {
   fi
   # Every container/sandbox id of our containerd: their shim sockets (/run/containerd/s/<sha256(address/ns/id)>,
   # a fixed place in containerd 1.6) and libcni's result cache (/var/lib/cni/results) are keyed by them.
-  local ids=""
-  alive containerd && ids=$(ctr --address "$CTRD_SOCK" -n k8s.io containers ls -q 2>/dev/null || true)
+  # The task dirs survive a crashed containerd, unlike its API.
+  local ids
+  ids=$(ls "$STATE/containerd/state/io.containerd.runtime.v2.task/k8s.io" 2>/dev/null || true)
   for c in kube-proxy kubelet; do stop_pid "$c"; done
   if [[ -f $STATE/kube-proxy-ran && -x $BIN/kube-proxy ]]; then
     kube-proxy --cleanup >/dev/null 2>&1 || log "kube-proxy --cleanup failed (iptables KUBE-* chains may remain)"
