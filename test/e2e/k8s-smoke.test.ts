@@ -43,12 +43,18 @@ const freePort = (): Promise<number> =>
     });
   });
 
-const tag = `s${process.pid}`;
-const STATE = `/var/lib/patu-k8s-${tag}`;
+// Names derive from a pid only, so a run killed before its after() can be taken down by the next run.
+const namesFor = (pid: number) => ({
+  state: `/var/lib/patu-k8s-s${pid}`,
+  bridge: `pk8${pid % 100000}`,
+  cgroup: `patu-k8s-s${pid}`,
+  podCidr: `10.202.${(pid % 200) + 20}.0/24`,
+});
+const STATE = namesFor(process.pid).state;
 const NODE = 'localhost'; // see cluster.sh: how the apiserver reaches kubelet on loopback
-const BRIDGE = `pk8${process.pid % 100000}`;
-const CGROUP = `patu-k8s-${tag}`;
-const POD_CIDR = `10.202.${(process.pid % 200) + 20}.0/24`;
+const BRIDGE = namesFor(process.pid).bridge;
+const CGROUP = namesFor(process.pid).cgroup;
+const POD_CIDR = namesFor(process.pid).podCidr;
 const NETWORK = 'patu-k8s';
 const POD = 'smoke';
 const env: Record<string, string> = {
@@ -111,6 +117,17 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
   let sandboxId = '';
 
   before(async () => {
+    // Clusters of earlier runs that were killed (SIGKILL, machine reboot leaves only the dirs): tear them down.
+    for (const d of readdirSync('/var/lib')) {
+      const m = /^patu-k8s-s(\d+)$/.exec(d);
+      if (!m || existsSync(`/proc/${m[1]}`)) continue;
+      const n = namesFor(Number(m[1]));
+      const r = spawnSync('bash', [join(SCRIPTS, 'cluster.sh'), 'down'], {
+        encoding: 'utf8', timeout: 120_000,
+        env: { ...env, PATU_K8S_STATE: n.state, PATU_K8S_BRIDGE: n.bridge, PATU_K8S_CGROUP: n.cgroup, PATU_K8S_POD_CIDR: n.podCidr },
+      });
+      if (r.status !== 0) console.error(`stale cluster ${n.state}: down failed: ${r.stderr}`);
+    }
     if (missing.length > 0) {
       const b = run('bash', [join(SCRIPTS, 'build.sh')], 3 * 3600_000);
       assert.ok(b.ok, `scripts/k8s/build.sh failed: ${b.detail}`);
