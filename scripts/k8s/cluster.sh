@@ -70,7 +70,7 @@ start() {
 alive() { local p; p=$(cat "$STATE/pids/$1" 2>/dev/null) && kill -0 "$p" 2>/dev/null; }
 ensure_alive() { alive "$1" || { tail -n 30 "$STATE/logs/$1.log" >&2; die "$1 exited during startup (log: $STATE/logs/$1.log)"; }; }
 
-kubectl_() { kubectl --kubeconfig "$STATE/admin.kubeconfig" --request-timeout=20s "$@"; }
+kubectl_() { kubectl --kubeconfig "$STATE/admin.kubeconfig" --cache-dir "$STATE/kube-cache" --request-timeout=20s "$@"; }
 
 # ---------- certificates ----------
 mkcert() { # name CN O [extra SAN line]

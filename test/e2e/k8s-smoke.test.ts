@@ -75,7 +75,8 @@ function run(cmd: string, args: string[], timeoutMs: number, input?: string) {
   return { ok: r.status === 0, stdout: r.stdout ?? '', stderr: r.stderr ?? '', detail: `${what}: exit ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().slice(-3000)}` };
 }
 const kubectl = (args: string[], input?: string) =>
-  run(join(BIN, 'kubectl'), ['--kubeconfig', join(STATE, 'admin.kubeconfig'), '--request-timeout=20s', ...args], 30_000, input);
+  // --cache-dir: the test's env has no HOME, and kubectl would otherwise write ./.kube in the working tree.
+  run(join(BIN, 'kubectl'), ['--kubeconfig', join(STATE, 'admin.kubeconfig'), '--cache-dir', join(STATE, 'kube-cache'), '--request-timeout=20s', ...args], 30_000, input);
 const ctr = (args: string[]) => run('ctr', ['--address', join(STATE, 'containerd', 'containerd.sock'), '-n', 'k8s.io', ...args], 15_000);
 
 async function until<T>(what: string, ms: number, f: () => T | undefined): Promise<T> {
