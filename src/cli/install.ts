@@ -3,15 +3,10 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { install, uninstall, type InstallMode } from '../install/install.js';
-import { FLAVOUR_DEFAULTS, UNIT_NAME } from '../install/paths.js';
+import { FLAVOUR_DEFAULTS, UNIT_NAME, type PathOptions } from '../install/paths.js';
 
-export interface InstallCliOptions {
-  flavour?: string;
-  cniBinDir?: string;
-  cniConfDir?: string;
-  prefix?: string;
-  root?: string;
-  stateDir?: string;
+/** The path flags (see PathOptions) plus what the command line adds. */
+export interface InstallCliOptions extends PathOptions {
   symlink?: boolean;
   cniOnly?: boolean;
   conflist?: boolean;
