@@ -231,22 +231,77 @@ export interface WatchOptions {
 }
 
 /**
+ * What both watchers share: at most one reload loop at a time (events during a
+ * reload make it go round once more), a bad result reported only after it has
+ * stood for settleMs (an editor caught mid-write sends a follow-up event that
+ * clears it), and close/settled. Subclasses say what one round of reloading is.
+ */
+abstract class ReloadLoop {
+  protected watcher: FSWatcher | undefined;
+  protected closed = false;
+  private running = false;
+  private errorTimer: NodeJS.Timeout | undefined;
+  /** Resolves when the current reload (if any) and the ones it triggered are done. */
+  private idle: Promise<void> = Promise.resolve();
+
+  constructor(private readonly reportError: (err: Error) => void, private readonly settleMs = 100) {}
+
+  /** Reloads until nothing is dirty; returns the error to report, if any. */
+  protected abstract drain(): Promise<Error | undefined>;
+
+  protected schedule(): void {
+    if (!this.closed && !this.running) this.idle = this.run();
+  }
+
+  /** A good reload: an error waiting to be reported is no longer true. */
+  protected clearPendingError(): void {
+    if (this.errorTimer) clearTimeout(this.errorTimer);
+    this.errorTimer = undefined;
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    let lastError: Error | undefined;
+    try {
+      lastError = await this.drain();
+    } finally {
+      this.running = false;
+    }
+    if (lastError && !this.closed) {
+      const err = lastError;
+      this.clearPendingError();
+      this.errorTimer = setTimeout(() => {
+        this.errorTimer = undefined;
+        if (!this.running && !this.closed) this.reportError(err);
+      }, this.settleMs);
+    }
+  }
+
+  /** Waits for reloads in progress (tests and benchmarks). */
+  async settled(): Promise<void> {
+    await this.idle;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.watcher?.close();
+    this.clearPendingError();
+  }
+}
+
+/**
  * Watches a services file. Reloads at the first change event (no up-front
  * debounce: a single edit is applied as soon as it is visible) and coalesces
  * events that arrive during a reload into one more reload, so the last
  * applied content is never older than the last event. The directory is
  * watched, not the file, so editors that replace the file by rename are seen.
  */
-export class ServicesFileWatcher {
-  private watcher: FSWatcher | undefined;
-  private running = false;
+export class ServicesFileWatcher extends ReloadLoop {
   private dirty = false;
-  private errorTimer: NodeJS.Timeout | undefined;
-  private closed = false;
-  /** Resolves when the current reload (if any) and the ones it triggered are done. */
-  private idle: Promise<void> = Promise.resolve();
 
-  constructor(readonly file: string, private readonly opts: WatchOptions) {}
+  constructor(readonly file: string, private readonly opts: WatchOptions) {
+    super((e) => opts.onError(e), opts.settleMs);
+  }
 
   /** Loads once (throws if the initial file is bad), then watches. */
   async start(): Promise<ServiceWithEndpoints[]> {
@@ -263,47 +318,24 @@ export class ServicesFileWatcher {
   private kick(): void {
     if (this.closed) return;
     this.dirty = true;
-    if (!this.running) this.idle = this.run();
+    this.schedule();
   }
 
-  private async run(): Promise<void> {
-    this.running = true;
+  /** The last read decides: a good one clears an earlier bad one. */
+  protected async drain(): Promise<Error | undefined> {
     let lastError: Error | undefined;
-    try {
-      while (this.dirty && !this.closed) {
-        this.dirty = false;
-        try {
-          const items = await loadServicesFile(this.file);
-          lastError = undefined;
-          if (this.errorTimer) clearTimeout(this.errorTimer);
-          this.errorTimer = undefined;
-          await this.opts.onChange(items);
-        } catch (e) {
-          lastError = e as Error;
-        }
+    while (this.dirty && !this.closed) {
+      this.dirty = false;
+      try {
+        const items = await loadServicesFile(this.file);
+        lastError = undefined;
+        this.clearPendingError();
+        await this.opts.onChange(items);
+      } catch (e) {
+        lastError = e as Error;
       }
-    } finally {
-      this.running = false;
     }
-    if (lastError && !this.closed) {
-      const err = lastError;
-      if (this.errorTimer) clearTimeout(this.errorTimer);
-      this.errorTimer = setTimeout(() => {
-        this.errorTimer = undefined;
-        if (!this.running && !this.closed) this.opts.onError(err);
-      }, this.opts.settleMs ?? 100);
-    }
-  }
-
-  /** Waits for reloads in progress (tests and benchmarks). */
-  async settled(): Promise<void> {
-    await this.idle;
-  }
-
-  close(): void {
-    this.closed = true;
-    this.watcher?.close();
-    if (this.errorTimer) clearTimeout(this.errorTimer);
+    return lastError;
   }
 }
 
@@ -332,18 +364,15 @@ const refOf = (it: ServiceWithEndpoints): string => `${it.service.namespace}/${i
  * the directory. A service name or address claimed by two files is an error
  * in the file that claimed it last; a bad file keeps its last good content.
  */
-export class ServicesDirWatcher {
+export class ServicesDirWatcher extends ReloadLoop {
   private readonly files = new Map<string, ServiceWithEndpoints[]>();
   private readonly refOwner = new Map<string, string>();
   private readonly keyOwner = new Map<string, string>();
-  private watcher: FSWatcher | undefined;
   private readonly dirty = new Set<string>();
-  private running = false;
-  private closed = false;
-  private errorTimer: NodeJS.Timeout | undefined;
-  private idle: Promise<void> = Promise.resolve();
 
-  constructor(readonly dir: string, private readonly opts: DirWatchOptions) {}
+  constructor(readonly dir: string, private readonly opts: DirWatchOptions) {
+    super((e) => opts.onError(e), opts.settleMs);
+  }
 
   all(): ServiceWithEndpoints[] {
     return [...this.files.values()].flat();
@@ -416,59 +445,35 @@ export class ServicesDirWatcher {
   private kick(name: string): void {
     if (this.closed) return;
     this.dirty.add(name);
-    if (!this.running) this.idle = this.run();
+    this.schedule();
   }
 
-  private async run(): Promise<void> {
-    this.running = true;
+  /** Any bad file in the batch is reported: other files' good reloads do not clear it. */
+  protected async drain(): Promise<Error | undefined> {
     let lastError: Error | undefined;
-    try {
-      while (this.dirty.size && !this.closed) {
-        const names = [...this.dirty];
-        this.dirty.clear();
-        const delta: ServicesDelta = { upserts: [], removed: [] };
-        for (const name of names) {
-          try {
-            const d = await this.reload(name);
-            delta.upserts.push(...d.upserts);
-            delta.removed.push(...d.removed);
-          } catch (e) {
-            lastError = e as Error;
-          }
-        }
-        if (delta.upserts.length || delta.removed.length) {
-          try {
-            await this.opts.onChange(this.all(), delta);
-            if (!lastError && this.errorTimer) {
-              clearTimeout(this.errorTimer);
-              this.errorTimer = undefined;
-            }
-          } catch (e) {
-            lastError = e as Error;
-          }
+    while (this.dirty.size && !this.closed) {
+      const names = [...this.dirty];
+      this.dirty.clear();
+      const delta: ServicesDelta = { upserts: [], removed: [] };
+      for (const name of names) {
+        try {
+          const d = await this.reload(name);
+          delta.upserts.push(...d.upserts);
+          delta.removed.push(...d.removed);
+        } catch (e) {
+          lastError = e as Error;
         }
       }
-    } finally {
-      this.running = false;
+      if (delta.upserts.length || delta.removed.length) {
+        try {
+          await this.opts.onChange(this.all(), delta);
+          if (!lastError) this.clearPendingError();
+        } catch (e) {
+          lastError = e as Error;
+        }
+      }
     }
-    if (lastError && !this.closed) {
-      const err = lastError;
-      if (this.errorTimer) clearTimeout(this.errorTimer);
-      this.errorTimer = setTimeout(() => {
-        this.errorTimer = undefined;
-        if (!this.running && !this.closed) this.opts.onError(err);
-      }, this.opts.settleMs ?? 100);
-    }
-  }
-
-  async settled(): Promise<void> {
-    await this.idle;
-  }
-
-  close(): void {
-    this.closed = true;
-    this.watcher?.close();
-    if (this.errorTimer) clearTimeout(this.errorTimer);
+    return lastError;
   }
 }
 

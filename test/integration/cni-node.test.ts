@@ -8,6 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { removeMasquerade } from '../../src/dataplane/masquerade.js';
 import { PATU_BIN, addNetns, delNetns, execPlugin, describe, isRoot, ping } from '../helpers/cni.js';
 
 const tag = `nd${process.pid.toString(36)}`;
@@ -45,14 +46,12 @@ after(async () => {
   delNetns(extNs);
   spawnSync('ip', ['link', 'del', extLink], { stdio: 'ignore' });
   spawnSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
-  // The masquerade chain is per bridge in patu's own table; remove ours only.
-  const chain = `masq_${bridge}`;
-  const listing = spawnSync('nft', ['-a', 'list', 'chain', 'ip', 'patu', 'postrouting'], { encoding: 'utf8' }).stdout ?? '';
-  const handle = listing.split('\n').find((l) => l.includes(`jump ${chain}`))?.match(/# handle (\d+)/)?.[1];
-  if (handle) spawnSync('nft', ['delete', 'rule', 'ip', 'patu', 'postrouting', 'handle', handle]);
-  spawnSync('nft', ['delete', 'chain', 'ip', 'patu', chain]);
-  const rest = spawnSync('nft', ['list', 'table', 'ip', 'patu'], { encoding: 'utf8' }).stdout ?? '';
-  if (rest && !/chain masq_/.test(rest)) spawnSync('nft', ['delete', 'table', 'ip', 'patu']);
+  // The masquerade chain is per bridge in patu's own table: remove ours only.
+  try {
+    removeMasquerade(bridge);
+  } catch {
+    /* nothing of ours to remove */
+  }
   rmSync(dataDir, { recursive: true, force: true });
 });
 
