@@ -2,6 +2,7 @@
 // services file once and exits, for scripts: the file is the whole truth, so
 // services no longer in it are removed. list reads the pinned maps, so it
 // shows what the kernel will do, not what a file says.
+import { formatTable } from './table.js';
 import { PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
 import { ServiceLb, readProgrammed, PROD_CGROUP, type ApplyStats, type ProgrammedServiceView } from '../dataplane/service-lb.js';
 import { applyToModel, loadServices, ServiceFileError, watchServices } from '../services/file-source.js';
@@ -101,10 +102,7 @@ export function formatServicesTable(list: readonly ProgrammedServiceView[]): str
     s.sessionAffinity === 'ClientIP' ? `ClientIP(${s.affinityTimeoutSeconds}s)` : 'None',
     s.backends.length ? s.backends.map((b) => `${b.ip}:${b.port}`).join(' ') : '(none: connections refused)',
   ]);
-  const head = ['SERVICE', 'ADDRESS', 'AFFINITY', 'BACKENDS'];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]): string => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
-  return [line(head), ...rows.map(line)].join('\n') + '\n';
+  return formatTable([['SERVICE', 'ADDRESS', 'AFFINITY', 'BACKENDS'], ...rows]);
 }
 
 /** Lists services and backends as programmed in the maps. Returns the exit code. */

@@ -11,6 +11,7 @@ import { hostVethName } from '../dataplane/names.js';
 import { Accel, type AccelStatus } from '../dataplane/accel.js';
 import { readProgrammed, type ProgrammedServiceView } from '../dataplane/service-lb.js';
 import { formatServicesTable } from './services.js';
+import { formatTable } from './table.js';
 
 export interface StatusOptions {
   json?: boolean;
@@ -75,11 +76,6 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
   }
 }
 
-function table(rows: string[][]): string {
-  if (rows.length === 0) return '';
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
-}
 
 export function formatStatus(s: NodeStatus): string {
   const out: string[] = [];
@@ -88,9 +84,9 @@ export function formatStatus(s: NodeStatus): string {
     `Bridge ${br.name}: ${br.present ? `${br.up ? 'up' : 'DOWN'} ${br.addresses.join(' ')}` : 'not created yet (the first pod ADD creates it)'}\n`,
   );
   out.push(`\neBPF programs (${s.programs.length}):\n`);
-  out.push(s.programs.length ? table([['ID', 'NAME', 'TYPE'], ...s.programs.map((p) => [String(p.id), p.name, p.type])]) : '  none loaded\n');
+  out.push(s.programs.length ? formatTable([['ID', 'NAME', 'TYPE'], ...s.programs.map((p) => [String(p.id), p.name, p.type])]) : '  none loaded\n');
   out.push(`\neBPF maps (${s.maps.length}):\n`);
-  out.push(s.maps.length ? table([['ID', 'NAME', 'TYPE', 'MAX'], ...s.maps.map((m) => [String(m.id), m.name, m.type, String(m.maxEntries)])]) : '  none\n');
+  out.push(s.maps.length ? formatTable([['ID', 'NAME', 'TYPE', 'MAX'], ...s.maps.map((m) => [String(m.id), m.name, m.type, String(m.maxEntries)])]) : '  none\n');
   out.push(`\nPins (${s.pins.length}):\n`);
   out.push(s.pins.length ? s.pins.map((p) => `  ${p}\n`).join('') : '  none\n');
   const a = s.accel;
@@ -101,7 +97,7 @@ export function formatStatus(s: NodeStatus): string {
   out.push(`\nPods (${s.pods.length}):\n`);
   out.push(
     s.pods.length
-      ? table([
+      ? formatTable([
           ['NETWORK', 'IP', 'CONTAINER', 'IFNAME', 'HOST VETH', 'LINK', 'ACCEL'],
           ...s.pods.map((p) => {
             const reg = a.pods.find((r) => r.ip === p.ip);
