@@ -23,6 +23,9 @@ export interface AgentOptions {
     nodeName?: string;
     clusterCidr?: string;
     cniConfDir?: string;
+    bridge?: string;
+    dataDir?: string;
+    masquerade?: boolean;
   };
   /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default 127.0.0.1:9464). */
   metricsAddr?: string;

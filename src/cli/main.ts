@@ -124,6 +124,9 @@ export function buildProgram(): Command {
     .option('--node-name <name>', 'with --kubernetes: this node\'s name (default: $NODE_NAME, else the hostname)')
     .option('--cluster-cidr <cidr>', 'with --kubernetes: pod addresses of the cluster; its first /24 is the pod subnet when the Node has no spec.podCIDR', DEFAULTS.clusterCIDR)
     .option('--cni-conf-dir <dir>', 'with --kubernetes: where to write 10-patu.conflist (empty: do not write)', '/etc/cni/net.d')
+    .option('--bridge <name>', 'with --kubernetes: the host bridge named in the conflist', DEFAULTS.bridge)
+    .option('--data-dir <dir>', 'with --kubernetes: the IPAM state directory named in the conflist', DEFAULTS.dataDir)
+    .option('--no-masquerade', 'with --kubernetes: the conflist does not masquerade traffic leaving the cluster CIDR')
     .option('--metrics-addr <host:port>', '/metrics, /healthz, /readyz (default with --kubernetes: 127.0.0.1:9464; otherwise off)')
     .addOption(pinRoot)
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
@@ -144,6 +147,9 @@ export function buildProgram(): Command {
               ...(opts.nodeName ? { nodeName: opts.nodeName } : {}),
               clusterCidr: opts.clusterCidr,
               cniConfDir: opts.cniConfDir,
+              bridge: opts.bridge,
+              dataDir: opts.dataDir,
+              masquerade: opts.masquerade !== false,
             },
           }
           : {}),

@@ -6,7 +6,8 @@
 //                        (copy mode), or a symlink to a checkout (symlink mode, development)
 //   <cniBinDir>/patu     a relative symlink to <prefix>/bin/patu: the launcher finds dist/
 //                        through its real path, so the link must not be a plain copy
-//   <cniConfDir>/10-patu.conflist   unless --no-conflist (the agent rewrites it with --kubernetes)
+//   <cniConfDir>/10-patu.conflist   unless --no-conflist (then the agent writes it with --kubernetes;
+//                                    it is recorded either way, so uninstall removes it)
 //   /etc/systemd/system/patu-agent.service   unless --cni-only
 //   /etc/crio/crio.conf.d/50-patu.conf       MicroShift only
 // plus every directory it had to create. Uninstall removes those entries and
@@ -386,6 +387,9 @@ export function install(o: InstallOptions = {}): InstallResult {
     } else {
       putFile(paths.conflist, content, 'CNI network config', true);
     }
+  } else {
+    // The agent writes it (with the Node's podCIDR); recorded so uninstall removes it too.
+    entries.push({ path: paths.conflist, kind: 'file', managed: true, what: 'CNI network config (written by the agent)' });
   }
 
   // 4. The systemd unit, pointing at this prefix.

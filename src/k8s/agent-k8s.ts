@@ -16,6 +16,10 @@ export interface KubernetesAgentOptions {
   clusterCidr?: string;
   /** Where 10-patu.conflist goes; '' to not write one. */
   cniConfDir?: string;
+  /** What the conflist tells the plugin: host bridge, IPAM directory, masquerade (defaults: the plugin's). */
+  bridge?: string;
+  dataDir?: string;
+  masquerade?: boolean;
   pinRoot: string;
   cgroup: string;
   /** Compiled sock_lb.o (tests). */
@@ -60,7 +64,15 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     },
     onPodCidr: (cidr) => {
       if (!confDir) return;
-      const wrote = writeConflistIfChanged(confDir, buildConflist({ podCIDR: cidr, clusterCIDR: clusterCidr, pinRoot: o.pinRoot }));
+      const conflist = buildConflist({
+        podCIDR: cidr,
+        clusterCIDR: clusterCidr,
+        pinRoot: o.pinRoot,
+        ...(o.bridge ? { bridge: o.bridge } : {}),
+        ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+        ...(o.masquerade !== undefined ? { masquerade: o.masquerade } : {}),
+      });
+      const wrote = writeConflistIfChanged(confDir, conflist);
       o.log.info({ file: `${confDir}/${CONFLIST_NAME}`, podCIDR: cidr, changed: wrote }, wrote ? 'CNI conflist written' : 'CNI conflist up to date');
     },
   });

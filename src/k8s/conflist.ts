@@ -17,6 +17,8 @@ export interface ConflistOptions {
   mtu?: number;
   dataDir?: string;
   pinRoot?: string;
+  /** Masquerade traffic leaving the cluster CIDR (default true). */
+  masquerade?: boolean;
   cniVersion?: string;
 }
 
@@ -26,7 +28,7 @@ export function buildConflist(o: ConflistOptions): string {
     ...(o.bridge ? { bridge: o.bridge } : {}),
     ...(o.mtu ? { mtu: o.mtu } : {}),
     hairpin: true,
-    masquerade: true,
+    masquerade: o.masquerade ?? true,
     clusterCIDR: o.clusterCIDR,
     podCIDR: o.podCIDR,
     accel: true,

@@ -251,6 +251,10 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     assert.match(readFileSync(join(root, 'etc/crio/crio.conf.d/50-patu.conf'), 'utf8'), /cni_default_network = "patu"/);
     assert.ok(lstatSync(join(root, 'usr/libexec/cni/patu')).isSymbolicLink());
     assert.ok(!existsSync(join(root, 'etc/cni/net.d/10-patu.conflist')), '--no-conflist');
+    // The agent writes it later; it is recorded now so uninstall removes it too.
+    const manifest = JSON.parse(readFileSync(join(root, 'var/lib/patu/install.json'), 'utf8')) as { entries: { path: string; managed?: boolean }[] };
+    assert.deepEqual(manifest.entries.filter((e) => e.path === '/etc/cni/net.d/10-patu.conflist').map((e) => e.managed), [true]);
+    writeFileSync(join(root, 'etc/cni/net.d/10-patu.conflist'), '{"written":"by the agent"}');
     const u = patu(['uninstall', '--root', root]);
     assert.equal(u.status, 0, said(u));
     assert.deepEqual(tree(root), before0);

@@ -89,6 +89,8 @@ test('patu.yaml: the DaemonSet runs install --cni-only then agent --kubernetes -
   assert.equal(spec.initContainers.length, 1);
   assert.equal(init!.args[0], 'install');
   assert.ok(init!.args.includes('--cni-only'));
+  // Only the agent knows the Node's podCIDR: a conflist from the init step would let pods start in a wrong subnet.
+  assert.ok(init!.args.includes('--no-conflist'), 'the init step leaves the conflist to the agent');
   assert.notEqual(init!.securityContext?.privileged, true, 'copying files needs no privileges');
   for (const f of flagsOf(init!.args)) assert.ok(options(sub('install')).has(f), `patu install has no option ${f}`);
 

@@ -64,3 +64,12 @@ test('a path that is not a directory fails with the path in the error', () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the agent options reach the plugin: bridge, IPAM directory, masquerade off', () => {
+  const doc = JSON.parse(buildConflist({ podCIDR: '10.244.3.0/24', clusterCIDR: '10.244.0.0/16', bridge: 'edge0', dataDir: '/srv/patu/ipam', masquerade: false }));
+  const conf = parseNetConf({ ...doc.plugins[0], name: doc.name, cniVersion: doc.cniVersion });
+  assert.equal(conf.bridge, 'edge0');
+  assert.equal(conf.ipam.dataDir, '/srv/patu/ipam');
+  assert.equal(conf.masquerade, false);
+  assert.equal(JSON.parse(buildConflist({ podCIDR: '10.244.3.0/24', clusterCIDR: '10.244.0.0/16' })).plugins[0].masquerade, true, 'masquerade is on by default');
+});
