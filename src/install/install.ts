@@ -292,139 +292,169 @@ export function install(o: InstallOptions = {}): InstallResult {
   if (paths.crioDropIn) targets.push(paths.crioDropIn);
   for (const t of targets) claim(t);
 
-  // 1. The prefix: staged next to its final place and renamed in, so a runtime
-  //    running the plugin meanwhile sees the old tree or the new one.
-  mkdirRecorded(paths, dirname(paths.prefix), created);
-  const prefixNow = paths.staged(paths.prefix);
-  const old = lstatOrNull(prefixNow);
-  if (mode === 'symlink') {
-    if (old?.isSymbolicLink() && readlinkSync(prefixNow) === source) {
-      log(`prefix ${paths.prefix} -> ${source} (unchanged)`);
-    } else {
-      if (old && !old.isSymbolicLink()) rmSync(prefixNow, { recursive: true, force: true });
-      symlinkAtomic(prefixNow, source);
-      written.push(paths.prefix);
-      log(`prefix ${paths.prefix} -> ${source} (symlink, development)`);
-    }
-    entries.push({ path: paths.prefix, kind: 'symlink', target: source, what: 'patu tree (symlink to a checkout)' });
-  } else {
-    const fresh = `${prefixNow}.patu-new-${process.pid}`;
-    rmSync(fresh, { recursive: true, force: true });
-    try {
-      mkdirSync(fresh, { mode: 0o755 });
-      const contents = prefixContents(source);
-      for (const rel of contents) {
-        const dst = join(fresh, rel);
-        mkdirSync(dirname(dst), { recursive: true });
-        cpSync(join(source, rel), dst, { recursive: true, verbatimSymlinks: true, dereference: false });
-      }
-      writeFileSync(join(fresh, PREFIX_MARKER), `patu ${packageVersion(source)} installed from ${source}\n`);
-    } catch (e) {
-      rmSync(fresh, { recursive: true, force: true });
-      throw new InstallError(prefixNow, `copy from ${source}: ${e instanceof InstallError ? e.message : errCode(e)}`);
-    }
-    const retired = `${prefixNow}.patu-old-${process.pid}`;
-    if (old) renameSync(prefixNow, retired);
-    try {
-      renameSync(fresh, prefixNow);
-    } catch (e) {
-      if (old) renameSync(retired, prefixNow);
-      rmSync(fresh, { recursive: true, force: true });
-      throw new InstallError(prefixNow, `rename ${fresh} into place: ${errCode(e)}`);
-    }
-    if (old) rmSync(retired, { recursive: true, force: true });
-    written.push(paths.prefix);
-    log(`prefix ${paths.prefix}: copied from ${source}`);
-    entries.push({ path: paths.prefix, kind: 'tree', what: 'patu tree (launcher, dist, eBPF objects, node_modules)' });
-  }
-
-  const putSymlink = (hostPath: string, target: string, what: string): void => {
-    mkdirRecorded(paths, dirname(hostPath), created);
-    const now = paths.staged(hostPath);
-    const st = lstatOrNull(now);
-    if (!(st?.isSymbolicLink() && readlinkSync(now) === target)) {
-      if (st?.isDirectory()) throw new InstallError(now, 'is a directory');
-      symlinkAtomic(now, target);
-      written.push(hostPath);
-    }
-    entries.push({ path: hostPath, kind: 'symlink', target, what });
-    log(`${what}: ${hostPath} -> ${target}`);
-  };
-  const putFile = (hostPath: string, content: string, what: string, managed = false): void => {
-    mkdirRecorded(paths, dirname(hostPath), created);
-    const now = paths.staged(hostPath);
-    const st = lstatOrNull(now);
-    let same = false;
-    if (st?.isFile()) {
-      try {
-        same = readFileSync(now, 'utf8') === content;
-      } catch (e) {
-        throw new InstallError(now, `read: ${errCode(e)}`);
-      }
-    } else if (st?.isDirectory()) {
-      throw new InstallError(now, 'is a directory');
-    }
-    if (!same) {
-      writeAtomic(now, content, 0o644);
-      written.push(hostPath);
-    }
-    entries.push({ path: hostPath, kind: 'file', sha256: sha256(content), ...(managed ? { managed } : {}), what });
-    log(`${what}: ${hostPath}${same ? ' (unchanged)' : ''}`);
-  };
-
-  // 2. The CNI binary.
-  putSymlink(paths.cniBinary, cniLinkTarget(paths), 'CNI plugin');
-
-  // 3. The conflist. A conflist the agent has rewritten since (with the Node's
-  //    podCIDR) is kept: reinstalling must not undo the agent's work.
-  if (o.conflist !== false) {
-    const prevConf = ours.get(paths.conflist);
-    const now = paths.staged(paths.conflist);
-    const content = buildConflist({ podCIDR, clusterCIDR });
-    if (prevConf && lstatOrNull(now)?.isFile() && sha256(readFileSync(now)) !== prevConf.sha256) {
-      entries.push(prevConf);
-      log(`CNI network config: ${paths.conflist} (rewritten since install, e.g. by the agent: kept)`);
-    } else {
-      putFile(paths.conflist, content, 'CNI network config', true);
-    }
-  } else {
-    // The agent writes it (with the Node's podCIDR); recorded so uninstall removes it too.
-    entries.push({ path: paths.conflist, kind: 'file', managed: true, what: 'CNI network config (written by the agent)' });
-  }
-
-  // 4. The systemd unit, pointing at this prefix.
-  if (!o.cniOnly) {
-    const unitSrc = join(source, 'deploy', 'patu-agent.service');
-    let unit: string;
-    try {
-      unit = readFileSync(unitSrc, 'utf8');
-    } catch (e) {
-      throw new InstallError(unitSrc, `read unit template: ${errCode(e)}`);
-    }
-    putFile(paths.unit, unit.replaceAll('/usr/lib/patu', paths.prefix), 'systemd unit');
-  }
-
-  // 5. MicroShift: tell CRI-O which network to wait for and where the binary is.
-  if (paths.crioDropIn) putFile(paths.crioDropIn, crioDropIn(paths), 'CRI-O drop-in');
-
-  // 6. The manifest, last: it lists only what exists.
-  const manifest: InstallManifest = {
-    version: 1,
-    patuVersion: packageVersion(source),
-    installedAt: new Date().toISOString(),
-    flavour: paths.flavour,
-    mode,
-    prefix: paths.prefix,
-    cniBinDir: paths.cniBinDir,
-    cniConfDir: paths.cniConfDir,
-    entries,
-    createdDirs: [],
-  };
+  // The manifest is written last. A state directory that cannot take it (read-only, not
+  // mounted) must fail now, before any file is placed: a retry would otherwise find
+  // unrecorded files in its way and refuse them.
   mkdirRecorded(paths, dirname(paths.manifest), created);
-  manifest.createdDirs = [...new Set(created)];
-  writeAtomic(paths.staged(paths.manifest), JSON.stringify(manifest, null, 2) + '\n', 0o644);
-  log(`manifest: ${paths.manifest}`);
-  return { paths, manifest, written };
+  const probe = `${paths.staged(paths.manifest)}.probe-${process.pid}`;
+  try {
+    writeFileSync(probe, '');
+    rmSync(probe);
+  } catch (e) {
+    throw new InstallError(paths.staged(paths.manifest), `state directory not writable: ${errCode(e)}`);
+  }
+
+  // A failure half way takes back what this run placed (not what an earlier install
+  // recorded), so the host is as before and a retry starts clean.
+  const rollback = (): void => {
+    for (const p of [...written].reverse()) if (!ours.has(p)) rmSync(paths.staged(p), { recursive: true, force: true });
+    const before = new Set(previous?.createdDirs ?? []);
+    for (const d of [...new Set(created)].filter((x) => !before.has(x)).sort((x, y) => y.length - x.length)) {
+      try {
+        rmdirSync(paths.staged(d));
+      } catch {
+        // Not empty (something else lives there now): leave it.
+      }
+    }
+  };
+  try {
+    // 1. The prefix: staged next to its final place and renamed in, so a runtime
+    //    running the plugin meanwhile sees the old tree or the new one.
+    mkdirRecorded(paths, dirname(paths.prefix), created);
+    const prefixNow = paths.staged(paths.prefix);
+    const old = lstatOrNull(prefixNow);
+    if (mode === 'symlink') {
+      if (old?.isSymbolicLink() && readlinkSync(prefixNow) === source) {
+        log(`prefix ${paths.prefix} -> ${source} (unchanged)`);
+      } else {
+        if (old && !old.isSymbolicLink()) rmSync(prefixNow, { recursive: true, force: true });
+        symlinkAtomic(prefixNow, source);
+        written.push(paths.prefix);
+        log(`prefix ${paths.prefix} -> ${source} (symlink, development)`);
+      }
+      entries.push({ path: paths.prefix, kind: 'symlink', target: source, what: 'patu tree (symlink to a checkout)' });
+    } else {
+      const fresh = `${prefixNow}.patu-new-${process.pid}`;
+      rmSync(fresh, { recursive: true, force: true });
+      try {
+        mkdirSync(fresh, { mode: 0o755 });
+        const contents = prefixContents(source);
+        for (const rel of contents) {
+          const dst = join(fresh, rel);
+          mkdirSync(dirname(dst), { recursive: true });
+          cpSync(join(source, rel), dst, { recursive: true, verbatimSymlinks: true, dereference: false });
+        }
+        writeFileSync(join(fresh, PREFIX_MARKER), `patu ${packageVersion(source)} installed from ${source}\n`);
+      } catch (e) {
+        rmSync(fresh, { recursive: true, force: true });
+        throw new InstallError(prefixNow, `copy from ${source}: ${e instanceof InstallError ? e.message : errCode(e)}`);
+      }
+      const retired = `${prefixNow}.patu-old-${process.pid}`;
+      if (old) renameSync(prefixNow, retired);
+      try {
+        renameSync(fresh, prefixNow);
+      } catch (e) {
+        if (old) renameSync(retired, prefixNow);
+        rmSync(fresh, { recursive: true, force: true });
+        throw new InstallError(prefixNow, `rename ${fresh} into place: ${errCode(e)}`);
+      }
+      if (old) rmSync(retired, { recursive: true, force: true });
+      written.push(paths.prefix);
+      log(`prefix ${paths.prefix}: copied from ${source}`);
+      entries.push({ path: paths.prefix, kind: 'tree', what: 'patu tree (launcher, dist, eBPF objects, node_modules)' });
+    }
+
+    const putSymlink = (hostPath: string, target: string, what: string): void => {
+      mkdirRecorded(paths, dirname(hostPath), created);
+      const now = paths.staged(hostPath);
+      const st = lstatOrNull(now);
+      if (!(st?.isSymbolicLink() && readlinkSync(now) === target)) {
+        if (st?.isDirectory()) throw new InstallError(now, 'is a directory');
+        symlinkAtomic(now, target);
+        written.push(hostPath);
+      }
+      entries.push({ path: hostPath, kind: 'symlink', target, what });
+      log(`${what}: ${hostPath} -> ${target}`);
+    };
+    const putFile = (hostPath: string, content: string, what: string, managed = false): void => {
+      mkdirRecorded(paths, dirname(hostPath), created);
+      const now = paths.staged(hostPath);
+      const st = lstatOrNull(now);
+      let same = false;
+      if (st?.isFile()) {
+        try {
+          same = readFileSync(now, 'utf8') === content;
+        } catch (e) {
+          throw new InstallError(now, `read: ${errCode(e)}`);
+        }
+      } else if (st?.isDirectory()) {
+        throw new InstallError(now, 'is a directory');
+      }
+      if (!same) {
+        writeAtomic(now, content, 0o644);
+        written.push(hostPath);
+      }
+      entries.push({ path: hostPath, kind: 'file', sha256: sha256(content), ...(managed ? { managed } : {}), what });
+      log(`${what}: ${hostPath}${same ? ' (unchanged)' : ''}`);
+    };
+
+    // 2. The CNI binary.
+    putSymlink(paths.cniBinary, cniLinkTarget(paths), 'CNI plugin');
+
+    // 3. The conflist. A conflist the agent has rewritten since (with the Node's
+    //    podCIDR) is kept: reinstalling must not undo the agent's work.
+    if (o.conflist !== false) {
+      const prevConf = ours.get(paths.conflist);
+      const now = paths.staged(paths.conflist);
+      const content = buildConflist({ podCIDR, clusterCIDR });
+      if (prevConf && lstatOrNull(now)?.isFile() && sha256(readFileSync(now)) !== prevConf.sha256) {
+        entries.push(prevConf);
+        log(`CNI network config: ${paths.conflist} (rewritten since install, e.g. by the agent: kept)`);
+      } else {
+        putFile(paths.conflist, content, 'CNI network config', true);
+      }
+    } else {
+      // The agent writes it (with the Node's podCIDR); recorded so uninstall removes it too.
+      entries.push({ path: paths.conflist, kind: 'file', managed: true, what: 'CNI network config (written by the agent)' });
+    }
+
+    // 4. The systemd unit, pointing at this prefix.
+    if (!o.cniOnly) {
+      const unitSrc = join(source, 'deploy', 'patu-agent.service');
+      let unit: string;
+      try {
+        unit = readFileSync(unitSrc, 'utf8');
+      } catch (e) {
+        throw new InstallError(unitSrc, `read unit template: ${errCode(e)}`);
+      }
+      putFile(paths.unit, unit.replaceAll('/usr/lib/patu', paths.prefix), 'systemd unit');
+    }
+
+    // 5. MicroShift: tell CRI-O which network to wait for and where the binary is.
+    if (paths.crioDropIn) putFile(paths.crioDropIn, crioDropIn(paths), 'CRI-O drop-in');
+
+    // 6. The manifest, last: it lists only what exists.
+    const manifest: InstallManifest = {
+      version: 1,
+      patuVersion: packageVersion(source),
+      installedAt: new Date().toISOString(),
+      flavour: paths.flavour,
+      mode,
+      prefix: paths.prefix,
+      cniBinDir: paths.cniBinDir,
+      cniConfDir: paths.cniConfDir,
+      entries,
+      createdDirs: [],
+    };
+    mkdirRecorded(paths, dirname(paths.manifest), created);
+    manifest.createdDirs = [...new Set(created)];
+    writeAtomic(paths.staged(paths.manifest), JSON.stringify(manifest, null, 2) + '\n', 0o644);
+    log(`manifest: ${paths.manifest}`);
+    return { paths, manifest, written };
+  } catch (e) {
+    rollback();
+    throw e;
+  }
 }
 
 export interface UninstallOptions {

@@ -245,6 +245,24 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     assert.deepEqual(tree(root), before0);
   });
 
+  test('an install that fails half way takes back what it placed, and a retry then succeeds', () => {
+    // The conflist's place holds a directory (taken over with --force): the prefix and the CNI
+    // binary are placed before writing the conflist fails.
+    const confDir = 'var/lib/rancher/k3s/agent/etc/cni/net.d';
+    mkdirSync(join(root, confDir, '10-patu.conflist', 'x'), { recursive: true });
+    const withBlocker = tree(root);
+    const r = patu(['install', '--root', root, '--flavour', 'k3s', '--cni-only', '--force']);
+    assert.notEqual(r.status, 0, 'install must fail');
+    assert.match(r.stderr, /k3s\/agent\/etc\/cni\/net\.d\/10-patu\.conflist/, `the error names the path: ${r.stderr}`);
+    assert.deepEqual(tree(root), withBlocker, 'nothing of the failed install remains');
+    rmSync(join(root, 'var/lib/rancher'), { recursive: true });
+    const again = patu(['install', '--root', root, '--flavour', 'k3s', '--cni-only']);
+    assert.equal(again.status, 0, said(again));
+    const u = patu(['uninstall', '--root', root]);
+    assert.equal(u.status, 0, said(u));
+    assert.deepEqual(tree(root), before0);
+  });
+
   test('microshift: the CRI-O drop-in is installed and removed with the rest', () => {
     const r = patu(['install', '--root', root, '--flavour', 'microshift', '--cni-only', '--no-conflist']);
     assert.equal(r.status, 0, said(r));
