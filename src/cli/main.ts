@@ -95,21 +95,21 @@ export function buildProgram(): Command {
     .addOption(pinRoot)
     .option('--json', 'print JSON')
     .action(listServices);
+  // --pin-root and --json belong to `services` alone: commander lets a parent's options
+  // appear after the subcommand too, so a copy on the subcommand would only ever see
+  // its default (and `apply --pin-root X` would program the production pins).
   services
     .command('list')
-    .description('services and backends as programmed in the kernel maps')
-    .addOption(pinRoot)
-    .option('--json', 'print JSON')
-    .action(listServices);
+    .description('services and backends as programmed in the kernel maps (--pin-root, --json: see above)')
+    .action(() => listServices(services.opts()));
   services
     .command('apply <file>')
     .description('program the services of FILE (YAML or JSON, or a directory of them) once and exit; the file is the whole truth')
-    .addOption(pinRoot)
     .option('--cgroup <dir>', 'cgroup2 directory to attach to if not attached yet (default: the cgroup2 root)')
-    .option('--json', 'print what was programmed as JSON')
     .action(async (file, opts) => {
       const { servicesApply } = await import('./services.js');
-      process.exitCode = await servicesApply(file, { pinRoot: opts.pinRoot, cgroupPath: opts.cgroup, json: opts.json });
+      const { pinRoot: root, json } = services.opts<{ pinRoot: string; json?: boolean }>();
+      process.exitCode = await servicesApply(file, { pinRoot: root, cgroupPath: opts.cgroup, json: Boolean(json) });
     });
 
   program
