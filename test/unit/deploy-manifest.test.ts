@@ -117,7 +117,9 @@ test('patu.yaml: the DaemonSet runs install --cni-only then agent --kubernetes -
   for (const host of ['/sys/fs/bpf', '/sys/fs/cgroup', '/opt/cni/bin', '/etc/cni/net.d', '/var/lib/patu', '/run/patu', '/run/netns']) {
     assert.ok(mounts.has(host), `agent mounts host ${host}`);
   }
-  assert.equal(mounts.get('/sys/fs/bpf')!.mountPropagation, 'Bidirectional');
+  // The host's bpffs, without propagation (works where the host's mounts are private); the agent must not mount its own.
+  assert.equal(mounts.get('/sys/fs/bpf')!.mountPropagation, undefined);
+  assert.ok((agent!.env as Doc[]).some((e) => e.name === 'PATU_BPFFS_MOUNT' && e.value === 'never'));
   assert.equal(mounts.get('/run/netns')!.mountPropagation, 'HostToContainer');
   // The init container sees the CNI directories at the host's own paths, so the paths it records are the host's.
   for (const m of init!.volumeMounts as Doc[]) assert.equal(m.mountPath, vols.get(m.name), `init mount ${m.name}`);

@@ -15,9 +15,17 @@ function bpffsMounted(): boolean {
   });
 }
 
-/** Mounts bpffs at /sys/fs/bpf unless it is already there. */
-export function ensureBpffs(): void {
+/**
+ * Mounts bpffs at /sys/fs/bpf unless it is already there. In a container
+ * (PATU_BPFFS_MOUNT=never, set by deploy/patu.yaml) a mount made here would be
+ * the container's alone: pins would vanish with it and the host-side plugin
+ * would not see them, so there it is an error instead.
+ */
+export function ensureBpffs(env: NodeJS.ProcessEnv = process.env): void {
   if (bpffsMounted()) return;
+  if (env.PATU_BPFFS_MOUNT === 'never') {
+    throw new Error(`bpffs is not mounted at ${BPFFS} on this host: mount it there first (mount -t bpf bpf ${BPFFS}; systemd does so at boot)`);
+  }
   mkdirSync(BPFFS, { recursive: true });
   mount('bpf', BPFFS, 'bpf', 0);
 }
