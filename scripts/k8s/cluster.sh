@@ -3,7 +3,10 @@
 #   etcd (127.0.0.1), kube-apiserver (127.0.0.1:$PATU_K8S_API_PORT), a PRIVATE containerd (own config, root,
 #   state, socket: never the machine's default one), kubelet (cgroupfs driver, cgroup v1 allowed, its cgroups under
 #   /$CGROOT in every v1 hierarchy), patu as the only CNI (private conf and bin dirs), optional kube-proxy.
-# Usage: scripts/k8s/cluster.sh up [--kube-proxy] | down | env | status
+# Usage: scripts/k8s/cluster.sh up [--kube-proxy] [--no-cni] | down | env | status
+#   --no-cni: no patu conflist is written: deploy/patu.yaml installs patu (its agent writes the conflist,
+#   and the node turns Ready then). CNI_* requests reach the agent at $STATE/run/patu/agent.sock (the
+#   DaemonSet's /run/patu must be mounted from there): containerd passes PATU_AGENT_SOCKET to bin/patu.
 # Env: PATU_K8S_CACHE (binaries, see build.sh), PATU_K8S_STATE (default /var/lib/patu-k8s), PATU_K8S_API_PORT (6443),
 #   PATU_K8S_ETCD_PORT (23790, +1 for peers), PATU_K8S_KUBELET_PORT (10250), PATU_K8S_KUBELET_HEALTHZ_PORT (port-2),
 #   PATU_K8S_NODE, PATU_K8S_POD_CIDR (inside 10.202.0.0/16), PATU_K8S_BRIDGE, PATU_K8S_CGROUP (cgroup dir name).
@@ -35,6 +38,10 @@ KUBELET_HEALTHZ_PORT=${PATU_K8S_KUBELET_HEALTHZ_PORT:-$((KUBELET_PORT - 2))}
 PAUSE_IMAGE=localhost/patu/pause:3.10
 TEST_IMAGE=localhost/patu/busybox:test
 CTRD_SOCK=$STATE/containerd/containerd.sock
+PIN_ROOT=${PATU_K8S_PIN_ROOT:-/sys/fs/bpf/patu-test-$CGROOT}
+METRICS_PORT=${PATU_K8S_METRICS_PORT:-9464}
+# Where containerd (netns_mounts_under_state_dir) keeps pod netns files: its CRI plugin's state dir.
+NETNS_DIR=$STATE/containerd/state/io.containerd.grpc.v1.cri/netns
 PATH=$BIN:$PATH
 
 log() { echo "cluster: $*" >&2; }
@@ -206,11 +213,13 @@ EOF
 }
 
 write_cni() {
-  mkdir -p "$STATE/cni/bin" "$STATE/cni/net.d" "$STATE/ipam"
-  [[ -x $REPO/bin/patu ]] || die "$REPO/bin/patu missing (run scripts/build.sh)"
-  ln -sf "$REPO/bin/patu" "$STATE/cni/bin/patu"
+  local no_cni=$1
+  mkdir -p "$STATE/cni/bin" "$STATE/cni/net.d" "$STATE/ipam" "$STATE/run/patu"
   # containerd's CRI sets up each pod's lo through the reference loopback plugin.
   ln -sf /usr/lib/cni/loopback "$STATE/cni/bin/loopback"
+  ((no_cni)) && return 0
+  [[ -x $REPO/bin/patu ]] || die "$REPO/bin/patu missing (run scripts/build.sh)"
+  ln -sf "$REPO/bin/patu" "$STATE/cni/bin/patu"
   # masquerade off: nothing leaves this node, and the nft table is shared with other tests on the machine.
   # accel off: the pin root of production (/sys/fs/bpf/patu) is not this cluster's to touch.
   cat >"$STATE/cni/net.d/10-patu.conflist" <<EOF
@@ -272,8 +281,14 @@ node_ready() { kubectl_ get node "$NODE" -o 'jsonpath={.status.conditions[?(@.ty
 etcd_ready() { etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health; }
 
 up() {
-  local with_proxy=0
-  [[ ${1:-} == --kube-proxy ]] && with_proxy=1
+  local with_proxy=0 no_cni=0 a
+  for a in "$@"; do
+    case $a in
+      --kube-proxy) with_proxy=1 ;;
+      --no-cni) no_cni=1 ;;
+      *) die "up: unknown option $a" ;;
+    esac
+  done
   [[ $(id -u) == 0 ]] || die "needs root (containerd, kubelet, netns, cgroups)"
   local b; for b in etcd etcdctl kube-apiserver kubelet kubectl; do [[ -x $BIN/$b ]] || die "$BIN/$b missing: run scripts/k8s/build.sh"; done
   ((with_proxy)) && { [[ -x $BIN/kube-proxy ]] || die "$BIN/kube-proxy missing: run scripts/k8s/build.sh"; }
@@ -282,7 +297,7 @@ up() {
   local t0=$SECONDS
   make_pki
   build_images
-  write_cni
+  write_cni "$no_cni"
   write_containerd_config
   write_kubelet_config
 
@@ -323,7 +338,14 @@ up() {
       --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
   }
 
-  start containerd containerd --config "$STATE/containerd/config.toml"
+  # Pod netns files are bind mounts containerd makes in this dir. deploy/patu.yaml mounts it into the agent with
+  # HostToContainer propagation (netns made after the agent started must show up there), which needs a shared or
+  # slave source; this host's mounts are private, so the dir becomes its own shared mount point, ours alone
+  # (down unmounts everything under the state dir).
+  mkdir -p "$NETNS_DIR"
+  mount --bind "$NETNS_DIR" "$NETNS_DIR" && mount --make-shared "$NETNS_DIR" || die "cannot make $NETNS_DIR a shared mount"
+  # libcni hands containerd's environment to plugins: bin/patu asks this cluster's agent, not the host's.
+  start containerd env PATU_AGENT_SOCKET="$STATE/run/patu/agent.sock" containerd --config "$STATE/containerd/config.toml"
   wait_for containerd 30 ctr --address "$CTRD_SOCK" version || { ensure_alive containerd; die "containerd not answering"; }
   local img
   for img in pause busybox; do
@@ -349,7 +371,16 @@ up() {
   for d in /var/lib/kubelet /var/log/containers; do [[ -e $d ]] || echo "$d" >>"$STATE/host-dirs-created"; done
   start kubelet kubelet --config "$STATE/kubelet-config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
     --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki" --hostname-override "$NODE" --v 2
-  wait_for kubelet 120 node_ready || { ensure_alive kubelet; die "node $NODE not Ready (log: $STATE/logs/kubelet.log)"; }
+  # The pod subnet a node-ipam controller would hand out (it is off here): the agent reads spec.podCIDR.
+  wait_for kubelet 120 kubectl_ get node "$NODE" || { ensure_alive kubelet; die "node $NODE not registered (log: $STATE/logs/kubelet.log)"; }
+  kubectl_ patch node "$NODE" --type merge -p "{\"spec\":{\"podCIDR\":\"$POD_CIDR\",\"podCIDRs\":[\"$POD_CIDR\"]}}" >/dev/null \
+    || die "cannot set spec.podCIDR of node $NODE"
+  if ((no_cni)); then
+    # NotReady (no network config yet) until patu's agent writes its conflist.
+    wait_for kubelet 120 kubectl_ get node "$NODE" || { ensure_alive kubelet; die "node $NODE not registered (log: $STATE/logs/kubelet.log)"; }
+  else
+    wait_for kubelet 120 node_ready || { ensure_alive kubelet; die "node $NODE not Ready (log: $STATE/logs/kubelet.log)"; }
+  fi
 
   if ((with_proxy)); then
     cat >"$STATE/kube-proxy-config.yaml" <<EOF
@@ -370,7 +401,7 @@ EOF
     touch "$STATE/kube-proxy-ran"
     wait_for kube-proxy 30 curl -fsS --max-time 2 http://127.0.0.1:10256/healthz || { ensure_alive kube-proxy; die "kube-proxy not healthy"; }
   fi
-  log "up in $((SECONDS - t0))s; node $NODE Ready"
+  log "up in $((SECONDS - t0))s; node $NODE $( ((no_cni)) && echo 'registered (Ready once patu is deployed)' || echo Ready)"
   env_
 }
 
@@ -395,6 +426,18 @@ restore_sysctls() {
   local kv
   while IFS= read -r kv; do sysctl -q -w "$kv" >/dev/null 2>&1 || log "sysctl -w $kv failed"; done <"$SYSCTL_SAVE"
   rm -f "$SYSCTL_SAVE"
+}
+
+# What the patu plugin adds for this cluster's bridge to the shared "ip patu" nftables table (src/dataplane/
+# masquerade.ts): a jump from postrouting and a chain; the table goes when no other bridge's chain is left.
+remove_masquerade() {
+  local chain=masq_${BRIDGE//[^A-Za-z0-9_]/_} h
+  nft list chain ip patu "$chain" >/dev/null 2>&1 || return 0
+  for h in $(nft -a list chain ip patu postrouting 2>/dev/null | awk -v j="jump $chain #" 'index($0, j) { print $NF }'); do
+    nft delete rule ip patu postrouting handle "$h" || true
+  done
+  nft delete chain ip patu "$chain" || log "nft: could not delete chain $chain"
+  nft list table ip patu 2>/dev/null | grep -q 'chain masq_' || nft delete table ip patu 2>/dev/null || true
 }
 
 stop_pid() { # name: TERM its process group, then KILL after 10 s
@@ -482,6 +525,9 @@ down() {
   local m
   for m in $(findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r); do umount -l "$m" 2>/dev/null || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
+  # A deployed patu's pins (unpinning its links detaches its programs) and its masquerade chain.
+  [[ $PIN_ROOT == /sys/fs/bpf/patu-test-* ]] && rm -rf "$PIN_ROOT"
+  remove_masquerade
   # The cgroups kubelet made under /$CGROOT, in every v1 hierarchy and in cgroup2; deepest first, EBUSY retried.
   local h d try
   for h in /sys/fs/cgroup/*/; do
@@ -507,9 +553,53 @@ export PATU_K8S_SERVICE_CIDR=$SERVICE_CIDR
 export PATU_K8S_IPAM_DIR=$STATE/ipam
 export PATU_K8S_CNI_CONF_DIR=$STATE/cni/net.d
 export PATU_K8S_CONTAINERD_SOCK=$CTRD_SOCK
+export PATU_K8S_CNI_BIN_DIR=$STATE/cni/bin
+export PATU_K8S_AGENT_SOCKET=$STATE/run/patu/agent.sock
+export PATU_K8S_NETNS_DIR=$NETNS_DIR
+export PATU_K8S_PIN_ROOT=$PIN_ROOT
+export PATU_K8S_METRICS_PORT=$METRICS_PORT
 export PATU_K8S_TEST_IMAGE=$TEST_IMAGE
 export PATU_K8S_STATE=$STATE
 EOF
+}
+
+# ---------- patu from deploy/*.yaml ----------
+# render <patu|patu-uninstall>: the manifest as this cluster needs it. Only host paths and settings change, never
+# the structure: the CNI dirs, patu's state and run dirs live in $STATE, pods' netns in $NETNS_DIR, pins in
+# $PIN_ROOT (a pin root of its own, so the host's /sys/fs/bpf/patu is never touched), the agent's programs attach
+# to this cluster's cgroup (never the cgroup2 root), it reaches the apiserver on loopback (no kube-proxy here) and
+# serves /metrics on $METRICS_PORT. Paths that are written into files (conflist, install manifest) must be the
+# same inside the pod and on the host, so those mounts keep hostPath == mountPath.
+render() {
+  local name=$1 f=$REPO/deploy/$1.yaml out
+  [[ -f $f ]] || die "render: no $f"
+  out=$(sed -e "s#/var/lib/patu#$STATE/patu#g; s#/opt/cni/bin#$STATE/cni/bin#g; s#/etc/cni/net.d#$STATE/cni/net.d#g" \
+    -e "s#/run/patu#$STATE/run/patu#g; s#/run/netns#$NETNS_DIR#g; s#/sys/fs/bpf/patu\b#$PIN_ROOT#g; s#9464#$METRICS_PORT#g" \
+    -e "s#^  cluster-cidr: .*#  cluster-cidr: \"$CLUSTER_CIDR\"#; s#^  bridge: .*#  bridge: \"$BRIDGE\"#" \
+    -e "s#^  cgroup-path: .*#  cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"#; s#^  log-level: .*#  log-level: \"debug\"#" \
+    -e "s%^  # k8s-service-host: .*%  k8s-service-host: \"127.0.0.1\"%; s%^  # k8s-service-port: .*%  k8s-service-port: \"$API_PORT\"%" \
+    -e '/^[[:space:]]*#/d' "$f")
+  # A manifest edit that no longer matches these lines must fail here, not deploy something half-rendered.
+  if [[ $name == patu ]]; then
+    local want
+    for want in "cluster-cidr: \"$CLUSTER_CIDR\"" "bridge: \"$BRIDGE\"" "k8s-service-port: \"$API_PORT\"" \
+      "cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"" "--pin-root=$PIN_ROOT" "--data-dir=$STATE/patu/ipam" "path: $NETNS_DIR"; do
+      grep -qF -- "$want" <<<"$out" || die "render: deploy/$name.yaml changed shape: no '$want' after rendering"
+    done
+  fi
+  printf '%s\n' "$out"
+}
+
+# deploy: build the patu:dev image (scripts/image.sh), load it into this cluster's containerd, apply the manifest.
+deploy() {
+  [[ -S $CTRD_SOCK ]] || die "no cluster in $STATE: run '$0 up --no-cni' first"
+  [[ -f $REPO/build/image/patu-dev.tar && ${PATU_IMAGE_REBUILD:-1} == 0 ]] || bash "$REPO/scripts/image.sh" >&2
+  ctr --address "$CTRD_SOCK" -n k8s.io images import "$REPO/build/image/patu-dev.tar" >>"$STATE/logs/images.log" 2>&1 \
+    || { tail -5 "$STATE/logs/images.log" >&2; die "ctr images import patu-dev.tar failed"; }
+  render patu | kubectl_ apply -f - >&2
+  log "patu applied; waiting for its DaemonSet and the node to be Ready"
+  kubectl_ -n kube-system rollout status ds/patu --timeout=120s >&2 || die "patu DaemonSet not ready"
+  wait_for kubelet 60 node_ready || die "node $NODE not Ready after patu was deployed"
 }
 
 status() {
@@ -525,5 +615,7 @@ case ${1:-} in
   down) down ;;
   env) env_ ;;
   status) status ;;
-  *) echo "usage: $0 up [--kube-proxy] | down | env | status" >&2; exit 2 ;;
+  render) render "${2:-patu}" ;;
+  deploy) deploy ;;
+  *) echo "usage: $0 up [--kube-proxy] [--no-cni] | deploy | render [patu|patu-uninstall] | down | env | status" >&2; exit 2 ;;
 esac
