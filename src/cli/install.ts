@@ -9,6 +9,7 @@ import { FLAVOUR_DEFAULTS, UNIT_NAME, type PathOptions } from '../install/paths.
 export interface InstallCliOptions extends PathOptions {
   symlink?: boolean;
   cniOnly?: boolean;
+  bundleNode?: boolean;
   conflist?: boolean;
   clusterCidr?: string;
   podCidr?: string;
@@ -43,6 +44,7 @@ export async function installCommand(o: InstallCliOptions): Promise<number> {
     ...(o.podCidr ? { podCidr: o.podCidr } : {}),
     mode: (o.symlink ? 'symlink' : 'copy') as InstallMode,
     cniOnly: Boolean(o.cniOnly),
+    bundleNode: Boolean(o.bundleNode),
     conflist: o.conflist !== false,
     force: Boolean(o.force),
     log: (l) => lines.push(l),

@@ -169,6 +169,7 @@ export function buildProgram(): Command {
     .option('--symlink', 'development: make the prefix a symlink to this checkout instead of a copy')
     .option('--cni-only', 'no systemd unit (the Kubernetes DaemonSet\'s init container: the agent runs in the pod)')
     .option('--no-conflist', 'do not write 10-patu.conflist (the agent writes it with --kubernetes)')
+    .option('--bundle-node', 'copy this node binary into <prefix>/node/bin, for hosts without Node.js 20 (the DaemonSet does this)')
     .option('--cluster-cidr <cidr>', 'pod addresses of the whole cluster (never masqueraded)', DEFAULTS.clusterCIDR)
     .option('--pod-cidr <cidr>', 'this node\'s pod subnet in the conflist (default: the first /24 of --cluster-cidr)')
     .option('--force', 'take over target files that exist but were not installed by patu')

@@ -17,7 +17,7 @@
 // patu's own pin root (never bpffs itself).
 import { createHash } from 'node:crypto';
 import {
-  cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameSync, rmdirSync, rmSync,
+  chmodSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameSync, rmdirSync, rmSync,
   symlinkSync, writeFileSync, type Stats,
 } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -44,6 +44,8 @@ export interface InstallOptions extends PathOptions {
   mode?: InstallMode;
   /** No systemd unit: the Kubernetes init container (the agent runs in the DaemonSet). */
   cniOnly?: boolean;
+  /** Copy the node binary running this install into <prefix>/node/bin (hosts without Node.js). */
+  bundleNode?: boolean;
   /** Write the conflist (default true). */
   conflist?: boolean;
   clusterCidr?: string;
@@ -343,6 +345,13 @@ export function install(o: InstallOptions = {}): InstallResult {
           const dst = join(fresh, rel);
           mkdirSync(dirname(dst), { recursive: true });
           cpSync(join(source, rel), dst, { recursive: true, verbatimSymlinks: true, dereference: false });
+        }
+        if (o.bundleNode) {
+          // The launcher runs <prefix>/node/bin/node before any other node: bin/patu keeps working
+          // (plugin fallback while the agent is down) on a host that has no Node.js of its own.
+          mkdirSync(join(fresh, 'node', 'bin'), { recursive: true });
+          copyFileSync(process.execPath, join(fresh, 'node', 'bin', 'node'));
+          chmodSync(join(fresh, 'node', 'bin', 'node'), 0o755);
         }
         writeFileSync(join(fresh, PREFIX_MARKER), `patu ${packageVersion(source)} installed from ${source}\n`);
       } catch (e) {

@@ -106,6 +106,11 @@ static void exec_node(const char *script, int argc, char **argv) {
   args[0] = (char *)"node";
   args[1] = path;
   for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
+  /* A node shipped inside the tree (patu install --bundle-node: hosts without Node.js, such as
+     k3s nodes set up by the DaemonSet) comes first; then the build host's, then PATH. */
+  char bundled[PATH_MAX + 32];
+  snprintf(bundled, sizeof bundled, "%s/node/bin/node", home);
+  execv(bundled, args);
   execv(PATU_NODE, args);
   execvp("node", args);
   fprintf(stderr, "patu: cannot run node (%s or on PATH): %s\n", PATU_NODE, strerror(errno));

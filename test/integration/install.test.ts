@@ -256,8 +256,16 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     assert.match(r.stderr, /k3s\/agent\/etc\/cni\/net\.d\/10-patu\.conflist/, `the error names the path: ${r.stderr}`);
     assert.deepEqual(tree(root), withBlocker, 'nothing of the failed install remains');
     rmSync(join(root, 'var/lib/rancher'), { recursive: true });
-    const again = patu(['install', '--root', root, '--flavour', 'k3s', '--cni-only']);
+    const again = patu(['install', '--root', root, '--flavour', 'k3s', '--cni-only', '--bundle-node']);
     assert.equal(again.status, 0, said(again));
+    // --bundle-node: the tree carries a working node for hosts without one (bin/patu runs it first).
+    const bundled = join(root, 'usr/lib/patu/node/bin/node');
+    const v = spawnSync(bundled, ['--version'], { encoding: 'utf8' });
+    assert.equal(v.stdout.trim(), process.version, `${bundled} --version: ${v.stderr}`);
+    writeFileSync(bundled, `#!/bin/sh\necho bundled node ran >&2\nexec ${process.execPath} "$@"\n`);
+    const viaLauncher = spawnSync(join(root, 'usr/lib/patu/bin/patu'), ['--version'], { encoding: 'utf8' });
+    assert.match(viaLauncher.stderr, /bundled node ran/, 'the launcher prefers the bundled node');
+    assert.equal(viaLauncher.status, 0, viaLauncher.stderr);
     const u = patu(['uninstall', '--root', root]);
     assert.equal(u.status, 0, said(u));
     assert.deepEqual(tree(root), before0);
