@@ -2,6 +2,9 @@
 # Prepares a fresh Debian 12 machine (as root) to build, run and test patu:
 # Debian packages, node modules, the build. Safe to re-run: it installs only what
 # is missing and rebuilds only what changed.
+#   --with-k8s   also build the Kubernetes binaries the cluster tests run (scripts/k8s/build.sh:
+#                ~6 min once on 2 cores, cached in /var/cache/patu/k8s; needs Go and the Go
+#                module proxy). Without them those tests skip and say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +17,19 @@ cd "$(dirname "$0")/.."
 #   containernetworking-plugins   the reference bridge/host-local/portmap/bandwidth plugins (tests, bench)
 #   podman runc                   a real CNI client for the end-to-end test
 #   tcpdump                       test oracle: what an outside host sees (masquerade)
+#   containerd openssl curl       the single-node Kubernetes cluster of the e2e tests (scripts/k8s/cluster.sh)
+#   gcc libc6-dev                 the launcher (bin/patu) and the cluster's static pause binary
 PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables iptables iperf3 sockperf
-  busybox-static containernetworking-plugins podman runc iputils-ping procps kmod tcpdump)
+  busybox-static containernetworking-plugins podman runc iputils-ping procps kmod tcpdump
+  containerd openssl curl gcc libc6-dev)
+
+with_k8s=0
+for a in "$@"; do
+  case $a in
+    --with-k8s) with_k8s=1 ;;
+    *) echo "usage: scripts/setup.sh [--with-k8s]" >&2; exit 2 ;;
+  esac
+done
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "setup: run as root (patu programs the kernel: netlink, eBPF, netns)" >&2
@@ -38,3 +52,12 @@ if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json
   npm ci --no-audit --no-fund --loglevel=error
 fi
 bash scripts/build.sh
+
+if ((with_k8s)); then
+  # Not fatal: without the binaries the cluster tests skip (and say why); everything else still runs.
+  if [[ -x ${GO:-/usr/local/go/bin/go} ]]; then
+    bash scripts/k8s/build.sh || echo "setup: WARNING: scripts/k8s/build.sh failed: the Kubernetes tests will skip" >&2
+  else
+    echo "setup: WARNING: no Go toolchain at ${GO:-/usr/local/go/bin/go}: the Kubernetes tests will skip" >&2
+  fi
+fi
