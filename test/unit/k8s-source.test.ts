@@ -232,3 +232,79 @@ test('pod subnet: published once the Node is listed (fallback, then the Node val
     await s.close();
   }
 });
+
+test('a change after a quiet spell is applied at once; changes that follow within coalesceMs share one later apply', async () => {
+  const sink = new DiffSink();
+  const s = source(sink, { coalesceMs: 300 });
+  try {
+    s.handleService(svc('a', '10.96.5.1'));
+    s.handleSlice(slice('a-1', 'a', ['10.200.8.1']));
+    syncAll(s);
+    await sleep(30);
+    assert.equal(sink.calls.length, 1, 'the first resync waits for nothing');
+    await sleep(320); // quiet for longer than coalesceMs
+    const t0 = performance.now();
+    s.handleSlice(slice('a-1', 'a', ['10.200.8.1', '10.200.8.2']));
+    while (sink.calls.length < 2 && performance.now() - t0 < 250) await sleep(2);
+    assert.equal(sink.calls.length, 2);
+    assert.ok(performance.now() - t0 < 150, `an isolated change took ${Math.round(performance.now() - t0)} ms (it used to wait coalesceMs)`);
+    // Inside the window now: held back, then applied together.
+    s.handleSlice(slice('a-1', 'a', ['10.200.8.3']));
+    await sleep(5);
+    s.handleService(svc('b', '10.96.5.2'));
+    s.handleSlice(slice('b-1', 'b', ['10.200.8.4']));
+    await sleep(60);
+    assert.equal(sink.calls.length, 2, 'a change right after an apply must wait for the window');
+    while (sink.calls.length < 3 && performance.now() - t0 < 2000) await sleep(5);
+    assert.equal(sink.calls.length, 3);
+    assert.deepEqual(sink.calls[2]!.changed, ['default/a', 'default/b']);
+    assert.deepEqual(sink.backends('10.96.5.1:80/TCP'), ['10.200.8.3:8080']);
+  } finally {
+    await s.close();
+  }
+});
+
+test('metrics gauges follow each change without recomputing every service on every apply', async () => {
+  const { AgentMetrics } = await import('../../src/k8s/metrics.js');
+  const metrics = new AgentMetrics({ defaultMetrics: false });
+  const value = async (g: { get(): Promise<{ values: { value: number }[] }> }) => (await g.get()).values[0]?.value;
+  const sink = new DiffSink();
+  const s = source(sink, { metrics });
+  // Counts model.desired() calls over all services: the sink's own calls pass the changed refs.
+  let fullScans = 0;
+  const desired = s.model.desired.bind(s.model);
+  s.model.desired = (refs?: Iterable<string>) => {
+    if (!refs) fullScans++;
+    return desired(refs);
+  };
+  try {
+    for (let i = 0; i < 30; i++) {
+      s.handleService(svc(`s${i}`, `10.96.6.${i}`, i === 0 ? { ports: [{ name: 'http', port: 80, protocol: 'TCP', targetPort: 8080 }, { name: 'dns', port: 53, protocol: 'UDP', targetPort: 53 }] } : {}));
+      s.handleSlice(slice(`s${i}-x`, `s${i}`, [`10.200.9.${i}`, `10.200.10.${i}`]));
+    }
+    syncAll(s);
+    await sleep(20);
+    assert.equal(await value(metrics.servicesProgrammed), 30);
+    assert.equal(await value(metrics.servicePortsProgrammed), 31);
+    // s0's dns port has no endpoints: the slice only names http (endpoints are per port name).
+    assert.equal(await value(metrics.endpointsProgrammed), 60);
+    const scansAfterResync = fullScans;
+    s.handleSlice(slice('s3-x', 's3', ['10.200.9.3', '10.200.10.3', '10.200.11.3']));
+    await sleep(20);
+    s.handleServiceDelete(svc('s0', '10.96.6.0'));
+    await sleep(20);
+    s.handleService(svc('n', '10.96.6.200'));
+    await sleep(20);
+    assert.equal(sink.calls.length, 4);
+    assert.equal(fullScans, scansAfterResync, 'a delta apply scanned every service');
+    assert.equal(await value(metrics.servicesProgrammed), 30);
+    assert.equal(await value(metrics.servicePortsProgrammed), 30);
+    assert.equal(await value(metrics.endpointsProgrammed), 60 + 1 - 2);
+    // And they agree with a full count of what the model wants programmed.
+    const all = desired();
+    assert.equal(await value(metrics.servicePortsProgrammed), all.size);
+    assert.equal(await value(metrics.endpointsProgrammed), [...all.values()].reduce((n, d) => n + d.backends.length, 0));
+  } finally {
+    await s.close();
+  }
+});
