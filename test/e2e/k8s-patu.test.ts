@@ -182,6 +182,11 @@ describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent
     const manifest = JSON.parse(readFileSync(join(STATE, 'patu', 'install.json'), 'utf8')) as { entries: { path: string }[] };
     assert.deepEqual(manifest.entries.map((e) => e.path).sort(), [CONFLIST, bin, join(STATE, 'patu', 'app')].sort());
 
+    // Through CRI (crictl): the agent's container runs in a host-network sandbox.
+    const running = cluster.crictl(['ps', '--name', 'agent', '--state', 'running', '-o', 'json']);
+    assert.ok(running.ok, running.detail);
+    assert.equal((JSON.parse(running.stdout) as { containers: unknown[] }).containers.length, 1, 'one running agent container');
+
     // The agent uses its ServiceAccount, programmed the services and attached in the cluster's cgroup.
     const pod = agentPod()!;
     const log = agentLog(pod.name);
@@ -295,6 +300,10 @@ describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent
       throw new Error(`${e.message}: records ${records().join(',')}, veths ${veths().join(',')}`);
     });
     await until('service entry removed', 30_000, () => (programmed().some((s) => s.name.startsWith(`${NS}/web`)) ? undefined : true));
+    // What kubelet sees through CRI: no sandbox of the namespace is still up.
+    const sandboxes = cluster.crictl(['pods', '--namespace', NS, '--state', 'ready', '-q']);
+    assert.ok(sandboxes.ok, sandboxes.detail);
+    assert.equal(sandboxes.stdout.trim(), '', 'ready pod sandboxes left in CRI');
     // The pods' acceleration entries went with their CNI DEL.
     const st = spawnSync(join(REPO_ROOT, 'bin', 'patu'), ['accel', 'status', '--json', '--pin-root', PIN_ROOT], { encoding: 'utf8', timeout: 20_000 });
     assert.equal(st.status, 0, st.stderr);

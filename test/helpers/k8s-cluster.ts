@@ -21,7 +21,7 @@ export const TEST_IMAGE = 'localhost/patu/busybox:test';
 
 /** Why a cluster cannot run here, or undefined. `extra` names binaries beyond the always-needed ones. */
 export function clusterSkipReason(extra: string[] = []): string | undefined {
-  const needed = ['etcd', 'etcdctl', 'kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubelet', 'kubectl', ...extra];
+  const needed = ['etcd', 'etcdctl', 'kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubelet', 'kubectl', 'crictl', ...extra];
   const missing = needed.filter((b) => !existsSync(join(K8S_BIN, b)));
   if (!isRoot()) return 'needs root: containerd, kubelet, pod netns, cgroups';
   if (missing.length > 0 && process.env.PATU_K8S_BUILD !== '1') {
@@ -140,6 +140,11 @@ export class TestCluster {
     const r = this.kubectl(args, input);
     if (!r.ok) throw new Error(r.detail);
     return r.stdout;
+  }
+
+  /** crictl against the cluster's containerd: what kubelet sees through CRI. */
+  crictl(args: string[], timeoutMs = 15_000): RunResult {
+    return this.run(join(K8S_BIN, 'crictl'), ['--runtime-endpoint', `unix://${this.containerdSocket}`, '--image-endpoint', `unix://${this.containerdSocket}`, ...args], timeoutMs);
   }
 
   ctr(args: string[], timeoutMs = 15_000): RunResult {
