@@ -67,7 +67,8 @@ const SERVICE = {
 const CLIENT = {
   apiVersion: 'v1',
   kind: 'Pod',
-  metadata: { name: 'client', namespace: NS },
+  // Opted out of socket acceleration: the agent flags its address in the pod map.
+  metadata: { name: 'client', namespace: NS, annotations: { 'patu.dev/accel': 'off' } },
   spec: {
     terminationGracePeriodSeconds: 1,
     containers: [{
@@ -116,6 +117,13 @@ function programmed(): Programmed[] {
   return (JSON.parse(r.stdout) as { services: Programmed[] }).services;
 }
 const webBackends = () => (programmed().find((s) => s.name === `${NS}/web:80`)?.backends ?? []).map((b) => `${b.ip}:${b.port}`).sort();
+
+/** The acceleration pod map (`patu accel status`): address and opt-out flag per pod. */
+function accelPods(): { ip: string; optOut: boolean }[] {
+  const r = spawnSync(join(REPO_ROOT, 'bin', 'patu'), ['accel', 'status', '--json', '--pin-root', PIN_ROOT], { encoding: 'utf8', timeout: 20_000 });
+  if (r.status !== 0) throw new Error(`patu accel status: ${r.stderr}`);
+  return (JSON.parse(r.stdout) as { pods: { ip: string; optOut: boolean }[] }).pods;
+}
 
 const records = (): string[] => (existsSync(IPAM_DIR) ? readdirSync(IPAM_DIR).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)).sort() : []);
 const veths = (): string[] => {
@@ -230,6 +238,12 @@ describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent
     // The ClusterIP is translated at connect(): the client's socket names the backend, never the VIP.
     const vip = cluster.must(['get', 'svc', '-n', NS, 'web', '-o', 'jsonpath={.spec.clusterIP}']).trim();
     assert.deepEqual(programmed().find((s) => s.name === `${NS}/web:80`)?.vip, vip);
+    // Every pod is in the acceleration map; the annotated client opted out, the web pods did not.
+    const flags = await until('the client\'s opt-out in the pod map', 30_000, () => {
+      const f = Object.fromEntries(accelPods().map((p) => [p.ip, p.optOut]));
+      return f[clientIp] === true ? f : undefined;
+    });
+    assert.deepEqual(flags, Object.fromEntries([[clientIp, true], ...pods.map((p) => [p.ip, false])]));
   });
 
   test('scale up to 4 and down to 1 while the client keeps connecting: no failed connect, new backends get traffic', async () => {
@@ -305,9 +319,7 @@ describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent
     assert.ok(sandboxes.ok, sandboxes.detail);
     assert.equal(sandboxes.stdout.trim(), '', 'ready pod sandboxes left in CRI');
     // The pods' acceleration entries went with their CNI DEL.
-    const st = spawnSync(join(REPO_ROOT, 'bin', 'patu'), ['accel', 'status', '--json', '--pin-root', PIN_ROOT], { encoding: 'utf8', timeout: 20_000 });
-    assert.equal(st.status, 0, st.stderr);
-    assert.deepEqual((JSON.parse(st.stdout) as { pods: unknown[] }).pods, []);
+    assert.deepEqual(accelPods(), []);
   });
 
   test('deleting the DaemonSet keeps the data plane; the uninstall manifest then removes files, conflist and pins', async () => {
