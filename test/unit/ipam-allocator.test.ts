@@ -227,6 +227,8 @@ test('exhaustion happens exactly at the pool size, and release makes room again'
         }
         assert.equal(got.size, size);
         assert.throws(() => allocate(cfg, store, 'one-too-many', 'eth0'), IpamExhaustedError);
+        // A shape whose reserved block and gateway leave no address at all: nothing to release.
+        if (size === 0) return;
         assert.deepEqual(release(cfg, store, 'c0', 'eth0').length, cfg.rangeSets.length);
         assert.doesNotThrow(() => allocate(cfg, store, 'one-too-many', 'eth0'));
       } finally {
@@ -234,7 +236,7 @@ test('exhaustion happens exactly at the pool size, and release makes room again'
         rmSync(store.dir, { recursive: true, force: true });
       }
     }),
-    { numRuns: 40 },
+    { numRuns: 40, ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED), path: process.env.FC_PATH } : {}) },
   );
 });
 
