@@ -1,5 +1,5 @@
-// The informer path over HTTP (client-node's ListWatch and Watch, our list
-// function, restart backoff) against a small stand-in apiserver on loopback:
+// The informer path over HTTP (our paginated list, streaming watch, relist on
+// 410, restart backoff) against a small stand-in apiserver on loopback:
 // list with pagination, watch streams, an outage and a 410 Gone. The same
 // code against a real kube-apiserver: test/integration/k8s-apiserver.test.ts.
 import { test } from 'node:test';
@@ -131,6 +131,45 @@ test('list (paginated) then watch; an outage keeps the cache and the informer ca
     assert.equal(synced, 1, 'synced is reported once');
     assert.deepEqual(deleted.sort(), ['s1', 's2'], 'only what really disappeared is deleted');
     assert.equal(inf.list().length, 5);
+  } finally {
+    await inf.stop();
+    await api.stop().catch(() => {});
+  }
+});
+
+test('a watch the apiserver ends is reopened from the last bookmark, without a relist; an in-stream 410 relists once', async () => {
+  const api = new FakeApiserver();
+  for (let i = 0; i < 3; i++) api.add(`s${i}`, `10.96.1.${i}`);
+  await api.start();
+  const cache = new Map<string, K8sService>();
+  let upserts = 0, errors = 0;
+  const inf = startInformer<K8sService>(cfgFor(api.port), { resource: 'services', path: '/api/v1/services', slim: slimService }, {
+    onUpsert: (o) => { upserts++; cache.set(o.metadata.name!, o); },
+    onDelete: (o) => cache.delete(o.metadata.name!),
+    onSynced: () => {},
+    onError: () => errors++,
+  }, { initialMs: 50, maxMs: 200 });
+  try {
+    await until('watch open', () => api.watches.size === 1);
+    const lists = api.lists;
+    assert.equal(api.watchQueries[0]!.get('allowWatchBookmarks'), 'true');
+    // A bookmark moves the resourceVersion on without an object; then the apiserver ends the stream (timeoutSeconds).
+    api.send({ type: 'BOOKMARK', object: { kind: 'Service', metadata: { resourceVersion: '5000' } } });
+    await sleep(50);
+    for (const w of api.watches) w.end();
+    await until('watch reopened', () => api.watchQueries.length === 2 && api.watches.size === 1);
+    assert.equal(api.watchQueries[1]!.get('resourceVersion'), '5000', 'reopened from the bookmark');
+    assert.equal(api.lists, lists, 'no relist after a normal end');
+    assert.equal(errors, 0, 'a normal end is not an error');
+
+    // An ERROR event carrying 410 in the stream: one relist, only differences delivered.
+    const before = upserts;
+    api.objects.delete('s0');
+    api.send({ type: 'ERROR', object: { kind: 'Status', code: 410, message: 'too old resource version' } });
+    await until('relisted', () => api.lists > lists && !cache.has('s0'));
+    assert.equal(api.lists, lists + 1, 'one relist (2 objects left: one page)');
+    assert.equal(upserts, before, 'unchanged objects are not delivered again');
+    await until('watch reopened after the relist', () => api.watches.size === 1);
   } finally {
     await inf.stop();
     await api.stop().catch(() => {});
