@@ -11,9 +11,13 @@ import { readFileSync } from 'node:fs';
 import { Agent } from 'node:https';
 import { Agent as HttpAgent } from 'node:http';
 import { dirname, resolve } from 'node:path';
-import YAML from 'yaml';
+import { createRequire } from 'node:module';
 
 export const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+
+// The YAML parser only for a kubeconfig file, loaded when one is read: an agent in a pod
+// (ServiceAccount) never needs it, and it costs ~6 MB of RSS once loaded.
+const parseYaml = (text: string): unknown => (createRequire(import.meta.url)('yaml') as typeof import('yaml')).parse(text);
 
 export interface ClientConfig {
   server: string;
@@ -86,7 +90,7 @@ export function kubeconfigFile(path: string, context?: string): ClientConfig {
   const dir = dirname(resolve(path));
   let doc: Record<string, unknown>;
   try {
-    doc = YAML.parse(read(path, 'kubeconfig').toString('utf8')) as Record<string, unknown>;
+    doc = parseYaml(read(path, 'kubeconfig').toString('utf8')) as Record<string, unknown>;
   } catch (e) {
     if (e instanceof KubeConfigError) throw e;
     throw new KubeConfigError(`kubeconfig ${path}: not YAML: ${(e as Error).message}`);
