@@ -303,7 +303,11 @@ describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent
     const two = await scaleTo(2);
     await untilServed(two, mark);
     assert.deepEqual(failures(mark), [], 'failed connects while the agent was away');
-    const log = agentLog(agentPod()!.name);
+    const back = await until('the returning agent pod ready', 120_000, () => {
+      const p = agentPod();
+      return p?.ready ? p : undefined;
+    });
+    const log = agentLog(back.name);
     assert.doesNotMatch(log, /"command":"ADD"/, 'the new pod was set up by bin/patu itself, not by the returning agent');
   });
 
