@@ -32,6 +32,15 @@ export class ApiError extends Error {
   }
 }
 
+/** The message of an apiserver Status body, else the start of the body. */
+function statusMessage(body: string): string {
+  try {
+    const m = (JSON.parse(body) as { message?: string }).message;
+    if (m) return m;
+  } catch { /* not a Status object */ }
+  return body.slice(0, 300);
+}
+
 /** GET of a JSON document from the apiserver. */
 export function getJson<T>(cfg: ClientConfig, path: string, timeoutMs = 60_000): Promise<T> {
   const url = new URL(cfg.server + path);
@@ -44,11 +53,7 @@ export function getJson<T>(cfg: ClientConfig, path: string, timeoutMs = 60_000):
       res.on('end', () => {
         const body = Buffer.concat(chunks).toString('utf8');
         if (res.statusCode !== 200) {
-          let msg = body.slice(0, 300);
-          try {
-            msg = (JSON.parse(body) as { message?: string }).message ?? msg;
-          } catch { /* not a Status object */ }
-          reject(new ApiError(res.statusCode ?? 0, `GET ${path}: HTTP ${res.statusCode}: ${msg}`));
+          reject(new ApiError(res.statusCode ?? 0, `GET ${path}: HTTP ${res.statusCode}: ${statusMessage(body)}`));
           return;
         }
         try {
@@ -141,11 +146,7 @@ function watchOnce(cfg: ClientConfig, path: string, query: Record<string, string
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString('utf8');
-          let msg = body.slice(0, 300);
-          try {
-            msg = (JSON.parse(body) as { message?: string }).message ?? msg;
-          } catch { /* not a Status object */ }
-          fail(new ApiError(res.statusCode ?? 0, `WATCH ${path}: HTTP ${res.statusCode}: ${msg}`));
+          fail(new ApiError(res.statusCode ?? 0, `WATCH ${path}: HTTP ${res.statusCode}: ${statusMessage(body)}`));
         });
         return;
       }
