@@ -8,6 +8,8 @@
 // breaks established connections; bin/patu falls back to running the plugin itself.
 import pino from 'pino';
 import { startCniServer } from './cni-server.js';
+// Types only: the Kubernetes side is loaded on demand, with --kubernetes.
+import type { KubernetesAgentOptions } from '../k8s/agent-k8s.js';
 
 export interface AgentOptions {
   cniSocket: string;
@@ -17,16 +19,8 @@ export interface AgentOptions {
   cgroup: string;
   accel: boolean;
   servicesFile?: string;
-  /** Watch a Kubernetes apiserver for services, endpoints, this node's pods and Node. */
-  kubernetes?: {
-    kubeconfig?: string;
-    nodeName?: string;
-    clusterCidr?: string;
-    cniConfDir?: string;
-    bridge?: string;
-    dataDir?: string;
-    masquerade?: boolean;
-  };
+  /** Watch a Kubernetes apiserver for services, endpoints, this node's pods and Node (the rest comes from here). */
+  kubernetes?: Omit<KubernetesAgentOptions, 'pinRoot' | 'cgroup' | 'log' | 'metrics'>;
   /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default 127.0.0.1:9464). */
   metricsAddr?: string;
 }

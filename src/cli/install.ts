@@ -2,18 +2,13 @@
 // Kubernetes init container (`patu install --cni-only`).
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { install, uninstall, type InstallMode } from '../install/install.js';
+import { install, uninstall, type InstallMode, type InstallOptions } from '../install/install.js';
 import { FLAVOUR_DEFAULTS, UNIT_NAME, type PathOptions } from '../install/paths.js';
 
-/** The path flags (see PathOptions) plus what the command line adds. */
-export interface InstallCliOptions extends PathOptions {
+/** The path flags (see PathOptions), install's own options, and what only the command line has. */
+export interface InstallCliOptions extends PathOptions, Pick<InstallOptions, 'cniOnly' | 'bundleNode' | 'conflist' | 'clusterCidr' | 'podCidr' | 'force'> {
+  /** --symlink: mode 'symlink' instead of a copy. */
   symlink?: boolean;
-  cniOnly?: boolean;
-  bundleNode?: boolean;
-  conflist?: boolean;
-  clusterCidr?: string;
-  podCidr?: string;
-  force?: boolean;
   json?: boolean;
 }
 
