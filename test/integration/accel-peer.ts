@@ -5,7 +5,7 @@
 //   server <port> [host]                    serve until SIGTERM ('::' = dual-stack by default)
 //   client <host> <port> <send> <resp> [n]  n parallel connections: send <send> bytes, half-close,
 //                                           expect sha256 of them + <resp> bytes with their sha256
-//   reset  <host> <port>                    send 1 MiB then abort with RST
+//   reset  <host> <port>                    send 1 MiB (echoed), abort with RST once the server answers
 //   hold   <host> <port> <ms>               1 KiB ping-pong every 20 ms for <ms>, verifying each echo
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
@@ -112,9 +112,14 @@ async function client(host: string, port: number, send: number, resp: number, n:
 
 function reset(host: string, port: number): void {
   const s = net.connect({ host, port }, () => {
+    // Echo mode: the first byte back proves the server accepted the connection. A reset
+    // before accept() can be dropped from the listen queue without the server ever
+    // hearing of it (redirected writes finish fast enough for that race to be common).
     const h = Buffer.alloc(8);
+    h.writeUInt32LE(MODE_ECHO, 4);
     s.write(h);
-    s.write(randomBytes(1 << 20), () => {
+    s.write(randomBytes(1 << 20));
+    s.once('data', () => {
       s.resetAndDestroy();
       out({ ok: true });
       setTimeout(() => process.exit(0), 50);

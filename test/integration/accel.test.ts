@@ -198,7 +198,8 @@ test('a reset connection aborts on the server, and the server keeps serving', { 
   // when all redirected data was already delivered, the read side may report
   // EOF first and the RST surfaces on the server's next write; plain TCP
   // reports it on the read. Either way the peer learns of the reset.
-  await waitFor('server sees the reset', () => s.lines.some((l) => l.ev === 'error' && l.code === 'ECONNRESET'));
+  await waitFor('server sees the reset', () => s.lines.some((l) => l.ev === 'error' && l.code === 'ECONNRESET'))
+    .catch((e: Error) => { throw new Error(`${e.message}; server said: ${JSON.stringify(s.lines)}`); });
   assertAccelerated(await transfer(NS1, IP2, 5004, 4 * MiB, 4 * MiB), 8 * MiB);
   s.proc.kill();
 });
