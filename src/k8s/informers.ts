@@ -91,6 +91,8 @@ export interface InformerSpec<T> {
   fieldSelector?: string;
   labelSelector?: string;
   slim: (o: T) => T;
+  /** The apiserver ends each watch after this long (default: 300-600 s, spread as client-go does). */
+  watchTimeoutSeconds?: number;
 }
 
 export interface InformerHandlers<T> {
@@ -102,9 +104,23 @@ export interface InformerHandlers<T> {
   onRestart?(): void;
 }
 
+/** What an informer did so far (tests and debugging). */
+export interface InformerStats {
+  /** Complete LISTs (all pages): the first one, then one per expired resourceVersion. */
+  lists: number;
+  /** WATCH requests answered 200 (a watch the apiserver ended normally is reopened). */
+  watches: number;
+  bookmarks: number;
+  /** 410 Gone: the resourceVersion was compacted away (answered to a WATCH or as an ERROR event in one). */
+  expired: number;
+  /** Other failures, each followed by a backoff. */
+  errors: number;
+}
+
 export interface RunningInformer<T> {
   readonly resource: string;
   readonly synced: boolean;
+  readonly stats: Readonly<InformerStats>;
   list(): readonly T[];
   stop(): Promise<void>;
 }
@@ -126,9 +142,7 @@ interface WatchEvent {
  * non-200 answer or an ERROR event (410 Gone: the resourceVersion is compacted),
  * or with the socket's error. `onRequest` receives the request so it can be aborted.
  */
-function watchOnce(cfg: ClientConfig, path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, onRequest: (r: ClientRequest) => void): Promise<void> {
-  // Spread the apiserver-side timeouts (as client-go does) so informers do not all rewatch at once.
-  const timeoutSeconds = 300 + Math.floor(Math.random() * 300);
+function watchOnce(cfg: ClientConfig, path: string, query: Record<string, string>, timeoutSeconds: number, onEvent: (e: WatchEvent) => void, onRequest: (r: ClientRequest) => void, onOpen: () => void): Promise<void> {
   const q = new URLSearchParams({ ...query, watch: 'true', allowWatchBookmarks: 'true', timeoutSeconds: String(timeoutSeconds) });
   const url = new URL(`${cfg.server}${path}?${q}`);
   const req = url.protocol === 'https:' ? request : httpRequest;
@@ -150,6 +164,7 @@ function watchOnce(cfg: ClientConfig, path: string, query: Record<string, string
         });
         return;
       }
+      onOpen();
       res.setEncoding('utf8');
       let rest = '';
       res.on('data', (chunk: string) => {
@@ -210,6 +225,7 @@ export function startInformer<T extends KObject>(cfg: ClientConfig, spec: Inform
   };
   let synced = false;
   let stopped = false;
+  const stats: InformerStats = { lists: 0, watches: 0, bookmarks: 0, expired: 0, errors: 0 };
   let delay = initial;
   /** Where the next watch starts; undefined: list first. */
   let resourceVersion: string | undefined;
@@ -220,6 +236,7 @@ export function startInformer<T extends KObject>(cfg: ClientConfig, spec: Inform
   const relist = async (): Promise<void> => {
     const list = await listAll<T>(cfg, spec.path, query, spec.slim);
     if (stopped) return;
+    stats.lists++;
     delay = initial;
     const seen = new Set<string>();
     for (const o of list.items) {
@@ -245,6 +262,7 @@ export function startInformer<T extends KObject>(cfg: ClientConfig, spec: Inform
     if (stopped) return;
     const rv = ev.object.metadata?.resourceVersion;
     if (ev.type === 'BOOKMARK') {
+      stats.bookmarks++;
       if (rv) resourceVersion = rv;
       return;
     }
@@ -273,17 +291,21 @@ export function startInformer<T extends KObject>(cfg: ClientConfig, spec: Inform
       try {
         if (resourceVersion === undefined) await relist();
         if (stopped) return;
-        await watchOnce(cfg, spec.path, { ...query, resourceVersion: resourceVersion ?? '' }, onEvent, (r) => (current = r));
+        // Spread the apiserver-side timeouts (as client-go does) so informers do not all rewatch at once.
+        const timeout = spec.watchTimeoutSeconds ?? 300 + Math.floor(Math.random() * 300);
+        await watchOnce(cfg, spec.path, { ...query, resourceVersion: resourceVersion ?? '' }, timeout, onEvent, (r) => (current = r), () => stats.watches++);
       } catch (err) {
         if (stopped) return;
         if (err instanceof ApiError && err.statusCode === 410) {
           // Compacted away: relist now (no backoff); the next list reports only differences.
+          stats.expired++;
           resourceVersion = undefined;
           continue;
         }
         const e = err instanceof Error ? err : new Error(String(err));
         const wait = delay;
         delay = Math.min(delay * 2, max);
+        stats.errors++;
         h.onError?.(e, wait);
         await pause(wait);
         if (stopped) return;
@@ -298,6 +320,7 @@ export function startInformer<T extends KObject>(cfg: ClientConfig, spec: Inform
     get synced() {
       return synced;
     },
+    stats,
     list: () => [...cache.values()],
     stop: async () => {
       stopped = true;

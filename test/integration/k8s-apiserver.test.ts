@@ -1,7 +1,9 @@
 // The agent's Kubernetes source against a REAL kube-apiserver (with etcd):
 // least-privilege credentials, services and hand-written EndpointSlices
 // programmed into real service maps, an apiserver outage, and an agent restart
-// that writes nothing. Needs root (BPF maps, never attached here: no program
+// that writes nothing; and the informer itself: watches the apiserver ends are
+// resumed without a relist, bookmarks arrive, and a resourceVersion compacted away
+// while the apiserver was down (410) leads to one relist that reports what changed. Needs root (BPF maps, never attached here: no program
 // runs) and the binaries: kube-apiserver from $PATU_K8S_BIN_DIR (default
 // ~/.cache/patu/k8s/bin, where scripts/k8s builds it), etcd from there or PATH.
 // Skips, saying which, when any is missing. Creates: a temp dir, etcd and
@@ -19,6 +21,8 @@ import { ServiceLb } from '../../src/dataplane/service-lb.js';
 import { K8sSource } from '../../src/k8s/source.js';
 import { kubeconfigFile } from '../../src/k8s/config.js';
 import { AgentMetrics } from '../../src/k8s/metrics.js';
+import { startInformer } from '../../src/k8s/informers.js';
+import { slimService, type K8sService } from '../../src/k8s/convert.js';
 
 const BIN = process.env.PATU_K8S_BIN_DIR ?? join(process.env.PATU_K8S_CACHE ?? '/var/cache/patu/k8s', 'bin');
 const which = (name: string): string | undefined => {
@@ -224,5 +228,68 @@ test('services and slices from a real apiserver are programmed; outage and agent
     }
   } finally {
     await source.close();
+  }
+});
+
+/** etcd's JSON gateway (v3 API): the test changes etcd behind the apiserver's back. */
+async function etcdCall(op: string, body: Record<string, unknown>): Promise<any> {
+  const res = await fetch(`http://127.0.0.1:${etcdPort}/v3/${op}`, { method: 'POST', body: JSON.stringify(body) });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`etcd ${op}: HTTP ${res.status}: ${JSON.stringify(json)}`);
+  return json;
+}
+const b64 = (s: string): string => Buffer.from(s).toString('base64');
+
+test('informer on a real apiserver: watches resume without relisting, bookmarks arrive, a compacted resourceVersion (410) relists the differences', { skip }, async () => {
+  const label = `patu-it-inf-${process.pid}`;
+  const mk = (name: string) => must('POST', '/api/v1/namespaces/default/services', {
+    metadata: { name, labels: { [label]: 'y' } }, spec: { ports: [{ port: 80 }], selector: { app: name } },
+  });
+  await mk('inf-a');
+  await mk('inf-b');
+  const upserts: string[] = [];
+  const deletes: string[] = [];
+  const cfg = kubeconfigFile(join(tmp, 'kubeconfig'));
+  // Watches of 3 s: the apiserver ends each one, and sends a bookmark 2 s before it does.
+  const inf = startInformer<K8sService>(cfg, { resource: 'services', path: '/api/v1/services', labelSelector: label, slim: slimService, watchTimeoutSeconds: 3 }, {
+    onUpsert: (o) => upserts.push(o.metadata.name!),
+    onDelete: (o) => deletes.push(o.metadata.name!),
+    onSynced: () => {},
+  }, { initialMs: 200, maxMs: 1000 });
+  try {
+    await until('informer synced', () => inf.synced);
+    assert.deepEqual([...upserts].sort(), ['inf-a', 'inf-b']);
+    assert.equal(inf.stats.lists, 1);
+
+    // Resume: the apiserver ends the watch every 3 s; the informer reopens it from the last
+    // resourceVersion and never lists again; a change after that still arrives. A service
+    // outside the selector moves the resourceVersion without an event for this watch: the
+    // apiserver only sends a bookmark (2 s before the end) when it has a newer one to give.
+    await must('POST', '/api/v1/namespaces/default/services', { metadata: { name: 'inf-other' }, spec: { ports: [{ port: 80 }], selector: { app: 'x' } } });
+    const watchesThen = inf.stats.watches;
+    await until('two watches ended and reopened', () => inf.stats.watches >= watchesThen + 2, 20_000);
+    await mk('inf-c');
+    await until('inf-c seen through the resumed watch', () => upserts.includes('inf-c'));
+    assert.equal(inf.stats.lists, 1, `no relist while watches end normally: ${JSON.stringify(inf.stats)}`);
+    assert.equal(inf.stats.errors, 0, `no errors: ${JSON.stringify(inf.stats)}`);
+    assert.ok(inf.stats.bookmarks >= 1, `bookmarks must arrive (allowWatchBookmarks): ${JSON.stringify(inf.stats)}`);
+
+    // 410: with the apiserver down, inf-b is deleted in etcd itself and etcd is compacted past
+    // the informer's resourceVersion. The restarted apiserver cannot serve a watch from there:
+    // the informer must relist, report inf-b deleted, and nothing else (inf-a, inf-c unchanged).
+    await stopApiserver();
+    await etcdCall('kv/deleterange', { key: b64('/registry/services/specs/default/inf-b') });
+    const put = await etcdCall('kv/put', { key: b64(`/patu-it-${process.pid}`), value: b64('x') });
+    await etcdCall('kv/compaction', { revision: put.header.revision, physical: true });
+    const before = upserts.length;
+    await startApiserver();
+    await until('inf-b reported deleted after the relist', () => deletes.includes('inf-b'), 30_000);
+    assert.ok(inf.stats.expired >= 1, `the watch must have met 410 Gone: ${JSON.stringify(inf.stats)}`);
+    assert.equal(inf.stats.lists, 2, `one relist: ${JSON.stringify(inf.stats)}`);
+    assert.deepEqual(deletes, ['inf-b']);
+    assert.deepEqual(upserts.slice(before), [], 'unchanged services are not reported again by the relist');
+    assert.deepEqual(inf.list().map((o) => o.metadata.name).sort(), ['inf-a', 'inf-c']);
+  } finally {
+    await inf.stop();
   }
 });
