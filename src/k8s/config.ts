@@ -17,7 +17,15 @@ export const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 // The YAML parser only for a kubeconfig file, loaded when one is read: an agent in a pod
 // (ServiceAccount) never needs it, and it costs ~6 MB of RSS once loaded.
-const parseYaml = (text: string): unknown => (createRequire(import.meta.url)('yaml') as typeof import('yaml')).parse(text);
+// A JSON kubeconfig (kubectl accepts those too; JSON is YAML) skips the parser altogether.
+const parseYaml = (text: string): unknown => {
+  if (text.trimStart().startsWith('{')) {
+    try {
+      return JSON.parse(text);
+    } catch { /* YAML flow mapping, not JSON: the YAML parser decides */ }
+  }
+  return (createRequire(import.meta.url)('yaml') as typeof import('yaml')).parse(text);
+};
 
 export interface ClientConfig {
   server: string;
