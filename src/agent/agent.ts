@@ -8,6 +8,7 @@
 // breaks established connections; bin/patu falls back to running the plugin itself.
 import pino from 'pino';
 import { startCniServer } from './cni-server.js';
+import { DEFAULTS } from '../defaults.js';
 // Types only: the Kubernetes side is loaded on demand, with --kubernetes.
 import type { KubernetesAgentOptions } from '../k8s/agent-k8s.js';
 
@@ -21,7 +22,7 @@ export interface AgentOptions {
   servicesFile?: string;
   /** Watch a Kubernetes apiserver for services, endpoints, this node's pods and Node (the rest comes from here). */
   kubernetes?: Omit<KubernetesAgentOptions, 'pinRoot' | 'cgroup' | 'log' | 'metrics'>;
-  /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default 127.0.0.1:9464). */
+  /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default DEFAULTS.metricsAddr). */
   metricsAddr?: string;
 }
 
@@ -34,7 +35,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   // The health server comes first, so /healthz answers while the informers sync.
   let metrics: import('../k8s/metrics.js').AgentMetrics | undefined;
   let notReady: () => string | undefined = () => undefined;
-  const metricsAddr = opts.metricsAddr ?? (opts.kubernetes ? '127.0.0.1:9464' : undefined);
+  const metricsAddr = opts.metricsAddr ?? (opts.kubernetes ? DEFAULTS.metricsAddr : undefined);
   if (metricsAddr) {
     const { AgentMetrics, startHealthServer } = await import('../k8s/metrics.js');
     metrics = new AgentMetrics();

@@ -1,6 +1,6 @@
 // `patu accel on|off|status`: node-wide switch for same-node socket acceleration.
 import { Accel, CGROUP2_ROOT, type AccelStatus } from '../dataplane/accel.js';
-import { PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
+import { DEFAULTS } from '../defaults.js';
 
 export interface AccelCommandOptions {
   pinRoot?: string;
@@ -31,7 +31,7 @@ function render(st: AccelStatus): string[] {
 export async function accelCommand(action: 'on' | 'off' | 'status', opts: AccelCommandOptions = {}): Promise<AccelStatus> {
   const out = opts.out ?? ((l: string) => process.stdout.write(l + '\n'));
   const accel = Accel.open({
-    pinRoot: opts.pinRoot ?? PATU_PIN_ROOT,
+    pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot,
     cgroupPath: opts.cgroup ?? CGROUP2_ROOT,
     ...(opts.object ? { objectPath: opts.object } : {}),
   });

@@ -6,7 +6,10 @@ import { install, uninstall, type InstallMode, type InstallOptions } from '../in
 import { FLAVOUR_DEFAULTS, UNIT_NAME, type PathOptions } from '../install/paths.js';
 
 /** The path flags (see PathOptions), install's own options, and what only the command line has. */
-export interface InstallCliOptions extends PathOptions, Pick<InstallOptions, 'cniOnly' | 'bundleNode' | 'conflist' | 'clusterCidr' | 'podCidr' | 'force'> {
+export interface InstallCliOptions extends PathOptions, Pick<InstallOptions, 'cniOnly' | 'bundleNode' | 'conflist' | 'force'> {
+  /** --cluster-cidr and --pod-cidr (commander's names for them): install's clusterCIDR and podCIDR. */
+  clusterCidr?: string;
+  podCidr?: string;
   /** --symlink: mode 'symlink' instead of a copy. */
   symlink?: boolean;
   json?: boolean;
@@ -35,8 +38,8 @@ export async function installCommand(o: InstallCliOptions): Promise<number> {
     ...(o.prefix ? { prefix: o.prefix } : {}),
     ...(o.root ? { root: o.root } : {}),
     ...(o.stateDir ? { stateDir: o.stateDir } : {}),
-    ...(o.clusterCidr ? { clusterCidr: o.clusterCidr } : {}),
-    ...(o.podCidr ? { podCidr: o.podCidr } : {}),
+    ...(o.clusterCidr ? { clusterCIDR: o.clusterCidr } : {}),
+    ...(o.podCidr ? { podCIDR: o.podCidr } : {}),
     mode: (o.symlink ? 'symlink' : 'copy') as InstallMode,
     cniOnly: Boolean(o.cniOnly),
     bundleNode: Boolean(o.bundleNode),

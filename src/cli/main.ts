@@ -3,7 +3,7 @@
 import { Command, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { DEFAULTS } from '../cni/netconf.js';
+import { DEFAULTS } from '../defaults.js';
 
 function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8'));
@@ -123,13 +123,13 @@ export function buildProgram(): Command {
     .option('--kubeconfig <file>', 'with --kubernetes outside a pod: the kubeconfig to use (in a pod the ServiceAccount is used)')
     .option('--node-name <name>', 'with --kubernetes: this node\'s name (default: $NODE_NAME, else the hostname)')
     .option('--cluster-cidr <cidr>', 'with --kubernetes: pod addresses of the cluster; its first /24 is the pod subnet when the Node has no spec.podCIDR', DEFAULTS.clusterCIDR)
-    .option('--cni-conf-dir <dir>', 'with --kubernetes: where to write 10-patu.conflist (empty: do not write)', '/etc/cni/net.d')
+    .option('--cni-conf-dir <dir>', `with --kubernetes: where to write ${DEFAULTS.conflistName} (empty: do not write)`, DEFAULTS.cniConfDir)
     .option('--bridge <name>', 'with --kubernetes: the host bridge named in the conflist', DEFAULTS.bridge)
     .option('--data-dir <dir>', 'with --kubernetes: the IPAM state directory named in the conflist', DEFAULTS.dataDir)
     .option('--no-masquerade', 'with --kubernetes: the conflist does not masquerade traffic leaving the cluster CIDR')
-    .option('--metrics-addr <host:port>', '/metrics, /healthz, /readyz (default with --kubernetes: 127.0.0.1:9464; otherwise off)')
+    .option('--metrics-addr <host:port>', `/metrics, /healthz, /readyz (default with --kubernetes: ${DEFAULTS.metricsAddr}; otherwise off)`)
     .addOption(pinRoot)
-    .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .option('--log-level <level>', 'trace, debug, info, warn or error', DEFAULTS.logLevel)
     .addHelpText('after', '\nLogs are JSON lines on stdout. Stop with SIGTERM: pinned eBPF state stays, so traffic keeps flowing.')
     .action(async (opts) => {
       const { runAgent } = await import('../agent/agent.js');
@@ -145,7 +145,7 @@ export function buildProgram(): Command {
             kubernetes: {
               ...(opts.kubeconfig ? { kubeconfig: opts.kubeconfig } : {}),
               ...(opts.nodeName ? { nodeName: opts.nodeName } : {}),
-              clusterCidr: opts.clusterCidr,
+              clusterCIDR: opts.clusterCidr,
               cniConfDir: opts.cniConfDir,
               bridge: opts.bridge,
               dataDir: opts.dataDir,
@@ -163,9 +163,9 @@ export function buildProgram(): Command {
     .option('--flavour <name>', 'default CNI paths of: kubeadm (containerd/CRI-O), k3s, microshift, podman', 'kubeadm')
     .option('--cni-bin-dir <dir>', 'where the runtime looks for CNI plugins (default: the flavour\'s)')
     .option('--cni-conf-dir <dir>', 'where the runtime reads network configs (default: the flavour\'s)')
-    .option('--prefix <dir>', 'where patu\'s own files go', '/usr/lib/patu')
+    .option('--prefix <dir>', 'where patu\'s own files go', DEFAULTS.prefix)
     .option('--root <dir>', 'install into a staging root instead of / (paths inside stay host paths)')
-    .option('--state-dir <dir>', 'where the install manifest is kept', '/var/lib/patu')
+    .option('--state-dir <dir>', 'where the install manifest is kept', DEFAULTS.stateDir)
     .option('--symlink', 'development: make the prefix a symlink to this checkout instead of a copy')
     .option('--cni-only', 'no systemd unit (the Kubernetes DaemonSet\'s init container: the agent runs in the pod)')
     .option('--no-conflist', 'do not write 10-patu.conflist (the agent writes it with --kubernetes)')
@@ -184,7 +184,7 @@ export function buildProgram(): Command {
     .command('uninstall')
     .description('remove exactly what `patu install` recorded, then patu\'s own pins (never the rest of bpffs)')
     .option('--root <dir>', 'the staging root given to install (pins are then left alone unless --pin-root is given)')
-    .option('--state-dir <dir>', 'where the install manifest is kept', '/var/lib/patu')
+    .option('--state-dir <dir>', 'where the install manifest is kept', DEFAULTS.stateDir)
     .option('--pin-root <dir>', `patu's pin directory to remove (default on a live host: ${DEFAULTS.pinRoot})`)
     .option('--no-pins', 'leave pinned eBPF state alone')
     .option('--json', 'print what was removed and kept as JSON')

@@ -3,7 +3,7 @@
 // services no longer in it are removed. list reads the pinned maps, so it
 // shows what the kernel will do, not what a file says.
 import { formatTable } from './table.js';
-import { PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
+import { DEFAULTS } from '../defaults.js';
 import { ServiceLb, readProgrammed, PROD_CGROUP, type ApplyStats, type ProgrammedServiceView } from '../dataplane/service-lb.js';
 import { applyToModel, loadServices, ServiceFileError, watchServices } from '../services/file-source.js';
 import { ServiceModel } from '../services/model.js';
@@ -61,7 +61,7 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
   model.replaceAll(items);
   let lb: ServiceLb | undefined;
   try {
-    lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? PATU_PIN_ROOT, cgroupPath: opts.cgroupPath ?? PROD_CGROUP, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+    lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: opts.cgroupPath ?? PROD_CGROUP, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
     // Full resync: what the maps hold and the file does not is removed.
     const stats = lb.apply(model.desired());
     const attachedNow = !lb.linksPinned();
@@ -91,7 +91,7 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
 }
 
 /** The programmed services, or null when nothing was ever programmed under pinRoot (for `patu status`). */
-export function programmedServices(pinRoot: string = PATU_PIN_ROOT): ProgrammedServiceView[] | null {
+export function programmedServices(pinRoot: string = DEFAULTS.pinRoot): ProgrammedServiceView[] | null {
   return readProgrammed(pinRoot);
 }
 
@@ -108,7 +108,7 @@ export function formatServicesTable(list: readonly ProgrammedServiceView[]): str
 /** Lists services and backends as programmed in the maps. Returns the exit code. */
 export async function servicesList(opts: ServicesOptions = {}): Promise<number> {
   const out = opts.out ?? stdout;
-  const pinRoot = opts.pinRoot ?? PATU_PIN_ROOT;
+  const pinRoot = opts.pinRoot ?? DEFAULTS.pinRoot;
   let list: ProgrammedServiceView[] | null;
   try {
     list = readProgrammed(pinRoot);
@@ -145,7 +145,7 @@ export interface ServicesWatchHandle {
  * services that changed. Throws if the initial source is invalid.
  */
 export async function servicesWatch(path: string, opts: ServicesWatchOptions = {}): Promise<ServicesWatchHandle> {
-  const lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? PATU_PIN_ROOT, cgroupPath: opts.cgroupPath ?? PROD_CGROUP, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+  const lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: opts.cgroupPath ?? PROD_CGROUP, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
   const model = new ServiceModel();
   try {
     const watcher = await watchServices(path, {

@@ -17,19 +17,10 @@ import en from 'zod/v4/locales/en.js';
 import { CniCode, CniError, invalidConfig } from './errors.js';
 import { isSupportedVersion, SUPPORTED_VERSIONS, type CniResult } from './spec.js';
 import { validIfname } from './env.js';
+import { DEFAULTS } from '../defaults.js';
 
 z.config(en());
 
-export const DEFAULTS = {
-  bridge: 'patu0',
-  mtu: 1500,
-  clusterCIDR: '10.200.0.0/16',
-  /** The node's pod subnet when neither ipam.ranges nor podCIDR is given: the first /24 of clusterCIDR. */
-  podCIDR: '10.200.0.0/24',
-  dataDir: '/var/lib/patu/ipam',
-  pinRoot: '/sys/fs/bpf/patu',
-  agentSocket: '/run/patu/agent.sock',
-} as const;
 
 const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const CIDR4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/;

@@ -7,7 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfProgram, BpfLink, AttachType } from '../kernel/bpf/object.js';
 import { TypedMap, u32, u64 } from '../kernel/bpf/map.js';
 import { BpfError } from '../kernel/bpf/errors.js';
-import { ensurePinDir, removePins, PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
+import { ensurePinDir, removePins } from '../kernel/bpf/pins.js';
+import { DEFAULTS } from '../defaults.js';
 import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
 import { accelPins, accelCfgCodec, sockKeyCodec, type SockKey } from './accel-maps.js';
 import { openPodRegistry } from './accel-registry.js';
@@ -51,7 +52,7 @@ export class Accel {
   private readonly pins: ReturnType<typeof accelPins>;
 
   private constructor(opts: AccelOptions) {
-    this.pinRoot = opts.pinRoot ?? PATU_PIN_ROOT;
+    this.pinRoot = opts.pinRoot ?? DEFAULTS.pinRoot;
     this.cgroupPath = opts.cgroupPath ?? CGROUP2_ROOT;
     this.objectPath = opts.objectPath ?? process.env.PATU_ACCEL_OBJECT ?? DEFAULT_OBJECT;
     this.pins = accelPins(this.pinRoot);

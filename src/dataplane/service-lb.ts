@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
 import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
-import { ensurePinDir, PATU_PIN_ROOT } from '../kernel/bpf/pins.js';
+import { ensurePinDir } from '../kernel/bpf/pins.js';
+import { DEFAULTS } from '../defaults.js';
 import {
   commit, diffServices, emptyState, IdAllocator, setService,
   type DiffResult, type MapOp, type ProgrammedBackend, type ProgrammedService, type ProgrammedState,
@@ -119,7 +120,7 @@ export class ServiceLb {
    * no slot).
    */
   static open(opts: ServiceLbOptions = {}): ServiceLb {
-    const pinRoot = ensurePinDir(opts.pinRoot ?? PATU_PIN_ROOT);
+    const pinRoot = ensurePinDir(opts.pinRoot ?? DEFAULTS.pinRoot);
     const objectPath = opts.objectPath ?? DEFAULT_OBJECT;
     if (!existsSync(objectPath)) throw new Error(`ServiceLb.open: BPF object ${objectPath} is missing (run scripts/build.sh)`);
     const obj = BpfObject.open(objectPath, { pinRoot });
@@ -377,7 +378,7 @@ function programmedView(m: Maps): ProgrammedServiceView[] {
  * Reads the programmed services from pinned maps without loading programs
  * (for `patu services` / `patu status` next to a running agent).
  */
-export function readProgrammed(pinRoot: string = PATU_PIN_ROOT): ProgrammedServiceView[] | null {
+export function readProgrammed(pinRoot: string = DEFAULTS.pinRoot): ProgrammedServiceView[] | null {
   const p = (n: string): string => join(pinRoot, n);
   if (!existsSync(p('patu_svc'))) return null;
   const maps = {

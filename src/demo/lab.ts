@@ -6,6 +6,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, rmdirSync } from 'node:fs';
 import { hostVethName } from '../dataplane/names.js';
+import { DEFAULTS } from '../defaults.js';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -53,7 +54,7 @@ export class Lab {
     this.opts = opts;
     this.bridge = `${opts.name}0`.slice(0, 15);
     this.stateDir = `/run/${opts.name}`;
-    this.pinRoot = `/sys/fs/bpf/${opts.name}`;
+    this.pinRoot = `${DEFAULTS.bpffs}/${opts.name}`;
     this.cgroup = join(CGROUP2_ROOT, opts.name);
   }
 

@@ -24,9 +24,9 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildConflist } from '../k8s/conflist.js';
 import { firstSubnet24 } from '../k8s/convert.js';
-import { DEFAULTS } from '../cni/netconf.js';
+import { DEFAULTS } from '../defaults.js';
 import {
-  cniLinkTarget, crioDropIn, DEFAULT_STATE_DIR, resolvePaths, within,
+  cniLinkTarget, crioDropIn, resolvePaths, within,
   type InstallPaths, type PathOptions,
 } from './paths.js';
 
@@ -48,8 +48,8 @@ export interface InstallOptions extends PathOptions {
   bundleNode?: boolean;
   /** Write the conflist (default true). */
   conflist?: boolean;
-  clusterCidr?: string;
-  podCidr?: string;
+  clusterCIDR?: string;
+  podCIDR?: string;
   /** Take over target files that exist but were not installed by patu. */
   force?: boolean;
   log?: (line: string) => void;
@@ -261,12 +261,12 @@ export function install(o: InstallOptions = {}): InstallResult {
   }
   if (paths.root !== '/' && !lstatOrNull(paths.root)) throw new InstallError(paths.root, '--root does not exist');
 
-  const clusterCIDR = o.clusterCidr ?? DEFAULTS.clusterCIDR;
+  const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   let podCIDR = '';
   if (o.conflist !== false) {
     try {
       // Like the agent without a Node podCIDR: the first /24 of the cluster CIDR.
-      podCIDR = o.podCidr ?? firstSubnet24(clusterCIDR);
+      podCIDR = o.podCIDR ?? firstSubnet24(clusterCIDR);
       if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(podCIDR)) throw new Error(`pod CIDR ${JSON.stringify(podCIDR)} is not an IPv4 CIDR`);
     } catch (e) {
       throw new InstallError(paths.conflist, `--cluster-cidr/--pod-cidr: ${(e as Error).message}`);
@@ -436,7 +436,7 @@ export function install(o: InstallOptions = {}): InstallResult {
       } catch (e) {
         throw new InstallError(unitSrc, `read unit template: ${errCode(e)}`);
       }
-      putFile(paths.unit, unit.replaceAll('/usr/lib/patu', paths.prefix), 'systemd unit');
+      putFile(paths.unit, unit.replaceAll(DEFAULTS.prefix, paths.prefix), 'systemd unit');
     }
 
     // 5. MicroShift: tell CRI-O which network to wait for and where the binary is.
@@ -485,7 +485,7 @@ export interface UninstallReport {
 /** Removes what the manifest lists (and only that), then the created directories if empty, then patu's pins. */
 export async function uninstall(o: UninstallOptions = {}): Promise<UninstallReport> {
   const log = o.log ?? (() => {});
-  const paths = resolvePaths({ ...(o.root !== undefined ? { root: o.root } : {}), stateDir: o.stateDir ?? DEFAULT_STATE_DIR });
+  const paths = resolvePaths({ ...(o.root !== undefined ? { root: o.root } : {}), stateDir: o.stateDir ?? DEFAULTS.stateDir });
   const report: UninstallReport = { manifest: paths.staged(paths.manifest), found: false, removed: [], kept: [], pinsRemoved: null };
   const manifest = readManifest(paths);
   if (manifest) {

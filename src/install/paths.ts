@@ -14,6 +14,7 @@
 //   podman      Debian's containernetworking-plugins installs to /usr/lib/cni, which is in
 //               containers.conf's default cni_plugin_dirs; networks are /etc/cni/net.d conflists
 import { isAbsolute, join, normalize, relative, dirname } from 'node:path';
+import { DEFAULTS } from '../defaults.js';
 
 export const FLAVOURS = ['kubeadm', 'k3s', 'microshift', 'podman'] as const;
 export type Flavour = (typeof FLAVOURS)[number];
@@ -28,7 +29,7 @@ export interface FlavourDefaults {
 }
 
 export const FLAVOUR_DEFAULTS: Readonly<Record<Flavour, FlavourDefaults>> = {
-  kubeadm: { cniBinDir: '/opt/cni/bin', cniConfDir: '/etc/cni/net.d', note: 'containerd or CRI-O with their default CNI paths' },
+  kubeadm: { cniBinDir: DEFAULTS.cniBinDir, cniConfDir: DEFAULTS.cniConfDir, note: 'containerd or CRI-O with their default CNI paths' },
   k3s: {
     cniBinDir: '/var/lib/rancher/k3s/data/cni',
     cniConfDir: '/var/lib/rancher/k3s/agent/etc/cni/net.d',
@@ -36,19 +37,16 @@ export const FLAVOUR_DEFAULTS: Readonly<Record<Flavour, FlavourDefaults>> = {
   },
   microshift: {
     cniBinDir: '/usr/libexec/cni',
-    cniConfDir: '/etc/cni/net.d',
+    cniConfDir: DEFAULTS.cniConfDir,
     crioDropInDir: '/etc/crio/crio.conf.d',
     note: 'MicroShift without the microshift-networking (OVN-K) package; CRI-O is told to use the "patu" network',
   },
-  podman: { cniBinDir: '/usr/lib/cni', cniConfDir: '/etc/cni/net.d', note: 'podman with network_backend="cni" (Debian packages)' },
+  podman: { cniBinDir: '/usr/lib/cni', cniConfDir: DEFAULTS.cniConfDir, note: 'podman with network_backend="cni" (Debian packages)' },
 };
 
-export const DEFAULT_PREFIX = '/usr/lib/patu';
-export const DEFAULT_STATE_DIR = '/var/lib/patu';
 export const MANIFEST_NAME = 'install.json';
 export const UNIT_NAME = 'patu-agent.service';
 export const SYSTEMD_DIR = '/etc/systemd/system';
-export const CONFLIST_FILE = '10-patu.conflist';
 export const CNI_BIN_NAME = 'patu';
 export const CRIO_DROPIN_NAME = '50-patu.conf';
 
@@ -111,10 +109,10 @@ export function resolvePaths(o: PathOptions = {}): InstallPaths {
   const root = o.root === undefined || o.root === '' ? '/' : o.root;
   if (!isAbsolute(root)) throw new InstallPathError('--root', `${root} must be an absolute path`);
   const rootAbs = normalize(root);
-  const prefix = hostDir('--prefix', o.prefix ?? DEFAULT_PREFIX);
+  const prefix = hostDir('--prefix', o.prefix ?? DEFAULTS.prefix);
   const cniBinDir = hostDir('--cni-bin-dir', o.cniBinDir ?? d.cniBinDir);
   const cniConfDir = hostDir('--cni-conf-dir', o.cniConfDir ?? d.cniConfDir);
-  const stateDir = hostDir('--state-dir', o.stateDir ?? DEFAULT_STATE_DIR);
+  const stateDir = hostDir('--state-dir', o.stateDir ?? DEFAULTS.stateDir);
   // The prefix is removed as a whole on uninstall: it must not contain (or be) a
   // directory patu shares with others.
   for (const [field, dir] of [['--cni-bin-dir', cniBinDir], ['--cni-conf-dir', cniConfDir], ['--state-dir', stateDir], ['systemd unit dir', SYSTEMD_DIR]] as const) {
@@ -131,7 +129,7 @@ export function resolvePaths(o: PathOptions = {}): InstallPaths {
     manifest: join(stateDir, MANIFEST_NAME),
     unit: join(SYSTEMD_DIR, UNIT_NAME),
     cniBinary: join(cniBinDir, CNI_BIN_NAME),
-    conflist: join(cniConfDir, CONFLIST_FILE),
+    conflist: join(cniConfDir, DEFAULTS.conflistName),
     staged,
   };
   if (d.crioDropInDir) out.crioDropIn = join(d.crioDropInDir, CRIO_DROPIN_NAME);

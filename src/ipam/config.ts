@@ -25,8 +25,8 @@ import {
   type Cidr,
   type Family,
 } from './cidr.js';
+import { DEFAULTS } from '../defaults.js';
 
-export const DEFAULT_DATA_DIR = '/var/lib/patu/ipam';
 
 export class IpamConfigError extends Error {
   /** JSON path of the bad value, e.g. `ipam.ranges[0][0].subnet`. */
@@ -260,7 +260,7 @@ export function parseIpamConfig(raw: unknown, path = 'ipam'): IpamConfig {
     routes = c.routes.map((r: unknown, i: number) => parseRoute(r, `${path}.routes[${i}]`));
   }
 
-  let dataDir = DEFAULT_DATA_DIR;
+  let dataDir: string = DEFAULTS.dataDir;
   if (c.dataDir !== undefined) {
     dataDir = str(c.dataDir, `${path}.dataDir`);
     if (!dataDir.startsWith('/')) throw new IpamConfigError(`${path}.dataDir`, `must be an absolute path, got '${dataDir}'`);

@@ -1,10 +1,10 @@
 // `patu agent --kubernetes`: the Kubernetes source wired to the data plane,
 // the pod registry, the CNI conflist and the health/metrics server.
 import { hostname } from 'node:os';
-import { DEFAULTS } from '../cni/netconf.js';
+import { DEFAULTS } from '../defaults.js';
 import { openPodRegistry, type PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceLb } from '../dataplane/service-lb.js';
-import { buildConflist, writeConflistIfChanged, CONFLIST_NAME } from './conflist.js';
+import { buildConflist, writeConflistIfChanged } from './conflist.js';
 import { loadClientConfig } from './config.js';
 import type { AgentMetrics } from './metrics.js';
 import { K8sSource, type Logger } from './source.js';
@@ -13,7 +13,7 @@ export interface KubernetesAgentOptions {
   kubeconfig?: string;
   /** --node-name, else NODE_NAME, else the hostname. */
   nodeName?: string;
-  clusterCidr?: string;
+  clusterCIDR?: string;
   /** Where 10-patu.conflist goes; '' to not write one. */
   cniConfDir?: string;
   /** What the conflist tells the plugin: host bridge, IPAM directory, masquerade (defaults: the plugin's). */
@@ -41,13 +41,13 @@ export interface KubernetesAgent {
 export async function startKubernetes(o: KubernetesAgentOptions): Promise<KubernetesAgent> {
   const cfg = loadClientConfig(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {});
   const nodeName = resolveNodeName(o.nodeName);
-  const clusterCidr = o.clusterCidr ?? DEFAULTS.clusterCIDR;
+  const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   const lb = ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
   let registry: PodRegistry | undefined;
-  const confDir = o.cniConfDir ?? '/etc/cni/net.d';
+  const confDir = o.cniConfDir ?? DEFAULTS.cniConfDir;
   const source = new K8sSource({
     nodeName,
-    clusterCidr,
+    clusterCIDR,
     sink: lb,
     log: o.log,
     ...(o.metrics ? { metrics: o.metrics } : {}),
@@ -66,14 +66,14 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
       if (!confDir) return;
       const conflist = buildConflist({
         podCIDR: cidr,
-        clusterCIDR: clusterCidr,
+        clusterCIDR,
         pinRoot: o.pinRoot,
         ...(o.bridge ? { bridge: o.bridge } : {}),
         ...(o.dataDir ? { dataDir: o.dataDir } : {}),
         ...(o.masquerade !== undefined ? { masquerade: o.masquerade } : {}),
       });
       const wrote = writeConflistIfChanged(confDir, conflist);
-      o.log.info({ file: `${confDir}/${CONFLIST_NAME}`, podCIDR: cidr, changed: wrote }, wrote ? 'CNI conflist written' : 'CNI conflist up to date');
+      o.log.info({ file: `${confDir}/${DEFAULTS.conflistName}`, podCIDR: cidr, changed: wrote }, wrote ? 'CNI conflist written' : 'CNI conflist up to date');
     },
   });
   source.start(cfg);

@@ -5,8 +5,8 @@
 // when the content changes, so a restart does not make runtimes reload.
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { DEFAULTS } from '../defaults.js';
 
-export const CONFLIST_NAME = '10-patu.conflist';
 
 export interface ConflistOptions {
   podCIDR: string;
@@ -44,7 +44,7 @@ export function buildConflist(o: ConflistOptions): string {
  * Writes `content` to dir/name unless the file already holds exactly that.
  * Returns whether it wrote. Errors name the path and the failing call.
  */
-export function writeConflistIfChanged(dir: string, content: string, name = CONFLIST_NAME): boolean {
+export function writeConflistIfChanged(dir: string, content: string, name: string = DEFAULTS.conflistName): boolean {
   const path = join(dir, name);
   try {
     if (readFileSync(path, 'utf8') === content) return false;

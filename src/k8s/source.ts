@@ -39,7 +39,7 @@ export interface Logger {
 export interface K8sSourceOptions {
   nodeName: string;
   /** Used for the pod subnet when the Node has no spec.podCIDR (its first /24). */
-  clusterCidr: string;
+  clusterCIDR: string;
   sink?: ServiceSink;
   /** Opens the acceleration pod registry; undefined while acceleration was never set up. */
   podRegistry?: () => PodRegistry | undefined;
@@ -95,7 +95,7 @@ export class K8sSource {
 
   constructor(private readonly opts: K8sSourceOptions) {
     this.log = opts.log ?? nolog;
-    firstSubnet24(opts.clusterCidr); // validates early
+    firstSubnet24(opts.clusterCIDR); // validates early
     const resync = opts.resyncMs ?? 300_000;
     if (resync > 0) {
       this.resyncTimer = setInterval(() => this.resync(), resync);
@@ -384,7 +384,7 @@ export class K8sSource {
 
   /** node.spec.podCIDR, else the first /24 of the cluster CIDR. */
   podCIDR(): string {
-    return nodePodCidr(this.node) ?? this.lastCidr ?? firstSubnet24(this.opts.clusterCidr);
+    return nodePodCidr(this.node) ?? this.lastCidr ?? firstSubnet24(this.opts.clusterCIDR);
   }
 
   private publishCidr(): void {

@@ -180,7 +180,7 @@ test('services and slices from a real apiserver are programmed; outage and agent
   const metrics = new AgentMetrics({ defaultMetrics: false });
   const cidrs: string[] = [];
   let lastApply = Date.now();
-  let source = new K8sSource({ nodeName: NODE, clusterCidr: '10.200.0.0/16', sink: lb, metrics, resyncMs: 0, onPodCidr: (c) => cidrs.push(c), onApplied: () => (lastApply = Date.now()), backoff: { initialMs: 200, maxMs: 1000 } });
+  let source = new K8sSource({ nodeName: NODE, clusterCIDR: '10.200.0.0/16', sink: lb, metrics, resyncMs: 0, onPodCidr: (c) => cidrs.push(c), onApplied: () => (lastApply = Date.now()), backoff: { initialMs: 200, maxMs: 1000 } });
   const backends = () => lb.programmed().find((s) => s.vip === vip && s.port === 80)?.backends.map((b) => `${b.ip}:${b.port}`).sort();
   try {
     source.start(cfg);
@@ -216,7 +216,7 @@ test('services and slices from a real apiserver are programmed; outage and agent
     lb.close();
     const lb2 = ServiceLb.open({ pinRoot: PIN });
     let firstOps = -1;
-    source = new K8sSource({ nodeName: NODE, clusterCidr: '10.200.0.0/16', sink: lb2, resyncMs: 0, onApplied: (s) => { if (firstOps < 0) firstOps = s.ops; } });
+    source = new K8sSource({ nodeName: NODE, clusterCIDR: '10.200.0.0/16', sink: lb2, resyncMs: 0, onApplied: (s) => { if (firstOps < 0) firstOps = s.ops; } });
     try {
       source.start(cfg);
       await until('restarted agent ready', () => source.notReady() === undefined);

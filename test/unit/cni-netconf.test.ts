@@ -2,7 +2,8 @@
 // spec's error code and a message that names the field.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetConf, DEFAULTS } from '../../src/cni/netconf.js';
+import { parseNetConf } from '../../src/cni/netconf.js';
+import { DEFAULTS } from '../../src/defaults.js';
 import { readEnv, readCommand, parseCniArgs } from '../../src/cni/env.js';
 import { CniError } from '../../src/cni/errors.js';
 import { resultForVersion, compareVersions } from '../../src/cni/spec.js';

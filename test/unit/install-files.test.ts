@@ -65,7 +65,7 @@ test('install, reinstall and uninstall a fabricated tree in a staging root', asy
   mkdirSync(join(root, 'etc/cni/net.d'), { recursive: true });
   writeFileSync(join(root, 'etc/cni/net.d/05-other.conflist'), 'other');
 
-  const res = install({ source: src, root, flavour: 'podman', prefix: '/opt/patu', clusterCidr: '10.42.0.0/16' });
+  const res = install({ source: src, root, flavour: 'podman', prefix: '/opt/patu', clusterCIDR: '10.42.0.0/16' });
   const p = resolvePaths({ root, flavour: 'podman', prefix: '/opt/patu' });
   assert.equal(readlinkSync(p.staged('/usr/lib/cni/patu')), '../../../opt/patu/bin/patu');
   for (const f of ['bin/patu', 'dist/cni.mjs', 'dist/src/cli/index.js', 'node_modules/a/node_modules/c/package.json', 'node_modules/d/package.json', '.patu-install']) {
@@ -80,7 +80,7 @@ test('install, reinstall and uninstall a fabricated tree in a staging root', asy
   assert.equal(nc.clusterCIDR, '10.42.0.0/16');
   assert.deepEqual(JSON.parse(JSON.stringify(nc.ipam.ranges)), [[{ subnet: '10.42.0.0/24' }]]);
 
-  const again = install({ source: src, root, flavour: 'podman', prefix: '/opt/patu', clusterCidr: '10.42.0.0/16' });
+  const again = install({ source: src, root, flavour: 'podman', prefix: '/opt/patu', clusterCIDR: '10.42.0.0/16' });
   assert.deepEqual(again.manifest.entries, res.manifest.entries);
   assert.deepEqual(again.written, ['/opt/patu'], 'only the prefix is copied again');
   assert.deepEqual(readManifest(p)?.createdDirs, res.manifest.createdDirs);

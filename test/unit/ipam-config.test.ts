@@ -2,14 +2,15 @@
 // the exact JSON path of the bad field.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { allocatableCount, DEFAULT_DATA_DIR, IpamConfigError, parseIpamConfig } from '../../src/ipam/config.js';
+import { allocatableCount, IpamConfigError, parseIpamConfig } from '../../src/ipam/config.js';
+import { DEFAULTS } from '../../src/defaults.js';
 import { bigIntToIp } from '../../src/ipam/cidr.js';
 
 const v4 = (r: Record<string, unknown>) => ({ ranges: [[{ subnet: '10.9.0.0/24', ...r }]] });
 
 test('defaults: gateway and rangeStart are network+1, rangeEnd is broadcast-1 (v4) or the last address (v6)', () => {
   const c = parseIpamConfig({ ranges: [[{ subnet: '10.9.0.0/24' }], [{ subnet: 'fd00:9::/120' }]] });
-  assert.equal(c.dataDir, DEFAULT_DATA_DIR);
+  assert.equal(c.dataDir, DEFAULTS.dataDir);
   assert.deepEqual(c.routes, []);
   assert.deepEqual(c.reserved, []);
   const [r4] = c.rangeSets[0]!.ranges;

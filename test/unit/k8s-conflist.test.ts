@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildConflist, writeConflistIfChanged, CONFLIST_NAME } from '../../src/k8s/conflist.js';
+import { buildConflist, writeConflistIfChanged } from '../../src/k8s/conflist.js';
+import { DEFAULTS } from '../../src/defaults.js';
 import { parseNetConf } from '../../src/cni/netconf.js';
 
 test('the conflist is one patu plugin with the node pod subnet, and the plugin accepts it', () => {
@@ -28,7 +29,7 @@ test('writes atomically, only when the content changes, and leaves no temp file'
     const a = buildConflist({ podCIDR: '10.200.0.0/24', clusterCIDR: '10.200.0.0/16' });
     const b = buildConflist({ podCIDR: '10.200.1.0/24', clusterCIDR: '10.200.0.0/16' });
     assert.equal(writeConflistIfChanged(sub, a), true);
-    const path = join(sub, CONFLIST_NAME);
+    const path = join(sub, DEFAULTS.conflistName);
     assert.equal(readFileSync(path, 'utf8'), a);
     const ino = statSync(path).ino;
     assert.equal(writeConflistIfChanged(sub, a), false, 'same content must not rewrite');
@@ -36,7 +37,7 @@ test('writes atomically, only when the content changes, and leaves no temp file'
     assert.equal(writeConflistIfChanged(sub, b), true);
     assert.equal(readFileSync(path, 'utf8'), b);
     assert.notEqual(statSync(path).ino, ino, 'a change is a rename of a new file, not an in-place write');
-    assert.deepEqual(readdirSync(sub), [CONFLIST_NAME]);
+    assert.deepEqual(readdirSync(sub), [DEFAULTS.conflistName]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -45,10 +46,10 @@ test('writes atomically, only when the content changes, and leaves no temp file'
 test('a write that cannot happen names the path and the error, and keeps the old file', { skip: process.getuid?.() === 0 ? 'root ignores directory permissions' : false }, () => {
   const dir = mkdtempSync(join(tmpdir(), `patu-conflist-ro-${process.pid}-`));
   try {
-    writeFileSync(join(dir, CONFLIST_NAME), 'old');
+    writeFileSync(join(dir, DEFAULTS.conflistName), 'old');
     chmodSync(dir, 0o555);
-    assert.throws(() => writeConflistIfChanged(dir, 'new'), (e: Error) => e.message.includes(join(dir, CONFLIST_NAME)) && /EACCES/.test(e.message));
-    assert.equal(readFileSync(join(dir, CONFLIST_NAME), 'utf8'), 'old');
+    assert.throws(() => writeConflistIfChanged(dir, 'new'), (e: Error) => e.message.includes(join(dir, DEFAULTS.conflistName)) && /EACCES/.test(e.message));
+    assert.equal(readFileSync(join(dir, DEFAULTS.conflistName), 'utf8'), 'old');
   } finally {
     chmodSync(dir, 0o755);
     rmSync(dir, { recursive: true, force: true });

@@ -46,7 +46,7 @@ const slice = (name: string, service: string, ips: string[], ready = true): K8sE
 });
 
 function source(sink: ServiceSink, extra: Partial<ConstructorParameters<typeof K8sSource>[0]> = {}) {
-  return new K8sSource({ nodeName: 'n1', clusterCidr: '10.200.0.0/16', sink, coalesceMs: 5, resyncMs: 0, retryMs: 10, ...extra });
+  return new K8sSource({ nodeName: 'n1', clusterCIDR: '10.200.0.0/16', sink, coalesceMs: 5, resyncMs: 0, retryMs: 10, ...extra });
 }
 
 function syncAll(s: K8sSource): void {
@@ -218,7 +218,7 @@ test('pod annotation patu.dev/accel=off opts the pod out, keeps what CNI ADD rec
 
 test('pod subnet: published once the Node is listed (fallback, then the Node value), and only on change', async () => {
   const seen: string[] = [];
-  const s = source(new DiffSink(), { onPodCidr: (c) => seen.push(c), clusterCidr: '10.201.0.0/16' });
+  const s = source(new DiffSink(), { onPodCidr: (c) => seen.push(c), clusterCIDR: '10.201.0.0/16' });
   try {
     assert.equal(s.podCIDR(), '10.201.0.0/24');
     s.handleNode({ metadata: { name: 'other' }, spec: { podCIDR: '10.201.9.0/24' } });

@@ -3,9 +3,9 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { mount } from '../ffi/libc.js';
+import { DEFAULTS } from '../../defaults.js';
 
-export const BPFFS = '/sys/fs/bpf';
-export const PATU_PIN_ROOT = '/sys/fs/bpf/patu';
+const BPFFS = DEFAULTS.bpffs;
 
 function bpffsMounted(): boolean {
   const mounts = readFileSync('/proc/self/mounts', 'utf8');
@@ -44,7 +44,7 @@ export function assertPinRoot(root: string): string {
 }
 
 /** Creates the pin directory (and bpffs, if needed). Returns its absolute path. */
-export function ensurePinDir(root: string = PATU_PIN_ROOT): string {
+export function ensurePinDir(root: string = DEFAULTS.pinRoot): string {
   const abs = assertPinRoot(root);
   ensureBpffs();
   mkdirSync(abs, { recursive: true });
@@ -52,7 +52,7 @@ export function ensurePinDir(root: string = PATU_PIN_ROOT): string {
 }
 
 /** Every pinned object under root, as absolute paths (directories excluded), sorted. */
-export function listPins(root: string = PATU_PIN_ROOT): string[] {
+export function listPins(root: string = DEFAULTS.pinRoot): string[] {
   const abs = assertPinRoot(root);
   if (!existsSync(abs)) return [];
   const out: string[] = [];
@@ -72,7 +72,7 @@ export function listPins(root: string = PATU_PIN_ROOT): string[] {
  * reference only: programs still attached through another reference (an fd,
  * a cgroup attachment) keep running.
  */
-export function removePins(root: string = PATU_PIN_ROOT): void {
+export function removePins(root: string = DEFAULTS.pinRoot): void {
   const abs = assertPinRoot(root);
   if (!existsSync(abs)) return;
   if (!statSync(abs).isDirectory()) {

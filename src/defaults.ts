@@ -1,0 +1,36 @@
+// Every default patu uses, in one place. Import-free on purpose: the plugin, the
+// agent, the CLI, install and the tests all read it, and none of them should pull
+// in anything else for a constant.
+//
+// Not here: the cgroup2 attach point. It differs between hosts (pure cgroup v2:
+// /sys/fs/cgroup; hybrid: /sys/fs/cgroup/unified; in a container: the host's mount),
+// so it is found at run time from /proc/self/mountinfo (src/kernel/cgroup.ts).
+export const DEFAULTS = {
+  /** Host bridge of the patu network; its address is each range's gateway. */
+  bridge: 'patu0',
+  mtu: 1500,
+  /** Pod addresses of all nodes: never masqueraded. */
+  clusterCIDR: '10.200.0.0/16',
+  /** The node's pod subnet when neither ipam.ranges nor podCIDR is given: the first /24 of clusterCIDR. */
+  podCIDR: '10.200.0.0/24',
+  /** Where bpffs is mounted; every patu pin root is a directory below it. */
+  bpffs: '/sys/fs/bpf',
+  /** patu's own pins (maps, programs, links) below bpffs. */
+  pinRoot: '/sys/fs/bpf/patu',
+  /** patu's node state: the install manifest, the installed tree of the DaemonSet. */
+  stateDir: '/var/lib/patu',
+  /** IPAM records (one directory per network). */
+  dataDir: '/var/lib/patu/ipam',
+  /** The agent's CNI socket, which bin/patu tries first. */
+  agentSocket: '/run/patu/agent.sock',
+  /** Where container runtimes look for plugins and read network configs (containerd, CRI-O). */
+  cniBinDir: '/opt/cni/bin',
+  cniConfDir: '/etc/cni/net.d',
+  /** The network config file the agent (or install) writes. */
+  conflistName: '10-patu.conflist',
+  /** Where `patu install` puts patu's own files. */
+  prefix: '/usr/lib/patu',
+  /** /metrics, /healthz, /readyz of the agent in Kubernetes mode. */
+  metricsAddr: '127.0.0.1:9464',
+  logLevel: 'info',
+} as const;
