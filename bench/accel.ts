@@ -10,10 +10,10 @@
 // Needs root, iperf3, sockperf and build/bpf/accel.o. Creates its own netns,
 // cgroup and pins (named after its pid) and removes them at the end.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Accel } from '../src/dataplane/accel.js';
-import { removePins } from '../src/kernel/bpf/pins.js';
+import { Scratch } from '../test/helpers/kernel.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string): string => {
@@ -23,12 +23,12 @@ const opt = (name: string, dflt: string): string => {
 const SECONDS = Number(opt('seconds', '3'));
 const JSON_OUT = opt('json', '');
 
-const PID = process.pid;
-const NS_NODE = `pb${PID}n`;
-const NS1 = `pb${PID}a`;
-const NS2 = `pb${PID}b`;
-const CG = `/sys/fs/cgroup/unified/patu-bench-accel-${PID}`;
-const PIN_ROOT = `/sys/fs/bpf/patu-bench-accel-${PID}`;
+const scratch = new Scratch('patu-bench-accel');
+const NS_NODE = scratch.name('n');
+const NS1 = scratch.name('a');
+const NS2 = scratch.name('b');
+let CG = '';
+const PIN_ROOT = scratch.pinRoot();
 const OBJ = fileURLToPath(new URL('../../build/bpf/accel.o', import.meta.url));
 const NODE_IP = '172.31.78.1';
 const IP1 = '172.31.78.11';
@@ -128,8 +128,8 @@ function measure(ns: string, host: string, label: string): Figures {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench/accel needs root');
   if (!existsSync(OBJ)) throw new Error(`${OBJ} missing: run scripts/build.sh`);
-  mkdirSync(CG);
-  for (const ns of [NS_NODE, NS1, NS2]) ip('netns', 'add', ns);
+  CG = scratch.cgroup();
+  for (const ns of [NS_NODE, NS1, NS2]) scratch.netns(ns);
   ip('-n', NS_NODE, 'link', 'add', 'br0', 'type', 'bridge');
   ip('-n', NS_NODE, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'br0');
   ip('-n', NS_NODE, 'link', 'set', 'br0', 'up');
@@ -141,6 +141,11 @@ async function main(): Promise<void> {
     ip('-n', ns, 'link', 'set', 'lo', 'up');
   }
   const accel = Accel.open({ pinRoot: PIN_ROOT, cgroupPath: CG, objectPath: OBJ });
+  scratch.defer('accel', () => accel.teardown());
+  scratch.defer('servers', async () => {
+    for (const p of children) p.kill('SIGKILL');
+    await sleep(200);
+  });
   accel.enable();
   accel.registerPod(IP1);
   accel.registerPod(IP2);
@@ -184,24 +189,12 @@ async function main(): Promise<void> {
   if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ kernel, seconds: SECONDS, a, b, c, sockets }, null, 2));
 }
 
-async function cleanup(): Promise<void> {
-  for (const p of children) p.kill('SIGKILL');
-  await sleep(200);
-  for (const ns of [NS1, NS2, NS_NODE]) {
-    try { ip('netns', 'del', ns); } catch { /* not created */ }
-  }
-  try { Accel.open({ pinRoot: PIN_ROOT, cgroupPath: CG }).teardown(); } catch { /* nothing pinned */ }
-  try { removePins(PIN_ROOT); } catch { /* already gone */ }
-  for (let i = 0; i < 100 && existsSync(CG); i++) {
-    try { rmdirSync(CG); } catch { await sleep(20); }
-  }
-}
-
+scratch.cleanupOnSignals();
 try {
   await main();
 } catch (e) {
   process.stderr.write(`bench/accel: ${(e as Error).stack ?? e}\n`);
   process.exitCode = 1;
 } finally {
-  await cleanup();
+  await scratch.cleanup();
 }

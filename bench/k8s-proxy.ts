@@ -18,7 +18,7 @@
 //   host's KUBE-* iptables chains are per host)
 //   BENCH_SERVICES=1000 BENCH_CHANGES=100 BENCH_GAP_MS=1500 BENCH_CONCURRENCY=16
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmdirSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { get as httpGet } from 'node:http';
 import { loadavg, tmpdir } from 'node:os';
@@ -27,8 +27,8 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { readProgrammed } from '../src/dataplane/service-lb.js';
 import { TypedMap, structCodec, u8, u16, u32, be16, ipv4 } from '../src/kernel/bpf/map.js';
-import { removePins } from '../src/kernel/bpf/pins.js';
 import { NODE, TestCluster, clusterSkipReason, freePort, reapStaleClusters } from '../test/helpers/k8s-cluster.js';
+import { Scratch } from '../test/helpers/kernel.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const N = Number(process.env.BENCH_SERVICES ?? 1000);
@@ -38,8 +38,9 @@ const CONC = Number(process.env.BENCH_CONCURRENCY ?? 16);
 const TIMEOUT_MS = Number(process.env.BENCH_TIMEOUT_MS ?? 300_000);
 const JSON_OUT = process.argv.includes('--json');
 const NS = 'patu-bench';
-const PIN = `/sys/fs/bpf/patu-bench-k8s-${process.pid}`;
-const CG = `/sys/fs/cgroup/unified/patu-bench-k8s-${process.pid}`;
+const scratch = new Scratch('patu-bench-k8s');
+const PIN = scratch.pinRoot();
+let CG = '';
 const SVC_PORT = 80;
 const TARGET_PORT = 8080;
 
@@ -402,20 +403,12 @@ async function main(): Promise<void> {
       while (agent.exitCode === null && agent.signalCode === null && Date.now() < end) await sleep(100);
       if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGKILL');
     }
-    // Unpinning the links detaches the agent's programs from its cgroup; then the cgroup can go.
+    // The agent's cgroup and pins (unpinning its links detaches its programs).
     try {
-      removePins(PIN);
+      await scratch.cleanup();
     } catch (e) {
-      console.error(`k8s-proxy: removing ${PIN}: ${(e as Error).message}`);
+      console.error(`k8s-proxy: ${(e as Error).message}`);
     }
-    for (let i = 0; i < 10 && existsSync(CG); i++) {
-      try {
-        rmdirSync(CG);
-      } catch {
-        await sleep(200); // EBUSY for a moment after the last program goes
-      }
-    }
-    if (existsSync(CG)) console.error(`k8s-proxy: could not remove ${CG}`);
     const d = cluster.down();
     if (!d.ok) console.error(`k8s-proxy: cluster.sh down failed: ${d.detail}`);
     rmSync(tmp, { recursive: true, force: true });
@@ -448,7 +441,7 @@ async function main(): Promise<void> {
       'current-context': 'bench',
     }), { mode: 0o600 });
 
-    mkdirSync(CG);
+    CG = scratch.cgroup();
     const metricsPort = await freePort();
     const agentLog = join(tmp, 'agent.log');
     const fd = openSync(agentLog, 'a');

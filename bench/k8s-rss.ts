@@ -13,7 +13,7 @@
 //   instead of bin/patu (to compare V8 flags; bin/patu passes its own); RSS_AGENT_SCRIPT=<file.js> runs
 //   that script instead of dist/src/cli/index.js; RSS_AGENT_ENV="K=V ..." adds to the agent's environment.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { get as httpGet } from 'node:http';
 import { createServer } from 'node:net';
@@ -21,14 +21,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readProgrammed } from '../src/dataplane/service-lb.js';
+import { Scratch } from '../test/helpers/kernel.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const COUNTS = (process.env.RSS_COUNTS ?? '1000,10000').split(',').map(Number);
 const SETTLE_MS = Number(process.env.RSS_SETTLE_MS ?? 5000);
 const CONC = Number(process.env.RSS_CONCURRENCY ?? 16);
 const JSON_OUT = process.argv.includes('--json');
-const PIN = `/sys/fs/bpf/patu-test-rss-${process.pid}`;
-const CG = `/sys/fs/cgroup/unified/patu-test-rss-${process.pid}`;
+const scratch = new Scratch('patu-test-rss');
+const PIN = scratch.pinRoot();
+let CG = '';
 const NODE = `patu-rss-node-${process.pid}`;
 const TOKEN_ADMIN = `admin-${process.pid}-${Math.random().toString(36).slice(2)}`;
 const TOKEN_AGENT = `agent-${process.pid}-${Math.random().toString(36).slice(2)}`;
@@ -213,7 +215,7 @@ async function main(): Promise<void> {
       contexts: [{ name: 'rss', context: { cluster: 'rss', user: 'agent' } }],
     }), { mode: 0o600 });
 
-    mkdirSync(CG);
+    CG = scratch.cgroup();
     const agentLog = join(tmp, 'agent.log');
     const fd = openSync(agentLog, 'a');
     const nodeArgs = process.env.RSS_AGENT_NODE_ARGS?.split(' ').filter(Boolean);
@@ -300,14 +302,7 @@ async function main(): Promise<void> {
       await new Promise<void>((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); setTimeout(() => { p.kill('SIGKILL'); }, 10_000).unref(); });
     }
     rmSync(tmp, { recursive: true, force: true });
-    if (existsSync(PIN)) rmSync(PIN, { recursive: true, force: true });
-    for (let i = 0; i < 50 && existsSync(CG); i++) {
-      try {
-        rmdirSync(CG);
-      } catch {
-        await sleep(100); // EBUSY for a moment after the agent's exit
-      }
-    }
+    await scratch.cleanup();
   }
 }
 

@@ -11,21 +11,21 @@
 //     watcher -> maps (p50/p99).
 // Everything runs in two network namespaces this script creates (patu's has
 // no iptables rules at all, as on a node without kube-proxy), a cgroup under
-// /sys/fs/cgroup/unified and pins under /sys/fs/bpf/patu-test-svc-bench-<pid>;
-// all removed at the end.
+// the cgroup2 root and pins under /sys/fs/bpf/patu-bench-svc-<pid>; all removed
+// at the end, also on failure or Ctrl-C (test/helpers/kernel.ts).
 //
 //   bash scripts/build.sh && node dist/bench/service-lb.js
 //   BENCH_SECONDS=0.5 BENCH_ROUNDS=3 BENCH_SCALES=10,1000,10000 node dist/bench/service-lb.js
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ServiceLb } from '../src/dataplane/service-lb.js';
 import { ServiceModel, type Endpoint, type Service } from '../src/services/model.js';
 import { ServicesFileWatcher, ServicesDirWatcher, applyToModel, type ServiceWithEndpoints } from '../src/services/file-source.js';
 import { removePins } from '../src/kernel/bpf/pins.js';
+import { Scratch } from '../test/helpers/kernel.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 1);
@@ -33,13 +33,13 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SCALES = (process.env.BENCH_SCALES ?? '10,1000,10000').split(',').map(Number);
 const ENDPOINTS = 10;
 const PORT = 8080;
-const NSP = `psvcbp${process.pid}`;
-const NSI = `psvcbi${process.pid}`;
-const CG = `/sys/fs/cgroup/unified/patu-bench-svc-${process.pid}`;
-const PIN = `/sys/fs/bpf/patu-test-svc-bench-${process.pid}`;
+const scratch = new Scratch('patu-bench-svc');
+const NSP = scratch.name('p');
+const NSI = scratch.name('i');
+let CG = '';
+const PIN = scratch.pinRoot();
 const BACKENDS = Array.from({ length: ENDPOINTS }, (_, i) => `10.78.0.${i + 1}`);
-const children: ChildProcess[] = [];
-const tmp = mkdtempSync(join(tmpdir(), 'patu-svc-bench-'));
+const tmp = scratch.tmpDir('patu-svc-bench');
 
 const vipOf = (i: number): string => `10.96.${(i + 1) >> 8}.${(i + 1) & 255}`;
 
@@ -134,14 +134,13 @@ function pct(xs: number[], p: number): number {
 const fmt = (x: number, d = 0): string => x.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 
 async function netnsWithBackends(ns: string): Promise<void> {
-  sh('ip', ['netns', 'add', ns]);
-  sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  scratch.netns(ns);
   for (const ip of BACKENDS) sh('ip', ['-n', ns, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
   // A route for the service range, as a node has (its default route): iptables DNATs only
   // after routing has accepted the destination. Same in both namespaces for symmetry.
   sh('ip', ['-n', ns, 'route', 'add', '10.96.0.0/16', 'dev', 'lo']);
   const sink = spawn('ip', ['netns', 'exec', ns, join(ROOT, 'build/bench/accept-sink'), String(PORT)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.push(sink);
+  scratch.defer(`accept-sink in ${ns}`, () => void sink.kill('SIGKILL'));
   await new Promise<void>((resolve, reject) => {
     sink.stdout!.once('data', () => resolve());
     sink.once('exit', (c) => reject(new Error(`accept-sink exited ${c}`)));
@@ -156,6 +155,7 @@ async function main(): Promise<void> {
       sh('cc', ['-O2', '-Wall', '-o', join(ROOT, 'build/bench', b), join(ROOT, 'bench', `${b}.c`)]);
     }
   }
+  CG = scratch.cgroup();
   const started = performance.now();
   console.log(`# patu service LB benchmark (${new Date().toISOString()}, kernel ${sh('uname', ['-r']).ms >= 0 ? spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim() : ''})`);
   console.log(`# ${ENDPOINTS} endpoints per service; connect-rate runs ${SECONDS}s x ${ROUNDS} rounds (median), interleaved\n`);
@@ -179,7 +179,6 @@ async function main(): Promise<void> {
   }
   console.log(`cold programming time: ${cold.map((x) => fmt(x, 1)).join(' / ')} ms (median ${fmt(median(cold), 1)} ms; target < 1000 ms)\n`);
 
-  mkdirSync(CG, { recursive: true });
   await netnsWithBackends(NSP);
   await netnsWithBackends(NSI);
   const lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
@@ -348,23 +347,9 @@ async function main(): Promise<void> {
   }
 }
 
-async function cleanup(): Promise<void> {
-  for (const c of children) c.kill('SIGKILL');
-  spawnSync('ip', ['netns', 'del', NSP]);
-  spawnSync('ip', ['netns', 'del', NSI]);
-  removePins(PIN);
-  rmSync(tmp, { recursive: true, force: true });
-  for (let i = 0; i < 100 && existsSync(CG); i++) {
-    try {
-      rmdirSync(CG);
-    } catch {
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-}
-
-main().then(cleanup, async (e) => {
+scratch.cleanupOnSignals();
+main().then(() => scratch.cleanup(), async (e) => {
   console.error(e);
-  await cleanup();
+  await scratch.cleanup();
   process.exitCode = 1;
 });

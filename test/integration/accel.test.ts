@@ -1,26 +1,28 @@
 // Same-node socket acceleration against the real kernel (needs root).
-// Creates, all named after this pid and removed in `after`: three netns (a
-// "node" netns holding a bridge, plus two pods on veths), the cgroup
-// /sys/fs/cgroup/unified/patu-test-accel-<pid> that the peers run in, and pins
-// under /sys/fs/bpf/patu-test-accel-<pid>/. Traffic stays inside those netns.
-import { test, before, after } from 'node:test';
+// Creates, all named after this pid and removed after the file even when a test
+// fails (test/helpers/kernel.ts): three netns (a "node" netns holding a bridge,
+// plus two pods on veths), the cgroup patu-test-accel-<pid> under the cgroup2
+// root that the peers run in, and pins under /sys/fs/bpf/patu-test-accel-<pid>/.
+// Traffic stays inside those netns.
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Accel } from '../../src/dataplane/accel.js';
 import { accelCommand } from '../../src/cli/accel.js';
-import { listPins, removePins } from '../../src/kernel/bpf/pins.js';
+import { listPins } from '../../src/kernel/bpf/pins.js';
 import { patuPrograms } from '../../src/kernel/bpf/introspect.js';
+import { scratchForTests } from '../helpers/kernel.js';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root (netns, cgroups, BPF programs)';
-const PID = process.pid;
-const NS_NODE = `pa${PID}n`;
-const NS1 = `pa${PID}a`;
-const NS2 = `pa${PID}b`;
-const CG = `/sys/fs/cgroup/unified/patu-test-accel-${PID}`;
-const PIN_ROOT = `/sys/fs/bpf/patu-test-accel-${PID}`;
+const scratch = scratchForTests('patu-test-accel');
+const NS_NODE = scratch.name('n');
+const NS1 = scratch.name('a');
+const NS2 = scratch.name('b');
+let CG = '';
+const PIN_ROOT = scratch.pinRoot();
 const OBJ = fileURLToPath(new URL('../../../build/bpf/accel.o', import.meta.url));
 const PEER = fileURLToPath(new URL('./accel-peer.js', import.meta.url));
 // Any private subnet works inside our own netns; nothing in the programs knows it.
@@ -108,40 +110,27 @@ function assertNotAccelerated(vethDelta: number, moved: number): void {
 before(() => {
   if (!isRoot) return;
   assert.ok(existsSync(OBJ), `${OBJ} missing: run scripts/build.sh`);
-  mkdirSync(CG);
-  for (const ns of [NS_NODE, NS1, NS2]) ip('netns', 'add', ns);
+  CG = scratch.cgroup();
+  for (const ns of [NS_NODE, NS1, NS2]) scratch.netns(ns);
   ip('-n', NS_NODE, 'link', 'add', 'br0', 'type', 'bridge');
   ip('-n', NS_NODE, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'br0');
   ip('-n', NS_NODE, 'link', 'set', 'br0', 'up');
-  ip('-n', NS_NODE, 'link', 'set', 'lo', 'up');
   for (const [ns, addr, veth] of [[NS1, IP1, 'v1'], [NS2, IP2, 'v2']] as const) {
     ip('-n', NS_NODE, 'link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
     ip('-n', NS_NODE, 'link', 'set', veth, 'master', 'br0', 'up');
     ip('-n', ns, 'addr', 'add', `${addr}/24`, 'dev', 'eth0');
     ip('-n', ns, 'link', 'set', 'eth0', 'up');
-    ip('-n', ns, 'link', 'set', 'lo', 'up');
   }
   accel = Accel.open({ pinRoot: PIN_ROOT, cgroupPath: CG, objectPath: OBJ });
+  scratch.defer('accel', () => accel.teardown());
+  scratch.defer('peers', async () => {
+    for (const p of procs) p.kill('SIGKILL');
+    await sleep(100);
+  });
   assert.deepEqual(accel.registerPod(IP1).ok, false, 'registry is a no-op before enable');
   accel.enable();
   assert.deepEqual(accel.registerPod(IP1), { ok: true });
   assert.deepEqual(accel.registerPod(IP2), { ok: true });
-});
-
-after(async () => {
-  for (const p of procs) p.kill('SIGKILL');
-  await sleep(100);
-  if (!isRoot) return;
-  for (const ns of [NS1, NS2, NS_NODE]) {
-    try { ip('netns', 'del', ns); } catch { /* not created */ }
-  }
-  try { accel?.teardown(); } finally { removePins(PIN_ROOT); }
-  for (let i = 0; i < 100 && existsSync(CG); i++) {
-    try { rmdirSync(CG); } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
-      await sleep(20);
-    }
-  }
 });
 
 test('enable is idempotent; status (and `patu accel on`) shows the switch, the attachment and the pods', { skip }, async () => {

@@ -2,18 +2,18 @@
 // flavour covers): switching acceleration on, watching a services file into the
 // maps, keeping the last good state on a bad file, and leaving pinned state in
 // place across a restart. Needs root; uses its own cgroup, pins and socket.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PATU_BIN, isRoot } from '../helpers/cni.js';
+import { scratchForTests } from '../helpers/kernel.js';
 
-const tag = `agt${process.pid.toString(36)}`;
-const pinRoot = `/sys/fs/bpf/patu-test-${tag}`;
-const cgroup = `/sys/fs/cgroup/unified/patu-test-${tag}`;
-const dir = mkdtempSync(join(tmpdir(), 'patu-agent-test-'));
+const scratch = scratchForTests('patu-test-agt');
+const pinRoot = scratch.pinRoot();
+let cgroup = '';
+const dir = scratch.tmpDir('patu-agent-test');
 const socket = join(dir, 'agent.sock');
 const servicesFile = join(dir, 'services.yaml');
 const skip = !isRoot() ? 'needs root (eBPF, cgroups)' : !existsSync(PATU_BIN) ? `${PATU_BIN} not built (scripts/build.sh)` : false;
@@ -62,21 +62,9 @@ const file = (vip: string, ips: string[]) =>
 
 before(() => {
   if (skip) return;
-  mkdirSync(cgroup, { recursive: true });
+  cgroup = scratch.cgroup();
+  scratch.defer('agent', stopAgent);
   writeFileSync(servicesFile, file('10.96.7.1', ['10.251.7.2', '10.251.7.3']));
-});
-
-after(async () => {
-  await stopAgent();
-  rmSync(pinRoot, { recursive: true, force: true });
-  for (let i = 0; i < 50 && existsSync(cgroup); i++) {
-    try {
-      rmdirSync(cgroup);
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  rmSync(dir, { recursive: true, force: true });
 });
 
 test('agent: --accel and --services-file program the node; edits apply; a bad file keeps the last good state', { skip }, async () => {

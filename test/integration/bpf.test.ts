@@ -1,9 +1,10 @@
 // Integration tests for src/kernel/bpf (needs root: loads programs into the kernel).
 // Creates only: pins under /sys/fs/bpf/patu-test-bpf-<pid>/ and the cgroup
-// /sys/fs/cgroup/unified/patu-test-bpf-<pid>; both removed in `after`.
-import { test, before, after } from 'node:test';
+// patu-test-bpf-<pid> under the cgroup2 root; both removed after the file, also
+// when a test fails (test/helpers/kernel.ts).
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, rmdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfLink } from '../../src/kernel/bpf/object.js';
@@ -11,12 +12,14 @@ import { TypedMap, structCodec, u8, u32, u64, ipv4, bytes, type Codec } from '..
 import { BpfError, BpfMapSizeError } from '../../src/kernel/bpf/errors.js';
 import { ensurePinDir, listPins, removePins } from '../../src/kernel/bpf/pins.js';
 import { listPrograms, listMaps, listLinks, patuPrograms } from '../../src/kernel/bpf/introspect.js';
+import { scratchForTests } from '../helpers/kernel.js';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root (loads BPF programs, pins on bpffs, attaches to a cgroup)';
 const OBJ = fileURLToPath(new URL('../../../build/bpf/test_maps.o', import.meta.url));
-const PIN_ROOT = `/sys/fs/bpf/patu-test-bpf-${process.pid}`;
-const CGROUP = `/sys/fs/cgroup/unified/patu-test-bpf-${process.pid}`;
+const scratch = scratchForTests('patu-test-bpf');
+const PIN_ROOT = scratch.pinRoot();
+let CGROUP = '';
 
 interface TestVal { bytes: bigint; packets: number; flags: number }
 const testVal: Codec<TestVal> = structCodec<TestVal>({ bytes: u64, packets: u32, flags: u8 });
@@ -27,24 +30,10 @@ before(() => {
   if (!isRoot) return;
   assert.ok(existsSync(OBJ), `${OBJ} missing: run scripts/build.sh first`);
   ensurePinDir(PIN_ROOT);
-  mkdirSync(CGROUP, { recursive: true });
+  CGROUP = scratch.cgroup();
   obj = BpfObject.open(OBJ, { pinRoot: PIN_ROOT });
+  scratch.defer('test object', () => obj?.close());
   obj.load();
-});
-
-after(async () => {
-  obj?.close();
-  if (!isRoot) return;
-  removePins(PIN_ROOT);
-  // rmdir of a just-emptied cgroup can return EBUSY for a moment.
-  for (let i = 0; i < 50 && existsSync(CGROUP); i++) {
-    try {
-      rmdirSync(CGROUP);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
 });
 
 test('structCodec lays fields out like C (natural alignment, tail padding)', () => {

@@ -1,27 +1,28 @@
 // Socket-level ClusterIP load balancing against the real kernel (needs root).
-// Creates only: netns psvc<pid> (backends on its loopback, 10.77.0.x), the
-// cgroup /sys/fs/cgroup/unified/patu-test-svc-<pid> (the programs attach
-// there, and every client process is moved into it before it connects), and
-// pins under /sys/fs/bpf/patu-test-svc-<pid>/. All removed in `after`.
+// Creates only (test/helpers/kernel.ts, removed after the file even when a test
+// fails): netns patu-test-svc-<pid> (backends on its loopback, 10.77.0.x), the
+// cgroup patu-test-svc-<pid> under the cgroup2 root (the programs attach there,
+// and every client process is moved into it before it connects), and pins under
+// /sys/fs/bpf/patu-test-svc-<pid>/.
 // Service addresses (10.96.77.x) have no route in the netns: a connect that is
 // not translated fails with ENETUNREACH, so broken translation cannot pass.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, rmdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
 import { ServiceModel, type Endpoint, type Service } from '../../src/services/model.js';
 import { ServicesFileWatcher } from '../../src/services/file-source.js';
-import { removePins } from '../../src/kernel/bpf/pins.js';
+import { scratchForTests } from '../helpers/kernel.js';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root (netns, cgroup, BPF programs)';
-const NS = `psvc${process.pid}`;
-const CG = `/sys/fs/cgroup/unified/patu-test-svc-${process.pid}`;
-const PIN = `/sys/fs/bpf/patu-test-svc-${process.pid}`;
+const scratch = scratchForTests('patu-test-svc');
+const NS = scratch.name();
+let CG = '';
+const PIN = scratch.pinRoot();
 const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const OLD = ['10.77.0.1', '10.77.0.2', '10.77.0.3', '10.77.0.4'];
 const NEW = ['10.77.0.5', '10.77.0.6', '10.77.0.7', '10.77.0.8'];
@@ -29,7 +30,7 @@ const NEW = ['10.77.0.5', '10.77.0.6', '10.77.0.7', '10.77.0.8'];
 let lb: ServiceLb | undefined;
 const model = new ServiceModel();
 const servers: ChildProcess[] = [];
-const tmp = mkdtempSync(join(tmpdir(), 'patu-svc-it-'));
+const tmp = scratch.tmpDir('patu-svc-it');
 
 function sh(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -92,35 +93,20 @@ function program(): void {
 
 before(async () => {
   if (!isRoot) return;
-  sh('ip', ['netns', 'add', NS]);
-  sh('ip', ['-n', NS, 'link', 'set', 'lo', 'up']);
+  CG = scratch.cgroup();
+  scratch.netns(NS);
   for (const ip of [...OLD, ...NEW]) sh('ip', ['-n', NS, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
-  mkdirSync(CG, { recursive: true });
   lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
+  scratch.defer('service LB', () => {
+    try {
+      lb?.detach();
+    } finally {
+      lb?.close();
+    }
+  });
+  scratch.defer('backend servers', () => servers.forEach((s) => s.kill('SIGKILL')));
   lb.attach();
   await startServer(OLD.flatMap((ip) => [8080, 8081, 8082].map((port) => ({ ip, port }))));
-});
-
-after(async () => {
-  for (const s of servers) s.kill('SIGKILL');
-  try {
-    lb?.detach();
-  } finally {
-    lb?.close();
-    rmSync(tmp, { recursive: true, force: true });
-    if (isRoot) {
-      removePins(PIN);
-      spawnSync('ip', ['netns', 'del', NS]);
-      for (let i = 0; i < 100 && existsSync(CG); i++) {
-        try {
-          rmdirSync(CG);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
-          await new Promise((r) => setTimeout(r, 20));
-        }
-      }
-    }
-  }
 });
 
 test('TCP connects to a service address spread fairly over its backends, and getpeername returns the service address', { skip }, async () => {
