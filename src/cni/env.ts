@@ -1,6 +1,7 @@
 // Reads and checks the CNI_* environment. Errors name the variable (spec code 4).
 import { existsSync } from 'node:fs';
 import { invalidEnv } from './errors.js';
+import { checkNetns, NotANetnsError } from '../kernel/netns.js';
 import type { CniCommand } from './spec.js';
 
 export interface CniEnv {
@@ -66,6 +67,14 @@ export function readEnv(env: NodeJS.ProcessEnv, command: CniCommand): CniEnv {
     if (command !== 'DEL') {
       if (!netns) throw invalidEnv('CNI_NETNS', 'not set');
       if (!existsSync(netns)) throw invalidEnv('CNI_NETNS', `'${netns}' does not exist`);
+      // A FIFO, device, directory or /proc file must fail here, fast: opening one
+      // the ordinary way can block forever (see openNetns).
+      try {
+        checkNetns(netns);
+      } catch (err) {
+        if (err instanceof NotANetnsError) throw invalidEnv('CNI_NETNS', err.message);
+        throw err;
+      }
     }
   }
   return {

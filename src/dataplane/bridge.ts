@@ -6,9 +6,9 @@
 //        |  veth pair
 //   host:    patu<hash> --master--> patu0 10.200.0.1/24 --(routing, masquerade)--> world
 import { Rtnl, type LinkInfo } from '../kernel/netlink/rtnl.js';
-import { SysError, open, close, O_RDONLY } from '../kernel/ffi/libc.js';
+import { SysError, close } from '../kernel/ffi/libc.js';
 import { readSysctl, writeSysctl } from '../kernel/sysctl.js';
-import { withNetns } from '../kernel/netns.js';
+import { openNetns, withNetns } from '../kernel/netns.js';
 import { createHash } from 'node:crypto';
 
 export interface GatewayAddress {
@@ -107,7 +107,7 @@ export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
   // A previous ADD that was killed half-way leaves its veth behind: start clean.
   if (stale) host.deleteLink(stale.index);
 
-  const nsFd = open(spec.netnsPath, O_RDONLY);
+  const nsFd = openNetns(spec.netnsPath);
   try {
     // Born on the bridge and up, in one request: an ADD killed at any point never
     // leaves a patu veth outside its bridge, where GC (which looks only at this

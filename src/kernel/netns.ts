@@ -1,10 +1,10 @@
 // Network namespace switching for the calling thread. setns() moves only the
 // thread that calls it (PLATFORM.md), so every switched section here is
 // synchronous and always switches back, even when it throws.
-import { access, existsSync, mkdirSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { access, existsSync, fstatSync, mkdirSync, rmSync, statSync, statfsSync } from 'node:fs';
 import {
-  open, close, setns, unshare, mount, umount2, SysError,
-  CLONE_NEWNET, O_RDONLY, O_CREAT, MS_BIND, MNT_DETACH,
+  open, close, ioctl, setns, unshare, mount, umount2, SysError,
+  CLONE_NEWNET, O_RDONLY, O_CREAT, O_NONBLOCK, O_PATH, NS_GET_NSTYPE, MS_BIND, MNT_DETACH,
 } from './ffi/libc.js';
 
 /** Where `ip netns add` puts named namespaces. */
@@ -40,10 +40,76 @@ export function netnsExists(path: string): boolean {
   }
 }
 
+/** A path that is not a network namespace handle (a FIFO, a device, a directory, a /proc file, ...). */
+export class NotANetnsError extends Error {
+  readonly path: string;
+  constructor(path: string, problem: string, options?: { cause?: unknown }) {
+    super(`'${path}' ${problem}`, options);
+    this.name = 'NotANetnsError';
+    this.path = path;
+  }
+}
+
+/**
+ * Opens a network namespace handle without ever blocking: a plain open(O_RDONLY)
+ * of a FIFO waits for a writer forever, and of a device may have side effects. So
+ * the path is first opened O_PATH (no open of the object itself), must be a regular
+ * file (nsfs handles are), and is then reopened through /proc/self/fd non-blocking
+ * and asked NS_GET_NSTYPE, which only an nsfs file answers. Returns the fd (the
+ * caller closes it); throws NotANetnsError for anything but a network namespace.
+ */
+export function openNetns(path: string): number {
+  let pathFd: number;
+  try {
+    pathFd = open(path, O_PATH);
+  } catch (err) {
+    throw new NotANetnsError(path, `cannot be opened: ${(err as Error).message}`, { cause: err });
+  }
+  let fd: number;
+  try {
+    const st = fstatSync(pathFd);
+    if (!st.isFile()) throw new NotANetnsError(path, `is a ${fileKind(st)}, not a network namespace`);
+    try {
+      fd = open(`/proc/self/fd/${pathFd}`, O_RDONLY | O_NONBLOCK);
+    } catch (err) {
+      throw new NotANetnsError(path, `cannot be opened: ${(err as Error).message}`, { cause: err });
+    }
+  } finally {
+    close(pathFd);
+  }
+  try {
+    let type: number;
+    try {
+      type = ioctl(fd, NS_GET_NSTYPE, path);
+    } catch (err) {
+      throw new NotANetnsError(path, 'is not a namespace handle (NS_GET_NSTYPE refused it)', { cause: err });
+    }
+    if (type !== CLONE_NEWNET) throw new NotANetnsError(path, `is a namespace of another kind (type 0x${type.toString(16)}), not a network namespace`);
+    return fd;
+  } catch (err) {
+    close(fd);
+    throw err;
+  }
+}
+
+/** Throws NotANetnsError unless path is a network namespace handle (see openNetns). */
+export function checkNetns(path: string): void {
+  close(openNetns(path));
+}
+
+function fileKind(st: import('node:fs').Stats): string {
+  if (st.isDirectory()) return 'directory';
+  if (st.isFIFO()) return 'FIFO';
+  if (st.isCharacterDevice()) return 'character device';
+  if (st.isBlockDevice()) return 'block device';
+  if (st.isSocket()) return 'socket';
+  return 'special file';
+}
+
 /** Runs fn with the calling thread inside nsPath; switches back afterwards, even on throw. */
 export function withNetns<T>(nsPath: string, fn: () => T): T {
   warmThreadpool();
-  const target = open(nsPath, O_RDONLY);
+  const target = openNetns(nsPath);
   let orig: number;
   try {
     orig = open(SELF_NET, O_RDONLY);

@@ -35,6 +35,7 @@ const raw = {
   setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
   close: lib.func('int close(int fd)'),
   open: lib.func('int open(const char *path, int flags, int mode)'),
+  ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
   setns: lib.func('int setns(int fd, int nstype)'),
   unshare: lib.func('int unshare(int flags)'),
   flock: lib.func('int flock(int fd, int op)'),
@@ -57,6 +58,10 @@ export const O_RDONLY = 0;
 export const O_RDWR = 2;
 export const O_CREAT = 0o100;
 export const O_CLOEXEC = 0o2000000;
+export const O_NONBLOCK = 0o4000;
+export const O_PATH = 0o10000000;
+/** ioctl on an nsfs fd: which kind of namespace it is (linux/nsfs.h: _IO(0xb7, 0x3)). */
+export const NS_GET_NSTYPE = 0xb703;
 export const CLONE_NEWNET = 0x40000000;
 export const LOCK_SH = 1;
 export const LOCK_EX = 2;
@@ -97,6 +102,9 @@ export const close = (fd: number): void => {
 };
 export const open = (path: string, flags: number, mode = 0o644): number =>
   check('open', raw.open(path, flags | O_CLOEXEC, mode), path);
+/** ioctl without an argument (NS_GET_NSTYPE, ...): returns its non-negative result. */
+export const ioctl = (fd: number, request: number, what?: string): number =>
+  check('ioctl', raw.ioctl(fd, request), what);
 export const setns = (fd: number, nstype: number): void => {
   check('setns', raw.setns(fd, nstype));
 };
