@@ -13,6 +13,7 @@
 //
 // One address per range set. Exactly one IPv4 set is required, at most one IPv6 set
 // may be added (dual stack): a pod gets one address per family.
+import { unsafePathProblem } from '../safe-path.js';
 import {
   broadcastAddress,
   bigIntToIp,
@@ -263,7 +264,8 @@ export function parseIpamConfig(raw: unknown, path = 'ipam'): IpamConfig {
   let dataDir: string = DEFAULTS.dataDir;
   if (c.dataDir !== undefined) {
     dataDir = str(c.dataDir, `${path}.dataDir`);
-    if (!dataDir.startsWith('/')) throw new IpamConfigError(`${path}.dataDir`, `must be an absolute path, got '${dataDir}'`);
+    const bad = unsafePathProblem(dataDir);
+    if (bad) throw new IpamConfigError(`${path}.dataDir`, bad);
   }
 
   return { rangeSets, routes, dataDir, reserved };

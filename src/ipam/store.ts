@@ -34,7 +34,9 @@
 // and must get an error (IpamLockTimeoutError), not a hung event loop.
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { unsafePathProblem } from '../safe-path.js';
+import { IpamConfigError } from './config.js';
 import { flock, open as libcOpen, close as libcClose, O_CREAT, O_RDWR, LOCK_EX, LOCK_NB, LOCK_UN, SysError } from '../kernel/ffi/libc.js';
 import { canonicalIp, parseIp } from './cidr.js';
 
@@ -81,6 +83,28 @@ const markerName = (key: string, ip: string): string => `${OWNER_PREFIX}${key}.$
 
 const validOwnerPart = (v: string): boolean => v.length > 0 && !/[\r\n\0]/.test(v);
 
+/**
+ * The configured dataDir passed the path rule (config.ts); a symlink on the way must
+ * not lead into /proc, /sys or /dev either, where mkdir -p can spin forever. Resolves
+ * the deepest part that exists and checks where it really is.
+ */
+function checkRealDataDir(dataDir: string): void {
+  let existing = dataDir;
+  let rest = '';
+  for (;;) {
+    try {
+      const real = fs.realpathSync(existing);
+      const bad = unsafePathProblem(rest ? join(real, rest) : real);
+      if (bad) throw new IpamConfigError('ipam.dataDir', `'${dataDir}' resolves to '${real}', which ${bad.replace(/, got .*$/, '')}`);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || existing === '/') throw err;
+      rest = rest ? join(basename(existing), rest) : basename(existing);
+      existing = dirname(existing);
+    }
+  }
+}
+
 export class IpamStore {
   readonly dir: string;
   readonly lockPath: string;
@@ -101,6 +125,7 @@ export class IpamStore {
       throw new Error(`IPAM store: network name '${network}' must start with a letter or digit and hold only letters, digits, _ . -`);
     }
     const dir = join(dataDir, network);
+    checkRealDataDir(dataDir);
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
     return new IpamStore(dir, opts.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS, opts.durable ?? false);
   }

@@ -112,3 +112,23 @@ describe('CNI_NETNS that is not a network namespace', { skip }, () => {
   });
 });
 
+
+describe('ipam.dataDir in a kernel tree', { skip }, () => {
+  // mkdir -p under /proc once spun at 94% CPU forever and the agent ignored SIGTERM.
+  for (const [mode, opts] of [['in-process', inProcess], ['through the agent', viaAgent]] as const) {
+    for (const dataDir of ['/proc/patu-ipam', '/proc/self/fdinfo/ipam', '/sys/fs/patu-ipam']) {
+      test(`ipam.dataDir ${dataDir} is code 7 naming ipam.dataDir, fast (${mode})`, async () => {
+        const pod = newNetns();
+        const conf = f.netconf();
+        const r = await execPlugin(f.bin, 'ADD', { ...conf, ipam: { ...conf.ipam, dataDir } }, opts({ containerId: pod.id, netns: pod.path }));
+        assert.equal(r.signal, null, `the plugin hung and was killed: ${show(r)}`);
+        assert.equal(r.json?.code, 7, show(r));
+        assert.match(r.json.msg, /ipam\.dataDir/, show(r));
+      });
+    }
+  }
+  test('the agent still answers', async () => {
+    const v = await execPlugin(f.bin, 'VERSION', '', viaAgent({ timeoutMs: 5_000 }));
+    assert.equal(v.code, 0, show(v));
+  });
+});
