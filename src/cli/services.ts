@@ -90,11 +90,6 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
   }
 }
 
-/** The programmed services, or null when nothing was ever programmed under pinRoot (for `patu status`). */
-export function programmedServices(pinRoot: string = DEFAULTS.pinRoot): ProgrammedServiceView[] | null {
-  return readProgrammed(pinRoot);
-}
-
 export function formatServicesTable(list: readonly ProgrammedServiceView[]): string {
   const rows = list.map((s) => [
     s.name || `svc-${s.svcId}`,

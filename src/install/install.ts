@@ -17,7 +17,7 @@
 // patu's own pin root (never bpffs itself).
 import { createHash } from 'node:crypto';
 import {
-  chmodSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameSync, rmdirSync, rmSync,
+  chmodSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, rmSync,
   symlinkSync, writeFileSync, type Stats,
 } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -554,13 +554,4 @@ export async function uninstall(o: UninstallOptions = {}): Promise<UninstallRepo
     }
   }
   return report;
-}
-
-/** Lists a directory's entries, or [] when it does not exist (tests and status). */
-export function listDir(p: string): string[] {
-  try {
-    return readdirSync(p).sort();
-  } catch {
-    return [];
-  }
 }

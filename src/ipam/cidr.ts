@@ -175,8 +175,8 @@ export function overlaps(a: Cidr, b: Cidr): boolean {
   return networkAddress(a) <= broadcastAddress(b) && networkAddress(b) <= broadcastAddress(a);
 }
 
-/** 'ip/prefix' with the address as stored (host bits kept). */
-export const formatCidr = (c: Cidr): string => `${bigIntToIp(c.ip, c.family)}/${c.prefix}`;
+/** 'ip/prefix' with the address as stored (host bits kept), for messages. */
+const formatCidr = (c: Cidr): string => `${bigIntToIp(c.ip, c.family)}/${c.prefix}`;
 
 /** The network itself, host bits cleared: 10.0.0.0/24. */
 export const formatNetwork = (c: Cidr): string => `${bigIntToIp(networkAddress(c), c.family)}/${c.prefix}`;

@@ -1,6 +1,6 @@
 // The in-memory model of ClusterIP services and their endpoints. Every source
 // (the local file today, the Kubernetes API later) feeds this one model, and
-// the dataplane only ever sees what desiredState() derives from it, so the
+// the dataplane only ever sees what desired() derives from it, so the
 // rules about which endpoints are selectable live in exactly one place.
 
 export type Protocol = 'TCP' | 'UDP';

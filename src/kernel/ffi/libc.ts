@@ -41,8 +41,6 @@ const raw = {
   flock: lib.func('int flock(int fd, int op)'),
   mount: lib.func('int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)'),
   umount2: lib.func('int umount2(const char *target, int flags)'),
-  gettid: lib.func('int gettid()'),
-  getsockname: lib.func('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *addrlen)'),
 };
 
 function check(name: string, rc: number | bigint, detail?: string): number {
@@ -57,13 +55,12 @@ export const SOCK_CLOEXEC = 0o2000000;
 export const O_RDONLY = 0;
 export const O_RDWR = 2;
 export const O_CREAT = 0o100;
-export const O_CLOEXEC = 0o2000000;
+const O_CLOEXEC = 0o2000000;
 export const O_NONBLOCK = 0o4000;
 export const O_PATH = 0o10000000;
 /** ioctl on an nsfs fd: which kind of namespace it is (linux/nsfs.h: _IO(0xb7, 0x3)). */
 export const NS_GET_NSTYPE = 0xb703;
 export const CLONE_NEWNET = 0x40000000;
-export const LOCK_SH = 1;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const LOCK_UN = 8;
@@ -76,11 +73,8 @@ export const NETLINK_GET_STRICT_CHK = 12;
 export const MS_BIND = 4096;
 export const MNT_DETACH = 2;
 export const SO_RCVTIMEO = 20;
-export const SO_SNDTIMEO = 21;
 export const SO_RCVBUFFORCE = 33;
-export const MSG_PEEK = 2;
 export const MSG_TRUNC = 0x20;
-export const MSG_DONTWAIT = 0x40;
 
 export const socket = (domain: number, type: number, protocol: number): number =>
   check('socket', raw.socket(domain, type, protocol));
@@ -120,14 +114,7 @@ export const mount = (src: string, target: string, fstype: string | null, flags:
 export const umount2 = (target: string, flags: number): void => {
   check('umount2', raw.umount2(target, flags), target);
 };
-export const gettid = (): number => raw.gettid() as number;
 /** setsockopt with a raw option value (struct timeval, ...). */
 export const setsockoptBuf = (fd: number, level: number, name: number, value: Buffer): void => {
   check('setsockopt', raw.setsockopt(fd, level, name, value, value.length));
-};
-/** Fills addr (sized by the caller) with the socket's own address; returns its length. */
-export const getsockname = (fd: number, addr: Buffer): number => {
-  const len = [addr.length];
-  check('getsockname', raw.getsockname(fd, addr, len));
-  return len[0]!;
 };

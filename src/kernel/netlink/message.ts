@@ -179,11 +179,6 @@ export function attrU32(type: number, v: number): Buffer {
   b.writeUInt32LE(v >>> 0);
   return attr(type, b);
 }
-export function attrS32(type: number, v: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeInt32LE(v);
-  return attr(type, b);
-}
 /** NUL-terminated string, as the kernel's NLA_STRING/NLA_NUL_STRING policies expect. */
 export const attrStr = (type: number, s: string): Buffer => attr(type, Buffer.concat([Buffer.from(s, 'utf8'), Buffer.alloc(1)]));
 /**
