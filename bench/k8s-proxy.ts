@@ -151,7 +151,7 @@ function patuAll(): Map<string, string> {
 
 /**
  * patu, one service: a few lookups on the pinned maps (microseconds), for the per-change polls. The layouts
- * mirror bpf/include/patu_svc.h as src/dataplane/service-lb.ts does; TypedMap checks the sizes against the kernel.
+ * mirror bpf/sock_lb.h as src/dataplane/service-lb.ts does; TypedMap checks the sizes against the kernel.
  */
 class PatuReader {
   private readonly svc = TypedMap.fromPin(join(PIN, 'patu_svc'),

@@ -11,10 +11,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "patu_maps.h"
-
-#define AF_INET 2
-#define AF_INET6 10
+#include "common.h"
+#include "accel.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -39,11 +37,6 @@ struct {
 	__type(value, struct patu_accel_cfg);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } patu_accel_cfg SEC(".maps");
-
-// Forces a ctx field into a register once: without it clang may merge loads
-// of the same field from different branches into one load through a
-// modified ctx pointer, which the verifier rejects.
-#define CTX_READ(dst, expr) do { dst = (expr); asm volatile("" : "+r"(dst)); } while (0)
 
 static __always_inline int accel_enabled(void)
 {

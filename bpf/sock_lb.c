@@ -11,10 +11,9 @@
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
-#include "patu_svc.h"
+#include "common.h"
+#include "sock_lb.h"
 
-#define ECONNREFUSED 111
-#define NSEC_PER_SEC 1000000000ULL
 /* Retries when userspace changes a service between our lookups (see pick_backend). */
 #define PICK_ATTEMPTS 3
 
@@ -181,23 +180,15 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct bpf_sock 
 	return 1;
 }
 
-/*
- * Context fields are read once into locals behind a compiler barrier: clang
- * otherwise merges ctx loads across branches and the verifier rejects the
- * resulting modified ctx pointer.
- */
-#define READ_ONCE_CTX(v) asm volatile("" : "+r"(v))
-
+/* Context fields are read once, up front, with CTX_READ (see common.h). */
 SEC("cgroup/connect4")
 int patu_connect4(struct bpf_sock_addr *ctx)
 {
-	__u32 ip = ctx->user_ip4;
-	__u32 port = ctx->user_port;
-	__u32 proto = ctx->protocol;
+	__u32 ip, port, proto;
 	struct bpf_sock *sk = ctx->sk;
-	READ_ONCE_CTX(ip);
-	READ_ONCE_CTX(port);
-	READ_ONCE_CTX(proto);
+	CTX_READ(ip, ctx->user_ip4);
+	CTX_READ(port, ctx->user_port);
+	CTX_READ(proto, ctx->protocol);
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 1;
 	return translate(ctx, sk, ip, port, proto, 1);
@@ -206,12 +197,10 @@ int patu_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/sendmsg4")
 int patu_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	__u32 ip = ctx->user_ip4;
-	__u32 port = ctx->user_port;
-	__u32 proto = ctx->protocol;
-	READ_ONCE_CTX(ip);
-	READ_ONCE_CTX(port);
-	READ_ONCE_CTX(proto);
+	__u32 ip, port, proto;
+	CTX_READ(ip, ctx->user_ip4);
+	CTX_READ(port, ctx->user_port);
+	CTX_READ(proto, ctx->protocol);
 	if (proto != IPPROTO_UDP)
 		return 1;
 	return translate(ctx, 0, ip, port, proto, 0);
@@ -220,11 +209,10 @@ int patu_sendmsg4(struct bpf_sock_addr *ctx)
 /* Reply source (recvmsg) and peer (getpeername) seen as the service address. */
 static __always_inline void reverse(struct bpf_sock_addr *ctx)
 {
-	__u32 ip = ctx->user_ip4;
-	__u32 port = ctx->user_port;
+	__u32 ip, port;
 	struct bpf_sock *sk = ctx->sk;
-	READ_ONCE_CTX(ip);
-	READ_ONCE_CTX(port);
+	CTX_READ(ip, ctx->user_ip4);
+	CTX_READ(port, ctx->user_port);
 	if (sk) {
 		struct patu_sock_nat *sn = bpf_sk_storage_get(&patu_sock_nat, sk, 0, 0);
 		if (sn && sn->vip && sn->backend_ip == ip && sn->backend_port == (__u16)port) {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything `bin/patu` needs from source:
-#   1. eBPF objects: every bpf/*.c -> build/bpf/<name>.o (clang -target bpf)
+#   1. eBPF objects: every bpf/*.c -> build/bpf/<name>.o (clang -target bpf), and the
+#      test fixtures test/bpf/*.c -> build/test/bpf/<name>.o (kept out of build/bpf,
+#      which `patu install` ships)
 #   2. TypeScript: src/, test/, bench/ -> dist/ (tsc, strict; fails on type errors)
 #   3. the CNI fast path bundle: dist/cni.mjs (esbuild, one file, loads fast)
 #   4. bin/patu: the small C launcher (src/launcher/patu.c) that hands CNI requests to
@@ -15,16 +17,26 @@ if [[ -z "$CLANG" ]]; then
   exit 1
 fi
 
-mkdir -p build/bpf
 shopt -s nullglob
-for src in bpf/*.c; do
-  obj="build/bpf/$(basename "${src%.c}").o"
-  if [[ "$obj" -nt "$src" && -z "$(find bpf/include -newer "$obj" -print -quit 2>/dev/null)" ]]; then
-    continue
-  fi
-  "$CLANG" -target bpf -O2 -g -Wall -Werror \
-    -I bpf/include -I/usr/include/x86_64-linux-gnu \
-    -c "$src" -o "$obj"
+# <source dir>:<output dir>. Headers are per program (bpf/accel.h beside bpf/accel.c)
+# plus bpf/common.h: an object is rebuilt when its source or any header of either
+# directory is newer.
+for pair in bpf:build/bpf test/bpf:build/test/bpf; do
+  srcdir=${pair%%:*} outdir=${pair#*:}
+  mkdir -p "$outdir"
+  for src in "$srcdir"/*.c; do
+    obj="$outdir/$(basename "${src%.c}").o"
+    if [[ "$obj" -nt "$src" && -z "$(find bpf "$srcdir" -maxdepth 1 -name '*.h' -newer "$obj" -print -quit)" ]]; then
+      continue
+    fi
+    "$CLANG" -target bpf -O2 -g -Wall -Werror \
+      -I bpf -I/usr/include/x86_64-linux-gnu \
+      -c "$src" -o "$obj"
+  done
+done
+# An object whose source is gone (moved or deleted) must not be shipped.
+for obj in build/bpf/*.o; do
+  [[ -f "bpf/$(basename "${obj%.o}").c" ]] || rm -f "$obj"
 done
 
 npx --no-install tsc -p tsconfig.json

@@ -1,4 +1,4 @@
-// TS mirror of bpf/include/patu_maps.h and the accel pin layout. Kept apart
+// TS mirror of bpf/accel.h and the accel pin layout. Kept apart
 // from accel.ts so the CNI plugin's registry path (accel-registry.ts) does not
 // pull in object loading. TypedMap checks these sizes against the kernel's.
 import { join } from 'node:path';
@@ -14,6 +14,16 @@ export const sockKeyCodec: Codec<SockKey> = structCodec<SockKey>({ localIp4: ipv
 
 export interface AccelCfg { enabled: number; reserved: number }
 export const accelCfgCodec: Codec<AccelCfg> = structCodec<AccelCfg>({ enabled: u32, reserved: u32 });
+
+/**
+ * The codecs of every map of bpf/accel.c that userspace opens, by C map name;
+ * test/unit/bpf-layout.test.ts compares each with the object's BTF.
+ */
+export const ACCEL_MAP_CODECS = {
+  patu_pods: { key: ipv4, value: podInfoCodec },
+  patu_sock_hash: { key: sockKeyCodec, value: u64 },
+  patu_accel_cfg: { key: u32, value: accelCfgCodec },
+} as const;
 
 /** Everything acceleration pins lives in one directory: teardown removes exactly it. */
 export const accelPinDir = (pinRoot: string): string => join(pinRoot, 'accel');

@@ -23,7 +23,8 @@ const PROTO_NAME: Record<number, Protocol | undefined> = { 6: 'TCP', 17: 'UDP' }
 const F_AFFINITY = 1;
 const NAME_LEN = 64;
 
-// Mirrors of bpf/include/patu_svc.h; TypedMap checks the sizes against the kernel.
+// Mirrors of bpf/sock_lb.h: TypedMap checks the sizes against the kernel at open
+// time, test/unit/bpf-layout.test.ts every field offset against the BTF.
 interface SvcKeyC { vip: string; port: number; proto: number; pad: number }
 interface SvcValC { count: number; svcId: number; flags: number; affinityTimeout: number }
 interface SlotKeyC { svcId: number; slot: number }
@@ -55,6 +56,20 @@ const nameC: Codec<string> = {
     return s.subarray(0, z < 0 ? NAME_LEN : z).toString('utf8');
   },
 };
+
+/**
+ * The codecs of every map of bpf/sock_lb.c that userspace opens, by C map
+ * name; test/unit/bpf-layout.test.ts compares each with the object's BTF.
+ * (patu_sock_nat is socket storage: only the programs read it.)
+ */
+export const SOCK_LB_MAP_CODECS = {
+  patu_svc: { key: svcKeyC, value: svcValC },
+  patu_svc_slot: { key: slotKeyC, value: u32 },
+  patu_backend: { key: u32, value: backendC },
+  patu_svc_meta: { key: u32, value: nameC },
+  patu_revnat: { key: revNatKeyC, value: revNatValC },
+  patu_affinity: { key: affKeyC, value: affValC },
+} as const;
 
 export interface ServiceLbOptions {
   /** bpffs directory for the maps and links; production: /sys/fs/bpf/patu. */

@@ -33,6 +33,7 @@ function fakeSource(name: string): string {
     'dist/test/unit/x.test.js': '// not installed\n',
     'build/bpf/accel.o': 'o',
     'build/bpf/sock_lb.o': 'o',
+    'build/test/bpf/test_maps.o': 'test fixture',
     'deploy/patu-agent.service': '[Service]\nExecStart=/usr/lib/patu/bin/patu agent\n',
     // a -> b (top level), a -> c (nested in a) -> d (top level); devonly is not reachable.
     'node_modules/a/package.json': pkg('a', { b: '1', c: '1' }),
@@ -71,7 +72,7 @@ test('install, reinstall and uninstall a fabricated tree in a staging root', asy
   for (const f of ['bin/patu', 'dist/cni.mjs', 'dist/src/cli/index.js', 'node_modules/a/node_modules/c/package.json', 'node_modules/d/package.json', '.patu-install']) {
     assert.ok(existsSync(p.staged(`/opt/patu/${f}`)), f);
   }
-  for (const f of ['node_modules/devonly', 'node_modules/.bin', 'dist/test']) assert.ok(!existsSync(p.staged(`/opt/patu/${f}`)), `${f} not installed`);
+  for (const f of ['node_modules/devonly', 'node_modules/.bin', 'dist/test', 'build/test']) assert.ok(!existsSync(p.staged(`/opt/patu/${f}`)), `${f} not installed`);
   assert.equal(readFileSync(p.staged(p.unit), 'utf8'), '[Service]\nExecStart=/opt/patu/bin/patu agent\n', 'unit points at the prefix');
 
   // The conflist is one the plugin accepts, with the pod subnet from the cluster CIDR.

@@ -24,22 +24,22 @@ export const raw = {
   bpf_object__find_map_by_name: bpf.func('void *bpf_object__find_map_by_name(void *obj, const char *name)'),
   bpf_object__next_program: bpf.func('void *bpf_object__next_program(void *obj, void *prev)'),
   bpf_object__next_map: bpf.func('void *bpf_object__next_map(void *obj, void *prev)'),
+  bpf_object__btf: bpf.func('void *bpf_object__btf(void *obj)'),
   // programs
   bpf_program__name: bpf.func('const char *bpf_program__name(void *prog)'),
-  bpf_program__section_name: bpf.func('const char *bpf_program__section_name(void *prog)'),
   bpf_program__fd: bpf.func('int bpf_program__fd(void *prog)'),
-  bpf_program__type: bpf.func('int bpf_program__type(void *prog)'),
   bpf_program__expected_attach_type: bpf.func('int bpf_program__expected_attach_type(void *prog)'),
   bpf_program__set_autoload: bpf.func('int bpf_program__set_autoload(void *prog, bool autoload)'),
   // maps
   bpf_map__name: bpf.func('const char *bpf_map__name(void *map)'),
   bpf_map__fd: bpf.func('int bpf_map__fd(void *map)'),
-  bpf_map__type: bpf.func('int bpf_map__type(void *map)'),
-  bpf_map__key_size: bpf.func('uint32_t bpf_map__key_size(void *map)'),
-  bpf_map__value_size: bpf.func('uint32_t bpf_map__value_size(void *map)'),
-  bpf_map__pin_path: bpf.func('const char *bpf_map__pin_path(void *map)'),
-  bpf_map__set_pin_path: bpf.func('int bpf_map__set_pin_path(void *map, const char *path)'),
-  bpf_map__reuse_fd: bpf.func('int bpf_map__reuse_fd(void *map, int fd)'),
+  bpf_map__btf_key_type_id: bpf.func('uint32_t bpf_map__btf_key_type_id(void *map)'),
+  bpf_map__btf_value_type_id: bpf.func('uint32_t bpf_map__btf_value_type_id(void *map)'),
+  // BTF of an opened object (btf.h)
+  btf__type_by_id: bpf.func('void *btf__type_by_id(void *btf, uint32_t id)'),
+  btf__name_by_offset: bpf.func('const char *btf__name_by_offset(void *btf, uint32_t off)'),
+  btf__resolve_size: bpf.func('int64_t btf__resolve_size(void *btf, uint32_t id)'),
+  btf__resolve_type: bpf.func('int btf__resolve_type(void *btf, uint32_t id)'),
   // low-level syscall wrappers (bpf.h)
   bpf_map_update_elem: bpf.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
   bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
@@ -52,7 +52,6 @@ export const raw = {
   bpf_obj_get_info_by_fd: bpf.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
   bpf_prog_attach: bpf.func('int bpf_prog_attach(int prog_fd, int target_fd, int type, unsigned int flags)'),
   bpf_prog_detach2: bpf.func('int bpf_prog_detach2(int prog_fd, int target_fd, int type)'),
-  bpf_prog_query: bpf.func('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, void *prog_ids, _Inout_ uint32_t *prog_cnt)'),
   bpf_link_create: bpf.func('int bpf_link_create(int prog_fd, int target_fd, int type, const void *opts)'),
   bpf_link_detach: bpf.func('int bpf_link_detach(int link_fd)'),
   bpf_link_update: bpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
@@ -111,4 +110,3 @@ export function captureLibbpf<T>(sink: string[], fn: () => T): T {
 }
 
 export const errno = (): number => koffi.errno();
-export const decodeString = (p: bigint): string => koffi.decode.string(p) as string;

@@ -11,6 +11,8 @@ export interface Codec<T> {
   size: number;
   /** C alignment of the type, used by structCodec for padding; defaults to 1. */
   align?: number;
+  /** For struct codecs: where each field sits, to compare with the C layout in BTF (btf.ts). */
+  fields?: readonly CodecField[];
   encode(v: T, buf: Buffer, off: number): void;
   decode(buf: Buffer, off: number): T;
 }
@@ -30,11 +32,6 @@ export const u32: Codec<number> = {
   size: 4, align: 4,
   encode: (v, b, o) => { b.writeUInt32LE(v, o); },
   decode: (b, o) => b.readUInt32LE(o),
-};
-export const i32: Codec<number> = {
-  size: 4, align: 4,
-  encode: (v, b, o) => { b.writeInt32LE(v, o); },
-  decode: (b, o) => b.readInt32LE(o),
 };
 /** __u64 as bigint (cookies and counters exceed 2^53). */
 export const u64: Codec<bigint> = {
@@ -77,6 +74,13 @@ export function bytes(size: number): Codec<Buffer> {
   };
 }
 
+export interface CodecField {
+  /** The TypeScript name (camelCase); the C name is its snake_case. */
+  name: string;
+  offset: number;
+  size: number;
+}
+
 type FieldsOf<S> = { [K in keyof S]: Codec<S[K]> };
 
 /**
@@ -101,6 +105,7 @@ export function structCodec<S extends object>(fields: FieldsOf<S>): Codec<S> {
   return {
     size,
     align: maxAlign,
+    fields: layout.map((f) => ({ name: String(f.name), offset: f.off, size: f.codec.size })),
     encode(v, b, o) {
       b.fill(0, o, o + size);
       for (const f of layout) {
@@ -311,13 +316,3 @@ function batchOpts(elemFlags: number): Buffer {
   return b;
 }
 
-/** Opens a pinned map without codecs, to read its kernel info. */
-export function pinnedMapInfo(path: string): MapInfo {
-  const fd = raw.bpf_obj_get(path) as number;
-  if (fd < 0) throw new BpfError('bpf_obj_get', -fd, { path });
-  try {
-    return mapInfoByFd(fd);
-  } finally {
-    closeRawFd(fd);
-  }
-}

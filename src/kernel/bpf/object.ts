@@ -72,10 +72,6 @@ export class BpfLink {
     return this.linkFd;
   }
 
-  get pinnedAt(): string | undefined {
-    return this.pinPath;
-  }
-
   info(): LinkInfo {
     return linkInfoByFd(this.linkFd);
   }
@@ -150,10 +146,6 @@ export class BpfProgram {
 
   get name(): string {
     return this.ptr == null ? this.pinnedName : (raw.bpf_program__name(this.ptr) as string);
-  }
-
-  get sectionName(): string {
-    return this.ptr == null ? '' : (raw.bpf_program__section_name(this.ptr) as string);
   }
 
   /** Negative (-ENOENT) until the object is loaded. */
@@ -252,25 +244,6 @@ export class BpfMapRef {
 
   get fd(): number {
     return raw.bpf_map__fd(this.ptr) as number;
-  }
-
-  get keySize(): number {
-    return raw.bpf_map__key_size(this.ptr) as number;
-  }
-
-  get valueSize(): number {
-    return raw.bpf_map__value_size(this.ptr) as number;
-  }
-
-  /** Where libbpf pins/reuses it (LIBBPF_PIN_BY_NAME or setPinPath), if anywhere. */
-  get pinPath(): string | null {
-    return (raw.bpf_map__pin_path(this.ptr) as string | null) ?? null;
-  }
-
-  /** Before load: pin here at load time, or reuse the map already pinned here. */
-  setPinPath(path: string): void {
-    const rc = raw.bpf_map__set_pin_path(this.ptr, path) as number;
-    if (rc < 0) throw new BpfError('bpf_map__set_pin_path', -rc, { object: this.objectName, map: this.name, path });
   }
 
   info(): MapInfo {

@@ -2,14 +2,15 @@
 /*
  * Map layouts for socket-level ClusterIP load balancing (bpf/sock_lb.c).
  * The TypeScript codecs in src/dataplane/service-lb.ts mirror these structs
- * byte for byte; the libbpf layer checks key/value sizes against the kernel
- * at open time, so keep both sides in step.
+ * byte for byte: the libbpf layer checks key/value sizes against the kernel
+ * at open time, and test/unit/bpf-layout.test.ts checks every field's offset
+ * and size against the object's BTF.
  *
  * Addresses and ports are kept in network byte order, as the socket hooks see
  * them, so the programs never convert on the fast path.
  */
-#ifndef PATU_SVC_H
-#define PATU_SVC_H
+#ifndef PATU_SOCK_LB_H
+#define PATU_SOCK_LB_H
 
 #include <linux/types.h>
 

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Map layouts shared between the eBPF programs and the TypeScript control
- * plane (src/dataplane/accel.ts mirrors these with structCodec; TypedMap
- * checks the sizes against the kernel's, so a change here that is not made
- * there fails at open time, not silently).
+ * Map layouts of bpf/accel.c, shared with the TypeScript control plane:
+ * src/dataplane/accel-maps.ts mirrors these structs with structCodec.
+ * TypedMap checks key/value sizes against the kernel's at open time, and
+ * test/unit/bpf-layout.test.ts checks every field's offset and size against
+ * the object's BTF, so a change here that is not made there fails a test.
  */
-#ifndef PATU_MAPS_H
-#define PATU_MAPS_H
+#ifndef PATU_ACCEL_H
+#define PATU_ACCEL_H
 
 #include <linux/types.h>
 
