@@ -16,8 +16,10 @@ export interface AgentOptions {
   cniSocket: string;
   logLevel: string;
   pinRoot: string;
-  /** cgroup2 directory the cgroup programs attach to (production: the cgroup2 root). */
-  cgroup: string;
+  /** cgroup2 directory the cgroup programs attach to (default: the hierarchy's root, discovered). */
+  cgroup?: string;
+  /** Look for the hierarchy's root only at or below this directory (in the DaemonSet: the host's /sys/fs/cgroup, mounted at /host/...). */
+  cgroupFs?: string;
   accel: boolean;
   servicesFile?: string;
   /** Watch a Kubernetes apiserver for services, endpoints, this node's pods and Node (the rest comes from here). */
@@ -44,12 +46,25 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => health.close());
   }
 
+  // Found once, here at the top: the layers below take the directory as a parameter.
+  // Serving CNI alone needs no cgroup, so a host without cgroup2 can still do that.
+  let cgroup = '';
+  if (opts.accel || opts.servicesFile || opts.kubernetes) {
+    const { resolveCgroup } = await import('../kernel/cgroup.js');
+    try {
+      cgroup = resolveCgroup({ cgroup: opts.cgroup, under: opts.cgroupFs });
+    } catch (e) {
+      throw new Error(`agent: ${(e as Error).message} (--cgroup names the directory explicitly; --cgroup-fs where to look)`, { cause: e });
+    }
+    log.info({ cgroup, ...(opts.cgroup ? {} : { discovered: true }) }, 'cgroup2 attach point');
+  }
+
   if (opts.accel) {
     const { Accel } = await import('../dataplane/accel.js');
-    const accel = Accel.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroup });
+    const accel = Accel.open({ pinRoot: opts.pinRoot, cgroupPath: cgroup });
     accel.enable();
     const st = accel.status();
-    log.info({ cgroup: opts.cgroup, pods: st.pods.length, sockets: st.sockets }, 'socket acceleration on');
+    log.info({ cgroup, pods: st.pods.length, sockets: st.sockets }, 'socket acceleration on');
   }
 
   if (opts.servicesFile) {
@@ -58,7 +73,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     const file = opts.servicesFile;
     const watch = await servicesWatch(file, {
       pinRoot: opts.pinRoot,
-      cgroupPath: opts.cgroup,
+      cgroupPath: cgroup,
       onApplied: (stats) => log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed'),
       onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
     });
@@ -70,7 +85,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     const k8s = await startKubernetes({
       ...opts.kubernetes,
       pinRoot: opts.pinRoot,
-      cgroup: opts.cgroup,
+      cgroup,
       log,
       ...(metrics ? { metrics } : {}),
     });

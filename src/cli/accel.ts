@@ -1,10 +1,11 @@
 // `patu accel on|off|status`: node-wide switch for same-node socket acceleration.
-import { Accel, CGROUP2_ROOT, type AccelStatus } from '../dataplane/accel.js';
+import { Accel, type AccelStatus } from '../dataplane/accel.js';
+import { resolveCgroup } from '../kernel/cgroup.js';
 import { DEFAULTS } from '../defaults.js';
 
 export interface AccelCommandOptions {
   pinRoot?: string;
-  /** cgroup2 directory to attach sock_ops to; the default (the cgroup2 root) covers every pod. */
+  /** cgroup2 directory to attach sock_ops to; the default (the hierarchy's root, found in /proc/self/mountinfo) covers every pod. */
   cgroup?: string;
   /** BPF object to load (defaults to build/bpf/accel.o). */
   object?: string;
@@ -30,9 +31,11 @@ function render(st: AccelStatus): string[] {
 
 export async function accelCommand(action: 'on' | 'off' | 'status', opts: AccelCommandOptions = {}): Promise<AccelStatus> {
   const out = opts.out ?? ((l: string) => process.stdout.write(l + '\n'));
+  // Only `on` attaches: off and status work on hosts (or in containers) without a usable cgroup2.
+  const cgroupPath = action === 'on' ? resolveCgroup({ cgroup: opts.cgroup }) : opts.cgroup;
   const accel = Accel.open({
     pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot,
-    cgroupPath: opts.cgroup ?? CGROUP2_ROOT,
+    ...(cgroupPath !== undefined ? { cgroupPath } : {}),
     ...(opts.object ? { objectPath: opts.object } : {}),
   });
   if (action === 'on') accel.enable({ reload: opts.reload ?? false });

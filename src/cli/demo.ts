@@ -4,6 +4,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Lab } from '../demo/lab.js';
+import { findCgroup2Root } from '../kernel/cgroup.js';
 import { haveTool, iperf, pingPong, type Latency, type Throughput } from '../demo/measure.js';
 import { countClientScript, nameServerScript, type CountResult } from '../demo/probe.js';
 
@@ -20,7 +21,8 @@ const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) :
 
 export async function demoCommand(opts: DemoOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('patu demo needs root: it creates network namespaces, a bridge and eBPF programs');
-  const lab = new Lab(LAB);
+  // The lab's cgroup is made below the hierarchy's root wherever this host mounts it.
+  const lab = new Lab({ ...LAB, cgroupParent: findCgroup2Root() });
   if (opts.cleanup) {
     const problems = lab.down();
     say(problems.length ? `cleaned up, with problems:\n  ${problems.join('\n  ')}` : 'demo state removed');

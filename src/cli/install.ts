@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { install, uninstall, type InstallMode, type InstallOptions } from '../install/install.js';
 import { FLAVOUR_DEFAULTS, UNIT_NAME, type PathOptions } from '../install/paths.js';
+import { findCgroup2Root } from '../kernel/cgroup.js';
 
 /** The path flags (see PathOptions), install's own options, and what only the command line has. */
 export interface InstallCliOptions extends PathOptions, Pick<InstallOptions, 'cniOnly' | 'bundleNode' | 'conflist' | 'force'> {
@@ -56,6 +57,15 @@ export async function installCommand(o: InstallCliOptions): Promise<number> {
   process.stdout.write(`patu installed (${p.flavour}: ${FLAVOUR_DEFAULTS[p.flavour].note})${p.root !== '/' ? ` under ${p.root}` : ''}\n`);
   for (const l of lines) process.stdout.write(`  ${l}\n`);
   if (!o.cniOnly) {
+    // The unit's agent attaches where it finds cgroup2 when it starts; say now where that
+    // is on this host, or what is missing, rather than at the first `systemctl start`.
+    if (p.root === '/') {
+      try {
+        process.stdout.write(`\nThe agent's cgroup eBPF programs will attach to the cgroup2 root: ${findCgroup2Root()}\n`);
+      } catch (e) {
+        process.stdout.write(`\nwarning: the agent's --accel and services need cgroup2, and this host has none usable: ${(e as Error).message}\n`);
+      }
+    }
     process.stdout.write(`\nStart the agent (not started by install):  systemctl enable --now ${UNIT_NAME}\n`);
   }
   process.stdout.write('Remove everything listed above with:  patu uninstall' + (p.root !== '/' ? ` --root ${p.root}` : '') + '\n');

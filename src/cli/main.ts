@@ -76,7 +76,7 @@ export function buildProgram(): Command {
             : 'show the switch, the attachment, accelerated sockets and per-pod flags',
       )
       .addOption(pinRoot)
-      .option('--cgroup <dir>', 'cgroup2 directory to attach to (default: the cgroup2 root, every pod)')
+      .option('--cgroup <dir>', 'cgroup2 directory to attach to (default: the root of the cgroup2 hierarchy, found in /proc/self/mountinfo: every pod)')
       .option('--json', 'print JSON')
       .action(async (opts) => {
         const { accelCommand } = await import('./accel.js');
@@ -105,7 +105,7 @@ export function buildProgram(): Command {
   services
     .command('apply <file>')
     .description('program the services of FILE (YAML or JSON, or a directory of them) once and exit; the file is the whole truth')
-    .option('--cgroup <dir>', 'cgroup2 directory to attach to if not attached yet (default: the cgroup2 root)')
+    .option('--cgroup <dir>', 'cgroup2 directory to attach to if not attached yet (default: the root of the cgroup2 hierarchy, found in /proc/self/mountinfo)')
     .action(async (file, opts) => {
       const { servicesApply } = await import('./services.js');
       const { pinRoot: root, json } = services.opts<{ pinRoot: string; json?: boolean }>();
@@ -118,7 +118,8 @@ export function buildProgram(): Command {
     .option('--cni-socket <path>', 'unix socket for CNI requests', DEFAULTS.agentSocket)
     .option('--accel', 'switch on same-node socket acceleration at start')
     .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it (an empty file is an error: write "services: []")')
-    .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs', '/sys/fs/cgroup/unified')
+    .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs (default: the root of the cgroup2 hierarchy, found in /proc/self/mountinfo)')
+    .option('--cgroup-fs <dir>', 'look for the cgroup2 root only at or below DIR; in a container: where the host\'s /sys/fs/cgroup is mounted (it is checked to be the host\'s root, not the container\'s own)')
     .option('--kubernetes', 'take services, endpoints, pod acceleration opt-outs and the pod subnet from the Kubernetes API')
     .option('--kubeconfig <file>', 'with --kubernetes outside a pod: the kubeconfig to use (in a pod the ServiceAccount is used)')
     .option('--node-name <name>', 'with --kubernetes: this node\'s name (default: $NODE_NAME, else the hostname)')
@@ -137,7 +138,8 @@ export function buildProgram(): Command {
         cniSocket: opts.cniSocket,
         logLevel: opts.logLevel,
         pinRoot: opts.pinRoot,
-        cgroup: opts.cgroup,
+        ...(opts.cgroup ? { cgroup: opts.cgroup } : {}),
+        ...(opts.cgroupFs ? { cgroupFs: opts.cgroupFs } : {}),
         accel: Boolean(opts.accel),
         ...(opts.servicesFile ? { servicesFile: opts.servicesFile } : {}),
         ...(opts.kubernetes

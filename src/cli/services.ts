@@ -4,14 +4,15 @@
 // shows what the kernel will do, not what a file says.
 import { formatTable } from './table.js';
 import { DEFAULTS } from '../defaults.js';
-import { ServiceLb, readProgrammed, PROD_CGROUP, type ApplyStats, type ProgrammedServiceView } from '../dataplane/service-lb.js';
+import { ServiceLb, readProgrammed, type ApplyStats, type ProgrammedServiceView } from '../dataplane/service-lb.js';
+import { resolveCgroup } from '../kernel/cgroup.js';
 import { applyToModel, loadServices, ServiceFileError, watchServices } from '../services/file-source.js';
 import { ServiceModel } from '../services/model.js';
 
 export interface ServicesOptions {
   /** bpffs directory of the service maps and links (default /sys/fs/bpf/patu). */
   pinRoot?: string;
-  /** cgroup2 directory to attach to if not attached yet (default: the cgroup2 root). */
+  /** cgroup2 directory to attach to if not attached yet (default: the hierarchy's root, found in /proc/self/mountinfo). */
   cgroupPath?: string;
   /** Compiled sock_lb.o (default: build/bpf/sock_lb.o next to this install). */
   objectPath?: string;
@@ -61,7 +62,7 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
   model.replaceAll(items);
   let lb: ServiceLb | undefined;
   try {
-    lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: opts.cgroupPath ?? PROD_CGROUP, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+    lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: resolveCgroup({ cgroup: opts.cgroupPath }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
     // Full resync: what the maps hold and the file does not is removed.
     const stats = lb.apply(model.desired());
     const attachedNow = !lb.linksPinned();
@@ -140,7 +141,7 @@ export interface ServicesWatchHandle {
  * services that changed. Throws if the initial source is invalid.
  */
 export async function servicesWatch(path: string, opts: ServicesWatchOptions = {}): Promise<ServicesWatchHandle> {
-  const lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: opts.cgroupPath ?? PROD_CGROUP, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+  const lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: resolveCgroup({ cgroup: opts.cgroupPath }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
   const model = new ServiceModel();
   try {
     const watcher = await watchServices(path, {

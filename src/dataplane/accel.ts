@@ -14,13 +14,15 @@ import { accelPins, accelCfgCodec, sockKeyCodec, type SockKey } from './accel-ma
 import { openPodRegistry } from './accel-registry.js';
 
 const O_DIRECTORY = 0o200000;
-/** Production attach point: the cgroup2 root covers every pod and the host. */
-export const CGROUP2_ROOT = '/sys/fs/cgroup/unified';
 const DEFAULT_OBJECT = fileURLToPath(new URL('../../../build/bpf/accel.o', import.meta.url));
 
 export interface AccelOptions {
   pinRoot?: string;
-  /** cgroup2 directory sock_ops attaches to (tests: a sub-cgroup they created). */
+  /**
+   * cgroup2 directory sock_ops attaches to: production the hierarchy's root, which
+   * the caller finds (src/kernel/cgroup.ts); tests a sub-cgroup they created.
+   * Needed by enable() only: status and the pod registry work without it.
+   */
   cgroupPath?: string;
   /** Compiled bpf/accel.c; defaults to build/bpf/accel.o of this checkout. */
   objectPath?: string;
@@ -47,13 +49,13 @@ const debug = (msg: string): void => {
 
 export class Accel {
   readonly pinRoot: string;
-  readonly cgroupPath: string;
+  readonly cgroupPath: string | undefined;
   readonly objectPath: string;
   private readonly pins: ReturnType<typeof accelPins>;
 
   private constructor(opts: AccelOptions) {
     this.pinRoot = opts.pinRoot ?? DEFAULTS.pinRoot;
-    this.cgroupPath = opts.cgroupPath ?? CGROUP2_ROOT;
+    this.cgroupPath = opts.cgroupPath;
     this.objectPath = opts.objectPath ?? process.env.PATU_ACCEL_OBJECT ?? DEFAULT_OBJECT;
     this.pins = accelPins(this.pinRoot);
   }
@@ -75,8 +77,13 @@ export class Accel {
     }
   }
 
+  private cgroup(): string {
+    if (this.cgroupPath === undefined) throw new Error('accel: no cgroup2 directory to attach sock_ops to (cgroupPath)');
+    return this.cgroupPath;
+  }
+
   private cgroupId(): bigint {
-    return statSync(this.cgroupPath, { bigint: true }).ino;
+    return statSync(this.cgroup(), { bigint: true }).ino;
   }
 
   /**
@@ -140,7 +147,7 @@ export class Accel {
         link.close();
       }
     }
-    const link = sockops.attachCgroup(this.cgroupPath, AttachType.CGROUP_SOCK_OPS);
+    const link = sockops.attachCgroup(this.cgroup(), AttachType.CGROUP_SOCK_OPS);
     try {
       link.pin(path);
     } catch (e) {

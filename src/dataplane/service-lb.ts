@@ -15,7 +15,6 @@ import {
 import { portKey, type DesiredServicePort, type Protocol, type ServiceModel } from '../services/model.js';
 
 export const SOCK_LB_PROGRAMS = ['patu_connect4', 'patu_sendmsg4', 'patu_recvmsg4', 'patu_getpeername4'] as const;
-export const PROD_CGROUP = '/sys/fs/cgroup/unified';
 const DEFAULT_OBJECT = fileURLToPath(new URL('../../../build/bpf/sock_lb.o', import.meta.url));
 
 const IPPROTO: Record<Protocol, number> = { TCP: 6, UDP: 17 };
@@ -74,7 +73,10 @@ export const SOCK_LB_MAP_CODECS = {
 export interface ServiceLbOptions {
   /** bpffs directory for the maps and links; production: /sys/fs/bpf/patu. */
   pinRoot?: string;
-  /** cgroup2 directory the programs attach to; production: the cgroup2 root. */
+  /**
+   * cgroup2 directory the programs attach to: production the hierarchy's root,
+   * which the caller finds (src/kernel/cgroup.ts). Needed by attach() only.
+   */
   cgroupPath?: string;
   /** Compiled bpf/sock_lb.c. */
   objectPath?: string;
@@ -118,7 +120,7 @@ export class ServiceLb {
     private readonly obj: BpfObject,
     readonly maps: Maps,
     readonly pinRoot: string,
-    readonly cgroupPath: string,
+    readonly cgroupPath: string | undefined,
   ) {
     this.state = readState(maps);
     for (const s of this.state.services.values()) this.svcIds.add(s.id);
@@ -150,7 +152,7 @@ export class ServiceLb {
         affinity: obj.map('patu_affinity').typed(affKeyC, affValC),
       };
       repair(maps);
-      return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath ?? PROD_CGROUP);
+      return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath);
     } catch (e) {
       obj.close();
       throw e;
@@ -170,11 +172,13 @@ export class ServiceLb {
    */
   attach(): void {
     if (this.links.length) return;
+    const cgroup = this.cgroupPath;
+    if (cgroup === undefined) throw new Error('ServiceLb.attach: no cgroup2 directory to attach to (cgroupPath)');
     mkdirSync(join(this.pinRoot, 'links'), { recursive: true });
     const created: BpfLink[] = [];
     try {
       for (const name of SOCK_LB_PROGRAMS) {
-        const link = this.obj.program(name).attachCgroup(this.cgroupPath);
+        const link = this.obj.program(name).attachCgroup(cgroup);
         created.push(link);
         const pin = this.linkPin(name);
         if (existsSync(pin)) BpfLink.fromPin(pin).destroy();

@@ -10,7 +10,6 @@ import { DEFAULTS } from '../defaults.js';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const CGROUP2_ROOT = '/sys/fs/cgroup/unified';
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const PATU_BIN = process.env.PATU_BIN ?? join(REPO, 'bin', 'patu');
 
@@ -19,6 +18,8 @@ export interface LabOptions {
   name: string;
   subnet: string;
   pods: string[];
+  /** The cgroup2 directory the lab's own cgroup is made in (the caller finds it: src/kernel/cgroup.ts). */
+  cgroupParent: string;
 }
 
 export interface Pod {
@@ -55,7 +56,7 @@ export class Lab {
     this.bridge = `${opts.name}0`.slice(0, 15);
     this.stateDir = `/run/${opts.name}`;
     this.pinRoot = `${DEFAULTS.bpffs}/${opts.name}`;
-    this.cgroup = join(CGROUP2_ROOT, opts.name);
+    this.cgroup = join(opts.cgroupParent, opts.name);
   }
 
   netconf(): Record<string, unknown> {

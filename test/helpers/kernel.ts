@@ -16,12 +16,11 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { findCgroup2Root } from '../../src/kernel/cgroup.js';
 
-/**
- * Where cgroup2 is mounted on this host: the hybrid layout of the machines
- * the suites run on today.
- */
-export const CGROUP2_ROOT = '/sys/fs/cgroup/unified';
+/** The root of this host's cgroup2 hierarchy, found as the product finds it (pure v2 or hybrid). */
+let cgroup2Root: string | undefined;
+const cgroup2 = (): string => (cgroup2Root ??= findCgroup2Root());
 
 const BPFFS = '/sys/fs/bpf';
 
@@ -58,7 +57,7 @@ export class Scratch {
    * (it does for a moment after the last process exits).
    */
   cgroup(suffix?: string): string {
-    const path = join(CGROUP2_ROOT, this.name(suffix));
+    const path = join(cgroup2(), this.name(suffix));
     mkdirSync(path);
     this.defer(`cgroup ${path}`, () => removeCgroup(path));
     return path;

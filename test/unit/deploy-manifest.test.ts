@@ -133,6 +133,15 @@ test('patu.yaml: the DaemonSet runs install --cni-only then agent --kubernetes -
     }
   }
   assert.match(cm.data['cluster-cidr'], /^\d+\.\d+\.\d+\.\d+\/\d+$/);
+
+  // The cgroup2 attach point: the container's own /sys/fs/cgroup is its private cgroup
+  // namespace, so the agent looks where the host's /sys/fs/cgroup is mounted (and checks it
+  // found the host's root); by default it finds it there rather than being told a path that
+  // fits one host layout only (cgroup v2: the directory itself; hybrid: its unified/).
+  const cgMount = mounts.get('/sys/fs/cgroup')!;
+  assert.notEqual(cgMount.mountPath, '/sys/fs/cgroup', 'not over the container\'s own cgroup2 mount');
+  assert.ok(agent!.args.includes(`--cgroup-fs=${cgMount.mountPath}`), `the agent looks below ${cgMount.mountPath}`);
+  assert.equal(cm.data['cgroup-path'], '', 'the attach point is discovered unless configured');
 });
 
 test('patu-uninstall.yaml: runs `patu uninstall` with the install container\'s mounts and no API rights', () => {
