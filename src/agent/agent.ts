@@ -69,7 +69,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
 
   if (opts.servicesFile) {
     // The standalone service source; the Kubernetes source feeds the same model.
-    const { servicesWatch } = await import('../cli/services.js');
+    const { servicesWatch } = await import('./services-watch.js');
     const file = opts.servicesFile;
     const watch = await servicesWatch(file, {
       pinRoot: opts.pinRoot,

@@ -4,9 +4,9 @@
 // shows what the kernel will do, not what a file says.
 import { formatTable } from './table.js';
 import { DEFAULTS } from '../defaults.js';
-import { ServiceLb, readProgrammed, type ApplyStats, type ProgrammedServiceView } from '../dataplane/service-lb.js';
+import { ServiceLb, readProgrammed, type ProgrammedServiceView } from '../dataplane/service-lb.js';
 import { resolveCgroup } from '../kernel/cgroup.js';
-import { applyToModel, loadServices, ServiceFileError, watchServices } from '../services/file-source.js';
+import { loadServices, ServiceFileError } from '../services/file-source.js';
 import { ServiceModel } from '../services/model.js';
 
 export interface ServicesOptions {
@@ -117,54 +117,4 @@ export async function servicesList(opts: ServicesOptions = {}): Promise<number> 
   else if (list.length === 0) out('no services programmed\n');
   else out(formatServicesTable(list));
   return 0;
-}
-
-export interface ServicesWatchOptions extends Omit<ServicesOptions, 'json' | 'out' | 'err'> {
-  /** A bad file/directory after a change (the last good state stays programmed), or a kernel error. */
-  onError?: (e: Error) => void;
-  /** After every successful apply (for logs/metrics). */
-  onApplied?: (stats: ApplyStats) => void;
-}
-
-export interface ServicesWatchHandle {
-  readonly lb: ServiceLb;
-  readonly model: ServiceModel;
-  /** Stops watching and releases fds; programs and maps stay (pinned) and keep translating. */
-  close(): void;
-}
-
-/**
- * For the agent: programs a services file or directory, attaches the
- * programs if they are not attached, and keeps the maps in step with the
- * source. The first load is a full resync (removes services an earlier run
- * programmed that the source no longer has); later changes diff only the
- * services that changed. Throws if the initial source is invalid.
- */
-export async function servicesWatch(path: string, opts: ServicesWatchOptions = {}): Promise<ServicesWatchHandle> {
-  const lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: resolveCgroup({ cgroup: opts.cgroupPath }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
-  const model = new ServiceModel();
-  try {
-    const watcher = await watchServices(path, {
-      onChange: (all, delta) => {
-        applyToModel(model, all, delta);
-        const changed = model.takeChanges();
-        const stats = delta ? lb.apply(model, changed) : lb.apply(model.desired());
-        opts.onApplied?.(stats);
-      },
-      onError: (e) => opts.onError?.(e),
-    });
-    await watcher.start();
-    if (!lb.linksPinned()) lb.attach();
-    return {
-      lb,
-      model,
-      close: () => {
-        watcher.close();
-        lb.close();
-      },
-    };
-  } catch (e) {
-    lb.close();
-    throw e;
-  }
 }

@@ -22,7 +22,7 @@ import {
 } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildConflist } from '../k8s/conflist.js';
+import { buildConflist } from '../cni/conflist.js';
 import { firstSubnet24 } from '../k8s/convert.js';
 import { DEFAULTS } from '../defaults.js';
 import {

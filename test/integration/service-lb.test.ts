@@ -327,7 +327,7 @@ test('CLI: services apply programs a file once (a bad one changes nothing) and s
 });
 
 test('servicesWatch: the first load is a full resync, later edits apply, programs attach once', { skip }, async () => {
-  const { servicesWatch } = await import('../../src/cli/services.js');
+  const { servicesWatch } = await import('../../src/agent/services-watch.js');
   const pinRoot = join(PIN, 'watch');
   const file = join(tmp, 'watch.yaml');
   // Something an earlier run programmed that the file does not have: the first load removes it.

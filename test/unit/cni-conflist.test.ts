@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildConflist, writeConflistIfChanged } from '../../src/k8s/conflist.js';
+import { buildConflist, writeConflistIfChanged } from '../../src/cni/conflist.js';
 import { DEFAULTS } from '../../src/defaults.js';
 import { parseNetConf } from '../../src/cni/netconf.js';
 

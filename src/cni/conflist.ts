@@ -1,12 +1,12 @@
-// The CNI network configuration the agent writes for the container runtime:
-// /etc/cni/net.d/10-patu.conflist with this node's pod subnet. Written
+// The CNI network configuration for the container runtime, as `patu install` and
+// the agent (with --kubernetes) write it: /etc/cni/net.d/10-patu.conflist with this
+// node's pod subnet. Written
 // atomically (temp file + rename in the same directory), so a runtime reading
 // it at any moment sees the old or the new file, never half of one; and only
 // when the content changes, so a restart does not make runtimes reload.
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS } from '../defaults.js';
-
 
 export interface ConflistOptions {
   podCIDR: string;

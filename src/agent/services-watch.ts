@@ -1,0 +1,62 @@
+// The agent's services-file source (--services-file): programs a services file or
+// directory and keeps the maps in step with it while the agent runs. The one-shot
+// `patu services apply` is the CLI's (src/cli/services.ts); both feed ServiceLb.
+import { ServiceLb, type ApplyStats } from '../dataplane/service-lb.js';
+import { applyToModel, watchServices } from '../services/file-source.js';
+import { ServiceModel } from '../services/model.js';
+
+export interface ServicesWatchOptions {
+  /** bpffs directory of the service maps and links. */
+  pinRoot: string;
+  /** cgroup2 directory to attach to if not attached yet (the agent found it: src/kernel/cgroup.ts). */
+  cgroupPath: string;
+  /** Compiled sock_lb.o (default: build/bpf/sock_lb.o next to this install). */
+  objectPath?: string;
+  /** A bad file/directory after a change (the last good state stays programmed), or a kernel error. */
+  onError?: (e: Error) => void;
+  /** After every successful apply (for logs/metrics). */
+  onApplied?: (stats: ApplyStats) => void;
+}
+
+export interface ServicesWatchHandle {
+  readonly lb: ServiceLb;
+  readonly model: ServiceModel;
+  /** Stops watching and releases fds; programs and maps stay (pinned) and keep translating. */
+  close(): void;
+}
+
+/**
+ * Programs a services file or directory, attaches the
+ * programs if they are not attached, and keeps the maps in step with the
+ * source. The first load is a full resync (removes services an earlier run
+ * programmed that the source no longer has); later changes diff only the
+ * services that changed. Throws if the initial source is invalid.
+ */
+export async function servicesWatch(path: string, opts: ServicesWatchOptions): Promise<ServicesWatchHandle> {
+  const lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+  const model = new ServiceModel();
+  try {
+    const watcher = await watchServices(path, {
+      onChange: (all, delta) => {
+        applyToModel(model, all, delta);
+        const changed = model.takeChanges();
+        const stats = delta ? lb.apply(model, changed) : lb.apply(model.desired());
+        opts.onApplied?.(stats);
+      },
+      onError: (e) => opts.onError?.(e),
+    });
+    await watcher.start();
+    if (!lb.linksPinned()) lb.attach();
+    return {
+      lb,
+      model,
+      close: () => {
+        watcher.close();
+        lb.close();
+      },
+    };
+  } catch (e) {
+    lb.close();
+    throw e;
+  }
+}
