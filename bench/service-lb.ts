@@ -21,7 +21,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ServiceLb } from '../src/dataplane/service-lb.js';
+import { ServiceLb, type ApplyStats } from '../src/dataplane/service-lb.js';
 import { ServiceModel, type Endpoint, type Service } from '../src/services/model.js';
 import { ServicesFileWatcher, ServicesDirWatcher, applyToModel, type ServiceWithEndpoints } from '../src/services/file-source.js';
 import { removePins } from '../src/kernel/bpf/pins.js';
@@ -147,6 +147,12 @@ async function netnsWithBackends(ns: string): Promise<void> {
   });
 }
 
+/** Applies what changed in the model since the last call (as the agent's sources do). */
+function applyDelta(lb: ServiceLb, model: ServiceModel): ApplyStats {
+  const changed = model.takeChanges();
+  return lb.applyChanges(changed, model.desired(changed));
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench/service-lb needs root (netns, cgroup, BPF, iptables)');
   for (const b of ['connect-rate', 'accept-sink']) {
@@ -167,9 +173,9 @@ async function main(): Promise<void> {
   const cold: number[] = [];
   for (let i = 0; i < 3; i++) {
     const root = `${PIN}-cold${i}`;
-    const lbCold = ServiceLb.open({ pinRoot: root, cgroupPath: CG });
+    const lbCold = ServiceLb.open({ pinRoot: root }); // maps only: nothing attaches
     try {
-      const st = lbCold.apply(coldModel);
+      const st = lbCold.resync(coldModel.desired());
       cold.push(st.ms);
       if (i === 0) console.log(`cold programming: ${fmt(maxScale)} services / ${fmt(maxScale * ENDPOINTS)} endpoints = ${fmt(st.ops)} map ops in ${st.syscallBatches} batch syscalls`);
     } finally {
@@ -190,7 +196,7 @@ async function main(): Promise<void> {
     let direct = 0;
     for (const n of SCALES) {
       model.replaceAll(items(n));
-      const st = lb.apply(model, model.takeChanges());
+      const st = applyDelta(lb, model);
       const restore = sh('ip', ['netns', 'exec', NSI, 'iptables-restore'], kubeProxyRules(n));
       console.log(`${fmt(n)} services: patu programmed in ${fmt(st.ms, 1)} ms; iptables-restore of ${fmt(n * (1 + 3 * ENDPOINTS) + 8)} rules in ${fmt(restore.ms)} ms`);
       const targets = [['middle', Math.floor(n / 2)], ['last', n - 1]] as const;
@@ -247,7 +253,7 @@ async function main(): Promise<void> {
       const eps = cur.endpoints.map((e, j) => (j === flip ? { ...e, ready: !e.ready } : e));
       const t0 = performance.now();
       model.setEndpoints(ref, eps);
-      lb.apply(model, model.takeChanges());
+      applyDelta(lb, model);
       lat.push(performance.now() - t0);
     }
     console.log(`\nsingle service change, model -> maps, ${fmt(model.size)} services (1000 changes): p50 ${fmt(pct(lat, 50), 3)} ms, p99 ${fmt(pct(lat, 99), 3)} ms (target p99 < 10 ms)`);
@@ -268,7 +274,7 @@ async function main(): Promise<void> {
       const w = new ServicesFileWatcher(file, {
         onChange: (list) => {
           fileModel.replaceAll(list);
-          lb.apply(fileModel, fileModel.takeChanges());
+          applyDelta(lb, fileModel);
           resolveApplied?.(performance.now());
         },
         onError: (e) => console.error(`watcher: ${e.message}`),
@@ -292,7 +298,7 @@ async function main(): Promise<void> {
       }
       console.log(`single service change, file write -> watcher -> maps, ${fmt(n)} services in one ${(docOf(-1, true).length / 1e6).toFixed(2)} MB file (${iters} changes): p50 ${fmt(pct(fl, 50), 1)} ms, p99 ${fmt(pct(fl, 99), 1)} ms`);
       // Leave the maps as the model had them (the file model replaced the same services).
-      lb.apply(model);
+      lb.resync(model.desired());
     }
     // 3c. The same through a directory of files (100 services per file): only the edited file is read.
     {
@@ -314,7 +320,7 @@ async function main(): Promise<void> {
       const w = new ServicesDirWatcher(d, {
         onChange: (all, delta) => {
           applyToModel(dirModel, all, delta);
-          lb.apply(dirModel, dirModel.takeChanges());
+          applyDelta(lb, dirModel);
           resolveApplied?.(performance.now());
         },
         onError: (e) => console.error(`dir watcher: ${e.message}`),
@@ -338,7 +344,7 @@ async function main(): Promise<void> {
         w.close();
       }
       console.log(`single service change, file write -> directory watcher -> maps, ${fmt(n)} services in ${files} files (200 changes): p50 ${fmt(pct(dl, 50), 2)} ms, p99 ${fmt(pct(dl, 99), 2)} ms (target p99 < 10 ms)`);
-      lb.apply(model);
+      lb.resync(model.desired());
     }
     console.log(`\nbench wall time ${fmt((performance.now() - started) / 1000, 1)} s`);
   } finally {

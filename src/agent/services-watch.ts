@@ -26,9 +26,9 @@ export interface ServicesWatchHandle {
 }
 
 /**
- * Programs a services file or directory, attaches the
- * programs if they are not attached, and keeps the maps in step with the
- * source. The first load is a full resync (removes services an earlier run
+ * Programs a services file or directory and keeps the maps in step with the
+ * source (ServiceLb attaches the programs after its first apply if they are
+ * not attached yet). The first load is a full resync (removes services an earlier run
  * programmed that the source no longer has); later changes diff only the
  * services that changed. Throws if the initial source is invalid.
  */
@@ -40,13 +40,13 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
       onChange: (all, delta) => {
         applyToModel(model, all, delta);
         const changed = model.takeChanges();
-        const stats = delta ? lb.apply(model, changed) : lb.apply(model.desired());
+        const stats = delta ? lb.applyChanges(changed, model.desired(changed)) : lb.resync(model.desired());
         opts.onApplied?.(stats);
       },
       onError: (e) => opts.onError?.(e),
     });
+    // The first load is applied in start(): that apply attaches the programs.
     await watcher.start();
-    if (!lb.linksPinned()) lb.attach();
     return {
       lb,
       model,

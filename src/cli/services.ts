@@ -63,11 +63,11 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
   let lb: ServiceLb | undefined;
   try {
     lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: resolveCgroup({ cgroup: opts.cgroupPath }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
-    // Full resync: what the maps hold and the file does not is removed.
-    const stats = lb.apply(model.desired());
-    const attachedNow = !lb.linksPinned();
-    if (attachedNow) lb.attach();
+    // Full resync: what the maps hold and the file does not is removed. The
+    // programs are attached by the first apply that succeeds.
     const desired = model.desired();
+    const stats = lb.resync(desired);
+    const attachedNow = stats.attachedNow;
     const result: ServicesApplyResult = {
       file,
       services: model.size,

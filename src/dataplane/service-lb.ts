@@ -1,7 +1,7 @@
 // Owns the socket load-balancing BPF object (bpf/sock_lb.c): its pinned maps,
 // its cgroup attachments, and the translation of the service model into map
 // entries through the phased diff in src/services/diff.ts.
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
@@ -10,9 +10,9 @@ import { ensurePinDir } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
 import {
   commit, diffServices, emptyState, IdAllocator, setService,
-  type DiffResult, type MapOp, type ProgrammedBackend, type ProgrammedService, type ProgrammedState,
+  type DiffResult, type MapOp, type ProgrammedBackend, type ProgrammedService, type ProgrammedState, type SvcKey,
 } from '../services/diff.js';
-import { portKey, type DesiredServicePort, type Protocol, type ServiceModel } from '../services/model.js';
+import { portKey, type DesiredServicePort, type Protocol } from '../services/model.js';
 
 export const SOCK_LB_PROGRAMS = ['patu_connect4', 'patu_sendmsg4', 'patu_recvmsg4', 'patu_getpeername4'] as const;
 const DEFAULT_OBJECT = fileURLToPath(new URL('../../../build/bpf/sock_lb.o', import.meta.url));
@@ -74,8 +74,10 @@ export interface ServiceLbOptions {
   /** bpffs directory for the maps and links; production: /sys/fs/bpf/patu. */
   pinRoot?: string;
   /**
-   * cgroup2 directory the programs attach to: production the hierarchy's root,
-   * which the caller finds (src/kernel/cgroup.ts). Needed by attach() only.
+   * cgroup2 directory the programs are attached to after the first apply that
+   * succeeds, if they are not attached yet (production: the hierarchy's root,
+   * which the caller finds). Without one they are never attached by an apply
+   * (attach() then throws): the maps alone are programmed.
    */
   cgroupPath?: string;
   /** Compiled bpf/sock_lb.c. */
@@ -99,6 +101,8 @@ export interface ApplyStats {
   services: number;
   syscallBatches: number;
   ms: number;
+  /** This apply attached the programs (the first one that succeeded with a cgroup to attach to). */
+  attachedNow: boolean;
 }
 
 interface Maps {
@@ -109,6 +113,47 @@ interface Maps {
   revnat: TypedMap<RevNatKeyC, RevNatValC>;
   affinity: TypedMap<AffKeyC, AffValC>;
 }
+
+type OpOf<M extends MapOp['map'], O extends MapOp['op']> = Extract<MapOp, { map: M; op: O }>;
+
+/** One phase's operations, sorted by map and kind: each list is one batch syscall. */
+interface PhaseBatch {
+  backendUpdate: OpOf<'backend', 'update'>[];
+  metaUpdate: OpOf<'meta', 'update'>[];
+  slotUpdate: OpOf<'slot', 'update'>[];
+  svcUpdate: OpOf<'svc', 'update'>[];
+  svcDelete: OpOf<'svc', 'delete'>[];
+  slotDelete: OpOf<'slot', 'delete'>[];
+  backendDelete: OpOf<'backend', 'delete'>[];
+  metaDelete: OpOf<'meta', 'delete'>[];
+}
+
+const emptyBatch = (): PhaseBatch => ({
+  backendUpdate: [], metaUpdate: [], slotUpdate: [], svcUpdate: [], svcDelete: [], slotDelete: [], backendDelete: [], metaDelete: [],
+});
+
+function sortInto(b: PhaseBatch, op: MapOp): void {
+  switch (op.map) {
+    case 'backend':
+      if (op.op === 'update') b.backendUpdate.push(op);
+      else b.backendDelete.push(op);
+      return;
+    case 'meta':
+      if (op.op === 'update') b.metaUpdate.push(op);
+      else b.metaDelete.push(op);
+      return;
+    case 'slot':
+      if (op.op === 'update') b.slotUpdate.push(op);
+      else b.slotDelete.push(op);
+      return;
+    case 'svc':
+      if (op.op === 'update') b.svcUpdate.push(op);
+      else b.svcDelete.push(op);
+      return;
+  }
+}
+
+const svcKeyOf = (k: SvcKey): SvcKeyC => ({ vip: k.vip, port: k.port, proto: IPPROTO[k.protocol], pad: 0 });
 
 export class ServiceLb {
   private links: BpfLink[] = [];
@@ -143,13 +188,14 @@ export class ServiceLb {
     const obj = BpfObject.open(objectPath, { pinRoot });
     try {
       obj.load();
+      const c = SOCK_LB_MAP_CODECS;
       const maps: Maps = {
-        svc: obj.map('patu_svc').typed(svcKeyC, svcValC),
-        slot: obj.map('patu_svc_slot').typed(slotKeyC, u32),
-        backend: obj.map('patu_backend').typed(u32, backendC),
-        meta: obj.map('patu_svc_meta').typed(u32, nameC),
-        revnat: obj.map('patu_revnat').typed(revNatKeyC, revNatValC),
-        affinity: obj.map('patu_affinity').typed(affKeyC, affValC),
+        svc: obj.map('patu_svc').typed(c.patu_svc.key, c.patu_svc.value),
+        slot: obj.map('patu_svc_slot').typed(c.patu_svc_slot.key, c.patu_svc_slot.value),
+        backend: obj.map('patu_backend').typed(c.patu_backend.key, c.patu_backend.value),
+        meta: obj.map('patu_svc_meta').typed(c.patu_svc_meta.key, c.patu_svc_meta.value),
+        revnat: obj.map('patu_revnat').typed(c.patu_revnat.key, c.patu_revnat.value),
+        affinity: obj.map('patu_affinity').typed(c.patu_affinity.key, c.patu_affinity.value),
       };
       repair(maps);
       return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath);
@@ -174,7 +220,7 @@ export class ServiceLb {
     if (this.links.length) return;
     const cgroup = this.cgroupPath;
     if (cgroup === undefined) throw new Error('ServiceLb.attach: no cgroup2 directory to attach to (cgroupPath)');
-    mkdirSync(join(this.pinRoot, 'links'), { recursive: true });
+    ensurePinDir(join(this.pinRoot, 'links'));
     const created: BpfLink[] = [];
     try {
       for (const name of SOCK_LB_PROGRAMS) {
@@ -211,22 +257,40 @@ export class ServiceLb {
   }
 
   /**
-   * Programs the model. With `changedRefs` (e.g. model.takeChanges()) only
-   * those services are diffed, so one change costs the same whatever the
-   * number of services; without, everything is compared (full resync).
+   * Makes the maps hold exactly `desired`: what they hold and `desired` does
+   * not is removed (the first apply of a source, or a periodic safety net).
    */
-  apply(model: ServiceModel | ReadonlyMap<string, DesiredServicePort>, changedRefs?: ReadonlySet<string>): ApplyStats {
-    const t0 = performance.now();
-    const desired = 'desired' in model && typeof model.desired === 'function'
-      ? (model as ServiceModel).desired(changedRefs)
-      : (model as ReadonlyMap<string, DesiredServicePort>);
-    if (changedRefs && !('desired' in model && typeof model.desired === 'function')) {
-      throw new Error('ServiceLb.apply: changedRefs needs a ServiceModel');
+  resync(desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats {
+    return this.run(desired);
+  }
+
+  /**
+   * Applies the services in `refs` only: `desired` holds the ports of those
+   * that still exist (model.desired(refs)), and programmed ports of a ref that
+   * `desired` lacks are removed. One change costs the same whatever the
+   * number of services.
+   */
+  applyChanges(refs: ReadonlySet<string>, desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats {
+    for (const d of desired.values()) {
+      if (!refs.has(d.ref)) throw new Error(`ServiceLb.applyChanges: ${d.key} belongs to ${d.ref}, which is not among the changed services`);
     }
-    const diff = diffServices(this.state, desired, this.ids, changedRefs);
+    return this.run(desired, refs);
+  }
+
+  private run(desired: ReadonlyMap<string, DesiredServicePort>, refs?: ReadonlySet<string>): ApplyStats {
+    const t0 = performance.now();
+    const diff = diffServices(this.state, desired, this.ids, refs);
     const batches = this.write(diff.ops);
     this.record(diff);
-    return { ops: diff.ops.length, services: diff.services.size, syscallBatches: batches, ms: performance.now() - t0 };
+    const ms = performance.now() - t0;
+    // Attached only once the maps hold a whole state, so no connect() is
+    // translated against half-filled maps.
+    let attachedNow = false;
+    if (this.cgroupPath !== undefined && !this.attached && !this.linksPinned()) {
+      this.attach();
+      attachedNow = true;
+    }
+    return { ops: diff.ops.length, services: diff.services.size, syscallBatches: batches, ms, attachedNow };
   }
 
   private record(diff: DiffResult): void {
@@ -247,69 +311,32 @@ export class ServiceLb {
     let i = 0;
     while (i < ops.length) {
       const phase = ops[i]!.phase;
-      const groups = new Map<string, MapOp[]>();
-      for (; i < ops.length && ops[i]!.phase === phase; i++) {
-        const op = ops[i]!;
-        const g = `${op.map}/${op.op}`;
-        let list = groups.get(g);
-        if (!list) groups.set(g, (list = []));
-        list.push(op);
-      }
-      for (const list of groups.values()) {
-        this.writeGroup(list);
-        batches++;
-      }
+      const b = emptyBatch();
+      for (; i < ops.length && ops[i]!.phase === phase; i++) sortInto(b, ops[i]!);
+      batches += this.writeBatch(b);
     }
     return batches;
   }
 
-  private writeGroup(list: MapOp[]): void {
+  private writeBatch(b: PhaseBatch): number {
     const m = this.maps;
-    const first = list[0]!;
-    switch (first.map) {
-      case 'backend':
-        if (first.op === 'update') {
-          m.backend.batchUpdate(list.map((o) => {
-            const b = (o as Extract<MapOp, { map: 'backend'; op: 'update' }>).value;
-            return [(o as { id: number }).id, { ip: b.ip, port: b.port, pad: 0, svcId: b.svcId }] as const;
-          }));
-        } else m.backend.batchDelete(list.map((o) => (o as { id: number }).id));
-        return;
-      case 'meta':
-        if (first.op === 'update') {
-          m.meta.batchUpdate(list.map((o) => [(o as { svcId: number }).svcId, (o as { name: string }).name] as const));
-        } else m.meta.batchDelete(list.map((o) => (o as { svcId: number }).svcId));
-        return;
-      case 'slot':
-        if (first.op === 'update') {
-          m.slot.batchUpdate(list.map((o) => {
-            const s = o as Extract<MapOp, { map: 'slot'; op: 'update' }>;
-            return [{ svcId: s.svcId, slot: s.slot }, s.backendId] as const;
-          }));
-        } else {
-          m.slot.batchDelete(list.map((o) => {
-            const s = o as Extract<MapOp, { map: 'slot'; op: 'delete' }>;
-            return { svcId: s.svcId, slot: s.slot };
-          }));
-        }
-        return;
-      case 'svc':
-        if (first.op === 'update') {
-          m.svc.batchUpdate(list.map((o) => {
-            const s = o as Extract<MapOp, { map: 'svc'; op: 'update' }>;
-            return [
-              { vip: s.key.vip, port: s.key.port, proto: IPPROTO[s.key.protocol], pad: 0 },
-              { count: s.value.count, svcId: s.value.svcId, flags: s.value.affinity ? F_AFFINITY : 0, affinityTimeout: s.value.affinityTimeoutSeconds },
-            ] as const;
-          }));
-        } else {
-          m.svc.batchDelete(list.map((o) => {
-            const k = (o as Extract<MapOp, { map: 'svc'; op: 'delete' }>).key;
-            return { vip: k.vip, port: k.port, proto: IPPROTO[k.protocol], pad: 0 };
-          }));
-        }
-        return;
-    }
+    let n = 0;
+    const each = <T>(list: T[], write: (list: T[]) => unknown): void => {
+      if (list.length === 0) return;
+      write(list);
+      n++;
+    };
+    each(b.backendUpdate, (l) => m.backend.batchUpdate(l.map((o) => [o.id, { ip: o.value.ip, port: o.value.port, pad: 0, svcId: o.value.svcId }] as const)));
+    each(b.metaUpdate, (l) => m.meta.batchUpdate(l.map((o) => [o.svcId, o.name] as const)));
+    each(b.slotUpdate, (l) => m.slot.batchUpdate(l.map((o) => [{ svcId: o.svcId, slot: o.slot }, o.backendId] as const)));
+    each(b.svcUpdate, (l) => m.svc.batchUpdate(l.map((o) => [svcKeyOf(o.key), {
+      count: o.value.count, svcId: o.value.svcId, flags: o.value.affinity ? F_AFFINITY : 0, affinityTimeout: o.value.affinityTimeoutSeconds,
+    }] as const)));
+    each(b.svcDelete, (l) => m.svc.batchDelete(l.map((o) => svcKeyOf(o.key))));
+    each(b.slotDelete, (l) => m.slot.batchDelete(l.map((o) => ({ svcId: o.svcId, slot: o.slot }))));
+    each(b.backendDelete, (l) => m.backend.batchDelete(l.map((o) => o.id)));
+    each(b.metaDelete, (l) => m.meta.batchDelete(l.map((o) => o.svcId)));
+    return n;
   }
 
   /** Services and backends as the maps hold them now (not as intended). */
@@ -372,7 +399,7 @@ function repair(m: Maps): void {
   m.meta.batchDelete([...m.meta.keys()].filter((id) => !counts.has(id)));
 }
 
-function programmedView(m: Maps): ProgrammedServiceView[] {
+function programmedView(m: Pick<Maps, 'svc' | 'slot' | 'backend' | 'meta'>): ProgrammedServiceView[] {
   const out: ProgrammedServiceView[] = [];
   for (const [k, v] of m.svc.entries()) {
     const backends: ProgrammedServiceView['backends'] = [];
@@ -400,14 +427,15 @@ function programmedView(m: Maps): ProgrammedServiceView[] {
 export function readProgrammed(pinRoot: string = DEFAULTS.pinRoot): ProgrammedServiceView[] | null {
   const p = (n: string): string => join(pinRoot, n);
   if (!existsSync(p('patu_svc'))) return null;
-  const maps = {
-    svc: TypedMap.fromPin(p('patu_svc'), svcKeyC, svcValC),
-    slot: TypedMap.fromPin(p('patu_svc_slot'), slotKeyC, u32),
-    backend: TypedMap.fromPin(p('patu_backend'), u32, backendC),
-    meta: TypedMap.fromPin(p('patu_svc_meta'), u32, nameC),
+  const c = SOCK_LB_MAP_CODECS;
+  const maps: Pick<Maps, 'svc' | 'slot' | 'backend' | 'meta'> = {
+    svc: TypedMap.fromPin(p('patu_svc'), c.patu_svc.key, c.patu_svc.value),
+    slot: TypedMap.fromPin(p('patu_svc_slot'), c.patu_svc_slot.key, c.patu_svc_slot.value),
+    backend: TypedMap.fromPin(p('patu_backend'), c.patu_backend.key, c.patu_backend.value),
+    meta: TypedMap.fromPin(p('patu_svc_meta'), c.patu_svc_meta.key, c.patu_svc_meta.value),
   };
   try {
-    return programmedView(maps as unknown as Maps);
+    return programmedView(maps);
   } finally {
     for (const x of Object.values(maps)) x.close();
   }

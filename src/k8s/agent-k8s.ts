@@ -55,12 +55,9 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     ...(o.resyncMs !== undefined ? { resyncMs: o.resyncMs } : {}),
     // Opened on first need: the registry exists once acceleration was switched on.
     podRegistry: () => (registry ??= openPodRegistry(o.pinRoot)),
-    onApplied: () => {
-      // Attach only after the first programming, so no connect() is translated against half-filled maps.
-      if (!lb.linksPinned()) {
-        lb.attach();
-        o.log.info({ cgroup: o.cgroup }, 'service programs attached');
-      }
+    // ServiceLb attaches after its first successful apply (never against half-filled maps).
+    onApplied: (stats) => {
+      if (stats.attachedNow) o.log.info({ cgroup: o.cgroup }, 'service programs attached');
     },
     onPodCidr: (cidr) => {
       if (!confDir) return;

@@ -26,7 +26,10 @@ import { startInformer, type BackoffOptions, type RunningInformer } from './info
 
 /** What programs services: ServiceLb in the agent, a recorder in tests. */
 export interface ServiceSink {
-  apply(model: ServiceModel | ReadonlyMap<string, DesiredServicePort>, changedRefs?: ReadonlySet<string>): ApplyStats;
+  /** Everything: what is programmed and not in `desired` goes. */
+  resync(desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats;
+  /** Only the services in `refs`; `desired` holds the ports of those that still exist. */
+  applyChanges(refs: ReadonlySet<string>, desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats;
 }
 
 export interface Logger {
@@ -242,12 +245,16 @@ export class K8sSource {
     if (!resync && changed.size === 0) return;
     this.lastFlush = t0;
     try {
-      const stats = sink ? (resync ? sink.apply(this.model.desired()) : sink.apply(this.model, changed)) : { ops: 0, services: changed.size, syscallBatches: 0, ms: performance.now() - t0 };
+      // Derived once: the sink programs it and the gauges count it.
+      const desired = this.model.desired(resync ? undefined : changed);
+      const stats: ApplyStats = sink
+        ? (resync ? sink.resync(desired) : sink.applyChanges(changed, desired))
+        : { ops: 0, services: changed.size, syscallBatches: 0, ms: performance.now() - t0, attachedNow: false };
       this.needResync = false;
       const first = !this.programmed;
       this.programmed = true;
       this.lastError = undefined;
-      this.record(stats, resync ? 'resync' : 'delta', changed);
+      this.record(stats, resync ? 'resync' : 'delta', changed, desired);
       if (first || stats.ops > 0) {
         this.log.info({ kind: resync ? 'resync' : 'delta', services: this.model.size, changed: changed.size, mapOps: stats.ops, ms: Math.round(stats.ms * 100) / 100 },
           first ? 'services programmed (initial resync)' : 'services programmed');
@@ -269,7 +276,7 @@ export class K8sSource {
     }
   }
 
-  private record(stats: ApplyStats, kind: 'resync' | 'delta', changed: ReadonlySet<string>): void {
+  private record(stats: ApplyStats, kind: 'resync' | 'delta', changed: ReadonlySet<string>, desired: ReadonlyMap<string, DesiredServicePort>): void {
     const m = this.opts.metrics;
     if (!m) return;
     m.applySeconds.observe({ kind }, stats.ms / 1000);
@@ -281,29 +288,30 @@ export class K8sSource {
       this.portsCounted = 0;
       this.backendsCounted = 0;
     }
-    for (const ref of kind === 'resync' ? this.model.refs() : changed) this.count(ref);
+    // Counted from the desired state the sink was given, not derived a second time.
+    const now = new Map<string, { ports: number; backends: number }>();
+    for (const d of desired.values()) {
+      const c = now.get(d.ref) ?? { ports: 0, backends: 0 };
+      c.ports++;
+      c.backends += d.backends.length;
+      now.set(d.ref, c);
+    }
+    for (const ref of kind === 'resync' ? now.keys() : changed) {
+      const old = this.counted.get(ref);
+      if (old) {
+        this.portsCounted -= old.ports;
+        this.backendsCounted -= old.backends;
+        this.counted.delete(ref);
+      }
+      const c = now.get(ref);
+      if (!c) continue;
+      this.counted.set(ref, c);
+      this.portsCounted += c.ports;
+      this.backendsCounted += c.backends;
+    }
     m.servicesProgrammed.set(this.model.size);
     m.servicePortsProgrammed.set(this.portsCounted);
     m.endpointsProgrammed.set(this.backendsCounted);
-  }
-
-  private count(ref: string): void {
-    const old = this.counted.get(ref);
-    if (old) {
-      this.portsCounted -= old.ports;
-      this.backendsCounted -= old.backends;
-      this.counted.delete(ref);
-    }
-    let ports = 0;
-    let backends = 0;
-    for (const d of this.model.desired([ref]).values()) {
-      ports++;
-      backends += d.backends.length;
-    }
-    if (ports === 0) return;
-    this.counted.set(ref, { ports, backends });
-    this.portsCounted += ports;
-    this.backendsCounted += backends;
   }
 
   /** Recomputes everything from the caches (a safety net against a missed event). */

@@ -88,7 +88,8 @@ function svc(name: string, clusterIP: string, ports: Service['ports'], over: Par
   return { namespace: 'it', name, clusterIP, ports, sessionAffinity: 'None', affinityTimeoutSeconds: 10800, ...over };
 }
 function program(): void {
-  lb!.apply(model, model.takeChanges());
+  const changed = model.takeChanges();
+  lb!.applyChanges(changed, model.desired(changed));
 }
 
 before(async () => {
@@ -242,7 +243,7 @@ test('the maps hold what was programmed, and a second open from the pins sees th
   try {
     assert.deepEqual(again.programmed(), lb!.programmed());
     // Its diff base was rebuilt from the maps: nothing to do for the same model.
-    assert.equal(again.apply(model.desired()).ops, 0);
+    assert.equal(again.resync(model.desired()).ops, 0);
   } finally {
     again.close();
   }
@@ -264,7 +265,8 @@ test('file source: a bad file is reported and the last good state stays programm
   const w = new ServicesFileWatcher(file, {
     onChange: (items) => {
       fileModel.replaceAll(items);
-      fileLb.apply(fileModel, fileModel.takeChanges());
+      const changed = fileModel.takeChanges();
+      fileLb.applyChanges(changed, fileModel.desired(changed));
     },
     onError: (e) => errors.push(e),
     settleMs: 30,
@@ -331,10 +333,12 @@ test('servicesWatch: the first load is a full resync, later edits apply, program
   const pinRoot = join(PIN, 'watch');
   const file = join(tmp, 'watch.yaml');
   // Something an earlier run programmed that the file does not have: the first load removes it.
-  const pre = ServiceLb.open({ pinRoot, cgroupPath: CG });
+  // Maps only (no cgroup): the programs are attached by servicesWatch's first apply.
+  const pre = ServiceLb.open({ pinRoot });
   const stale = new ServiceModel();
   stale.upsertService(svc('stale', '10.96.77.9', [{ port: 80, protocol: 'TCP', targetPort: 8080 }]));
-  pre.apply(stale);
+  assert.equal(pre.resync(stale.desired()).attachedNow, false);
+  assert.equal(pre.linksPinned(), false);
   pre.close();
   writeFileSync(file, 'services:\n  - { name: w, namespace: it, clusterIP: 10.96.77.8, ports: [{ port: 80, targetPort: 8080 }], endpoints: [{ ip: 10.77.0.4 }] }\n');
   const h = await servicesWatch(file, { pinRoot, cgroupPath: CG });

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { K8sSource, type ServiceSink } from '../../src/k8s/source.js';
 import type { K8sEndpointSlice, K8sService } from '../../src/k8s/convert.js';
 import { commit, diffServices, emptyState, IdAllocator, type ProgrammedState } from '../../src/services/diff.js';
-import { ServiceModel, type DesiredServicePort } from '../../src/services/model.js';
+import type { DesiredServicePort } from '../../src/services/model.js';
 import type { PodRegistry } from '../../src/dataplane/accel-registry.js';
 
 /** A sink that runs the real diff against a state that outlives the source (like pinned maps outlive the agent). */
@@ -17,16 +17,21 @@ class DiffSink implements ServiceSink {
     for (const s of state.services.values()) max = Math.max(max, s.id, ...s.slots);
     this.ids = new IdAllocator((id) => state.backends.has(id), max + 1);
   }
-  apply(model: ServiceModel | ReadonlyMap<string, DesiredServicePort>, changed?: ReadonlySet<string>) {
+  resync(desired: ReadonlyMap<string, DesiredServicePort>) {
+    return this.run(desired);
+  }
+  applyChanges(changed: ReadonlySet<string>, desired: ReadonlyMap<string, DesiredServicePort>) {
+    return this.run(desired, changed);
+  }
+  private run(desired: ReadonlyMap<string, DesiredServicePort>, changed?: ReadonlySet<string>) {
     if (this.fail > 0) {
       this.fail--;
       throw new Error('bpf_map_update_batch(patu_svc): ENOSPC');
     }
-    const desired = model instanceof ServiceModel ? model.desired(changed) : model;
     const d = diffServices(this.state, desired, this.ids, changed);
     commit(this.state, d);
     this.calls.push({ full: !changed, changed: [...(changed ?? [])].sort(), ops: d.ops.length });
-    return { ops: d.ops.length, services: d.services.size, syscallBatches: 0, ms: 0 };
+    return { ops: d.ops.length, services: d.services.size, syscallBatches: 0, ms: 0, attachedNow: false };
   }
   backends(key: string): string[] {
     const s = this.state.services.get(key);
