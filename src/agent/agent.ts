@@ -112,6 +112,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
         },
         'cni request',
       );
+      // The CNI answer carries no stack; this is where to find it (cause chain included).
+      if (outcome.error) log.debug({ command: req.env.CNI_COMMAND, containerId: req.env.CNI_CONTAINERID, err: outcome.error }, 'cni request failed');
     },
   });
   log.info({ socket: opts.cniSocket }, 'serving CNI requests');

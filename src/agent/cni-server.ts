@@ -16,13 +16,13 @@ export const AGENT_LOCK_WAIT_MS = 100;
 
 export interface CniRequest {
   env: Record<string, string>;
-  stdin: string;
+  /** The raw config bytes: runPlugin checks their size and that they are UTF-8. */
+  stdin: Buffer;
 }
 
 export function decodeRequest(bytes: Buffer): CniRequest {
-  const text = bytes.toString('utf8');
-  const end = text.indexOf('\n\n');
-  const header = end < 0 ? text : text.slice(0, end);
+  const end = bytes.indexOf('\n\n');
+  const header = (end < 0 ? bytes : bytes.subarray(0, end)).toString('utf8');
   const env: Record<string, string> = {};
   for (const line of header.split('\n')) {
     const eq = line.indexOf('=');
@@ -30,7 +30,7 @@ export function decodeRequest(bytes: Buffer): CniRequest {
     // may steer the agent.
     if (eq > 0 && line.startsWith('CNI_')) env[line.slice(0, eq)] = line.slice(eq + 1);
   }
-  return { env, stdin: end < 0 ? '' : text.slice(end + 2) };
+  return { env, stdin: end < 0 ? Buffer.alloc(0) : bytes.subarray(end + 2) };
 }
 
 export const encodeResponse = (o: PluginOutcome): string => `${o.exitCode}\n${o.stdout}`;

@@ -6,6 +6,7 @@
 // A registry failure never fails ADD/DEL: the pod's networking works without
 // acceleration, so it is reported on stderr (the runtime's log) instead.
 import { existsSync } from 'node:fs';
+import { messageOf } from '../errors.js';
 import type { NetConf } from './netconf.js';
 
 type Registry = { register(ip: string, optOut: boolean): void; unregister(ip: string): void };
@@ -16,7 +17,7 @@ async function openRegistry(pinRoot: string): Promise<Registry | undefined> {
 }
 
 function warn(what: string, err: unknown): void {
-  process.stderr.write(`patu: warning: ${what}: ${(err as Error)?.message ?? String(err)}\n`);
+  process.stderr.write(`patu: warning: ${what}: ${messageOf(err)}\n`);
 }
 
 export async function registerPodForAccel(conf: NetConf, ips: string[], opts: { optOut: boolean }): Promise<void> {

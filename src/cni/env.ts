@@ -17,6 +17,8 @@ const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'VERSION', 'STAT
 // SPEC: "Must start with an alphanumeric character, optionally followed by any
 // combination of one or more alphanumeric characters, underscore, dot or hyphen."
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+/** Runtimes use 64 hex digits; IPAM records hold the id, and ids this long are not real. */
+export const MAX_CONTAINER_ID = 1024;
 
 export function readCommand(env: NodeJS.ProcessEnv): CniCommand {
   const command = env.CNI_COMMAND;
@@ -27,11 +29,19 @@ export function readCommand(env: NodeJS.ProcessEnv): CniCommand {
   return command as CniCommand;
 }
 
+/**
+ * An interface name the kernel keeps as written: 1-15 bytes (IFNAMSIZ less the NUL),
+ * not '.' or '..', no '/', ':' or whitespace (dev_valid_name), and printable ASCII
+ * only: a NUL would cut the name short in the kernel ('prb\0x' creates 'prb') and
+ * other bytes are not names anyone types. Returns the problem, or undefined.
+ */
 export function validIfname(name: string): string | undefined {
   if (name.length === 0) return 'must not be empty';
-  if (name.length > 15) return `'${name}' is longer than 15 characters`;
-  if (name === '.' || name === '..') return `'${name}' is not a valid interface name`;
-  if (/[/:\s]/.test(name)) return `'${name}' must not contain '/', ':' or whitespace`;
+  const shown = JSON.stringify(name.length > 32 ? `${name.slice(0, 32)}...` : name);
+  if (!/^[\x21-\x7e]+$/.test(name)) return `${shown} must hold only printable ASCII (no NUL, control characters, spaces or non-ASCII)`;
+  if (name.length > 15) return `${shown} is longer than 15 characters`;
+  if (name === '.' || name === '..') return `${shown} is not a valid interface name`;
+  if (/[/:]/.test(name)) return `${shown} must not contain '/' or ':'`;
   return undefined;
 }
 
@@ -59,8 +69,11 @@ export function readEnv(env: NodeJS.ProcessEnv, command: CniCommand): CniEnv {
   const ifname = env.CNI_IFNAME ?? '';
   if (needsAttachment) {
     if (!containerId) throw invalidEnv('CNI_CONTAINERID', 'not set');
+    if (containerId.length > MAX_CONTAINER_ID) {
+      throw invalidEnv('CNI_CONTAINERID', `is ${containerId.length} characters long, more than ${MAX_CONTAINER_ID}`);
+    }
     if (!CONTAINER_ID.test(containerId)) {
-      throw invalidEnv('CNI_CONTAINERID', `'${containerId}' must start with a letter or digit and hold only letters, digits, '_', '.', '-'`);
+      throw invalidEnv('CNI_CONTAINERID', `${JSON.stringify(containerId.slice(0, 80))} must start with a letter or digit and hold only letters, digits, '_', '.', '-'`);
     }
     const bad = validIfname(ifname);
     if (bad) throw invalidEnv('CNI_IFNAME', bad);

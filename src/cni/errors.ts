@@ -2,7 +2,11 @@
 // message and details, and a non-zero exit status.
 //
 // Codes 1-99 are reserved by the spec (SPEC.md "Well-known Error Codes"); patu's own
-// codes start at 100.
+// codes start at 100. The answer never carries a JavaScript stack: the error that
+// caused it stays on `cause` (the agent logs it, stack and all, at debug level).
+import { errnoOf, messageOf } from '../errors.js';
+import { IpamConfigError, IpamExhaustedError, IpamLockTimeoutError, IpamUnavailableError } from '../ipam/index.js';
+
 export const CniCode = {
   IncompatibleVersion: 1,
   UnsupportedField: 2,
@@ -25,11 +29,12 @@ export const CniCode = {
 } as const;
 export type CniCodeValue = (typeof CniCode)[keyof typeof CniCode];
 
+/** The spec's error: `code` is the CNI code (stable by definition), `details` names the field, variable or operation. */
 export class CniError extends Error {
   readonly code: number;
   readonly details: string;
-  constructor(code: number, msg: string, details = '') {
-    super(msg);
+  constructor(code: number, msg: string, details = '', options?: { cause?: unknown }) {
+    super(msg, options);
     this.name = 'CniError';
     this.code = code;
     this.details = details;
@@ -40,24 +45,30 @@ export class CniError extends Error {
   }
 }
 
-export const invalidConfig = (field: string, problem: string): CniError =>
-  new CniError(CniCode.InvalidConfig, `invalid network config: ${field}: ${problem}`, field);
+export const invalidConfig = (field: string, problem: string, options?: { cause?: unknown }): CniError =>
+  new CniError(CniCode.InvalidConfig, `invalid network config: ${field}: ${problem}`, field, options);
 
-export const invalidEnv = (variable: string, problem: string): CniError =>
-  new CniError(CniCode.InvalidEnvironment, `invalid environment: ${variable}: ${problem}`, variable);
+export const invalidEnv = (variable: string, problem: string, options?: { cause?: unknown }): CniError =>
+  new CniError(CniCode.InvalidEnvironment, `invalid environment: ${variable}: ${problem}`, variable, options);
 
-/** Wraps anything thrown below the CNI layer (SysError, NetlinkError, ...) into a CNI error. */
+/**
+ * Wraps anything thrown below the CNI layer into a CNI error: IPAM's domain errors
+ * get their own codes (by class, never by name), everything else (SysError,
+ * NetlinkError, a bug) is code 100 naming what was being done.
+ */
 export function toCniError(err: unknown, doing: string): CniError {
   if (err instanceof CniError) return err;
-  const e = err as { message?: string; code?: string; field?: string; name?: string };
-  if (e?.name === 'IpamConfigError' && e.field) {
-    const msg = e.message ?? String(err);
-    return invalidConfig(e.field, msg.startsWith(`${e.field}: `) ? msg.slice(e.field.length + 2) : msg);
+  const cause = { cause: err };
+  if (err instanceof IpamConfigError) {
+    // IPAM checks the owner too: CNI_CONTAINERID and CNI_IFNAME are environment, not config.
+    return err.field.startsWith('CNI_') ? invalidEnv(err.field, err.problem, cause) : invalidConfig(err.field, err.problem, cause);
   }
-  if (e?.name === 'IpamExhaustedError') return new CniError(CniCode.AddressesExhausted, `${doing}: ${e.message}`);
-  if (e?.name === 'IpamUnavailableError') return new CniError(CniCode.AddressUnavailable, `${doing}: ${e.message}`);
-  if (e?.name === 'IpamLockTimeoutError') {
-    return new CniError(CniCode.TryAgainLater, `${doing}: ${e.message}`, 'another CNI operation on this network holds the IPAM lock; retry');
+  if (err instanceof IpamExhaustedError) return new CniError(CniCode.AddressesExhausted, `${doing}: ${err.message}`, 'ipam.ranges', cause);
+  if (err instanceof IpamUnavailableError) return new CniError(CniCode.AddressUnavailable, `${doing}: ${err.message}`, 'runtimeConfig.ips', cause);
+  if (err instanceof IpamLockTimeoutError) {
+    return new CniError(CniCode.TryAgainLater, `${doing}: ${err.message}`, 'another CNI operation on this network holds the IPAM lock; retry', cause);
   }
-  return new CniError(CniCode.Internal, `${doing}: ${e?.message ?? String(err)}`, (err as Error)?.stack ?? '');
+  let errno: string | undefined;
+  for (let e: unknown = err, depth = 0; e !== undefined && !errno && depth < 8; e = (e as { cause?: unknown } | null)?.cause, depth++) errno = errnoOf(e);
+  return new CniError(CniCode.Internal, `${doing}: ${messageOf(err)}`, errno ? `${doing} (${errno})` : doing, cause);
 }

@@ -1,24 +1,19 @@
 // The CNI plugin entry point: `bin/patu` runs this when CNI_COMMAND is set.
 import { readFileSync } from 'node:fs';
+import { errnoOf, messageOf } from '../errors.js';
 import { CniCode, CniError } from './errors.js';
 import { LATEST_VERSION } from './spec.js';
 import { runPlugin } from './plugin.js';
 
-function readStdin(): string {
-  try {
-    return readFileSync(0, 'utf8');
-  } catch (err) {
-    throw new CniError(CniCode.IoFailure, `reading the network config from stdin: ${(err as Error).message}`);
-  }
-}
-
 export async function main(): Promise<void> {
-  let stdin = '';
+  let stdin: Uint8Array = new Uint8Array();
   if (process.env.CNI_COMMAND !== 'VERSION') {
     try {
-      stdin = readStdin();
+      // Bytes, not text: runPlugin checks the size and that they are UTF-8.
+      stdin = readFileSync(0);
     } catch (err) {
-      process.stdout.write(JSON.stringify((err as CniError).toJSON(LATEST_VERSION)) + '\n');
+      const e = new CniError(CniCode.IoFailure, `reading the network config from stdin: ${messageOf(err)}`, `stdin (${errnoOf(err) ?? 'read'})`, { cause: err });
+      process.stdout.write(JSON.stringify(e.toJSON(LATEST_VERSION)) + '\n');
       process.exitCode = 1;
       return;
     }

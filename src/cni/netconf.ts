@@ -18,12 +18,57 @@ import { CniCode, CniError, invalidConfig } from './errors.js';
 import { isSupportedVersion, SUPPORTED_VERSIONS, type CniResult } from './spec.js';
 import { validIfname } from './env.js';
 import { DEFAULTS } from '../defaults.js';
+import { parseCidr, parseIp } from '../net/cidr.js';
+import { messageOf } from '../errors.js';
+import { MAX_NETWORK_NAME } from '../ipam/index.js';
 
 z.config(en());
 
 
 const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-const CIDR4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/;
+/** A directory directly under bpffs: '.' and '..' are not names (they would pin elsewhere). */
+const PIN_ROOT = /^\/sys\/fs\/bpf\/(?!\.{1,2}$)[A-Za-z0-9_.-]+$/;
+
+/** An IPv4 CIDR, checked by the one parser (src/net/cidr): octets, prefix and all. */
+const ipv4Cidr = (example: string) =>
+  z.string().check(
+    z.refine((v) => {
+      try {
+        return parseCidr(v).family === 4;
+      } catch {
+        return false;
+      }
+    }, `must be an IPv4 CIDR like ${example}`),
+  );
+
+const isAddress = (v: string): boolean => {
+  try {
+    parseIp(v);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const isCidr = (v: string): boolean => {
+  try {
+    parseCidr(v);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** What CHECK reads of the ADD result: shaped as the spec says, or the config is invalid. */
+const prevResultShape = z.looseObject({
+  cniVersion: z.optional(z.string()),
+  interfaces: z.optional(z.array(z.looseObject({ name: z.string() }))),
+  ips: z.optional(z.array(z.looseObject({
+    address: z.string().check(z.refine(isCidr, 'must be an address with a prefix, like 10.200.0.5/24')),
+    gateway: z.optional(z.string().check(z.refine(isAddress, 'must be an IP address'))),
+    interface: z.optional(z.number().check(z.int(), z.gte(0))),
+  }))),
+  routes: z.optional(z.array(z.looseObject({ dst: z.string(), gw: z.optional(z.string()) }))),
+});
 
 const ipamShape = z.looseObject({
   type: z.optional(z.literal('patu')),
@@ -36,20 +81,24 @@ const ipamShape = z.looseObject({
 
 const netconfShape = z.looseObject({
   cniVersion: z.string(),
-  name: z.string().check(z.regex(NETWORK_NAME, 'must start with a letter or digit and hold only letters, digits, _ . -')),
+  name: z.string().check(
+    z.regex(NETWORK_NAME, 'must start with a letter or digit and hold only letters, digits, _ . -'),
+    // It names the network's IPAM directory.
+    z.maxLength(MAX_NETWORK_NAME, `must be at most ${MAX_NETWORK_NAME} characters`),
+  ),
   type: z.string(),
   bridge: z.optional(z.string()),
   mtu: z.optional(z.number().check(z.int(), z.gte(576), z.lte(65535))),
   hairpin: z.optional(z.boolean()),
   masquerade: z.optional(z.boolean()),
-  clusterCIDR: z.optional(z.string().check(z.regex(CIDR4, 'must be an IPv4 CIDR like 10.200.0.0/16'))),
-  podCIDR: z.optional(z.string().check(z.regex(CIDR4, 'must be an IPv4 CIDR like 10.200.0.0/24'))),
+  clusterCIDR: z.optional(ipv4Cidr('10.200.0.0/16')),
+  podCIDR: z.optional(ipv4Cidr('10.200.0.0/24')),
   accel: z.optional(z.boolean()),
-  pinRoot: z.optional(z.string().check(z.regex(/^\/sys\/fs\/bpf\/[A-Za-z0-9_.-]+$/, 'must be a directory directly under /sys/fs/bpf'))),
+  pinRoot: z.optional(z.string().check(z.regex(PIN_ROOT, "must be a directory directly under /sys/fs/bpf (not '.' or '..')"))),
   ipam: z.optional(ipamShape),
   runtimeConfig: z.optional(z.looseObject({ ips: z.optional(z.array(z.string())) })),
   args: z.optional(z.looseObject({})),
-  prevResult: z.optional(z.looseObject({})),
+  prevResult: z.optional(prevResultShape),
   'cni.dev/valid-attachments': z.optional(
     z.array(z.looseObject({ containerID: z.string(), ifname: z.string() })),
   ),
@@ -82,11 +131,35 @@ export interface NetConf {
   validAttachments?: { containerID: string; ifname: string }[];
 }
 
+/** ['ipam', 'ranges', 0, 0, 'subnet'] -> 'ipam.ranges[0][0].subnet' (the form IPAM's errors use). */
+function jsonPath(path: readonly PropertyKey[]): string {
+  if (path.length === 0) return '(root)';
+  return path.map((k, i) => (typeof k === 'number' ? `[${k}]` : `${i ? '.' : ''}${String(k)}`)).join('');
+}
+
+/** Largest network config read from stdin; the launcher (src/launcher/patu.c MAX_STDIN) has the same limit. */
+export const MAX_CONFIG_BYTES = 16 << 20;
+
+/**
+ * stdin as text: at most MAX_CONFIG_BYTES (code 7), and well-formed UTF-8 (code 6), so
+ * bytes that are not text never reach a name (a bridge called 'prb\ufffd').
+ */
+export function decodeStdin(bytes: Uint8Array): string {
+  if (bytes.length > MAX_CONFIG_BYTES) {
+    throw invalidConfig('(stdin)', `the config is ${bytes.length} bytes, more than the 16 MiB limit`);
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch (err) {
+    throw new CniError(CniCode.DecodeFailure, 'network config on stdin is not valid UTF-8', '(stdin)', { cause: err });
+  }
+}
+
 export function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new CniError(CniCode.DecodeFailure, `network config on stdin is not JSON: ${(err as Error).message}`);
+    throw new CniError(CniCode.DecodeFailure, `network config on stdin is not JSON: ${messageOf(err)}`, '(stdin)', { cause: err });
   }
 }
 
@@ -115,8 +188,7 @@ export function parseNetConf(raw: unknown): NetConf {
   const parsed = netconfShape.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    const field = issue.path.length ? issue.path.map(String).join('.') : '(root)';
-    throw invalidConfig(field, issue.message);
+    throw invalidConfig(jsonPath(issue.path), issue.message);
   }
   const c = parsed.data;
   if (c.type !== 'patu') throw invalidConfig('type', `must be "patu", got "${c.type}"`);

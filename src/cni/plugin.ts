@@ -4,7 +4,7 @@
 // so both the plugin process and the resident agent can serve a request with it.
 import { CniCode, CniError, toCniError } from './errors.js';
 import { readCommand, readEnv } from './env.js';
-import { parseJson, parseNetConf, peekVersion } from './netconf.js';
+import { decodeStdin, parseJson, parseNetConf, peekVersion } from './netconf.js';
 import { LATEST_VERSION, SUPPORTED_VERSIONS, isSupportedVersion, resultForVersion, type CniCommand } from './spec.js';
 import { cmdAdd } from './commands/add.js';
 import { cmdDel } from './commands/del.js';
@@ -17,6 +17,11 @@ export interface PluginOutcome {
   stdout: string;
   /** The agent gave the request back (IPAM lock busy): the launcher runs it itself. */
   deferred?: boolean;
+  /**
+   * What failed, with its cause chain and stacks, for the agent's debug log: the
+   * answer on stdout carries the message only.
+   */
+  error?: CniError;
 }
 
 export interface RunOptions {
@@ -30,7 +35,8 @@ export interface RunOptions {
   deferOnBusyLock?: boolean;
 }
 
-export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string, opts: RunOptions = {}): Promise<PluginOutcome> {
+/** `stdin` as bytes is checked for size and UTF-8 here; as a string it was decoded by the caller. */
+export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string | Uint8Array, opts: RunOptions = {}): Promise<PluginOutcome> {
   const ipamOpts = opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: opts.lockTimeoutMs } : {};
   let version = LATEST_VERSION;
   try {
@@ -38,7 +44,7 @@ export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string, opts: Run
     if (command === 'VERSION') {
       return ok({ cniVersion: LATEST_VERSION, supportedVersions: [...SUPPORTED_VERSIONS] });
     }
-    const raw = parseJson(stdin);
+    const raw = parseJson(typeof stdin === 'string' ? stdin : decodeStdin(stdin));
     const asked = peekVersion(raw);
     // Answer errors in the version asked for, unless we cannot speak it.
     if (asked && isSupportedVersion(asked)) version = asked;
@@ -61,9 +67,9 @@ export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string, opts: Run
         return { exitCode: 0, stdout: '' };
     }
   } catch (err) {
-    const e = err instanceof CniError ? err : toCniError(err, 'unexpected failure');
+    const e = toCniError(err, `CNI ${env.CNI_COMMAND ?? 'request'}`);
     if (opts.deferOnBusyLock && e.code === CniCode.TryAgainLater) return { exitCode: -1, stdout: '', deferred: true };
-    return { exitCode: 1, stdout: JSON.stringify(e.toJSON(version)) + '\n' };
+    return { exitCode: 1, stdout: JSON.stringify(e.toJSON(version)) + '\n', error: e };
   }
 }
 

@@ -10,6 +10,15 @@ import { SysError, close } from '../kernel/ffi/libc.js';
 import { readSysctl, writeSysctl } from '../kernel/sysctl.js';
 import { openNetns, withNetns } from '../kernel/netns.js';
 import { createHash } from 'node:crypto';
+import { PatuError } from '../errors.js';
+
+/** The configured bridge name belongs to a link patu did not create: patu leaves it alone. */
+export class ForeignLinkError extends PatuError {
+  readonly code = 'FOREIGN_LINK';
+  constructor(readonly link: string, message: string) {
+    super(message);
+  }
+}
 
 export interface GatewayAddress {
   /** The gateway with the subnet's prefix, e.g. 10.200.0.1/24: the bridge's address. */
@@ -54,10 +63,20 @@ export function ensureBridge(rtnl: Rtnl, spec: BridgeSpec): EnsuredBridge {
       if (!isErrno(err, 'EEXIST')) throw err;
     }
     link = rtnl.linkByName(spec.name);
-    if (!link) throw new Error(`bridge '${spec.name}' vanished right after it was created`);
+    if (!link) throw new Error(`bridge '${spec.name}' not found right after it was created`);
   }
-  if (link.kind !== undefined && link.kind !== 'bridge') {
-    throw new Error(`link '${spec.name}' exists but is a '${link.kind}', not a bridge`);
+  // Never touch a link patu did not create: an address added to `lo`, a NIC or someone
+  // else's bridge changes the host's routing and stays there. patu's bridges carry
+  // bridgeMac(name), which nothing else picks.
+  if (link.kind !== 'bridge') {
+    const what = link.kind ? `a '${link.kind}'` : 'a device without a link kind (loopback or hardware)';
+    throw new ForeignLinkError(spec.name, `link '${spec.name}' exists and is ${what}, not a bridge; patu never changes a link it did not create`);
+  }
+  if (!created && link.mac !== bridgeMac(spec.name)) {
+    throw new ForeignLinkError(
+      spec.name,
+      `bridge '${spec.name}' exists but patu did not create it (MAC ${link.mac}, patu's would be ${bridgeMac(spec.name)}); patu never changes a link it did not create: remove it or name another bridge`,
+    );
   }
   const have = new Set(rtnl.listAddresses(link.index).map((a) => `${a.address}/${a.prefixLen}`));
   for (const gw of spec.gateways) {

@@ -25,6 +25,8 @@ import { fileURLToPath } from 'node:url';
 import { buildConflist } from '../cni/conflist.js';
 import { firstSubnet24 } from '../k8s/convert.js';
 import { DEFAULTS } from '../defaults.js';
+import { CidrParseError, parseCidr } from '../net/cidr.js';
+import { errnoOf, messageOf, PatuError } from '../errors.js';
 import {
   cniLinkTarget, crioDropIn, resolvePaths, within,
   type InstallPaths, type PathOptions,
@@ -84,20 +86,21 @@ export interface InstallManifest {
   createdDirs: string[];
 }
 
-export class InstallError extends Error {
-  constructor(readonly path: string, message: string) {
-    super(`install: ${path}: ${message}`);
+export class InstallError extends PatuError {
+  readonly code = 'INSTALL';
+  constructor(readonly path: string, message: string, options?: { cause?: unknown }) {
+    super(`install: ${path}: ${message}`, options);
   }
 }
 
-const errCode = (e: unknown): string => (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+const errCode = (e: unknown): string => errnoOf(e) ?? messageOf(e);
 
 function lstatOrNull(p: string): Stats | null {
   try {
     return lstatSync(p);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new InstallError(p, `lstat: ${errCode(e)}`);
+    if (errnoOf(e) === 'ENOENT') return null;
+    throw new InstallError(p, `lstat: ${errCode(e)}`, { cause: e });
   }
 }
 
@@ -174,15 +177,15 @@ export function readManifest(paths: Pick<InstallPaths, 'manifest' | 'staged'>): 
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new InstallError(file, `read manifest: ${errCode(e)}`);
+    if (errnoOf(e) === 'ENOENT') return null;
+    throw new InstallError(file, `read manifest: ${errCode(e)}`, { cause: e });
   }
   try {
     const m = JSON.parse(text) as InstallManifest;
     if (m.version !== 1 || !Array.isArray(m.entries) || !Array.isArray(m.createdDirs)) throw new Error('unknown layout');
     return m;
   } catch (e) {
-    throw new InstallError(file, `manifest is not valid (${(e as Error).message}); remove it by hand after checking what it lists`);
+    throw new InstallError(file, `manifest is not valid (${messageOf(e)}); remove it by hand after checking what it lists`, { cause: e });
   }
 }
 
@@ -198,7 +201,7 @@ function mkdirRecorded(paths: InstallPaths, hostDir: string, created: string[]):
     try {
       mkdirSync(paths.staged(m), { mode: 0o755 });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new InstallError(paths.staged(m), `mkdir: ${errCode(e)}`);
+      if (errnoOf(e) !== 'EEXIST') throw new InstallError(paths.staged(m), `mkdir: ${errCode(e)}`, { cause: e });
       continue;
     }
     created.push(m);
@@ -214,7 +217,7 @@ function writeAtomic(path: string, content: string, mode: number): void {
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });
-    throw new InstallError(path, `write: ${errCode(e)}`);
+    throw new InstallError(path, `write: ${errCode(e)}`, { cause: e });
   }
 }
 
@@ -226,7 +229,7 @@ function symlinkAtomic(path: string, target: string): void {
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });
-    throw new InstallError(path, `symlink -> ${target}: ${errCode(e)}`);
+    throw new InstallError(path, `symlink -> ${target}: ${errCode(e)}`, { cause: e });
   }
 }
 
@@ -264,13 +267,17 @@ export function install(o: InstallOptions = {}): InstallResult {
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   let podCIDR = '';
   if (o.conflist !== false) {
-    try {
-      // Like the agent without a Node podCIDR: the first /24 of the cluster CIDR.
-      podCIDR = o.podCIDR ?? firstSubnet24(clusterCIDR);
-      if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(podCIDR)) throw new Error(`pod CIDR ${JSON.stringify(podCIDR)} is not an IPv4 CIDR`);
-    } catch (e) {
-      throw new InstallError(paths.conflist, `--cluster-cidr/--pod-cidr: ${(e as Error).message}`);
-    }
+    const ipv4Cidr = (flag: string, text: string): void => {
+      try {
+        if (parseCidr(text).family !== 4) throw new CidrParseError(text, 'is not an IPv4 CIDR');
+      } catch (e) {
+        throw new InstallError(paths.conflist, `${flag}: ${messageOf(e)}`, { cause: e });
+      }
+    };
+    ipv4Cidr('--cluster-cidr', clusterCIDR);
+    // Like the agent without a Node podCIDR: the first /24 of the cluster CIDR.
+    if (o.podCIDR !== undefined) ipv4Cidr('--pod-cidr', o.podCIDR);
+    podCIDR = o.podCIDR ?? firstSubnet24(clusterCIDR);
   }
 
   const previous = readManifest(paths);
@@ -303,7 +310,7 @@ export function install(o: InstallOptions = {}): InstallResult {
     writeFileSync(probe, '');
     rmSync(probe);
   } catch (e) {
-    throw new InstallError(paths.staged(paths.manifest), `state directory not writable: ${errCode(e)}`);
+    throw new InstallError(paths.staged(paths.manifest), `state directory not writable: ${errCode(e)}`, { cause: e });
   }
 
   // A failure half way takes back what this run placed (not what an earlier install
@@ -356,7 +363,7 @@ export function install(o: InstallOptions = {}): InstallResult {
         writeFileSync(join(fresh, PREFIX_MARKER), `patu ${packageVersion(source)} installed from ${source}\n`);
       } catch (e) {
         rmSync(fresh, { recursive: true, force: true });
-        throw new InstallError(prefixNow, `copy from ${source}: ${e instanceof InstallError ? e.message : errCode(e)}`);
+        throw new InstallError(prefixNow, `copy from ${source}: ${e instanceof InstallError ? e.message : errCode(e)}`, { cause: e });
       }
       const retired = `${prefixNow}.patu-old-${process.pid}`;
       if (old) renameSync(prefixNow, retired);
@@ -365,7 +372,7 @@ export function install(o: InstallOptions = {}): InstallResult {
       } catch (e) {
         if (old) renameSync(retired, prefixNow);
         rmSync(fresh, { recursive: true, force: true });
-        throw new InstallError(prefixNow, `rename ${fresh} into place: ${errCode(e)}`);
+        throw new InstallError(prefixNow, `rename ${fresh} into place: ${errCode(e)}`, { cause: e });
       }
       if (old) rmSync(retired, { recursive: true, force: true });
       written.push(paths.prefix);
@@ -394,7 +401,7 @@ export function install(o: InstallOptions = {}): InstallResult {
         try {
           same = readFileSync(now, 'utf8') === content;
         } catch (e) {
-          throw new InstallError(now, `read: ${errCode(e)}`);
+          throw new InstallError(now, `read: ${errCode(e)}`, { cause: e });
         }
       } else if (st?.isDirectory()) {
         throw new InstallError(now, 'is a directory');
@@ -434,7 +441,7 @@ export function install(o: InstallOptions = {}): InstallResult {
       try {
         unit = readFileSync(unitSrc, 'utf8');
       } catch (e) {
-        throw new InstallError(unitSrc, `read unit template: ${errCode(e)}`);
+        throw new InstallError(unitSrc, `read unit template: ${errCode(e)}`, { cause: e });
       }
       putFile(paths.unit, unit.replaceAll(DEFAULTS.prefix, paths.prefix), 'systemd unit');
     }
@@ -534,7 +541,7 @@ export async function uninstall(o: UninstallOptions = {}): Promise<UninstallRepo
         rmdirSync(paths.staged(d));
         report.removed.push(d);
       } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
+        const code = errnoOf(err);
         if (code === 'ENOENT') continue;
         report.kept.push({ path: d, reason: code === 'ENOTEMPTY' ? 'directory not empty' : `rmdir: ${code}` });
       }

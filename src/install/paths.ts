@@ -13,6 +13,7 @@
 //               cni_default_network, so patu adds its own drop-in naming both (see crioDropIn)
 //   podman      Debian's containernetworking-plugins installs to /usr/lib/cni, which is in
 //               containers.conf's default cni_plugin_dirs; networks are /etc/cni/net.d conflists
+import { PatuError } from '../errors.js';
 import { isAbsolute, join, normalize, relative, dirname } from 'node:path';
 import { DEFAULTS } from '../defaults.js';
 
@@ -77,7 +78,8 @@ export interface InstallPaths {
   staged(hostPath: string): string;
 }
 
-export class InstallPathError extends Error {
+export class InstallPathError extends PatuError {
+  readonly code = 'INSTALL_PATH';
   constructor(readonly field: string, message: string) {
     super(`install: ${field}: ${message}`);
   }

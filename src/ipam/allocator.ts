@@ -2,7 +2,8 @@
 // round-robin after the set's last reserved address (so a released address is not
 // handed out again at once), skipping the gateway and reserved addresses. Every
 // state-changing call holds the store lock for its whole duration.
-import { bigIntToIp, canonicalIp, parseIp, type Family } from './cidr.js';
+import { bigIntToIp, canonicalIp, parseCidr, parseIp, type Family } from '../net/cidr.js';
+import { messageOf, PatuError } from '../errors.js';
 import { allocatableCount, IpamConfigError, type IpamConfig, type IpamRange, type IpamRangeSet } from './config.js';
 import type { IpamStore } from './store.js';
 
@@ -23,21 +24,18 @@ export interface Owner {
   ifname: string;
 }
 
-export class IpamExhaustedError extends Error {
+export class IpamExhaustedError extends PatuError {
+  readonly code = 'IPAM_EXHAUSTED';
   readonly rangeSetIndex: number;
   constructor(setIndex: number, set: IpamRangeSet, size: bigint) {
     super(`no free address in range set ${setIndex} (${describeSet(set)}): all ${size} allocatable addresses are taken`);
-    this.name = 'IpamExhaustedError';
     this.rangeSetIndex = setIndex;
   }
 }
 
 /** A specific address was asked for but cannot be given (held by someone else). */
-export class IpamUnavailableError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'IpamUnavailableError';
-  }
+export class IpamUnavailableError extends PatuError {
+  readonly code = 'IPAM_UNAVAILABLE';
 }
 
 const describeSet = (set: IpamRangeSet): string =>
@@ -119,9 +117,16 @@ function placeRequested(cfg: IpamConfig, ips: string[]): Map<number, { r: IpamRa
     const field = `runtimeConfig.ips[${i}]`;
     let ip;
     try {
-      ip = parseIp(typeof text === 'string' && text.includes('/') ? text.slice(0, text.indexOf('/')) : text);
+      // An address, or an address with a prefix (what libcni passes): the prefix must
+      // be a real one (not /33, /-1, /24/1 or /), though the range decides the pod's.
+      if (typeof text === 'string' && text.includes('/')) {
+        const c = parseCidr(text);
+        ip = { family: c.family, value: c.ip };
+      } else {
+        ip = parseIp(text);
+      }
     } catch (err) {
-      throw new IpamConfigError(field, (err as Error).message);
+      throw new IpamConfigError(field, messageOf(err), { cause: err });
     }
     const shown = bigIntToIp(ip.value, ip.family);
     const setIndex = cfg.rangeSets.findIndex((s) => rangeOf(s, ip.family, ip.value));

@@ -17,7 +17,6 @@ import { unsafePathProblem } from '../safe-path.js';
 import {
   broadcastAddress,
   bigIntToIp,
-  CidrParseError,
   familyBits,
   formatNetwork,
   networkAddress,
@@ -25,17 +24,21 @@ import {
   parseIp,
   type Cidr,
   type Family,
-} from './cidr.js';
+} from '../net/cidr.js';
 import { DEFAULTS } from '../defaults.js';
+import { messageOf, PatuError } from '../errors.js';
 
 
-export class IpamConfigError extends Error {
+export class IpamConfigError extends PatuError {
+  readonly code = 'IPAM_CONFIG';
   /** JSON path of the bad value, e.g. `ipam.ranges[0][0].subnet`. */
   readonly field: string;
-  constructor(field: string, problem: string) {
-    super(`${field}: ${problem}`);
-    this.name = 'IpamConfigError';
+  /** What is wrong with it, without the field. */
+  readonly problem: string;
+  constructor(field: string, problem: string, options?: { cause?: unknown }) {
+    super(`${field}: ${problem}`, options);
     this.field = field;
+    this.problem = problem;
   }
 }
 
@@ -103,7 +106,7 @@ function addressIn(v: unknown, field: string, what: string, subnet: Cidr, subnet
   try {
     ip = parseIp(text);
   } catch (err) {
-    throw new IpamConfigError(field, (err as Error).message);
+    throw new IpamConfigError(field, messageOf(err), { cause: err });
   }
   if (ip.family !== subnet.family) throw new IpamConfigError(field, `${what} ${text} is IPv${ip.family} but subnet ${subnetText} is IPv${subnet.family}`);
   const net = networkAddress(subnet);
@@ -123,7 +126,7 @@ function parseRange(raw: unknown, at: string): IpamRange {
     subnet = parseCidr(str(r.subnet, subnetField));
   } catch (err) {
     if (err instanceof IpamConfigError) throw err;
-    throw new IpamConfigError(subnetField, (err as CidrParseError).message);
+    throw new IpamConfigError(subnetField, messageOf(err), { cause: err });
   }
   const subnetText = formatNetwork(subnet);
   if (networkAddress(subnet) !== subnet.ip) {
@@ -176,7 +179,7 @@ function parseReserved(raw: unknown, at: string, sets: IpamRangeSet[]): Reserved
       start = end = ip.value;
     }
   } catch (err) {
-    throw new IpamConfigError(at, (err as Error).message);
+    throw new IpamConfigError(at, messageOf(err), { cause: err });
   }
   // A reservation outside every subnet does nothing; it is almost surely a typo.
   const inSome = sets.some((s) =>
@@ -194,7 +197,7 @@ function parseRoute(raw: unknown, at: string): IpamRoute {
     dst = parseCidr(str(r.dst, `${at}.dst`));
   } catch (err) {
     if (err instanceof IpamConfigError) throw err;
-    throw new IpamConfigError(`${at}.dst`, (err as Error).message);
+    throw new IpamConfigError(`${at}.dst`, messageOf(err), { cause: err });
   }
   const out: IpamRoute = { dst: formatNetwork(dst) };
   if (r.gw !== undefined) {
@@ -203,7 +206,7 @@ function parseRoute(raw: unknown, at: string): IpamRoute {
       gw = parseIp(str(r.gw, `${at}.gw`));
     } catch (err) {
       if (err instanceof IpamConfigError) throw err;
-      throw new IpamConfigError(`${at}.gw`, (err as Error).message);
+      throw new IpamConfigError(`${at}.gw`, messageOf(err), { cause: err });
     }
     if (gw.family !== dst.family) throw new IpamConfigError(`${at}.gw`, `gateway ${r.gw as string} is IPv${gw.family} but dst ${out.dst} is IPv${dst.family}`);
     out.gw = bigIntToIp(gw.value, gw.family);

@@ -1,5 +1,5 @@
 // patu IPAM: host-local semantics, in-process. See docs/ipam.md.
-export * from './cidr.js';
+export * from '../net/cidr.js';
 export * from './config.js';
 export * from './store.js';
 export * from './allocator.js';

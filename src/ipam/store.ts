@@ -38,7 +38,8 @@ import { basename, dirname, join } from 'node:path';
 import { unsafePathProblem } from '../safe-path.js';
 import { IpamConfigError } from './config.js';
 import { flock, open as libcOpen, close as libcClose, O_CREAT, O_RDWR, LOCK_EX, LOCK_NB, LOCK_UN, SysError } from '../kernel/ffi/libc.js';
-import { canonicalIp, parseIp } from './cidr.js';
+import { canonicalIp, parseIp } from '../net/cidr.js';
+import { errnoOf, messageOf, PatuError } from '../errors.js';
 
 export interface Reservation {
   ip: string;
@@ -46,12 +47,26 @@ export interface Reservation {
   ifname: string;
 }
 
-export class IpamLockTimeoutError extends Error {
+export class IpamLockTimeoutError extends PatuError {
+  readonly code = 'IPAM_LOCK_TIMEOUT';
   constructor(lockPath: string, ms: number) {
     super(`flock(LOCK_EX) on ${lockPath}: still held by another process after ${ms} ms`);
-    this.name = 'IpamLockTimeoutError';
   }
 }
+
+/** The store's directory cannot be created or used (the message names the path and errno). */
+export class IpamStoreError extends PatuError {
+  readonly code = 'IPAM_STORE';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** Records say which pod holds which address: readable by root only (issue 15, least privilege). */
+const DIR_MODE = 0o700;
+const FILE_MODE = 0o600;
+/** Directories already checked for DIR_MODE by this process (the agent opens a store per request). */
+const modeChecked = new Set<string>();
 
 export const LOCK_FILE = 'lock';
 export const TEMP_PREFIX = '.tmp.';
@@ -61,6 +76,8 @@ export const DEFAULT_LOCK_TIMEOUT_MS = 30_000;
 const EWOULDBLOCK = 11;
 const EINTR = 4;
 const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+/** The network name is a directory name: NAME_MAX. */
+export const MAX_NETWORK_NAME = 255;
 
 // One lock fd per lock file per process, with a hold count: two IpamStore objects
 // for the same network in one process (the agent) must not flock against each other
@@ -98,7 +115,7 @@ function checkRealDataDir(dataDir: string): void {
       if (bad) throw new IpamConfigError('ipam.dataDir', `'${dataDir}' resolves to '${real}', which ${bad.replace(/, got .*$/, '')}`);
       return;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || existing === '/') throw err;
+      if (errnoOf(err) !== 'ENOENT' || existing === '/') throw err;
       rest = rest ? join(basename(existing), rest) : basename(existing);
       existing = dirname(existing);
     }
@@ -121,12 +138,22 @@ export class IpamStore {
 
   /** Opens (creating directories as needed) the store of one network. */
   static open(dataDir: string, network: string, opts: { lockTimeoutMs?: number; durable?: boolean } = {}): IpamStore {
-    if (!NETWORK_NAME.test(network)) {
-      throw new Error(`IPAM store: network name '${network}' must start with a letter or digit and hold only letters, digits, _ . -`);
+    if (!NETWORK_NAME.test(network) || network.length > MAX_NETWORK_NAME) {
+      throw new IpamStoreError(`IPAM store: network name '${network.slice(0, 64)}' must start with a letter or digit, hold only letters, digits, _ . - and be at most ${MAX_NETWORK_NAME} characters`);
     }
     const dir = join(dataDir, network);
     checkRealDataDir(dataDir);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    if (!modeChecked.has(dir)) {
+      try {
+        fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE });
+        // A network directory made by an older patu (0755) is tightened too. dataDir itself
+        // only gets DIR_MODE when patu creates it: an existing one may be shared (/var/lib/cni).
+        if ((fs.statSync(dir).mode & 0o777) !== DIR_MODE) fs.chmodSync(dir, DIR_MODE);
+      } catch (err) {
+        throw new IpamStoreError(`IPAM store ipam.dataDir '${dataDir}': cannot create ${dir}: ${errnoOf(err) ?? messageOf(err)}`, { cause: err });
+      }
+      modeChecked.add(dir);
+    }
     return new IpamStore(dir, opts.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS, opts.durable ?? false);
   }
 
@@ -139,7 +166,7 @@ export class IpamStore {
   lock(timeoutMs = this.lockTimeoutMs): void {
     let h = held.get(this.lockPath);
     if (!h) {
-      h = { fd: libcOpen(this.lockPath, O_RDWR | O_CREAT, 0o644), depth: 0 };
+      h = { fd: libcOpen(this.lockPath, O_RDWR | O_CREAT, FILE_MODE), depth: 0 };
       held.set(this.lockPath, h);
     }
     if (h.depth > 0) {
@@ -204,7 +231,7 @@ export class IpamStore {
     const name = canonicalIp(ip);
     const final = join(this.dir, name);
     const tmp = join(this.dir, `${TEMP_PREFIX}${name}.${process.pid}.${Math.random().toString(36).slice(2, 8)}`);
-    const fd = fs.openSync(tmp, 'wx', 0o644);
+    const fd = fs.openSync(tmp, 'wx', FILE_MODE);
     try {
       fs.writeSync(fd, `${containerId}\n${ifname}`);
       if (this.durable) fs.fsyncSync(fd);
@@ -214,12 +241,12 @@ export class IpamStore {
     try {
       fs.linkSync(tmp, final);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      if (errnoOf(err) === 'EEXIST') return false;
       throw err;
     } finally {
       fs.rmSync(tmp, { force: true });
     }
-    fs.closeSync(fs.openSync(join(this.dir, markerName(ownerKey(containerId, ifname), name)), 'w', 0o644));
+    fs.closeSync(fs.openSync(join(this.dir, markerName(ownerKey(containerId, ifname), name)), 'w', FILE_MODE));
     if (this.durable) this.syncDir();
     return true;
   }
@@ -256,7 +283,7 @@ export class IpamStore {
         fs.closeSync(fd);
       }
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if (errnoOf(err) === 'ENOENT') return undefined;
       throw err;
     }
   }
@@ -267,7 +294,7 @@ export class IpamStore {
     try {
       fs.unlinkSync(this.recordPath(ip));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      if (errnoOf(err) === 'ENOENT') return false;
       throw err;
     }
     if (owner) fs.rmSync(join(this.dir, markerName(ownerKey(owner.containerId, owner.ifname), canonicalIp(ip))), { force: true });
@@ -361,7 +388,7 @@ export class IpamStore {
     try {
       text = fs.readFileSync(join(this.dir, `${LAST_RESERVED_PREFIX}${setIndex}`), 'utf8').trim();
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if (errnoOf(err) === 'ENOENT') return undefined;
       throw err;
     }
     try {
@@ -378,7 +405,7 @@ export class IpamStore {
   setLastReserved(setIndex: number, ip: string): void {
     const final = join(this.dir, `${LAST_RESERVED_PREFIX}${setIndex}`);
     const tmp = join(this.dir, `${TEMP_PREFIX}${LAST_RESERVED_PREFIX}${setIndex}.${process.pid}`);
-    fs.writeFileSync(tmp, canonicalIp(ip));
+    fs.writeFileSync(tmp, canonicalIp(ip), { mode: FILE_MODE });
     fs.renameSync(tmp, final);
   }
 

@@ -8,6 +8,7 @@
 // *service port's* name. So a service port is matched to a slice port by name
 // and protocol, per slice, hence per endpoint. This also works for
 // selector-less services whose slices are written by hand.
+import { CidrParseError, formatNetwork, networkAddress, parseCidr } from '../net/cidr.js';
 import { DEFAULT_AFFINITY_TIMEOUT, type Endpoint, type Protocol, type Service, type ServicePort } from '../services/model.js';
 
 /** The fields of a v1 Service patu reads (everything else is dropped on arrival: see slim*). */
@@ -164,19 +165,25 @@ export function podAccel(pod: K8sPod): { ip: string; optOut: boolean } | undefin
 
 /** The first /24 of an IPv4 CIDR (the default pod subnet when the node has no podCIDR). */
 export function firstSubnet24(cidr: string): string {
-  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(cidr);
-  if (!m || !isIPv4(`${m[1]}.${m[2]}.${m[3]}.${m[4]}`)) throw new Error(`cluster CIDR ${JSON.stringify(cidr)} is not an IPv4 CIDR`);
-  const len = Number(m[5]);
-  if (len > 24) throw new Error(`cluster CIDR ${cidr} is smaller than a /24`);
-  const ip = ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
-  const net = len === 0 ? 0 : (ip & (~0 << (32 - len))) >>> 0;
-  return `${net >>> 24}.${(net >>> 16) & 255}.${(net >>> 8) & 255}.0/24`;
+  const c = parseCidr(cidr);
+  if (c.family !== 4) throw new CidrParseError(cidr, 'is not an IPv4 CIDR');
+  if (c.prefix > 24) throw new CidrParseError(cidr, 'is smaller than a /24');
+  return formatNetwork({ ...c, ip: networkAddress(c), prefix: 24 });
 }
+
+const isIPv4Cidr = (text: unknown): text is string => {
+  if (typeof text !== 'string') return false;
+  try {
+    return parseCidr(text).family === 4;
+  } catch {
+    return false;
+  }
+};
 
 /** node.spec.podCIDR (the IPv4 one of podCIDRs), else undefined. */
 export function nodePodCidr(node: K8sNode | undefined): string | undefined {
   const all = [node?.spec?.podCIDR, ...(node?.spec?.podCIDRs ?? [])];
-  return all.find((c) => typeof c === 'string' && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(c));
+  return all.find(isIPv4Cidr);
 }
 
 // Objects are trimmed to these fields as they arrive, before the informer

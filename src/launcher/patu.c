@@ -33,6 +33,8 @@
 #define PATU_HOME "/usr/lib/patu"
 #endif
 #define DEFAULT_AGENT_SOCKET "/run/patu/agent.sock"
+/* The largest network config accepted (src/cni/netconf.ts MAX_CONFIG_BYTES is the same):
+   beyond it the answer is code 7 naming the limit; code 5 means stdin could not be read. */
 #define MAX_STDIN (16 << 20)
 
 extern char **environ;
@@ -53,6 +55,7 @@ static int buf_append(struct buf *b, const void *p, size_t n) {
   return 0;
 }
 
+/* 0 at EOF; -1 on a read or allocation error (errno set); -2 past `limit` bytes. */
 static int read_all(int fd, struct buf *b, size_t limit) {
   char chunk[65536];
   for (;;) {
@@ -62,7 +65,8 @@ static int read_all(int fd, struct buf *b, size_t limit) {
       if (errno == EINTR) continue;
       return -1;
     }
-    if (b->len + (size_t)n > limit || buf_append(b, chunk, (size_t)n) < 0) return -1;
+    if (b->len + (size_t)n > limit) return -2;
+    if (buf_append(b, chunk, (size_t)n) < 0) return -1;
   }
 }
 
@@ -149,7 +153,7 @@ static int via_agent(const struct buf *in) {
   shutdown(fd, SHUT_WR);
 
   struct buf resp = {0};
-  if (read_all(fd, &resp, MAX_STDIN) < 0) {
+  if (read_all(fd, &resp, MAX_STDIN) != 0) {
     free(resp.data);
     goto fail;
   }
@@ -183,8 +187,13 @@ int main(int argc, char **argv) {
 
   /* Read stdin once: it goes either to the agent or, through a pipe, to Node. */
   struct buf in = {0};
-  if (strcmp(command, "VERSION") != 0 && read_all(STDIN_FILENO, &in, MAX_STDIN) < 0) {
-    printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"reading the network config from stdin failed\",\"details\":\"\"}\n");
+  int got = strcmp(command, "VERSION") != 0 ? read_all(STDIN_FILENO, &in, MAX_STDIN) : 0;
+  if (got == -2) {
+    printf("{\"cniVersion\":\"1.1.0\",\"code\":7,\"msg\":\"invalid network config: (stdin): the config is larger than the 16 MiB limit\",\"details\":\"(stdin)\"}\n");
+    return 1;
+  }
+  if (got < 0) {
+    printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"reading the network config from stdin failed: %s\",\"details\":\"stdin\"}\n", strerror(errno));
     return 1;
   }
   if (!getenv("PATU_NO_AGENT")) {

@@ -24,7 +24,7 @@ import { TEST_IMAGE, TestCluster, clusterSkipReason, freePort, inCidr, reapStale
 
 const skip = clusterSkipReason() ?? (spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).status !== 0 ? 'podman not installed (scripts/image.sh needs it)' : undefined);
 const cluster = new TestCluster();
-const { state: STATE, bridge: BRIDGE, cgroup: CGROUP, podCidr: POD_CIDR } = cluster.names;
+const { state: STATE, bridge: BRIDGE, cgroup: CGROUP, podCIDR: POD_CIDR } = cluster.names;
 const PIN_ROOT = `/sys/fs/bpf/patu-test-${CGROUP}`;
 const IPAM_DIR = join(STATE, 'patu', 'ipam', 'patu');
 const CONFLIST = join(STATE, 'cni', 'net.d', '10-patu.conflist');

@@ -15,7 +15,7 @@ import { NODE, TEST_IMAGE, TestCluster, clusterSkipReason, inCidr, reapStaleClus
 
 const skip = clusterSkipReason();
 const cluster = new TestCluster();
-const { state: STATE, bridge: BRIDGE, cgroup: CGROUP, podCidr: POD_CIDR } = cluster.names;
+const { state: STATE, bridge: BRIDGE, cgroup: CGROUP, podCIDR: POD_CIDR } = cluster.names;
 const NETWORK = 'patu-k8s';
 const POD = 'smoke';
 const run = cluster.run.bind(cluster);

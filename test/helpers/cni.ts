@@ -91,7 +91,8 @@ export interface RunningPlugin {
 export function startPlugin(
   bin: string,
   command: CniCommandName,
-  netconf: object | string,
+  /** An object is sent as JSON; a Buffer as its raw bytes (e.g. invalid UTF-8). */
+  netconf: object | string | Buffer,
   opts: ExecOptions = {},
 ): RunningPlugin {
   const t0 = performance.now();
@@ -119,7 +120,7 @@ export function startPlugin(
   });
   // EPIPE when the plugin exits (or is killed) before reading stdin is expected.
   child.stdin!.on('error', () => {});
-  child.stdin!.end(typeof netconf === 'string' ? netconf : JSON.stringify(netconf));
+  child.stdin!.end(typeof netconf === 'string' || Buffer.isBuffer(netconf) ? netconf : JSON.stringify(netconf));
   return { child, done };
 }
 
@@ -127,7 +128,7 @@ export function startPlugin(
 export function execPlugin(
   bin: string,
   command: CniCommandName,
-  netconf: object | string,
+  netconf: object | string | Buffer,
   opts: ExecOptions = {},
 ): Promise<ExecResult> {
   return startPlugin(bin, command, netconf, opts).done;
@@ -595,8 +596,8 @@ export interface AgentHandle {
 }
 
 /** Starts `bin/patu agent` on a private socket; resolves once the socket exists (bounded). */
-export async function startAgent(bin: string, socket: string): Promise<AgentHandle> {
-  const child = spawn(bin, ['agent', '--cni-socket', socket, '--log-level', 'info'], {
+export async function startAgent(bin: string, socket: string, logLevel = 'info'): Promise<AgentHandle> {
+  const child = spawn(bin, ['agent', '--cni-socket', socket, '--log-level', logLevel], {
     env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -629,7 +630,7 @@ export async function startAgent(bin: string, socket: string): Promise<AgentHand
  * patu with its agent: the same netconf and checks as patuFlavour, but every exec
  * carries PATU_AGENT_SOCKET so bin/patu forwards to the agent (start() first).
  */
-export function patuAgentFlavour(): Flavour & { start(): Promise<AgentHandle>; agent?: AgentHandle } {
+export function patuAgentFlavour(logLevel = 'info'): Flavour & { start(): Promise<AgentHandle>; agent?: AgentHandle } {
   const base = patuFlavour();
   const socket = join(base.dataDir, 'agent-h4.sock');
   const f: Flavour & { start(): Promise<AgentHandle>; agent?: AgentHandle } = {
@@ -637,7 +638,7 @@ export function patuAgentFlavour(): Flavour & { start(): Promise<AgentHandle>; a
     id: 'patu-agent',
     env: { PATU_AGENT_SOCKET: socket },
     async start() {
-      f.agent = await startAgent(base.bin, socket);
+      f.agent = await startAgent(base.bin, socket, logLevel);
       return f.agent;
     },
     destroy() {

@@ -36,7 +36,7 @@ export interface ClusterNames {
   state: string;
   bridge: string;
   cgroup: string;
-  podCidr: string;
+  podCIDR: string;
 }
 
 /** Names derive from a pid only, so a killed run's cluster can be found again. */
@@ -44,7 +44,7 @@ export const namesFor = (pid: number): ClusterNames => ({
   state: `/var/lib/patu-k8s-s${pid}`,
   bridge: `pk8${pid % 100000}`,
   cgroup: `patu-k8s-s${pid}`,
-  podCidr: `10.202.${(pid % 200) + 20}.0/24`,
+  podCIDR: `10.202.${(pid % 200) + 20}.0/24`,
 });
 
 export const freePort = (): Promise<number> =>
@@ -99,7 +99,7 @@ export class TestCluster {
       PATU_K8S_NODE: NODE,
       PATU_K8S_BRIDGE: this.names.bridge,
       PATU_K8S_CGROUP: this.names.cgroup,
-      PATU_K8S_POD_CIDR: this.names.podCidr,
+      PATU_K8S_POD_CIDR: this.names.podCIDR,
       ...extraEnv,
     };
   }

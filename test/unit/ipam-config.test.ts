@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { allocatableCount, IpamConfigError, parseIpamConfig } from '../../src/ipam/config.js';
 import { DEFAULTS } from '../../src/defaults.js';
-import { bigIntToIp } from '../../src/ipam/cidr.js';
+import { bigIntToIp } from '../../src/net/cidr.js';
 
 const v4 = (r: Record<string, unknown>) => ({ ranges: [[{ subnet: '10.9.0.0/24', ...r }]] });
 

@@ -4,10 +4,10 @@
 import type { CniEnv } from '../env.js';
 import type { NetConf } from '../netconf.js';
 import type { CniResult } from '../spec.js';
-import { toCniError } from '../errors.js';
+import { invalidConfig, toCniError } from '../errors.js';
 import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
-import { attachPod, detachPod, ensureBridge } from '../../dataplane/bridge.js';
+import { attachPod, detachPod, ensureBridge, ForeignLinkError } from '../../dataplane/bridge.js';
 import { ensureMasquerade } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel } from '../accel-registry.js';
@@ -87,6 +87,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions =
     } catch {
       /* best effort: GC releases what is left */
     }
+    if (err instanceof ForeignLinkError) throw invalidConfig('bridge', err.message, { cause: err });
     throw toCniError(err, `setting up ${env.ifname} in ${env.netns}`);
   } finally {
     host.close();

@@ -1,5 +1,6 @@
 // CHECK: compares the attachment with what ADD reported (prevResult) and with
 // patu's own state (IPAM records), and fails naming the first thing that differs.
+import { messageOf } from '../../errors.js';
 import type { CniEnv } from '../env.js';
 import type { NetConf } from '../netconf.js';
 import { CniCode, CniError, invalidConfig, toCniError } from '../errors.js';
@@ -7,7 +8,8 @@ import { ipamFor } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { hostVethName } from '../../dataplane/names.js';
 
-const fail = (what: string): CniError => new CniError(CniCode.CheckFailed, `CHECK failed: ${what}`);
+const fail = (what: string, cause?: unknown): CniError =>
+  new CniError(CniCode.CheckFailed, `CHECK failed: ${what}`, '', cause === undefined ? undefined : { cause });
 
 export function cmdCheck(env: CniEnv, conf: NetConf): void {
   const prev = conf.prevResult;
@@ -41,7 +43,7 @@ export function cmdCheck(env: CniEnv, conf: NetConf): void {
   try {
     pod = Rtnl.openInNetns(env.netns);
   } catch (err) {
-    throw fail(`cannot enter netns ${env.netns}: ${(err as Error).message}`);
+    throw fail(`cannot enter netns ${env.netns}: ${messageOf(err)}`, err);
   }
   try {
     const link = pod.linkByName(env.ifname);

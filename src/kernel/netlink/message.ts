@@ -4,6 +4,7 @@
 // Everything is host byte order (little-endian on every machine patu targets)
 // except addresses, which are network order byte strings.
 import { SysError } from '../ffi/libc.js';
+import { bigIntToIp, familyBits, parseCidr, parseIp, type Family } from '../../net/cidr.js';
 
 // ---------------------------------------------------------------- constants
 
@@ -464,49 +465,21 @@ export function parseErrorPayload(msg: NlMsg): ErrorPayload {
 
 // ---------------------------------------------------------------- addresses
 
-export type Family = 4 | 6;
+export type { Family };
 
-/** IPv4 or IPv6 text to network-order bytes (4 or 16). Throws naming the bad text. */
+/** IPv4 or IPv6 text to network-order bytes (4 or 16), parsed by src/net/cidr. Throws naming the bad text. */
 export function ipToBytes(ip: string): Buffer {
-  if (ip.includes(':')) return ip6ToBytes(ip);
-  const parts = ip.split('.');
-  if (parts.length !== 4) throw new Error(`invalid IPv4 address '${ip}'`);
-  const b = Buffer.alloc(4);
-  parts.forEach((p, i) => {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) throw new Error(`invalid IPv4 address '${ip}'`);
-    b[i] = Number(p);
-  });
-  return b;
+  const a = parseIp(ip);
+  return valueToBytes(a.value, a.family);
 }
 
-function ip6ToBytes(ip: string): Buffer {
-  const bad = (): Error => new Error(`invalid IPv6 address '${ip}'`);
-  let text = ip;
-  // Embedded IPv4 (::ffff:10.0.0.1) is rewritten as its two hex groups.
-  const lastColon = text.lastIndexOf(':');
-  if (text.indexOf('.', lastColon) > 0) {
-    const v4 = ipToBytes(text.slice(lastColon + 1));
-    text = `${text.slice(0, lastColon + 1)}${v4.readUInt16BE(0).toString(16)}:${v4.readUInt16BE(2).toString(16)}`;
+function valueToBytes(value: bigint, family: Family): Buffer {
+  const b = Buffer.alloc(family === 4 ? 4 : 16);
+  let v = value;
+  for (let i = b.length - 1; i >= 0; i--) {
+    b[i] = Number(v & 0xffn);
+    v >>= 8n;
   }
-  const halves = text.split('::');
-  if (halves.length > 2) throw bad();
-  const parse = (s: string): number[] => (s === '' ? [] : s.split(':').map((g) => {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) throw bad();
-    return parseInt(g, 16);
-  }));
-  const head = parse(halves[0]!);
-  const rest = halves.length === 2 ? parse(halves[1]!) : [];
-  const groupsKnown = head.length + rest.length;
-  let groups: number[];
-  if (halves.length === 2) {
-    if (groupsKnown > 7) throw bad();
-    groups = [...head, ...new Array<number>(8 - groupsKnown).fill(0), ...rest];
-  } else {
-    groups = head;
-    if (groups.length !== 8) throw bad();
-  }
-  const b = Buffer.alloc(16);
-  groups.forEach((g, i) => b.writeUInt16BE(g, i * 2));
   return b;
 }
 
@@ -514,25 +487,11 @@ function ip6ToBytes(ip: string): Buffer {
 export function bytesToIp(b: Buffer): string {
   if (b.length === 4) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
   if (b.length !== 16) throw new RangeError(`address of ${b.length} bytes is neither IPv4 nor IPv6`);
-  const g: number[] = [];
-  for (let i = 0; i < 8; i++) g.push(b.readUInt16BE(i * 2));
-  // IPv4-mapped addresses read better in their dotted form.
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return `::ffff:${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
-  let bestStart = -1;
-  let bestLen = 1; // a single zero group is not compressed
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) { bestStart = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = (xs: number[]): string => xs.map((x) => x.toString(16)).join(':');
-  if (bestStart < 0) return hex(g);
-  return `${hex(g.slice(0, bestStart))}::${hex(g.slice(bestStart + bestLen))}`;
+  return bigIntToIp(BigInt(`0x${b.toString('hex')}`), 6);
 }
 
-export interface Cidr {
+/** An address with its prefix length as netlink carries it. */
+export interface NlPrefix {
   family: Family;
   /** The address as written (host bits kept: 10.0.0.5/24 stays 10.0.0.5). */
   address: string;
@@ -540,19 +499,13 @@ export interface Cidr {
   prefixLen: number;
 }
 
-/** '10.0.0.5/24', 'fd00::5/64', or a bare address (full-length prefix). */
-export function parseCidr(cidr: string): Cidr {
-  const slash = cidr.indexOf('/');
-  const addr = slash < 0 ? cidr : cidr.slice(0, slash);
-  const bytes = ipToBytes(addr);
-  const max = bytes.length * 8;
-  let prefixLen = max;
-  if (slash >= 0) {
-    const p = cidr.slice(slash + 1);
-    if (!/^\d{1,3}$/.test(p) || Number(p) > max) throw new Error(`invalid prefix length in '${cidr}'`);
-    prefixLen = Number(p);
-  }
-  return { family: bytes.length === 4 ? 4 : 6, address: bytesToIp(bytes), bytes, prefixLen };
+/** '10.0.0.5/24', 'fd00::5/64', or a bare address (full-length prefix); parsed by src/net/cidr's parseCidr. */
+export function toNlPrefix(text: string): NlPrefix {
+  const c = text.includes('/') ? parseCidr(text) : (() => {
+    const a = parseIp(text);
+    return { family: a.family, ip: a.value, prefix: familyBits(a.family) };
+  })();
+  return { family: c.family, address: bigIntToIp(c.ip, c.family), bytes: valueToBytes(c.ip, c.family), prefixLen: c.prefix };
 }
 
 /** Zeroes the host bits, as the kernel requires for route destinations. */

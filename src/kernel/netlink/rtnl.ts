@@ -9,7 +9,7 @@ import {
   NlMsg, NetlinkError, AttrMap, Family,
   attr, attrU8, attrU32, attrStr, attrNested,
   encodeIfInfo, decodeIfInfo, encodeIfAddr, decodeIfAddr, encodeRtMsg, decodeRtMsg, encodeNdMsg, decodeNdMsg,
-  parseCidr, ipToBytes, bytesToIp, maskBytes, familyToAf, afToFamily, macToBytes, bytesToMac,
+  toNlPrefix, ipToBytes, bytesToIp, maskBytes, familyToAf, afToFamily, macToBytes, bytesToMac,
   RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR,
   RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH,
   NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_DUMP,
@@ -284,7 +284,7 @@ export class Rtnl {
   }
 
   private addrRequest(type: number, flags: number, index: number, cidr: string, what: string): void {
-    const c = parseCidr(cidr);
+    const c = toNlPrefix(cidr);
     const body = [encodeIfAddr({ family: familyToAf(c.family), prefixLen: c.prefixLen, index })];
     body.push(attr(IFA_LOCAL, c.bytes), attr(IFA_ADDRESS, c.bytes));
     if (c.family === 6 && type === RTM_NEWADDR) body.push(attrU32(IFA_FLAGS, IFA_F_NODAD));
@@ -330,9 +330,9 @@ export class Rtnl {
     let dstBytes: Buffer | undefined;
     let dstLen = 0;
     if (r.dst === 'default') {
-      family = r.family ?? (r.gateway ? parseCidr(r.gateway).family : r.src ? parseCidr(r.src).family : 4);
+      family = r.family ?? (r.gateway ? toNlPrefix(r.gateway).family : r.src ? toNlPrefix(r.src).family : 4);
     } else {
-      const c = parseCidr(r.dst);
+      const c = toNlPrefix(r.dst);
       family = c.family;
       dstLen = c.prefixLen;
       dstBytes = maskBytes(c.bytes, c.prefixLen);

@@ -1,10 +1,14 @@
-// IPv4/IPv6 addresses and prefixes as bigints. No dependency and no node:net: the
-// CNI ADD path loads this on every pod, and bigint arithmetic makes v4 and v6 one
-// code path (a v6 /64 does not fit in a double).
+// IPv4/IPv6 addresses and prefixes as bigints: the one parser of addresses and
+// CIDRs for the whole tree (netconf, IPAM, netlink, Kubernetes, install), so a value
+// one layer accepts is never refused or read differently by another. No node:net:
+// the CNI ADD path loads this on every pod, and bigint arithmetic makes v4 and v6
+// one code path (a v6 /64 does not fit in a double).
 //
 // Parsing is strict on purpose: an address that Go's net.ParseIP (and so the
 // reference host-local plugin) would reject is rejected here too, e.g. IPv4 octets
 // with leading zeros (ambiguous with octal) and IPv6 zone ids.
+
+import { PatuError } from '../errors.js';
 
 export type Family = 4 | 6;
 
@@ -24,10 +28,10 @@ export const familyBits = (family: Family): number => (family === 4 ? 32 : 128);
 const maxValue = (family: Family): bigint => (family === 4 ? 0xffff_ffffn : (1n << 128n) - 1n);
 
 /** Thrown for text that is not an address or prefix; the message quotes the text. */
-export class CidrParseError extends Error {
+export class CidrParseError extends PatuError {
+  readonly code = 'CIDR_PARSE';
   constructor(text: string, why: string) {
     super(`'${text}' ${why}`);
-    this.name = 'CidrParseError';
   }
 }
 

@@ -18,7 +18,7 @@ import {
   prefixSize,
   formatNetwork,
   CidrParseError,
-} from '../../src/ipam/cidr.js';
+} from '../../src/net/cidr.js';
 
 test('IPv4 parse and format', () => {
   assert.equal(ipToBigInt('0.0.0.0'), 0n);
