@@ -142,17 +142,17 @@ export class IpamStore {
       throw new IpamStoreError(`IPAM store: network name '${network.slice(0, 64)}' must start with a letter or digit, hold only letters, digits, _ . - and be at most ${MAX_NETWORK_NAME} characters`);
     }
     const dir = join(dataDir, network);
-    checkRealDataDir(dataDir);
-    if (!modeChecked.has(dir)) {
-      try {
-        fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE });
-        // A network directory made by an older patu (0755) is tightened too. dataDir itself
-        // only gets DIR_MODE when patu creates it: an existing one may be shared (/var/lib/cni).
-        if ((fs.statSync(dir).mode & 0o777) !== DIR_MODE) fs.chmodSync(dir, DIR_MODE);
-      } catch (err) {
-        throw new IpamStoreError(`IPAM store ipam.dataDir '${dataDir}': cannot create ${dir}: ${errnoOf(err) ?? messageOf(err)}`, { cause: err });
-      }
+    try {
+      checkRealDataDir(dataDir);
+      const made = fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE });
+      // A network directory made by an older patu (0755) is tightened, once per process.
+      // dataDir itself only gets DIR_MODE when patu creates it: an existing one may be
+      // shared (/var/lib/cni).
+      if (made === undefined && !modeChecked.has(dir) && (fs.statSync(dir).mode & 0o777) !== DIR_MODE) fs.chmodSync(dir, DIR_MODE);
       modeChecked.add(dir);
+    } catch (err) {
+      if (err instanceof IpamConfigError) throw err;
+      throw new IpamStoreError(`IPAM store ipam.dataDir '${dataDir}': cannot create ${dir}: ${errnoOf(err) ?? messageOf(err)}`, { cause: err });
     }
     return new IpamStore(dir, opts.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS, opts.durable ?? false);
   }

@@ -204,10 +204,12 @@ for (const make of [patuFlavour, () => patuAgentFlavour('debug')]) {
     });
 
     test('IPAM records are 0600 and their directory 0700, also one an older patu made 0755', async () => {
-      const netDir = join(f.dataDir, f.netName);
+      // A network this process (or agent) has not opened yet: the mode is checked once per directory.
+      const conf = f.netconf({ name: `${f.netName}-modes` });
+      const netDir = join(f.dataDir, conf.name);
       mkdirSync(netDir, { recursive: true });
       chmodSync(netDir, 0o755);
-      const r = await run('ADD', f.netconf());
+      const r = await run('ADD', conf);
       try {
         assert.equal(r.code, 0, show(r));
         assert.equal(statSync(netDir).mode & 0o777, 0o700, `${netDir}`);
@@ -215,7 +217,7 @@ for (const make of [patuFlavour, () => patuAgentFlavour('debug')]) {
         assert.ok(files.some((n) => /^\d+\.\d+\.\d+\.\d+$/.test(n)), `no record in ${files.join(', ')}`);
         for (const n of files) assert.equal(statSync(join(netDir, n)).mode & 0o777, 0o600, `${n} in ${netDir}`);
       } finally {
-        const d = await run('DEL', f.netconf());
+        const d = await run('DEL', conf);
         assert.equal(d.code, 0, show(d));
       }
     });
