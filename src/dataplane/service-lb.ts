@@ -105,6 +105,21 @@ export interface ApplyStats {
   attachedNow: boolean;
 }
 
+/** An apply that would not fit in a map: refused before anything is written. */
+export class ServiceCapacityError extends Error {
+  readonly code = 'ECAPACITY';
+  constructor(
+    readonly map: string,
+    /** What the map would have to hold: at once during the apply, or after it. */
+    readonly needed: number,
+    readonly capacity: number,
+    what: string,
+  ) {
+    super(`${what}: ${needed.toLocaleString('en-US')} entries in ${map}, which holds at most ${capacity.toLocaleString('en-US')}; nothing was changed`);
+    this.name = 'ServiceCapacityError';
+  }
+}
+
 interface Maps {
   svc: TypedMap<SvcKeyC, SvcValC>;
   slot: TypedMap<SlotKeyC, number>;
@@ -160,6 +175,8 @@ export class ServiceLb {
   private state: ProgrammedState;
   private ids: IdAllocator;
   private readonly svcIds = new Set<number>();
+  /** Slot entries in the map (the sum of every programmed service's count). */
+  private slotCount = 0;
 
   private constructor(
     private readonly obj: BpfObject,
@@ -168,7 +185,10 @@ export class ServiceLb {
     readonly cgroupPath: string | undefined,
   ) {
     this.state = readState(maps);
-    for (const s of this.state.services.values()) this.svcIds.add(s.id);
+    for (const s of this.state.services.values()) {
+      this.svcIds.add(s.id);
+      this.slotCount += s.slots.length;
+    }
     let max = 0;
     for (const id of this.state.backends.keys()) max = Math.max(max, id);
     for (const id of this.svcIds) max = Math.max(max, id);
@@ -279,7 +299,9 @@ export class ServiceLb {
 
   private run(desired: ReadonlyMap<string, DesiredServicePort>, refs?: ReadonlySet<string>): ApplyStats {
     const t0 = performance.now();
+    this.checkFits(desired, refs);
     const diff = diffServices(this.state, desired, this.ids, refs);
+    this.checkCapacity(diff);
     const batches = this.write(diff.ops);
     this.record(diff);
     const ms = performance.now() - t0;
@@ -293,9 +315,69 @@ export class ServiceLb {
     return { ops: diff.ops.length, services: diff.services.size, syscallBatches: batches, ms, attachedNow };
   }
 
+  /**
+   * Refuses, before the diff is even computed, an apply whose result cannot
+   * fit: as many service ports and backends as the maps will hold afterwards
+   * (each backend has one slot, so the slot map holds as many as the backend map).
+   */
+  private checkFits(desired: ReadonlyMap<string, DesiredServicePort>, refs?: ReadonlySet<string>): void {
+    let ports = refs ? this.state.services.size : 0;
+    let backends = refs ? this.slotCount : 0;
+    if (refs) {
+      for (const ref of refs) {
+        for (const key of this.state.byRef.get(ref) ?? []) {
+          ports--;
+          backends -= this.state.services.get(key)?.slots.length ?? 0;
+        }
+      }
+    }
+    for (const d of desired.values()) {
+      ports++;
+      backends += d.backends.length;
+    }
+    if (ports > this.maps.svc.info.maxEntries) throw new ServiceCapacityError(this.maps.svc.name, ports, this.maps.svc.info.maxEntries, 'too many service ports');
+    if (backends > this.maps.backend.info.maxEntries) throw new ServiceCapacityError(this.maps.backend.name, backends, this.maps.backend.info.maxEntries, 'too many backends');
+  }
+
+  /**
+   * Refuses a diff that would overflow a map, before its first write. The
+   * phases add before they remove (so readers never miss a backend), so a map
+   * briefly holds its old entries plus the new ones: that peak must fit too.
+   */
+  private checkCapacity(diff: DiffResult): void {
+    let newSvcs = 0;
+    let goneSvcs = 0;
+    let slotsAfter = this.slotCount;
+    let slotPeak = this.slotCount;
+    for (const [key, s] of diff.services) {
+      const old = this.state.services.get(key);
+      const oldSlots = old?.slots.length ?? 0;
+      if (!old && s) newSvcs++;
+      if (old && !s) goneSvcs++;
+      const n = s ? s.slots.length : 0;
+      slotsAfter += n - oldSlots;
+      if (n > oldSlots) slotPeak += n - oldSlots;
+    }
+    const backendsNow = this.state.backends.size;
+    const svcsNow = this.state.services.size;
+    const limits: [{ name: string; info: { maxEntries: number } }, number, number, string][] = [
+      [this.maps.svc, svcsNow + newSvcs - goneSvcs, svcsNow + newSvcs, 'service ports'],
+      [this.maps.meta, svcsNow + newSvcs - goneSvcs, svcsNow + newSvcs, 'service ports'],
+      [this.maps.backend, backendsNow + diff.addedBackends.size - diff.removedBackends.length, backendsNow + diff.addedBackends.size, 'backends'],
+      [this.maps.slot, slotsAfter, slotPeak, 'backend slots'],
+    ];
+    for (const [map, after, peak, what] of limits) {
+      const cap = map.info.maxEntries;
+      if (after > cap) throw new ServiceCapacityError(map.name, after, cap, `too many ${what}`);
+      if (peak > cap) throw new ServiceCapacityError(map.name, peak, cap, `too many ${what} at once while old entries are replaced (apply the change in smaller steps)`);
+    }
+  }
+
   private record(diff: DiffResult): void {
     for (const [key, s] of diff.services) {
       const old = this.state.services.get(key);
+      if (old) this.slotCount -= old.slots.length;
+      if (s) this.slotCount += s.slots.length;
       if (old && (!s || s.id !== old.id)) this.svcIds.delete(old.id);
       if (s) this.svcIds.add(s.id);
     }
