@@ -9,6 +9,7 @@
 import pino from 'pino';
 import { startCniServer } from './cni-server.js';
 import { DEFAULTS } from '../defaults.js';
+import { libbpfLog } from '../kernel/bpf/log.js';
 // Types only: the Kubernetes side is loaded on demand, with --kubernetes.
 import type { KubernetesAgentOptions } from '../k8s/agent-k8s.js';
 
@@ -23,13 +24,20 @@ export interface AgentOptions {
   accel: boolean;
   servicesFile?: string;
   /** Watch a Kubernetes apiserver for services, endpoints, this node's pods and Node (the rest comes from here). */
-  kubernetes?: Omit<KubernetesAgentOptions, 'pinRoot' | 'cgroup' | 'log' | 'metrics'>;
+  kubernetes?: Omit<KubernetesAgentOptions, 'pinRoot' | 'cgroup' | 'log' | 'metrics' | 'env' | 'nodeName' | 'mountBpffs'> & {
+    /** --node-name; else NODE_NAME, else the hostname. */
+    nodeName?: string;
+  };
+  /** Mount bpffs when missing (the CLI: false with PATU_BPFFS_MOUNT=never, as in the DaemonSet). */
+  mountBpffs?: boolean;
   /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default DEFAULTS.metricsAddr). */
   metricsAddr?: string;
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
   const log = pino({ level: opts.logLevel, base: { component: 'patu-agent' } });
+  // libbpf's own warnings into the agent's log (the CLI pointed them at stderr).
+  libbpfLog.sink = (text) => log.warn({ libbpf: text.trimEnd() }, 'libbpf');
   const closers: (() => void | Promise<void>)[] = [];
   if (opts.kubernetes && opts.servicesFile) {
     throw new Error('agent: --kubernetes and --services-file both program the same service maps; use one');
@@ -46,6 +54,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => health.close());
   }
 
+  const bpffs = opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs };
   // Found once, here at the top: the layers below take the directory as a parameter.
   // Serving CNI alone needs no cgroup, so a host without cgroup2 can still do that.
   let cgroup = '';
@@ -61,7 +70,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
 
   if (opts.accel) {
     const { Accel } = await import('../dataplane/accel.js');
-    const accel = Accel.open({ pinRoot: opts.pinRoot, cgroupPath: cgroup });
+    const accel = Accel.open({ pinRoot: opts.pinRoot, cgroupPath: cgroup, ...bpffs, log: (msg) => log.info({ cgroup }, msg) });
     accel.enable();
     const st = accel.status();
     log.info({ cgroup, pods: st.pods.length, sockets: st.sockets }, 'socket acceleration on');
@@ -74,6 +83,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     const watch = await servicesWatch(file, {
       pinRoot: opts.pinRoot,
       cgroupPath: cgroup,
+      ...bpffs,
       onApplied: (stats) => log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed'),
       onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
     });
@@ -81,9 +91,13 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   }
 
   if (opts.kubernetes) {
-    const { startKubernetes } = await import('../k8s/agent-k8s.js');
+    const { startKubernetes, resolveNodeName } = await import('../k8s/agent-k8s.js');
     const k8s = await startKubernetes({
       ...opts.kubernetes,
+      // The agent is where the process environment is read: the layers below get values.
+      nodeName: resolveNodeName(opts.kubernetes.nodeName, process.env),
+      env: process.env,
+      ...bpffs,
       pinRoot: opts.pinRoot,
       cgroup,
       log,
@@ -109,6 +123,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
           ...(outcome.deferred ? { deferred: 'IPAM lock busy: handed back to bin/patu' } : {}),
           ms: Math.round(millis * 100) / 100,
           ...(outcome.exitCode > 0 ? { error: outcome.stdout.trim() } : {}),
+          ...(outcome.warnings ? { warnings: outcome.warnings } : {}),
         },
         'cni request',
       );

@@ -2,10 +2,11 @@
 // directory and keeps the maps in step with it while the agent runs. The one-shot
 // `patu services apply` is the CLI's (src/cli/services.ts); both feed ServiceLb.
 import { ServiceLb, type ApplyStats } from '../dataplane/service-lb.js';
+import type { BpffsOptions } from '../kernel/bpf/pins.js';
 import { applyToModel, watchServices } from '../services/file-source.js';
 import { ServiceModel } from '../services/model.js';
 
-export interface ServicesWatchOptions {
+export interface ServicesWatchOptions extends BpffsOptions {
   /** bpffs directory of the service maps and links. */
   pinRoot: string;
   /** cgroup2 directory to attach to if not attached yet (the agent found it: src/kernel/cgroup.ts). */
@@ -33,7 +34,7 @@ export interface ServicesWatchHandle {
  * services that changed. Throws if the initial source is invalid.
  */
 export async function servicesWatch(path: string, opts: ServicesWatchOptions): Promise<ServicesWatchHandle> {
-  const lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+  const lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
   const model = new ServiceModel();
   try {
     const watcher = await watchServices(path, {

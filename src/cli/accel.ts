@@ -12,6 +12,10 @@ export interface AccelCommandOptions {
   /** on: load a fresh object even when pinned programs exist (upgrade in place). */
   reload?: boolean;
   json?: boolean;
+  /** Mount bpffs if it is missing (main.ts: false with PATU_BPFFS_MOUNT=never). */
+  mountBpffs?: boolean;
+  /** Notes on what `on` did (main.ts: stderr with PATU_DEBUG set). */
+  log?: (msg: string) => void;
   /** Where output goes (tests capture it). */
   out?: (line: string) => void;
 }
@@ -36,6 +40,8 @@ export async function accelCommand(action: 'on' | 'off' | 'status', opts: AccelC
   const accel = Accel.open({
     pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot,
     ...(cgroupPath !== undefined ? { cgroupPath } : {}),
+    ...(opts.mountBpffs !== undefined ? { mountBpffs: opts.mountBpffs } : {}),
+    ...(opts.log ? { log: opts.log } : {}),
     ...(opts.object ? { objectPath: opts.object } : {}),
   });
   if (action === 'on') accel.enable({ reload: opts.reload ?? false });

@@ -22,7 +22,12 @@ const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) :
 export async function demoCommand(opts: DemoOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('patu demo needs root: it creates network namespaces, a bridge and eBPF programs');
   // The lab's cgroup is made below the hierarchy's root wherever this host mounts it.
-  const lab = new Lab({ ...LAB, cgroupParent: findCgroup2Root() });
+  const lab = new Lab({
+    ...LAB,
+    cgroupParent: findCgroup2Root(),
+    ...(process.env.PATU_BIN ? { patuBin: process.env.PATU_BIN } : {}),
+    ...(process.env.PATH ? { path: process.env.PATH } : {}),
+  });
   if (opts.cleanup) {
     const problems = lab.down();
     say(problems.length ? `cleaned up, with problems:\n  ${problems.join('\n  ')}` : 'demo state removed');

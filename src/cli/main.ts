@@ -4,10 +4,23 @@ import { Command, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { DEFAULTS } from '../defaults.js';
+import { libbpfLog } from '../kernel/bpf/log.js';
 
 function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8'));
   return String(pkg.version);
+}
+
+/**
+ * The process environment is read here, at the top, and handed down as values.
+ * PATU_BPFFS_MOUNT=never (the DaemonSet): never mount bpffs, which in a container
+ * would be the container's own. PATU_DEBUG: `accel on` says what it did on stderr.
+ */
+function fromEnv(env: NodeJS.ProcessEnv = process.env): { mountBpffs: boolean; debug?: (msg: string) => void } {
+  return {
+    mountBpffs: env.PATU_BPFFS_MOUNT !== 'never',
+    ...(env.PATU_DEBUG ? { debug: (msg: string) => { process.stderr.write(`patu: ${msg}\n`); } } : {}),
+  };
 }
 
 export function buildProgram(): Command {
@@ -80,7 +93,10 @@ export function buildProgram(): Command {
       .option('--json', 'print JSON')
       .action(async (opts) => {
         const { accelCommand } = await import('./accel.js');
-        await accelCommand(action, { pinRoot: opts.pinRoot, cgroup: opts.cgroup, json: opts.json, reload: Boolean(opts.reload) });
+        const env = fromEnv();
+        await accelCommand(action, {
+          pinRoot: opts.pinRoot, cgroup: opts.cgroup, json: opts.json, reload: Boolean(opts.reload), mountBpffs: env.mountBpffs, ...(env.debug ? { log: env.debug } : {}),
+        });
       });
   }
 
@@ -109,7 +125,7 @@ export function buildProgram(): Command {
     .action(async (file, opts) => {
       const { servicesApply } = await import('./services.js');
       const { pinRoot: root, json } = services.opts<{ pinRoot: string; json?: boolean }>();
-      process.exitCode = await servicesApply(file, { pinRoot: root, cgroupPath: opts.cgroup, json: Boolean(json) });
+      process.exitCode = await servicesApply(file, { pinRoot: root, cgroupPath: opts.cgroup, json: Boolean(json), mountBpffs: fromEnv().mountBpffs });
     });
 
   program
@@ -137,6 +153,7 @@ export function buildProgram(): Command {
       await runAgent({
         cniSocket: opts.cniSocket,
         logLevel: opts.logLevel,
+        mountBpffs: fromEnv().mountBpffs,
         pinRoot: opts.pinRoot,
         ...(opts.cgroup ? { cgroup: opts.cgroup } : {}),
         ...(opts.cgroupFs ? { cgroupFs: opts.cgroupFs } : {}),
@@ -199,6 +216,9 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // libbpf's own warnings (PATU_BPF_DEBUG=1: all it says) go to stderr; the agent sends them to its log.
+  libbpfLog.sink = (text) => { process.stderr.write(text); };
+  libbpfLog.debug = process.env.PATU_BPF_DEBUG === '1';
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {

@@ -16,6 +16,8 @@ export interface ServicesOptions {
   cgroupPath?: string;
   /** Compiled sock_lb.o (default: build/bpf/sock_lb.o next to this install). */
   objectPath?: string;
+  /** Mount bpffs if it is missing (main.ts: false with PATU_BPFFS_MOUNT=never). */
+  mountBpffs?: boolean;
   json?: boolean;
   /** Where output goes (default: stdout). Errors go to `err` (default: stderr). */
   out?: (s: string) => void;
@@ -62,7 +64,7 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
   model.replaceAll(items);
   let lb: ServiceLb | undefined;
   try {
-    lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: resolveCgroup({ cgroup: opts.cgroupPath }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+    lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: resolveCgroup({ cgroup: opts.cgroupPath }), ...(opts.mountBpffs !== undefined ? { mountBpffs: opts.mountBpffs } : {}), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
     // Full resync: what the maps hold and the file does not is removed. The
     // programs are attached by the first apply that succeeds.
     const desired = model.desired();

@@ -4,7 +4,8 @@
 // the plugin only registers pod addresses in its pinned map. When the node never set
 // it up, there is no pin directory and nothing is loaded (no libbpf on this path).
 // A registry failure never fails ADD/DEL: the pod's networking works without
-// acceleration, so it is reported on stderr (the runtime's log) instead.
+// acceleration, so it is handed to `warn` instead (the plugin process writes it to
+// stderr, the runtime's log; the agent logs it).
 import { existsSync } from 'node:fs';
 import { messageOf } from '../errors.js';
 import type { NetConf } from './netconf.js';
@@ -16,26 +17,27 @@ async function openRegistry(pinRoot: string): Promise<Registry | undefined> {
   return openPodRegistry(pinRoot);
 }
 
-function warn(what: string, err: unknown): void {
-  process.stderr.write(`patu: warning: ${what}: ${messageOf(err)}\n`);
-}
+/** Receives a line about something that went wrong but did not fail the command. */
+export type Warn = (line: string) => void;
 
-export async function registerPodForAccel(conf: NetConf, ips: string[], opts: { optOut: boolean }): Promise<void> {
+const describe = (what: string, err: unknown): string => `${what}: ${messageOf(err)}`;
+
+export async function registerPodForAccel(conf: NetConf, ips: string[], opts: { optOut: boolean; warn: Warn }): Promise<void> {
   if (!existsSync(conf.pinRoot)) return;
   try {
     const reg = await openRegistry(conf.pinRoot);
     for (const ip of ips) reg?.register(ip, opts.optOut);
   } catch (err) {
-    warn(`registering ${ips.join(', ')} for socket acceleration`, err);
+    opts.warn(describe(`registering ${ips.join(', ')} for socket acceleration`, err));
   }
 }
 
-export async function unregisterPodFromAccel(conf: NetConf, ips: string[]): Promise<void> {
+export async function unregisterPodFromAccel(conf: NetConf, ips: string[], warn: Warn): Promise<void> {
   if (ips.length === 0 || !existsSync(conf.pinRoot)) return;
   try {
     const reg = await openRegistry(conf.pinRoot);
     for (const ip of ips) reg?.unregister(ip);
   } catch (err) {
-    warn(`unregistering ${ips.join(', ')} from socket acceleration`, err);
+    warn(describe(`unregistering ${ips.join(', ')} from socket acceleration`, err));
   }
 }

@@ -4,8 +4,12 @@ import { errnoOf, messageOf } from '../errors.js';
 import { CniCode, CniError } from './errors.js';
 import { LATEST_VERSION } from './spec.js';
 import { runPlugin } from './plugin.js';
+import { libbpfLog } from '../kernel/bpf/log.js';
 
 export async function main(): Promise<void> {
+  // The runtime's log for the plugin is its stderr.
+  libbpfLog.sink = (text) => { process.stderr.write(text); };
+  libbpfLog.debug = process.env.PATU_BPF_DEBUG === '1';
   let stdin: Uint8Array = new Uint8Array();
   if (process.env.CNI_COMMAND !== 'VERSION') {
     try {
@@ -19,6 +23,8 @@ export async function main(): Promise<void> {
     }
   }
   const outcome = await runPlugin(process.env, stdin);
+  // stderr is the runtime's log for the plugin: warnings go there, the answer to stdout.
+  for (const w of outcome.warnings ?? []) process.stderr.write(`patu: warning: ${w}\n`);
   process.stdout.write(outcome.stdout);
   process.exitCode = outcome.exitCode;
 }

@@ -22,6 +22,8 @@ export interface PluginOutcome {
    * answer on stdout carries the message only.
    */
   error?: CniError;
+  /** What went wrong without failing the command (e.g. acceleration registration): the caller reports it. */
+  warnings?: string[];
 }
 
 export interface RunOptions {
@@ -37,7 +39,13 @@ export interface RunOptions {
 
 /** `stdin` as bytes is checked for size and UTF-8 here; as a string it was decoded by the caller. */
 export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string | Uint8Array, opts: RunOptions = {}): Promise<PluginOutcome> {
-  const ipamOpts = opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: opts.lockTimeoutMs } : {};
+  const warnings: string[] = [];
+  const outcome = await run(env, stdin, opts, (line) => warnings.push(line));
+  return warnings.length ? { ...outcome, warnings } : outcome;
+}
+
+async function run(env: NodeJS.ProcessEnv, stdin: string | Uint8Array, opts: RunOptions, warn: (line: string) => void): Promise<PluginOutcome> {
+  const ipamOpts = { ...(opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: opts.lockTimeoutMs } : {}), warn };
   let version = LATEST_VERSION;
   try {
     const command: CniCommand = readCommand(env);

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfProgram, BpfLink, AttachType } from '../kernel/bpf/object.js';
 import { TypedMap, u32, u64 } from '../kernel/bpf/map.js';
 import { BpfError } from '../kernel/bpf/errors.js';
-import { ensurePinDir, removePins } from '../kernel/bpf/pins.js';
+import { ensurePinDir, removePins, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
 import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
 import { accelPins, accelCfgCodec, sockKeyCodec, type SockKey } from './accel-maps.js';
@@ -16,7 +16,7 @@ import { openPodRegistry } from './accel-registry.js';
 const O_DIRECTORY = 0o200000;
 const DEFAULT_OBJECT = fileURLToPath(new URL('../../../build/bpf/accel.o', import.meta.url));
 
-export interface AccelOptions {
+export interface AccelOptions extends BpffsOptions {
   pinRoot?: string;
   /**
    * cgroup2 directory sock_ops attaches to: production the hierarchy's root, which
@@ -26,6 +26,8 @@ export interface AccelOptions {
   cgroupPath?: string;
   /** Compiled bpf/accel.c; defaults to build/bpf/accel.o of this checkout. */
   objectPath?: string;
+  /** Where to say what it did that is worth knowing but not an error (the caller's log). */
+  log?: (msg: string) => void;
 }
 
 export interface AccelStatus {
@@ -43,20 +45,20 @@ export interface AccelStatus {
 
 export type RegisterResult = { ok: true } | { ok: false; reason: string };
 
-const debug = (msg: string): void => {
-  if (process.env.PATU_DEBUG) process.stderr.write(`patu accel: ${msg}\n`);
-};
-
 export class Accel {
   readonly pinRoot: string;
   readonly cgroupPath: string | undefined;
   readonly objectPath: string;
   private readonly pins: ReturnType<typeof accelPins>;
+  private readonly log: (msg: string) => void;
+  private readonly bpffs: BpffsOptions;
 
   private constructor(opts: AccelOptions) {
     this.pinRoot = opts.pinRoot ?? DEFAULTS.pinRoot;
     this.cgroupPath = opts.cgroupPath;
-    this.objectPath = opts.objectPath ?? process.env.PATU_ACCEL_OBJECT ?? DEFAULT_OBJECT;
+    this.objectPath = opts.objectPath ?? DEFAULT_OBJECT;
+    this.log = opts.log ?? (() => {});
+    this.bpffs = opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs };
     this.pins = accelPins(this.pinRoot);
   }
 
@@ -67,7 +69,7 @@ export class Accel {
 
   /** Serialises enable/disable/teardown across processes (CLI vs agent) with flock on the pin dir. */
   private locked<T>(fn: () => T): T {
-    const dir = ensurePinDir(this.pins.dir);
+    const dir = ensurePinDir(this.pins.dir, this.bpffs);
     const fd = openFd(dir, O_RDONLY | O_DIRECTORY);
     try {
       flock(fd, LOCK_EX, dir);
@@ -141,7 +143,7 @@ export class Accel {
           link.update(sockops.fd); // no-op for the same program, in-place swap on upgrade
           return;
         }
-        debug(`sock_ops link at ${path} is on another cgroup; moving it to ${this.cgroupPath}`);
+        this.log(`sock_ops link at ${path} is on another cgroup; moving it to ${this.cgroupPath}`);
         link.destroy();
       } finally {
         link.close();
@@ -229,7 +231,7 @@ export class Accel {
     const reg = openPodRegistry(this.pinRoot);
     if (!reg) {
       const reason = `acceleration not set up (no ${this.pins.pods}); ${ip} not registered`;
-      debug(reason);
+      this.log(reason);
       return { ok: false, reason };
     }
     try {

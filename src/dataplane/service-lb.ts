@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
 import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
-import { ensurePinDir } from '../kernel/bpf/pins.js';
+import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
 import {
   commit, diffServices, emptyState, IdAllocator, setService,
@@ -70,7 +70,7 @@ export const SOCK_LB_MAP_CODECS = {
   patu_affinity: { key: affKeyC, value: affValC },
 } as const;
 
-export interface ServiceLbOptions {
+export interface ServiceLbOptions extends BpffsOptions {
   /** bpffs directory for the maps and links; production: /sys/fs/bpf/patu. */
   pinRoot?: string;
   /**
@@ -202,7 +202,7 @@ export class ServiceLb {
    * no slot).
    */
   static open(opts: ServiceLbOptions = {}): ServiceLb {
-    const pinRoot = ensurePinDir(opts.pinRoot ?? DEFAULTS.pinRoot);
+    const pinRoot = ensurePinDir(opts.pinRoot ?? DEFAULTS.pinRoot, opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs });
     const objectPath = opts.objectPath ?? DEFAULT_OBJECT;
     if (!existsSync(objectPath)) throw new Error(`ServiceLb.open: BPF object ${objectPath} is missing (run scripts/build.sh)`);
     const obj = BpfObject.open(objectPath, { pinRoot });

@@ -11,7 +11,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-export const PATU_BIN = process.env.PATU_BIN ?? join(REPO, 'bin', 'patu');
+const REPO_BIN = join(REPO, 'bin', 'patu');
 
 export interface LabOptions {
   /** Prefix of every name the lab creates (netns, bridge, cgroup, pins, state dir). */
@@ -20,6 +20,10 @@ export interface LabOptions {
   pods: string[];
   /** The cgroup2 directory the lab's own cgroup is made in (the caller finds it: src/kernel/cgroup.ts). */
   cgroupParent: string;
+  /** The plugin binary, exec'd like a runtime does (default: bin/patu of this checkout). */
+  patuBin?: string;
+  /** PATH handed to the plugin, as a runtime would (default: the system directories). */
+  path?: string;
 }
 
 export interface Pod {
@@ -45,6 +49,7 @@ export class Lab {
   readonly stateDir: string;
   readonly pinRoot: string;
   readonly cgroup: string;
+  readonly patuBin: string;
   readonly pods = new Map<string, Pod>();
   /** Set while startAgent()'s agent runs: CNI calls then go through it. */
   agentSocket: string | undefined;
@@ -57,6 +62,7 @@ export class Lab {
     this.stateDir = `/run/${opts.name}`;
     this.pinRoot = `${DEFAULTS.bpffs}/${opts.name}`;
     this.cgroup = join(opts.cgroupParent, opts.name);
+    this.patuBin = opts.patuBin ?? REPO_BIN;
   }
 
   netconf(): Record<string, unknown> {
@@ -74,16 +80,16 @@ export class Lab {
   /** Runs bin/patu as a runtime would: CNI_* environment, config on stdin. */
   cni(command: string, pod: { containerId: string; netns: string }, extra: Record<string, unknown> = {}): CniRun {
     const t0 = performance.now();
-    const r = spawnSync(PATU_BIN, [], {
+    const r = spawnSync(this.patuBin, [], {
       input: JSON.stringify({ ...this.netconf(), ...extra }),
       encoding: 'utf8',
       env: {
-        PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+        PATH: this.opts.path ?? '/usr/sbin:/usr/bin:/sbin:/bin',
         CNI_COMMAND: command,
         CNI_CONTAINERID: pod.containerId,
         CNI_NETNS: pod.netns,
         CNI_IFNAME: 'eth0',
-        CNI_PATH: dirname(PATU_BIN),
+        CNI_PATH: dirname(this.patuBin),
         // With an agent running, bin/patu hands it the request; otherwise (or when
         // the socket does not answer) it runs the plugin in its own process.
         ...(this.agentSocket ? { PATU_AGENT_SOCKET: this.agentSocket } : { PATU_NO_AGENT: '1' }),
@@ -150,7 +156,7 @@ export class Lab {
   /** Starts `bin/patu agent` on a socket of the lab's own, and waits until it answers. */
   async startAgent(): Promise<void> {
     const socket = join(this.stateDir, 'agent.sock');
-    this.agent = spawn(PATU_BIN, ['agent', '--cni-socket', socket, '--log-level', 'warn'], { stdio: 'ignore' });
+    this.agent = spawn(this.patuBin, ['agent', '--cni-socket', socket, '--log-level', 'warn'], { stdio: 'ignore' });
     for (let i = 0; i < 100 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
     if (!existsSync(socket)) throw new Error(`patu agent did not open ${socket} within 5 s`);
     this.agentSocket = socket;

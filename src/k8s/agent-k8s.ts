@@ -11,8 +11,12 @@ import { K8sSource, type Logger } from './source.js';
 
 export interface KubernetesAgentOptions {
   kubeconfig?: string;
-  /** --node-name, else NODE_NAME, else the hostname. */
-  nodeName?: string;
+  /** This node's name (the agent: --node-name, else NODE_NAME, else the hostname: see resolveNodeName). */
+  nodeName: string;
+  /** The agent's environment: in a pod, KUBERNETES_SERVICE_HOST/PORT locate the apiserver. */
+  env: NodeJS.ProcessEnv;
+  /** Mount bpffs if missing (false in the DaemonSet: see BpffsOptions). */
+  mountBpffs?: boolean;
   clusterCIDR?: string;
   /** Where 10-patu.conflist goes; '' to not write one. */
   cniConfDir?: string;
@@ -30,7 +34,8 @@ export interface KubernetesAgentOptions {
   resyncMs?: number;
 }
 
-export const resolveNodeName = (flag?: string, env: NodeJS.ProcessEnv = process.env): string => flag || env.NODE_NAME || hostname();
+/** --node-name, else NODE_NAME (the DaemonSet sets it from spec.nodeName), else the hostname. */
+export const resolveNodeName = (flag: string | undefined, env: NodeJS.ProcessEnv): string => flag || env.NODE_NAME || hostname();
 
 export interface KubernetesAgent {
   source: K8sSource;
@@ -39,10 +44,10 @@ export interface KubernetesAgent {
 }
 
 export async function startKubernetes(o: KubernetesAgentOptions): Promise<KubernetesAgent> {
-  const cfg = loadClientConfig(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {});
-  const nodeName = resolveNodeName(o.nodeName);
+  const cfg = loadClientConfig({ env: o.env, ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}) });
+  const nodeName = o.nodeName;
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
-  const lb = ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
+  const lb = ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
   let registry: PodRegistry | undefined;
   const confDir = o.cniConfDir ?? DEFAULTS.cniConfDir;
   const source = new K8sSource({

@@ -82,7 +82,7 @@ function make(server: string, source: string, agent: Agent | HttpAgent, token: (
 }
 
 /** In-cluster config from the ServiceAccount mount. */
-export function inClusterConfig(env: NodeJS.ProcessEnv = process.env, saDir = SA_DIR): ClientConfig {
+export function inClusterConfig(env: NodeJS.ProcessEnv, saDir = SA_DIR): ClientConfig {
   const host = env.KUBERNETES_SERVICE_HOST;
   const port = env.KUBERNETES_SERVICE_PORT ?? '443';
   if (!host) throw new KubeConfigError('in-cluster config: KUBERNETES_SERVICE_HOST is not set');
@@ -135,9 +135,12 @@ export function kubeconfigFile(path: string, context?: string): ClientConfig {
   return make(server, `kubeconfig ${path} context ${ctxName}`, agent, tokenSource(user.token as string | undefined, tokenFile));
 }
 
-/** In cluster when KUBERNETES_SERVICE_HOST is set and no kubeconfig is given; else the kubeconfig. */
-export function loadClientConfig(opts: { kubeconfig?: string; env?: NodeJS.ProcessEnv } = {}): ClientConfig {
-  const env = opts.env ?? process.env;
+/**
+ * In cluster when KUBERNETES_SERVICE_HOST is set in `env` (the agent's environment,
+ * handed down by it) and no kubeconfig is given; else the kubeconfig.
+ */
+export function loadClientConfig(opts: { kubeconfig?: string; env: NodeJS.ProcessEnv }): ClientConfig {
+  const env = opts.env;
   if (opts.kubeconfig) return kubeconfigFile(opts.kubeconfig);
   if (env.KUBERNETES_SERVICE_HOST) return inClusterConfig(env);
   throw new KubeConfigError('no apiserver: not in a cluster (KUBERNETES_SERVICE_HOST unset) and no --kubeconfig given');

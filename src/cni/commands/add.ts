@@ -10,9 +10,9 @@ import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { attachPod, detachPod, ensureBridge, ForeignLinkError } from '../../dataplane/bridge.js';
 import { ensureMasquerade } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
-import { registerPodForAccel } from '../accel-registry.js';
+import { registerPodForAccel, type Warn } from '../accel-registry.js';
 
-export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions = {}): Promise<CniResult> {
+export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<CniResult> {
   const ipam = ipamFor(conf, opts);
   const allocations = (() => {
     try {
@@ -53,7 +53,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions =
     });
 
     const accelOn = conf.accel && env.args.PATU_ACCEL !== 'off';
-    await registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn });
+    await registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn, warn: opts.warn ?? (() => {}) });
 
     return {
       cniVersion: conf.cniVersion,

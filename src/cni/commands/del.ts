@@ -7,9 +7,9 @@ import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName } from '../../dataplane/names.js';
-import { unregisterPodFromAccel } from '../accel-registry.js';
+import { unregisterPodFromAccel, type Warn } from '../accel-registry.js';
 
-export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions = {}): Promise<void> {
+export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const ipam = ipamFor(conf, opts);
   // The host veth is deleted by us rather than left to the netns teardown, which
   // the kernel does asynchronously (PLATFORM.md): the next ADD may reuse the name.
@@ -27,5 +27,5 @@ export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions =
   } catch (err) {
     throw toCniError(err, `releasing the addresses of ${env.containerId}/${env.ifname}`);
   }
-  await unregisterPodFromAccel(conf, released);
+  await unregisterPodFromAccel(conf, released, opts.warn ?? (() => {}));
 }

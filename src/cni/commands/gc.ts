@@ -7,9 +7,9 @@ import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
-import { unregisterPodFromAccel } from '../accel-registry.js';
+import { unregisterPodFromAccel, type Warn } from '../accel-registry.js';
 
-export async function cmdGc(conf: NetConf, opts: IpamOpenOptions = {}): Promise<void> {
+export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const valid = conf.validAttachments;
   if (!valid) throw invalidConfig('cni.dev/valid-attachments', 'GC needs the list of valid attachments');
   let released: string[];
@@ -18,7 +18,7 @@ export async function cmdGc(conf: NetConf, opts: IpamOpenOptions = {}): Promise<
   } catch (err) {
     throw toCniError(err, 'releasing stale addresses');
   }
-  await unregisterPodFromAccel(conf, released);
+  await unregisterPodFromAccel(conf, released, opts.warn ?? (() => {}));
 
   const keep = new Set(valid.map((v) => hostVethName(v.containerID, v.ifname)));
   const host = Rtnl.open();

@@ -5,6 +5,7 @@
 // libbpf 1.x conventions relied on here: int-returning calls return -errno;
 // pointer-returning calls return NULL and set errno.
 import koffi from 'koffi';
+import { libbpfLog } from './log.js';
 
 const bpf = koffi.load('libbpf.so.1');
 const libc = koffi.load('libc.so.6');
@@ -79,11 +80,10 @@ export const closeRawFd = (fd: number): void => {
 // capture, so a failing call can attach exactly what libbpf said about it.
 const LIBBPF_WARN = 0;
 const LIBBPF_INFO = 1;
-const debugEnabled = process.env.PATU_BPF_DEBUG === '1';
 const captures: string[][] = [];
 
 function onPrint(level: number, fmt: string, ap: bigint): number {
-  if (level > LIBBPF_INFO && !debugEnabled) return 0;
+  if (level > LIBBPF_INFO && !libbpfLog.debug) return 0;
   const out: (bigint | null)[] = [null];
   const n = vasprintf(out, fmt, ap) as number;
   const p = out[0];
@@ -92,7 +92,7 @@ function onPrint(level: number, fmt: string, ap: bigint): number {
   free(p);
   const sink = captures[captures.length - 1];
   if (sink) sink.push(text);
-  if (debugEnabled || (!sink && level === LIBBPF_WARN)) process.stderr.write(text);
+  if (libbpfLog.debug || (!sink && level === LIBBPF_WARN)) libbpfLog.sink?.(text);
   return n;
 }
 // Registered once for the life of the process: libbpf keeps the pointer globally.

@@ -15,15 +15,20 @@ function bpffsMounted(): boolean {
   });
 }
 
-/**
- * Mounts bpffs at /sys/fs/bpf unless it is already there. In a container
- * (PATU_BPFFS_MOUNT=never, set by deploy/patu.yaml) a mount made here would be
- * the container's alone: pins would vanish with it and the host-side plugin
- * would not see them, so there it is an error instead.
- */
-export function ensureBpffs(env: NodeJS.ProcessEnv = process.env): void {
+export interface BpffsOptions {
+  /**
+   * Mount bpffs at /sys/fs/bpf when it is not there (default true). In a container
+   * (the DaemonSet: PATU_BPFFS_MOUNT=never, read by the CLI) a mount made there would
+   * be the container's alone: pins would vanish with it and the host-side plugin
+   * would not see them, so there it is an error instead.
+   */
+  mountBpffs?: boolean;
+}
+
+/** Mounts bpffs at /sys/fs/bpf unless it is already there (or says it is missing, see BpffsOptions). */
+export function ensureBpffs(opts: BpffsOptions = {}): void {
   if (bpffsMounted()) return;
-  if (env.PATU_BPFFS_MOUNT === 'never') {
+  if (opts.mountBpffs === false) {
     throw new Error(`bpffs is not mounted at ${BPFFS} on this host: mount it there first (mount -t bpf bpf ${BPFFS}; systemd does so at boot)`);
   }
   mkdirSync(BPFFS, { recursive: true });
@@ -44,9 +49,9 @@ export function assertPinRoot(root: string): string {
 }
 
 /** Creates the pin directory (and bpffs, if needed). Returns its absolute path. */
-export function ensurePinDir(root: string = DEFAULTS.pinRoot): string {
+export function ensurePinDir(root: string = DEFAULTS.pinRoot, opts: BpffsOptions = {}): string {
   const abs = assertPinRoot(root);
-  ensureBpffs();
+  ensureBpffs(opts);
   mkdirSync(abs, { recursive: true });
   return abs;
 }
