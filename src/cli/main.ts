@@ -54,7 +54,7 @@ export function buildProgram(): Command {
     .addOption(dataDir)
     .addOption(bridge)
     .action(async (opts) => {
-      const { statusCommand } = await import('./status.js');
+      const { statusCommand } = await import('./status-command.js');
       await statusCommand(opts);
     });
 
@@ -92,7 +92,7 @@ export function buildProgram(): Command {
       .option('--cgroup <dir>', 'cgroup2 directory to attach to (default: the root of the cgroup2 hierarchy, found in /proc/self/mountinfo: every pod)')
       .option('--json', 'print JSON')
       .action(async (opts) => {
-        const { accelCommand } = await import('./accel.js');
+        const { accelCommand } = await import('./accel-command.js');
         const env = fromEnv();
         await accelCommand(action, {
           pinRoot: opts.pinRoot, cgroup: opts.cgroup, json: opts.json, reload: Boolean(opts.reload), mountBpffs: env.mountBpffs, ...(env.debug ? { log: env.debug } : {}),
@@ -195,7 +195,7 @@ export function buildProgram(): Command {
     .option('--json', 'print the install manifest as JSON')
     .addHelpText('after', '\nIdempotent: running it again updates the files and keeps the manifest (<state-dir>/install.json) exact.\nThe agent is not started: systemctl enable --now patu-agent.service')
     .action(async (opts) => {
-      const { installCommand } = await import('./install.js');
+      const { installCommand } = await import('./install-command.js');
       process.exitCode = await installCommand(opts);
     });
 
@@ -208,7 +208,7 @@ export function buildProgram(): Command {
     .option('--no-pins', 'leave pinned eBPF state alone')
     .option('--json', 'print what was removed and kept as JSON')
     .action(async (opts) => {
-      const { uninstallCommand } = await import('./install.js');
+      const { uninstallCommand } = await import('./install-command.js');
       process.exitCode = await uninstallCommand(opts);
     });
 

@@ -5,7 +5,7 @@ import { DEFAULTS } from '../defaults.js';
 import { openPodRegistry, type PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceLb } from '../dataplane/service-lb.js';
 import { buildConflist, writeConflistIfChanged } from '../cni/conflist.js';
-import { loadClientConfig } from './config.js';
+import { loadClientConfig } from './kubeconfig.js';
 import type { AgentMetrics } from './metrics.js';
 import { K8sSource, type Logger } from './source.js';
 

@@ -11,7 +11,7 @@
 // created in bench/k8s-proxy.ts.
 import { request } from 'node:https';
 import { request as httpRequest, type ClientRequest } from 'node:http';
-import type { ClientConfig } from './config.js';
+import type { ClientConfig } from './kubeconfig.js';
 
 export interface KObject {
   metadata: { name?: string; namespace?: string; resourceVersion?: string };

@@ -15,7 +15,7 @@
 import type { ApplyStats } from '../dataplane/service-lb.js';
 import type { PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceModel, type DesiredServicePort } from '../services/model.js';
-import type { ClientConfig } from './config.js';
+import type { ClientConfig } from './kubeconfig.js';
 import {
   convertService, firstSubnet24, mergeSlices, nodePodCidr, podAccel, refOf, sliceService,
   slimEndpointSlice, slimNode, slimPod, slimService,

@@ -10,7 +10,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Accel } from '../../src/dataplane/accel.js';
-import { accelCommand } from '../../src/cli/accel.js';
+import { accelCommand } from '../../src/cli/accel-command.js';
 import { listPins } from '../../src/kernel/bpf/pins.js';
 import { patuPrograms } from '../../src/kernel/bpf/introspect.js';
 import { scratchForTests } from '../helpers/kernel.js';

@@ -19,7 +19,7 @@ import { request } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
 import { K8sSource } from '../../src/k8s/source.js';
-import { kubeconfigFile } from '../../src/k8s/config.js';
+import { kubeconfigFile } from '../../src/k8s/kubeconfig.js';
 import { AgentMetrics } from '../../src/k8s/metrics.js';
 import { startInformer } from '../../src/k8s/informers.js';
 import { slimService, type K8sService } from '../../src/k8s/convert.js';

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent } from 'node:http';
 import { startInformer } from '../../src/k8s/informers.js';
 import { slimService, type K8sService } from '../../src/k8s/convert.js';
-import type { ClientConfig } from '../../src/k8s/config.js';
+import type { ClientConfig } from '../../src/k8s/kubeconfig.js';
 
 class FakeApiserver {
   rv = 100;

@@ -10,7 +10,7 @@ import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { attachPod, detachPod, ensureBridge, ForeignLinkError } from '../../dataplane/bridge.js';
 import { ensureMasquerade } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
-import { registerPodForAccel, type Warn } from '../accel-registry.js';
+import { registerPodForAccel, type Warn } from '../register-accel.js';
 
 export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<CniResult> {
   const ipam = ipamFor(conf, opts);

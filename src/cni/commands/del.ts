@@ -7,7 +7,7 @@ import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName } from '../../dataplane/names.js';
-import { unregisterPodFromAccel, type Warn } from '../accel-registry.js';
+import { unregisterPodFromAccel, type Warn } from '../register-accel.js';
 
 export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const ipam = ipamFor(conf, opts);

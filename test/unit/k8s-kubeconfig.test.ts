@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { kubeconfigFile } from '../../src/k8s/config.js';
+import { kubeconfigFile } from '../../src/k8s/kubeconfig.js';
 
 const doc = {
   apiVersion: 'v1', kind: 'Config', 'current-context': 'c',
