@@ -9,7 +9,7 @@
 // and protocol, per slice, hence per endpoint. This also works for
 // selector-less services whose slices are written by hand.
 import { CidrParseError, formatNetwork, networkAddress, parseCidr } from '../net/cidr.js';
-import { DEFAULT_AFFINITY_TIMEOUT, type Endpoint, type Protocol, type Service, type ServicePort } from '../services/model.js';
+import { DEFAULT_AFFINITY_TIMEOUT, isServicePortName, type Endpoint, type Protocol, type Service, type ServicePort } from '../services/model.js';
 
 /** The fields of a v1 Service patu reads (everything else is dropped on arrival: see slim*). */
 export interface K8sService {
@@ -62,6 +62,8 @@ export interface ConvertedService {
   skippedPorts: string[];
 }
 
+const isValidPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
+
 /** Key under which a slice port is found from a service port: its name and protocol. */
 const portSlot = (name: string | null | undefined, protocol: string): string => `${name ?? ''}/${protocol}`;
 
@@ -79,6 +81,13 @@ export function convertService(svc: K8sService): ConvertedService {
     const protocol = (p.protocol ?? 'TCP').toUpperCase();
     if (protocol !== 'TCP' && protocol !== 'UDP') {
       skippedPorts.push(`${p.port}/${protocol}`);
+      continue;
+    }
+    // The apiserver validates these; a port it would refuse is left out here too rather
+    // than programmed half-right. targetPort is not read at all: the slices carry the
+    // resolved numbers, so a quoted "80" can never be mistaken for a name here.
+    if (!isValidPort(p.port) || (p.name !== undefined && p.name !== '' && !isServicePortName(p.name))) {
+      skippedPorts.push(`${String(p.port).slice(0, 12)}/${protocol} (invalid port or name)`);
       continue;
     }
     ports.push({
@@ -119,7 +128,7 @@ export function mergeSlices(slices: Iterable<K8sEndpointSlice>): Endpoint[] {
     if (slice.addressType !== 'IPv4') continue;
     const ports: Record<string, number> = {};
     for (const p of slice.ports ?? []) {
-      if (typeof p.port !== 'number') continue;
+      if (!isValidPort(p.port) || (p.name != null && p.name !== '' && !isServicePortName(p.name))) continue;
       ports[portSlot(p.name, (p.protocol ?? 'TCP').toUpperCase())] = p.port;
     }
     for (const ep of slice.endpoints ?? []) {

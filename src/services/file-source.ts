@@ -6,8 +6,9 @@
 // bad, so a typo never unprograms anything.
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, extname } from 'node:path';
+import { messageOf, PatuError } from '../errors.js';
 import {
-  DEFAULT_AFFINITY_TIMEOUT, portKey,
+  DEFAULT_AFFINITY_TIMEOUT, isPortName, isServicePortName, portKey,
   type Endpoint, type Protocol, type Service, type ServicePort, type SessionAffinity,
 } from './model.js';
 
@@ -16,12 +17,18 @@ export interface ServiceWithEndpoints {
   endpoints: Endpoint[];
 }
 
-export class ServiceFileError extends Error {
+export class ServiceFileError extends PatuError {
+  readonly code = 'SERVICES_FILE';
   constructor(readonly file: string, readonly problems: string[]) {
     super(`${file}: ${problems.length === 1 ? problems[0] : `${problems.length} problems:\n  ${problems.join('\n  ')}`}`);
-    this.name = 'ServiceFileError';
   }
 }
+
+/** A name as shown in a problem: a 100,000-character key must not make a 100,000-character message. */
+const shown = (v: string): string =>
+  v.length <= 40 && /^[\w.-]+$/.test(v) ? v : JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
+
+const SAY_NONE = 'write "services: []" to program no services';
 
 const MAX_PROBLEMS = 50;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -62,10 +69,15 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
   const bad = (path: string, msg: string): void => {
     if (problems.length < MAX_PROBLEMS) problems.push(`${path}: ${msg}`);
   };
+  // A document that says nothing (a comment, ---, null, {}) is not "no services": like an
+  // empty file it may be a writer caught half-way, and taking it as such would unprogram
+  // everything. No services is said explicitly.
+  if (doc === null || doc === undefined) throw new ServiceFileError(file, [`(top level): the file holds no document; ${SAY_NONE}`]);
   if (!isObj(doc)) throw new ServiceFileError(file, ['(top level): must be an object with a `services` list']);
-  for (const k of Object.keys(doc)) if (k !== 'services') bad(k, 'unknown field (expected only `services`)');
-  const list = doc.services ?? [];
-  if (!Array.isArray(list)) throw new ServiceFileError(file, ['services: must be a list']);
+  for (const k of Object.keys(doc)) if (k !== 'services') bad(shown(k), 'unknown field (expected only `services`)');
+  if (!('services' in doc)) throw new ServiceFileError(file, [...problems, `services: missing; ${SAY_NONE}`]);
+  const list = doc.services;
+  if (!Array.isArray(list)) throw new ServiceFileError(file, [`services: must be a list (${SAY_NONE})`]);
 
   const out: ServiceWithEndpoints[] = [];
   const refs = new Map<string, string>();
@@ -100,9 +112,9 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
       s.ports.forEach((p: unknown, j: number) => {
         const pat = `${at}.ports[${j}]`;
         if (!isObj(p)) return bad(pat, 'must be an object');
-        for (const k of Object.keys(p)) if (!PORT_FIELDS.has(k)) bad(`${pat}.${k}`, 'unknown field');
+        for (const k of Object.keys(p)) if (!PORT_FIELDS.has(k)) bad(`${pat}.${shown(k)}`, 'unknown field');
         if (p.name !== undefined) {
-          if (typeof p.name !== 'string' || !DNS_LABEL.test(p.name)) bad(`${pat}.name`, 'must be a DNS label');
+          if (!isServicePortName(p.name)) bad(`${pat}.name`, 'must be a DNS label (lowercase letters, digits, -; at most 63)');
           else if (portNames.has(p.name)) bad(`${pat}.name`, `duplicate port name ${p.name}`);
           else portNames.add(p.name);
         }
@@ -110,8 +122,12 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
         const protocol = p.protocol ?? 'TCP';
         if (protocol !== 'TCP' && protocol !== 'UDP') bad(`${pat}.protocol`, 'must be TCP or UDP');
         const target = p.targetPort ?? p.port;
-        if (!isPort(target) && !(typeof target === 'string' && DNS_LABEL.test(target))) {
-          bad(`${pat}.targetPort`, 'must be a port number (1-65535) or an endpoint port name');
+        if (typeof target === 'string' && /^[0-9]+$/.test(target)) {
+          // YAML's "80" is a string: taken as a name it would match no endpoint port and
+          // silently serve nothing.
+          bad(`${pat}.targetPort`, `${shown(target)} is a quoted number: write ${Number(target)} without quotes (a port name has a letter)`);
+        } else if (!isPort(target) && !isPortName(target)) {
+          bad(`${pat}.targetPort`, 'must be a port number (1-65535) or an endpoint port name (IANA_SVC_NAME: at most 15 lowercase letters, digits, -, with a letter)');
         }
         ports.push({
           ...(typeof p.name === 'string' ? { name: p.name } : {}),
@@ -133,7 +149,7 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
       eps.forEach((e: unknown, j: number) => {
         const eat = `${at}.endpoints[${j}]`; // cheap next to the checks; kept simple
         if (!isObj(e)) return bad(eat, 'must be an object');
-        for (const k of Object.keys(e)) if (!ENDPOINT_FIELDS.has(k)) bad(`${eat}.${k}`, 'unknown field');
+        for (const k of Object.keys(e)) if (!ENDPOINT_FIELDS.has(k)) bad(`${eat}.${shown(k)}`, 'unknown field');
         if (typeof e.ip !== 'string' || !isIPv4(e.ip)) bad(`${eat}.ip`, 'must be an IPv4 address');
         const ready = e.ready ?? true;
         const serving = e.serving ?? ready;
@@ -147,7 +163,8 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
           else {
             named = {};
             for (const [pn, pv] of Object.entries(e.ports)) {
-              if (!isPort(pv)) bad(`${eat}.ports.${pn}`, 'must be an integer from 1 to 65535');
+              if (!isPortName(pn)) bad(`${eat}.ports.${shown(pn)}`, 'is not a port name (IANA_SVC_NAME: at most 15 lowercase letters, digits, -, with a letter)');
+              else if (!isPort(pv)) bad(`${eat}.ports.${pn}`, 'must be an integer from 1 to 65535');
               else named[pn] = pv;
             }
           }
@@ -185,14 +202,14 @@ export async function parseServicesText(text: string, file: string): Promise<Ser
   // an error (the last good state stays; the writer's next event brings the real
   // content), and removing every service is said explicitly.
   if (text.trim() === '') {
-    throw new ServiceFileError(file, ['(empty): the file is empty; write "services: []" to program no services']);
+    throw new ServiceFileError(file, [`(empty): the file is empty; ${SAY_NONE}`]);
   }
   let doc: unknown;
   if (extname(file).toLowerCase() === '.json') {
     try {
       doc = JSON.parse(text);
     } catch (e) {
-      throw new ServiceFileError(file, [`(syntax): ${(e as Error).message}`]);
+      throw new ServiceFileError(file, [`(syntax): ${messageOf(e)}`]);
     }
   } else {
     // Loaded on first use: the yaml parser is the largest module on this path.
@@ -203,7 +220,7 @@ export async function parseServicesText(text: string, file: string): Promise<Ser
     }
     doc = parsed.toJS();
   }
-  return validateServices(doc ?? {}, file);
+  return validateServices(doc, file);
 }
 
 export async function loadServicesFile(file: string): Promise<ServiceWithEndpoints[]> {
@@ -394,11 +411,14 @@ export class ServicesDirWatcher extends ReloadLoop {
   async load(): Promise<ServiceWithEndpoints[]> {
     const { readdirSync } = await import('node:fs');
     const problems: string[] = [];
-    for (const name of readdirSync(this.dir).filter((n) => SERVICE_FILE.test(n)).sort()) {
+    const names = readdirSync(this.dir).filter((n) => SERVICE_FILE.test(n)).sort();
+    // Like an empty file: a directory without a services file says nothing, not "none".
+    if (names.length === 0) throw new ServiceFileError(this.dir, [`(empty): no services file (*.yaml, *.yml, *.json) in the directory; add one that says "services: []" to program no services`]);
+    for (const name of names) {
       try {
         await this.reload(name);
       } catch (e) {
-        problems.push((e as Error).message);
+        problems.push(messageOf(e));
       }
     }
     if (problems.length) throw new ServiceFileError(this.dir, problems);

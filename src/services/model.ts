@@ -36,6 +36,18 @@ export interface Endpoint {
 
 export const DEFAULT_AFFINITY_TIMEOUT = 10800;
 
+/**
+ * A container (target) port name, Kubernetes' IANA_SVC_NAME: 1-15 lowercase letters,
+ * digits and '-', at least one letter (so "80" is never a name), no '-' at either end
+ * and no '--'.
+ */
+export const isPortName = (v: unknown): v is string =>
+  typeof v === 'string' && v.length <= 15 && /^[a-z0-9]+(-[a-z0-9]+)*$/.test(v) && /[a-z]/.test(v);
+
+/** A service port name, Kubernetes' DNS label: 1-63 lowercase letters, digits and '-', alphanumeric at both ends. */
+export const isServicePortName = (v: unknown): v is string =>
+  typeof v === 'string' && v.length <= 63 && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(v);
+
 export const serviceRef = (s: { namespace: string; name: string }): string => `${s.namespace}/${s.name}`;
 
 /** A service's ports as programmed: the map key and the backends selectable for it. */

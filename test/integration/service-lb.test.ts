@@ -9,7 +9,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
@@ -313,6 +313,23 @@ test('CLI: services apply programs a file once (a bad one changes nothing) and s
     writeFileSync(file, '{"services": [{"name": "api", "clusterIP": "10.96.77.7", "ports": [{"port": 80, "protocol": "SCTP"}]}]}');
     assert.equal(await servicesApply(file, { pinRoot, cgroupPath: CG, ...io }), 1);
     assert.match(err, /services\[0\]\.ports\[0\]\.protocol: must be TCP or UDP/);
+
+    // A file that says nothing, or an empty directory, is an error: it used to program
+    // zero services (unprogramming api) with exit 0.
+    const yamlFile = join(tmp, 'cli-blank.yaml');
+    const emptyDir = join(tmp, 'cli-empty-dir');
+    mkdirSync(emptyDir, { recursive: true });
+    for (const text of ['# only a comment\n', '---\n', '...\n', 'null\n']) {
+      writeFileSync(yamlFile, text);
+      err = '';
+      assert.equal(await servicesApply(yamlFile, { pinRoot, cgroupPath: CG, ...io }), 1, JSON.stringify(text));
+      assert.match(err, /services: \[\]/, JSON.stringify(text));
+    }
+    err = '';
+    assert.equal(await servicesApply(emptyDir, { pinRoot, cgroupPath: CG, ...io }), 1);
+    assert.match(err, /no services file/);
+    const still = await runClient({ mode: 'tcp', host: '10.96.77.7', port: 80, count: 1 });
+    assert.deepEqual(still.byBackend, { '10.77.0.3:8080': 1 }, 'the bad inputs changed nothing');
 
     out = '';
     assert.equal(await servicesList({ pinRoot, json: true, ...io }), 0);

@@ -177,3 +177,24 @@ test('the model built from converted services programs exactly the converted por
   const d = [...model.desired().values()];
   assert.deepEqual(d.map((x) => [x.key, x.name, x.backends]), [['10.96.0.30:80/TCP', 'default/web:http', ['10.200.0.8:8080']]]);
 });
+
+test('ports the apiserver would refuse (a 100,000-character name, port 0 or 70000) are skipped, not programmed; targetPort "80" is never a name', () => {
+  const long = 'p'.repeat(100_000);
+  const c = convertService(svc({ clusterIP: '10.96.0.12', ports: [
+    { name: long, port: 80, protocol: 'TCP', targetPort: 8080 },
+    { name: 'ok', port: 0, protocol: 'TCP', targetPort: 8080 },
+    { name: 'big', port: 70000, protocol: 'TCP', targetPort: 8080 },
+    { name: 'http', port: 81, protocol: 'TCP', targetPort: '80' },
+  ] }));
+  assert.deepEqual(c.service?.ports.map((p) => p.port), [81]);
+  assert.equal(c.skippedPorts.length, 3);
+  for (const p of c.skippedPorts) assert.ok(p.length < 80, p);
+  // The quoted "80" played no part: the backend port comes from the slice port named http.
+  const d = desiredPorts(c.service!, mergeSlices([slice('s', 'web', [{ addresses: ['10.200.0.9'] }], [
+    { name: 'http', port: 8080, protocol: 'TCP' },
+    { name: long, port: 9999, protocol: 'TCP' },
+  ])]));
+  assert.deepEqual(d[0]!.backends, ['10.200.0.9:8080']);
+  const merged = mergeSlices([slice('s', 'web', [{ addresses: ['10.200.0.9'] }], [{ name: long, port: 1, protocol: 'TCP' }, { name: 'x', port: 0, protocol: 'TCP' }])]);
+  assert.deepEqual(merged[0]!.ports, {}, 'bad slice ports are not kept');
+});

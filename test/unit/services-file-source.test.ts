@@ -77,7 +77,7 @@ test('errors name the entry and the field', () => {
     [{ services: [svc({}), svc({ clusterIP: '10.96.0.2' })] }, 'services[1].name: duplicate service default/a (also services[0])'],
     [{ services: [svc({}), svc({ name: 'b' })] }, 'services[1].ports[0]: 10.96.0.1:80/TCP is already used by services[0].ports[0]'],
     [{ services: [svc({ name: 'Bad_Name' })] }, 'services[0].name: must be a DNS label (lowercase letters, digits, -; at most 63)'],
-    [{ services: [svc({ ports: [{ port: 80, targetPort: 70000 }] })] }, 'services[0].ports[0].targetPort: must be a port number (1-65535) or an endpoint port name'],
+    [{ services: [svc({ ports: [{ port: 80, targetPort: 70000 }] })] }, 'services[0].ports[0].targetPort: must be a port number (1-65535) or an endpoint port name (IANA_SVC_NAME: at most 15 lowercase letters, digits, -, with a letter)'],
   ];
   for (const [doc, want] of cases) assert.ok(problemsOf(() => validateServices(doc, 'f.yaml')).includes(want), `expected ${JSON.stringify(want)} in ${JSON.stringify(problemsOf(() => validateServices(doc, 'f.yaml')))}`);
   // TCP and UDP on one port are distinct, not a collision.
@@ -171,4 +171,68 @@ test('an empty file is an error, not "no services" (a watcher may read between t
   await assert.rejects(parseServicesText('', 'x.yaml'), (e: unknown) => e instanceof ServiceFileError && /empty/.test(e.message));
   await assert.rejects(parseServicesText('  \n', 'x.json'), (e: unknown) => e instanceof ServiceFileError && /services: \[\]/.test(e.message));
   assert.deepEqual(await parseServicesText('services: []\n', 'x.yaml'), []);
+});
+
+// issue 15: each of these programmed zero services and exited 0.
+test('a file that says nothing (comment, ---, ..., null, {}) is an error unless it says "services: []"', async () => {
+  const blank: [string, string][] = [
+    ['# only a comment\n', 'x.yaml'],
+    ['---\n', 'x.yaml'],
+    ['...\n', 'x.yaml'],
+    ['---\n...\n', 'x.yaml'],
+    ['null\n', 'x.yaml'],
+    ['~\n', 'x.yaml'],
+    ['null', 'x.json'],
+    ['{}', 'x.json'],
+    ['services:\n', 'x.yaml'],
+    ['{"services": null}', 'x.json'],
+  ];
+  for (const [text, file] of blank) {
+    await assert.rejects(parseServicesText(text, file), (e: unknown) => e instanceof ServiceFileError && /services: \[\]/.test(e.message), JSON.stringify(text));
+  }
+  assert.deepEqual(await parseServicesText('# none for now\nservices: []\n', 'x.yaml'), []);
+  assert.deepEqual(await parseServicesText('{"services": []}', 'x.json'), []);
+});
+
+test('an empty directory (or one with no services files) is an error, like an empty file', async () => {
+  const d = mkdtempSync(join(dir, 'empty-'));
+  await assert.rejects(loadServices(d), (e: unknown) => e instanceof ServiceFileError && /no services file/.test(e.message));
+  writeFileSync(join(d, 'README.txt'), 'not a services file');
+  writeFileSync(join(d, '.hidden.yaml'), 'services: []');
+  await assert.rejects(loadServices(d), (e: unknown) => e instanceof ServiceFileError && /no services file/.test(e.message));
+  writeFileSync(join(d, 'none.yaml'), 'services: []\n');
+  assert.deepEqual(await loadServices(d), []);
+});
+
+test('targetPort "80" (a quoted number) is an error, never a port name', () => {
+  const svc = (targetPort: unknown) => ({ services: [{ name: 'a', clusterIP: '10.96.0.1', ports: [{ port: 80, targetPort }] }] });
+  assert.match(problemsOf(() => validateServices(svc('80')))[0]!, /services\[0\]\.ports\[0\]\.targetPort: .*quoted number/);
+  assert.match(problemsOf(() => validateServices(svc('0080')))[0]!, /quoted number/);
+  assert.deepEqual(validateServices(svc('http'))[0]!.service.ports[0]!.targetPort, 'http');
+  assert.deepEqual(validateServices(svc(8080))[0]!.service.ports[0]!.targetPort, 8080);
+});
+
+test('port names follow Kubernetes: IANA_SVC_NAME (<= 15) for target and endpoint ports, DNS label (<= 63) for service ports', () => {
+  const long = 'p'.repeat(100_000);
+  const svc = (port: Record<string, unknown>, endpointPorts?: Record<string, unknown>) => ({
+    services: [{ name: 'a', clusterIP: '10.96.0.1', ports: [{ port: 80, ...port }], endpoints: [{ ip: '10.1.0.5', ...(endpointPorts ? { ports: endpointPorts } : {}) }] }],
+  });
+  const cases: [object, RegExp][] = [
+    [svc({ targetPort: long }), /ports\[0\]\.targetPort/],
+    [svc({ targetPort: 'a-very-long-port-name' }), /ports\[0\]\.targetPort/], // 21 > 15
+    [svc({ targetPort: 'a--b' }), /ports\[0\]\.targetPort/],
+    [svc({ name: long, targetPort: 80 }), /ports\[0\]\.name/],
+    [svc({ name: 'x'.repeat(64), targetPort: 80 }), /ports\[0\]\.name/],
+    [svc({ targetPort: 'http' }, { [long]: 8080 }), /endpoints\[0\]\.ports/],
+    [svc({ targetPort: 'http' }, { HTTP: 8080 }), /endpoints\[0\]\.ports/],
+    [svc({ targetPort: 'http' }, { '80': 8080 }), /endpoints\[0\]\.ports/],
+  ];
+  for (const [doc, field] of cases) {
+    const problems = problemsOf(() => validateServices(doc));
+    assert.ok(problems.some((p) => field.test(p)), `${field}: ${problems.join(' | ').slice(0, 300)}`);
+    // The message shows a bounded part of a huge name, not all of it.
+    for (const p of problems) assert.ok(p.length < 300, `problem of ${p.length} characters`);
+  }
+  const ok = validateServices(svc({ name: 'x'.repeat(63), targetPort: 'metrics-port15' }, { 'metrics-port15': 9100 }));
+  assert.equal(ok[0]!.endpoints[0]!.ports!['metrics-port15'], 9100);
 });
