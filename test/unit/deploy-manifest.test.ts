@@ -114,9 +114,26 @@ test('patu.yaml: the DaemonSet runs install --cni-only then agent --kubernetes -
 
   const vols = new Map((spec.volumes as Doc[]).map((v) => [v.name, v.hostPath?.path]));
   const mounts = new Map((agent!.volumeMounts as Doc[]).map((m) => [vols.get(m.name), m]));
-  for (const host of ['/sys/fs/bpf', '/sys/fs/cgroup', '/opt/cni/bin', '/etc/cni/net.d', '/var/lib/patu', '/run/patu', '/run/netns']) {
+  for (const host of ['/sys/fs/bpf', '/sys/fs/cgroup', '/etc/cni/net.d', '/var/lib/patu', '/run/patu', '/run/netns']) {
     assert.ok(mounts.has(host), `agent mounts host ${host}`);
   }
+  // Least privilege (issue 15): the long-running agent does not get the host's CNI bin dir
+  // (writing it is root on the node; only the init step installs there) nor the iptables
+  // lock (patu uses nft only), and mounts nothing beyond what it uses.
+  assert.deepEqual([...mounts.keys()].sort(), ['/etc/cni/net.d', '/run/netns', '/run/patu', '/sys/fs/bpf', '/sys/fs/cgroup', '/var/lib/patu']);
+  assert.ok(!vols.has('xtables-lock') && ![...vols.values()].includes('/run/xtables.lock'), 'no volume for /run/xtables.lock');
+  const cniBinVolume = [...vols].find(([, path]) => path === '/opt/cni/bin')![0];
+  const withCniBin = [...(spec.initContainers as Doc[]), ...(spec.containers as Doc[])]
+    .filter((c) => (c.volumeMounts as Doc[]).some((m) => m.name === cniBinVolume)).map((c) => c.name);
+  assert.deepEqual(withCniBin, ['install-cni'], 'only the install step mounts the CNI bin dir');
+  // The init step: root's file access in the mounted host directories and nothing more.
+  const sc = init!.securityContext;
+  assert.equal(sc.allowPrivilegeEscalation, false);
+  assert.equal(sc.readOnlyRootFilesystem, true);
+  assert.deepEqual(sc.capabilities, { drop: ['ALL'], add: ['DAC_OVERRIDE', 'FOWNER'] });
+  // ... and the manifest says why, next to it.
+  const text = readFileSync(join(REPO_ROOT, 'deploy', 'patu.yaml'), 'utf8');
+  for (const word of ['DAC_OVERRIDE', 'FOWNER', 'root on the', 'xtables.lock']) assert.ok(text.includes(word), `patu.yaml explains ${word}`);
   // The host's bpffs, without propagation (works where the host's mounts are private); the agent must not mount its own.
   assert.equal(mounts.get('/sys/fs/bpf')!.mountPropagation, undefined);
   assert.ok((agent!.env as Doc[]).some((e) => e.name === 'PATU_BPFFS_MOUNT' && e.value === 'never'));
