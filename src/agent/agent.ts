@@ -12,6 +12,7 @@ import { DEFAULTS } from '../defaults.js';
 import { libbpfLog } from '../kernel/bpf/log.js';
 // Types only: the Kubernetes side is loaded on demand, with --kubernetes.
 import type { KubernetesAgentOptions } from '../k8s/agent-k8s.js';
+import { messageOf } from '../errors.js';
 
 export interface AgentOptions {
   cniSocket: string;
@@ -63,7 +64,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     try {
       cgroup = resolveCgroup({ cgroup: opts.cgroup, under: opts.cgroupFs });
     } catch (e) {
-      throw new Error(`agent: ${(e as Error).message} (--cgroup names the directory explicitly; --cgroup-fs where to look)`, { cause: e });
+      throw new Error(`agent: ${messageOf(e)} (--cgroup names the directory explicitly; --cgroup-fs where to look)`, { cause: e });
     }
     log.info({ cgroup, ...(opts.cgroup ? {} : { discovered: true }) }, 'cgroup2 attach point');
   }

@@ -7,6 +7,7 @@ import { Lab } from '../demo/lab.js';
 import { findCgroup2Root } from '../kernel/cgroup.js';
 import { haveTool, iperf, pingPong, type Latency, type Throughput } from '../demo/measure.js';
 import { countClientScript, nameServerScript, type CountResult } from '../demo/probe.js';
+import { messageOf } from '../errors.js';
 
 export interface DemoOptions {
   keep?: boolean;
@@ -121,7 +122,7 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     results.service = counts;
   } catch (err) {
     failed = true;
-    say(`\ndemo step failed: ${(err as Error).message}`);
+    say(`\ndemo step failed: ${messageOf(err)}`);
   } finally {
     if (opts.keep && !failed) {
       lab.stopAgent(); // the pods stay; later CNI calls run the plugin in its own process

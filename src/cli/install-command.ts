@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { install, uninstall, type InstallMode, type InstallOptions } from '../install/install.js';
 import { FLAVOUR_DEFAULTS, UNIT_NAME, type PathOptions } from '../install/paths.js';
 import { findCgroup2Root } from '../kernel/cgroup.js';
+import { messageOf } from '../errors.js';
 
 /** The path flags (see PathOptions), install's own options, and what only the command line has. */
 export interface InstallCliOptions extends PathOptions, Pick<InstallOptions, 'cniOnly' | 'bundleNode' | 'conflist' | 'force'> {
@@ -63,7 +64,7 @@ export async function installCommand(o: InstallCliOptions): Promise<number> {
       try {
         process.stdout.write(`\nThe agent's cgroup eBPF programs will attach to the cgroup2 root: ${findCgroup2Root()}\n`);
       } catch (e) {
-        process.stdout.write(`\nwarning: the agent's --accel and services need cgroup2, and this host has none usable: ${(e as Error).message}\n`);
+        process.stdout.write(`\nwarning: the agent's --accel and services need cgroup2, and this host has none usable: ${messageOf(e)}\n`);
       }
     }
     process.stdout.write(`\nStart the agent (not started by install):  systemctl enable --now ${UNIT_NAME}\n`);

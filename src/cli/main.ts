@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { DEFAULTS } from '../defaults.js';
 import { libbpfLog } from '../kernel/bpf/log.js';
+import { messageOf } from '../errors.js';
 
 function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8'));
@@ -222,7 +223,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {
-    process.stderr.write(`patu: ${(err as Error).message}\n`);
+    process.stderr.write(`patu: ${messageOf(err)}\n`);
     process.exitCode = 1;
   }
 }

@@ -8,6 +8,7 @@ import { ServiceLb, readProgrammed, type ProgrammedServiceView } from '../datapl
 import { resolveCgroup } from '../kernel/cgroup.js';
 import { loadServices, ServiceFileError } from '../services/file-source.js';
 import { ServiceModel } from '../services/model.js';
+import { messageOf } from '../errors.js';
 
 export interface ServicesOptions {
   /** bpffs directory of the service maps and links (default /sys/fs/bpf/patu). */
@@ -86,7 +87,7 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
     }
     return 0;
   } catch (e) {
-    err(`patu services apply: ${(e as Error).message}\n`);
+    err(`patu services apply: ${messageOf(e)}\n`);
     return 2;
   } finally {
     lb?.close();
@@ -111,7 +112,7 @@ export async function servicesList(opts: ServicesOptions = {}): Promise<number> 
   try {
     list = readProgrammed(pinRoot);
   } catch (e) {
-    (opts.err ?? stderr)(`patu services: ${(e as Error).message}\n`);
+    (opts.err ?? stderr)(`patu services: ${messageOf(e)}\n`);
     return 2;
   }
   if (opts.json) out(JSON.stringify({ pinRoot, programmed: list !== null, services: list ?? [] }, null, 2) + '\n');

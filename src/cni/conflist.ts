@@ -7,6 +7,7 @@
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS } from '../defaults.js';
+import { errnoOf, messageOf } from '../errors.js';
 
 export interface ConflistOptions {
   podCIDR: string;
@@ -49,12 +50,12 @@ export function writeConflistIfChanged(dir: string, content: string, name: strin
   try {
     if (readFileSync(path, 'utf8') === content) return false;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`conflist: read ${path}: ${(e as NodeJS.ErrnoException).code}`);
+    if (errnoOf(e) !== 'ENOENT') throw new Error(`conflist: read ${path}: ${errnoOf(e) ?? messageOf(e)}`, { cause: e });
   }
   try {
     mkdirSync(dir, { recursive: true });
   } catch (e) {
-    throw new Error(`conflist: mkdir ${dir}: ${(e as NodeJS.ErrnoException).code}`);
+    throw new Error(`conflist: mkdir ${dir}: ${errnoOf(e) ?? messageOf(e)}`, { cause: e });
   }
   // A dot name: runtimes load only *.conf/*.conflist/*.json, so they never pick up the temp file.
   const tmp = join(dir, `.${name}.${process.pid}.tmp`);
@@ -69,7 +70,7 @@ export function writeConflistIfChanged(dir: string, content: string, name: strin
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });
-    throw new Error(`conflist: write ${path} (via ${tmp}): ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new Error(`conflist: write ${path} (via ${tmp}): ${errnoOf(e) ?? messageOf(e)}`, { cause: e });
   }
   return true;
 }

@@ -12,6 +12,7 @@
 import { request } from 'node:https';
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import type { ClientConfig } from './kubeconfig.js';
+import { messageOf } from '../errors.js';
 
 export interface KObject {
   metadata: { name?: string; namespace?: string; resourceVersion?: string };
@@ -59,7 +60,7 @@ export function getJson<T>(cfg: ClientConfig, path: string, timeoutMs = 60_000):
         try {
           resolve(JSON.parse(body) as T);
         } catch (e) {
-          reject(new Error(`GET ${path}: invalid JSON: ${(e as Error).message}`));
+          reject(new Error(`GET ${path}: invalid JSON: ${messageOf(e)}`, { cause: e }));
         }
       });
     });
@@ -178,7 +179,7 @@ function watchOnce(cfg: ClientConfig, path: string, query: Record<string, string
           try {
             ev = JSON.parse(line) as WatchEvent;
           } catch (e) {
-            fail(new Error(`WATCH ${path}: undecodable event: ${(e as Error).message}`));
+            fail(new Error(`WATCH ${path}: undecodable event: ${messageOf(e)}`, { cause: e }));
             return;
           }
           if (ev.type === 'ERROR') {

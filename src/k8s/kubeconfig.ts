@@ -12,6 +12,7 @@ import { Agent } from 'node:https';
 import { Agent as HttpAgent } from 'node:http';
 import { dirname, resolve } from 'node:path';
 import { createRequire } from 'node:module';
+import { PatuError, errnoOf, messageOf } from '../errors.js';
 
 export const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -38,16 +39,15 @@ export interface ClientConfig {
   applyToFetchOptions(opts: Record<string, unknown>): Promise<Record<string, unknown>>;
 }
 
-export class KubeConfigError extends Error {
-  override name = 'KubeConfigError';
+export class KubeConfigError extends PatuError {
+  readonly code = 'KUBECONFIG';
 }
 
 function read(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new KubeConfigError(`${what}: cannot read ${path}: ${err.code ?? err.message}`);
+    throw new KubeConfigError(`${what}: cannot read ${path}: ${errnoOf(e) ?? messageOf(e)}`, { cause: e });
   }
 }
 
@@ -101,7 +101,7 @@ export function kubeconfigFile(path: string, context?: string): ClientConfig {
     doc = parseYaml(read(path, 'kubeconfig').toString('utf8')) as Record<string, unknown>;
   } catch (e) {
     if (e instanceof KubeConfigError) throw e;
-    throw new KubeConfigError(`kubeconfig ${path}: not YAML: ${(e as Error).message}`);
+    throw new KubeConfigError(`kubeconfig ${path}: not YAML: ${messageOf(e)}`, { cause: e });
   }
   const ctxName = context ?? (doc['current-context'] as string | undefined);
   const find = <T>(list: unknown, name: string | undefined, what: string): T => {

@@ -23,6 +23,7 @@ import {
 } from './convert.js';
 import type { AgentMetrics } from './metrics.js';
 import { startInformer, type BackoffOptions, type RunningInformer } from './informers.js';
+import { messageOf } from '../errors.js';
 
 /** What programs services: ServiceLb in the agent, a recorder in tests. */
 export interface ServiceSink {
@@ -263,9 +264,9 @@ export class K8sSource {
     } catch (e) {
       // The maps may hold part of this batch: the next attempt compares everything.
       this.needResync = true;
-      this.lastError = `apply: ${(e as Error).message}`;
+      this.lastError = `apply: ${messageOf(e)}`;
       this.opts.metrics?.applyErrors.inc();
-      this.log.error({ err: (e as Error).message, retryInMs: this.opts.retryMs ?? 1000 }, 'programming services failed; retrying as a full resync');
+      this.log.error({ err: messageOf(e), retryInMs: this.opts.retryMs ?? 1000 }, 'programming services failed; retrying as a full resync');
       if (!this.closed) {
         clearTimeout(this.timer);
         this.timer = setTimeout(() => {
@@ -403,7 +404,7 @@ export class K8sSource {
     try {
       this.opts.onPodCidr?.(cidr);
     } catch (e) {
-      this.log.error({ err: (e as Error).message }, 'pod subnet change not written');
+      this.log.error({ err: messageOf(e) }, 'pod subnet change not written');
     }
   }
 

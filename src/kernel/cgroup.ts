@@ -21,6 +21,7 @@
 //    cover only that container.
 import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { messageOf } from '../errors.js';
 
 /** One line of /proc/self/mountinfo (proc(5)); paths unescaped. */
 export interface MountInfo {
@@ -189,7 +190,7 @@ export function checkCgroup2Dir(dir: string, opts: { mountinfo?: string } = {}):
     real = realpathSync(dir);
     if (!statSync(real).isDirectory()) throw new Error('not a directory');
   } catch (e) {
-    throw new CgroupError('NOT_CGROUP2', `cgroup directory ${dir}: ${(e as Error).message}`, { cause: e });
+    throw new CgroupError('NOT_CGROUP2', `cgroup directory ${dir}: ${messageOf(e)}`, { cause: e });
   }
   let best: MountInfo | undefined;
   for (const m of readMountinfo(opts)) {

@@ -6,6 +6,7 @@ import {
   open, close, ioctl, setns, unshare, mount, umount2, SysError,
   CLONE_NEWNET, O_RDONLY, O_CREAT, O_NONBLOCK, O_PATH, NS_GET_NSTYPE, MS_BIND, MNT_DETACH,
 } from './ffi/libc.js';
+import { messageOf, PatuError } from '../errors.js';
 
 /** Where `ip netns add` puts named namespaces. */
 export const NETNS_RUN_DIR = '/run/netns';
@@ -41,11 +42,11 @@ export function netnsExists(path: string): boolean {
 }
 
 /** A path that is not a network namespace handle (a FIFO, a device, a directory, a /proc file, ...). */
-export class NotANetnsError extends Error {
+export class NotANetnsError extends PatuError {
+  readonly code = 'NOT_A_NETNS';
   readonly path: string;
   constructor(path: string, problem: string, options?: { cause?: unknown }) {
     super(`'${path}' ${problem}`, options);
-    this.name = 'NotANetnsError';
     this.path = path;
   }
 }
@@ -63,7 +64,7 @@ export function openNetns(path: string): number {
   try {
     pathFd = open(path, O_PATH);
   } catch (err) {
-    throw new NotANetnsError(path, `cannot be opened: ${(err as Error).message}`, { cause: err });
+    throw new NotANetnsError(path, `cannot be opened: ${messageOf(err)}`, { cause: err });
   }
   let fd: number;
   try {
@@ -72,7 +73,7 @@ export function openNetns(path: string): number {
     try {
       fd = open(`/proc/self/fd/${pathFd}`, O_RDONLY | O_NONBLOCK);
     } catch (err) {
-      throw new NotANetnsError(path, `cannot be opened: ${(err as Error).message}`, { cause: err });
+      throw new NotANetnsError(path, `cannot be opened: ${messageOf(err)}`, { cause: err });
     }
   } finally {
     close(pathFd);
@@ -140,7 +141,7 @@ function restore(origFd: number, from: string): void {
   } catch (err) {
     // Carrying on would run the rest of the program (and every later netlink
     // socket) in the pod's namespace: there is no safe way forward.
-    process.stderr.write(`patu: fatal: cannot switch back from netns ${from}: ${(err as Error).message}\n`);
+    process.stderr.write(`patu: fatal: cannot switch back from netns ${from}: ${messageOf(err)}\n`);
     process.abort();
   }
 }

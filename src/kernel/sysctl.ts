@@ -4,6 +4,7 @@
 // (test/integration/netlink.test.ts proves it).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { SysError } from './ffi/libc.js';
+import { messageOf } from '../errors.js';
 
 /**
  * 'net.ipv4.ip_forward' -> /proc/sys/net/ipv4/ip_forward. A key written with '/'
@@ -37,7 +38,7 @@ export function writeSysctl(key: string, value: string): void {
 }
 
 function wrap(err: unknown, what: string, key: string, path: string): Error {
-  const e = err as NodeJS.ErrnoException;
-  if (typeof e.errno === 'number') return new SysError(`sysctl ${key}`, -e.errno, `${what} ${path}`);
-  return err as Error;
+  const errno = (err as { errno?: unknown } | null)?.errno;
+  if (typeof errno === 'number') return new SysError(`sysctl ${key}`, -errno, `${what} ${path}`);
+  return err instanceof Error ? err : new Error(messageOf(err));
 }

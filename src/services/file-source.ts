@@ -228,8 +228,7 @@ export async function loadServicesFile(file: string): Promise<ServiceWithEndpoin
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new ServiceFileError(file, [`(read): ${err.code ?? ''} ${err.message}`.trim()]);
+    throw new ServiceFileError(file, [`(read): ${messageOf(e)}`]);
   }
   return parseServicesText(text, file);
 }

@@ -2,6 +2,7 @@
 // names the BPF object/program/map involved and carries libbpf's log (which, for
 // a load failure, contains the kernel verifier log).
 import { SysError } from '../ffi/libc.js';
+import { PatuError } from '../../errors.js';
 
 /** How much of the log goes into the error message; the full text stays on `.log`. */
 const TAIL_LINES = 30;
@@ -48,7 +49,8 @@ export class BpfError extends SysError {
 }
 
 /** A codec whose size does not match the kernel map's key or value size. */
-export class BpfMapSizeError extends Error {
+export class BpfMapSizeError extends PatuError {
+  readonly code = 'BPF_MAP_SIZE';
   constructor(
     readonly map: string,
     readonly field: 'key' | 'value',
@@ -56,6 +58,5 @@ export class BpfMapSizeError extends Error {
     readonly mapSize: number,
   ) {
     super(`map ${map}: ${field} codec is ${codecSize} bytes but the map's ${field}_size is ${mapSize}`);
-    this.name = 'BpfMapSizeError';
   }
 }

@@ -10,6 +10,7 @@ import { BpfError } from './errors.js';
 import { TypedMap, type Codec } from './map.js';
 import { linkInfoByFd, mapInfoByFd, progInfoByFd, type LinkInfo, type MapInfo } from './introspect.js';
 import { open as openFile, O_RDONLY } from '../ffi/libc.js';
+import { errnoOf } from '../../errors.js';
 
 const O_DIRECTORY = 0o200000;
 
@@ -88,7 +89,7 @@ export class BpfLink {
     try {
       unlinkSync(this.pinPath);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      if (errnoOf(e) !== 'ENOENT') throw e;
     }
     this.pinPath = undefined;
   }
