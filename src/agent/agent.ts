@@ -86,6 +86,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       cgroupPath: cgroup,
       ...bpffs,
       onApplied: (stats) => log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed'),
+      onRepair: (repair) => log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired'),
       onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
     });
     closers.push(() => watch.close());

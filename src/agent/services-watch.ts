@@ -17,6 +17,8 @@ export interface ServicesWatchOptions extends BpffsOptions {
   onError?: (e: Error) => void;
   /** After every successful apply (for logs/metrics). */
   onApplied?: (stats: ApplyStats) => void;
+  /** Map pins that open found removed or replaced under the attached programs, and put back. */
+  onRepair?: (repair: string) => void;
 }
 
 export interface ServicesWatchHandle {
@@ -35,6 +37,7 @@ export interface ServicesWatchHandle {
  */
 export async function servicesWatch(path: string, opts: ServicesWatchOptions): Promise<ServicesWatchHandle> {
   const lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+  for (const r of lb.repairs) opts.onRepair?.(r);
   const model = new ServiceModel();
   try {
     const watcher = await watchServices(path, {

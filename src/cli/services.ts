@@ -68,6 +68,7 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
     lb = ServiceLb.open({ pinRoot: opts.pinRoot ?? DEFAULTS.pinRoot, cgroupPath: resolveCgroup({ cgroup: opts.cgroupPath }), ...(opts.mountBpffs !== undefined ? { mountBpffs: opts.mountBpffs } : {}), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
     // Full resync: what the maps hold and the file does not is removed. The
     // programs are attached by the first apply that succeeds.
+    for (const r of lb.repairs) err(`patu services apply: repaired: ${r}\n`);
     const desired = model.desired();
     const stats = lb.resync(desired);
     const attachedNow = stats.attachedNow;

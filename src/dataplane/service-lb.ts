@@ -1,11 +1,12 @@
 // Owns the socket load-balancing BPF object (bpf/sock_lb.c): its pinned maps,
 // its cgroup attachments, and the translation of the service model into map
 // entries through the phased diff in src/services/diff.ts.
-import { existsSync } from 'node:fs';
+import { existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
-import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
+import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, pinMapById, pinnedMapId, type Codec } from '../kernel/bpf/map.js';
+import { mapInfoById, progMapIds } from '../kernel/bpf/introspect.js';
 import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
 import {
@@ -183,6 +184,8 @@ export class ServiceLb {
     readonly maps: Maps,
     readonly pinRoot: string,
     readonly cgroupPath: string | undefined,
+    /** What open() found wrong under pinRoot and repaired (map pins put back to the maps the attached programs use). */
+    readonly repairs: readonly string[],
   ) {
     this.state = readState(maps);
     for (const s of this.state.services.values()) {
@@ -205,9 +208,12 @@ export class ServiceLb {
     const pinRoot = ensurePinDir(opts.pinRoot ?? DEFAULTS.pinRoot, opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs });
     const objectPath = opts.objectPath ?? DEFAULT_OBJECT;
     if (!existsSync(objectPath)) throw new Error(`ServiceLb.open: BPF object ${objectPath} is missing (run scripts/build.sh)`);
+    // Before libbpf reuses (or, for a missing pin, creates and pins) the maps.
+    const repairs = repinAttachedMaps(pinRoot);
     const obj = BpfObject.open(objectPath, { pinRoot });
     try {
       obj.load();
+      assertAttachedUse(pinRoot, obj);
       const c = SOCK_LB_MAP_CODECS;
       const maps: Maps = {
         svc: obj.map('patu_svc').typed(c.patu_svc.key, c.patu_svc.value),
@@ -218,7 +224,7 @@ export class ServiceLb {
         affinity: obj.map('patu_affinity').typed(c.patu_affinity.key, c.patu_affinity.value),
       };
       repair(maps);
-      return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath);
+      return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath, repairs);
     } catch (e) {
       obj.close();
       throw e;
@@ -437,6 +443,70 @@ export class ServiceLb {
     this.links = [];
     for (const m of Object.values(this.maps)) (m as TypedMap<unknown, unknown>).close();
     this.obj.close();
+  }
+}
+
+/** Every map of bpf/sock_lb.c: all are pinned by name under the pin root. */
+const SOCK_LB_MAPS: ReadonlySet<string> = new Set([...Object.keys(SOCK_LB_MAP_CODECS), 'patu_sock_nat']);
+
+/** For each sock_lb map an attached program (through a link pinned under pinRoot) uses: its id, by map name. */
+function attachedMaps(pinRoot: string): Map<string, { id: number; prog: string }> {
+  const used = new Map<string, { id: number; prog: string }>();
+  for (const prog of SOCK_LB_PROGRAMS) {
+    const pin = join(pinRoot, 'links', prog);
+    if (!existsSync(pin)) continue;
+    const link = BpfLink.fromPin(pin);
+    let ids: number[];
+    try {
+      ids = progMapIds(link.info().progId);
+    } finally {
+      link.close();
+    }
+    for (const id of ids) {
+      const name = mapInfoById(id).name;
+      if (!SOCK_LB_MAPS.has(name)) continue;
+      const seen = used.get(name);
+      if (seen && seen.id !== id) {
+        throw new Error(`the programs attached through ${join(pinRoot, 'links')} use two different ${name} maps (${seen.prog}: id ${seen.id}, ${prog}: id ${id}); ` +
+          'detach them (remove that directory) and apply again');
+      }
+      used.set(name, { id, prog });
+    }
+  }
+  return used;
+}
+
+/**
+ * The attached programs keep running with the maps they were loaded with,
+ * whatever happens to the pins. If a map's pin was removed, libbpf would
+ * create a new empty map in its place; if it was replaced, libbpf would reuse
+ * the impostor: either way every later apply would write maps no attached
+ * program reads, and report success. So before loading, each sock_lb map an
+ * attached program uses is pinned again where it belongs. Returns what was
+ * repaired.
+ */
+function repinAttachedMaps(pinRoot: string): string[] {
+  const repairs: string[] = [];
+  for (const [name, { id }] of attachedMaps(pinRoot)) {
+    const path = join(pinRoot, name);
+    const pinned = pinnedMapId(path);
+    if (pinned === id) continue;
+    if (pinned !== undefined) unlinkSync(path);
+    pinMapById(id, path);
+    repairs.push(pinned === undefined
+      ? `${name}: pin was missing; re-pinned map id ${id}, which the attached programs use`
+      : `${name}: pin held map id ${pinned}, the attached programs use ${id}; re-pinned ${id}`);
+  }
+  return repairs;
+}
+
+/** After load: the object's maps are the attached programs' maps, or this process would program maps nobody reads. */
+function assertAttachedUse(pinRoot: string, obj: BpfObject): void {
+  for (const [name, { id, prog }] of attachedMaps(pinRoot)) {
+    const ours = obj.map(name).info().id;
+    if (ours !== id) {
+      throw new Error(`${name} under ${pinRoot} changed while it was being opened: the attached ${prog} uses map id ${id}, the pin map id ${ours}; apply again`);
+    }
   }
 }
 

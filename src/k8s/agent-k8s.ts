@@ -48,6 +48,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   const nodeName = o.nodeName;
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   const lb = ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
+  for (const repair of lb.repairs) o.log.warn({ pinRoot: o.pinRoot, repair }, 'service map pins repaired');
   let registry: PodRegistry | undefined;
   const confDir = o.cniConfDir ?? DEFAULTS.cniConfDir;
   const source = new K8sSource({

@@ -1,12 +1,19 @@
 // ServiceLb refuses what would leave the data plane wrong, against the real
-// kernel (needs root): applies beyond a map's capacity, and (below) pin
-// directories and pins that someone else made, removed or replaced.
+// kernel (needs root): applies beyond a map's capacity, pin directories that
+// someone else made or can write, and map pins removed or replaced under the
+// attached programs.
 // Creates only (test/helpers/kernel.ts, removed after the file even when a test
 // fails): pin roots /sys/fs/bpf/patu-test-svcsafe-<pid>-*, and the cgroup
 // patu-test-svcsafe-<pid> that the programs attach to.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
+import { BpfLink } from '../../src/kernel/bpf/object.js';
+import { mapInfoById, progMapIds } from '../../src/kernel/bpf/introspect.js';
+import { pinnedMapId } from '../../src/kernel/bpf/map.js';
 import type { DesiredServicePort } from '../../src/services/model.js';
 import { scratchForTests } from '../helpers/kernel.js';
 
@@ -94,4 +101,156 @@ test('an apply beyond a map capacity is refused before the first write, naming t
   } finally {
     again.close();
   }
+});
+
+/** Runs argv as nobody (uid/gid 65534, no groups): what any local user can do. */
+function asNobody(argv: string[]): { status: number | null; stderr: string } {
+  const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--', ...argv], { encoding: 'utf8', timeout: 10_000 });
+  return { status: r.status, stderr: r.stderr };
+}
+
+const modeOf = (p: string): number => statSync(p).mode & 0o7777;
+
+test('pin directories: patu makes its own 0700, and refuses one a local user made or can write (bpffs is 1777)', { skip }, () => {
+  assert.equal(modeOf('/sys/fs/bpf') & 0o002, 0o002, 'bpffs is world-writable here: anyone can make a directory in it');
+
+  // Made by patu: root-owned 0700, the links directory too.
+  const own = scratch.pinRoot('own');
+  const lb = ServiceLb.open({ pinRoot: own, cgroupPath: CG });
+  try {
+    lb.resync(desiredPorts(1, 1));
+    for (const d of [own, join(own, 'links')]) {
+      assert.equal(statSync(d).uid, 0, d);
+      assert.equal(modeOf(d), 0o700, `${d} is ${modeOf(d).toString(8)}`);
+    }
+    // So a local user can neither list nor remove the pins in it.
+    const rm = asNobody(['rm', '-f', join(own, 'patu_svc')]);
+    assert.notEqual(rm.status, 0);
+    assert.match(rm.stderr, /Permission denied/);
+    assert.ok(existsSync(join(own, 'patu_svc')));
+  } finally {
+    lb.detach();
+    lb.close();
+  }
+
+  // Made by a local user before patu ran: refused, and nothing is pinned there.
+  const planted = scratch.pinRoot('planted');
+  const mk = asNobody(['mkdir', '-m', '0700', planted]);
+  assert.equal(mk.status, 0, mk.stderr);
+  assert.throws(() => ServiceLb.open({ pinRoot: planted, cgroupPath: CG }), (e: Error) =>
+    e.message.includes(planted) && /owned by uid 65534, not root/.test(e.message));
+  assert.deepEqual(readdirSync(planted), []);
+
+  // Root's, but writable by others: refused too (anyone could swap pins in it).
+  const open = scratch.pinRoot('open');
+  mkdirSync(open);
+  chmodSync(open, 0o1777);
+  assert.throws(() => ServiceLb.open({ pinRoot: open }), (e: Error) => e.message.includes(open) && /writable by group or others \(mode 1777\)/.test(e.message));
+  assert.deepEqual(readdirSync(open), []);
+
+  // A nested pin root is checked all the way down from bpffs.
+  const parent = scratch.pinRoot('parent');
+  assert.equal(asNobody(['mkdir', parent]).status, 0);
+  assert.throws(() => ServiceLb.open({ pinRoot: join(parent, 'patu') }), (e: Error) => e.message.includes(parent) && /owned by uid 65534/.test(e.message));
+  assert.equal(existsSync(join(parent, 'patu')), false);
+
+  // Root's 0755, as an older patu made it: nobody else can write it; tightened to 0700.
+  const older = scratch.pinRoot('older');
+  mkdirSync(older, { mode: 0o755 });
+  const l2 = ServiceLb.open({ pinRoot: older });
+  l2.close();
+  assert.equal(modeOf(older), 0o700);
+});
+
+/** Ids of the sock_lb maps the attached programs use, by map name (through the pinned links). */
+function attachedMapIds(pinRoot: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const prog of ['patu_connect4', 'patu_recvmsg4']) {
+    const link = BpfLink.fromPin(join(pinRoot, 'links', prog));
+    try {
+      for (const id of progMapIds(link.info().progId)) out[mapInfoById(id).name] = id;
+    } finally {
+      link.close();
+    }
+  }
+  return out;
+}
+
+const SVC_MAPS = ['patu_svc', 'patu_svc_slot', 'patu_backend', 'patu_revnat', 'patu_sock_nat', 'patu_affinity'];
+
+/** Ids of the maps pinned under pinRoot, by name (absent: no pin). */
+function pinnedMapIds(pinRoot: string): Record<string, number | undefined> {
+  return Object.fromEntries(SVC_MAPS.map((n) => [n, pinnedMapId(join(pinRoot, n))]));
+}
+
+/** Programs the same services through a fresh open, as a later `patu services apply` does. */
+function laterApply(pinRoot: string, desired: Map<string, DesiredServicePort>): { repairs: readonly string[]; programmed: string[] } {
+  const lb = ServiceLb.open({ pinRoot, cgroupPath: CG });
+  try {
+    lb.resync(desired);
+    return { repairs: lb.repairs, programmed: lb.programmed().map((v) => v.name) };
+  } finally {
+    lb.close();
+  }
+}
+
+test('map pins removed under the attached programs: the next open re-pins the maps they use, so an apply reaches them', { skip }, () => {
+  const pinRoot = scratch.pinRoot('removed');
+  const first = ServiceLb.open({ pinRoot, cgroupPath: CG });
+  scratch.defer('removed-pins LB', () => {
+    const l = ServiceLb.open({ pinRoot });
+    try {
+      l.detach();
+    } finally {
+      l.close();
+    }
+  });
+  first.resync(desiredPorts(2, 2));
+  first.close();
+  const attached = attachedMapIds(pinRoot);
+  assert.deepEqual(pinnedMapIds(pinRoot), attached, 'pins and attached programs agree after a normal apply');
+
+  // Whoever removed them (a local user could, in a pin directory that was theirs):
+  // the programs stay attached through their pinned links, with the old maps.
+  for (const n of ['patu_svc', 'patu_svc_slot', 'patu_backend']) unlinkSync(join(pinRoot, n));
+
+  const later = laterApply(pinRoot, desiredPorts(3, 2));
+  assert.deepEqual(attachedMapIds(pinRoot), attached, 'the attached programs were not touched');
+  assert.deepEqual(pinnedMapIds(pinRoot), attached, 'the pins point at the maps the attached programs use again');
+  assert.deepEqual(later.programmed, ['cap/s0:80', 'cap/s1:80', 'cap/s2:80'], 'what was programmed before survives, and the apply landed in those maps');
+  assert.equal(later.repairs.length, 3);
+  for (const n of ['patu_svc', 'patu_svc_slot', 'patu_backend']) {
+    assert.ok(later.repairs.some((r) => r.startsWith(`${n}: pin was missing`) && r.includes(`map id ${attached[n]}`)), `${n} repair reported: ${later.repairs.join('; ')}`);
+  }
+});
+
+test('map pins replaced under the attached programs: the pins are put back to the maps the programs use', { skip }, () => {
+  const pinRoot = scratch.pinRoot('replaced');
+  const other = scratch.pinRoot('impostor');
+  const first = ServiceLb.open({ pinRoot, cgroupPath: CG });
+  scratch.defer('replaced-pins LB', () => {
+    const l = ServiceLb.open({ pinRoot });
+    try {
+      l.detach();
+    } finally {
+      l.close();
+    }
+  });
+  first.resync(desiredPorts(2, 2));
+  first.close();
+  const attached = attachedMapIds(pinRoot);
+
+  // A map of the same shape (from another pin root, never attached) takes patu_svc's place.
+  const impostor = ServiceLb.open({ pinRoot: other });
+  impostor.resync(desiredPorts(1, 1, 500));
+  impostor.close();
+  const impostorId = pinnedMapId(join(other, 'patu_svc'));
+  unlinkSync(join(pinRoot, 'patu_svc'));
+  renameSync(join(other, 'patu_svc'), join(pinRoot, 'patu_svc'));
+  assert.equal(pinnedMapId(join(pinRoot, 'patu_svc')), impostorId);
+
+  const later = laterApply(pinRoot, desiredPorts(2, 2));
+  assert.deepEqual(pinnedMapIds(pinRoot), attached);
+  assert.deepEqual(later.programmed, ['cap/s0:80', 'cap/s1:80']);
+  assert.deepEqual(later.repairs, [`patu_svc: pin held map id ${impostorId}, the attached programs use ${attached.patu_svc}; re-pinned ${attached.patu_svc}`]);
 });

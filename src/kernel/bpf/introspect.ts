@@ -1,6 +1,7 @@
 // Read-only views of what the kernel has loaded: programs, maps and links by id,
 // with names, via bpf_*_get_next_id + bpf_obj_get_info_by_fd. `patu status`
 // uses this to show every program whose name starts with `patu_`.
+import koffi from 'koffi';
 import { raw, closeRawFd } from './libbpf.js';
 import { BpfError } from './errors.js';
 
@@ -91,6 +92,38 @@ export function progInfoByFd(fd: number): ProgInfo {
     loadTimeNs: b.readBigUInt64LE(40),
     mapIds: b.readUInt32LE(52),
   };
+}
+
+/** The maps a loaded program uses (what its instructions reference), by id. */
+export function progMapIds(progId: number): number[] {
+  const fd = raw.bpf_prog_get_fd_by_id(progId) as number;
+  if (fd < 0) throw new BpfError('bpf_prog_get_fd_by_id', -fd, { program: `id ${progId}` });
+  try {
+    const n = progInfoByFd(fd).mapIds;
+    if (n === 0) return [];
+    // Asked again with room for them: nr_map_ids@52, map_ids (a user pointer)@56.
+    const ids = Buffer.alloc(4 * n);
+    const info = Buffer.alloc(232);
+    info.writeUInt32LE(n, 52);
+    info.writeBigUInt64LE(koffi.address(ids), 56);
+    const len = [info.length];
+    const rc = raw.bpf_obj_get_info_by_fd(fd, info, len) as number;
+    if (rc < 0) throw new BpfError('bpf_obj_get_info_by_fd', -rc, { program: `id ${progId}` });
+    const got = Math.min(n, info.readUInt32LE(52));
+    return Array.from({ length: got }, (_, i) => ids.readUInt32LE(4 * i));
+  } finally {
+    closeRawFd(fd);
+  }
+}
+
+export function mapInfoById(id: number): MapInfo {
+  const fd = raw.bpf_map_get_fd_by_id(id) as number;
+  if (fd < 0) throw new BpfError('bpf_map_get_fd_by_id', -fd, { map: `id ${id}` });
+  try {
+    return mapInfoByFd(fd);
+  } finally {
+    closeRawFd(fd);
+  }
 }
 
 export interface LinkInfo {

@@ -316,3 +316,26 @@ function batchOpts(elemFlags: number): Buffer {
   return b;
 }
 
+/** The id of the map pinned at path, or undefined when nothing is pinned there. */
+export function pinnedMapId(path: string): number | undefined {
+  const fd = raw.bpf_obj_get(path) as number;
+  if (fd === -ENOENT) return undefined;
+  if (fd < 0) throw new BpfError('bpf_obj_get', -fd, { path });
+  try {
+    return mapInfoByFd(fd).id;
+  } finally {
+    closeRawFd(fd);
+  }
+}
+
+/** Pins the kernel map with this id at path (re-pinning a map that lost its pin but is still in use). */
+export function pinMapById(id: number, path: string): void {
+  const fd = raw.bpf_map_get_fd_by_id(id) as number;
+  if (fd < 0) throw new BpfError('bpf_map_get_fd_by_id', -fd, { map: `id ${id}`, path });
+  try {
+    const rc = raw.bpf_obj_pin(fd, path) as number;
+    if (rc < 0) throw new BpfError('bpf_obj_pin', -rc, { map: `id ${id}`, path });
+  } finally {
+    closeRawFd(fd);
+  }
+}

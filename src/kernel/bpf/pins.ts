@@ -1,7 +1,7 @@
 // bpffs housekeeping: where patu pins its maps/programs/links, and safe cleanup
 // that can only ever touch a directory under /sys/fs/bpf (never bpffs itself).
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, type Stats } from 'node:fs';
+import { join, relative, resolve, sep } from 'node:path';
 import { mount } from '../ffi/libc.js';
 import { DEFAULTS } from '../../defaults.js';
 
@@ -48,11 +48,56 @@ export function assertPinRoot(root: string): string {
   return abs;
 }
 
-/** Creates the pin directory (and bpffs, if needed). Returns its absolute path. */
+/** A pin directory patu must not use: someone else made it, or can change what is in it. */
+export class PinDirError extends Error {
+  readonly code = 'EPINDIR';
+  constructor(readonly path: string, reason: string) {
+    super(`pin directory ${path} ${reason}: patu keeps its pins only in directories that root owns and no one else can write (remove it, or choose another pin root)`);
+    this.name = 'PinDirError';
+  }
+}
+
+const lstatOrNull = (p: string): Stats | null => {
+  try {
+    return lstatSync(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+};
+
+/**
+ * Creates the pin directory (and bpffs, if needed) and returns its absolute
+ * path. bpffs is often mounted 1777, so any local user can create a directory
+ * there before patu does, and whoever owns (or can write) a pin directory can
+ * remove or replace the pins in it under patu's attached programs. So each
+ * directory from below bpffs down to root must be a real directory owned by
+ * root that neither group nor others can write; what is missing is created
+ * 0700. One that root owns with a looser but safe mode (0755, as patu used to
+ * make them) is tightened to 0700.
+ */
 export function ensurePinDir(root: string = DEFAULTS.pinRoot, opts: BpffsOptions = {}): string {
   const abs = assertPinRoot(root);
   ensureBpffs(opts);
-  mkdirSync(abs, { recursive: true });
+  let dir: string = BPFFS;
+  for (const part of relative(BPFFS, abs).split(sep)) {
+    dir = join(dir, part);
+    let st = lstatOrNull(dir);
+    if (!st) {
+      try {
+        mkdirSync(dir, { mode: 0o700 });
+      } catch (e) {
+        // Someone made it between the look and the mkdir: checked below like any other.
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+      st = lstatSync(dir);
+    }
+    if (!st.isDirectory()) throw new PinDirError(dir, st.isSymbolicLink() ? 'is a symbolic link' : 'is not a directory');
+    if (st.uid !== 0) throw new PinDirError(dir, `is owned by uid ${st.uid}, not root`);
+    const mode = st.mode & 0o7777;
+    if (mode & 0o022) throw new PinDirError(dir, `is writable by group or others (mode ${mode.toString(8)})`);
+    if ((mode & 0o777) !== 0o700) chmodSync(dir, 0o700);
+  }
   return abs;
 }
 
