@@ -23,6 +23,12 @@ export const DEFAULTS = {
   dataDir: '/var/lib/patu/ipam',
   /** The agent's CNI socket, which bin/patu tries first. */
   agentSocket: '/run/patu/agent.sock',
+  /**
+   * Deadline of one CNI request inside the agent: a request still running then is
+   * answered with code 11 and abandoned. Below bin/patu's own 60 s receive timeout, so
+   * the agent always answers before the launcher gives up on it.
+   */
+  agentRequestTimeoutMs: 20_000,
   /** Where container runtimes look for plugins and read network configs (containerd, CRI-O). */
   cniBinDir: '/opt/cni/bin',
   cniConfDir: '/etc/cni/net.d',

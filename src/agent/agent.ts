@@ -8,6 +8,7 @@
 // breaks established connections; bin/patu falls back to running the plugin itself.
 import pino from 'pino';
 import { startCniServer } from './cni-server.js';
+import { clip } from './cni-wire.js';
 import { DEFAULTS } from '../defaults.js';
 import { libbpfLog } from '../kernel/bpf/log.js';
 // Types only: the Kubernetes side is loaded on demand, with --kubernetes.
@@ -33,6 +34,8 @@ export interface AgentOptions {
   mountBpffs?: boolean;
   /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default DEFAULTS.metricsAddr). */
   metricsAddr?: string;
+  /** Deadline of one CNI request (default DEFAULTS.agentRequestTimeoutMs). */
+  requestTimeoutMs?: number;
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
@@ -109,23 +112,26 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => k8s.close());
   }
 
-  const server = await startCniServer({
+  const cni = await startCniServer({
     socketPath: opts.cniSocket,
+    ...(opts.requestTimeoutMs !== undefined ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
+    onProblem: (what, err) => log.error({ err: clip((err as Error | undefined)?.message, 1024) }, what),
     onRequest: (req, outcome, millis) => {
-      metrics?.cniRequests.inc({
-        command: req.env.CNI_COMMAND ?? 'unknown',
-        result: outcome.deferred ? 'deferred' : outcome.exitCode === 0 ? 'ok' : 'error',
-      });
+      const result = outcome.dropped ? 'dropped' : outcome.timedOut ? 'timeout' : outcome.deferred ? 'deferred' : outcome.exitCode === 0 ? 'ok' : 'error';
+      metrics?.cniRequests.inc({ command: clip(req.env.CNI_COMMAND, 16) ?? 'unknown', result });
+      // Every string here comes from the client: clipped, so a log line stays a line.
       log.info(
         {
-          command: req.env.CNI_COMMAND,
-          containerId: req.env.CNI_CONTAINERID,
-          ifname: req.env.CNI_IFNAME,
+          command: clip(req.env.CNI_COMMAND, 16),
+          containerId: clip(req.env.CNI_CONTAINERID, 128),
+          ifname: clip(req.env.CNI_IFNAME, 32),
           exitCode: outcome.exitCode,
           ...(outcome.deferred ? { deferred: 'IPAM lock busy: handed back to bin/patu' } : {}),
+          ...(outcome.dropped ? { dropped: outcome.dropped } : {}),
+          ...(outcome.timedOut ? { timedOut: true } : {}),
           ms: Math.round(millis * 100) / 100,
-          ...(outcome.exitCode > 0 ? { error: outcome.stdout.trim() } : {}),
-          ...(outcome.warnings ? { warnings: outcome.warnings } : {}),
+          ...(outcome.exitCode > 0 ? { error: clip(outcome.stdout.trim(), 2048) } : {}),
+          ...(outcome.warnings ? { warnings: outcome.warnings.map((w) => clip(w, 1024)) } : {}),
         },
         'cni request',
       );
@@ -139,10 +145,18 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     const stop = (signal: string) => {
       log.info({ signal }, 'shutting down (pinned eBPF state stays in place)');
       // Closing the socket makes bin/patu fall back to running the plugin itself.
-      const closed = new Promise<void>((r) => server.close(() => r()));
+      const closed = cni.close();
       Promise.allSettled([...closers.map(async (close) => close()), closed]).then(() => resolve());
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  const stuck = cni.stuckThreads();
+  if (stuck > 0) {
+    // Node's exit would wait for these threads forever (blocked in system calls).
+    log.warn({ threads: stuck }, 'exiting with CNI worker threads stuck in system calls');
+    log.flush?.();
+    const { exitNow } = await import('../kernel/ffi/libc.js');
+    exitNow(0);
+  }
 }

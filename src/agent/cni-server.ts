@@ -1,80 +1,353 @@
 // The agent's CNI endpoint: bin/patu forwards each CNI invocation here over a unix
 // socket so a pod event does not pay for a Node start. The request is handled by the
 // very same runPlugin() the standalone plugin process uses; IPAM's file lock keeps
-// agent-served and process-served requests safe from each other.
+// agent-served and process-served requests safe from each other. Wire format and
+// limits: cni-wire.ts.
 //
-// Wire protocol (see src/launcher/patu.c): request = "KEY=VALUE\n" lines for the CNI_*
-// environment, an empty line, then the raw stdin bytes, then EOF; response =
-// "<exit code>\n" then the plugin's stdout, then EOF.
+// One request must never block the others (issue 15):
+//   - The plugin work is synchronous (netlink, setns, file locks, fs), so it runs in a
+//     worker thread, never on this thread: VERSION is answered here and the server
+//     keeps accepting while any request is stuck in a system call.
+//   - One lane per network, each with its own worker: a network's requests run in
+//     order, and never wait behind another network's.
+//   - Every request has a deadline. A request still running at its deadline is
+//     answered with code 11 and abandoned: its worker is terminated (it never runs
+//     JavaScript again) and the IPAM lock files it opened are closed, so the network's
+//     lock is free; the lane starts a fresh worker for the next request.
+//   - No replays. Each invocation carries the launcher's request id. Before starting
+//     it, the agent writes one byte (a launcher that gave up and closed its socket
+//     makes that write fail: dropped) and claims the id by creating
+//     <socket dir>/requests/<id> with O_EXCL. A launcher that gives up on the agent
+//     (its receive timeout) claims the same name before it runs the request itself:
+//     whoever creates the file runs the request, the other does not.
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { runPlugin, type PluginOutcome } from '../cni/plugin.js';
+import { Worker } from 'node:worker_threads';
+import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { DEFAULTS } from '../defaults.js';
+import { LATEST_VERSION, SUPPORTED_VERSIONS } from '../cni/spec.js';
+import {
+  RequestReader,
+  STARTED,
+  clip,
+  encodeResponse,
+  errorOutcome,
+  networkOf,
+  MAX_STDIN_BYTES,
+  type CniRequest,
+  type WireOutcome,
+} from './cni-wire.js';
+import type { LoggedError, WorkerReply, WorkerRequest } from './cni-worker.js';
+
+export { decodeRequest, encodeResponse, type CniRequest } from './cni-wire.js';
 
 /** The agent waits this long for an IPAM lock before handing the request back. */
 export const AGENT_LOCK_WAIT_MS = 100;
 
-export interface CniRequest {
-  env: Record<string, string>;
-  /** The raw config bytes: runPlugin checks their size and that they are UTF-8. */
-  stdin: Buffer;
+/** What the agent did with a request, for logs and metrics. */
+export interface RequestOutcome extends WireOutcome {
+  /** What went wrong without failing the command: the caller reports it. */
+  warnings?: string[];
+  /** The failure with its cause chain and stacks, for the debug log (never in the answer). */
+  error?: LoggedError;
+  /** Handed back unanswered (IPAM lock busy): the launcher runs it itself. */
+  deferred?: boolean;
+  /** Abandoned at its deadline. */
+  timedOut?: boolean;
+  /** Not started: its launcher had gone or had claimed it. */
+  dropped?: string;
 }
-
-export function decodeRequest(bytes: Buffer): CniRequest {
-  const end = bytes.indexOf('\n\n');
-  const header = (end < 0 ? bytes : bytes.subarray(0, end)).toString('utf8');
-  const env: Record<string, string> = {};
-  for (const line of header.split('\n')) {
-    const eq = line.indexOf('=');
-    // Only CNI_* variables cross the socket: nothing else of the caller's environment
-    // may steer the agent.
-    if (eq > 0 && line.startsWith('CNI_')) env[line.slice(0, eq)] = line.slice(eq + 1);
-  }
-  return { env, stdin: end < 0 ? Buffer.alloc(0) : bytes.subarray(end + 2) };
-}
-
-export const encodeResponse = (o: PluginOutcome): string => `${o.exitCode}\n${o.stdout}`;
 
 export interface CniServerOptions {
   socketPath: string;
+  /** Deadline of one request (default DEFAULTS.agentRequestTimeoutMs). */
+  requestTimeoutMs?: number;
+  /** A network's worker exits after this long without requests (default 60 s). */
+  idleWorkerMs?: number;
   /** Called after each request, for logs and metrics. */
-  onRequest?: (req: CniRequest, outcome: PluginOutcome, millis: number) => void;
+  onRequest?: (req: CniRequest, outcome: RequestOutcome, millis: number) => void;
+  /** Problems of the server itself (a worker that failed, a claim that could not be written). */
+  onProblem?: (what: string, err?: unknown) => void;
 }
 
-export function startCniServer(opts: CniServerOptions): Promise<Server> {
+export interface CniServer {
+  server: Server;
+  /** Stops accepting, answers nothing more, ends the workers. */
+  close(): Promise<void>;
+  /** Abandoned workers whose thread has not ended yet (blocked in a system call). */
+  stuckThreads(): number;
+}
+
+interface Job {
+  req: CniRequest;
+  sock: Socket;
+  received: number;
+}
+
+interface Lane {
+  name: string;
+  queue: Job[];
+  worker?: Worker;
+  running?: { job: Job; seq: number; started: number; timer: NodeJS.Timeout };
+  /** IPAM lock fds the worker opened (fds are process-wide): closed when it is abandoned. */
+  lockFds: Set<number>;
+  idle?: NodeJS.Timeout;
+}
+
+const WORKER_URL = new URL('./cni-worker.js', import.meta.url);
+
+export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
+  const timeoutMs = opts.requestTimeoutMs ?? DEFAULTS.agentRequestTimeoutMs;
+  const idleMs = opts.idleWorkerMs ?? 60_000;
   mkdirSync(dirname(opts.socketPath), { recursive: true, mode: 0o700 });
   rmSync(opts.socketPath, { force: true }); // a socket file left by a previous agent
-  let queue: Promise<void> = Promise.resolve();
+  const claims = join(dirname(opts.socketPath), 'requests');
+  mkdirSync(claims, { recursive: true, mode: 0o700 });
+  const lanes = new Map<string, Lane>();
+  let seq = 0;
+  let closing = false;
+  const live = new Set<Worker>();
+
+  const problem = (what: string, err?: unknown) => opts.onProblem?.(what, err);
+
+  /** True when this process may run the request (see the header). */
+  function claim(id: string | undefined): boolean {
+    if (!id) return true; // a client without ids (older launcher, a test's raw socket)
+    try {
+      closeSync(openSync(join(claims, id), 'wx', 0o600));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      problem(`claiming request ${id}`, err);
+      return true;
+    }
+  }
+  const unclaim = (id: string | undefined) => id && rmSync(join(claims, id), { force: true });
+  // Claims are kept well past the launcher's 60 s timeout (a claim removed at once
+  // could let a late launcher claim a request the agent just answered), then swept.
+  const sweep = setInterval(() => {
+    const old = Date.now() - 10 * 60_000;
+    try {
+      for (const n of readdirSync(claims)) {
+        try {
+          if (statSync(join(claims, n)).mtimeMs < old) rmSync(join(claims, n), { force: true });
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+    } catch (err) {
+      problem('sweeping old request claims', err);
+    }
+  }, 60_000);
+  sweep.unref();
+
+  function finish(job: Job, outcome: RequestOutcome, answer: boolean): void {
+    if (answer) job.sock.end(encodeResponse(outcome));
+    else job.sock.end();
+    opts.onRequest?.(job.req, outcome, performance.now() - job.received);
+  }
+
+  function workerFor(lane: Lane): Worker {
+    if (lane.worker) return lane.worker;
+    const w = new Worker(WORKER_URL, {
+      // A worker serves one network's small requests: bound what it may grow to.
+      resourceLimits: { maxOldGenerationSizeMb: 128, maxYoungGenerationSizeMb: 4 },
+      stdout: false,
+      stderr: false,
+    });
+    lane.worker = w;
+    w.on('message', (m: WorkerReply) => {
+      if (m.type === 'lock-fd') {
+        lane.lockFds.add(m.fd);
+        return;
+      }
+      const run = lane.running;
+      if (lane.worker !== w || !run || run.seq !== m.seq) return; // an abandoned worker's late answer
+      clearTimeout(run.timer);
+      lane.running = undefined;
+      if (m.outcome.deferred) {
+        // Handed back unanswered: the launcher runs it, so the claim must not stop it.
+        unclaim(run.job.req.id);
+        finish(run.job, { ...m.outcome, deferred: true }, false);
+      } else {
+        finish(run.job, m.outcome, true);
+      }
+      pump(lane);
+    });
+    w.on('error', (err) => problem(`the worker of network '${clip(lane.name, 64)}' failed`, err));
+    w.on('exit', () => {
+      if (lane.worker !== w) return;
+      lane.worker = undefined;
+      closeLockFds(lane);
+      const run = lane.running;
+      if (run) {
+        // The worker died under the request (out of memory, a crash): unanswered,
+        // the launcher runs it in its own process.
+        clearTimeout(run.timer);
+        lane.running = undefined;
+        unclaim(run.job.req.id);
+        finish(run.job, errorOutcome(100, 'the agent worker exited during the request'), false);
+        pump(lane);
+      }
+    });
+    return w;
+  }
+
+  /** Ends a worker; counted as stuck until its thread has really ended. */
+  function retire(w: Worker): Promise<unknown> {
+    live.add(w);
+    w.once('exit', () => live.delete(w));
+    return w.terminate();
+  }
+
+  function closeLockFds(lane: Lane): void {
+    for (const fd of lane.lockFds) {
+      try {
+        closeSync(fd);
+      } catch {
+        /* already closed by its worker */
+      }
+    }
+    lane.lockFds.clear();
+  }
+
+  function abandon(lane: Lane): void {
+    const run = lane.running!;
+    lane.running = undefined;
+    const w = lane.worker;
+    lane.worker = undefined;
+    // terminate() stops JavaScript at once; a thread blocked in a system call stops
+    // when that call returns, and never runs the rest of the request.
+    if (w) void retire(w);
+    closeLockFds(lane);
+    finish(
+      run.job,
+      {
+        ...errorOutcome(
+          11,
+          `the agent abandoned this ${clip(run.job.req.env.CNI_COMMAND, 16)} after ${timeoutMs} ms: it was stuck in a system call or file-system operation`,
+          'anything it did half-way is removed by DEL or GC; retry',
+        ),
+        timedOut: true,
+      },
+      true,
+    );
+    pump(lane);
+  }
+
+  function pump(lane: Lane): void {
+    if (lane.running || closing) return;
+    const job = lane.queue.shift();
+    if (!job) {
+      if (lane.worker && !lane.idle) {
+        lane.idle = setTimeout(() => {
+          lane.idle = undefined;
+          if (!lane.running && lane.queue.length === 0) {
+            const w = lane.worker;
+            if (w) {
+              lane.worker = undefined;
+              void retire(w).then(() => closeLockFds(lane));
+            }
+            lanes.delete(lane.name);
+          }
+        }, idleMs);
+        lane.idle.unref();
+      }
+      return;
+    }
+    if (lane.idle) {
+      clearTimeout(lane.idle);
+      lane.idle = undefined;
+    }
+    // The start marker doubles as the check that the launcher is still there.
+    const s = ++seq;
+    lane.running = { job, seq: s, started: performance.now(), timer: setTimeout(() => {}, 0) };
+    job.sock.write(STARTED, (err) => {
+      if (lane.running?.seq !== s) return;
+      if (err || job.sock.destroyed) {
+        lane.running = undefined;
+        finish(job, { exitCode: -1, stdout: '', dropped: 'its launcher had gone' }, false);
+        pump(lane);
+        return;
+      }
+      if (!claim(job.req.id)) {
+        lane.running = undefined;
+        finish(job, { exitCode: -1, stdout: '', dropped: 'its launcher gave up and ran it itself' }, false);
+        pump(lane);
+        return;
+      }
+      lane.running.timer = setTimeout(() => abandon(lane), timeoutMs);
+      const msg: WorkerRequest = { seq: s, env: job.req.env, stdin: job.req.stdin, lockTimeoutMs: AGENT_LOCK_WAIT_MS };
+      workerFor(lane).postMessage(msg);
+    });
+  }
+
+  function submit(job: Job): void {
+    if (job.req.env.CNI_COMMAND === 'VERSION') {
+      // Needs no plugin code and no worker: answered even while every lane is stuck.
+      finish(job, { exitCode: 0, stdout: JSON.stringify({ cniVersion: LATEST_VERSION, supportedVersions: [...SUPPORTED_VERSIONS] }) + '\n' }, true);
+      return;
+    }
+    const name = networkOf(job.req.stdin);
+    let lane = lanes.get(name);
+    if (!lane) {
+      lane = { name, queue: [], lockFds: new Set() };
+      lanes.set(name, lane);
+    }
+    lane.queue.push(job);
+    pump(lane);
+  }
+
   // allowHalfOpen: the launcher shuts down its write side to mark the end of the
   // request; without it Node would close our side too, before the answer is written.
   const server = createServer({ allowHalfOpen: true }, (sock: Socket) => {
-    const chunks: Buffer[] = [];
-    sock.on('data', (c: Buffer) => chunks.push(c));
+    const reader = new RequestReader();
+    let refused = false;
     sock.on('error', () => sock.destroy());
+    sock.on('data', (c: Buffer) => {
+      if (refused) return;
+      if (reader.push(c) === 'too-large') {
+        // Refused before it is kept: the agent never grows with what a client sends.
+        refused = true;
+        const out = errorOutcome(7, `the request is larger than the agent accepts (${MAX_STDIN_BYTES} bytes of network config): a CNI config is never that large`, 'stdin');
+        sock.end(encodeResponse(out), () => sock.destroy());
+        opts.onRequest?.({ env: {}, stdin: Buffer.alloc(0) }, out, 0);
+      }
+    });
     sock.on('end', () => {
-      const req = decodeRequest(Buffer.concat(chunks));
-      // One request at a time: the kernel work is short, netns switching is per
-      // thread, and concurrent runtimes simply queue here.
-      queue = queue.then(async () => {
-        const started = performance.now();
-        const outcome = await runPlugin(req.env, req.stdin, { lockTimeoutMs: AGENT_LOCK_WAIT_MS, deferOnBusyLock: true });
-        // A deferred request is closed unanswered: bin/patu then runs it in its own
-        // process, which may wait for the lock as long as the netconf allows.
-        if (outcome.deferred) sock.end();
-        else sock.end(encodeResponse(outcome));
-        opts.onRequest?.(req, outcome, performance.now() - started);
-      }).catch(() => {
-        // Unanswered, the launcher runs the plugin itself: nothing is lost.
-        sock.destroy();
-      });
+      if (refused) return;
+      submit({ req: reader.finish(), sock, received: performance.now() });
     });
   });
+
+  async function close(): Promise<void> {
+    closing = true;
+    clearInterval(sweep);
+    const closed = new Promise<void>((r) => server.close(() => r()));
+    for (const lane of lanes.values()) {
+      if (lane.idle) clearTimeout(lane.idle);
+      if (lane.running) clearTimeout(lane.running.timer);
+      // Unanswered: the launchers run these themselves (agent down), unclaimed.
+      for (const job of [...(lane.running ? [lane.running.job] : []), ...lane.queue]) {
+        unclaim(job.req.id);
+        job.sock.destroy();
+      }
+      lane.queue = [];
+      const w = lane.worker;
+      lane.worker = undefined;
+      if (w) await Promise.race([retire(w), new Promise((r) => setTimeout(r, 1_000).unref())]);
+      closeLockFds(lane);
+    }
+    lanes.clear();
+    await closed;
+  }
+
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.socketPath, () => {
       // Root only: whoever can talk to this socket can create and delete pod networking.
       chmodSync(opts.socketPath, 0o600);
-      resolve(server);
+      resolve({ server, close, stuckThreads: () => live.size });
     });
   });
 }

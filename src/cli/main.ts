@@ -145,6 +145,11 @@ export function buildProgram(): Command {
     .option('--bridge <name>', 'with --kubernetes: the host bridge named in the conflist', DEFAULTS.bridge)
     .option('--data-dir <dir>', 'with --kubernetes: the IPAM state directory named in the conflist', DEFAULTS.dataDir)
     .option('--no-masquerade', 'with --kubernetes: the conflist does not masquerade traffic leaving the cluster CIDR')
+    .option('--request-timeout <ms>', 'deadline of one CNI request: a request still running then is answered with code 11 and abandoned', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 100 || n > 55_000) throw new Error(`--request-timeout: want whole milliseconds from 100 to 55000 (below bin/patu's 60 s), got '${v}'`);
+      return n;
+    }, DEFAULTS.agentRequestTimeoutMs)
     .option('--metrics-addr <host:port>', `/metrics, /healthz, /readyz (default with --kubernetes: ${DEFAULTS.metricsAddr}; otherwise off)`)
     .addOption(pinRoot)
     .option('--log-level <level>', 'trace, debug, info, warn or error', DEFAULTS.logLevel)
@@ -174,6 +179,7 @@ export function buildProgram(): Command {
           }
           : {}),
         ...(opts.metricsAddr ? { metricsAddr: opts.metricsAddr } : {}),
+        requestTimeoutMs: opts.requestTimeout,
       });
     });
 

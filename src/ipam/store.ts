@@ -84,6 +84,16 @@ export const MAX_NETWORK_NAME = 255;
 // on separate open file descriptions, which would deadlock a single thread.
 const held = new Map<string, { fd: number; depth: number }>();
 
+let lockFdObserver: ((fd: number) => void) | undefined;
+/**
+ * Called with each lock fd this thread opens. The agent runs the plugin in worker
+ * threads and closes the fds of a worker it abandons (fds are process-wide, so a
+ * terminated worker's lock would otherwise stay held for the agent's lifetime).
+ */
+export function observeLockFds(fn: (fd: number) => void): void {
+  lockFdObserver = fn;
+}
+
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 const sleepMs = (ms: number): void => {
   Atomics.wait(sleeper, 0, 0, ms);
@@ -168,6 +178,7 @@ export class IpamStore {
     if (!h) {
       h = { fd: libcOpen(this.lockPath, O_RDWR | O_CREAT, FILE_MODE), depth: 0 };
       held.set(this.lockPath, h);
+      lockFdObserver?.(h.fd);
     }
     if (h.depth > 0) {
       h.depth++;

@@ -9,9 +9,17 @@
  * mid-request) it runs the plugin itself in Node, which does the same work and is
  * just slower. Without CNI_COMMAND it is the `patu` CLI: it execs Node straight away.
  *
- * Wire protocol (one request per connection):
- *   request:  "KEY=VALUE\n" for every CNI_* variable, "\n", then the raw stdin bytes; EOF (shutdown SHUT_WR)
- *   response: "<exit code>\n" then the plugin's stdout bytes; EOF
+ * Wire protocol (one request per connection; src/agent/cni-wire.ts):
+ *   request:  "KEY=VALUE\n" for every CNI_* variable, "PATU_REQUEST_ID=<32 hex>\n", "\n",
+ *             then the raw stdin bytes; EOF (shutdown SHUT_WR)
+ *   response: " " when the agent starts the request, "<exit code>\n", then the plugin's
+ *             stdout bytes; EOF
+ *
+ * No replays: when this launcher gives up waiting (receive timeout), it claims the
+ * request id by creating <socket dir>/requests/<id> with O_EXCL before running the
+ * request itself; the agent claims the same name before it starts a request. Whoever
+ * creates the file runs the request. So a request the agent had not started is never
+ * run by it later, and one the agent is running is not run twice (answer: code 11).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,7 +28,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -36,6 +47,10 @@
 /* The largest network config accepted (src/cni/netconf.ts MAX_CONFIG_BYTES is the same):
    beyond it the answer is code 7 naming the limit; code 5 means stdin could not be read. */
 #define MAX_STDIN (16 << 20)
+/* The agent refuses configs beyond 1 MB (src/agent/cni-wire.ts); those go to the local run. */
+#define MAX_AGENT_STDIN (1 << 20)
+/* The agent answers within its own deadline (20 s by default); this is the backstop. */
+#define DEFAULT_AGENT_TIMEOUT_MS 60000
 
 extern char **environ;
 
@@ -73,6 +88,20 @@ static int read_all(int fd, struct buf *b, size_t limit) {
 static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* send() without SIGPIPE: an agent that refuses a request and closes must not kill us. */
+static int send_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
     if (w < 0) {
       if (errno == EINTR) continue;
       return -1;
@@ -123,10 +152,34 @@ static void exec_node(const char *script, const char *v8flag, int argc, char **a
   _exit(127);
 }
 
-/* Returns the plugin's exit code, or -1 when the agent could not answer (run locally). */
+#define AGENT_GAVE_UP (-2)
+
+/*
+ * Claims request `id` for this process (see the header). Returns 1 when we may run it,
+ * 0 when the agent has claimed it (it is running or ran it).
+ */
+static int claim_request(const char *sock_path, const char *id) {
+  char dir[PATH_MAX], path[PATH_MAX + 64];
+  snprintf(dir, sizeof dir, "%s", sock_path);
+  snprintf(path, sizeof path, "%s/requests", dirname(dir));
+  if (mkdir(path, 0700) < 0 && errno != EEXIST) return 1; /* no claims possible: the agent cannot have claimed either */
+  snprintf(path + strlen(path), sizeof path - strlen(path), "/%s", id);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    close(fd);
+    return 1;
+  }
+  return errno == EEXIST ? 0 : 1;
+}
+
+/*
+ * Returns the plugin's exit code; -1 when the agent could not answer (run locally);
+ * AGENT_GAVE_UP when the agent is still running it after our timeout (answered here).
+ */
 static int via_agent(const struct buf *in) {
   const char *sock_path = getenv("PATU_AGENT_SOCKET");
   if (!sock_path || !*sock_path) sock_path = DEFAULT_AGENT_SOCKET;
+  if (in->len > MAX_AGENT_STDIN) return -1;
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   if (strlen(sock_path) >= sizeof addr.sun_path) return -1;
   strcpy(addr.sun_path, sock_path);
@@ -138,8 +191,19 @@ static int via_agent(const struct buf *in) {
     return -1;
   }
   /* A wedged agent must not wedge the runtime forever: give up and run locally. */
-  struct timeval tv = {.tv_sec = 60};
+  long timeout_ms = DEFAULT_AGENT_TIMEOUT_MS;
+  const char *t = getenv("PATU_AGENT_TIMEOUT_MS"); /* tests */
+  if (t && atol(t) > 0) timeout_ms = atol(t);
+  struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+  unsigned char raw[16];
+  char id[sizeof raw * 2 + 1];
+  if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+    close(fd);
+    return -1;
+  }
+  for (size_t i = 0; i < sizeof raw; i++) snprintf(id + 2 * i, 3, "%02x", raw[i]);
 
   struct buf req = {0};
   for (char **e = environ; *e; e++) {
@@ -147,24 +211,35 @@ static int via_agent(const struct buf *in) {
       if (buf_append(&req, *e, strlen(*e)) < 0 || buf_append(&req, "\n", 1) < 0) goto fail;
     }
   }
-  if (buf_append(&req, "\n", 1) < 0) goto fail;
+  if (buf_append(&req, "PATU_REQUEST_ID=", 16) < 0 || buf_append(&req, id, strlen(id)) < 0 ||
+      buf_append(&req, "\n\n", 2) < 0)
+    goto fail;
   if (in->len && buf_append(&req, in->data, in->len) < 0) goto fail;
-  if (write_all(fd, req.data, req.len) < 0) goto fail;
+  if (send_all(fd, req.data, req.len) < 0) goto fail;
   shutdown(fd, SHUT_WR);
 
   struct buf resp = {0};
-  if (read_all(fd, &resp, MAX_STDIN) != 0) {
+  int rc = read_all(fd, &resp, MAX_STDIN);
+  if (rc != 0) {
+    int timed_out = rc == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
     free(resp.data);
-    goto fail;
+    close(fd);
+    free(req.data);
+    if (!timed_out || claim_request(sock_path, id)) return -1; /* run locally */
+    printf("{\"cniVersion\":\"1.1.0\",\"code\":11,\"msg\":\"the patu agent is still running this request after %ld ms; not running it a second time\",\"details\":\"retry\"}\n", timeout_ms);
+    return AGENT_GAVE_UP;
   }
   close(fd);
   free(req.data);
-  char *nl = resp.len ? memchr(resp.data, '\n', resp.len) : NULL;
+  /* Leading spaces: the agent's start marker. */
+  size_t skip = 0;
+  while (skip < resp.len && resp.data[skip] == ' ') skip++;
+  char *nl = resp.len > skip ? memchr(resp.data + skip, '\n', resp.len - skip) : NULL;
   if (!nl) {
     free(resp.data);
-    return -1; /* agent closed without an answer (restarting?): run locally */
+    return -1; /* agent closed without an answer (restarting, or handed it back): run locally */
   }
-  int code = atoi(resp.data);
+  int code = atoi(resp.data + skip);
   size_t off = (size_t)(nl - resp.data) + 1;
   write_all(STDOUT_FILENO, resp.data + off, resp.len - off);
   free(resp.data);
@@ -198,6 +273,7 @@ int main(int argc, char **argv) {
   }
   if (!getenv("PATU_NO_AGENT")) {
     int code = via_agent(&in);
+    if (code == AGENT_GAVE_UP) return 1;
     if (code >= 0) return code;
   }
 

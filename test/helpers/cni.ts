@@ -589,22 +589,26 @@ export function diffSnapshots(before: HostSnapshot, after: HostSnapshot, scope: 
 
 export interface AgentHandle {
   socket: string;
+  pid: number;
   /** Requests the agent logged as served: proves the launcher did not fall back to Node. */
   served(): number;
   log(): string;
-  stop(): Promise<void>;
+  /** SIGTERM, then SIGKILL after 5 s; resolves with how the agent ended. */
+  stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
 /** Starts `bin/patu agent` on a private socket; resolves once the socket exists (bounded). */
-export async function startAgent(bin: string, socket: string, logLevel = 'info'): Promise<AgentHandle> {
-  const child = spawn(bin, ['agent', '--cni-socket', socket, '--log-level', logLevel], {
+export async function startAgent(bin: string, socket: string, logLevel = 'info', extraArgs: string[] = []): Promise<AgentHandle> {
+  const child = spawn(bin, ['agent', '--cni-socket', socket, '--log-level', logLevel, ...extraArgs], {
     env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
-  const exited = new Promise<void>((res) => child.on('close', () => res()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
+    child.on('close', (code, signal) => res({ code, signal })),
+  );
   for (let i = 0; i < 100 && !existsSync(socket); i++) {
     if (child.exitCode !== null) break;
     await new Promise((r) => setTimeout(r, 100));
@@ -615,13 +619,15 @@ export async function startAgent(bin: string, socket: string, logLevel = 'info')
   }
   return {
     socket,
+    pid: child.pid!,
     served: () => (log.match(/"msg":"cni request"/g) ?? []).length,
     log: () => log,
     async stop() {
-      child.kill('SIGTERM');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 5_000);
-      await exited;
+      const how = await exited;
       clearTimeout(t);
+      return how;
     },
   };
 }

@@ -6,7 +6,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -17,6 +18,7 @@ import {
   isRoot,
   patuFlavour,
   startAgent,
+  startPlugin,
   type AgentHandle,
   type ExecOptions,
   type Flavour,
@@ -28,7 +30,7 @@ const skip = !isRoot()
 
 const tag = `cf${process.pid.toString(36)}`;
 const made: string[] = [];
-const cleanups: (() => void | Promise<void>)[] = [];
+const cleanups: (() => unknown)[] = [];
 let f: Flavour;
 let agent: AgentHandle | undefined;
 let scratch: string;
@@ -128,6 +130,176 @@ describe('ipam.dataDir in a kernel tree', { skip }, () => {
     }
   }
   test('the agent still answers', async () => {
+    const v = await execPlugin(f.bin, 'VERSION', '', viaAgent({ timeoutMs: 5_000 }));
+    assert.equal(v.code, 0, show(v));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// A request stuck in a system call: the agent's worker reads the IPAM round-robin
+// cursor, and a FIFO in its place blocks that open() for as long as nobody writes.
+
+/** Makes ADDs on `net` block in the agent: its cursor file becomes a FIFO. */
+function wedge(net: Flavour): { fifo: string; release(): void } {
+  const dir = join(net.dataDir, net.netName);
+  mkdirSync(dir, { recursive: true });
+  const fifo = join(dir, 'last_reserved_ip.0');
+  rmSync(fifo, { force: true });
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+  return {
+    fifo,
+    release() {
+      // A writer lets the blocked open() return; no reader: ENXIO, nothing was blocked.
+      try {
+        closeSync(openSync(fifo, fsc.O_WRONLY | fsc.O_NONBLOCK));
+      } catch {
+        /* nobody blocked on it */
+      }
+      rmSync(fifo, { force: true });
+    },
+  };
+}
+
+describe('a stuck request in the agent', { skip }, () => {
+  let slowAgent: AgentHandle;
+  let netA: Flavour;
+  let netB: Flavour;
+  const TIMEOUT = 3_000;
+  const viaSlow = (o: ExecOptions = {}): ExecOptions => ({ timeoutMs: 40_000, ...o, env: { PATU_AGENT_SOCKET: slowAgent.socket, ...o.env } });
+
+  before(async () => {
+    netA = patuFlavour();
+    netB = patuFlavour();
+    cleanups.push(() => netA.destroy(), () => netB.destroy());
+    slowAgent = await startAgent(f.bin, join(scratch, 'slow.sock'), 'info', ['--request-timeout', String(TIMEOUT)]);
+    cleanups.push(() => slowAgent.stop());
+  });
+
+  test('VERSION and other networks are served while one request is stuck; the stuck one is abandoned with code 11; its network works afterwards', async () => {
+    const w = wedge(netA);
+    cleanups.push(() => w.release());
+    const podA = newNetns();
+    const stuck = startPlugin(f.bin, 'ADD', netA.netconf(), viaSlow({ containerId: podA.id, netns: podA.path }));
+    await new Promise((r) => setTimeout(r, 500));
+
+    const v = await execPlugin(f.bin, 'VERSION', '', viaSlow({ timeoutMs: 10_000 }));
+    assert.equal(v.code, 0, `VERSION while a request is stuck: ${show(v)}`);
+    assert.ok(v.ms < 1_500, `VERSION took ${v.ms} ms`);
+    const st = await execPlugin(f.bin, 'STATUS', netB.netconf(), viaSlow({ timeoutMs: 10_000 }));
+    assert.equal(st.code, 0, `STATUS of another network: ${show(st)}`);
+    const podB = newNetns();
+    const addB = await execPlugin(f.bin, 'ADD', netB.netconf(), viaSlow({ containerId: podB.id, netns: podB.path }));
+    assert.equal(addB.code, 0, `ADD on another network: ${show(addB)}`);
+    assert.ok(addB.ms < TIMEOUT, `ADD on another network waited ${addB.ms} ms behind the stuck one`);
+    assert.equal((await execPlugin(f.bin, 'DEL', netB.netconf(), viaSlow({ containerId: podB.id, netns: podB.path }))).code, 0);
+
+    const r = await stuck.done;
+    assert.equal(r.signal, null, `the stuck ADD was never answered: ${show(r)}`);
+    assert.equal(r.json?.code, 11, show(r));
+    assert.match(r.json.msg, /abandoned/, show(r));
+    assert.ok(r.ms >= TIMEOUT - 500 && r.ms < TIMEOUT + 8_000, `answered after ${r.ms} ms (deadline ${TIMEOUT})`);
+    assert.match(slowAgent.log(), /"timedOut":true/, 'the agent logged the abandoned request');
+
+    // The stuck thread still sits in open() of the FIFO. Its network must work again:
+    // the IPAM lock it held was closed with it.
+    rmSync(w.fifo, { force: true });
+    const podA2 = newNetns();
+    const conf = { ...netA.netconf(), ipam: { ...netA.netconf().ipam, lockTimeoutMs: 2_000 } };
+    const again = await execPlugin(f.bin, 'ADD', conf, viaSlow({ containerId: podA2.id, netns: podA2.path }));
+    assert.equal(again.code, 0, `ADD on the network after its stuck request was abandoned: ${show(again)}`);
+    assert.equal((await execPlugin(f.bin, 'DEL', conf, viaSlow({ containerId: podA2.id, netns: podA2.path }))).code, 0);
+    // The abandoned ADD's own pod: DEL cleans up whatever it did half-way.
+    assert.equal((await execPlugin(f.bin, 'DEL', netA.netconf(), viaSlow({ containerId: podA.id, netns: podA.path }))).code, 0);
+    assert.deepEqual(ipamFiles(netA.dataDir, netA.netName), []);
+  });
+
+  test('no replay: a request the launcher gave up on and ran itself is never run by the agent later', async () => {
+    const w = wedge(netA);
+    cleanups.push(() => w.release());
+    const podStuck = newNetns();
+    const stuck = startPlugin(f.bin, 'ADD', netA.netconf(), viaSlow({ containerId: podStuck.id, netns: podStuck.path }));
+    await new Promise((r) => setTimeout(r, 500));
+    // Queued behind the stuck request on the same network. Its launcher gives up
+    // after 1 s and runs it in its own process: a requested address reads no cursor,
+    // and it waits for the IPAM lock the stuck request holds until the agent abandons it.
+    const pod = newNetns();
+    const ip = `${netA.prefix}.77`;
+    const conf = { ...netA.netconf(), ipam: { ...netA.netconf().ipam, lockTimeoutMs: 15_000 }, runtimeConfig: { ips: [`${ip}/24`] } };
+    const r = await execPlugin(f.bin, 'ADD', conf, viaSlow({ containerId: pod.id, netns: pod.path, env: { PATU_AGENT_TIMEOUT_MS: '1000' } }));
+    assert.equal(r.code, 0, `the launcher's own run: ${show(r)}`);
+    const veth = r.json.interfaces[1].name as string;
+    const ifindex = readFileSync(`/sys/class/net/${veth}/ifindex`, 'utf8').trim();
+    const s = await stuck.done;
+    assert.equal(s.json?.code, 11, show(s));
+    // Let the stuck open() return too: an agent that kept the request queued would run it now.
+    w.release();
+    await new Promise((res) => setTimeout(res, 2_500));
+    assert.equal(readFileSync(`/sys/class/net/${veth}/ifindex`, 'utf8').trim(), ifindex, `${veth} was deleted and recreated after the runtime had its result: a replay`);
+    assert.match(slowAgent.log(), /"dropped":"its launcher (had gone|gave up and ran it itself)"/, 'the agent logged the dropped request');
+    for (const p of [pod, podStuck]) {
+      assert.equal((await execPlugin(f.bin, 'DEL', conf, viaSlow({ containerId: p.id, netns: p.path }))).code, 0);
+    }
+    assert.deepEqual(ipamFiles(netA.dataDir, netA.netName), []);
+  });
+
+  test('SIGTERM ends the agent even while a worker thread is blocked in a system call', async () => {
+    const w = wedge(netA);
+    cleanups.push(() => w.release());
+    const pod = newNetns();
+    const stuck = startPlugin(f.bin, 'ADD', netA.netconf(), viaSlow({ containerId: pod.id, netns: pod.path }));
+    await new Promise((r) => setTimeout(r, 500));
+    const how = await slowAgent.stop();
+    assert.deepEqual(how, { code: 0, signal: null }, `the agent did not exit on SIGTERM: ${slowAgent.log().slice(-1500)}`);
+    // Unanswered by the agent, the launcher runs it itself, and blocks on the same
+    // FIFO until it is released.
+    w.release();
+    const r = await stuck.done;
+    assert.equal(r.signal, null, show(r));
+    await execPlugin(f.bin, 'DEL', netA.netconf(), inProcess({ containerId: pod.id, netns: pod.path }));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Limits on the agent's socket
+
+function agentRss(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m?.[1] ?? 0) * 1024;
+}
+
+describe('request size on the agent socket', { skip }, () => {
+  test('a 200 MB request is refused with an error and does not grow the agent', async () => {
+    const pid = agent!.pid;
+    const before = agentRss(pid);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const sock = connect(agent!.socket);
+      let got = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => (got += d));
+      sock.on('close', () => resolve(got));
+      sock.on('error', (e: NodeJS.ErrnoException) => (e.code === 'EPIPE' || e.code === 'ECONNRESET' ? undefined : reject(e)));
+      sock.write('CNI_COMMAND=ADD\nCNI_CONTAINERID=big\n\n{"cniVersion":"1.1.0","name":"x","pad":"');
+      const chunk = Buffer.alloc(1 << 20, 'a');
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < 200 && !sock.destroyed) {
+          sent++;
+          if (!sock.write(chunk)) {
+            sock.once('drain', pump);
+            return;
+          }
+        }
+        if (!sock.destroyed) sock.end('"}');
+      };
+      pump();
+      setTimeout(() => reject(new Error('no answer within 30 s')), 30_000).unref();
+    });
+    const [code, body] = [answer.slice(0, answer.indexOf('\n')).trim(), answer.slice(answer.indexOf('\n') + 1)];
+    assert.equal(code, '1', answer.slice(0, 300));
+    assert.equal(JSON.parse(body).code, 7, body);
+    assert.match(JSON.parse(body).msg, /larger than/, body);
+    const grown = agentRss(pid) - before;
+    assert.ok(grown < 32 << 20, `agent RSS grew by ${(grown / 1048576).toFixed(1)} MB`);
     const v = await execPlugin(f.bin, 'VERSION', '', viaAgent({ timeoutMs: 5_000 }));
     assert.equal(v.code, 0, show(v));
   });

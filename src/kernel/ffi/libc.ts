@@ -41,6 +41,7 @@ const raw = {
   flock: lib.func('int flock(int fd, int op)'),
   mount: lib.func('int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)'),
   umount2: lib.func('int umount2(const char *target, int flags)'),
+  _exit: lib.func('void _exit(int status)'),
 };
 
 function check(name: string, rc: number | bigint, detail?: string): number {
@@ -113,6 +114,15 @@ export const mount = (src: string, target: string, fstype: string | null, flags:
 };
 export const umount2 = (target: string, flags: number): void => {
   check('umount2', raw.umount2(target, flags), target);
+};
+/**
+ * Ends the process at once (exit_group), without Node's teardown. For one case only:
+ * Node's exit joins every worker thread, and a worker blocked in a system call that
+ * never returns (an open() of a FIFO) would keep the process alive forever.
+ */
+export const exitNow = (status: number): never => {
+  raw._exit(status);
+  throw new Error('unreachable: _exit returned');
 };
 /** setsockopt with a raw option value (struct timeval, ...). */
 export const setsockoptBuf = (fd: number, level: number, name: number, value: Buffer): void => {
