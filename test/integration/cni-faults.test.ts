@@ -304,3 +304,71 @@ describe('request size on the agent socket', { skip }, () => {
     assert.equal(v.code, 0, show(v));
   });
 });
+
+// ---------------------------------------------------------------------------
+// Node state that heals itself
+
+/** The masquerade rules nft shows for a bridge's chain (the product's own layout). */
+function masqRules(bridge: string): string[] {
+  const chain = `masq_${bridge.replace(/[^A-Za-z0-9_]/g, '_')}`;
+  const r = spawnSync('nft', ['list', 'chain', 'ip', 'patu', chain], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.split('\n').filter((l) => l.includes('masquerade')).map((l) => l.trim()) : [];
+}
+
+function jumpsTo(bridge: string): number {
+  const chain = `masq_${bridge.replace(/[^A-Za-z0-9_]/g, '_')}`;
+  const r = spawnSync('nft', ['list', 'chain', 'ip', 'patu', 'postrouting'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.split('\n').filter((l) => l.includes(`jump ${chain}`)).length : 0;
+}
+
+/** Removes one bridge's masquerade chain and jump, as a killed ADD or a flushed ruleset leaves it. */
+function dropMasq(bridge: string): void {
+  const chain = `masq_${bridge.replace(/[^A-Za-z0-9_]/g, '_')}`;
+  const listing = spawnSync('nft', ['-a', 'list', 'chain', 'ip', 'patu', 'postrouting'], { encoding: 'utf8' }).stdout ?? '';
+  for (const line of listing.split('\n')) {
+    const h = line.includes(`jump ${chain}`) ? /# handle (\d+)/.exec(line)?.[1] : undefined;
+    if (h) spawnSync('nft', ['delete', 'rule', 'ip', 'patu', 'postrouting', 'handle', h]);
+  }
+  spawnSync('nft', ['delete', 'chain', 'ip', 'patu', chain]);
+}
+
+/** Test cleanup: as removeMasquerade does, the table goes when no bridge's chain is left in it. */
+function dropMasqAndEmptyTable(bridge: string): void {
+  dropMasq(bridge);
+  const rest = spawnSync('nft', ['list', 'table', 'ip', 'patu'], { encoding: 'utf8' });
+  if (rest.status === 0 && !/chain masq_/.test(rest.stdout)) spawnSync('nft', ['delete', 'table', 'ip', 'patu']);
+}
+
+describe('masquerade heals itself', { skip }, () => {
+  for (const [mode, opts] of [['in-process', inProcess], ['through the agent', viaAgent]] as const) {
+    test(`a later ADD restores masquerade the bridge-creating ADD never installed, or that was removed (${mode})`, async () => {
+      const net = patuFlavour();
+      cleanups.push(() => {
+        dropMasqAndEmptyTable(net.bridge);
+        net.destroy();
+      });
+      const pods = [newNetns(), newNetns(), newNetns()];
+      try {
+        // The ADD that creates the bridge ends before masquerade (what a kill -9 right
+        // after the bridge exists leaves): the bridge is there, the rule is not.
+        const first = await execPlugin(f.bin, 'ADD', net.netconf({ masquerade: false }), opts({ containerId: pods[0]!.id, netns: pods[0]!.path }));
+        assert.equal(first.code, 0, show(first));
+        assert.deepEqual(masqRules(net.bridge), []);
+
+        const second = await execPlugin(f.bin, 'ADD', net.netconf({ masquerade: true }), opts({ containerId: pods[1]!.id, netns: pods[1]!.path }));
+        assert.equal(second.code, 0, show(second));
+        assert.equal(masqRules(net.bridge).length, 1, `masquerade after the second ADD: ${masqRules(net.bridge).join(' | ')}`);
+        assert.match(masqRules(net.bridge)[0]!, new RegExp(`ip saddr ${net.subnet.replace(/\./g, '\\.')} ip daddr != 10\\.200\\.0\\.0/16 masquerade`));
+        assert.equal(jumpsTo(net.bridge), 1);
+
+        dropMasq(net.bridge);
+        const third = await execPlugin(f.bin, 'ADD', net.netconf({ masquerade: true }), opts({ containerId: pods[2]!.id, netns: pods[2]!.path }));
+        assert.equal(third.code, 0, show(third));
+        assert.equal(masqRules(net.bridge).length, 1, 'the rule is back after it was removed');
+        assert.equal(jumpsTo(net.bridge), 1, 'one jump, not one per ADD');
+      } finally {
+        for (const p of pods) await execPlugin(f.bin, 'DEL', net.netconf(), opts({ containerId: p.id, netns: p.path }));
+      }
+    });
+  }
+});

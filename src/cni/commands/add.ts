@@ -8,7 +8,7 @@ import { invalidConfig, toCniError } from '../errors.js';
 import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { attachPod, detachPod, ensureBridge, ForeignLinkError } from '../../dataplane/bridge.js';
-import { ensureMasquerade } from '../../dataplane/masquerade.js';
+import { ensureMasqueradeInPlace } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel, type Warn } from '../register-accel.js';
 
@@ -26,7 +26,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions &
   const host = Rtnl.open();
   let vethCreated = false;
   try {
-    const { link: bridge, created } = ensureBridge(host, {
+    const { link: bridge } = ensureBridge(host, {
       name: conf.bridge,
       mtu: conf.mtu,
       gateways: allocations.filter((a) => a.gateway).map((a) => ({
@@ -34,7 +34,9 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions &
         family: a.family,
       })),
     });
-    if (created && conf.masquerade) ensureMasquerade(conf.bridge, ipam.subnets(), conf.clusterCIDR);
+    // Every ADD, not only the one that created the bridge: that one may have been
+    // killed before it got here, or someone removed the table since (cheap check first).
+    if (conf.masquerade) ensureMasqueradeInPlace(conf.bridge, ipam.subnets(), conf.clusterCIDR);
 
     vethCreated = true;
     const attached = attachPod(host, {
