@@ -8,7 +8,7 @@
 // *service port's* name. So a service port is matched to a slice port by name
 // and protocol, per slice, hence per endpoint. This also works for
 // selector-less services whose slices are written by hand.
-import { CidrParseError, formatNetwork, networkAddress, parseCidr } from '../net/cidr.js';
+import { CidrParseError, formatNetwork, isIPv4, networkAddress, parseCidr } from '../net/cidr.js';
 import { DEFAULT_AFFINITY_TIMEOUT, isServicePortName, type Endpoint, type Protocol, type Service, type ServicePort } from '../services/model.js';
 
 /** The fields of a v1 Service patu reads (everything else is dropped on arrival: see slim*). */
@@ -47,8 +47,6 @@ export interface K8sNode {
 export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
 export const ACCEL_ANNOTATION = 'patu.dev/accel';
 
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-export const isIPv4 = (s: string | undefined): s is string => typeof s === 'string' && IPV4.test(s);
 
 export const refOf = (m: { name?: string; namespace?: string }): string => `${m.namespace ?? ''}/${m.name ?? ''}`;
 

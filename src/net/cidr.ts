@@ -82,6 +82,28 @@ function parseV6(text: string): bigint {
   return groups.reduce((acc, g) => (acc << 16n) | g, 0n);
 }
 
+/** Dotted-quad IPv4 without leading zeros; hand-rolled because it runs for every endpoint. */
+export function isIPv4(s: unknown): s is string {
+  if (typeof s !== 'string') return false;
+  let parts = 0;
+  let val = 0;
+  let digits = 0;
+  for (let i = 0; i <= s.length; i++) {
+    const c = i < s.length ? s.charCodeAt(i) : 46;
+    if (c === 46) {
+      if (digits === 0 || val > 255) return false;
+      parts++;
+      val = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && val === 0) return false;
+      val = val * 10 + (c - 48);
+      if (++digits > 3) return false;
+    } else return false;
+  }
+  return parts === 4;
+}
+
 /** Parses an IPv4 or IPv6 address (no prefix). */
 export function parseIp(text: string): Ip {
   if (typeof text !== 'string' || text.length === 0) throw new CidrParseError(String(text), 'is not an IP address');

@@ -7,6 +7,7 @@
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, extname } from 'node:path';
 import { messageOf, PatuError } from '../errors.js';
+import { isIPv4 } from '../net/cidr.js';
 import {
   DEFAULT_AFFINITY_TIMEOUT, isPortName, isServicePortName, portKey,
   type Endpoint, type Protocol, type Service, type ServicePort, type SessionAffinity,
@@ -32,27 +33,6 @@ const SAY_NONE = 'write "services: []" to program no services';
 
 const MAX_PROBLEMS = 50;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-/** Dotted-quad IPv4 without leading zeros; hand-rolled because it runs for every endpoint. */
-function isIPv4(s: string): boolean {
-  let parts = 0;
-  let val = 0;
-  let digits = 0;
-  for (let i = 0; i <= s.length; i++) {
-    const c = i < s.length ? s.charCodeAt(i) : 46;
-    if (c === 46) {
-      if (digits === 0 || val > 255) return false;
-      parts++;
-      val = 0;
-      digits = 0;
-    } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && val === 0) return false;
-      val = val * 10 + (c - 48);
-      if (++digits > 3) return false;
-    } else return false;
-  }
-  return parts === 4;
-}
-
 const SERVICE_FIELDS = new Set(['name', 'namespace', 'clusterIP', 'ports', 'sessionAffinity', 'affinityTimeoutSeconds', 'endpoints']);
 const PORT_FIELDS = new Set(['name', 'port', 'protocol', 'targetPort']);
 const ENDPOINT_FIELDS = new Set(['ip', 'ready', 'serving', 'terminating', 'ports']);

@@ -18,6 +18,7 @@ import {
   prefixSize,
   formatNetwork,
   CidrParseError,
+  isIPv4 as fastIsIPv4,
 } from '../../src/net/cidr.js';
 
 test('IPv4 parse and format', () => {
@@ -153,4 +154,20 @@ test('contains/overlaps agree with brute force on random small prefixes', () => 
     ),
     { numRuns: 2000 },
   );
+});
+
+test('isIPv4 (the fast check for endpoints) agrees with parseIp on every string', () => {
+  const parsesAsV4 = (s: string): boolean => {
+    try {
+      return parseIp(s).family === 4;
+    } catch {
+      return false;
+    }
+  };
+  for (const s of ['10.0.0.1', '0.0.0.0', '255.255.255.255', '256.0.0.1', '010.0.0.1', '1.2.3', '1.2.3.4.5', '1..2.3', '', '1.2.3.4 ', '::1', '1.2.3.-4']) {
+    assert.equal(fastIsIPv4(s), parsesAsV4(s), s);
+  }
+  const octet = fc.oneof(fc.integer({ min: 0, max: 300 }).map(String), fc.constantFrom('00', '01', '010', '', '-1', 'a'));
+  fc.assert(fc.property(fc.array(octet, { minLength: 1, maxLength: 6 }).map((xs) => xs.join('.')), (s) => fastIsIPv4(s) === parsesAsV4(s)), { seed: 15, numRuns: 2000 });
+  assert.equal(fastIsIPv4(undefined), false);
 });
