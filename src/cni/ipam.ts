@@ -24,6 +24,8 @@ export interface NetworkIpam {
   gc(valid: Owner[]): string[];
   /** Free addresses left, summed over range sets (STATUS). */
   freeCount(): number;
+  /** Whether `ip` lies in one of this network's ranges (could be handed out here). */
+  inRanges(ip: string): boolean;
   /** Every range's subnet, e.g. ['10.200.0.0/24'] (masquerade sources). */
   subnets(): string[];
   routes(): { dst: string; gw?: string }[];
@@ -58,6 +60,15 @@ export function ipamFor(conf: NetConf, opts: IpamOpenOptions = {}): NetworkIpam 
         if (left > 0n) free += left;
       });
       return Number(free > 1_000_000n ? 1_000_000n : free);
+    },
+    inRanges(text) {
+      let ip;
+      try {
+        ip = parseIp(text);
+      } catch {
+        return false;
+      }
+      return config.rangeSets.some((set) => set.ranges.some((r) => r.family === ip.family && ip.value >= r.rangeStart && ip.value <= r.rangeEnd));
     },
     subnets: () => config.rangeSets.flatMap((s) => s.ranges.map((r) => r.subnetText)),
     routes: () => config.routes,

@@ -10,7 +10,12 @@ import { existsSync } from 'node:fs';
 import { messageOf } from '../errors.js';
 import type { NetConf } from './netconf.js';
 
-type Registry = { register(ip: string, optOut: boolean): void; unregister(ip: string): void };
+type Registry = {
+  register(ip: string, optOut: boolean): void;
+  unregister(ip: string): void;
+  list(): { ip: string }[];
+  close(): void;
+};
 
 async function openRegistry(pinRoot: string): Promise<Registry | undefined> {
   const { openPodRegistry } = await import('../dataplane/accel-registry.js');
@@ -26,7 +31,11 @@ export async function registerPodForAccel(conf: NetConf, ips: string[], opts: { 
   if (!existsSync(conf.pinRoot)) return;
   try {
     const reg = await openRegistry(conf.pinRoot);
-    for (const ip of ips) reg?.register(ip, opts.optOut);
+    try {
+      for (const ip of ips) reg?.register(ip, opts.optOut);
+    } finally {
+      reg?.close(); // the agent serves thousands of these: no map fd may stay behind
+    }
   } catch (err) {
     opts.warn(describe(`registering ${ips.join(', ')} for socket acceleration`, err));
   }
@@ -36,8 +45,40 @@ export async function unregisterPodFromAccel(conf: NetConf, ips: string[], warn:
   if (ips.length === 0 || !existsSync(conf.pinRoot)) return;
   try {
     const reg = await openRegistry(conf.pinRoot);
-    for (const ip of ips) reg?.unregister(ip);
+    try {
+      for (const ip of ips) reg?.unregister(ip);
+    } finally {
+      reg?.close();
+    }
   } catch (err) {
     warn(describe(`unregistering ${ips.join(', ')} from socket acceleration`, err));
+  }
+}
+
+/**
+ * GC: removes registry entries of this network (`ours`) whose address no IPAM record
+ * holds, e.g. after a DEL killed between releasing the address and unregistering it.
+ * The registry is read before the records (`held`): an ADD reserves its address before
+ * it registers it, so an entry seen here whose record is not seen afterwards is stale.
+ * Returns the addresses removed.
+ */
+export async function sweepAccelRegistry(conf: NetConf, ours: (ip: string) => boolean, held: () => Set<string>, warn: Warn): Promise<string[]> {
+  if (!existsSync(conf.pinRoot)) return [];
+  try {
+    const reg = await openRegistry(conf.pinRoot);
+    if (!reg) return [];
+    try {
+      const candidates = reg.list().map((e) => e.ip).filter(ours);
+      if (candidates.length === 0) return [];
+      const keep = held();
+      const stale = candidates.filter((ip) => !keep.has(ip));
+      for (const ip of stale) reg.unregister(ip);
+      return stale;
+    } finally {
+      reg.close();
+    }
+  } catch (err) {
+    warn(describe('removing stale socket-acceleration registry entries', err));
+    return [];
   }
 }

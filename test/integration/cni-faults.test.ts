@@ -23,6 +23,8 @@ import {
   type ExecOptions,
   type Flavour,
 } from '../helpers/cni.js';
+import { scratchForTests } from '../helpers/kernel.js';
+import { Accel } from '../../src/dataplane/accel.js';
 
 const skip = !isRoot()
   ? 'needs root: creates network namespaces, bridges and veths'
@@ -371,4 +373,41 @@ describe('masquerade heals itself', { skip }, () => {
       }
     });
   }
+});
+
+describe('GC and the socket-acceleration registry', { skip }, () => {
+  const ks = scratchForTests('patu-test-faults');
+  test('GC removes registry entries of its network whose address no IPAM record holds, and keeps the rest', async () => {
+    const net = patuFlavour();
+    cleanups.push(() => net.destroy());
+    const pinRoot = net.netconf().pinRoot as string;
+    const accel = Accel.open({ pinRoot, cgroupPath: ks.cgroup() });
+    accel.enable();
+    ks.defer('accel teardown', () => accel.teardown());
+    const pods = [newNetns(), newNetns()];
+    const conf = net.netconf({ accel: true });
+    const registered = (): string[] => accel.status().pods.map((p) => p.ip).sort();
+    try {
+      const ips: string[] = [];
+      for (const p of pods) {
+        const r = await execPlugin(f.bin, 'ADD', conf, inProcess({ containerId: p.id, netns: p.path }));
+        assert.equal(r.code, 0, show(r));
+        ips.push(String(r.json.ips[0].address).split("/")[0]!);
+      }
+      assert.deepEqual(registered(), [...ips].sort(), 'ADD registered both pods');
+      // What a DEL killed between releasing the address and unregistering it leaves:
+      // no IPAM record, a registry entry. Plus an entry of another network (kept).
+      const dir = join(net.dataDir, net.netName);
+      for (const n of readdirSync(dir)) if (n === ips[0] || n.endsWith(`.${ips[0]}`)) rmSync(join(dir, n));
+      const foreign = '172.31.213.9';
+      assert.ok(accel.registerPod(foreign).ok);
+
+      const gc = await execPlugin(f.bin, 'GC', { ...conf, 'cni.dev/valid-attachments': pods.map((p) => ({ containerID: p.id, ifname: 'eth0' })) }, inProcess());
+      assert.equal(gc.code, 0, show(gc));
+      assert.equal(gc.stderr, "", show(gc));
+      assert.deepEqual(registered(), [ips[1]!, foreign].sort(), 'the stale entry is gone; the live pod and the other network stay');
+    } finally {
+      for (const p of pods) await execPlugin(f.bin, 'DEL', conf, inProcess({ containerId: p.id, netns: p.path }));
+    }
+  });
 });

@@ -7,18 +7,23 @@ import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
-import { unregisterPodFromAccel, type Warn } from '../register-accel.js';
+import { sweepAccelRegistry, unregisterPodFromAccel, type Warn } from '../register-accel.js';
 
 export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const valid = conf.validAttachments;
   if (!valid) throw invalidConfig('cni.dev/valid-attachments', 'GC needs the list of valid attachments');
   let released: string[];
+  const ipam = ipamFor(conf, opts);
   try {
-    released = ipamFor(conf, opts).gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
+    released = ipam.gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
   } catch (err) {
     throw toCniError(err, 'releasing stale addresses');
   }
-  await unregisterPodFromAccel(conf, released, opts.warn ?? (() => {}));
+  const warn = opts.warn ?? (() => {});
+  await unregisterPodFromAccel(conf, released, warn);
+  // Entries whose release was recorded but whose unregistration never ran (a DEL
+  // killed in between) are found by address: in this network's ranges, held by no record.
+  await sweepAccelRegistry(conf, (ip) => ipam.inRanges(ip), () => new Set(ipam.reservations().map((r) => r.ip)), warn);
 
   const keep = new Set(valid.map((v) => hostVethName(v.containerID, v.ifname)));
   const host = Rtnl.open();
