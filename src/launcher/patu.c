@@ -285,6 +285,10 @@ int main(int argc, char **argv) {
     printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"passing stdin to the plugin failed: %s\",\"details\":\"\"}\n", strerror(errno));
     return 1;
   }
+  /* The runtime's environment comes along (libcni passes its own), and Node 20's ICU
+     dies of SIGSEGV at start-up when LANG or LC_ALL is a path-like value of 12 or more
+     characters. The plugin formats nothing by locale: pin it. */
+  setenv("LC_ALL", "C", 1);
   exec_node("dist/cni.mjs", NULL, 1, argv);
   return 127;
 }
