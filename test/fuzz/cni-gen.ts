@@ -28,6 +28,8 @@ export interface ConfMutation {
   /** undefined: delete the key. A {$raw} value is spliced into the JSON text as is. */
   value?: unknown;
   expect?: Omit<Expect, 'why'>;
+  /** Junk the plugin may refuse (code 7) or ignore: neither is wrong. */
+  unknown?: boolean;
   why: string;
 }
 
@@ -113,9 +115,14 @@ const badText = fc.oneof(
   fc.constant("'; drop"),
   hugeString('n'),
 );
+/** Names the kernel refuses for a link (or that are not text at all). */
+const badBridge = fc.oneof(
+  fc.constantFrom('', ' ', 'a\u0000b', '\ud800x', 'a/b', 'x:y', 'tab\there', 'new\nline', '.', '..', 'abcdefghijklmnop', 'éééééééé'),
+  hugeString('b'),
+);
 const badCidr = fc.constantFrom(
   '999.999.999.999/99', '10.250.0.0/33', '10.250.0.0/-1', '10.250.0.0/24/1', '10.250.0.0/', '256.0.0.0/8',
-  '010.241.0.0/24', '10.250.0.0', '10.250.0.0/ 24', ' 10.250.0.0/24', '10.250.0.0/24 ', '0x0a.0.0.0/8', '10.250.0.0/08',
+  '010.241.0.0/24', '10.250.0.0', '10.250.0.0/ 24', ' 10.250.0.0/24', '10.250.0.0/24 ', '0x0a.0.0.0/8',
   '', 'garbage', '1.2.3.4.5/24', '10.250.0.0/24\u0000',
 );
 const badVersion = fc.constantFrom('9.9.9', '1.1', '1', '', ' 1.0.0', '1.0.0 ', '0.1.0', '0.2.0', '1.0.0\u0000', '01.0.0', '1.1.0-rc1', 'v1.0.0');
@@ -143,9 +150,9 @@ const confMutation: fc.Arbitrary<ConfMutation> = fc.oneof(
   fc.constantFrom('bridge', '', 'PATU', 'patu ').map((v) => cfg(['type'], v, `type ${v}`, invalid([7], 'type'))),
   // bridge
   fc.constantFrom('@@BRIDGE@@', '@@BRIDGE@@b').map((v) => cfg(['bridge'], v, `bridge ${v}`)),
-  badText.map((v) => cfg(['bridge'], v, `bridge ${JSON.stringify(v).slice(0, 40)}`, invalid([7], 'bridge'))),
-  fc.constant(cfg(['bridge'], 'abcdefghijklmnop', 'bridge of 16 characters', invalid([7], 'bridge'))),
-  fc.constant(cfg(['bridge'], 'éééééééé', 'bridge of 8 characters but 16 bytes', invalid([7], 'bridge'))),
+  badBridge.map((v) => cfg(['bridge'], v, `bridge ${JSON.stringify(v).slice(0, 40)}`, invalid([7], 'bridge'))),
+  fc.constantFrom('pr\ufffdb', '-dash', "x';y", 'a;b', '$(x)').map((v) => ({ ...cfg(['bridge'], v, `bridge ${JSON.stringify(v)} (a name the kernel takes)`), unknown: true })),
+  fc.constant(cfg(['bridge'], { $bytes: Buffer.from('"pr\xffb"', 'latin1').toString('base64') }, 'bridge with bytes that are not UTF-8', invalid([6, 7], 'bridge|UTF|JSON'))),
   fc.constantFrom('lo', '@@PROBE@@').map((v) => cfg(['bridge'], v, `bridge ${v} (a link that is not a bridge)`, invalid([7, 100], 'bridge', ADD_ONLY))),
   wrongType.map((v) => cfg(['bridge'], v, `bridge of type ${typeof v}`, invalid([7], 'bridge'))),
   // mtu
@@ -190,8 +197,8 @@ const confMutation: fc.Arbitrary<ConfMutation> = fc.oneof(
     [[{ subnet: '@@PREFIX@@.0/24', gateway: 'gw' }]],
     [[{ subnet: '@@PREFIX@@.0/24' }], [{ subnet: '@@PREFIX@@.0/24' }]],
   ).map((v) => cfg(['ipam', 'ranges'], v, `ipam.ranges ${JSON.stringify(v)}`, invalid([7], 'ranges|range|gateway|subnet', ADD_ONLY))),
-  fc.integer({ min: 1000, max: 20_000 }).map((n) => cfg(['ipam', 'ranges'], Array.from({ length: n }, () => [{ subnet: '@@PREFIX@@.0/24' }]), `${n} range sets`)),
-  deepRaw.map((v) => cfg(['ipam', 'ranges'], v, `ipam.ranges nested ${v.$raw.length} bytes deep`)),
+  fc.integer({ min: 1000, max: 20_000 }).map((n) => ({ ...cfg(['ipam', 'ranges'], Array.from({ length: n }, () => [{ subnet: '@@PREFIX@@.0/24' }]), `${n} range sets`), unknown: true })),
+  deepRaw.map((v) => ({ ...cfg(['ipam', 'ranges'], v, `ipam.ranges nested ${v.$raw.length} bytes deep`), unknown: true })),
   fc.constantFrom([{ dst: '0.0.0.0/0' }], [{ dst: '192.168.0.0/16', gw: '@@PREFIX@@.1' }]).map((v) => cfg(['ipam', 'routes'], v, `ipam.routes ${JSON.stringify(v)}`)),
   fc.constantFrom([{ dst: 'bad' }], [{ dst: '10.0.0.0/33' }], [{ dst: '10.0.0.0/8', gw: 'x' }], 'x', [{}], [5]).map((v) =>
     cfg(['ipam', 'routes'], v, `ipam.routes ${JSON.stringify(v)}`, invalid([7], 'routes', ADD_ONLY)),
@@ -235,9 +242,9 @@ const confMutation: fc.Arbitrary<ConfMutation> = fc.oneof(
     cfg(['cni.dev/valid-attachments'], v, `valid-attachments ${JSON.stringify(v)}`, invalid([7], 'valid-attachments')),
   ),
   // things a runtime may add that patu ignores, and junk in them
-  fc.tuple(fc.constantFrom('args', 'dns', 'capabilities', 'x-extra', 'ipMasq'), nestedJunk).map(([k, v]) => cfg([k], v, `${k}: junk`)),
+  fc.tuple(fc.constantFrom('args', 'dns', 'capabilities', 'x-extra', 'ipMasq'), nestedJunk).map(([k, v]) => ({ ...cfg([k], v, `${k}: junk`), unknown: true })),
   fc.tuple(fc.constantFrom('x-extra', 'description'), hugeString('h')).map(([k, v]) => cfg([k], v, `${k}: ${v.length} characters`)),
-  deepRaw.map((v) => cfg(['x-deep'], v, `x-deep nested ${v.$raw.length} bytes`)),
+  deepRaw.map((v) => ({ ...cfg(['x-deep'], v, `x-deep nested ${v.$raw.length} bytes`), unknown: true })),
   fc.constant(cfg(['agentSocket'], '/nonexistent/agent.sock', 'agentSocket elsewhere')),
 );
 
@@ -333,8 +340,12 @@ export interface Materialized {
   stdin: Buffer;
   /** The conf as an object when it is one (for DEL after a successful ADD). */
   conf: Record<string, unknown> | undefined;
-  /** Expectations that apply to this command. */
+  /** Invalid values this command must refuse: exit non-zero with one of their codes. */
   expects: Expect[];
+  /** Codes an error may carry besides those: invalid values the command may also check, 7 for junk. */
+  allowedCodes: number[];
+  /** The error must name one of the expected fields (nothing else in the request may be invalid). */
+  strictNaming: boolean;
   /** The cniVersion the answer must carry for errors, if the request named a supported one. */
   askedVersion: string | undefined;
 }
@@ -345,7 +356,7 @@ function subst(v: unknown, vars: Record<string, string>): unknown {
   if (typeof v === 'string') return v.replace(/@@[A-Z]+@@/g, (m) => vars[m] ?? m);
   if (Array.isArray(v)) return v.map((x) => subst(x, vars));
   if (v && typeof v === 'object') {
-    if ('$raw' in (v as object)) return v;
+    if ('$raw' in (v as object) || '$bytes' in (v as object)) return v;
     return Object.fromEntries(Object.entries(v as object).map(([k, x]) => [k, subst(x, vars)]));
   }
   return v;
@@ -363,53 +374,67 @@ function setPath(obj: Record<string, unknown>, path: string[], value: unknown): 
   else o[last] = value;
 }
 
-/** JSON text of a conf that may hold {$raw} values (spliced verbatim). */
-function toJsonText(conf: Record<string, unknown>): string {
-  const raws: string[] = [];
+/** JSON bytes of a conf that may hold {$raw} (text) or {$bytes} (base64) values, spliced verbatim. */
+function toJsonBytes(conf: Record<string, unknown>): Buffer {
+  const raws: Buffer[] = [];
   const text = JSON.stringify(conf, (_k, v) => {
     if (v && typeof v === 'object' && '$raw' in v) {
-      raws.push((v as { $raw: string }).$raw);
+      raws.push(Buffer.from((v as { $raw: string }).$raw));
+      return `@@RAW${raws.length - 1}@@`;
+    }
+    if (v && typeof v === 'object' && '$bytes' in v) {
+      raws.push(Buffer.from((v as { $bytes: string }).$bytes, 'base64'));
       return `@@RAW${raws.length - 1}@@`;
     }
     return v;
   });
-  return text.replace(/"@@RAW(\d+)@@"/g, (_m, i: string) => raws[Number(i)]!);
+  const parts: Buffer[] = [];
+  let last = 0;
+  for (const m of text.matchAll(/"@@RAW(\d+)@@"/g)) {
+    parts.push(Buffer.from(text.slice(last, m.index)), raws[Number(m[1])]!);
+    last = m.index! + m[0].length;
+  }
+  parts.push(Buffer.from(text.slice(last)));
+  return Buffer.concat(parts);
 }
 
 export function materialize(c: CniCase, ctx: NodeContext): Materialized {
   const conf = structuredClone(ctx.base);
-  const expects: Expect[] = [];
   const command = c.command;
-  const applies = (e: Omit<Expect, 'why'> | undefined, why: string): void => {
-    if (e && command !== undefined && e.commands.includes(command)) expects.push({ ...e, why });
+  /** Invalid values in the request, live after every mutation was applied. */
+  const invalids: Expect[] = [];
+  let unknowns = 0;
+  const note = (e: Omit<Expect, 'why'> | undefined, why: string, unknown = false): void => {
+    if (e) invalids.push({ ...e, why });
+    else if (unknown) unknowns++;
   };
   let hasRaw = false;
   for (const m of c.conf) {
     const v = subst(m.value, ctx.vars);
-    if (v && typeof v === 'object' && '$raw' in (v as object)) hasRaw = true;
+    if (v && typeof v === 'object' && ('$raw' in (v as object) || '$bytes' in (v as object))) hasRaw = true;
     setPath(conf, m.path, v);
-    applies(m.expect, m.why);
   }
-  // Mutations can cancel each other (a later one overwrites ipam): keep only
-  // expectations whose value is still in place.
-  const live = expects.filter((e) => c.conf.some((m) => m.why === e.why && JSON.stringify(getPath(conf, m.path)) === JSON.stringify(subst(m.value, ctx.vars))));
-  expects.length = 0;
-  expects.push(...live);
+  // Mutations can cancel each other (a later one overwrites ipam): only those
+  // whose value is still in place count.
+  for (const m of c.conf) {
+    if (JSON.stringify(getPath(conf, m.path)) === JSON.stringify(subst(m.value, ctx.vars))) note(m.expect, m.why, m.unknown);
+  }
 
   let stdin: Buffer;
   let objConf: Record<string, unknown> | undefined = conf;
   if (c.stdin?.b64 !== undefined) {
     stdin = Buffer.from(c.stdin.b64, 'base64');
     objConf = undefined;
-    applies(c.stdin.expect, c.stdin.why);
+    invalids.length = 0;
+    unknowns = 0;
+    note(c.stdin.expect, c.stdin.why);
   } else if (c.stdin?.hugeBytes) {
-    // A valid config padded with a huge ignored field: only its size is wrong.
-    const pad = c.stdin.hugeBytes;
-    const text = toJsonText(conf);
-    stdin = Buffer.from(`${text.slice(0, -1)},"x-pad":"${'p'.repeat(pad)}"}`);
+    // A valid config padded with a huge ignored field: only its size is unusual.
+    const text = toJsonBytes(conf);
+    stdin = Buffer.concat([text.subarray(0, text.length - 1), Buffer.from(`,"x-pad":"${'p'.repeat(c.stdin.hugeBytes)}"}`)]);
     objConf = undefined;
   } else {
-    stdin = Buffer.from(toJsonText(conf));
+    stdin = toJsonBytes(conf);
     if (hasRaw) objConf = undefined;
   }
 
@@ -420,32 +445,39 @@ export function materialize(c: CniCase, ctx: NodeContext): Materialized {
   const ns = ctx.netnsPath(c.netns);
   if (ns !== undefined) e.CNI_NETNS = ns;
   e.CNI_PATH = '/opt/cni/bin';
-  for (const m of c.env) {
+  c.env.forEach((m, i) => {
     if (m.value === undefined) delete e[m.name];
     else e[m.name] = subst(m.value, ctx.vars) as string;
-    applies(m.expect, m.why);
-  }
-
-  // Environment expectations that follow from the fields above.
+    // The last mutation of a variable is the one in place.
+    if (!c.env.slice(i + 1).some((x) => x.name === m.name)) note(m.expect, m.why);
+  });
   const cid = c.containerId;
   if (cid === undefined || cid === '' || !CID.test(cid) || cid.length > 4096) {
-    applies(invalid([4], 'CNI_CONTAINERID', ATTACH), `CNI_CONTAINERID ${cid === undefined ? 'unset' : JSON.stringify(cid.slice(0, 20))}`);
+    note(invalid([4], 'CNI_CONTAINERID', ATTACH), `CNI_CONTAINERID ${cid === undefined ? 'unset' : JSON.stringify(cid.slice(0, 20))}`);
   }
   const ifn = c.ifname;
   if (ifn === undefined || ifn === '' || Buffer.byteLength(ifn) > 15 || /[/:\s]/.test(ifn) || ifn === '.' || ifn === '..') {
-    applies(invalid([4], 'CNI_IFNAME', ATTACH), `CNI_IFNAME ${JSON.stringify(ifn)}`);
+    note(invalid([4], 'CNI_IFNAME', ATTACH), `CNI_IFNAME ${JSON.stringify(ifn)}`);
   }
-  if (c.netns !== 'pod') applies(invalid([4], 'CNI_NETNS', ['ADD', 'CHECK']), `CNI_NETNS ${c.netns}`);
+  if (c.netns !== 'pod') note(invalid([4], 'CNI_NETNS', ['ADD', 'CHECK']), `CNI_NETNS ${c.netns}`);
+
+  // CHECK needs the ADD's result: without one (or with another pod's) it fails with 7 or 101.
+  if (command === 'CHECK') unknowns++;
+  let expects = command === undefined ? [] : invalids.filter((x) => x.commands.includes(command));
+  let allowedCodes = [...new Set([...invalids.flatMap((x) => x.codes), ...(unknowns ? [7] : []), ...(command === 'CHECK' ? [101] : [])])];
+  // The error may name any field when something else in the request might be invalid too.
+  let strictNaming = unknowns === 0 && expects.length === invalids.length;
   if (command !== undefined && !COMMANDS.includes(command)) {
     // An unknown command is answered before anything else is read.
-    expects.length = 0;
-    expects.push({ codes: [4], field: 'CNI_COMMAND', commands: [command], why: `CNI_COMMAND ${JSON.stringify(command.slice(0, 20))}` });
+    expects = [{ codes: [4], field: 'CNI_COMMAND', commands: [command], why: `CNI_COMMAND ${JSON.stringify(command.slice(0, 20))}` }];
+    allowedCodes = [4];
+    strictNaming = true;
   }
-  if (command === 'VERSION') expects.length = 0;
+  if (command === 'VERSION') expects = [];
 
   const v = (conf as { cniVersion?: unknown }).cniVersion;
   const askedVersion = objConf !== undefined && typeof v === 'string' && SUPPORTED.includes(v) ? v : undefined;
-  return { env: e, stdin, conf: objConf, expects, askedVersion };
+  return { env: e, stdin, conf: objConf, expects, allowedCodes, strictNaming, askedVersion };
 }
 
 function getPath(obj: Record<string, unknown>, path: string[]): unknown {
