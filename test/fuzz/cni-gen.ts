@@ -291,12 +291,12 @@ export const cniCaseArb: fc.Arbitrary<CniCase> = fc
       { weight: 1, arbitrary: fc.constantFrom('add', 'FOO', 'ADD ', 'x'.repeat(5000)) },
     ),
     netns: fc.oneof(
-      { weight: 14, arbitrary: fc.constant<NetnsKind>('pod') },
-      { weight: 4, arbitrary: fc.constantFrom<NetnsKind>('unset', 'empty', 'missing', 'fifo', 'dir', 'devzero', 'devnull', 'procfile', 'regular', 'relative') },
+      { weight: 24, arbitrary: fc.constant<NetnsKind>('pod') },
+      { weight: 3, arbitrary: fc.constantFrom<NetnsKind>('unset', 'empty', 'missing', 'fifo', 'dir', 'devzero', 'devnull', 'procfile', 'regular', 'relative') },
     ),
-    containerId: fc.oneof({ weight: 10, arbitrary: goodContainerId }, { weight: 1, arbitrary: fc.constant(undefined) }, { weight: 2, arbitrary: badContainerId.map((b) => b.v) }),
-    ifname: fc.oneof({ weight: 10, arbitrary: fc.constantFrom('eth0', 'net1', 'e') }, { weight: 1, arbitrary: fc.constant(undefined) }, { weight: 2, arbitrary: badIfname }),
-    conf: fc.oneof({ weight: 1, arbitrary: fc.constant<ConfMutation[]>([]) }, { weight: 4, arbitrary: fc.array(confMutation, { minLength: 1, maxLength: 3 }) }),
+    containerId: fc.oneof({ weight: 24, arbitrary: goodContainerId }, { weight: 1, arbitrary: fc.constant(undefined) }, { weight: 2, arbitrary: badContainerId.map((b) => b.v) }),
+    ifname: fc.oneof({ weight: 24, arbitrary: fc.constantFrom('eth0', 'net1', 'e') }, { weight: 1, arbitrary: fc.constant(undefined) }, { weight: 2, arbitrary: badIfname }),
+    conf: fc.oneof({ weight: 1, arbitrary: fc.constant<ConfMutation[]>([]) }, { weight: 2, arbitrary: fc.array(confMutation, { minLength: 1, maxLength: 1 }) }, { weight: 1, arbitrary: fc.array(confMutation, { minLength: 2, maxLength: 3 }) }),
     env: fc.oneof({ weight: 3, arbitrary: fc.constant<EnvMutation[]>([]) }, { weight: 1, arbitrary: fc.array(envMutation, { minLength: 1, maxLength: 2 }) }),
     stdin: fc.oneof(
       { weight: 30, arbitrary: fc.constant(undefined) },

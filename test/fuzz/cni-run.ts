@@ -91,7 +91,7 @@ function allowedAfterAdd(line: string, conf: Record<string, unknown> | undefined
 }
 
 /** Runs one case on every flavour; returns the problems found (empty: the case passed). */
-export async function runCniCase(node: FuzzNode, c: CniCase, o: CniRunOptions, caseNo: number): Promise<string[]> {
+export async function runCniCase(node: FuzzNode, c: CniCase, o: CniRunOptions, caseNo: number, outcomes?: Record<string, number>): Promise<string[]> {
   node.currentPod = caseNo % node.podNs.length;
   const pod = node.podNs[node.currentPod]!;
   const m = materialize(c, node);
@@ -102,6 +102,10 @@ export async function runCniCase(node: FuzzNode, c: CniCase, o: CniRunOptions, c
     const served0 = node.agent?.served() ?? 0;
     const r = await node.exec(flavour, m.env, m.stdin, o.timeoutMs);
     answers[flavour] = r;
+    if (outcomes && flavour === o.flavours[0]) {
+      const k = r.timedOut ? 'hang' : r.code === 0 ? `${c.command} ok` : `code ${(() => { try { return JSON.parse(r.stdout).code; } catch { return '?'; } })()}`;
+      outcomes[k] = (outcomes[k] ?? 0) + 1;
+    }
     problems.push(...checkAnswer(r, c, m, flavour, o.timeoutMs));
     let execs = 1;
     let addOk = false;
@@ -170,6 +174,8 @@ export interface FuzzRunResult {
   runs: number;
   failed?: { seed: number; path: string; problems: string[]; reproducer: string };
   ms: number;
+  /** How the in-process answers came out: "exit 0" or "code N", with counts. */
+  outcomes: Record<string, number>;
   /** keep-going mode: every failing case. */
   failures: { caseNo: number; problems: string[]; reproducer: string }[];
 }
@@ -187,10 +193,11 @@ export async function fuzzCni(
   const t0 = performance.now();
   let caseNo = 0;
   const failures: FuzzRunResult['failures'] = [];
+  const outcomes: Record<string, number> = {};
   const flavours: Flavour[] = node.agent ? ['inproc', 'agent'] : ['inproc'];
   const prop = fc.asyncProperty(cniCaseArb, async (c) => {
     const n = caseNo++;
-    let problems = await runCniCase(node, c, { timeoutMs: opts.timeoutMs, flavours }, n);
+    let problems = await runCniCase(node, c, { timeoutMs: opts.timeoutMs, flavours }, n, outcomes);
     if ((n + 1) % opts.batch === 0) {
       const b = await batchCheck(node);
       if (b.length) problems = [...problems, `after case ${n} (batch check): ${b.join('; ')}`];
@@ -221,7 +228,7 @@ export async function fuzzCni(
     // Shrinking re-runs real kernel work per step; the first failure, replayable, is enough.
     endOnFailure: true,
   });
-  const res: FuzzRunResult = { runs: caseNo, ms: performance.now() - t0, failures };
+  const res: FuzzRunResult = { runs: caseNo, ms: performance.now() - t0, failures, outcomes };
   if (details.failed && lastFailure) {
     res.failed = {
       seed: details.seed,

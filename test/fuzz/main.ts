@@ -46,7 +46,7 @@ try {
   if (runs) {
     const node = await FuzzNode.create(scratch, { tag: 'cni', agent: true, pods: 2 });
     const r = await fuzzCni(node, { runs, seed, ...(path ? { path } : {}), batch: 25, timeoutMs, keepGoing, reproDir, log: out });
-    out(`CNI: ${r.runs} cases (each in-process and through the agent) in ${(r.ms / 1000).toFixed(0)} s; ${r.failures.length} failing (keep-going)\n`);
+    out(`CNI: ${r.runs} cases (each in-process and through the agent) in ${(r.ms / 1000).toFixed(0)} s; ${r.failures.length} failing (keep-going)\n  answers (in-process): ${JSON.stringify(r.outcomes)}\n`);
     if (r.failed) {
       failed = true;
       out(`CNI FAILED: FC_SEED=${r.failed.seed} FC_PATH=${r.failed.path}\n  ${r.failed.problems.join('\n  ')}\n  replay by hand: ${r.failed.reproducer}\n`);
@@ -55,7 +55,7 @@ try {
   }
   if (services) {
     const r = await fuzzServices(scratch, { runs: services, seed, ...(path ? { path } : {}), timeoutMs, keepGoing, reproDir, log: out });
-    out(`services: ${r.runs} files in ${(r.ms / 1000).toFixed(0)} s; ${r.failures.length} failing (keep-going)\n`);
+    out(`services: ${r.runs} files in ${(r.ms / 1000).toFixed(0)} s; ${r.failures.length} failing (keep-going)\n  exits: ${JSON.stringify(r.outcomes)}\n`);
     if (r.failed) {
       failed = true;
       out(`services FAILED: FC_SEED=${r.failed.seed} FC_PATH=${r.failed.path}\n  ${r.failed.problems.join('\n  ')}\n  replay by hand: ${r.failed.reproducer}\n`);

@@ -112,7 +112,7 @@ function servicePorts(c: SvcCase): number {
   return new Set(doc.services.flatMap((s) => s.ports.map((p) => `${s.clusterIP}:${p.port}/${p.protocol ?? 'TCP'}`))).size;
 }
 
-export async function runServicesCase(c: SvcCase, o: { dir: string; pinRoot: string; cgroup: string; timeoutMs: number }, n: number): Promise<{ problems: string[]; file: string }> {
+export async function runServicesCase(c: SvcCase, o: { dir: string; pinRoot: string; cgroup: string; timeoutMs: number }, n: number): Promise<{ problems: string[]; file: string; exit: string }> {
   const file = materialize(c, o.dir, n);
   const svcPin = join(o.pinRoot, 'patu_svc');
   const before = mapKeys(svcPin);
@@ -143,7 +143,7 @@ export async function runServicesCase(c: SvcCase, o: { dir: string; pinRoot: str
     }
   }
   if (p.length) p.unshift(`services case ${n}: ${why} (file ${file})`);
-  return { problems: p, file };
+  return { problems: p, file, exit: r.timedOut ? 'hang' : String(r.code ?? r.signal) };
 }
 
 export async function fuzzServices(
@@ -160,10 +160,12 @@ export async function fuzzServices(
   if (first.code !== 0) throw new Error(`services fuzz: a valid file was refused: ${first.stderr}`);
   let n = 0;
   const failures: FuzzRunResult['failures'] = [];
+  const outcomes: Record<string, number> = {};
   let last: { problems: string[]; file: string } | undefined;
   const details = await fc.check(
     fc.asyncProperty(svcCaseArb, async (c) => {
       const r = await runServicesCase(c, { dir, pinRoot, cgroup, timeoutMs: o.timeoutMs }, n++);
+      outcomes[`exit ${r.exit}`] = (outcomes[`exit ${r.exit}`] ?? 0) + 1;
       if (!r.problems.length) return true;
       const base = join(o.reproDir, `svc-case-${process.pid}-${n - 1}`);
       writeFileSync(`${base}.case`, JSON.stringify(c, null, 1).slice(0, 1 << 20));
@@ -188,7 +190,7 @@ export async function fuzzServices(
     }),
     { numRuns: o.runs, seed: o.seed, ...(o.path ? { path: o.path } : {}), endOnFailure: true },
   );
-  const res: FuzzRunResult = { runs: n, ms: performance.now() - t0, failures };
+  const res: FuzzRunResult = { runs: n, ms: performance.now() - t0, failures, outcomes };
   if (details.failed) {
     res.failed = { seed: details.seed, path: details.counterexamplePath ?? '', problems: last?.problems ?? [String(details.errorInstance)], reproducer: last?.file ?? '' };
   }

@@ -34,7 +34,7 @@ test('fuzz: generated CNI requests, in-process and through the agent: table code
   const runs = Number(process.env.FUZZ_RUNS ?? 60);
   const node = await FuzzNode.create(scratch, { tag: 'cni', agent: true, pods: 2 });
   const r = await fuzzCni(node, { runs, seed, ...(path ? { path } : {}), batch: 20, timeoutMs: 15_000, reproDir });
-  t.diagnostic(`seed ${seed}: ${r.runs} cases in ${(r.ms / 1000).toFixed(0)} s`);
+  t.diagnostic(`seed ${seed}: ${r.runs} cases in ${(r.ms / 1000).toFixed(0)} s; in-process answers: ${JSON.stringify(r.outcomes)}`);
   if (r.failed) {
     assert.fail(`fuzz case failed (replay: ${replay(r.failed.seed, r.failed.path)}):\n  ${r.failed.problems.join('\n  ')}\n  by hand: ${r.failed.reproducer}`);
   }
@@ -45,7 +45,7 @@ test('fuzz: generated services files through `patu services apply`: exit 0 or 1,
   mkdirSync(reproDir, { recursive: true });
   const runs = Number(process.env.FUZZ_SERVICES ?? 20);
   const r = await fuzzServices(scratch, { runs, seed, ...(path ? { path } : {}), timeoutMs: 20_000, reproDir });
-  t.diagnostic(`seed ${seed}: ${r.runs} files in ${(r.ms / 1000).toFixed(0)} s`);
+  t.diagnostic(`seed ${seed}: ${r.runs} files in ${(r.ms / 1000).toFixed(0)} s; exits: ${JSON.stringify(r.outcomes)}`);
   if (r.failed) {
     assert.fail(`services fuzz case failed (replay: ${replay(r.failed.seed, r.failed.path)}):\n  ${r.failed.problems.join('\n  ')}\n  by hand: ${r.failed.reproducer}`);
   }
