@@ -10,7 +10,8 @@ import { BpfError } from '../kernel/bpf/errors.js';
 import { ensurePinDir, removePins, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
 import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
-import { accelPins, accelCfgCodec, sockKeyCodec, type SockKey } from './accel-maps.js';
+import { mapsUsedBy, repinMaps } from '../kernel/bpf/repin.js';
+import { accelPins, accelCfgCodec, sockKeyCodec, ACCEL_MAP_CODECS, type SockKey } from './accel-maps.js';
 import { openPodRegistry } from './accel-registry.js';
 
 const O_DIRECTORY = 0o200000;
@@ -98,6 +99,9 @@ export class Accel {
   enable(opts: { reload?: boolean } = {}): void {
     this.locked(() => {
       const p = this.pins;
+      // Pins removed or replaced under the running programs: put back the maps
+      // they use, so the registry the CNI plugin writes is the one sock_ops reads.
+      for (const r of repinMaps(p.dir, this.runningMaps())) this.log(`repaired: ${r}`);
       const pinned = [p.pods, p.sockHash, p.cfg, p.progSockops, p.progSkmsg].every((f) => existsSync(f));
       let sockops: BpfProgram;
       let skmsg: BpfProgram;
@@ -132,6 +136,30 @@ export class Accel {
         obj?.close();
       }
     });
+  }
+
+  /** The accel maps that the attached sock_ops (through its pinned link) and the pinned programs use. */
+  private runningMaps(): ReturnType<typeof mapsUsedBy> {
+    const p = this.pins;
+    const programs: { progId: number; label: string }[] = [];
+    if (existsSync(p.linkSockops)) {
+      const link = BpfLink.fromPin(p.linkSockops);
+      try {
+        programs.push({ progId: link.info().progId, label: 'the attached patu_sockops' });
+      } finally {
+        link.close();
+      }
+    }
+    for (const [path, label] of [[p.progSockops, 'the pinned patu_sockops'], [p.progSkmsg, 'the pinned patu_skmsg']] as const) {
+      if (!existsSync(path)) continue;
+      const prog = BpfProgram.fromPin(path);
+      try {
+        programs.push({ progId: prog.id, label });
+      } finally {
+        prog.close();
+      }
+    }
+    return mapsUsedBy(programs, new Set(Object.keys(ACCEL_MAP_CODECS)));
   }
 
   private ensureSockopsLink(sockops: BpfProgram): void {

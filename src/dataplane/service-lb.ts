@@ -1,12 +1,12 @@
 // Owns the socket load-balancing BPF object (bpf/sock_lb.c): its pinned maps,
 // its cgroup attachments, and the translation of the service model into map
 // entries through the phased diff in src/services/diff.ts.
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
-import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, pinMapById, pinnedMapId, type Codec } from '../kernel/bpf/map.js';
-import { mapInfoById, progMapIds } from '../kernel/bpf/introspect.js';
+import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
+import { mapsUsedBy, repinMaps, type UsedMap } from '../kernel/bpf/repin.js';
 import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
 import {
@@ -449,63 +449,35 @@ export class ServiceLb {
 /** Every map of bpf/sock_lb.c: all are pinned by name under the pin root. */
 const SOCK_LB_MAPS: ReadonlySet<string> = new Set([...Object.keys(SOCK_LB_MAP_CODECS), 'patu_sock_nat']);
 
-/** For each sock_lb map an attached program (through a link pinned under pinRoot) uses: its id, by map name. */
-function attachedMaps(pinRoot: string): Map<string, { id: number; prog: string }> {
-  const used = new Map<string, { id: number; prog: string }>();
+/** The sock_lb maps the programs attached through links pinned under pinRoot use, by name. */
+function attachedMaps(pinRoot: string): Map<string, UsedMap> {
+  const programs: { progId: number; label: string }[] = [];
   for (const prog of SOCK_LB_PROGRAMS) {
     const pin = join(pinRoot, 'links', prog);
     if (!existsSync(pin)) continue;
     const link = BpfLink.fromPin(pin);
-    let ids: number[];
     try {
-      ids = progMapIds(link.info().progId);
+      programs.push({ progId: link.info().progId, label: `the attached ${prog}` });
     } finally {
       link.close();
     }
-    for (const id of ids) {
-      const name = mapInfoById(id).name;
-      if (!SOCK_LB_MAPS.has(name)) continue;
-      const seen = used.get(name);
-      if (seen && seen.id !== id) {
-        throw new Error(`the programs attached through ${join(pinRoot, 'links')} use two different ${name} maps (${seen.prog}: id ${seen.id}, ${prog}: id ${id}); ` +
-          'detach them (remove that directory) and apply again');
-      }
-      used.set(name, { id, prog });
-    }
   }
-  return used;
+  return mapsUsedBy(programs, SOCK_LB_MAPS);
 }
 
 /**
- * The attached programs keep running with the maps they were loaded with,
- * whatever happens to the pins. If a map's pin was removed, libbpf would
- * create a new empty map in its place; if it was replaced, libbpf would reuse
- * the impostor: either way every later apply would write maps no attached
- * program reads, and report success. So before loading, each sock_lb map an
- * attached program uses is pinned again where it belongs. Returns what was
- * repaired.
+ * Before libbpf loads (and reuses the pinned maps, or creates a missing one):
+ * each sock_lb map an attached program uses is pinned back where it belongs,
+ * so an apply writes the maps the running programs read. Returns what was repaired.
  */
-function repinAttachedMaps(pinRoot: string): string[] {
-  const repairs: string[] = [];
-  for (const [name, { id }] of attachedMaps(pinRoot)) {
-    const path = join(pinRoot, name);
-    const pinned = pinnedMapId(path);
-    if (pinned === id) continue;
-    if (pinned !== undefined) unlinkSync(path);
-    pinMapById(id, path);
-    repairs.push(pinned === undefined
-      ? `${name}: pin was missing; re-pinned map id ${id}, which the attached programs use`
-      : `${name}: pin held map id ${pinned}, the attached programs use ${id}; re-pinned ${id}`);
-  }
-  return repairs;
-}
+const repinAttachedMaps = (pinRoot: string): string[] => repinMaps(pinRoot, attachedMaps(pinRoot));
 
 /** After load: the object's maps are the attached programs' maps, or this process would program maps nobody reads. */
 function assertAttachedUse(pinRoot: string, obj: BpfObject): void {
-  for (const [name, { id, prog }] of attachedMaps(pinRoot)) {
+  for (const [name, { id, by }] of attachedMaps(pinRoot)) {
     const ours = obj.map(name).info().id;
     if (ours !== id) {
-      throw new Error(`${name} under ${pinRoot} changed while it was being opened: the attached ${prog} uses map id ${id}, the pin map id ${ours}; apply again`);
+      throw new Error(`${name} under ${pinRoot} changed while it was being opened: ${by} uses map id ${id}, the pin map id ${ours}; apply again`);
     }
   }
 }

@@ -220,7 +220,7 @@ test('map pins removed under the attached programs: the next open re-pins the ma
   assert.deepEqual(later.programmed, ['cap/s0:80', 'cap/s1:80', 'cap/s2:80'], 'what was programmed before survives, and the apply landed in those maps');
   assert.equal(later.repairs.length, 3);
   for (const n of ['patu_svc', 'patu_svc_slot', 'patu_backend']) {
-    assert.ok(later.repairs.some((r) => r.startsWith(`${n}: pin was missing`) && r.includes(`map id ${attached[n]}`)), `${n} repair reported: ${later.repairs.join('; ')}`);
+    assert.ok(later.repairs.some((r) => r.startsWith(`${n}: pin was missing; re-pinned map id ${attached[n]}, which the attached patu_connect4 uses`)), `${n} repair reported: ${later.repairs.join('; ')}`);
   }
 });
 
@@ -252,5 +252,5 @@ test('map pins replaced under the attached programs: the pins are put back to th
   const later = laterApply(pinRoot, desiredPorts(2, 2));
   assert.deepEqual(pinnedMapIds(pinRoot), attached);
   assert.deepEqual(later.programmed, ['cap/s0:80', 'cap/s1:80']);
-  assert.deepEqual(later.repairs, [`patu_svc: pin held map id ${impostorId}, the attached programs use ${attached.patu_svc}; re-pinned ${attached.patu_svc}`]);
+  assert.deepEqual(later.repairs, [`patu_svc: pin held map id ${impostorId}, the attached patu_connect4 uses ${attached.patu_svc}; re-pinned ${attached.patu_svc}`]);
 });

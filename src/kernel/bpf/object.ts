@@ -149,6 +149,11 @@ export class BpfProgram {
     return this.ptr == null ? this.pinnedName : (raw.bpf_program__name(this.ptr) as string);
   }
 
+  /** The kernel's id of the loaded program. */
+  get id(): number {
+    return progInfoByFd(this.loadedFd('bpf_obj_get_info_by_fd')).id;
+  }
+
   /** Negative (-ENOENT) until the object is loaded. */
   get fd(): number {
     return this.ptr == null ? this.ownFd : (raw.bpf_program__fd(this.ptr) as number);
