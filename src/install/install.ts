@@ -267,17 +267,21 @@ export function install(o: InstallOptions = {}): InstallResult {
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   let podCIDR = '';
   if (o.conflist !== false) {
-    const ipv4Cidr = (flag: string, text: string): void => {
+    const flagged = <T>(flag: string, fn: () => T): T => {
       try {
-        if (parseCidr(text).family !== 4) throw new CidrParseError(text, 'is not an IPv4 CIDR');
+        return fn();
       } catch (e) {
         throw new InstallError(paths.conflist, `${flag}: ${messageOf(e)}`, { cause: e });
       }
     };
+    const ipv4Cidr = (flag: string, text: string): void => flagged(flag, () => {
+      if (parseCidr(text).family !== 4) throw new CidrParseError(text, 'is not an IPv4 CIDR');
+    });
     ipv4Cidr('--cluster-cidr', clusterCIDR);
-    // Like the agent without a Node podCIDR: the first /24 of the cluster CIDR.
+    // Like the agent without a Node podCIDR: the first /24 of the cluster CIDR (which
+    // must hold one: a smaller one names --cluster-cidr, not only the CIDR).
     if (o.podCIDR !== undefined) ipv4Cidr('--pod-cidr', o.podCIDR);
-    podCIDR = o.podCIDR ?? firstSubnet24(clusterCIDR);
+    podCIDR = o.podCIDR ?? flagged('--cluster-cidr', () => firstSubnet24(clusterCIDR));
   }
 
   const previous = readManifest(paths);

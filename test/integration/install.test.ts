@@ -189,7 +189,7 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     for (const args of [['--cluster-cidr', '10.1.2.0/28'], ['--pod-cidr', '10.1.2.0']]) {
       const bad = patu(['install', '--root', other, '--force', ...args]);
       assert.notEqual(bad.status, 0, said(bad));
-      assert.match(bad.stderr, /--cluster-cidr\/--pod-cidr: /);
+      assert.match(bad.stderr, new RegExp(`${args[0]}: .*${args[1]!.replace(/[./]/g, '\\$&')}`), 'names the flag and the value');
       assert.deepEqual(tree(other), was, args.join(' '));
     }
     // The pod subnet follows the cluster CIDR, like the agent's default.
