@@ -4,7 +4,7 @@
 // entry and field (`services[2].ports[0].protocol: must be TCP or UDP`); a
 // watcher reloads on change and keeps the last good content when a new one is
 // bad, so a typo never unprograms anything.
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, readSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, extname } from 'node:path';
 import { messageOf, PatuError } from '../errors.js';
 import { isIPv4 } from '../net/cidr.js';
@@ -30,6 +30,14 @@ const shown = (v: string): string =>
   v.length <= 40 && /^[\w.-]+$/.test(v) ? v : JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
 
 const SAY_NONE = 'write "services: []" to program no services';
+
+/**
+ * The largest services file read (10,000 services with endpoints are ~5 MB of YAML).
+ * Bounded so that a huge or endless file cannot grow the agent without limit.
+ */
+export const MAX_SERVICES_FILE_BYTES = 32 << 20;
+/** Deeper nesting than any services file has: YAML parse time grows with depth. */
+export const MAX_NESTING = 64;
 
 const MAX_PROBLEMS = 50;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -176,6 +184,43 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
 }
 
 /** Parses file text as JSON (.json) or YAML (anything else; YAML is a superset of JSON). */
+/**
+ * How deeply `text` nests, over-estimated cheaply in one pass: block indentation
+ * levels plus "- " sequence markers on a line plus open flow brackets ([ {) outside
+ * quotes. Checked before parsing, because parsing itself is what gets slow.
+ */
+export function nestingDepth(text: string): number {
+  const indents: number[] = [];
+  let flow = 0;
+  let max = 0;
+  let quote = '';
+  for (const line of text.split('\n')) {
+    let i = 0;
+    if (!quote && flow === 0) {
+      while (i < line.length && line[i] === ' ') i++;
+      if (i === line.length || line[i] === '#') continue;
+      while (indents.length && indents[indents.length - 1]! >= i) indents.pop();
+      indents.push(i);
+      let seq = 0;
+      while (line.startsWith('- ', i + seq * 2)) seq++;
+      max = Math.max(max, indents.length + seq);
+    }
+    for (; i < line.length; i++) {
+      const c = line[i]!;
+      if (quote) {
+        if (c === quote) quote = '';
+        else if (c === '\\' && quote === '"') i++;
+        continue;
+      }
+      if (c === '#' && (i === 0 || line[i - 1] === ' ')) break;
+      if (c === '"' || (c === "'" && (i === 0 || /[\s\[{,:]/.test(line[i - 1]!)))) quote = c;
+      else if (c === '[' || c === '{') max = Math.max(max, indents.length + ++flow);
+      else if ((c === ']' || c === '}') && flow > 0) flow--;
+    }
+  }
+  return max;
+}
+
 export async function parseServicesText(text: string, file: string): Promise<ServiceWithEndpoints[]> {
   // A watcher often reads a file between a writer's truncate and its write: taken
   // as "no services", that read would wipe every service for a moment. So empty is
@@ -183,6 +228,10 @@ export async function parseServicesText(text: string, file: string): Promise<Ser
   // content), and removing every service is said explicitly.
   if (text.trim() === '') {
     throw new ServiceFileError(file, [`(empty): the file is empty; ${SAY_NONE}`]);
+  }
+  const depth = nestingDepth(text);
+  if (depth > MAX_NESTING) {
+    throw new ServiceFileError(file, [`(syntax): nested ${depth} levels deep; a services file needs fewer than ${MAX_NESTING}`]);
   }
   let doc: unknown;
   if (extname(file).toLowerCase() === '.json') {
@@ -203,14 +252,50 @@ export async function parseServicesText(text: string, file: string): Promise<Ser
   return validateServices(doc, file);
 }
 
-export async function loadServicesFile(file: string): Promise<ServiceWithEndpoints[]> {
-  let text: string;
+/**
+ * Reads a services file, refusing what is not one: opened non-blocking (a FIFO would
+ * block open() until a writer came), it must be a regular file (a FIFO or a device is
+ * never read: /dev/zero would be read forever), and at most MAX_SERVICES_FILE_BYTES.
+ */
+export function readServicesFile(file: string): string {
+  let fd: number;
   try {
-    text = readFileSync(file, 'utf8');
+    fd = openSync(file, fsc.O_RDONLY | fsc.O_NONBLOCK); // close-on-exec: libuv sets it
   } catch (e) {
     throw new ServiceFileError(file, [`(read): ${messageOf(e)}`]);
   }
-  return parseServicesText(text, file);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) {
+      const kind = st.isFIFO() ? 'a FIFO' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : 'not a regular file';
+      throw new ServiceFileError(file, [`(read): is ${kind}; a services file must be a regular file`]);
+    }
+    if (st.size > MAX_SERVICES_FILE_BYTES) {
+      throw new ServiceFileError(file, [`(read): ${st.size} bytes; a services file may hold at most ${MAX_SERVICES_FILE_BYTES}`]);
+    }
+    // Read at most one byte past the limit: the file may grow after fstat.
+    const buf = Buffer.allocUnsafe(Math.min(st.size, MAX_SERVICES_FILE_BYTES) + 1);
+    let n = 0;
+    for (;;) {
+      const got = readSync(fd, buf, n, buf.length - n, null);
+      if (got === 0) break;
+      n += got;
+      if (n === buf.length) {
+        if (n > MAX_SERVICES_FILE_BYTES) throw new ServiceFileError(file, [`(read): grew past ${MAX_SERVICES_FILE_BYTES} bytes while being read`]);
+        break; // it grew after fstat; what was there at fstat time plus one byte is read
+      }
+    }
+    return buf.toString('utf8', 0, n);
+  } catch (e) {
+    if (e instanceof ServiceFileError) throw e;
+    throw new ServiceFileError(file, [`(read): ${messageOf(e)}`]);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export async function loadServicesFile(file: string): Promise<ServiceWithEndpoints[]> {
+  return parseServicesText(readServicesFile(file), file);
 }
 
 export interface WatchOptions {
