@@ -6,7 +6,7 @@
 //     from the apiserver (src/k8s), and serves /metrics, /healthz, /readyz.
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
 // breaks established connections; bin/patu falls back to running the plugin itself.
-import pino from 'pino';
+import { createLog } from './log.js';
 import { startCniServer } from './cni-server.js';
 import { clip } from './cni-wire.js';
 import { DEFAULTS } from '../defaults.js';
@@ -39,7 +39,7 @@ export interface AgentOptions {
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
-  const log = pino({ level: opts.logLevel, base: { component: 'patu-agent' } });
+  const log = createLog({ level: opts.logLevel, base: { component: 'patu-agent' } });
   // libbpf's own warnings into the agent's log (the CLI pointed them at stderr).
   libbpfLog.sink = (text) => log.warn({ libbpf: text.trimEnd() }, 'libbpf');
   const closers: (() => void | Promise<void>)[] = [];

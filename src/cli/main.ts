@@ -2,13 +2,14 @@
 // `patu --help` and quick commands stay quick.
 import { Command, Option } from 'commander';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { patuHome } from '../home.js';
 import { DEFAULTS } from '../defaults.js';
 import { libbpfLog } from '../kernel/bpf/log.js';
 import { messageOf } from '../errors.js';
 
 function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8'));
+  const pkg = JSON.parse(readFileSync(join(patuHome(), 'package.json'), 'utf8'));
   return String(pkg.version);
 }
 

@@ -3,19 +3,18 @@
 // global switch. Everything is pinned so an agent restart or upgrade reuses the
 // live sockhash: established accelerated connections keep working.
 import { existsSync, statSync, unlinkSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfProgram, BpfLink, AttachType } from '../kernel/bpf/object.js';
 import { TypedMap, u32, u64 } from '../kernel/bpf/map.js';
 import { BpfError } from '../kernel/bpf/errors.js';
 import { ensurePinDir, removePins, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
+import { bpfObjectPath } from '../home.js';
 import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
 import { mapsUsedBy, repinMaps } from '../kernel/bpf/repin.js';
 import { accelPins, accelCfgCodec, sockKeyCodec, ACCEL_MAP_CODECS, type SockKey } from './accel-maps.js';
 import { openPodRegistry } from './accel-registry.js';
 
 const O_DIRECTORY = 0o200000;
-const DEFAULT_OBJECT = fileURLToPath(new URL('../../../build/bpf/accel.o', import.meta.url));
 
 export interface AccelOptions extends BpffsOptions {
   pinRoot?: string;
@@ -57,7 +56,7 @@ export class Accel {
   private constructor(opts: AccelOptions) {
     this.pinRoot = opts.pinRoot ?? DEFAULTS.pinRoot;
     this.cgroupPath = opts.cgroupPath;
-    this.objectPath = opts.objectPath ?? DEFAULT_OBJECT;
+    this.objectPath = opts.objectPath ?? bpfObjectPath('accel');
     this.log = opts.log ?? (() => {});
     this.bpffs = opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs };
     this.pins = accelPins(this.pinRoot);

@@ -3,12 +3,12 @@
 // entries through the phased diff in src/services/diff.ts.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
 import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
 import { mapsUsedBy, repinMaps, type UsedMap } from '../kernel/bpf/repin.js';
 import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
+import { bpfObjectPath } from '../home.js';
 import {
   commit, diffServices, emptyState, IdAllocator, setService,
   type DiffResult, type MapOp, type ProgrammedBackend, type ProgrammedService, type ProgrammedState, type SvcKey,
@@ -16,7 +16,6 @@ import {
 import { portKey, type DesiredServicePort, type Protocol } from '../services/model.js';
 
 export const SOCK_LB_PROGRAMS = ['patu_connect4', 'patu_sendmsg4', 'patu_recvmsg4', 'patu_getpeername4'] as const;
-const DEFAULT_OBJECT = fileURLToPath(new URL('../../../build/bpf/sock_lb.o', import.meta.url));
 
 const IPPROTO: Record<Protocol, number> = { TCP: 6, UDP: 17 };
 const PROTO_NAME: Record<number, Protocol | undefined> = { 6: 'TCP', 17: 'UDP' };
@@ -206,7 +205,7 @@ export class ServiceLb {
    */
   static open(opts: ServiceLbOptions = {}): ServiceLb {
     const pinRoot = ensurePinDir(opts.pinRoot ?? DEFAULTS.pinRoot, opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs });
-    const objectPath = opts.objectPath ?? DEFAULT_OBJECT;
+    const objectPath = opts.objectPath ?? bpfObjectPath('sock_lb');
     if (!existsSync(objectPath)) throw new Error(`ServiceLb.open: BPF object ${objectPath} is missing (run scripts/build.sh)`);
     // Before libbpf reuses (or, for a missing pin, creates and pins) the maps.
     const repairs = repinAttachedMaps(pinRoot);

@@ -8,9 +8,9 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, rmdirSync }
 import { hostVethName } from '../dataplane/names.js';
 import { DEFAULTS } from '../defaults.js';
 import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { patuHome } from '../home.js';
 
-const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const REPO = patuHome();
 const REPO_BIN = join(REPO, 'bin', 'patu');
 
 export interface LabOptions {

@@ -21,7 +21,7 @@ import {
   symlinkSync, writeFileSync, type Stats,
 } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { patuHome } from '../home.js';
 import { buildConflist } from '../cni/conflist.js';
 import { firstSubnet24 } from '../k8s/convert.js';
 import { DEFAULTS } from '../defaults.js';
@@ -33,7 +33,7 @@ import {
 } from './paths.js';
 
 /** The checkout or install this code runs from (<home>/dist/src/install -> <home>). */
-export const PATU_HOME = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const PATU_HOME = patuHome();
 
 /** Written into a copied prefix: uninstall removes a prefix tree only if it carries this marker. */
 export const PREFIX_MARKER = '.patu-install';
@@ -167,7 +167,8 @@ export function productionModules(source: string): string[] {
 /** What a copied prefix holds (relative to source). */
 export function prefixContents(source: string): string[] {
   const list = ['bin/patu', 'dist/cni.mjs', 'dist/src', 'build/bpf', 'package.json', 'deploy'];
-  for (const opt of ['README.md', 'ARCHITECTURE.md', 'LICENSE']) if (existsSync(join(source, opt))) list.push(opt);
+  // dist/agent: the agent's bundle (bin/patu falls back to dist/src without it).
+  for (const opt of ['dist/agent', 'README.md', 'ARCHITECTURE.md', 'LICENSE']) if (existsSync(join(source, opt))) list.push(opt);
   return [...list, ...productionModules(source)];
 }
 

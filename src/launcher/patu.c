@@ -127,6 +127,14 @@ static void patu_home(char *out, size_t size) {
   snprintf(out, size, "%s", PATU_HOME);
 }
 
+/* Whether <home>/script exists (a build without the agent bundle falls back to the CLI's modules). */
+static int has_script(const char *script) {
+  char home[PATH_MAX], path[PATH_MAX + 64];
+  patu_home(home, sizeof home);
+  snprintf(path, sizeof path, "%s/%s", home, script);
+  return access(path, R_OK) == 0;
+}
+
 /* Runs the Node side: the CNI plugin (script = dist/cni.mjs) or the CLI. */
 static void exec_node(const char *script, const char *v8flag, int argc, char **argv) {
   char home[PATH_MAX], path[PATH_MAX + 64];
@@ -257,7 +265,10 @@ int main(int argc, char **argv) {
        16 MB keeps its RSS at 1,000 services at kube-proxy's (bench/k8s-proxy.ts: 87.9 ->
        74.2 MB) for a little more GC work. Short CLI runs keep V8's default. */
     int agent = argc > 1 && strcmp(argv[1], "agent") == 0;
-    exec_node("dist/src/cli/index.js", agent ? "--max-semi-space-size=1" : NULL, argc, argv);
+    /* The agent runs from its bundle (scripts/build.sh: less RSS than the module tree); a
+       tree built without it still runs the CLI's modules. */
+    exec_node(agent && has_script("dist/agent/index.js") ? "dist/agent/index.js" : "dist/src/cli/index.js",
+              agent ? "--max-semi-space-size=1" : NULL, argc, argv);
   }
 
   /* Read stdin once: it goes either to the agent or, through a pipe, to Node. */

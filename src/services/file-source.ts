@@ -242,7 +242,10 @@ export async function parseServicesText(text: string, file: string): Promise<Ser
     }
   } else {
     // Loaded on first use: the yaml parser is the largest module on this path.
-    const YAML = await import('yaml');
+    const mod = await import('yaml');
+    // In the agent's bundle (esbuild, split at dynamic imports) a CommonJS package imported
+    // this way offers only its `default`; Node's own loader offers the named exports too.
+    const YAML = 'parseDocument' in mod ? mod : (mod as { default: typeof mod }).default;
     const parsed = YAML.parseDocument(text, { prettyErrors: true });
     if (parsed.errors.length) {
       throw new ServiceFileError(file, parsed.errors.slice(0, 5).map((e) => `(syntax): ${e.message.split('\n')[0]}`));

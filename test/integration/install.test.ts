@@ -92,7 +92,7 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     );
     assert.equal(readlinkSync(join(root, 'opt/cni/bin/patu')), '../../../usr/lib/patu/bin/patu');
     assert.equal(realpathSync(join(root, 'opt/cni/bin/patu')), join(root, 'usr/lib/patu/bin/patu'));
-    for (const f of ['bin/patu', 'dist/cni.mjs', 'dist/src/cli/index.js', 'build/bpf/accel.o', 'build/bpf/sock_lb.o', 'package.json', 'node_modules/koffi/package.json', 'node_modules/commander/package.json']) {
+    for (const f of ['bin/patu', 'dist/cni.mjs', 'dist/src/cli/index.js', 'dist/agent/index.js', 'build/bpf/accel.o', 'build/bpf/sock_lb.o', 'package.json', 'node_modules/koffi/package.json', 'node_modules/commander/package.json']) {
       assert.ok(existsSync(join(root, 'usr/lib/patu', f)), `prefix has ${f}`);
     }
     // Development-only packages stay out of an installed copy.
