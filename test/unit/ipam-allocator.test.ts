@@ -4,7 +4,7 @@
 // can hand out is enumerated by brute force here, not taken from the product code.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -256,6 +256,21 @@ test('round robin: a released address is not handed out again until the range wr
   writeFileSync(join(store.dir, 'last_reserved_ip.0'), 'garbage');
   release(cfg, store, 'c', 'eth0');
   assert.equal(ip('g'), '10.78.0.4');
+  store.close();
+});
+
+test('the round-robin cursor is rewritten in place, exactly the address (host-local format), also when it gets shorter', () => {
+  const store = freshStore();
+  const file = join(store.dir, 'last_reserved_ip.1');
+  assert.equal(store.lastReserved(1), undefined);
+  store.setLastReserved(1, 'fd00:77::1234:5678');
+  const ino = statSync(file).ino;
+  store.setLastReserved(1, '10.1.0.100');
+  store.setLastReserved(1, '10.1.0.9');
+  assert.equal(readFileSync(file, 'utf8'), '10.1.0.9');
+  assert.equal(store.lastReserved(1), '10.1.0.9');
+  assert.equal(statSync(file).ino, ino, 'same file: no temp file renamed over it');
+  assert.deepEqual(readdirSync(store.dir).filter((n) => n.startsWith('.tmp')), []);
   store.close();
 });
 
