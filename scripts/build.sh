@@ -56,12 +56,13 @@ fi
 # modules (fewer module records and sources; zod's locales and pino-free logging shaken out).
 # Split at every dynamic import(), so what its flags do not ask for (the Kubernetes source,
 # /metrics, the services file and its YAML parser, the CLI's other commands) stays on disk.
-# bin/patu runs dist/agent/index.js for `patu agent`. Paths to package.json and build/bpf are
+# bin/patu runs dist/agent/index.js for `patu agent`; its CNI worker threads run
+# dist/agent/cni-worker.js (the server names it relative to its own module). Paths to package.json and build/bpf are
 # found by walking up (src/home.ts), so the bundle's depth does not matter. Names are kept (no
 # identifier minification) so stack traces in the agent's logs stay readable. Built aside and
 # swapped in whole: a running agent has loaded its chunks at start.
 rm -rf dist/agent.tmp
-npx --no-install esbuild src/cli/index.ts --bundle --splitting --platform=node --format=esm \
+npx --no-install esbuild src/cli/index.ts src/agent/cni-worker.ts --bundle --splitting --platform=node --format=esm \
   --target=node20 --external:koffi --minify-whitespace --minify-syntax \
   --outdir=dist/agent.tmp --log-level=warning \
   --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"

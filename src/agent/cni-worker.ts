@@ -3,6 +3,7 @@
 // per thread, so entering a pod's netns here moves only this thread.
 import { parentPort } from 'node:worker_threads';
 import { runPlugin } from '../cni/plugin.js';
+import { BridgeCache } from '../dataplane/bridge.js';
 import { observeLockFds } from '../ipam/store.js';
 import { warmThreadpool } from '../kernel/netns.js';
 
@@ -52,8 +53,11 @@ function plain(err: unknown, depth = 0): LoggedError | undefined {
   };
 }
 
+// This network's bridge, checked once per BridgeCache TTL instead of on every ADD.
+const bridges = new BridgeCache();
+
 port.on('message', async (m: WorkerRequest) => {
-  const { error, ...rest } = await runPlugin(m.env, m.stdin, { lockTimeoutMs: m.lockTimeoutMs, deferOnBusyLock: true });
+  const { error, ...rest } = await runPlugin(m.env, m.stdin, { lockTimeoutMs: m.lockTimeoutMs, deferOnBusyLock: true, bridges });
   const loggable = plain(error);
   port.postMessage({ type: 'done', seq: m.seq, outcome: { ...rest, ...(loggable ? { error: loggable } : {}) } } satisfies WorkerReply);
 });

@@ -15,6 +15,8 @@ export interface Log {
   warn(fields: object, msg: string): void;
   error(fields: object, msg: string): void;
   fatal(fields: object, msg: string): void;
+  /** Nothing is buffered (stdout to a file, pipe or terminal is written synchronously on Linux); kept for callers about to exit. */
+  flush(): void;
 }
 
 export function isLevel(s: string): s is LevelName {
@@ -42,5 +44,5 @@ export function createLog(opts: { level: string; base?: Record<string, unknown>;
       write(`{"level":${n},"time":${Date.now()},${head}${rest},"msg":${JSON.stringify(msg)}}\n`);
     };
   };
-  return { trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), fatal: at('fatal') };
+  return { trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), fatal: at('fatal'), flush: () => {} };
 }

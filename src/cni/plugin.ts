@@ -7,6 +7,7 @@ import { readCommand, readEnv } from './env.js';
 import { decodeStdin, parseJson, parseNetConf, peekVersion } from './netconf.js';
 import { LATEST_VERSION, SUPPORTED_VERSIONS, isSupportedVersion, resultForVersion, type CniCommand } from './spec.js';
 import { cmdAdd } from './commands/add.js';
+import type { BridgeCache } from '../dataplane/bridge.js';
 import { cmdDel } from './commands/del.js';
 import { cmdCheck } from './commands/check.js';
 import { cmdGc } from './commands/gc.js';
@@ -35,6 +36,8 @@ export interface RunOptions {
    * would stall all the others, while the launcher's own process can wait.
    */
   deferOnBusyLock?: boolean;
+  /** Bridges already ensured, remembered across requests (the agent's; see BridgeCache). */
+  bridges?: BridgeCache;
 }
 
 /** `stdin` as bytes is checked for size and UTF-8 here; as a string it was decoded by the caller. */
@@ -60,7 +63,7 @@ async function run(env: NodeJS.ProcessEnv, stdin: string | Uint8Array, opts: Run
     const cniEnv = readEnv(env, command);
     switch (command) {
       case 'ADD':
-        return ok(resultForVersion(await cmdAdd(cniEnv, conf, ipamOpts), conf.cniVersion));
+        return ok(resultForVersion(await cmdAdd(cniEnv, conf, { ...ipamOpts, ...(opts.bridges ? { bridges: opts.bridges } : {}) }), conf.cniVersion));
       case 'DEL':
         await cmdDel(cniEnv, conf, ipamOpts);
         return { exitCode: 0, stdout: '' };

@@ -9,7 +9,7 @@ import { Rtnl, type LinkInfo } from '../kernel/netlink/rtnl.js';
 import { SysError, close } from '../kernel/ffi/libc.js';
 import { readSysctl, writeSysctl } from '../kernel/sysctl.js';
 import { openNetns, withNetns } from '../kernel/netns.js';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { PatuError } from '../errors.js';
 
 /** The configured bridge name belongs to a link patu did not create: patu leaves it alone. */
@@ -92,6 +92,34 @@ export function ensureBridge(rtnl: Rtnl, spec: BridgeSpec): EnsuredBridge {
   return { link, created };
 }
 
+/**
+ * What ensureBridge established, remembered by a long-lived process (the agent) so that
+ * an ADD does not check the bridge, its addresses and ip_forward again: two netlink round
+ * trips and a sysctl read of every ADD. An entry holds for `ttlMs` (an operator's change
+ * to the bridge is seen within that long), and the caller drops it when a pod could not be
+ * attached (a bridge deleted behind our back: the veth's IFLA_MASTER then fails with EINVAL).
+ */
+export class BridgeCache {
+  private readonly known = new Map<string, { bridge: EnsuredBridge; gateways: Set<string>; until: number }>();
+
+  constructor(private readonly ttlMs = 10_000, private readonly now: () => number = () => performance.now()) {}
+
+  /** ensureBridge, or what it found within ttlMs for the same bridge and gateways. `cached` says which. */
+  ensure(rtnl: Rtnl, spec: BridgeSpec): EnsuredBridge & { cached: boolean } {
+    const hit = this.known.get(spec.name);
+    if (hit && hit.until > this.now() && spec.gateways.every((g) => hit.gateways.has(g.cidr))) {
+      return { link: hit.bridge.link, created: false, cached: true };
+    }
+    const bridge = ensureBridge(rtnl, spec);
+    this.known.set(spec.name, { bridge, gateways: new Set(spec.gateways.map((g) => g.cidr)), until: this.now() + this.ttlMs });
+    return { ...bridge, cached: false };
+  }
+
+  forget(name: string): void {
+    this.known.delete(name);
+  }
+}
+
 function ensureForwarding(gateways: GatewayAddress[]): void {
   const keys = ['net.ipv4.ip_forward'];
   if (gateways.some((g) => g.family === 6)) keys.push('net.ipv6.conf.all.forwarding');
@@ -117,56 +145,75 @@ export interface AttachedPod {
   podIndex: number;
 }
 
+/** A random unicast, locally administered MAC (what the kernel would pick, known without asking it). */
+function randomMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfc) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
 /**
  * Wires one pod: veth created with its peer directly inside the pod netns (no move
- * step), host end on the bridge, addresses and routes inside the pod.
+ * step), host end on the bridge, addresses and routes inside the pod. The fewest
+ * round trips the kernel allows: the creation is echoed back (host end's index and MAC,
+ * the peer's index), the peer's MAC is chosen here, and a stale veth is looked for only
+ * when the name turns out taken.
  */
 export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
-  const stale = host.linkByName(spec.hostVeth);
-  // A previous ADD that was killed half-way leaves its veth behind: start clean.
-  if (stale) host.deleteLink(stale.index);
-
+  const podMac = randomMac();
   const nsFd = openNetns(spec.netnsPath);
+  let echoed: LinkInfo | undefined;
   try {
     // Born on the bridge and up, in one request: an ADD killed at any point never
     // leaves a patu veth outside its bridge, where GC (which looks only at this
     // network's bridge ports) could not tell which network it belonged to.
-    host.createVeth(spec.hostVeth, spec.ifname, {
+    const create = () => host.createVeth(spec.hostVeth, spec.ifname, {
       mtu: spec.mtu,
       peerNetnsFd: nsFd,
+      peerMac: podMac,
       masterIndex: spec.bridgeIndex,
       up: true,
     });
+    try {
+      echoed = create();
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw err;
+      // A previous ADD that was killed half-way left its veth behind: start clean.
+      const stale = host.linkByName(spec.hostVeth);
+      if (!stale) throw err; // the pod's end of the name is taken: not ours to remove
+      host.deleteLink(stale.index);
+      echoed = create();
+    }
   } finally {
     close(nsFd);
   }
-  const hostLink = host.linkByName(spec.hostVeth);
+  const hostLink = echoed ?? host.linkByName(spec.hostVeth);
   if (!hostLink) throw new Error(`veth '${spec.hostVeth}' not found right after it was created`);
   if (spec.hairpin) host.setHairpin(hostLink.index, true);
 
   const pod = Rtnl.openInNetns(spec.netnsPath);
   try {
-    const podLink = pod.linkByName(spec.ifname);
-    if (!podLink) throw new Error(`interface '${spec.ifname}' not found in ${spec.netnsPath} after veth creation`);
+    const podIndex = hostLink.linkIndex ?? pod.linkByName(spec.ifname)?.index;
+    if (podIndex === undefined) throw new Error(`interface '${spec.ifname}' not found in ${spec.netnsPath} after veth creation`);
     if (spec.addresses.some((a) => a.family === 6)) {
       // Pods get their IPv6 address statically: duplicate address detection would
       // only delay it, and router advertisements are not how patu routes.
       withNetns(spec.netnsPath, () => writeSysctl(`net/ipv6/conf/${spec.ifname}/accept_ra`, '0')); // slashes: ifnames may hold dots
     }
-    for (const a of spec.addresses) pod.addAddress(podLink.index, a.cidr);
-    pod.setUp(podLink.index);
+    for (const a of spec.addresses) pod.addAddress(podIndex, a.cidr);
+    pod.setUp(podIndex);
     const lo = pod.linkByName('lo');
     if (lo && !lo.up) pod.setUp(lo.index);
     for (const a of spec.addresses) {
-      if (a.gateway) pod.addRoute({ dst: 'default', gateway: a.gateway, oif: podLink.index });
+      if (a.gateway) pod.addRoute({ dst: 'default', gateway: a.gateway, oif: podIndex });
     }
     for (const r of spec.routes) {
       if (r.dst === '0.0.0.0/0' || r.dst === '::/0') continue; // the default route above covers it
       const family = r.dst.includes(':') ? 6 : 4;
       const gw = r.gw ?? spec.addresses.find((a) => a.family === family)?.gateway;
-      pod.addRoute({ dst: r.dst, oif: podLink.index, ...(gw ? { gateway: gw } : {}) });
+      pod.addRoute({ dst: r.dst, oif: podIndex, ...(gw ? { gateway: gw } : {}) });
     }
-    return { hostMac: hostLink.mac, podMac: podLink.mac, podIndex: podLink.index };
+    return { hostMac: hostLink.mac, podMac, podIndex };
   } finally {
     pod.close();
   }

@@ -196,12 +196,17 @@ test('bridge + veths into two pods: addresses, default routes, hairpin, MTU, pin
     // Pod A's peer by path, pod B's by fd: both ways of naming the target netns.
     node.createVeth('va', 'eth0', { mtu: 1400, peerNetnsPath: paths[POD_A]! });
     const fdB = open(paths[POD_B]!, O_RDONLY);
+    let echoed;
     try {
-      // B's host end is enslaved and up in the creating request itself.
-      node.createVeth('vb', 'eth0', { mtu: 1400, peerNetnsFd: fdB, masterIndex: br.index, up: true });
+      // B's host end is enslaved and up in the creating request itself, its peer's MAC set.
+      echoed = node.createVeth('vb', 'eth0', { mtu: 1400, peerNetnsFd: fdB, masterIndex: br.index, up: true, peerMac: '02:77:00:00:00:0b' });
     } finally {
       close(fdB);
     }
+    // The kernel's echo of the creation names the host end and its peer's index in the pod.
+    const vbNow = node.linkByName('vb')!;
+    assert.deepEqual([echoed?.name, echoed?.index, echoed?.mac, echoed?.linkIndex], [vbNow.name, vbNow.index, vbNow.mac, podB.linkByName('eth0')!.index]);
+    assert.equal(podB.linkByName('eth0')!.mac, '02:77:00:00:00:0b');
     assert.deepEqual([node.linkByName('vb')!.masterIndex, node.linkByName('vb')!.up], [br.index, true]);
     assert.deepEqual([node.linkByName('va')!.masterIndex, node.linkByName('va')!.up], [undefined, false]);
     const pods: [Rtnl, string, string][] = [[podA, '10.77.0.2', 'fd77::2'], [podB, '10.77.0.3', 'fd77::3']];

@@ -7,12 +7,18 @@ import type { CniResult } from '../spec.js';
 import { invalidConfig, toCniError } from '../errors.js';
 import { ipamFor, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
-import { attachPod, detachPod, ensureBridge, ForeignLinkError } from '../../dataplane/bridge.js';
+import { attachPod, detachPod, ensureBridge, ForeignLinkError, type BridgeCache, type EnsuredBridge } from '../../dataplane/bridge.js';
 import { ensureMasqueradeInPlace } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel, type Warn } from '../register-accel.js';
 
-export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<CniResult> {
+export interface AddOptions extends IpamOpenOptions {
+  warn?: Warn;
+  /** A long-lived caller's memory of bridges already ensured (the agent's). */
+  bridges?: BridgeCache;
+}
+
+export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}): Promise<CniResult> {
   const ipam = ipamFor(conf, opts);
   const allocations = (() => {
     try {
@@ -26,20 +32,23 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions &
   const host = Rtnl.open();
   let vethCreated = false;
   try {
-    const { link: bridge } = ensureBridge(host, {
+    const bridgeSpec = {
       name: conf.bridge,
       mtu: conf.mtu,
       gateways: allocations.filter((a) => a.gateway).map((a) => ({
         cidr: `${a.gateway}/${a.prefixLen}`,
         family: a.family,
       })),
-    });
-    // Every ADD, not only the one that created the bridge: that one may have been
-    // killed before it got here, or someone removed the table since (cheap check first).
-    if (conf.masquerade) ensureMasqueradeInPlace(conf.bridge, ipam.subnets(), conf.clusterCIDR);
+    };
+    const ensured: EnsuredBridge & { cached?: boolean } = opts.bridges ? opts.bridges.ensure(host, bridgeSpec) : ensureBridge(host, bridgeSpec);
+    let bridge = ensured.link;
+    // Every ADD, not only the one that created the bridge: that one may have been killed
+    // before it got here, or someone removed the table since (cheap check first). The
+    // agent checks it with the bridge, once per BridgeCache TTL.
+    if (conf.masquerade && !ensured.cached) ensureMasqueradeInPlace(conf.bridge, ipam.subnets(), conf.clusterCIDR);
 
     vethCreated = true;
-    const attached = attachPod(host, {
+    const podSpec = {
       hostVeth,
       ifname: env.ifname,
       netnsPath: env.netns,
@@ -52,7 +61,20 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: IpamOpenOptions &
         ...(a.gateway ? { gateway: a.gateway } : {}),
       })),
       routes: ipam.routes(),
-    });
+    };
+    let attached;
+    try {
+      attached = attachPod(host, podSpec);
+    } catch (err) {
+      if (!ensured.cached) throw err;
+      // The remembered bridge may be gone or changed: check it for real, then try once more.
+      opts.bridges!.forget(conf.bridge);
+      detachPod(host, hostVeth);
+      const fresh = opts.bridges!.ensure(host, bridgeSpec);
+      if (conf.masquerade) ensureMasqueradeInPlace(conf.bridge, ipam.subnets(), conf.clusterCIDR);
+      bridge = fresh.link;
+      attached = attachPod(host, { ...podSpec, bridgeIndex: bridge.index });
+    }
 
     const accelOn = conf.accel && env.args.PATU_ACCEL !== 'off';
     await registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn, warn: opts.warn ?? (() => {}) });

@@ -12,7 +12,7 @@ import {
   toNlPrefix, ipToBytes, bytesToIp, maskBytes, familyToAf, afToFamily, macToBytes, bytesToMac,
   RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR,
   RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH,
-  NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_DUMP,
+  NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_DUMP, NLM_F_ECHO,
   AF_UNSPEC, AF_INET, AF_INET6, AF_BRIDGE, IFF_UP,
   IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD,
   IFLA_EXT_MASK, IFLA_LINK_NETNSID, IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA,
@@ -98,6 +98,8 @@ export interface VethOptions {
   masterIndex?: number;
   /** Bring the new (host) end up in the same request (the peer stays down). */
   up?: boolean;
+  /** The peer's MAC (aa:bb:..); without it the kernel picks a random one. */
+  peerMac?: string;
 }
 
 const IFNAMSIZ = 16;
@@ -183,8 +185,11 @@ export class Rtnl {
    * Creates a veth pair. With peerNetnsFd/peerNetnsPath the peer is born inside
    * that netns (IFLA_NET_NS_FD inside VETH_INFO_PEER), which saves a move. The peer
    * is down: bring it up from a handle on its netns (IFF_UP here fails, ENOTCONN).
+   * Returns the new (host) end as the kernel echoes it (NLM_F_ECHO: index, MAC, and the
+   * peer's index in its own netns as linkIndex), which saves looking it up; undefined on a
+   * kernel that does not echo link creation.
    */
-  createVeth(name: string, peerName: string, opts: VethOptions = {}): void {
+  createVeth(name: string, peerName: string, opts: VethOptions = {}): LinkInfo | undefined {
     checkName(name, 'veth');
     checkName(peerName, 'veth peer');
     const object = `veth '${name}' (peer '${peerName}'${opts.peerNetnsPath ? ` in ${opts.peerNetnsPath}` : ''})`;
@@ -195,6 +200,7 @@ export class Rtnl {
       const peer = [encodeIfInfo({}), attrStr(IFLA_IFNAME, peerName)];
       if (opts.mtu !== undefined) peer.push(attrU32(IFLA_MTU, opts.mtu));
       if (fd !== undefined) peer.push(attrU32(IFLA_NET_NS_FD, fd));
+      if (opts.peerMac !== undefined) peer.push(attr(IFLA_ADDRESS, macToBytes(opts.peerMac)));
       const body = [encodeIfInfo(opts.up ? { flags: IFF_UP, change: IFF_UP } : {}), attrStr(IFLA_IFNAME, name)];
       if (opts.mtu !== undefined) body.push(attrU32(IFLA_MTU, opts.mtu));
       if (opts.masterIndex !== undefined) body.push(attrU32(IFLA_MASTER, opts.masterIndex));
@@ -202,7 +208,10 @@ export class Rtnl {
         attrStr(IFLA_INFO_KIND, 'veth'),
         attrNested(IFLA_INFO_DATA, [attr(VETH_INFO_PEER, Buffer.concat(peer))]),
       ]));
-      this.sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, { object });
+      const echoed = this.sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body, { object })
+        .find((m) => m.type === RTM_NEWLINK);
+      const link = echoed ? parseLink(echoed) : undefined;
+      return link && link.name === name ? link : undefined;
     } finally {
       if (opened >= 0) close(opened);
     }
