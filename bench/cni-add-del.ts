@@ -13,6 +13,13 @@
 // process start-up is included: it is part of what a pod pays. The netns is made
 // outside the timed section; the "+netns" rows add `ip netns add` before ADD and
 // `ip netns del` after DEL, which is what a pod start/stop costs end to end.
+//
+// Floors measured in the same run: a bare `node -e 0` exec (spawned the same way, once per
+// pod, interleaved) is what any Node plugin pays per call; the "patu" row minus it is what
+// patu's own code costs. The agent's RSS after serving every request is printed against an
+// idle bare `node` (with and without the agent's --max-semi-space-size=1).
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import {
   addNetns,
   delNetns,
@@ -26,6 +33,31 @@ import {
 } from '../test/helpers/cni.js';
 
 const PODS = Number(process.env.BENCH_PODS ?? 200);
+
+/** One exec of `node -e 0`, spawned and waited for like a plugin: the floor of a Node plugin. */
+function nodeStart(): Promise<number> {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, ['-e', '0'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, stdio: ['pipe', 'pipe', 'pipe'] });
+  child.stdin.on('error', () => {});
+  child.stdin.end('{}');
+  child.stdout.resume();
+  child.stderr.resume();
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', () => resolve(performance.now() - t0));
+  });
+}
+
+const rssMB = (pid: number): number => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+
+/** An idle bare node's RSS: the floor under the agent's. */
+async function nodeFloorMB(args: string[]): Promise<number> {
+  const p = spawn(process.execPath, [...args, '-e', 'setTimeout(() => {}, 1e6)'], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 1500));
+  const m = rssMB(p.pid!);
+  p.kill('SIGKILL');
+  return m;
+}
 
 interface Samples {
   add: number[];
@@ -49,6 +81,7 @@ async function main(): Promise<void> {
   }
   if (PODS > 250) throw new Error(`BENCH_PODS=${PODS}: a /24 holds at most 253 pods`);
   const flavours: Flavour[] = [];
+  let agentIdleMB = NaN;
   const ref = referenceFlavour();
   flavours.push(ref);
   const patu = patuFlavour();
@@ -61,7 +94,9 @@ async function main(): Promise<void> {
   } else {
     flavours.push(patu);
     if (process.env.BENCH_AGENT !== '0') {
-      await patuAgent.start();
+      const agent = await patuAgent.start();
+      await new Promise((r) => setTimeout(r, 1500));
+      agentIdleMB = rssMB(agent.pid);
       flavours.push(patuAgent);
     } else patuAgent.destroy();
   }
@@ -70,6 +105,8 @@ async function main(): Promise<void> {
 
   const samples = new Map<Flavour, Samples>(flavours.map((f) => [f, { add: [], del: [], netnsAdd: [], netnsDel: [] }]));
   const live: { f: Flavour; ns: string; id: string }[] = [];
+  const nodeStarts: number[] = [];
+  let agentServedMB = NaN;
   const tag = `bn${process.pid.toString(36)}`;
   try {
     // One untimed ADD/DEL per flavour: creates the bridge and warms the page cache.
@@ -86,8 +123,10 @@ async function main(): Promise<void> {
       }
     }
 
+    await nodeStart();
     const order = (i: number) => (i % 2 === 0 ? flavours : [...flavours].reverse());
     for (let i = 0; i < PODS; i++) {
+      if (i % 2 === 0) nodeStarts.push(await nodeStart());
       for (const f of order(i)) {
         const s = samples.get(f)!;
         const ns = `${tag}${flavours.indexOf(f)}n${i}`;
@@ -113,7 +152,9 @@ async function main(): Promise<void> {
         s.netnsDel.push(performance.now() - t0);
         live.splice(live.findIndex((l) => l.ns === ns), 1);
       }
+      if (i % 2 === 1) nodeStarts.push(await nodeStart());
     }
+    if (patuAgent.agent) agentServedMB = rssMB(patuAgent.agent.pid);
   } finally {
     for (const l of live) {
       await execPlugin(l.f.bin, 'DEL', l.f.netconf(), { containerId: l.id, netns: `/var/run/netns/${l.ns}`, env: l.f.env }).catch(() => undefined);
@@ -143,6 +184,16 @@ async function main(): Promise<void> {
   console.log(`${'op'.padEnd(10)} ${'flavour'.padEnd(11)} ${'p50'.padStart(8)} ${'p99'.padStart(8)} ${'mean'.padStart(8)} ${'max'.padStart(8)}`);
   for (const r of rows.sort((a, b) => a.name.localeCompare(b.name))) {
     console.log(`${r.name.padEnd(10)} ${r.f.id.padEnd(11)} ${fmt(pct(r.xs, 50))} ${fmt(pct(r.xs, 99))} ${fmt(mean(r.xs))} ${fmt(Math.max(...r.xs))}`);
+  }
+  console.log(`${'exec'.padEnd(10)} ${'node -e 0'.padEnd(11)} ${fmt(pct(nodeStarts, 50))} ${fmt(pct(nodeStarts, 99))} ${fmt(mean(nodeStarts))} ${fmt(Math.max(...nodeStarts))}`);
+  const plain = rows.find((r) => r.name === 'ADD' && r.f.id === 'patu');
+  if (plain) {
+    console.log(`\npatu ADD (Node per call) over a bare \`node -e 0\` exec: p50 +${(pct(plain.xs, 50) - pct(nodeStarts, 50)).toFixed(1)} ms (target <= +15 ms)`);
+  }
+  if (Number.isFinite(agentServedMB)) {
+    const [floor, floorSemi] = [await nodeFloorMB([]), await nodeFloorMB(['--max-semi-space-size=1'])];
+    console.log(`agent RSS (CNI only) after ${2 * PODS + 2} requests: ${agentServedMB.toFixed(1)} MB (idle after start: ${agentIdleMB.toFixed(1)} MB); `
+      + `bare node: ${floor.toFixed(1)} MB (--max-semi-space-size=1: ${floorSemi.toFixed(1)} MB) -> node +${(agentServedMB - floor).toFixed(1)} MB (target <= +10 MB)`);
   }
   for (const f of flavours.filter((x) => x.id !== 'reference')) {
     console.log(`\nratio ${f.id}/reference (below 1: ${f.id} is faster)`);
