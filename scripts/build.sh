@@ -64,7 +64,7 @@ fi
 rm -rf dist/agent.tmp
 npx --no-install esbuild src/cli/index.ts src/agent/cni-worker.ts --bundle --splitting --platform=node --format=esm \
   --target=node20 --external:koffi --minify-whitespace --minify-syntax \
-  --outdir=dist/agent.tmp --log-level=warning \
+  '--entry-names=[name]' --outdir=dist/agent.tmp --log-level=warning \
   --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
 rm -rf dist/agent.old
 [[ -d dist/agent ]] && mv dist/agent dist/agent.old

@@ -5,6 +5,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { addNetns, delNetns, describe as show, execPlugin, isRoot, patuAgentFlavour, ping } from '../helpers/cni.js';
 
 const f = patuAgentFlavour();
@@ -31,6 +32,8 @@ async function add(i: number) {
 
 test('agent: a bridge deleted between two ADDs is recreated, and the pod reaches its gateway', { skip }, async () => {
   const agent = await f.start();
+  // bin/patu runs the agent from its bundle (scripts/build.sh), not the module tree.
+  assert.match(readFileSync(`/proc/${agent.pid}/cmdline`, 'utf8'), /dist\/agent\/index\.js/);
   await add(1);
   await add(2); // served with the remembered bridge
   assert.equal(spawnSync('ip', ['link', 'del', f.bridge]).status, 0);
