@@ -1,41 +1,26 @@
 // cgroup2 discovery against the real kernel (needs root, and unshare(1)).
 // Everything unusual happens in private mount (and cgroup) namespaces that end with
-// their child process, so the host's mounts are never changed. Creates on the host:
-// a temp directory (a tmpfs is mounted over it inside the namespaces only), the
-// sub-cgroups patu-test-cg-<pid>-{a,c} of the real hierarchy, and pins under
-// /sys/fs/bpf/patu-test-cg-<pid>/; all removed in `after`, also when a test fails.
+// their child process, so the host's mounts are never changed. Creates on the host,
+// through test/helpers/kernel.ts (removed in `after`, also when a test fails): temp
+// directories (a tmpfs is mounted over them inside the namespaces only), the
+// sub-cgroups patu-test-cg-<pid>-{probe,a,c} of the real hierarchy, and pin roots
+// /sys/fs/bpf/patu-test-cg-<pid>[-c].
 // Programs attach only to the sub-cgroup the test made, never to a root.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findCgroup2Root, isHierarchyRoot } from '../../src/kernel/cgroup.js';
-import { removePins } from '../../src/kernel/bpf/pins.js';
+import { removeCgroup, scratchForTests } from '../helpers/kernel.js';
 
 const isRoot = process.getuid?.() === 0;
 const haveUnshare = spawnSync('unshare', ['--version']).status === 0;
 const skip = !isRoot ? 'needs root (mount and cgroup namespaces, BPF programs)' : !haveUnshare ? 'needs unshare(1) (util-linux)' : false;
 const CHILD = fileURLToPath(new URL('./cgroup-child.js', import.meta.url));
-const TAG = `patu-test-cg-${process.pid}`;
-const PIN = `/sys/fs/bpf/${TAG}`;
-const T = isRoot ? mkdtempSync(join(tmpdir(), 'patu-cg-')) : '';
+const scratch = scratchForTests('patu-test-cg');
 const hostRoot = (): string => findCgroup2Root();
-
-function rmdirRetry(dir: string): void {
-  for (let i = 0; i < 50 && existsSync(dir); i++) {
-    try { rmdirSync(dir); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e; spawnSync('sleep', ['0.02']); }
-  }
-}
-
-after(() => {
-  if (!isRoot) return;
-  for (const s of ['a', 'c']) if (existsSync(join(hostRoot(), `${TAG}-${s}`))) rmdirRetry(join(hostRoot(), `${TAG}-${s}`));
-  if (existsSync(PIN)) removePins(PIN);
-  rmSync(T, { recursive: true, force: true });
-});
 
 function run(args: string[]): Record<string, unknown> {
   const r = spawnSync(args[0]!, args.slice(1), { encoding: 'utf8', timeout: 60_000 });
@@ -47,17 +32,18 @@ function run(args: string[]): Record<string, unknown> {
 test('this host: the discovered root is the hierarchy root; a sub-cgroup is not', { skip }, () => {
   const root = hostRoot();
   assert.ok(isHierarchyRoot(root), `${root} has no cgroup.type`);
-  const sub = join(root, `${TAG}-probe`);
-  mkdirSync(sub);
-  try {
-    assert.equal(isHierarchyRoot(sub), false, 'every cgroup below the root has cgroup.type');
-  } finally {
-    rmdirRetry(sub);
-  }
+  const sub = scratch.cgroup('probe');
+  assert.equal(relative(root, sub), scratch.name('probe'), 'Scratch makes its cgroups below the discovered root');
+  assert.equal(isHierarchyRoot(sub), false, 'every cgroup below the root has cgroup.type');
 });
 
 test('cgroup2 mounted only at an unusual path (private mount namespace): found there, and accel + service programs attach to a sub-cgroup of it', { skip }, () => {
   // Unmount every cgroup2 mount (in the new namespace only), mount it again below T.
+  const T = scratch.tmpDir('patu-cg');
+  const PIN = scratch.pinRoot();
+  const sub = scratch.name('a');
+  // Made by the child in its own mount of the hierarchy: the same cgroup on the host.
+  scratch.defer(`cgroup ${sub}`, () => removeCgroup(join(hostRoot(), sub)));
   const script = [
     'set -e',
     'mount -t tmpfs tmpfs "$1"',
@@ -66,20 +52,21 @@ test('cgroup2 mounted only at an unusual path (private mount namespace): found t
     'mount -t cgroup2 none "$1/elsewhere"',
     'exec "$2" "$3" attach "$4" "$5"',
   ].join('\n');
-  const r = run(['unshare', '-m', '--propagation', 'private', 'sh', '-c', script, 'sh', T, process.execPath, CHILD, PIN, `${TAG}-a`]);
+  const r = run(['unshare', '-m', '--propagation', 'private', 'sh', '-c', script, 'sh', T, process.execPath, CHILD, PIN, sub]);
   assert.equal(r.root, join(T, 'elsewhere'), 'discovered, not assumed');
   assert.equal(r.rootIsHierarchyRoot, true);
   // The project's own introspection: links whose cgroup id is the sub-cgroup's.
   // (Kernel program names are cut at 15 characters.)
   assert.deepEqual(r.attached, ['patu_connect4', 'patu_getpeernam', 'patu_recvmsg4', 'patu_sendmsg4', 'patu_sockops']);
   assert.equal(r.afterCleanup, 0, 'teardown detached everything');
-  assert.equal(existsSync(join(hostRoot(), `${TAG}-a`)), false, 'the sub-cgroup is gone from the real hierarchy too');
+  assert.equal(existsSync(join(hostRoot(), sub)), false, 'the sub-cgroup is gone from the real hierarchy too');
 });
 
 test('in a container (private cgroup namespace): its own /sys/fs/cgroup is refused with a clear error, the host\'s mount is used', { skip }, () => {
   const root = hostRoot();
-  const cg = join(root, `${TAG}-c`);
-  mkdirSync(cg);
+  const cg = scratch.cgroup('c');
+  const T = scratch.tmpDir('patu-cg');
+  const PIN = scratch.pinRoot('c');
   // Like runc: the process sits in its own cgroup, unshares the cgroup namespace and
   // mounts a fresh cgroup2 at /sys/fs/cgroup; the host's /sys/fs/cgroup stays visible
   // at T/host (the DaemonSet's /host/sys/fs/cgroup).
