@@ -5,7 +5,7 @@
 import { bigIntToIp, canonicalIp, parseCidr, parseIp, type Family } from '../net/cidr.js';
 import { messageOf, PatuError } from '../errors.js';
 import { allocatableCount, IpamConfigError, type IpamConfig, type IpamRange, type IpamRangeSet } from './config.js';
-import type { IpamStore } from './store.js';
+import type { Store } from './backend.js';
 
 export interface Allocation {
   version: '4' | '6';
@@ -150,7 +150,7 @@ function placeRequested(cfg: IpamConfig, ips: string[]): Map<number, { r: IpamRa
  */
 export function allocate(
   cfg: IpamConfig,
-  store: IpamStore,
+  store: Store,
   containerId: string,
   ifname: string,
   requested: { ips?: string[] } = {},
@@ -200,7 +200,7 @@ export function allocate(
         const text = bigIntToIp(pick.v, set.family);
         if (!store.reserve(text, containerId, ifname)) {
           // Only a writer that ignores the lock can get here.
-          throw new IpamUnavailableError(`address ${text} was taken while ${store.lockPath} was held`);
+          throw new IpamUnavailableError(`address ${text} was taken while the lock of ${store.location} was held`);
         }
         fresh.push(text);
         taken[set.family].add(pick.v);
@@ -222,12 +222,12 @@ export function allocate(
 }
 
 /** Releases every address of containerId/ifname; returns them. Unknown owners are fine (DEL is idempotent). */
-export function release(_cfg: IpamConfig, store: IpamStore, containerId: string, ifname: string): string[] {
+export function release(_cfg: IpamConfig, store: Store, containerId: string, ifname: string): string[] {
   return store.withLock(() => store.releaseByOwner(containerId.trim(), ifname));
 }
 
 /** Addresses containerId/ifname holds (canonical, no prefix). Reads without the lock: records appear atomically. */
-export function addressesOf(store: IpamStore, containerId: string, ifname: string): string[] {
+export function addressesOf(store: Store, containerId: string, ifname: string): string[] {
   return store.findByOwner(containerId, ifname).map(canonicalIp);
 }
 
@@ -235,7 +235,7 @@ export function addressesOf(store: IpamStore, containerId: string, ifname: strin
  * Releases every address whose owner is not in `valid` (CNI GC); returns them.
  * Records that name no owner (unreadable) are released too: nothing valid can own them.
  */
-export function gc(_cfg: IpamConfig, store: IpamStore, valid: Owner[]): string[] {
+export function gc(_cfg: IpamConfig, store: Store, valid: Owner[]): string[] {
   const keep = new Set(valid.map((o) => `${o.containerId.trim()}\n${o.ifname}`));
   return store.withLock(() => {
     const gone: string[] = [];

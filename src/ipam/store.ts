@@ -37,15 +37,12 @@ import { createHash } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import { unsafePathProblem } from '../safe-path.js';
 import { IpamConfigError } from './config.js';
+import type { Reservation, Store } from './backend.js';
 import { flock, open as libcOpen, close as libcClose, O_CREAT, O_RDWR, LOCK_EX, LOCK_NB, LOCK_UN, SysError } from '../kernel/ffi/libc.js';
 import { canonicalIp, parseIp } from '../net/cidr.js';
 import { errnoOf, messageOf, PatuError } from '../errors.js';
 
-export interface Reservation {
-  ip: string;
-  containerId: string;
-  ifname: string;
-}
+export type { Reservation } from './backend.js';
 
 export class IpamLockTimeoutError extends PatuError {
   readonly code = 'IPAM_LOCK_TIMEOUT';
@@ -132,9 +129,13 @@ function checkRealDataDir(dataDir: string): void {
   }
 }
 
-export class IpamStore {
+/** The on-disk Store (see the header for the layout). */
+export class IpamStore implements Store {
   readonly dir: string;
   readonly lockPath: string;
+  get location(): string {
+    return this.dir;
+  }
   lockTimeoutMs: number;
   /** fsync records and the directory (see the header: off by default). */
   readonly durable: boolean;
