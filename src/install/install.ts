@@ -23,9 +23,8 @@ import {
 import { dirname, join, relative, resolve } from 'node:path';
 import { patuHome } from '../home.js';
 import { buildConflist } from '../cni/conflist.js';
-import { firstSubnet24 } from '../k8s/convert.js';
 import { DEFAULTS } from '../defaults.js';
-import { CidrParseError, parseCidr } from '../net/cidr.js';
+import { CidrParseError, firstSubnet24, parseCidr } from '../net/cidr.js';
 import { errnoOf, messageOf, PatuError } from '../errors.js';
 import {
   cniLinkTarget, crioDropIn, resolvePaths, within,

@@ -8,7 +8,7 @@
 // *service port's* name. So a service port is matched to a slice port by name
 // and protocol, per slice, hence per endpoint. This also works for
 // selector-less services whose slices are written by hand.
-import { CidrParseError, formatNetwork, isIPv4, networkAddress, parseCidr } from '../net/cidr.js';
+import { isIPv4, parseCidr } from '../net/cidr.js';
 import { DEFAULT_AFFINITY_TIMEOUT, isServicePortName, type Endpoint, type Protocol, type Service, type ServicePort } from '../services/model.js';
 
 /** The fields of a v1 Service patu reads (everything else is dropped on arrival: see slim*). */
@@ -168,14 +168,6 @@ export function podAccel(pod: K8sPod): { ip: string; optOut: boolean } | undefin
   const ip = [pod.status?.podIP, ...(pod.status?.podIPs ?? []).map((p) => p.ip)].find(isIPv4);
   if (!ip) return undefined;
   return { ip, optOut: pod.metadata.annotations?.[ACCEL_ANNOTATION] === 'off' };
-}
-
-/** The first /24 of an IPv4 CIDR (the default pod subnet when the node has no podCIDR). */
-export function firstSubnet24(cidr: string): string {
-  const c = parseCidr(cidr);
-  if (c.family !== 4) throw new CidrParseError(cidr, 'is not an IPv4 CIDR');
-  if (c.prefix > 24) throw new CidrParseError(cidr, 'is smaller than a /24');
-  return formatNetwork({ ...c, ip: networkAddress(c), prefix: 24 });
 }
 
 const isIPv4Cidr = (text: unknown): text is string => {

@@ -17,13 +17,14 @@ import type { PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceModel, type DesiredServicePort } from '../services/model.js';
 import type { ClientConfig } from './kubeconfig.js';
 import {
-  convertService, firstSubnet24, mergeSlices, nodePodCidr, podAccel, refOf, sliceService,
+  convertService, mergeSlices, nodePodCidr, podAccel, refOf, sliceService,
   slimEndpointSlice, slimNode, slimPod, slimService,
   type K8sEndpointSlice, type K8sNode, type K8sPod, type K8sService,
 } from './convert.js';
 import type { AgentMetrics } from './metrics.js';
 import { startInformer, type BackoffOptions, type RunningInformer } from './informers.js';
 import { messageOf } from '../errors.js';
+import { firstSubnet24 } from '../net/cidr.js';
 
 /** What programs services: ServiceLb in the agent, a recorder in tests. */
 export interface ServiceSink {

@@ -206,3 +206,11 @@ const formatCidr = (c: Cidr): string => `${bigIntToIp(c.ip, c.family)}/${c.prefi
 
 /** The network itself, host bits cleared: 10.0.0.0/24. */
 export const formatNetwork = (c: Cidr): string => `${bigIntToIp(networkAddress(c), c.family)}/${c.prefix}`;
+
+/** The first /24 of an IPv4 CIDR (the default pod subnet when the node has no podCIDR). */
+export function firstSubnet24(cidr: string): string {
+  const c = parseCidr(cidr);
+  if (c.family !== 4) throw new CidrParseError(cidr, 'is not an IPv4 CIDR');
+  if (c.prefix > 24) throw new CidrParseError(cidr, 'is smaller than a /24');
+  return formatNetwork({ ...c, ip: networkAddress(c), prefix: 24 });
+}

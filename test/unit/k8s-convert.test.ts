@@ -2,10 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  convertService, firstSubnet24, mergeSlices, nodePodCidr, podAccel, sliceService, slimEndpointSlice, slimPod, slimService,
+  convertService, mergeSlices, nodePodCidr, podAccel, sliceService, slimEndpointSlice, slimPod, slimService,
   type K8sEndpointSlice, type K8sService,
 } from '../../src/k8s/convert.js';
 import { desiredPorts, ServiceModel } from '../../src/services/model.js';
+import { firstSubnet24 } from '../../src/net/cidr.js';
 
 const svc = (spec: K8sService['spec'], name = 'web', namespace = 'default'): K8sService => ({ metadata: { name, namespace }, spec });
 
