@@ -25,8 +25,8 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
-import { readProgrammed } from '../src/dataplane/service-lb.js';
-import { TypedMap, structCodec, u8, u16, u32, be16, ipv4 } from '../src/kernel/bpf/map.js';
+import { readProgrammed, SOCK_LB_MAP_CODECS as C } from '../src/dataplane/service-lb.js';
+import { TypedMap } from '../src/kernel/bpf/map.js';
 import { NODE, TestCluster, clusterSkipReason, freePort, reapStaleClusters } from '../test/helpers/k8s-cluster.js';
 import { Scratch } from '../test/helpers/kernel.js';
 
@@ -150,16 +150,13 @@ function patuAll(): Map<string, string> {
 }
 
 /**
- * patu, one service: a few lookups on the pinned maps (microseconds), for the per-change polls. The layouts
- * mirror bpf/sock_lb.h as src/dataplane/service-lb.ts does; TypedMap checks the sizes against the kernel.
+ * patu, one service: a few lookups on the pinned maps (microseconds), for the per-change polls, with
+ * the codecs ServiceLb uses (checked field by field against the BTF in test/unit/bpf-layout.test.ts).
  */
 class PatuReader {
-  private readonly svc = TypedMap.fromPin(join(PIN, 'patu_svc'),
-    structCodec<{ vip: string; port: number; proto: number; pad: number }>({ vip: ipv4, port: be16, proto: u8, pad: u8 }),
-    structCodec<{ count: number; svcId: number; flags: number; affinityTimeout: number }>({ count: u32, svcId: u32, flags: u32, affinityTimeout: u32 }));
-  private readonly slot = TypedMap.fromPin(join(PIN, 'patu_svc_slot'), structCodec<{ svcId: number; slot: number }>({ svcId: u32, slot: u32 }), u32);
-  private readonly backend = TypedMap.fromPin(join(PIN, 'patu_backend'), u32,
-    structCodec<{ ip: string; port: number; pad: number; svcId: number }>({ ip: ipv4, port: be16, pad: u16, svcId: u32 }));
+  private readonly svc = TypedMap.fromPin(join(PIN, 'patu_svc'), C.patu_svc.key, C.patu_svc.value);
+  private readonly slot = TypedMap.fromPin(join(PIN, 'patu_svc_slot'), C.patu_svc_slot.key, C.patu_svc_slot.value);
+  private readonly backend = TypedMap.fromPin(join(PIN, 'patu_backend'), C.patu_backend.key, C.patu_backend.value);
 
   /** Sorted backends, or undefined when the service port is not in the map. */
   get(vip: string, port: number): string | undefined {
