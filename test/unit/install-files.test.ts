@@ -4,7 +4,7 @@
 // with the real build and runs the installed plugin.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { checkSource, install, InstallError, productionModules, readManifest, uninstall } from '../../src/install/install.js';
@@ -97,4 +97,23 @@ test('install, reinstall and uninstall a fabricated tree in a staging root', asy
 test('uninstall refuses a pin root that is bpffs itself', async () => {
   await assert.rejects(uninstall({ root: join(work, 'empty'), pinRoot: '/sys/fs/bpf' }), /must be a directory below \/sys\/fs\/bpf/);
   await assert.rejects(uninstall({ root: join(work, 'empty'), pinRoot: '/sys/fs/bpf/patu/..' }), /must be a directory below/);
+});
+
+test('--cluster-cidr and --pod-cidr are checked as IPv4 CIDRs before anything is written', () => {
+  const src = fakeSource('cidrs');
+  const root = join(work, 'root-cidrs');
+  mkdirSync(root, { recursive: true });
+  const bad: [Partial<{ clusterCIDR: string; podCIDR: string }>, RegExp][] = [
+    [{ clusterCIDR: '256.0.0.0/8' }, /'256\.0\.0\.0' has an IPv4 octet above 255/],
+    [{ clusterCIDR: '010.241.0.0/16' }, /010\.241/],
+    [{ clusterCIDR: '10.0.0.0/33' }, /\/33/],
+    [{ clusterCIDR: 'fd00::/64' }, /not an IPv4 CIDR/],
+    [{ podCIDR: '999.999.999.999/99' }, /999/], // was only matched by a regex
+    [{ clusterCIDR: '10.0.0.0/28' }, /smaller than a \/24/],
+  ];
+  for (const [opts, why] of bad) {
+    assert.throws(() => install({ source: src, root, flavour: 'podman', prefix: '/opt/patu', ...opts }),
+      (e: unknown) => e instanceof InstallError && /--(cluster|pod)-cidr: /.test(e.message) && why.test(e.message), JSON.stringify(opts));
+    assert.deepEqual(readdirSync(root), [], `${JSON.stringify(opts)}: nothing written`);
+  }
 });
