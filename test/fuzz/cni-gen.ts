@@ -469,9 +469,11 @@ export function materialize(c: CniCase, ctx: NodeContext): Materialized {
   let strictNaming = unknowns === 0 && expects.length === invalids.length;
   if (command !== undefined && !COMMANDS.includes(command)) {
     // An unknown command is answered before anything else is read.
+    // (A stdin over the size limit may be refused first: the launcher reads stdin before anything else.)
+    const huge = stdin.length > 1 << 20;
     expects = [{ codes: [4], field: 'CNI_COMMAND', commands: [command], why: `CNI_COMMAND ${JSON.stringify(command.slice(0, 20))}` }];
-    allowedCodes = [4];
-    strictNaming = true;
+    allowedCodes = huge ? [4, 7] : [4];
+    strictNaming = !huge;
   }
   if (command === 'VERSION') expects = [];
 

@@ -188,7 +188,7 @@ export interface FuzzRunResult {
  */
 export async function fuzzCni(
   node: FuzzNode,
-  opts: { runs: number; seed: number; path?: string; batch: number; timeoutMs: number; keepGoing?: boolean; reproDir: string; log?: (s: string) => void },
+  opts: { runs: number; seed: number; path?: string; batch: number; timeoutMs: number; keepGoing?: boolean; reproDir: string; log?: (s: string) => void; timeLimitMs?: number },
 ): Promise<FuzzRunResult> {
   const t0 = performance.now();
   let caseNo = 0;
@@ -217,7 +217,7 @@ export async function fuzzCni(
       lastFailure = { c, n, problems };
       return false;
     }
-    if (opts.log && (n + 1) % 100 === 0) opts.log(`${n + 1} cases, ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
+    if (opts.log && (n + 1) % 500 === 0) opts.log(`${node.opts.tag}: ${n + 1} cases, ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
     return true;
   });
   let lastFailure: { c: CniCase; n: number; problems: string[] } | undefined;
@@ -227,6 +227,7 @@ export async function fuzzCni(
     ...(opts.path ? { path: opts.path } : {}),
     // Shrinking re-runs real kernel work per step; the first failure, replayable, is enough.
     endOnFailure: true,
+    ...(opts.timeLimitMs ? { interruptAfterTimeLimit: opts.timeLimitMs } : {}),
   });
   const res: FuzzRunResult = { runs: caseNo, ms: performance.now() - t0, failures, outcomes };
   if (details.failed && lastFailure) {

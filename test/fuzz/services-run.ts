@@ -148,7 +148,7 @@ export async function runServicesCase(c: SvcCase, o: { dir: string; pinRoot: str
 
 export async function fuzzServices(
   scratch: Scratch,
-  o: { runs: number; seed: number; path?: string; timeoutMs: number; keepGoing?: boolean; reproDir: string; log?: (s: string) => void },
+  o: { runs: number; seed: number; path?: string; timeoutMs: number; keepGoing?: boolean; reproDir: string; log?: (s: string) => void; timeLimitMs?: number },
 ): Promise<FuzzRunResult> {
   const t0 = performance.now();
   const dir = scratch.tmpDir('patu-fuzz-svc');
@@ -188,7 +188,7 @@ export async function fuzzServices(
       last = { problems: r.problems, file: reproducer };
       return false;
     }),
-    { numRuns: o.runs, seed: o.seed, ...(o.path ? { path: o.path } : {}), endOnFailure: true },
+    { numRuns: o.runs, seed: o.seed, ...(o.path ? { path: o.path } : {}), endOnFailure: true, ...(o.timeLimitMs ? { interruptAfterTimeLimit: o.timeLimitMs } : {}) },
   );
   const res: FuzzRunResult = { runs: n, ms: performance.now() - t0, failures, outcomes };
   if (details.failed) {

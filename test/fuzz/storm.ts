@@ -35,7 +35,7 @@ function prng(seed: number): () => number {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export async function killStorm(scratch: Scratch, o: { cycles: number; seed: number; pods?: number; log?: (s: string) => void }): Promise<StormResult> {
+export async function killStorm(scratch: Scratch, o: { cycles: number; seed: number; pods?: number; log?: (s: string) => void; deadline?: number }): Promise<StormResult> {
   const t0 = performance.now();
   const rnd = prng(o.seed);
   const node = await FuzzNode.create(scratch, { tag: 'storm', agent: true, pods: o.pods ?? 6 });
@@ -96,6 +96,7 @@ export async function killStorm(scratch: Scratch, o: { cycles: number; seed: num
   };
 
   for (let cycle = 0; cycle < o.cycles; cycle++) {
+    if (o.deadline && Date.now() > o.deadline) break;
     const ids = node.podNs.map((_, i) => `st${cycle}x${i}`);
     const pod = (i: number): string => node.podNs[i]!;
     const killAgent = rnd() < 0.3 ? rnd() * ids.length * 8 : undefined;
