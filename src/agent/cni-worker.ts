@@ -6,6 +6,7 @@ import { runPlugin } from '../cni/plugin.js';
 import { BridgeCache } from '../dataplane/bridge.js';
 import { observeLockFds } from '../ipam/store.js';
 import { warmThreadpool } from '../kernel/netns.js';
+import { libbpfLog } from '../kernel/bpf/log.js';
 
 export interface WorkerRequest {
   seq: number;
@@ -53,11 +54,18 @@ function plain(err: unknown, depth = 0): LoggedError | undefined {
   };
 }
 
+// libbpf's unsolicited messages (module state is per thread, so the agent's sink is not
+// set here): they join the warnings of the request that caused them.
+let libbpfSaid: string[] = [];
+libbpfLog.sink = (text) => { libbpfSaid.push(`libbpf: ${text.trimEnd()}`); };
+
 // This network's bridge, checked once per BridgeCache TTL instead of on every ADD.
 const bridges = new BridgeCache();
 
 port.on('message', async (m: WorkerRequest) => {
-  const { error, ...rest } = await runPlugin(m.env, m.stdin, { lockTimeoutMs: m.lockTimeoutMs, deferOnBusyLock: true, bridges });
+  libbpfSaid = [];
+  const { error, warnings, ...rest } = await runPlugin(m.env, m.stdin, { lockTimeoutMs: m.lockTimeoutMs, deferOnBusyLock: true, bridges });
   const loggable = plain(error);
-  port.postMessage({ type: 'done', seq: m.seq, outcome: { ...rest, ...(loggable ? { error: loggable } : {}) } } satisfies WorkerReply);
+  const all = [...(warnings ?? []), ...libbpfSaid];
+  port.postMessage({ type: 'done', seq: m.seq, outcome: { ...rest, ...(all.length ? { warnings: all } : {}), ...(loggable ? { error: loggable } : {}) } } satisfies WorkerReply);
 });

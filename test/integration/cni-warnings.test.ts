@@ -11,7 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { scratchForTests } from '../helpers/kernel.js';
-import { PATU_BIN, execPlugin, describe, isRoot } from '../helpers/cni.js';
+import { PATU_BIN, execPlugin, describe, isRoot, startAgent } from '../helpers/cni.js';
 import { runPlugin } from '../../src/cni/plugin.js';
 
 const skip = !isRoot() ? 'needs root (netns, bridge, bpffs)' : false;
@@ -50,6 +50,20 @@ test('an acceleration registry that cannot be opened: ADD and DEL succeed, the w
   const gone = await runPlugin({ ...cniEnv, CNI_COMMAND: 'DEL' }, JSON.stringify(conf));
   assert.equal(gone.exitCode, 0, gone.stdout);
   assert.match(gone.warnings?.[0] ?? '', /^unregistering 10\.204\.9\.\d+ from socket acceleration: /);
+  // Through the agent (bin/patu -> socket -> a worker thread): the agent logs it with the request.
+  const ns3 = scratch.netns(`${tag}-c`);
+  const agent = await startAgent(PATU_BIN, join(scratch.tmpDir('patu-warn-sock'), 'agent.sock'));
+  scratch.defer('agent', async () => { await agent.stop(); });
+  const viaAgent = { PATU_AGENT_SOCKET: agent.socket };
+  const add3 = await execPlugin(PATU_BIN, 'ADD', conf, { containerId: `${tag}-c3`, netns: `/run/netns/${ns3}`, env: viaAgent });
+  assert.equal(add3.code, 0, describe(add3));
+  assert.equal(agent.served(), 1, `served by the agent: ${agent.log().slice(0, 2000)}`);
+  assert.equal(add3.stderr, '', 'the agent answers; the warning is the agent\'s to log');
+  const logged = agent.log().split('\n').filter((l) => l.includes('"cni request"')).map((l) => JSON.parse(l) as { warnings?: string[] });
+  assert.match(logged[0]?.warnings?.[0] ?? '', /^registering 10\.204\.9\.\d+ for socket acceleration: /);
+  const del3 = await execPlugin(PATU_BIN, 'DEL', conf, { containerId: `${tag}-c3`, netns: `/run/netns/${ns3}`, env: viaAgent });
+  assert.equal(del3.code, 0, describe(del3));
+
   // A clean ADD has no warnings field at all.
   const version = await runPlugin({ CNI_COMMAND: 'VERSION' }, '');
   assert.equal(version.warnings, undefined);
