@@ -115,7 +115,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   const cni = await startCniServer({
     socketPath: opts.cniSocket,
     ...(opts.requestTimeoutMs !== undefined ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
-    onProblem: (what, err) => log.error({ err: clip((err as Error | undefined)?.message, 1024) }, what),
+    onProblem: (what, err) => log.error({ err: clip(messageOf(err), 1024) }, what),
     onRequest: (req, outcome, millis) => {
       const result = outcome.dropped ? 'dropped' : outcome.timedOut ? 'timeout' : outcome.deferred ? 'deferred' : outcome.exitCode === 0 ? 'ok' : 'error';
       metrics?.cniRequests.inc({ command: clip(req.env.CNI_COMMAND, 16) ?? 'unknown', result });

@@ -38,6 +38,7 @@ import {
   type WireOutcome,
 } from './cni-wire.js';
 import type { LoggedError, WorkerReply, WorkerRequest } from './cni-worker.js';
+import { errnoOf } from '../errors.js';
 
 export { decodeRequest, encodeResponse, type CniRequest } from './cni-wire.js';
 
@@ -117,7 +118,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
       closeSync(openSync(join(claims, id), 'wx', 0o600));
       return true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      if (errnoOf(err) === 'EEXIST') return false;
       problem(`claiming request ${id}`, err);
       return true;
     }

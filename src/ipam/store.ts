@@ -425,7 +425,7 @@ export class IpamStore implements Store {
     try {
       fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (errnoOf(err) !== 'ENOENT') throw err;
       fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, FILE_MODE);
     }
     try {

@@ -416,7 +416,7 @@ export class ServicesFileWatcher extends ReloadLoop {
         this.clearPendingError();
         await this.opts.onChange(items);
       } catch (e) {
-        lastError = e as Error;
+        lastError = e instanceof Error ? e : new Error(messageOf(e));
       }
     }
     return lastError;
@@ -548,7 +548,7 @@ export class ServicesDirWatcher extends ReloadLoop {
           delta.upserts.push(...d.upserts);
           delta.removed.push(...d.removed);
         } catch (e) {
-          lastError = e as Error;
+          lastError = e instanceof Error ? e : new Error(messageOf(e));
         }
       }
       if (delta.upserts.length || delta.removed.length) {
@@ -556,7 +556,7 @@ export class ServicesDirWatcher extends ReloadLoop {
           await this.opts.onChange(this.all(), delta);
           if (!lastError) this.clearPendingError();
         } catch (e) {
-          lastError = e as Error;
+          lastError = e instanceof Error ? e : new Error(messageOf(e));
         }
       }
     }

@@ -4,6 +4,7 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync,
 import { join, relative, resolve, sep } from 'node:path';
 import { mount } from '../ffi/libc.js';
 import { DEFAULTS } from '../../defaults.js';
+import { errnoOf } from '../../errors.js';
 
 const BPFFS = DEFAULTS.bpffs;
 
@@ -61,7 +62,7 @@ const lstatOrNull = (p: string): Stats | null => {
   try {
     return lstatSync(p);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if (errnoOf(e) === 'ENOENT') return null;
     throw e;
   }
 };
@@ -88,7 +89,7 @@ export function ensurePinDir(root: string = DEFAULTS.pinRoot, opts: BpffsOptions
         mkdirSync(dir, { mode: 0o700 });
       } catch (e) {
         // Someone made it between the look and the mkdir: checked below like any other.
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        if (errnoOf(e) !== 'EEXIST') throw e;
       }
       st = lstatSync(dir);
     }
