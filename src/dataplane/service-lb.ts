@@ -186,7 +186,15 @@ export class ServiceLb {
     /** What open() found wrong under pinRoot and repaired (map pins put back to the maps the attached programs use). */
     readonly repairs: readonly string[],
   ) {
-    this.state = readState(maps);
+    this.state = emptyState();
+    this.ids = this.loadState(1);
+  }
+
+  /** Takes the diff base from what the maps hold; ids continue from `next` or past every id in use. */
+  private loadState(next: number): IdAllocator {
+    this.state = readState(this.maps);
+    this.svcIds.clear();
+    this.slotCount = 0;
     for (const s of this.state.services.values()) {
       this.svcIds.add(s.id);
       this.slotCount += s.slots.length;
@@ -194,7 +202,7 @@ export class ServiceLb {
     let max = 0;
     for (const id of this.state.backends.keys()) max = Math.max(max, id);
     for (const id of this.svcIds) max = Math.max(max, id);
-    this.ids = new IdAllocator((id) => this.state.backends.has(id) || this.svcIds.has(id), max + 1);
+    return new IdAllocator((id) => this.state.backends.has(id) || this.svcIds.has(id), Math.max(next, max + 1));
   }
 
   /**
@@ -307,7 +315,17 @@ export class ServiceLb {
     this.checkFits(desired, refs);
     const diff = diffServices(this.state, desired, this.ids, refs);
     this.checkCapacity(diff);
-    const batches = this.write(diff.ops);
+    let batches: number;
+    try {
+      batches = this.write(diff.ops);
+    } catch (e) {
+      // The kernel refused a write half way (the maps hold part of this diff):
+      // remove what no service can reach, as open() does, and diff against
+      // what the maps really hold from now on.
+      repair(this.maps);
+      this.ids = this.loadState(this.ids.peek);
+      throw e;
+    }
     this.record(diff);
     const ms = performance.now() - t0;
     // Attached only once the maps hold a whole state, so no connect() is
