@@ -83,17 +83,24 @@ interface Job {
   req: CniRequest;
   sock: Socket;
   received: number;
+  /** The request's deadline, counted from its arrival (queued time included). */
+  timer?: NodeJS.Timeout;
 }
 
 interface Lane {
   name: string;
   queue: Job[];
   worker?: Worker;
-  running?: { job: Job; seq: number; started: number; timer: NodeJS.Timeout };
+  running?: { job: Job; seq: number; posted: boolean };
   /** IPAM lock fds the worker opened (fds are process-wide): closed when it is abandoned. */
   lockFds: Set<number>;
   idle?: NodeJS.Timeout;
 }
+
+const MAX_LANES = 16;
+const OVERFLOW_LANE = '\0overflow';
+/** A client must send its whole request (and EOF) within this long. */
+const RECEIVE_TIMEOUT_MS = 10_000;
 
 const WORKER_URL = new URL('./cni-worker.js', import.meta.url);
 
@@ -143,6 +150,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
   sweep.unref();
 
   function finish(job: Job, outcome: RequestOutcome, answer: boolean): void {
+    clearTimeout(job.timer);
     if (answer) job.sock.end(encodeResponse(outcome));
     else job.sock.end();
     opts.onRequest?.(job.req, outcome, performance.now() - job.received);
@@ -164,7 +172,6 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
       }
       const run = lane.running;
       if (lane.worker !== w || !run || run.seq !== m.seq) return; // an abandoned worker's late answer
-      clearTimeout(run.timer);
       lane.running = undefined;
       if (m.outcome.deferred) {
         // Handed back unanswered: the launcher runs it, so the claim must not stop it.
@@ -184,8 +191,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
       if (run) {
         // The worker died under the request (out of memory, a crash): unanswered,
         // the launcher runs it in its own process.
-        clearTimeout(run.timer);
-        lane.running = undefined;
+          lane.running = undefined;
         unclaim(run.job.req.id);
         finish(run.job, errorOutcome(100, 'the agent worker exited during the request'), false);
         pump(lane);
@@ -262,7 +268,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
     }
     // The start marker doubles as the check that the launcher is still there.
     const s = ++seq;
-    lane.running = { job, seq: s, started: performance.now(), timer: setTimeout(() => {}, 0) };
+    lane.running = { job, seq: s, posted: false };
     job.sock.write(STARTED, (err) => {
       if (lane.running?.seq !== s) return;
       if (err || job.sock.destroyed) {
@@ -277,10 +283,34 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
         pump(lane);
         return;
       }
-      lane.running.timer = setTimeout(() => abandon(lane), timeoutMs);
+      lane.running.posted = true;
       const msg: WorkerRequest = { seq: s, env: job.req.env, stdin: job.req.stdin, lockTimeoutMs: AGENT_LOCK_WAIT_MS };
       workerFor(lane).postMessage(msg);
     });
+  }
+
+  /** The deadline of a request: abandoned if it runs, answered unstarted if it still waits. */
+  function expire(lane: Lane, job: Job): void {
+    if (lane.running?.job === job) {
+      if (lane.running.posted) abandon(lane);
+      else job.timer = setTimeout(() => expire(lane, job), 100); // its start marker is in flight
+      return;
+    }
+    const at = lane.queue.indexOf(job);
+    if (at < 0) return;
+    lane.queue.splice(at, 1);
+    finish(
+      job,
+      {
+        ...errorOutcome(
+          11,
+          `the agent did not start this ${clip(job.req.env.CNI_COMMAND, 16)} within ${timeoutMs} ms: earlier requests on network '${clip(lane.name, 64)}' took that long`,
+          'nothing was done; retry',
+        ),
+        timedOut: true,
+      },
+      true,
+    );
   }
 
   function submit(job: Job): void {
@@ -289,12 +319,17 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
       finish(job, { exitCode: 0, stdout: JSON.stringify({ cniVersion: LATEST_VERSION, supportedVersions: [...SUPPORTED_VERSIONS] }) + '\n' }, true);
       return;
     }
-    const name = networkOf(job.req.stdin);
+    // One lane (and worker) per network, up to MAX_LANES: names come from clients,
+    // and a worker costs memory. Past that, the rest share one lane.
+    const named = networkOf(job.req.stdin);
+    const name = lanes.has(named) || lanes.size < MAX_LANES ? named : OVERFLOW_LANE;
     let lane = lanes.get(name);
     if (!lane) {
       lane = { name, queue: [], lockFds: new Set() };
       lanes.set(name, lane);
     }
+    const l = lane;
+    job.timer = setTimeout(() => expire(l, job), timeoutMs);
     lane.queue.push(job);
     pump(lane);
   }
@@ -305,18 +340,24 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
     const reader = new RequestReader();
     let refused = false;
     sock.on('error', () => sock.destroy());
+    // A client that connects and never finishes its request must not hold a socket forever.
+    sock.setTimeout(RECEIVE_TIMEOUT_MS, () => sock.destroy());
     sock.on('data', (c: Buffer) => {
       if (refused) return;
       if (reader.push(c) === 'too-large') {
         // Refused before it is kept: the agent never grows with what a client sends.
         refused = true;
         const out = errorOutcome(7, `the request is larger than the agent accepts (${MAX_STDIN_BYTES} bytes of network config): a CNI config is never that large`, 'stdin');
-        sock.end(encodeResponse(out), () => sock.destroy());
+        // The rest is read and dropped until the client stops (destroying the socket now
+        // could reset it before the client has read the answer); bounded in time.
+        sock.end(encodeResponse(out));
+        setTimeout(() => sock.destroy(), 5_000).unref();
         opts.onRequest?.({ env: {}, stdin: Buffer.alloc(0) }, out, 0);
       }
     });
     sock.on('end', () => {
       if (refused) return;
+      sock.setTimeout(0); // from here on, the request's own deadline applies
       submit({ req: reader.finish(), sock, received: performance.now() });
     });
   });
@@ -327,7 +368,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
     const closed = new Promise<void>((r) => server.close(() => r()));
     for (const lane of lanes.values()) {
       if (lane.idle) clearTimeout(lane.idle);
-      if (lane.running) clearTimeout(lane.running.timer);
+      for (const job of [...(lane.running ? [lane.running.job] : []), ...lane.queue]) clearTimeout(job.timer);
       // Unanswered: the launchers run these themselves (agent down), unclaimed.
       for (const job of [...(lane.running ? [lane.running.job] : []), ...lane.queue]) {
         unclaim(job.req.id);

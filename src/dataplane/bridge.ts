@@ -101,6 +101,7 @@ export function ensureBridge(rtnl: Rtnl, spec: BridgeSpec): EnsuredBridge {
  */
 export class BridgeCache {
   private readonly known = new Map<string, { bridge: EnsuredBridge; gateways: Set<string>; until: number }>();
+  private readonly checked = new Map<string, number>();
 
   constructor(private readonly ttlMs = 10_000, private readonly now: () => number = () => performance.now()) {}
 
@@ -117,6 +118,20 @@ export class BridgeCache {
 
   forget(name: string): void {
     this.known.delete(name);
+    for (const key of this.checked.keys()) if (key.startsWith(`${name}\n`)) this.checked.delete(key);
+  }
+
+  /**
+   * Other per-bridge checks the agent need not repeat on every ADD (masquerade): true
+   * when `key` (starting with the bridge name and a newline) was marked within ttlMs.
+   * The key holds everything the check depends on, so a changed config checks at once.
+   */
+  recentlyChecked(key: string): boolean {
+    return (this.checked.get(key) ?? -Infinity) > this.now();
+  }
+
+  markChecked(key: string): void {
+    this.checked.set(key, this.now() + this.ttlMs);
   }
 }
 

@@ -44,8 +44,15 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
     let bridge = ensured.link;
     // Every ADD, not only the one that created the bridge: that one may have been killed
     // before it got here, or someone removed the table since (cheap check first). The
-    // agent checks it with the bridge, once per BridgeCache TTL.
-    if (conf.masquerade && !ensured.cached) ensureMasqueradeInPlace(conf.bridge, ipam.subnets(), conf.clusterCIDR);
+    // agent repeats the check once per BridgeCache TTL for the same bridge, subnets and
+    // cluster CIDR: a config that turns masquerade on, or changes, is checked at once.
+    if (conf.masquerade) {
+      const key = `${conf.bridge}\nmasquerade\n${ipam.subnets().join(',')}\n${conf.clusterCIDR}`;
+      if (!opts.bridges?.recentlyChecked(key)) {
+        ensureMasqueradeInPlace(conf.bridge, ipam.subnets(), conf.clusterCIDR);
+        opts.bridges?.markChecked(key);
+      }
+    }
 
     vethCreated = true;
     const podSpec = {
