@@ -9,7 +9,7 @@ import { basename, dirname, extname } from 'node:path';
 import { messageOf, PatuError } from '../errors.js';
 import { isIPv4 } from '../net/cidr.js';
 import {
-  DEFAULT_AFFINITY_TIMEOUT, isPortName, isServicePortName, portKey,
+  DEFAULT_AFFINITY_TIMEOUT, isPortName, isQuotedNumber, isServicePortName, portKey,
   type Endpoint, type Protocol, type Service, type ServicePort, type SessionAffinity,
 } from './model.js';
 
@@ -110,10 +110,10 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
         const protocol = p.protocol ?? 'TCP';
         if (protocol !== 'TCP' && protocol !== 'UDP') bad(`${pat}.protocol`, 'must be TCP or UDP');
         const target = p.targetPort ?? p.port;
-        if (typeof target === 'string' && /^[0-9]+$/.test(target)) {
+        if (typeof target === 'string' && isQuotedNumber(target)) {
           // YAML's "80" is a string: taken as a name it would match no endpoint port and
           // silently serve nothing.
-          bad(`${pat}.targetPort`, `${shown(target)} is a quoted number: write ${Number(target)} without quotes (a port name has a letter)`);
+          bad(`${pat}.targetPort`, `${shown(target)} is a quoted number: write the port number without quotes (a port name is not a number)`);
         } else if (!isPort(target) && !isPortName(target)) {
           bad(`${pat}.targetPort`, 'must be a port number (1-65535) or an endpoint port name (IANA_SVC_NAME: at most 15 lowercase letters, digits, -, with a letter)');
         }

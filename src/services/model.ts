@@ -42,7 +42,13 @@ export const DEFAULT_AFFINITY_TIMEOUT = 10800;
  * and no '--'.
  */
 export const isPortName = (v: unknown): v is string =>
-  typeof v === 'string' && v.length <= 15 && /^[a-z0-9]+(-[a-z0-9]+)*$/.test(v) && /[a-z]/.test(v);
+  typeof v === 'string' && v.length <= 15 && /^[a-z0-9]+(-[a-z0-9]+)*$/.test(v) && /[a-z]/.test(v) && !isQuotedNumber(v);
+
+/**
+ * Text that reads as a number ("80", "1e3", "0x50", "1e-3"): in a port field it is a
+ * number someone quoted, never a name, even where IANA_SVC_NAME would allow it.
+ */
+export const isQuotedNumber = (v: string): boolean => v.trim() !== '' && Number.isFinite(Number(v));
 
 /** A service port name, Kubernetes' DNS label: 1-63 lowercase letters, digits and '-', alphanumeric at both ends. */
 export const isServicePortName = (v: unknown): v is string =>

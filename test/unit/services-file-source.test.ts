@@ -207,7 +207,7 @@ test('an empty directory (or one with no services files) is an error, like an em
 test('targetPort "80" (a quoted number) is an error, never a port name', () => {
   const svc = (targetPort: unknown) => ({ services: [{ name: 'a', clusterIP: '10.96.0.1', ports: [{ port: 80, targetPort }] }] });
   assert.match(problemsOf(() => validateServices(svc('80')))[0]!, /services\[0\]\.ports\[0\]\.targetPort: .*quoted number/);
-  assert.match(problemsOf(() => validateServices(svc('0080')))[0]!, /quoted number/);
+  for (const n of ['0080', '1e3', '0x50', '1e-3', ' 80', '80.0']) assert.match(problemsOf(() => validateServices(svc(n)))[0]!, /quoted number/, n);
   assert.deepEqual(validateServices(svc('http'))[0]!.service.ports[0]!.targetPort, 'http');
   assert.deepEqual(validateServices(svc(8080))[0]!.service.ports[0]!.targetPort, 8080);
 });
@@ -226,6 +226,7 @@ test('port names follow Kubernetes: IANA_SVC_NAME (<= 15) for target and endpoin
     [svc({ targetPort: 'http' }, { [long]: 8080 }), /endpoints\[0\]\.ports/],
     [svc({ targetPort: 'http' }, { HTTP: 8080 }), /endpoints\[0\]\.ports/],
     [svc({ targetPort: 'http' }, { '80': 8080 }), /endpoints\[0\]\.ports/],
+    [svc({ targetPort: 'http' }, { '1e3': 8080 }), /endpoints\[0\]\.ports/],
   ];
   for (const [doc, field] of cases) {
     const problems = problemsOf(() => validateServices(doc));
