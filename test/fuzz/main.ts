@@ -76,7 +76,7 @@ async function cniPart(): Promise<void> {
 }
 
 async function servicesPart(): Promise<void> {
-  const r = await fuzzServices(scratch, { runs: services, seed, ...(path ? { path } : {}), timeoutMs, keepGoing, reproDir, log: out, ...(timeLimitMs ? { timeLimitMs } : {}) });
+  const r = await fuzzServices(scratch, { runs: services, seed, ...(path ? { path } : {}), timeoutMs: Math.max(timeoutMs, 60_000), keepGoing, reproDir, log: out, ...(timeLimitMs ? { timeLimitMs } : {}) });
   out(`services: ${r.runs} files in ${(r.ms / 1000).toFixed(0)} s; ${r.failures.length + (r.failed ? 1 : 0)} failing\n  exits: ${JSON.stringify(r.outcomes)}\n`);
   report('services', r);
 }
