@@ -1,18 +1,24 @@
-// Socket acceleration benchmark (issue 4), one run on one kernel:
+// Socket acceleration benchmark (issue 4), on one kernel:
 //   (a) two pods over a bridge, acceleration off
 //   (b) the same pods, acceleration on
+//   (d) the same pods through a minimal sockops + sk_msg pair (bench/bpf/accel_min.c: no
+//       registry, no switch, no checks): the floor of what sk_msg redirection costs here,
+//       the anchor patu's own figures are held against (b/d)
 //   (c) loopback inside one pod netns
 // iperf3 (1 and 4 streams, 128 KiB and 4 KiB writes), sockperf ping-pong
 // (64 B, 1 KiB: p50/p99 and request/response rate), CPU seconds per GB, and
-// bytes that crossed pod 1's veth. Prints every figure and the ratios b/a, b/c.
+// bytes that crossed pod 1's veth. Prints every figure and the ratios b/a, b/d, b/c.
 //
-//   sudo node dist/bench/accel.js [--seconds 3] [--json out.json]
+//   sudo node dist/bench/accel.js [--seconds 3] [--runs 3] [--json out.json]
+// Each run measures a, b, d, c in turn; the table shows every figure's median over the runs
+// and the spread (min-max) of b and d, since runs on a shared VM vary a lot.
 // Needs root, iperf3, sockperf and build/bpf/accel.o. Creates its own netns,
 // cgroup and pins (named after its pid) and removes them at the end.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Accel } from '../src/dataplane/accel.js';
+import { BpfObject, AttachType, type BpfLink } from '../src/kernel/bpf/object.js';
 import { Scratch } from '../test/helpers/kernel.js';
 
 const args = process.argv.slice(2);
@@ -22,6 +28,7 @@ const opt = (name: string, dflt: string): string => {
 };
 const SECONDS = Number(opt('seconds', '3'));
 const JSON_OUT = opt('json', '');
+const RUNS = Number(opt('runs', '3'));
 
 const scratch = new Scratch('patu-bench-accel');
 const NS_NODE = scratch.name('n');
@@ -30,6 +37,7 @@ const NS2 = scratch.name('b');
 let CG = '';
 const PIN_ROOT = scratch.pinRoot();
 const OBJ = fileURLToPath(new URL('../../build/bpf/accel.o', import.meta.url));
+const MIN_OBJ = fileURLToPath(new URL('../../build/bench/bpf/accel_min.o', import.meta.url));
 const NODE_IP = '172.31.78.1';
 const IP1 = '172.31.78.11';
 const IP2 = '172.31.78.12';
@@ -47,6 +55,21 @@ const PIN_CPU = '1';
 const ip = (...a: string[]): string => execFileSync('ip', a, { encoding: 'utf8' });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const children: ChildProcess[] = [];
+let minimal: { obj: BpfObject; link: BpfLink } | undefined;
+
+/** (d): the minimal pair on the bench cgroup; minimalOff() detaches it again. */
+function minimalOn(): void {
+  const obj = BpfObject.open(MIN_OBJ);
+  obj.load();
+  obj.program('min_skmsg').attachToMap(obj.map('min_sock_hash').fd, AttachType.SK_MSG_VERDICT);
+  minimal = { obj, link: obj.program('min_sockops').attachCgroup(CG, AttachType.CGROUP_SOCK_OPS) };
+}
+function minimalOff(): void {
+  if (!minimal) return;
+  minimal.link.destroy();
+  minimal.obj.close();
+  minimal = undefined;
+}
 
 /** argv run inside netns `ns` and inside the bench cgroup (where sock_ops is attached). */
 function wrap(ns: string, argv: string[]): string[] {
@@ -127,7 +150,7 @@ function measure(ns: string, host: string, label: string): Figures {
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench/accel needs root');
-  if (!existsSync(OBJ)) throw new Error(`${OBJ} missing: run scripts/build.sh`);
+  for (const o of [OBJ, MIN_OBJ]) if (!existsSync(o)) throw new Error(`${o} missing: run scripts/build.sh`);
   CG = scratch.cgroup();
   for (const ns of [NS_NODE, NS1, NS2]) scratch.netns(ns);
   ip('-n', NS_NODE, 'link', 'add', 'br0', 'type', 'bridge');
@@ -161,32 +184,54 @@ async function main(): Promise<void> {
   await sleep(700);
 
   const kernel = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
-  process.stderr.write(`bench/accel: kernel ${kernel}, ${SECONDS} s per figure\n`);
-  const a = measure(NS1, IP2, 'a bridge');
-  accel.enable();
-  const b = measure(NS1, IP2, 'b accel');
-  await sleep(100);
-  const sockets = accel.status().sockets;
-  accel.disable();
-  const c = measure(NS1, '127.0.0.1', 'c loopback');
+  process.stderr.write(`bench/accel: kernel ${kernel}, ${SECONDS} s per figure, ${RUNS} runs\n`);
+  scratch.defer('minimal pair', () => minimalOff());
+  const runs: { a: Figures; b: Figures; d: Figures; c: Figures }[] = [];
+  let sockets = 0;
+  for (let run = 1; run <= RUNS; run++) {
+    const a = measure(NS1, IP2, `run ${run} a bridge`);
+    accel.enable();
+    const b = measure(NS1, IP2, `run ${run} b accel`);
+    await sleep(100);
+    sockets = Math.max(sockets, accel.status().sockets);
+    accel.disable();
+    minimalOn();
+    const d = measure(NS1, IP2, `run ${run} d minimal`);
+    minimalOff();
+    const c = measure(NS1, '127.0.0.1', `run ${run} c loopback`);
+    runs.push({ a, b, d, c });
+  }
 
+  const fmt = (n: number | undefined): string => (n === undefined ? '-' : n >= 1000 ? n.toFixed(0) : n.toPrecision(4));
+  const median = (xs: number[]): number => {
+    const s = [...xs].sort((x, y) => x - y);
+    return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  };
+  type Col = 'a' | 'b' | 'd' | 'c';
+  const col = (k: Col): Figures => Object.fromEntries(Object.keys(runs[0]!.a).map((f) => [f, median(runs.map((r) => r[k][f]!))]));
+  const spread = (k: Col, f: string): string => {
+    const xs = runs.map((r) => r[k][f]!);
+    return `${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))}`;
+  };
+  const [a, b, d, c] = [col('a'), col('b'), col('d'), col('c')];
   const keys = Object.keys(a);
   const w = Math.max(...keys.map((k) => k.length));
-  const fmt = (n: number | undefined): string => (n === undefined ? '-' : n >= 1000 ? n.toFixed(0) : n.toPrecision(4));
+  const ratio = (x: number, y: number | undefined): string => (y ? (x / y).toFixed(2) : '-');
   const lines = [
-    `patu socket acceleration, kernel ${kernel}, ${SECONDS} s per figure, ${new Date().toISOString()}`,
-    `${'figure'.padEnd(w)}  ${'a:bridge'.padStart(10)}  ${'b:accel'.padStart(10)}  ${'c:loopback'.padStart(10)}  ${'b/a'.padStart(6)}  ${'b/c'.padStart(6)}`,
+    `patu socket acceleration, kernel ${kernel}, ${SECONDS} s per figure, median of ${RUNS} runs, ${new Date().toISOString()}`,
+    `${'figure'.padEnd(w)}  ${'a:bridge'.padStart(10)}  ${'b:accel'.padStart(10)}  ${'d:minimal'.padStart(10)}  ${'c:loopback'.padStart(10)}  ${'b/a'.padStart(6)}  ${'b/d'.padStart(6)}  ${'b/c'.padStart(6)}  spread of b | d`,
   ];
   for (const k of keys) {
-    const va = a[k]!, vb = b[k]!, vc = c[k];
-    const ratio = (x: number, y: number | undefined): string => (y ? (x / y).toFixed(2) : '-');
-    lines.push(`${k.padEnd(w)}  ${fmt(va).padStart(10)}  ${fmt(vb).padStart(10)}  ${fmt(vc).padStart(10)}  ${ratio(vb, va).padStart(6)}  ${(k.startsWith('veth') ? '-' : ratio(vb, vc)).padStart(6)}`);
+    const va = a[k]!, vb = b[k]!, vd = d[k]!, vc = c[k];
+    const veth = k.startsWith('veth');
+    lines.push(`${k.padEnd(w)}  ${fmt(va).padStart(10)}  ${fmt(vb).padStart(10)}  ${fmt(vd).padStart(10)}  ${fmt(vc).padStart(10)}  ${ratio(vb, va).padStart(6)}  ${(veth ? '-' : ratio(vb, vd)).padStart(6)}  ${(veth ? '-' : ratio(vb, vc)).padStart(6)}  ${spread('b', k)} | ${spread('d', k)}`);
   }
   lines.push(`sockhash entries right after (b): ${sockets} (benchmark connections closed; expect 0, no leak)`);
   lines.push('latency: sockperf half round trip; lower is better for latency and CPU s/GB, higher for the rest');
+  lines.push('d: bench/bpf/accel_min.c redirects every IPv4 TCP socket of the cgroup with no checks; b/d is what patu\'s registry and switch cost');
   lines.push(`"one CPU": client and server pinned to CPU ${PIN_CPU}, so a cross-CPU wake-up (~30 us on this VM, the same for every path) does not hide the network path`);
   process.stdout.write(lines.join('\n') + '\n');
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ kernel, seconds: SECONDS, a, b, c, sockets }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ kernel, seconds: SECONDS, runs: RUNS, median: { a, b, d, c }, each: runs, sockets }, null, 2));
 }
 
 scratch.cleanupOnSignals();

@@ -2,7 +2,8 @@
 # Builds everything `bin/patu` needs from source:
 #   1. eBPF objects: every bpf/*.c -> build/bpf/<name>.o (clang -target bpf), and the
 #      test fixtures test/bpf/*.c -> build/test/bpf/<name>.o (kept out of build/bpf,
-#      which `patu install` ships)
+#      which `patu install` ships), and the benches' anchors bench/bpf/*.c -> build/bench/bpf/
+#      (not shipped either)
 #   2. TypeScript: src/, test/, bench/ -> dist/ (tsc, strict; fails on type errors)
 #   3. the CNI fast path bundle: dist/cni.mjs (esbuild, one file, loads fast), and the
 #      agent's: dist/agent/ (split at dynamic imports, less memory)
@@ -22,7 +23,7 @@ shopt -s nullglob
 # <source dir>:<output dir>. Headers are per program (bpf/accel.h beside bpf/accel.c)
 # plus bpf/common.h: an object is rebuilt when its source or any header of either
 # directory is newer.
-for pair in bpf:build/bpf test/bpf:build/test/bpf; do
+for pair in bpf:build/bpf test/bpf:build/test/bpf bench/bpf:build/bench/bpf; do
   srcdir=${pair%%:*} outdir=${pair#*:}
   mkdir -p "$outdir"
   for src in "$srcdir"/*.c; do
