@@ -29,7 +29,7 @@ fi
 for tool in podman ldd ldconfig; do
   command -v "$tool" >/dev/null || { echo "image: $tool not found" >&2; exit 1; }
 done
-[[ -x bin/patu && -f dist/cni.mjs && -f dist/src/install/install.js ]] || bash scripts/build.sh
+[[ -x bin/patu && -f dist/cni.cjs && -f dist/src/install/install.js ]] || bash scripts/build.sh
 
 work=$(mktemp -d /tmp/patu-image.XXXXXX)
 cleanup() {

@@ -1,6 +1,6 @@
 // Where this copy of patu lives: the checkout or installed tree that holds package.json,
 // build/bpf/*.o and bin/patu. Found by walking up from this module's file, so the answer
-// is the same for the module tree (dist/src/...), the CNI bundle (dist/cni.mjs) and the
+// is the same for the module tree (dist/src/...), the CNI bundle (dist/cni.cjs) and the
 // agent bundle (dist/agent/*.mjs): a path written relative to one module's depth would
 // point outside the tree once esbuild moves that module into a bundle.
 import { existsSync } from 'node:fs';

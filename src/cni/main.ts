@@ -29,4 +29,8 @@ export async function main(): Promise<void> {
   process.exitCode = outcome.exitCode;
 }
 
-await main();
+// Not a top-level await: the bundle is CommonJS (scripts/build.sh), which starts faster.
+main().catch((err: unknown) => {
+  process.stderr.write(`patu: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});

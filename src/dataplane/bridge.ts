@@ -9,7 +9,7 @@ import { Rtnl, type LinkInfo } from '../kernel/netlink/rtnl.js';
 import { SysError, close } from '../kernel/ffi/libc.js';
 import { readSysctl, writeSysctl } from '../kernel/sysctl.js';
 import { openNetns, withNetns } from '../kernel/netns.js';
-import { createHash, randomBytes } from 'node:crypto';
+import { sha256 } from '../sha256.js';
 import { PatuError } from '../errors.js';
 
 /** The configured bridge name belongs to a link patu did not create: patu leaves it alone. */
@@ -43,7 +43,7 @@ export interface EnsuredBridge {
  * then never changes as pods come and go (see Rtnl.createBridge).
  */
 export function bridgeMac(name: string): string {
-  const d = createHash('sha256').update(`patu-bridge/${name}`).digest();
+  const d = sha256(`patu-bridge/${name}`);
   d[0] = (d[0]! & 0xfc) | 0x02; // unicast, locally administered
   return [...d.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
@@ -160,9 +160,13 @@ export interface AttachedPod {
   podIndex: number;
 }
 
-/** A random unicast, locally administered MAC (what the kernel would pick, known without asking it). */
+/**
+ * A random unicast, locally administered MAC (what the kernel would pick, known without
+ * asking it). Math.random is enough: the MAC only has to differ from its neighbours on the
+ * bridge, and node:crypto is not worth its load time on the plugin's path.
+ */
 function randomMac(): string {
-  const b = randomBytes(6);
+  const b = Array.from({ length: 6 }, () => Math.floor(Math.random() * 256));
   b[0] = (b[0]! & 0xfc) | 0x02;
   return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 }

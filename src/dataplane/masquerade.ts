@@ -9,7 +9,6 @@
 // first ADD was killed after creating the bridge, or whose table someone deleted, heals
 // on the next ADD instead of running pods without masquerade (issue 15).
 // Each rule carries a comment naming what it is for; the check finds the comments.
-import { execFileSync } from 'node:child_process';
 import { NetlinkSocket } from '../kernel/netlink/socket.js';
 import { attrStr, NLM_F_DUMP } from '../kernel/netlink/message.js';
 
@@ -18,6 +17,9 @@ export const NFT_TABLE = 'patu';
 const chainName = (bridge: string): string => `masq_${bridge.replace(/[^A-Za-z0-9_]/g, '_')}`;
 
 function nft(args: string[], input?: string): string {
+  // Loaded here, not at import: the plugin's ADD needs it only when rules are missing, and
+  // node:child_process is a few ms of every Node start.
+  const { execFileSync } = process.getBuiltinModule('node:child_process');
   try {
     return execFileSync('nft', args, { input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
   } catch (err) {

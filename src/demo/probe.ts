@@ -25,6 +25,38 @@ function finish() {
 one(0);
 `;
 
+/**
+ * connect() as fast as one Node client can, one at a time, for `ms`: each connection is
+ * reset as soon as it is up (no data, no TIME_WAIT). What the figure holds is a connect
+ * through the service's translation plus Node's own cost per socket, which dominates; a C
+ * loop (bench/service-lb.ts) shows the kernel's alone.
+ */
+export const connectLoopScript = (host: string, port: number, ms: number): string => `
+const net = require('net');
+let done = 0, failed = 0;
+const t0 = process.hrtime.bigint();
+const end = t0 + ${Math.round(ms)}n * 1000000n;
+function one() {
+  if (process.hrtime.bigint() >= end) {
+    process.stdout.write(JSON.stringify({ done, failed, ms: Number(process.hrtime.bigint() - t0) / 1e6 }));
+    return;
+  }
+  const s = net.connect(${port}, ${JSON.stringify(host)});
+  let up = false, over = false;
+  const next = (ok) => { if (over) return; over = true; if (ok) done++; else failed++; one(); };
+  s.setTimeout(2000, () => { s.destroy(); next(false); });
+  s.on('connect', () => { up = true; s.setTimeout(0); s.resetAndDestroy(); next(true); });
+  s.on('error', () => { if (!up) next(false); });
+}
+one();
+`;
+
+export interface ConnectLoopResult {
+  done: number;
+  failed: number;
+  ms: number;
+}
+
 export interface CountResult {
   seen: Record<string, number>;
   failed: number;

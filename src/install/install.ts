@@ -106,7 +106,7 @@ function lstatOrNull(p: string): Stats | null {
 const sha256 = (data: string | Buffer): string => createHash('sha256').update(data).digest('hex');
 
 /** Files a built tree must have; checked up front so a half-built source fails before anything is written. */
-export const REQUIRED_SOURCE_FILES = ['bin/patu', 'dist/cni.mjs', 'dist/src/cli/index.js', 'package.json', 'build/bpf/accel.o', 'build/bpf/sock_lb.o'];
+export const REQUIRED_SOURCE_FILES = ['bin/patu', 'dist/cni.cjs', 'dist/src/cli/index.js', 'package.json', 'build/bpf/accel.o', 'build/bpf/sock_lb.o'];
 
 export function checkSource(source: string): void {
   const missing = REQUIRED_SOURCE_FILES.filter((f) => !existsSync(join(source, f)));
@@ -165,7 +165,7 @@ export function productionModules(source: string): string[] {
 
 /** What a copied prefix holds (relative to source). */
 export function prefixContents(source: string): string[] {
-  const list = ['bin/patu', 'dist/cni.mjs', 'dist/src', 'build/bpf', 'package.json', 'deploy'];
+  const list = ['bin/patu', 'dist/cni.cjs', 'dist/src', 'build/bpf', 'package.json', 'deploy'];
   // dist/agent: the agent's bundle (bin/patu falls back to dist/src without it).
   for (const opt of ['dist/agent', 'README.md', 'ARCHITECTURE.md', 'LICENSE']) if (existsSync(join(source, opt))) list.push(opt);
   return [...list, ...productionModules(source)];

@@ -33,7 +33,7 @@
 // deadline instead of blocking in flock(2): the agent serves CNI requests in-process
 // and must get an error (IpamLockTimeoutError), not a hung event loop.
 import * as fs from 'node:fs';
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../sha256.js';
 import { basename, dirname, join } from 'node:path';
 import { unsafePathProblem } from '../safe-path.js';
 import { IpamConfigError } from './config.js';
@@ -102,7 +102,7 @@ const readBuf = Buffer.alloc(4096);
 export const OWNER_PREFIX = '.owner.';
 const OWNER_KEY_LEN = 20;
 const ownerKey = (containerId: string, ifname: string): string =>
-  createHash('sha256').update(`${containerId.trim()}\n${ifname}`).digest('hex').slice(0, OWNER_KEY_LEN);
+  sha256Hex(`${containerId.trim()}\n${ifname}`).slice(0, OWNER_KEY_LEN);
 const markerName = (key: string, ip: string): string => `${OWNER_PREFIX}${key}.${ip}`;
 
 const validOwnerPart = (v: string): boolean => v.length > 0 && !/[\r\n\0]/.test(v);

@@ -118,7 +118,7 @@ static void patu_home(char *out, size_t size) {
   if (realpath("/proc/self/exe", exe)) {
     char probe[PATH_MAX];
     char *dir = dirname(dirname(exe)); /* <home>/bin/patu -> <home> */
-    snprintf(probe, sizeof probe, "%s/dist/cni.mjs", dir);
+    snprintf(probe, sizeof probe, "%s/dist/cni.cjs", dir);
     if (access(probe, R_OK) == 0) {
       snprintf(out, size, "%s", dir);
       return;
@@ -135,7 +135,7 @@ static int has_script(const char *script) {
   return access(path, R_OK) == 0;
 }
 
-/* Runs the Node side: the CNI plugin (script = dist/cni.mjs) or the CLI. */
+/* Runs the Node side: the CNI plugin (script = dist/cni.cjs) or the CLI. */
 static void exec_node(const char *script, const char *v8flag, int argc, char **argv) {
   char home[PATH_MAX], path[PATH_MAX + 64];
   patu_home(home, sizeof home);
@@ -300,6 +300,6 @@ int main(int argc, char **argv) {
      dies of SIGSEGV at start-up when LANG or LC_ALL is a path-like value of 12 or more
      characters. The plugin formats nothing by locale: pin it. */
   setenv("LC_ALL", "C", 1);
-  exec_node("dist/cni.mjs", NULL, 1, argv);
+  exec_node("dist/cni.cjs", NULL, 1, argv);
   return 127;
 }

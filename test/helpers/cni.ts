@@ -289,8 +289,8 @@ export function patuFlavour(): Flavour {
     features: { status: true, gc: true, errorTable: true },
     skipReason() {
       if (!existsSync(bin)) return `patu plugin binary ${bin} not built yet (run bash scripts/build.sh, or set PATU_BIN)`;
-      if (bin === join(REPO_ROOT, 'bin', 'patu') && !existsSync(join(REPO_ROOT, 'dist', 'cni.mjs'))) {
-        return `patu plugin bundle ${join(REPO_ROOT, 'dist', 'cni.mjs')} not built yet (run bash scripts/build.sh)`;
+      if (bin === join(REPO_ROOT, 'bin', 'patu') && !existsSync(join(REPO_ROOT, 'dist', 'cni.cjs'))) {
+        return `patu plugin bundle ${join(REPO_ROOT, 'dist', 'cni.cjs')} not built yet (run bash scripts/build.sh)`;
       }
       return undefined;
     },

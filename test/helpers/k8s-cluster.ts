@@ -27,7 +27,7 @@ export function clusterSkipReason(extra: string[] = []): string | undefined {
   if (missing.length > 0 && process.env.PATU_K8S_BUILD !== '1') {
     return `no Kubernetes binaries (${missing.join(', ')}) in ${K8S_BIN}: run scripts/k8s/build.sh (or set PATU_K8S_BUILD=1)`;
   }
-  if (!existsSync(join(REPO_ROOT, 'bin', 'patu')) || !existsSync(join(REPO_ROOT, 'dist', 'cni.mjs'))) return 'bin/patu or dist/cni.mjs missing: run scripts/build.sh';
+  if (!existsSync(join(REPO_ROOT, 'bin', 'patu')) || !existsSync(join(REPO_ROOT, 'dist', 'cni.cjs'))) return 'bin/patu or dist/cni.cjs missing: run scripts/build.sh';
   if (!existsSync('/usr/bin/containerd')) return 'containerd is not installed (apt-get install containerd runc)';
   return undefined;
 }

@@ -20,8 +20,8 @@ import { join } from 'node:path';
 
 const skip = !isRoot()
   ? 'needs root: network namespaces, bpffs pins, a cgroup for the agent'
-  : !existsSync(PATU_BIN) || !existsSync(join(REPO_ROOT, 'dist', 'cni.mjs'))
-    ? `${PATU_BIN} or dist/cni.mjs not built (bash scripts/build.sh)`
+  : !existsSync(PATU_BIN) || !existsSync(join(REPO_ROOT, 'dist', 'cni.cjs'))
+    ? `${PATU_BIN} or dist/cni.cjs not built (bash scripts/build.sh)`
     : false;
 const seed = process.env.FC_SEED ? Number(process.env.FC_SEED) : Math.floor(Math.random() * 2 ** 31);
 const path = process.env.FC_PATH;

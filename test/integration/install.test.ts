@@ -53,7 +53,7 @@ const said = (r: { status: number | null; stdout: string; stderr: string }): str
 
 if (!ROOT) test('patu install/uninstall', { skip: 'needs root: runs the installed CNI plugin in a network namespace and removes bpffs pins' }, () => {});
 
-describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs root' : !existsSync(join(REPO_ROOT, 'dist', 'cni.mjs')) ? 'not built (bash scripts/build.sh)' : false }, () => {
+describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs root' : !existsSync(join(REPO_ROOT, 'dist', 'cni.cjs')) ? 'not built (bash scripts/build.sh)' : false }, () => {
   let work: string;
   let root: string;
   let before0: Map<string, string>;
@@ -92,7 +92,7 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     );
     assert.equal(readlinkSync(join(root, 'opt/cni/bin/patu')), '../../../usr/lib/patu/bin/patu');
     assert.equal(realpathSync(join(root, 'opt/cni/bin/patu')), join(root, 'usr/lib/patu/bin/patu'));
-    for (const f of ['bin/patu', 'dist/cni.mjs', 'dist/src/cli/index.js', 'dist/agent/index.js', 'build/bpf/accel.o', 'build/bpf/sock_lb.o', 'package.json', 'node_modules/koffi/package.json', 'node_modules/commander/package.json']) {
+    for (const f of ['bin/patu', 'dist/cni.cjs', 'dist/src/cli/index.js', 'dist/agent/index.js', 'build/bpf/accel.o', 'build/bpf/sock_lb.o', 'package.json', 'node_modules/koffi/package.json', 'node_modules/commander/package.json']) {
       assert.ok(existsSync(join(root, 'usr/lib/patu', f)), `prefix has ${f}`);
     }
     // Development-only packages stay out of an installed copy.
@@ -173,7 +173,7 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     assert.equal(del.code, 0, show(del));
     assert.doesNotMatch(nsRun(ns, ['ip', '-o', 'link']).stdout, /eth0/);
     const scripts = readFileSync(seen, 'utf8').trim().split('\n');
-    assert.deepEqual(scripts, [join(root, 'usr/lib/patu/dist/cni.mjs'), join(root, 'usr/lib/patu/dist/cni.mjs')]);
+    assert.deepEqual(scripts, [join(root, 'usr/lib/patu/dist/cni.cjs'), join(root, 'usr/lib/patu/dist/cni.cjs')]);
   });
 
   test('install refuses a target it did not create, names it, and writes nothing', () => {

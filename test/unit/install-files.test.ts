@@ -28,7 +28,7 @@ function fakeSource(name: string): string {
   put(src, {
     'package.json': pkg('patu', { a: '1' }, { devDependencies: { devonly: '1' }, optionalDependencies: { 'other-platform': '1' } }),
     'bin/patu': '#!/bin/sh\necho fake\n',
-    'dist/cni.mjs': '// bundle\n',
+    'dist/cni.cjs': '// bundle\n',
     'dist/src/cli/index.js': '// cli\n',
     'dist/test/unit/x.test.js': '// not installed\n',
     'build/bpf/accel.o': 'o',
@@ -55,9 +55,9 @@ test('the production closure follows node resolution and leaves dev dependencies
 
 test('an unbuilt source is refused with the missing files named', () => {
   const src = fakeSource('unbuilt');
-  rmSync(join(src, 'dist/cni.mjs'));
+  rmSync(join(src, 'dist/cni.cjs'));
   rmSync(join(src, 'build/bpf/sock_lb.o'));
-  assert.throws(() => checkSource(src), (e: unknown) => e instanceof InstallError && /missing dist\/cni\.mjs, build\/bpf\/sock_lb\.o .*scripts\/build\.sh/.test(e.message));
+  assert.throws(() => checkSource(src), (e: unknown) => e instanceof InstallError && /missing dist\/cni\.cjs, build\/bpf\/sock_lb\.o .*scripts\/build\.sh/.test(e.message));
 });
 
 test('install, reinstall and uninstall a fabricated tree in a staging root', async () => {
@@ -69,7 +69,7 @@ test('install, reinstall and uninstall a fabricated tree in a staging root', asy
   const res = install({ source: src, root, flavour: 'podman', prefix: '/opt/patu', clusterCIDR: '10.42.0.0/16' });
   const p = resolvePaths({ root, flavour: 'podman', prefix: '/opt/patu' });
   assert.equal(readlinkSync(p.staged('/usr/lib/cni/patu')), '../../../opt/patu/bin/patu');
-  for (const f of ['bin/patu', 'dist/cni.mjs', 'dist/src/cli/index.js', 'node_modules/a/node_modules/c/package.json', 'node_modules/d/package.json', '.patu-install']) {
+  for (const f of ['bin/patu', 'dist/cni.cjs', 'dist/src/cli/index.js', 'node_modules/a/node_modules/c/package.json', 'node_modules/d/package.json', '.patu-install']) {
     assert.ok(existsSync(p.staged(`/opt/patu/${f}`)), f);
   }
   for (const f of ['node_modules/devonly', 'node_modules/.bin', 'dist/test', 'build/test']) assert.ok(!existsSync(p.staged(`/opt/patu/${f}`)), `${f} not installed`);
