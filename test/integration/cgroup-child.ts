@@ -67,7 +67,7 @@ if (mode === 'attach') {
   // this namespace's own cgroup: the test's sub-cgroup, never a root).
   let agent = 'no error';
   try {
-    await runAgent({ cniSocket: join(b!, 'never.sock'), logLevel: 'silent', pinRoot: b!, accel: true, cgroupFs: '/sys/fs/cgroup' });
+    await runAgent({ cniSocket: join(b!, 'never.sock'), logLevel: 'error', pinRoot: b!, accel: true, cgroupFs: '/sys/fs/cgroup' });
   } catch (e) { agent = (e as Error).message; }
   out({
     ownRootField: own.map((m) => m.root),
