@@ -212,11 +212,16 @@ export interface ResolveCgroupOptions {
   /** Without `cgroup`: look for the hierarchy's root at or below this directory only. */
   under?: string | undefined;
   mountinfo?: string;
+  isRoot?: (dir: string) => boolean;
 }
 
-/** The attach point the CLI and the agent use: the explicit directory, else the discovered root. */
+/**
+ * The attach point the CLI and the agent use: the explicit directory, else the
+ * discovered root. An empty string is "not given" (the DaemonSet's default
+ * cgroup-path arrives as --cgroup=).
+ */
 export function resolveCgroup(o: ResolveCgroupOptions = {}): string {
   const mi = o.mountinfo !== undefined ? { mountinfo: o.mountinfo } : {};
   if (o.cgroup !== undefined && o.cgroup !== '') return checkCgroup2Dir(o.cgroup, mi);
-  return findCgroup2Root({ ...mi, ...(o.under !== undefined && o.under !== '' ? { under: o.under } : {}) });
+  return findCgroup2Root({ ...mi, ...(o.isRoot ? { isRoot: o.isRoot } : {}), ...(o.under !== undefined && o.under !== '' ? { under: o.under } : {}) });
 }

@@ -132,3 +132,13 @@ test('an explicit directory must be on cgroup2: the hybrid host\'s /sys/fs/cgrou
     return true;
   });
 });
+
+test('resolveCgroup: an explicit directory wins; an empty one (the DaemonSet\'s default --cgroup=) means discover', () => {
+  const text = sample('container-v2.txt');
+  const host = `${B}/host/sys/fs/cgroup`;
+  const isRoot = (d: string): boolean => d === host;
+  assert.equal(resolveCgroup({ cgroup: '', under: host, mountinfo: text, isRoot }), host);
+  assert.equal(resolveCgroup({ cgroup: undefined, under: '', mountinfo: text, isRoot }), host, 'an empty --cgroup-fs looks everywhere');
+  // Explicit: checked to be on cgroup2 (here: the hybrid sample's tmpfs is not), never searched.
+  assert.throws(() => resolveCgroup({ cgroup: '/sys/fs/cgroup', under: host, mountinfo: sample('hybrid.txt'), isRoot }), isCode('NOT_CGROUP2'));
+});
