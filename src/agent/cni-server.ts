@@ -191,7 +191,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
       if (run) {
         // The worker died under the request (out of memory, a crash): unanswered,
         // the launcher runs it in its own process.
-          lane.running = undefined;
+        lane.running = undefined;
         unclaim(run.job.req.id);
         finish(run.job, errorOutcome(100, 'the agent worker exited during the request'), false);
         pump(lane);
