@@ -1,0 +1,115 @@
+// The agent's CNI server (src/agent/cni-server.ts) on its own: real worker threads, a
+// real unix socket, a real IPAM directory. A request stuck in a system call while it
+// holds its network's IPAM lock is abandoned at its deadline and the lock is free
+// again afterwards; an idle network's worker exits and closes its lock file. Needs
+// root only because GC talks rtnetlink; it changes no link (no bridge of that name).
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync, constants as fsc, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startCniServer, type CniServer } from '../../src/agent/cni-server.js';
+
+const skip = process.getuid?.() === 0 ? false : 'needs root (GC lists links over rtnetlink)';
+const dir = mkdtempSync(join(tmpdir(), 'patu-lanes-'));
+const servers: CniServer[] = [];
+const fifos: string[] = [];
+after(async () => {
+  // Let any thread blocked on our FIFOs return, so this process can exit.
+  for (const f of fifos) {
+    try {
+      closeSync(openSync(f, fsc.O_WRONLY | fsc.O_NONBLOCK));
+    } catch {
+      /* nobody blocked */
+    }
+  }
+  for (const s of servers) await s.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function request(socket: string, env: Record<string, string>, stdin: object): Promise<{ code: string; body: any; ms: number }> {
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    const sock = connect(socket);
+    let got = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => (got += d));
+    sock.on('error', reject);
+    sock.on('close', () => {
+      const text = got.trimStart();
+      const nl = text.indexOf('\n');
+      resolve({ code: text.slice(0, nl), body: nl >= 0 && text.length > nl + 1 ? JSON.parse(text.slice(nl + 1)) : undefined, ms: performance.now() - t0 });
+    });
+    sock.end(`${Object.entries(env).map(([k, v]) => `${k}=${v}\n`).join('')}\n${JSON.stringify(stdin)}`);
+  });
+}
+
+const netconf = (name: string) => ({
+  cniVersion: '1.1.0',
+  name,
+  type: 'patu',
+  bridge: `nobr${process.pid.toString(36)}`,
+  masquerade: false,
+  ipam: { ranges: [[{ subnet: '10.251.9.0/24' }]], dataDir: join(dir, 'ipam') },
+  pinRoot: `/sys/fs/bpf/patu-test-lanes-${process.pid}`,
+  'cni.dev/valid-attachments': [],
+});
+
+/** Whether this process holds an fd on `path`. */
+const holds = (path: string): boolean =>
+  readdirSync('/proc/self/fd').some((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === path;
+    } catch {
+      return false;
+    }
+  });
+
+/** Whether someone (any process) holds the flock on `path`: flock -n fails then. */
+const lockBusy = (path: string): boolean => spawnSync('flock', ['-n', '-x', path, 'true']).status !== 0;
+
+test('a request stuck holding its IPAM lock is abandoned at its deadline, and the lock is free again', { skip }, async () => {
+  const socket = join(dir, 'a.sock');
+  const server = await startCniServer({ socketPath: socket, requestTimeoutMs: 1_500 });
+  servers.push(server);
+  const net = join(dir, 'ipam', 'stuck');
+  mkdirSync(net, { recursive: true });
+  const fifo = join(net, '10.251.9.7'); // a "record" GC must read: its open() blocks
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+  fifos.push(fifo);
+
+  const stuck = request(socket, { CNI_COMMAND: 'GC' }, netconf('stuck'));
+  await new Promise((r) => setTimeout(r, 500));
+  assert.ok(lockBusy(join(net, 'lock')), 'the stuck GC holds the IPAM lock');
+  const v = await request(socket, { CNI_COMMAND: 'VERSION' }, {});
+  assert.equal(v.code, '0');
+  assert.ok(v.ms < 500, `VERSION took ${v.ms} ms while a request was stuck`);
+
+  const r = await stuck;
+  assert.equal(r.code, '1');
+  assert.equal(r.body.code, 11);
+  assert.match(r.body.msg, /abandoned this GC after 1500 ms/);
+  assert.equal(server.stuckThreads(), 1, 'the worker thread is still blocked in open()');
+  assert.ok(!lockBusy(join(net, 'lock')), 'the abandoned request no longer holds the IPAM lock');
+  assert.ok(!holds(join(net, 'lock')), 'its lock fd was closed');
+
+  // The network works again on a fresh worker once the bad "record" is gone.
+  rmSync(fifo);
+  const again = await request(socket, { CNI_COMMAND: 'GC' }, netconf('stuck'));
+  assert.equal(again.code, '0', JSON.stringify(again.body));
+});
+
+test('an idle network\'s worker exits and closes its lock file', { skip }, async () => {
+  const socket = join(dir, 'b.sock');
+  const server = await startCniServer({ socketPath: socket, idleWorkerMs: 300 });
+  servers.push(server);
+  const r = await request(socket, { CNI_COMMAND: 'GC' }, netconf('idle'));
+  assert.equal(r.code, '0', JSON.stringify(r.body));
+  const lock = join(dir, 'ipam', 'idle', 'lock');
+  assert.ok(holds(lock), 'the worker keeps its lock fd between requests');
+  for (let i = 0; i < 50 && holds(lock); i++) await new Promise((res) => setTimeout(res, 100));
+  assert.ok(!holds(lock), 'the lock fd is closed after the worker went idle');
+  assert.equal(server.stuckThreads(), 0);
+});
