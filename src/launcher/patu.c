@@ -47,8 +47,11 @@
 /* The largest network config accepted (src/cni/netconf.ts MAX_CONFIG_BYTES is the same):
    beyond it the answer is code 7 naming the limit; code 5 means stdin could not be read. */
 #define MAX_STDIN (16 << 20)
-/* The agent refuses configs beyond 1 MB (src/agent/cni-wire.ts); those go to the local run. */
+/* The agent refuses configs beyond 1 MB and CNI_* variables beyond 64 KiB (src/agent/cni-wire.ts
+   MAX_STDIN_BYTES, MAX_HEADER_BYTES); such requests go to the local run, which answers them
+   exactly as it answers any other (a 120,000-character CNI_CONTAINERID: code 4 naming it). */
 #define MAX_AGENT_STDIN (1 << 20)
+#define MAX_AGENT_HEADER (64 << 10)
 /* The agent answers within its own deadline (20 s by default); this is the backstop. */
 #define DEFAULT_AGENT_TIMEOUT_MS 60000
 
@@ -188,6 +191,11 @@ static int via_agent(const struct buf *in) {
   const char *sock_path = getenv("PATU_AGENT_SOCKET");
   if (!sock_path || !*sock_path) sock_path = DEFAULT_AGENT_SOCKET;
   if (in->len > MAX_AGENT_STDIN) return -1;
+  size_t header = sizeof "PATU_REQUEST_ID=" + 32 + 2;
+  for (char **e = environ; *e; e++) {
+    if (strncmp(*e, "CNI_", 4) == 0 && !strchr(*e, '\n')) header += strlen(*e) + 1;
+  }
+  if (header > MAX_AGENT_HEADER) return -1;
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   if (strlen(sock_path) >= sizeof addr.sun_path) return -1;
   strcpy(addr.sun_path, sock_path);
