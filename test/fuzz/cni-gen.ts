@@ -296,7 +296,7 @@ export const cniCaseArb: fc.Arbitrary<CniCase> = fc
     ),
     containerId: fc.oneof({ weight: 24, arbitrary: goodContainerId }, { weight: 1, arbitrary: fc.constant(undefined) }, { weight: 2, arbitrary: badContainerId.map((b) => b.v) }),
     ifname: fc.oneof({ weight: 24, arbitrary: fc.constantFrom('eth0', 'net1', 'e') }, { weight: 1, arbitrary: fc.constant(undefined) }, { weight: 2, arbitrary: badIfname }),
-    conf: fc.oneof({ weight: 1, arbitrary: fc.constant<ConfMutation[]>([]) }, { weight: 2, arbitrary: fc.array(confMutation, { minLength: 1, maxLength: 1 }) }, { weight: 1, arbitrary: fc.array(confMutation, { minLength: 2, maxLength: 3 }) }),
+    conf: fc.oneof({ weight: 2, arbitrary: fc.constant<ConfMutation[]>([]) }, { weight: 2, arbitrary: fc.array(confMutation, { minLength: 1, maxLength: 1 }) }, { weight: 1, arbitrary: fc.array(confMutation, { minLength: 2, maxLength: 3 }) }),
     env: fc.oneof({ weight: 3, arbitrary: fc.constant<EnvMutation[]>([]) }, { weight: 1, arbitrary: fc.array(envMutation, { minLength: 1, maxLength: 2 }) }),
     stdin: fc.oneof(
       { weight: 30, arbitrary: fc.constant(undefined) },
