@@ -206,7 +206,9 @@ const confMutation: fc.Arbitrary<ConfMutation> = fc.oneof(
   fc.constantFrom(['@@PREFIX@@.5'], ['@@PREFIX@@.0/30']).map((v) => cfg(['ipam', 'reserved'], v, `ipam.reserved ${JSON.stringify(v)}`)),
   fc.constantFrom(['bad'], ['10.0.0.0/33'], 'x', [5]).map((v) => cfg(['ipam', 'reserved'], v, `ipam.reserved ${JSON.stringify(v)}`, invalid([7], 'reserved', ADD_ONLY))),
   fc.constantFrom('@@DATADIR@@/sub', '@@DATADIR@@/a/b/c').map((v) => cfg(['ipam', 'dataDir'], v, `ipam.dataDir ${v}`)),
-  fc.constantFrom('/proc/patu-fuzz', '/proc/self/patu', '/sys/patu-fuzz', '/dev/patu-fuzz', '/dev/null', 'relative/ipam', '@@DATADIR@@/../../proc/x', '', '@@DATADIR@@/a\u0000b', '@@WORK@@/file').map((v) =>
+  // A path that names an existing file is fine as text; creating the directory fails (100, named).
+  fc.constant(cfg(['ipam', 'dataDir'], '@@WORK@@/file', 'ipam.dataDir an existing file', invalid([7, 100], 'dataDir'))),
+  fc.constantFrom('/proc/patu-fuzz', '/proc/self/patu', '/sys/patu-fuzz', '/dev/patu-fuzz', '/dev/null', 'relative/ipam', '@@DATADIR@@/../../proc/x', '', '@@DATADIR@@/a\u0000b').map((v) =>
     cfg(['ipam', 'dataDir'], v, `ipam.dataDir ${JSON.stringify(v)}`, invalid([7], 'dataDir')),
   ),
   fc.constantFrom(-1, 1.5, '100', 300_001, null).map((v) => cfg(['ipam', 'lockTimeoutMs'], v, `ipam.lockTimeoutMs ${JSON.stringify(v)}`, invalid([7], 'lockTimeoutMs'))),
@@ -433,6 +435,8 @@ export function materialize(c: CniCase, ctx: NodeContext): Materialized {
     const text = toJsonBytes(conf);
     stdin = Buffer.concat([text.subarray(0, text.length - 1), Buffer.from(`,"x-pad":"${'p'.repeat(c.stdin.hugeBytes)}"}`)]);
     objConf = undefined;
+    // Its size alone may be refused (code 7, naming stdin), before any field is read.
+    if (stdin.length > 1 << 20) unknowns++;
   } else {
     stdin = toJsonBytes(conf);
     if (hasRaw) objConf = undefined;
