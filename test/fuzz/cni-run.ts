@@ -19,6 +19,16 @@ import fc from 'fast-check';
 import { PATU_BIN } from '../helpers/cni.js';
 import { cniCaseArb, describeCase, materialize, type CniCase, type Materialized } from './cni-gen.js';
 import { FuzzNode, SUBNET_PREFIX, type ExecOutcome, type Flavour, type NodeSnapshot } from './node.js';
+import { MAX_HEADER_BYTES, MAX_STDIN_BYTES } from '../../src/agent/cni-wire.js';
+
+/** Whether bin/patu hands this request to the agent (src/launcher/patu.c): else it runs it locally. */
+function forAgent(env: Record<string, string | undefined>, stdin: string | Buffer): boolean {
+  let header = 'PATU_REQUEST_ID=\n\n'.length + 32;
+  for (const [k, v] of Object.entries(env)) {
+    if (k.startsWith('CNI_') && v !== undefined && !v.includes('\n')) header += Buffer.byteLength(`${k}=${v}`) + 1;
+  }
+  return Buffer.byteLength(stdin) <= MAX_STDIN_BYTES && header <= MAX_HEADER_BYTES;
+}
 
 /** README "Errors follow the spec's codes": 1, 4, 6, 7, 11, 50, and patu's 100-103. */
 export const ERROR_TABLE = [1, 4, 6, 7, 11, 50, 100, 101, 102, 103];
@@ -115,7 +125,7 @@ export async function runCniCase(node: FuzzNode, c: CniCase, o: CniRunOptions, c
       execs++;
       if (d.timedOut || d.code !== 0) problems.push(`[${flavour}] DEL after a successful ADD failed: exit ${d.code}${d.timedOut ? ' (timeout)' : ''} ${d.stdout.slice(0, 300)}`);
     }
-    if (flavour === 'agent' && node.agent && m.stdin.length <= 1 << 20 && !r.timedOut) {
+    if (flavour === 'agent' && node.agent && forAgent(m.env, m.stdin) && !r.timedOut) {
       const end = Date.now() + 2_000;
       while (node.agent.served() < served0 + execs && Date.now() < end) await new Promise((res) => setTimeout(res, 20));
       if (node.agent.served() < served0 + execs) problems.push(`[agent] the agent logged ${node.agent.served() - served0} of ${execs} requests: the launcher's fallback answered instead`);
