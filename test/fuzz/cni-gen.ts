@@ -467,6 +467,8 @@ export function materialize(c: CniCase, ctx: NodeContext): Materialized {
 
   // CHECK needs the ADD's result: without one (or with another pod's) it fails with 7 or 101.
   if (command === 'CHECK') unknowns++;
+  // GC needs the runtime's list of valid attachments.
+  if (getPath(conf, ['cni.dev/valid-attachments']) === undefined) note(invalid([7], 'valid-attachments', ['GC']), 'GC without cni.dev/valid-attachments');
   let expects = command === undefined ? [] : invalids.filter((x) => x.commands.includes(command));
   let allowedCodes = [...new Set([...invalids.flatMap((x) => x.codes), ...(unknowns ? [7] : []), ...(command === 'CHECK' ? [101] : [])])];
   // The error may name any field when something else in the request might be invalid too.

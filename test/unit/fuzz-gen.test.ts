@@ -25,8 +25,9 @@ test('a valid request has no expectation and sends the base netconf', () => {
 test('an invalid value obliges the commands it applies to, and only while it is still in place', () => {
   const bad = { path: ['mtu'], value: 70000, why: 'mtu 70000', expect: { codes: [7], field: 'mtu', commands: ['ADD', 'DEL'] } };
   assert.deepEqual(materialize({ ...plain, conf: [bad] }, ctx).expects.map((e) => e.field), ['mtu']);
-  assert.deepEqual(materialize({ ...plain, command: 'GC', conf: [bad] }, ctx).expects, [], 'GC may ignore it');
-  assert.ok(materialize({ ...plain, command: 'GC', conf: [bad] }, ctx).allowedCodes.includes(7), '...or refuse it');
+  assert.deepEqual(materialize({ ...plain, command: 'STATUS', conf: [bad] }, ctx).expects, [], 'STATUS may ignore it');
+  assert.ok(materialize({ ...plain, command: 'STATUS', conf: [bad] }, ctx).allowedCodes.includes(7), '...or refuse it');
+  assert.deepEqual(materialize({ ...plain, command: 'GC' }, ctx).expects.map((e) => e.field), ['valid-attachments'], 'GC needs its list');
   const fixed = { path: ['mtu'], value: 1500, why: 'mtu 1500' };
   assert.deepEqual(materialize({ ...plain, conf: [bad, fixed] }, ctx).expects, [], 'overwritten by a later mutation');
 });
