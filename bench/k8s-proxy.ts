@@ -244,6 +244,15 @@ function proc(pid: number): ProcFig {
   return { rssMB: r1(rssKb / 1024), cpuS: self, cpuWithChildrenS: self + kids };
 }
 
+/** An idle bare node's RSS, same binary, same run: the floor under the agent's. */
+async function nodeFloorMB(): Promise<number> {
+  const p = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 1e6)'], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 1500));
+  const m = proc(p.pid!).rssMB;
+  p.kill('SIGKILL');
+  return m;
+}
+
 const r2 = (n: number): number => Math.round(n * 100) / 100;
 const diffCpu = (a: ProcFig, b: ProcFig) => ({ cpuS: r2(b.cpuS - a.cpuS), cpuWithChildrenS: r2(b.cpuWithChildrenS - a.cpuWithChildrenS) });
 
@@ -561,6 +570,7 @@ async function main(): Promise<void> {
         return [k, { n: x.patu.length, patu: { p50: r1(pct(x.patu, 50)), p99: r1(pct(x.patu, 99)) }, kubeProxy: { p50: r1(pct(x.kubeProxy, 50)), p99: r1(pct(x.kubeProxy, 99)) } }];
       })),
       rssMB: {
+        bareNode: await nodeFloorMB(),
         idle: { patu: idle.patu.rssMB, kubeProxy: idle.kubeProxy.rssMB },
         at1k: { patu: at1k.patu.rssMB, kubeProxy: at1k.kubeProxy.rssMB },
         afterChanges: { patu: end.patu.rssMB, kubeProxy: end.kubeProxy.rssMB },
@@ -611,6 +621,7 @@ async function main(): Promise<void> {
       const om = result.ownMetrics;
       console.log(`API writes for ${N} services + slices: ${result.createWritesMs} ms (${CONC} in parallel); programmed: patu ${patuSvcs} service ports, kube-proxy ${ruleLines} nat rules`);
       console.log(`own metrics: patu applies resync ${om.patuApplyResync.count} (mean ${om.patuApplyResync.meanMs} ms), delta ${om.patuApplyDelta.count} (mean ${om.patuApplyDelta.meanMs} ms); kube-proxy syncs ${om.kubeProxySyncRules.count} (mean ${om.kubeProxySyncRules.meanMs} ms), network programming mean ${om.kubeProxyNetworkProgramming.meanMs} ms over ${om.kubeProxyNetworkProgramming.count}`);
+      console.log(`floor: a bare idle node, same binary, same run: ${result.rssMB.bareNode} MB; the agent idle is node + ${r1(idle.patu.rssMB - result.rssMB.bareNode)} MB, at ${N} services node + ${r1(at1k.patu.rssMB - result.rssMB.bareNode)} MB`);
       console.log(`memory: patu V8 heap used ${r1(om.patuHeapUsedMB)} MB of ${r1(om.patuHeapTotalMB)} MB, external ${r1(om.patuExternalMB)} MB; kube-proxy Go heap in use ${r1(om.kubeProxyGoHeapMB)} MB`);
       console.log(`polling: iptables-save -t nat p50 ${result.polling.iptablesSaveMsP50} ms (max ${result.polling.iptablesSaveMsMax}); patu maps every 20 ms (create) / 1 ms (changes); a change counts at the midpoint of the first poll that shows it`);
       console.log(`machine: before: ${result.machine.before}; after: ${result.machine.after}`);

@@ -166,10 +166,22 @@ async function main(): Promise<void> {
   const bin = binDir();
   if (!bin) throw new Error('k8s-rss: no kube-apiserver (build it with scripts/k8s/build.sh or set PATU_K8S_BIN_DIR)');
   const etcdBin = existsSync(join(bin, 'etcd')) ? join(bin, 'etcd') : 'etcd';
+  // The floor first: a run cut short still has it.
+  const floor = { node: await nodeFloor([]), nodeSemi1: await nodeFloor(['--max-semi-space-size=1']) };
+  log(`Node's floor: ${floor.node} MB; with --max-semi-space-size=1: ${floor.nodeSemi1} MB`);
   const tmp = mkdtempSync(join(tmpdir(), 'patu-rss-'));
   const procs: ChildProcess[] = [];
   let agent: ChildProcess | undefined;
   let api: Api | undefined;
+  // Ctrl-C or a timeout's SIGTERM: stop the children, so the wait in progress fails and the
+  // finally below removes the pins, the cgroup and the temp dir.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      log(`${sig}: stopping`);
+      agent?.kill('SIGTERM');
+      for (const p of procs) p.kill('SIGTERM');
+    });
+  }
   try {
     const [etcdPort, peerPort, apiPort, metricsPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
     writeFileSync(join(tmp, 'tokens.csv'), `${TOKEN_ADMIN},rss-admin,1,"system:masters"\n${TOKEN_AGENT},rss-agent,2,\n`);
@@ -279,7 +291,6 @@ async function main(): Promise<void> {
       await point(target, { writeMs, programmedMs });
     }
 
-    const floor = { node: await nodeFloor([]), nodeSemi1: await nodeFloor(['--max-semi-space-size=1']) };
     const out = { command: `${Object.entries(extraEnv).map(([k, v]) => `${k}=${v} `).join('')}${cmd} ${pre.join(' ')}`.trim(), nodeVersion: process.version, nodeFloorMB: floor, points: rows };
     if (JSON_OUT) {
       console.log(JSON.stringify(out));
