@@ -1,8 +1,7 @@
-// /metrics (Prometheus text, prom-client), /healthz and /readyz for the agent.
-// One registry per agent, not prom-client's global one, so tests can run
-// several in a process.
+// /metrics (Prometheus text, src/k8s/prom.ts), /healthz and /readyz for the agent.
+// One registry per agent, not a global one, so tests can run several in a process.
 import { createServer, type Server } from 'node:http';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, processMetrics } from './prom.js';
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -25,7 +24,7 @@ export class AgentMetrics {
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     // process_resident_memory_bytes and friends: the agent's footprint is a goal.
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'patu_' });
+    if (opts.defaultMetrics !== false) processMetrics(this.registry, 'patu_');
   }
 }
 
