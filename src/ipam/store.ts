@@ -62,6 +62,13 @@ export class IpamStoreError extends PatuError {
 /** Records say which pod holds which address: readable by root only (issue 15, least privilege). */
 const DIR_MODE = 0o700;
 const FILE_MODE = 0o600;
+/** Errors of mkdir -p that say the path itself is wrong, whatever the node's state. */
+const PATH_ERRNOS: Record<string, string> = {
+  ENOTDIR: 'a component of the path is not a directory',
+  ENAMETOOLONG: 'the path or a component of it is too long',
+  ELOOP: 'the path has a symlink loop',
+  EEXIST: 'a component of the path exists and is not a directory',
+};
 /** Directories already checked for DIR_MODE by this process (the agent opens a store per request). */
 const modeChecked = new Set<string>();
 
@@ -163,6 +170,11 @@ export class IpamStore implements Store {
       modeChecked.add(dir);
     } catch (err) {
       if (err instanceof IpamConfigError) throw err;
+      // A path that cannot be a directory is the config's fault (code 7), not the node's.
+      const errno = errnoOf(err);
+      if (errno !== undefined && PATH_ERRNOS[errno]) {
+        throw new IpamConfigError('ipam.dataDir', `'${dataDir}': cannot create ${dir}: ${errno} (${PATH_ERRNOS[errno]})`, { cause: err });
+      }
       throw new IpamStoreError(`IPAM store ipam.dataDir '${dataDir}': cannot create ${dir}: ${errnoOf(err) ?? messageOf(err)}`, { cause: err });
     }
     return new IpamStore(dir, opts.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS, opts.durable ?? false);

@@ -183,26 +183,44 @@ for (const make of [patuFlavour, () => patuAgentFlavour('debug')]) {
       assert.match(r.json.msg, /16 MiB/);
     });
 
-    test('an internal failure answers 100 without a stack; the agent logs the stack at debug level', async () => {
-      // ipam.dataDir below a regular file: mkdir fails with ENOTDIR deep in the IPAM store.
+    test('an internal failure answers 100 without a stack; the agent logs the stack at debug level', async (t) => {
+      // ipam.dataDir on a read-only tmpfs: mkdir -p fails deep in the IPAM store (Node's
+      // recursive mkdir reports EROFS as ENOENT), a node problem rather than a config one.
+      // Unmounted in finally.
+      const ro = join(f.dataDir, 'read-only');
+      mkdirSync(ro, { recursive: true });
+      const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=64k', 'patu-test-ro', ro], { encoding: 'utf8' });
+      if (m.status !== 0) {
+        t.skip(`cannot mount a read-only tmpfs: ${m.stderr}`);
+        return;
+      }
+      try {
+        const conf = f.netconf({ ipam: { ranges: [[{ subnet: f.subnet }]], dataDir: ro } });
+        const r = await run('ADD', conf);
+        assert.equal(r.json?.code, 100, show(r));
+        assert.match(r.json.msg, /ipam\.dataDir '[^']*read-only'/, show(r));
+        assert.doesNotMatch(r.stdout, STACK, show(r));
+        if (f.agent) {
+          // The debug line follows the answer by a moment: wait for it (bounded).
+          const debugLine = () => f.agent!.log().split('\n').find((l) => l.includes(`${ro}/`) && /"level":20/.test(l));
+          for (let i = 0; i < 40 && !debugLine(); i++) await new Promise((res) => setTimeout(res, 50));
+          const line = debugLine();
+          assert.ok(line, `no debug line with the error in the agent log: ${f.agent.log().slice(-2000)}`);
+          assert.match(line, /\\n\s*at /, 'the debug line carries the stack');
+        }
+      } finally {
+        spawnSync('umount', [ro]);
+      }
+    });
+
+    test('ipam.dataDir that cannot be a directory (below a file) is a config error: 7 naming it', async () => {
       const file = join(f.dataDir, 'not-a-dir');
       mkdirSync(f.dataDir, { recursive: true });
       writeFileSync(file, '');
-      const conf = f.netconf({ ipam: { ranges: [[{ subnet: f.subnet }]], dataDir: join(file, 'ipam') } });
-      const r = await run('ADD', conf);
-      assert.equal(r.json?.code, 100, show(r));
-      assert.match(r.json.msg, /ENOTDIR/, show(r));
-      assert.match(r.json.msg, /ipam\.dataDir/, show(r));
+      const r = await run('ADD', f.netconf({ ipam: { ranges: [[{ subnet: f.subnet }]], dataDir: join(file, 'ipam') } }));
+      assert.equal(r.json?.code, 7, show(r));
+      assert.match(r.json.msg, /ipam\.dataDir.*ENOTDIR/, show(r));
       assert.doesNotMatch(r.stdout, STACK, show(r));
-      if (f.agent) {
-        // The debug line follows the answer by a moment: wait for it (bounded).
-        const debugLine = () => f.agent!.log().split('\n').find((l) => l.includes('ENOTDIR') && /"level":20/.test(l));
-        for (let i = 0; i < 40 && !debugLine(); i++) await new Promise((res) => setTimeout(res, 50));
-        const log = f.agent.log();
-        const line = debugLine();
-        assert.ok(line, `no debug line with the error in the agent log: ${log.slice(-2000)}`);
-        assert.match(line, /\\n\s*at /, 'the debug line carries the stack');
-      }
     });
 
     test('IPAM records are 0600 and their directory 0700, also one an older patu made 0755', async () => {
