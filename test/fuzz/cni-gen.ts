@@ -470,7 +470,8 @@ export function materialize(c: CniCase, ctx: NodeContext): Materialized {
   // GC needs the runtime's list of valid attachments.
   if (getPath(conf, ['cni.dev/valid-attachments']) === undefined) note(invalid([7], 'valid-attachments', ['GC']), 'GC without cni.dev/valid-attachments');
   let expects = command === undefined ? [] : invalids.filter((x) => x.commands.includes(command));
-  let allowedCodes = [...new Set([...invalids.flatMap((x) => x.codes), ...(unknowns ? [7] : []), ...(command === 'CHECK' ? [101] : [])])];
+  // STATUS answers 50 (not available) for a network it cannot serve, bad config included.
+  let allowedCodes = [...new Set([...invalids.flatMap((x) => x.codes), ...(unknowns ? [7] : []), ...(command === 'CHECK' ? [101] : []), ...(command === 'STATUS' ? [50] : [])])];
   // The error may name any field when something else in the request might be invalid too.
   let strictNaming = unknowns === 0 && expects.length === invalids.length;
   if (command !== undefined && !COMMANDS.includes(command)) {

@@ -35,7 +35,11 @@ function prng(seed: number): () => number {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export async function killStorm(scratch: Scratch, o: { cycles: number; seed: number; pods?: number; log?: (s: string) => void; deadline?: number }): Promise<StormResult> {
+/**
+ * @param o.minLeftovers keep cycling (up to 20 more) until GC has removed at least this many
+ *   leftovers: a short storm whose kills all missed would prove nothing.
+ */
+export async function killStorm(scratch: Scratch, o: { cycles: number; seed: number; pods?: number; log?: (s: string) => void; deadline?: number; minLeftovers?: number }): Promise<StormResult> {
   const t0 = performance.now();
   const rnd = prng(o.seed);
   const node = await FuzzNode.create(scratch, { tag: 'storm', agent: true, pods: o.pods ?? 6 });
@@ -95,7 +99,7 @@ export async function killStorm(scratch: Scratch, o: { cycles: number; seed: num
     return outcomes;
   };
 
-  for (let cycle = 0; cycle < o.cycles; cycle++) {
+  for (let cycle = 0; cycle < o.cycles || (res.gcRemoved < (o.minLeftovers ?? 0) && cycle < o.cycles + 20); cycle++) {
     if (o.deadline && Date.now() > o.deadline) break;
     const ids = node.podNs.map((_, i) => `st${cycle}x${i}`);
     const pod = (i: number): string => node.podNs[i]!;

@@ -31,7 +31,7 @@ const replay = (s: number, p: string): string => `FC_SEED=${s} FC_PATH=${p} node
 
 test('fuzz: generated CNI requests, in-process and through the agent: table codes, named fields, no stack, no hang, no leak', { skip, timeout: 600_000 }, async (t) => {
   mkdirSync(reproDir, { recursive: true });
-  const runs = Number(process.env.FUZZ_RUNS ?? 60);
+  const runs = Number(process.env.FUZZ_RUNS ?? 120);
   const node = await FuzzNode.create(scratch, { tag: 'cni', agent: true, pods: 2 });
   const r = await fuzzCni(node, { runs, seed, ...(path ? { path } : {}), batch: 20, timeoutMs: 15_000, reproDir });
   t.diagnostic(`seed ${seed}: ${r.runs} cases in ${(r.ms / 1000).toFixed(0)} s; in-process answers: ${JSON.stringify(r.outcomes)}`);
@@ -43,7 +43,7 @@ test('fuzz: generated CNI requests, in-process and through the agent: table code
 
 test('fuzz: generated services files through `patu services apply`: exit 0 or 1, fields named, refused files change nothing', { skip, timeout: 600_000 }, async (t) => {
   mkdirSync(reproDir, { recursive: true });
-  const runs = Number(process.env.FUZZ_SERVICES ?? 20);
+  const runs = Number(process.env.FUZZ_SERVICES ?? 30);
   // 60 s: a 30,000-endpoint YAML file takes ~9 s on this machine under load, a real hang never ends.
   const r = await fuzzServices(scratch, { runs, seed, ...(path ? { path } : {}), timeoutMs: 60_000, reproDir });
   t.diagnostic(`seed ${seed}: ${r.runs} files in ${(r.ms / 1000).toFixed(0)} s; exits: ${JSON.stringify(r.outcomes)}`);
@@ -53,8 +53,8 @@ test('fuzz: generated services files through `patu services apply`: exit 0 or 1,
 });
 
 test('kill -9 storm: plugins and the agent killed during ADD and DEL, then GC: no record, veth, registry entry or pin left', { skip, timeout: 600_000 }, async (t) => {
-  const cycles = Number(process.env.FUZZ_STORM ?? 6);
-  const r = await killStorm(scratch, { cycles, seed });
+  const cycles = Number(process.env.FUZZ_STORM ?? 8);
+  const r = await killStorm(scratch, { cycles, seed, minLeftovers: 1 });
   t.diagnostic(`seed ${seed}: ${r.cycles} cycles, ${r.pluginKills} plugin kills, ${r.agentKills} agent kills, ${r.adds} ADDs, ${r.dels} DELs, GC removed ${r.gcRemoved} leftovers, ${(r.ms / 1000).toFixed(0)} s`);
   assert.deepEqual(r.problems, [], `kill storm (seed ${seed}; FC_SEED=${seed} replays its choices)`);
   assert.ok(r.pluginKills > 0, 'some plugin was killed mid-command');
