@@ -130,11 +130,11 @@ export function buildDoc(c: SvcCase): Record<string, unknown> {
     })),
   };
   for (const mu of c.mutations) {
+    // A path through a value an earlier mutation replaced (`services: 5`) is left out:
+    // the earlier mutation stays what is wrong with the file.
     let o: any = doc;
-    for (const k of mu.path.slice(0, -1)) {
-      if (o[k] === null || typeof o[k] !== 'object') o[k] = typeof k === 'number' ? [] : {};
-      o = o[k];
-    }
+    for (const k of mu.path.slice(0, -1)) o = o !== null && typeof o === 'object' ? o[k] : undefined;
+    if (o === null || typeof o !== 'object') continue;
     const last = mu.path.at(-1)!;
     if (mu.value === undefined) delete o[last];
     else o[last] = mu.value;

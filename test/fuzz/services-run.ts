@@ -100,10 +100,13 @@ function materialize(c: SvcCase, dir: string, n: number): string {
   return p;
 }
 
+/** What the file must be refused for: only invalid values still in place after every mutation. */
 function expected(c: SvcCase): string[] {
   if (c.source.kind === 'special') return [c.source.expect];
   if (c.source.kind === 'text') return c.source.expect ? [c.source.expect] : [];
-  return c.mutations.flatMap((m) => (m.expect ? [m.expect] : []));
+  const doc = buildDoc(c);
+  const at = (path: (string | number)[]): unknown => path.reduce<unknown>((o, k) => (o !== null && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), doc);
+  return c.mutations.flatMap((m) => (m.expect && JSON.stringify(at(m.path)) === JSON.stringify(m.value) ? [m.expect] : []));
 }
 
 function servicePorts(c: SvcCase): number {
