@@ -95,8 +95,13 @@ test('a request stuck holding its IPAM lock is abandoned at its deadline, and th
   assert.ok(!lockBusy(join(net, 'lock')), 'the abandoned request no longer holds the IPAM lock');
   assert.ok(!holds(join(net, 'lock')), 'its lock fd was closed');
 
-  // The network works again on a fresh worker once the bad "record" is gone.
+  // A writer lets the blocked open() return: the terminated thread then ends without
+  // running any more of the request.
+  closeSync(openSync(fifo, fsc.O_WRONLY | fsc.O_NONBLOCK));
   rmSync(fifo);
+  for (let i = 0; i < 50 && server.stuckThreads() > 0; i++) await new Promise((res) => setTimeout(res, 100));
+  assert.equal(server.stuckThreads(), 0, 'the abandoned thread ended once its system call returned');
+  // The network works again on a fresh worker once the bad "record" is gone.
   const again = await request(socket, { CNI_COMMAND: 'GC' }, netconf('stuck'));
   assert.equal(again.code, '0', JSON.stringify(again.body));
 });
