@@ -2,13 +2,14 @@
 //   npm run fuzz -- --runs 20000             CNI requests, in-process and through the agent
 //   npm run fuzz -- --storm 500              kill -9 storm cycles
 //   npm run fuzz -- --services 2000          services files through `patu services apply`
-//   --workers N       N scratch nodes (own host netns and agent each) share the CNI runs, seeds seed..seed+N-1
+//   --workers N       N processes share the CNI runs, each with its own scratch node (host netns, agent) and seed seed+i
 //   --minutes M       stop every part after M minutes and report the counts reached
 //   --keep-going      record every failing case and carry on (a survey) instead of stopping at the first
 //   FC_SEED=<seed> FC_PATH=<path> npm run fuzz -- --runs N      replays a failure (one worker)
 // The parts given run at the same time. Prints the seeds first, and for a failure the
 // FC_SEED/FC_PATH to replay it and a shell script that replays the request by hand.
 // Exits 1 when anything failed.
+import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { Scratch } from '../helpers/kernel.js';
 import { FuzzNode } from './node.js';
@@ -58,21 +59,48 @@ function report(what: string, r: FuzzRunResult): void {
 }
 
 async function cniPart(): Promise<void> {
+  if (workers > 1) return cniWorkers();
+  const node = await FuzzNode.create(scratch, { tag: 'cni', agent: true, pods: 2 });
+  const r = await fuzzCni(node, { runs, seed, ...(path ? { path } : {}), batch: 25, timeoutMs, keepGoing, reproDir, log: out, ...(timeLimitMs ? { timeLimitMs } : {}) });
+  const fails = r.failures.length + (r.failed ? 1 : 0);
+  // The last line is read by a parent run with --workers: keep its shape.
+  out(`CNI: ${r.runs} cases (each in-process and through the agent; seed ${seed}) in ${((Date.now() - t0) / 1000).toFixed(0)} s; ${fails} failing\n  answers (in-process): ${JSON.stringify(r.outcomes)}\n`);
+  report(`CNI (seed ${seed})`, r);
+}
+
+/**
+ * --workers N: N processes of this command, each with its own scratch node and seed.
+ * Processes, not promises: the snapshots shell out synchronously, which would make
+ * workers of one process wait for each other.
+ */
+async function cniWorkers(): Promise<void> {
   const per = Math.ceil(runs / workers);
   const results = await Promise.all(
-    Array.from({ length: workers }, async (_, w) => {
-      const node = await FuzzNode.create(scratch, { tag: `cni${w}`, agent: true, pods: 2 });
-      const s = seed + w;
-      const r = await fuzzCni(node, { runs: per, seed: s, ...(path && workers === 1 ? { path } : {}), batch: 25, timeoutMs, keepGoing, reproDir, log: out, ...(timeLimitMs ? { timeLimitMs } : {}) });
-      report(`CNI worker ${w} (seed ${s})`, r);
-      return r;
-    }),
+    Array.from({ length: workers }, (_, w) => new Promise<{ cases: number; fails: number; outcomes: Record<string, number>; code: number | null }>((resolve) => {
+      const a = [process.argv[1]!, '--runs', String(per), '--seed', String(seed + w), '--timeout-ms', String(timeoutMs), '--repro-dir', reproDir];
+      if (minutes) a.push('--minutes', String(minutes));
+      if (keepGoing) a.push('--keep-going');
+      const env = { ...process.env };
+      delete env.FC_SEED;
+      delete env.FC_PATH;
+      const child = spawn(process.execPath, a, { env, stdio: ['ignore', 'inherit', 'pipe'] });
+      let text = '';
+      child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+        text += d;
+        out(d.split('\n').map((l) => (l ? `[w${w}] ${l}` : l)).join('\n'));
+      });
+      child.on('close', (code) => {
+        const m = /CNI: (\d+) cases .*; (\d+) failing\n {2}answers \(in-process\): (\{.*\})/.exec(text);
+        resolve({ cases: Number(m?.[1] ?? 0), fails: Number(m?.[2] ?? 0), outcomes: m ? (JSON.parse(m[3]!) as Record<string, number>) : {}, code });
+      });
+    })),
   );
-  const total = results.reduce((n, r) => n + r.runs, 0);
+  const total = results.reduce((n, r) => n + r.cases, 0);
+  const fails = results.reduce((n, r) => n + r.fails, 0);
   const outcomes: Record<string, number> = {};
   for (const r of results) for (const [k, v] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + v;
-  const fails = results.reduce((n, r) => n + r.failures.length + (r.failed ? 1 : 0), 0);
-  out(`CNI: ${total} cases (each in-process and through the agent; ${workers} worker(s), seeds ${seed}..${seed + workers - 1}) in ${((Date.now() - t0) / 1000).toFixed(0)} s; ${fails} failing\n  answers (in-process): ${JSON.stringify(outcomes)}\n`);
+  if (fails || results.some((r) => r.code !== 0)) failed = true;
+  out(`CNI total: ${total} cases (each in-process and through the agent; ${workers} workers, seeds ${seed}..${seed + workers - 1}) in ${((Date.now() - t0) / 1000).toFixed(0)} s; ${fails} failing\n  answers (in-process): ${JSON.stringify(outcomes)}\n`);
 }
 
 async function servicesPart(): Promise<void> {
