@@ -57,7 +57,9 @@ switch (mode) {
     break;
   }
   case 'churn':
-    // Allocate and release in a loop until killed (bounded, in case nobody does).
+    // Allocate and release in a loop until killed (bounded, in case nobody does). The test
+    // times its kill from this line.
+    fs.writeSync(1, 'started\n');
     for (let i = 0; i < 100_000; i++) {
       allocate(cfg, store, `${containerId}-${i}`, 'eth0');
       if (i % 3 !== 0) release(cfg, store, `${containerId}-${i}`, 'eth0');

@@ -56,6 +56,22 @@ function child(mode: string, raw: object, containerId: string, startFile?: strin
   return { proc, done };
 }
 
+/** Resolves once a churn child has printed "started" (bounded: its own 30 s kill ends it otherwise). */
+function started(proc: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    const onData = (b: Buffer): void => {
+      seen += b.toString();
+      if (seen.includes('started\n')) {
+        proc.stdout!.off('data', onData);
+        resolve();
+      }
+    };
+    proc.stdout!.on('data', onData);
+    proc.once('close', () => reject(new Error(`churn child ended before it started: ${seen}`)));
+  });
+}
+
 /** Every record on disk, read without product code; fails on anything half-written. */
 function records(dir: string): Map<string, string> {
   const out = new Map<string, string>();
@@ -175,8 +191,10 @@ test('kill -9 at random moments during alloc/release churn never leaves a corrup
   const cfg = parseIpamConfig(raw);
   for (let round = 0; round < 6; round++) {
     const runs = Array.from({ length: 3 }, (_, i) => child('churn', raw, `r${round}c${i}`));
-    // Children need ~100 ms to start; kill them somewhere in their working time.
-    await new Promise((r) => setTimeout(r, 150 + Math.floor(Math.random() * 250)));
+    // Kill them somewhere in their working time: counted from when each says it has started its
+    // loop, not from the spawn (a loaded machine can take far longer than usual to start node).
+    await Promise.all(runs.map((r) => started(r.proc)));
+    await new Promise((r) => setTimeout(r, 20 + Math.floor(Math.random() * 180)));
     for (const r of runs) r.proc.kill('SIGKILL');
     const ends = await Promise.all(runs.map((r) => r.done));
     for (const e of ends) assert.equal(e.signal, 'SIGKILL', `a churn child ended on its own: ${e.stderr}`);
