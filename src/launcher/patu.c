@@ -88,23 +88,11 @@ static int read_all(int fd, struct buf *b, size_t limit) {
   }
 }
 
-static int write_all(int fd, const char *p, size_t n) {
+/* Writes all of p. To a socket it sends with MSG_NOSIGNAL: an agent that refuses a request and
+   closes must not kill us with SIGPIPE. */
+static int write_all(int fd, const char *p, size_t n, int is_socket) {
   while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* send() without SIGPIPE: an agent that refuses a request and closes must not kill us. */
-static int send_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+    ssize_t w = is_socket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       return -1;
@@ -231,7 +219,7 @@ static int via_agent(const struct buf *in) {
       buf_append(&req, "\n\n", 2) < 0)
     goto fail;
   if (in->len && buf_append(&req, in->data, in->len) < 0) goto fail;
-  if (send_all(fd, req.data, req.len) < 0) goto fail;
+  if (write_all(fd, req.data, req.len, 1) < 0) goto fail;
   shutdown(fd, SHUT_WR);
 
   struct buf resp = {0};
@@ -257,7 +245,7 @@ static int via_agent(const struct buf *in) {
   }
   int code = atoi(resp.data + skip);
   size_t off = (size_t)(nl - resp.data) + 1;
-  write_all(STDOUT_FILENO, resp.data + off, resp.len - off);
+  write_all(STDOUT_FILENO, resp.data + off, resp.len - off, 0);
   free(resp.data);
   return code;
 fail:
@@ -299,7 +287,7 @@ int main(int argc, char **argv) {
   /* No agent: hand the bytes we already read to Node as its stdin, through an
    * in-memory file, and become the Node process (exit status passes straight through). */
   int mem = memfd_create("patu-cni-stdin", MFD_CLOEXEC);
-  if (mem < 0 || write_all(mem, in.data ? in.data : "", in.len) < 0 || lseek(mem, 0, SEEK_SET) < 0 ||
+  if (mem < 0 || write_all(mem, in.data ? in.data : "", in.len, 0) < 0 || lseek(mem, 0, SEEK_SET) < 0 ||
       dup2(mem, STDIN_FILENO) < 0) {
     printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"passing stdin to the plugin failed: %s\",\"details\":\"\"}\n", strerror(errno));
     return 1;

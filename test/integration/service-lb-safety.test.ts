@@ -211,10 +211,10 @@ function laterApply(pinRoot: string, desired: Map<string, DesiredServicePort>): 
   }
 }
 
-test('map pins removed under the attached programs: the next open re-pins the maps they use, so an apply reaches them', { skip }, () => {
-  const pinRoot = scratch.pinRoot('removed');
+/** Attaches the service programs under pinRoot with two services programmed; detached at cleanup. */
+function attachedWithTwoServices(pinRoot: string, label: string): void {
   const first = ServiceLb.open({ pinRoot, cgroupPath: CG });
-  scratch.defer('removed-pins LB', () => {
+  scratch.defer(`${label} LB`, () => {
     const l = ServiceLb.open({ pinRoot });
     try {
       l.detach();
@@ -224,6 +224,11 @@ test('map pins removed under the attached programs: the next open re-pins the ma
   });
   first.resync(desiredPorts(2, 2));
   first.close();
+}
+
+test('map pins removed under the attached programs: the next open re-pins the maps they use, so an apply reaches them', { skip }, () => {
+  const pinRoot = scratch.pinRoot('removed');
+  attachedWithTwoServices(pinRoot, 'removed-pins');
   const attached = attachedMapIds(pinRoot);
   assert.deepEqual(pinnedMapIds(pinRoot), attached, 'pins and attached programs agree after a normal apply');
 
@@ -244,17 +249,7 @@ test('map pins removed under the attached programs: the next open re-pins the ma
 test('map pins replaced under the attached programs: the pins are put back to the maps the programs use', { skip }, () => {
   const pinRoot = scratch.pinRoot('replaced');
   const other = scratch.pinRoot('impostor');
-  const first = ServiceLb.open({ pinRoot, cgroupPath: CG });
-  scratch.defer('replaced-pins LB', () => {
-    const l = ServiceLb.open({ pinRoot });
-    try {
-      l.detach();
-    } finally {
-      l.close();
-    }
-  });
-  first.resync(desiredPorts(2, 2));
-  first.close();
+  attachedWithTwoServices(pinRoot, 'replaced-pins');
   const attached = attachedMapIds(pinRoot);
 
   // A map of the same shape (from another pin root, never attached) takes patu_svc's place.
