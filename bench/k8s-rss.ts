@@ -9,6 +9,7 @@
 //   bash scripts/build.sh && node dist/bench/k8s-rss.js [--json]     (root; kube-apiserver and etcd
 //   from /var/cache/patu/k8s/<version>/bin or $PATU_K8S_BIN_DIR, as scripts/k8s/build.sh leaves them)
 //   RSS_COUNTS=1000,10000  RSS_SETTLE_MS=5000  RSS_CONCURRENCY=16  RSS_MAPS=1 (RSS by mapping, from smaps)
+//   RSS_THREADS=1 (the agent's CPU so far per thread name)
 //   RSS_AGENT_NODE_ARGS="--max-semi-space-size=1 ..." runs `node <args> dist/src/cli/index.js agent`
 //   instead of bin/patu (to compare V8 flags; bin/patu passes its own); RSS_AGENT_SCRIPT=<file.js> runs
 //   that script instead of dist/src/cli/index.js; RSS_AGENT_ENV="K=V ..." adds to the agent's environment.
@@ -65,6 +66,27 @@ interface Mem {
   anonMB: number;
   /** File-backed: node's binary, shared libraries (libbpf, koffi's .node) as far as touched. */
   fileMB: number;
+}
+
+/** utime+stime of a process so far, seconds (CLK_TCK 100 on Linux x86-64). */
+function cpuS(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** CPU seconds so far per thread name (RSS_THREADS=1): V8's GC helpers, libuv's pool, the CNI workers. */
+function threadCpu(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out[comm] = r1((out[comm] ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+    } catch { /* the thread ended */ }
+  }
+  return out;
 }
 
 function mem(pid: number): Mem {
@@ -248,11 +270,16 @@ async function main(): Promise<void> {
     log(`agent ready in ${readyMs} ms (pid ${ag.pid}): ${cmd} ${args.join(' ')}`);
 
     const rows: Record<string, unknown>[] = [];
+    // The agent's CPU since the previous point (its start, for the first): what creating the services cost it.
+    let lastCpu = 0;
     const point = async (services: number, extra: Record<string, unknown> = {}): Promise<void> => {
       await sleep(SETTLE_MS);
       const m = mem(ag.pid!);
+      const cpu = cpuS(ag.pid!);
+      const cpuPhaseS = Math.round((cpu - lastCpu) * 100) / 100;
+      lastCpu = cpu;
       const h = await heap(`${metricsUrl}/metrics`);
-      const row = { services, ...m, ...h, ...extra, ...(process.env.RSS_MAPS ? { maps: byMapping(ag.pid!) } : {}) };
+      const row = { services, ...m, cpuPhaseS, ...h, ...extra, ...(process.env.RSS_MAPS ? { maps: byMapping(ag.pid!) } : {}), ...(process.env.RSS_THREADS ? { threads: threadCpu(ag.pid!) } : {}) };
       rows.push(row);
       log(JSON.stringify(row));
     };
@@ -284,7 +311,10 @@ async function main(): Promise<void> {
       const writeMs = Math.round(performance.now() - tw);
       // default/kubernetes is on 443: port 80 under 10.96/16 counts only ours, each with its 3 backends.
       await until(`${target} services programmed`, () => ports() >= target
-        && (readProgrammed(PIN) ?? []).filter((v) => v.port === 80).every((v) => v.backends.length === 3), 300_000, dead);
+        && (readProgrammed(PIN) ?? []).filter((v) => v.port === 80).every((v) => v.backends.length === 3), 300_000, dead)
+        .catch((e: Error) => {
+          throw new Error(`${e.message} (${ports()} programmed); agent log: ${readFileSync(agentLog, 'utf8').slice(-2000)}`, { cause: e });
+        });
       const programmedMs = Math.round(performance.now() - tw);
       have = target;
       log(`${target} services + slices written in ${writeMs} ms, all programmed after ${programmedMs} ms`);
@@ -297,9 +327,9 @@ async function main(): Promise<void> {
     } else {
       console.log(`agent: ${out.command} agent --kubernetes ...   (Node ${process.version})`);
       console.log(`Node's floor (node -e "setTimeout(()=>{},1e6)"): ${floor.node} MB; with --max-semi-space-size=1: ${floor.nodeSemi1} MB`);
-      console.log('services    RSS MB   anon MB   file MB   V8 heap used/total MB   external MB');
-      for (const r of rows as unknown as (Mem & { services: number; heapUsedMB: number; heapTotalMB: number; externalMB: number })[]) {
-        console.log(`${String(r.services).padStart(8)}  ${String(r.rssMB).padStart(7)}  ${String(r.anonMB).padStart(8)}  ${String(r.fileMB).padStart(8)}  ${`${r.heapUsedMB} / ${r.heapTotalMB}`.padStart(22)}  ${String(r.externalMB).padStart(11)}`);
+      console.log('services    RSS MB   anon MB   file MB   V8 heap used/total MB   external MB   CPU s (since last row)');
+      for (const r of rows as unknown as (Mem & { services: number; heapUsedMB: number; heapTotalMB: number; externalMB: number; cpuPhaseS: number })[]) {
+        console.log(`${String(r.services).padStart(8)}  ${String(r.rssMB).padStart(7)}  ${String(r.anonMB).padStart(8)}  ${String(r.fileMB).padStart(8)}  ${`${r.heapUsedMB} / ${r.heapTotalMB}`.padStart(22)}  ${String(r.externalMB).padStart(11)}  ${String(r.cpuPhaseS).padStart(10)}`);
       }
     }
   } finally {

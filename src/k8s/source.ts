@@ -11,7 +11,11 @@
 // add-all). After that changes are applied for the changed services only: an
 // isolated change at once (on the next turn of the event loop, so the events
 // of one watch chunk go together), and while events keep coming, at most one
-// apply per coalesceMs.
+// apply per window: coalesceMs at first, doubled after each apply that had to
+// wait for it, up to maxCoalesceMs, back to coalesceMs after a quiet spell. Each
+// apply has a fixed cost (diff, map syscalls, metrics, a log line): with a fixed
+// 20 ms window, 1,000 services created at the apiserver's pace meant ~1,000
+// applies, most of the agent's CPU (profiled with bench/k8s-rss.ts).
 import type { ApplyStats } from '../dataplane/service-lb.js';
 import type { PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceModel, type DesiredServicePort } from '../services/model.js';
@@ -50,6 +54,8 @@ export interface K8sSourceOptions {
   podRegistry?: () => PodRegistry | undefined;
   /** At most one apply per this many ms while events keep coming (default 20 ms); a change after a quiet spell is applied at once. */
   coalesceMs?: number;
+  /** While events keep coming the window doubles after each held-back apply, up to this (default 160 ms, at least coalesceMs). */
+  maxCoalesceMs?: number;
   /** Recompute everything from the informer caches this often (default 5 min; 0: never). */
   resyncMs?: number;
   /** After a failed apply, retry as a full resync after this long (default 1 s). */
@@ -93,6 +99,10 @@ export class K8sSource {
   private lastError: string | undefined;
   /** When the last apply started (performance.now()); -Infinity before the first. */
   private lastFlush = -Infinity;
+  /** The current coalescing window (ms): see the header. */
+  private window: number;
+  /** Whether the pending apply waits for the window (events kept coming), so the window grows after it. */
+  private heldBack = false;
   /** Per service ref: the ports and backends it last contributed to the gauges, so they cost O(changed) per apply. */
   private readonly counted = new Map<string, { ports: number; backends: number }>();
   private portsCounted = 0;
@@ -100,6 +110,7 @@ export class K8sSource {
 
   constructor(private readonly opts: K8sSourceOptions) {
     this.log = opts.log ?? nolog;
+    this.window = opts.coalesceMs ?? 20;
     firstSubnet24(opts.clusterCIDR); // validates early
     const resync = opts.resyncMs ?? 300_000;
     if (resync > 0) {
@@ -208,7 +219,15 @@ export class K8sSource {
   private schedule(delay?: number): void {
     if (this.timer || this.closed) return;
     // Leading edge: the first change after a quiet spell waits for nothing; later ones share the next window.
-    delay ??= Math.max(0, this.lastFlush + (this.opts.coalesceMs ?? 20) - performance.now());
+    if (delay === undefined) {
+      const since = performance.now() - this.lastFlush;
+      delay = Math.max(0, this.window - since);
+      this.heldBack = delay > 0;
+      // A quiet spell (nothing for a whole window since the last apply): back to the shortest window.
+      if (!this.heldBack) this.window = this.opts.coalesceMs ?? 20;
+    } else {
+      this.heldBack = false;
+    }
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.flush();
@@ -246,6 +265,8 @@ export class K8sSource {
     const changed = this.model.takeChanges();
     if (!resync && changed.size === 0) return;
     this.lastFlush = t0;
+    if (this.heldBack) this.window = Math.min(this.window * 2, Math.max(this.opts.maxCoalesceMs ?? 160, this.opts.coalesceMs ?? 20));
+    this.heldBack = false;
     try {
       // Derived once: the sink programs it and the gauges count it.
       const desired = this.model.desired(resync ? undefined : changed);

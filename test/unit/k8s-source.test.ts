@@ -269,6 +269,42 @@ test('a change after a quiet spell is applied at once; changes that follow withi
   }
 });
 
+test('while events keep coming the window grows, so a sustained stream costs few applies; a quiet spell resets it', async () => {
+  const sink = new DiffSink();
+  const s = source(sink, { coalesceMs: 20, maxCoalesceMs: 160 });
+  try {
+    syncAll(s);
+    await sleep(30);
+    assert.equal(sink.calls.length, 1, 'the first resync');
+    // One new service every ~4 ms for 800 ms, as the apiserver streams a bulk create: a fixed 20 ms window
+    // applied ~40 times (each apply has a fixed cost); a doubling one 20+40+80+160+... about 8 times.
+    const t0 = performance.now();
+    let i = 0;
+    while (performance.now() - t0 < 800) {
+      s.handleService(svc(`b${i}`, `10.96.6.${i % 250}`));
+      s.handleSlice(slice(`b${i}-x`, `b${i}`, [`10.200.6.${i % 250}`]));
+      i++;
+      await sleep(4);
+    }
+    const last = performance.now();
+    while (!sink.state.services.has(`10.96.6.${(i - 1) % 250}:80/TCP`) && performance.now() - last < 2000) await sleep(2);
+    const lag = performance.now() - last;
+    const applies = sink.calls.length - 1;
+    assert.ok(applies >= 3 && applies <= 15, `${i} services in 800 ms took ${applies} applies`);
+    assert.ok(lag < 400, `the last change of the stream waited ${Math.round(lag)} ms (the window is capped at 160 ms)`);
+    // Quiet for longer than the largest window: an isolated change goes at once again.
+    await sleep(200);
+    const n = sink.calls.length;
+    const t1 = performance.now();
+    s.handleSlice(slice('b0-x', 'b0', ['10.200.7.1']));
+    while (sink.calls.length === n && performance.now() - t1 < 500) await sleep(1);
+    assert.ok(performance.now() - t1 < 15 + 60, `an isolated change after the stream took ${Math.round(performance.now() - t1)} ms`);
+    assert.deepEqual(sink.backends('10.96.6.0:80/TCP'), ['10.200.7.1:8080']);
+  } finally {
+    await s.close();
+  }
+});
+
 test('metrics gauges follow each change without recomputing every service on every apply', async () => {
   const { AgentMetrics } = await import('../../src/k8s/metrics.js');
   const metrics = new AgentMetrics({ defaultMetrics: false });
