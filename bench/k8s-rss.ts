@@ -9,7 +9,7 @@
 //   bash scripts/build.sh && node dist/bench/k8s-rss.js [--json]     (root; kube-apiserver and etcd
 //   from /var/cache/patu/k8s/<version>/bin or $PATU_K8S_BIN_DIR, as scripts/k8s/build.sh leaves them)
 //   RSS_COUNTS=1000,10000  RSS_SETTLE_MS=5000  RSS_CONCURRENCY=16  RSS_MAPS=1 (RSS by mapping, from smaps)
-//   RSS_THREADS=1 (the agent's CPU so far per thread name)
+//   RSS_THREADS=1 (the agent's CPU so far per thread)
 //   RSS_AGENT_NODE_ARGS="--max-semi-space-size=1 ..." runs `node <args> dist/src/cli/index.js agent`
 //   instead of bin/patu (to compare V8 flags; bin/patu passes its own); RSS_AGENT_SCRIPT=<file.js> runs
 //   that script instead of dist/src/cli/index.js; RSS_AGENT_ENV="K=V ..." adds to the agent's environment.
@@ -75,7 +75,7 @@ function cpuS(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
-/** CPU seconds so far per thread name (RSS_THREADS=1): V8's GC helpers, libuv's pool, the CNI workers. */
+/** CPU seconds so far per thread (name:tid, RSS_THREADS=1): V8's GC helpers, libuv's pool, the CNI workers. */
 function threadCpu(pid: number): Record<string, number> {
   const out: Record<string, number> = {};
   for (const t of readdirSync(`/proc/${pid}/task`)) {
@@ -83,7 +83,8 @@ function threadCpu(pid: number): Record<string, number> {
       const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
       const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out[comm] = r1((out[comm] ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+      const cpu = (Number(f[11]) + Number(f[12])) / 100;
+      if (cpu > 0) out[`${comm}:${t}`] = cpu;
     } catch { /* the thread ended */ }
   }
   return out;

@@ -35,13 +35,26 @@ abstract class Metric<L extends string> {
   }
 
   protected entry(labels: Partial<Record<L, string>> = {}): { labels: Labels; value: number } {
+    // Called per watch event: the key is the label values in labelNames order, each length-prefixed
+    // (unambiguous for any value), '-' for an absent one: no object, no JSON.
+    let key = '';
+    let n = 0;
+    for (const k of this.labelNames) {
+      const v = labels[k];
+      if (v === undefined) key += '-';
+      else {
+        const t = String(v);
+        key += `${t.length}:${t}`;
+        n++;
+      }
+    }
+    let e = this.series.get(key);
+    if (e && Object.keys(labels).length === n) return e;
     for (const k of Object.keys(labels)) {
       if (!this.labelNames.includes(k as L)) throw new Error(`metric ${this.name}: unknown label '${k}'`);
     }
     const ordered: Labels = {};
     for (const k of this.labelNames) if (labels[k] !== undefined) ordered[k] = String(labels[k]);
-    const key = JSON.stringify(ordered);
-    let e = this.series.get(key);
     if (!e) this.series.set(key, (e = { labels: ordered, value: 0 }));
     return e;
   }
@@ -80,7 +93,8 @@ export class Gauge<L extends string = never> extends Metric<L> {
 export class Histogram<L extends string = never> extends Metric<L> {
   readonly type = 'histogram';
   private readonly buckets: number[];
-  private readonly hist = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
+  /** Per series (the entry of its labels). */
+  private readonly hist = new Map<object, { labels: Labels; counts: number[]; sum: number; count: number }>();
 
   constructor(opts: MetricOpts<L> & { buckets: number[] }) {
     super(opts);
@@ -89,13 +103,10 @@ export class Histogram<L extends string = never> extends Metric<L> {
 
   observe(labels: Partial<Record<L, string>> | number, value?: number): void {
     const [l, v] = typeof labels === 'number' ? [{}, labels] : [labels, value ?? 0];
-    const { labels: ordered } = this.entry(l);
-    const key = JSON.stringify(ordered);
-    let h = this.hist.get(key);
-    if (!h) this.hist.set(key, (h = { labels: ordered, counts: this.buckets.map(() => 0), sum: 0, count: 0 }));
-    this.buckets.forEach((b, i) => {
-      if (v <= b) h.counts[i]!++;
-    });
+    const e = this.entry(l);
+    let h = this.hist.get(e);
+    if (!h) this.hist.set(e, (h = { labels: e.labels, counts: this.buckets.map(() => 0), sum: 0, count: 0 }));
+    for (let i = 0; i < this.buckets.length; i++) if (v <= this.buckets[i]!) h.counts[i]!++;
     h.sum += v;
     h.count++;
   }

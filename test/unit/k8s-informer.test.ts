@@ -175,3 +175,40 @@ test('a watch the apiserver ends is reopened from the last bookmark, without a r
     await api.stop().catch(() => {});
   }
 });
+
+test('watch lines are framed on bytes: an event split mid-character across chunks, several in one chunk, blank lines', async () => {
+  const api = new FakeApiserver();
+  await api.start();
+  const got = new Map<string, K8sService>();
+  let synced = 0;
+  const inf = startInformer<K8sService>(cfgFor(api.port), { resource: 'services', path: '/api/v1/services', slim: slimService }, {
+    onUpsert: (o) => got.set(o.metadata.name!, o),
+    onDelete: (o) => got.delete(o.metadata.name!),
+    onSynced: () => synced++,
+  }, { initialMs: 50, maxMs: 200 });
+  try {
+    await until('watch open', () => synced === 1 && api.watches.size === 1);
+    const w = [...api.watches][0]!;
+    const ev = (name: string, rv: number) => Buffer.from(JSON.stringify({ type: 'ADDED', object: { metadata: { name, namespace: 'default', resourceVersion: String(rv), annotations: { note: 'é€😀' } }, spec: { clusterIP: '10.96.0.9', ports: [{ port: 80 }] } } }) + '\n');
+    // One event in three writes, cut inside the 4-byte emoji and the 3-byte euro sign.
+    const a = ev('ünï', 201);
+    const emoji = a.indexOf(Buffer.from('😀'));
+    const euro = a.indexOf(Buffer.from('€'));
+    for (const part of [a.subarray(0, euro + 1), a.subarray(euro + 1, emoji + 2), a.subarray(emoji + 2)]) {
+      w.write(part);
+      await sleep(30);
+    }
+    // Two events and blank lines in one write, the second one's end in the next.
+    const b = Buffer.concat([Buffer.from('\n\r\n'), ev('b', 202), Buffer.from('\n'), ev('c', 203)]);
+    w.write(b.subarray(0, b.length - 5));
+    await sleep(30);
+    w.write(b.subarray(b.length - 5));
+    await until('three events', () => got.size === 3);
+    assert.equal(got.get('ünï')?.metadata.resourceVersion, '201');
+    assert.ok(got.has('b') && got.has('c'));
+    assert.equal(inf.stats.errors, 0, 'no event may be undecodable');
+  } finally {
+    await inf.stop();
+    await api.stop().catch(() => {});
+  }
+});
