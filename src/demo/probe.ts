@@ -26,14 +26,16 @@ one(0);
 `;
 
 /**
- * connect() as fast as one Node client can, one at a time, for `ms`: each connection is
+ * connect() as fast as one Node client can, one at a time, for `ms`, to each of `hosts` in
+ * turn (several: the same spread over servers as a service's backends): each connection is
  * reset as soon as it is up (no data, no TIME_WAIT). What the figure holds is a connect
  * through the service's translation plus Node's own cost per socket, which dominates; a C
  * loop (bench/service-lb.ts) shows the kernel's alone.
  */
-export const connectLoopScript = (host: string, port: number, ms: number): string => `
+export const connectLoopScript = (hosts: readonly string[], port: number, ms: number): string => `
 const net = require('net');
-let done = 0, failed = 0;
+const hosts = ${JSON.stringify(hosts)};
+let done = 0, failed = 0, n = 0;
 const t0 = process.hrtime.bigint();
 const end = t0 + ${Math.round(ms)}n * 1000000n;
 function one() {
@@ -41,7 +43,7 @@ function one() {
     process.stdout.write(JSON.stringify({ done, failed, ms: Number(process.hrtime.bigint() - t0) / 1e6 }));
     return;
   }
-  const s = net.connect(${port}, ${JSON.stringify(host)});
+  const s = net.connect(${port}, hosts[n++ % hosts.length]);
   let up = false, over = false;
   const next = (ok) => { if (over) return; over = true; if (ok) done++; else failed++; one(); };
   s.setTimeout(2000, () => { s.destroy(); next(false); });
