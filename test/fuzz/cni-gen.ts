@@ -484,8 +484,10 @@ export function materialize(c: CniCase, ctx: NodeContext): Materialized {
   }
   if (command === 'VERSION') expects = [];
 
+  // An unknown command is refused before the config is read: any version may carry that error.
   const v = (conf as { cniVersion?: unknown }).cniVersion;
-  const askedVersion = objConf !== undefined && typeof v === 'string' && SUPPORTED.includes(v) ? v : undefined;
+  const known = command !== undefined && COMMANDS.includes(command);
+  const askedVersion = known && objConf !== undefined && typeof v === 'string' && SUPPORTED.includes(v) ? v : undefined;
   return { env: e, stdin, conf: objConf, expects, allowedCodes, strictNaming, askedVersion };
 }
 
