@@ -53,7 +53,7 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     await lab.startAgent();
     lab.up(['web2', 'client']);
     for (const p of lab.pods.values()) {
-      say(`   ${p.name.padEnd(7)} ${p.ip.padEnd(11)} netns ${p.netns.padEnd(27)} ADD ${fmt(p.addMs).padStart(5)} ms ${p.name === 'web1' ? '(plugin process)' : '(via agent)'}`);
+      say(`   ${p.name.padEnd(7)} ${p.ip.padEnd(11)} netns ${p.netns.padEnd(27)} ADD ${fmt(p.addMs).padStart(5)} ms ${p.name === 'web1' ? '(plugin process)' : p.name === 'web2' ? '(via agent; its first request starts the worker thread)' : '(via agent)'}`);
     }
     results.pods = [...lab.pods.values()].map((p) => ({ name: p.name, ip: p.ip, addMs: p.addMs }));
 
