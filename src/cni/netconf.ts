@@ -41,22 +41,17 @@ const ipv4Cidr = (example: string) =>
     }, `must be an IPv4 CIDR like ${example}`),
   );
 
-const isAddress = (v: string): boolean => {
+/** Whether parse accepts v (the strict parsers of src/net/cidr.ts, as zod refinements). */
+const accepts = (parse: (v: string) => unknown) => (v: string): boolean => {
   try {
-    parseIp(v);
+    parse(v);
     return true;
   } catch {
     return false;
   }
 };
-const isCidr = (v: string): boolean => {
-  try {
-    parseCidr(v);
-    return true;
-  } catch {
-    return false;
-  }
-};
+const isAddress = accepts(parseIp);
+const isCidr = accepts(parseCidr);
 
 /** What CHECK reads of the ADD result: shaped as the spec says, or the config is invalid. */
 const prevResultShape = z.looseObject({
