@@ -11,35 +11,9 @@
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "common.h"
-#include "sock_lb.h"
-
-/* Retries when userspace changes a service between our lookups (see pick_backend). */
-#define PICK_ATTEMPTS 3
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PATU_SVC_MAX);
-	__type(key, struct patu_svc_key);
-	__type(value, struct patu_svc_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} patu_svc SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PATU_BACKEND_MAX);
-	__type(key, struct patu_slot_key);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} patu_svc_slot SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PATU_BACKEND_MAX);
-	__type(key, __u32);
-	__type(value, struct patu_backend);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} patu_backend SEC(".maps");
+#include "lb_select.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -58,78 +32,12 @@ struct {
 } patu_sock_nat SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, PATU_AFFINITY_MAX);
-	__type(key, struct patu_aff_key);
-	__type(value, struct patu_aff_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} patu_affinity SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PATU_SVC_MAX);
 	__type(key, __u32);
 	__type(value, struct patu_svc_meta);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } patu_svc_meta SEC(".maps");
-
-/*
- * Picks a backend for the service at key. Userspace orders its updates so a
- * reader never sees a slot below count without a backend behind it, but a
- * reader that loaded the old count (or an old slot) just before a shrink can
- * still miss: re-reading the service and trying again closes that window.
- * Returns 0 and fills *out, or -1 when the service has no selectable backend.
- */
-static __always_inline int pick_backend(void *ctx, const struct patu_svc_key *key,
-					struct patu_backend *out)
-{
-	for (int attempt = 0; attempt < PICK_ATTEMPTS; attempt++) {
-		struct patu_svc_val *svc = bpf_map_lookup_elem(&patu_svc, key);
-		if (!svc)
-			return -1;
-		__u32 count = svc->count;
-		__u32 svc_id = svc->svc_id;
-		__u32 flags = svc->flags;
-		__u64 timeout_ns = (__u64)svc->affinity_timeout * NSEC_PER_SEC;
-		if (count == 0)
-			return -1;
-
-		struct patu_aff_key ak = {};
-		__u64 now = 0;
-		if (flags & PATU_SVC_F_AFFINITY) {
-			ak.netns_cookie = bpf_get_netns_cookie(ctx);
-			ak.svc_id = svc_id;
-			now = bpf_ktime_get_ns();
-			struct patu_aff_val *av = bpf_map_lookup_elem(&patu_affinity, &ak);
-			if (av && now - av->last_used_ns <= timeout_ns) {
-				__u32 bid = av->backend_id;
-				struct patu_backend *be = bpf_map_lookup_elem(&patu_backend, &bid);
-				/* The backend may have left the service (its id is then gone). */
-				if (be && be->svc_id == svc_id) {
-					av->last_used_ns = now;
-					*out = *be;
-					return 0;
-				}
-			}
-		}
-
-		struct patu_slot_key sk = { .svc_id = svc_id, .slot = bpf_get_prandom_u32() % count };
-		__u32 *bidp = bpf_map_lookup_elem(&patu_svc_slot, &sk);
-		if (!bidp)
-			continue;
-		__u32 bid = *bidp;
-		struct patu_backend *be = bpf_map_lookup_elem(&patu_backend, &bid);
-		if (!be || be->svc_id != svc_id)
-			continue;
-		*out = *be;
-		if (flags & PATU_SVC_F_AFFINITY) {
-			struct patu_aff_val av = { .backend_id = bid, .last_used_ns = now };
-			bpf_map_update_elem(&patu_affinity, &ak, &av, BPF_ANY);
-		}
-		return 0;
-	}
-	return -1;
-}
 
 /*
  * Shared by connect4 (TCP, connected UDP) and sendmsg4 (unconnected UDP).
@@ -141,18 +49,29 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct bpf_sock 
 				     __u32 port, __u32 proto, int connected)
 {
 	struct patu_svc_key key = { .vip = ip, .port = (__u16)port, .proto = (__u8)proto };
-	if (!bpf_map_lookup_elem(&patu_svc, &key)) {
+	/* A loopback node address is one only in the node's own netns (a pod's 127.0.0.1 is its own). */
+	int host_ns = (bpf_ntohl(ip) >> 24) != 127 || bpf_get_netns_cookie(ctx) == lb_host_netns_cookie();
+	if (!lb_lookup(&key, host_ns)) {
 		/* A socket re-connected elsewhere must not keep its old reverse translation. */
 		if (connected && sk) {
 			struct patu_sock_nat *old = bpf_sk_storage_get(&patu_sock_nat, sk, 0, 0);
 			if (old)
 				old->vip = 0;
 		}
+		/*
+		 * The service CIDR stays on the node: an address or port there that no
+		 * service uses is refused here, as kube-proxy's nftables mode does,
+		 * instead of leaving by the default route.
+		 */
+		if (lb_in_service_cidr(ip)) {
+			bpf_set_retval(-ECONNREFUSED);
+			return 0;
+		}
 		return 1;
 	}
 
 	struct patu_backend be;
-	if (pick_backend(ctx, &key, &be) < 0) {
+	if (pick_backend(&key, bpf_get_netns_cookie(ctx), &be) < 0) {
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;
 	}

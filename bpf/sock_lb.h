@@ -19,9 +19,32 @@
 #define PATU_REVNAT_MAX   262144   /* LRU: per-socket reverse translations */
 #define PATU_AFFINITY_MAX 65536    /* LRU: (client netns, service) -> backend */
 #define PATU_SVC_NAME_LEN 64
+#define PATU_NODE_ADDR_MAX 4096    /* IPv4 addresses of the node (every host link, lo too) */
+
+/*
+ * The wildcard VIP: a patu_svc entry with vip 0 answers on every address in
+ * patu_node_addr (NodePorts, hostPorts without a hostIP). Lookup order, for the
+ * socket hooks and the tc path alike: {dst, port, proto}; on a miss, when dst
+ * is a node address, {0, port, proto}.
+ */
+#define PATU_VIP_ANY 0
 
 /* svc_val.flags */
 #define PATU_SVC_F_AFFINITY 0x1    /* sessionAffinity: ClientIP */
+
+/* patu_node_addr value flags */
+#define PATU_NODE_ADDR_F_LOOPBACK 0x1  /* 127.0.0.0/8: a node address only for sockets of the
+				      * node's own netns (a pod's 127.0.0.1 is the pod's) */
+
+/*
+ * patu_lb_cfg[0]: node-wide settings the agent writes. All zero (the map's
+ * initial state) means: no service CIDR, no loopback node addresses.
+ */
+struct patu_lb_cfg {
+	__be32 svc_net;      /* service CIDR network, network byte order */
+	__be32 svc_mask;     /* its mask, network byte order; 0 = no service CIDR */
+	__u64 host_netns_cookie; /* the node's netns (PATU_NODE_ADDR_F_LOOPBACK); 0 = none */
+};
 
 /* Service key: protocol is part of it so TCP and UDP on one port are distinct. */
 struct patu_svc_key {
@@ -90,9 +113,14 @@ struct patu_sock_nat {
  * chosen yet, so the client is identified by its network namespace cookie:
  * one pod = one netns = one pod IP, which is what ClientIP means for pods.
  * Host processes share the host netns, hence one affinity for the host.
+ * Packets (the tc path) have no socket: there the client is its source
+ * address, tagged with PATU_AFF_CLIENT_IP so it never equals a netns cookie
+ * (cookies count up from 1).
  */
+#define PATU_AFF_CLIENT_IP (1ULL << 63) /* client = this bit | IPv4 source (tc path) */
+
 struct patu_aff_key {
-	__u64 netns_cookie;
+	__u64 netns_cookie;  /* the client: a netns cookie (sockets) or PATU_AFF_CLIENT_IP | ip */
 	__u32 svc_id;
 	__u32 pad;
 };

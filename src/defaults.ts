@@ -9,6 +9,15 @@ export const DEFAULTS = {
   /** Host bridge of the patu network; its address is each range's gateway. */
   bridge: 'patu0',
   mtu: 1500,
+  /**
+   * The cluster's service CIDR (kube-apiserver's --service-cluster-ip-range default):
+   * with --kubernetes, a connect()/sendmsg() to an address in it that no service port
+   * answers is refused (ECONNREFUSED) instead of leaving the node. The services-file
+   * mode has no service CIDR unless --service-cidr names one.
+   */
+  serviceCIDR: '10.96.0.0/12',
+  /** How often the agent reads address notifications (RTM_NEWADDR/DELADDR) for NodePorts. */
+  nodeAddrPollMs: 200,
   /** Pod addresses of all nodes: never masqueraded. */
   clusterCIDR: '10.200.0.0/16',
   /** The node's pod subnet when neither ipam.ranges nor podCIDR is given: the first /24 of clusterCIDR. */

@@ -576,13 +576,14 @@ render() {
   out=$(sed -e "s#/var/lib/patu#$STATE/patu#g; s#/opt/cni/bin#$STATE/cni/bin#g; s#/etc/cni/net.d#$STATE/cni/net.d#g" \
     -e "s#/run/patu#$STATE/run/patu#g; s#/run/netns#$NETNS_DIR#g; s#/sys/fs/bpf/patu\b#$PIN_ROOT#g; s#9464#$METRICS_PORT#g" \
     -e "s#^  cluster-cidr: .*#  cluster-cidr: \"$CLUSTER_CIDR\"#; s#^  bridge: .*#  bridge: \"$BRIDGE\"#" \
+    -e "s#^  service-cidr: .*#  service-cidr: \"$SERVICE_CIDR\"#" \
     -e "s#^  cgroup-path: .*#  cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"#; s#^  log-level: .*#  log-level: \"debug\"#" \
     -e "s%^  # k8s-service-host: .*%  k8s-service-host: \"127.0.0.1\"%; s%^  # k8s-service-port: .*%  k8s-service-port: \"$API_PORT\"%" \
     -e '/^[[:space:]]*#/d' "$f")
   # A manifest edit that no longer matches these lines must fail here, not deploy something half-rendered.
   if [[ $name == patu ]]; then
     local want
-    for want in "cluster-cidr: \"$CLUSTER_CIDR\"" "bridge: \"$BRIDGE\"" "k8s-service-port: \"$API_PORT\"" \
+    for want in "cluster-cidr: \"$CLUSTER_CIDR\"" "service-cidr: \"$SERVICE_CIDR\"" "bridge: \"$BRIDGE\"" "k8s-service-port: \"$API_PORT\"" \
       "cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"" "--pin-root=$PIN_ROOT" "--data-dir=$STATE/patu/ipam" "path: $NETNS_DIR"; do
       grep -qF -- "$want" <<<"$out" || die "render: deploy/$name.yaml changed shape: no '$want' after rendering"
     done

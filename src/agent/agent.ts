@@ -34,6 +34,11 @@ export interface AgentOptions {
   mountBpffs?: boolean;
   /** host:port for /metrics, /healthz, /readyz (Kubernetes mode: default DEFAULTS.metricsAddr). */
   metricsAddr?: string;
+  /**
+   * Service CIDR (--service-cidr): unanswered addresses in it are refused. Undefined:
+   * DEFAULTS.serviceCIDR with --kubernetes, none with --services-file; '': none.
+   */
+  serviceCidr?: string;
   /** Deadline of one CNI request (default DEFAULTS.agentRequestTimeoutMs). */
   requestTimeoutMs?: number;
 }
@@ -88,6 +93,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       pinRoot: opts.pinRoot,
       cgroupPath: cgroup,
       ...bpffs,
+      ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
+      nodeAddresses: { onChange: (c) => log.info(c, 'node addresses changed (NodePorts answer on these)') },
       onApplied: (stats) => log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed'),
       onRepair: (repair) => log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired'),
       onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
@@ -103,6 +110,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       nodeName: resolveNodeName(opts.kubernetes.nodeName, process.env),
       env: process.env,
       ...bpffs,
+      ...(opts.serviceCidr !== undefined ? { serviceCIDR: opts.serviceCidr } : {}),
       pinRoot: opts.pinRoot,
       cgroup,
       log,

@@ -5,6 +5,7 @@ import { ServiceLb, type ApplyStats } from '../dataplane/service-lb.js';
 import type { BpffsOptions } from '../kernel/bpf/pins.js';
 import { applyToModel, watchServices } from '../services/file-source.js';
 import { ServiceModel } from '../services/model.js';
+import { NodeAddressTracker } from '../dataplane/node-addrs.js';
 
 export interface ServicesWatchOptions extends BpffsOptions {
   /** bpffs directory of the service maps and links. */
@@ -19,6 +20,13 @@ export interface ServicesWatchOptions extends BpffsOptions {
   onApplied?: (stats: ApplyStats) => void;
   /** Map pins that open found removed or replaced under the attached programs, and put back. */
   onRepair?: (repair: string) => void;
+  /** Service CIDR: unanswered addresses in it are refused (ECONNREFUSED); undefined or '': none. */
+  serviceCidr?: string;
+  /**
+   * Keep patu_node_addr (where NodePorts answer) in step with the addresses of this
+   * netns (default: the calling thread's, i.e. the node's); false: do not track.
+   */
+  nodeAddresses?: { netns?: string; pollMs?: number; onChange?: (c: { added: string[]; removed: string[]; addresses: string[] }) => void } | false;
 }
 
 export interface ServicesWatchHandle {
@@ -39,7 +47,20 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
   const lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
   for (const r of lb.repairs) opts.onRepair?.(r);
   const model = new ServiceModel();
+  let tracker: NodeAddressTracker | undefined;
   try {
+    // Before the first apply, which attaches the programs: they start with the whole configuration.
+    lb.configure({ serviceCidr: opts.serviceCidr ?? '' });
+    if (opts.nodeAddresses !== false) {
+      const na = opts.nodeAddresses ?? {};
+      tracker = new NodeAddressTracker({
+        sink: lb,
+        ...(na.netns !== undefined ? { netns: na.netns } : {}),
+        ...(na.pollMs !== undefined ? { pollMs: na.pollMs } : {}),
+        ...(na.onChange ? { onChange: na.onChange } : {}),
+        onError: (e) => opts.onError?.(e),
+      });
+    }
     const watcher = await watchServices(path, {
       onChange: (all, delta) => {
         applyToModel(model, all, delta);
@@ -56,10 +77,12 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
       model,
       close: () => {
         watcher.close();
+        tracker?.close();
         lb.close();
       },
     };
   } catch (e) {
+    tracker?.close();
     lb.close();
     throw e;
   }

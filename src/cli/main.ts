@@ -142,6 +142,7 @@ export function buildProgram(): Command {
     .option('--kubeconfig <file>', 'with --kubernetes outside a pod: the kubeconfig to use (in a pod the ServiceAccount is used)')
     .option('--node-name <name>', 'with --kubernetes: this node\'s name (default: $NODE_NAME, else the hostname)')
     .option('--cluster-cidr <cidr>', 'with --kubernetes: pod addresses of the cluster; its first /24 is the pod subnet when the Node has no spec.podCIDR', DEFAULTS.clusterCIDR)
+    .option('--service-cidr <cidr>', `the cluster's service CIDR (IPv4, /8 or longer): a connect or send to an address in it that no service port answers is refused with ECONNREFUSED instead of leaving the node ('' = none; default with --kubernetes: ${DEFAULTS.serviceCIDR}, with --services-file: none)`)
     .option('--cni-conf-dir <dir>', `with --kubernetes: where to write ${DEFAULTS.conflistName} (empty: do not write)`, DEFAULTS.cniConfDir)
     .option('--bridge <name>', 'with --kubernetes: the host bridge named in the conflist', DEFAULTS.bridge)
     .option('--data-dir <dir>', 'with --kubernetes: the IPAM state directory named in the conflist', DEFAULTS.dataDir)
@@ -180,6 +181,7 @@ export function buildProgram(): Command {
           }
           : {}),
         ...(opts.metricsAddr ? { metricsAddr: opts.metricsAddr } : {}),
+        ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
         requestTimeoutMs: opts.requestTimeout,
       });
     });

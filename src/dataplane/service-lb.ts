@@ -8,6 +8,8 @@ import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec
 import { mapsUsedBy, repinMaps, type UsedMap } from '../kernel/bpf/repin.js';
 import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
+import { messageOf } from '../errors.js';
+import { bigIntToIp, ipToBigInt, networkAddress, parseCidr } from '../net/cidr.js';
 import { bpfObjectPath } from '../home.js';
 import {
   commit, diffServices, emptyState, IdAllocator, setService,
@@ -32,6 +34,7 @@ export interface RevNatKeyC { cookie: bigint; ip: string; port: number; pad: num
 export interface RevNatValC { vip: string; port: number; pad: number }
 export interface AffKeyC { netnsCookie: bigint; svcId: number; pad: number }
 export interface AffValC { backendId: number; pad: number; lastUsedNs: bigint }
+export interface LbCfgC { svcNet: string; svcMask: string; hostNetnsCookie: bigint }
 
 const svcKeyC = structCodec<SvcKeyC>({ vip: ipv4, port: be16, proto: u8, pad: u8 });
 const svcValC = structCodec<SvcValC>({ count: u32, svcId: u32, flags: u32, affinityTimeout: u32 });
@@ -41,6 +44,7 @@ export const revNatKeyC = structCodec<RevNatKeyC>({ cookie: u64, ip: ipv4, port:
 export const revNatValC = structCodec<RevNatValC>({ vip: ipv4, port: be16, pad: u16 });
 export const affKeyC = structCodec<AffKeyC>({ netnsCookie: u64, svcId: u32, pad: u32 });
 export const affValC = structCodec<AffValC>({ backendId: u32, pad: u32, lastUsedNs: u64 });
+export const lbCfgC = structCodec<LbCfgC>({ svcNet: ipv4, svcMask: ipv4, hostNetnsCookie: u64 });
 const raw64 = bytes(NAME_LEN);
 const nameC: Codec<string> = {
   size: NAME_LEN, align: 1,
@@ -68,7 +72,38 @@ export const SOCK_LB_MAP_CODECS = {
   patu_svc_meta: { key: u32, value: nameC },
   patu_revnat: { key: revNatKeyC, value: revNatValC },
   patu_affinity: { key: affKeyC, value: affValC },
+  patu_node_addr: { key: ipv4, value: u32 },
+  patu_lb_cfg: { key: u32, value: lbCfgC },
 } as const;
+
+/** patu_node_addr value flags (bpf/sock_lb.h). */
+export const NODE_ADDR_F_LOOPBACK = 1;
+
+/** Node-wide settings of the service programs (patu_lb_cfg). */
+export interface LbConfig {
+  /**
+   * The cluster's service CIDR (IPv4): a connect()/sendmsg() to an address in
+   * it that no service port answers is refused with ECONNREFUSED. Undefined: none.
+   */
+  serviceCidr?: string;
+  /** Cookie of the node's own netns: loopback node addresses are node addresses only there. */
+  hostNetnsCookie?: bigint;
+}
+
+/** Checks and encodes a service CIDR for patu_lb_cfg: IPv4, at least /8 long, so it never swallows the world. */
+export function serviceCidrConfig(cidr: string | undefined): { svcNet: string; svcMask: string } {
+  if (cidr === undefined || cidr === '') return { svcNet: '0.0.0.0', svcMask: '0.0.0.0' };
+  let c;
+  try {
+    c = parseCidr(cidr);
+  } catch (e) {
+    throw new Error(`service CIDR: ${messageOf(e)}`, { cause: e });
+  }
+  if (c.family !== 4) throw new Error(`service CIDR ${cidr}: must be IPv4 (the socket load balancer is IPv4 only)`);
+  if (c.prefix < 8) throw new Error(`service CIDR ${cidr}: /${c.prefix} is wider than /8; refusing to reject connections to that much of the address space`);
+  const mask = c.prefix === 0 ? 0n : (0xffff_ffffn << BigInt(32 - c.prefix)) & 0xffff_ffffn;
+  return { svcNet: bigIntToIp(networkAddress(c), 4), svcMask: bigIntToIp(mask, 4) };
+}
 
 export interface ServiceLbOptions extends BpffsOptions {
   /** bpffs directory for the maps and links; production: /sys/fs/bpf/patu. */
@@ -127,6 +162,8 @@ interface Maps {
   meta: TypedMap<number, string>;
   revnat: TypedMap<RevNatKeyC, RevNatValC>;
   affinity: TypedMap<AffKeyC, AffValC>;
+  nodeAddr: TypedMap<string, number>;
+  cfg: TypedMap<number, LbCfgC>;
 }
 
 type OpOf<M extends MapOp['map'], O extends MapOp['op']> = Extract<MapOp, { map: M; op: O }>;
@@ -229,6 +266,8 @@ export class ServiceLb {
         meta: obj.map('patu_svc_meta').typed(c.patu_svc_meta.key, c.patu_svc_meta.value),
         revnat: obj.map('patu_revnat').typed(c.patu_revnat.key, c.patu_revnat.value),
         affinity: obj.map('patu_affinity').typed(c.patu_affinity.key, c.patu_affinity.value),
+        nodeAddr: obj.map('patu_node_addr').typed(c.patu_node_addr.key, c.patu_node_addr.value),
+        cfg: obj.map('patu_lb_cfg').typed(c.patu_lb_cfg.key, c.patu_lb_cfg.value),
       };
       repair(maps);
       return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath, repairs);
@@ -442,6 +481,61 @@ export class ServiceLb {
     each(b.backendDelete, (l) => m.backend.batchDelete(l.map((o) => o.id)));
     each(b.metaDelete, (l) => m.meta.batchDelete(l.map((o) => o.svcId)));
     return n;
+  }
+
+  /**
+   * Writes the node-wide settings (service CIDR, the node's netns cookie).
+   * Throws, writing nothing, on a bad CIDR. Fields left out keep their value.
+   */
+  configure(cfg: LbConfig): void {
+    const cur = this.maps.cfg.lookup(0) ?? { svcNet: '0.0.0.0', svcMask: '0.0.0.0', hostNetnsCookie: 0n };
+    const next: LbCfgC = { ...cur };
+    if ('serviceCidr' in cfg) Object.assign(next, serviceCidrConfig(cfg.serviceCidr));
+    if (cfg.hostNetnsCookie !== undefined) next.hostNetnsCookie = cfg.hostNetnsCookie;
+    this.maps.cfg.update(0, next);
+  }
+
+  /** The settings as the map holds them. */
+  config(): LbConfig {
+    const c = this.maps.cfg.lookup(0);
+    if (!c) return {};
+    const out: LbConfig = { hostNetnsCookie: c.hostNetnsCookie };
+    if (c.svcMask !== '0.0.0.0') {
+      let prefix = 0;
+      for (let m = ipToBigInt(c.svcMask); m; m &= m - 1n) prefix++;
+      out.serviceCidr = `${c.svcNet}/${prefix}`;
+    }
+    return out;
+  }
+
+  /**
+   * Makes patu_node_addr hold exactly `addrs` (IPv4 address -> NODE_ADDR_F_*):
+   * the addresses a wildcard (NodePort) entry answers on. Writes only the
+   * difference; returns what changed.
+   */
+  setNodeAddresses(addrs: ReadonlyMap<string, number>): { added: string[]; removed: string[] } {
+    const cur = new Map(this.maps.nodeAddr.entries());
+    const removed = [...cur.keys()].filter((a) => !addrs.has(a));
+    const upd: [string, number][] = [];
+    const added: string[] = [];
+    for (const [a, f] of addrs) {
+      const old = cur.get(a);
+      if (old === f) continue;
+      upd.push([a, f]);
+      if (old === undefined) added.push(a);
+    }
+    if (upd.length + cur.size - removed.length > this.maps.nodeAddr.info.maxEntries) {
+      throw new ServiceCapacityError(this.maps.nodeAddr.name, upd.length + cur.size - removed.length, this.maps.nodeAddr.info.maxEntries, 'too many node addresses');
+    }
+    // New addresses first: a moment with both is harmless, one with neither refuses a NodePort.
+    if (upd.length) this.maps.nodeAddr.batchUpdate(upd);
+    if (removed.length) this.maps.nodeAddr.batchDelete(removed);
+    return { added: added.sort(), removed: removed.sort() };
+  }
+
+  /** patu_node_addr as the map holds it. */
+  nodeAddresses(): Map<string, number> {
+    return new Map(this.maps.nodeAddr.entries());
   }
 
   /** Services and backends as the maps hold them now (not as intended). */

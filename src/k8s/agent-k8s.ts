@@ -4,6 +4,8 @@ import { hostname } from 'node:os';
 import { DEFAULTS } from '../defaults.js';
 import { openPodRegistry, type PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceLb } from '../dataplane/service-lb.js';
+import { NodeAddressTracker } from '../dataplane/node-addrs.js';
+import { messageOf } from '../errors.js';
 import { buildConflist, writeConflistIfChanged } from '../cni/conflist.js';
 import { loadClientConfig } from './kubeconfig.js';
 import type { AgentMetrics } from './metrics.js';
@@ -18,6 +20,10 @@ export interface KubernetesAgentOptions {
   /** Mount bpffs if missing (false in the DaemonSet: see BpffsOptions). */
   mountBpffs?: boolean;
   clusterCIDR?: string;
+  /** Service CIDR: unanswered addresses in it are refused (default DEFAULTS.serviceCIDR; '' = none). */
+  serviceCIDR?: string;
+  /** The node's netns for address tracking (tests: their own; default: the agent's). */
+  nodeNetns?: string;
   /** Where 10-patu.conflist goes; '' to not write one. */
   cniConfDir?: string;
   /** What the conflist tells the plugin: host bridge, IPAM directory, masquerade (defaults: the plugin's). */
@@ -49,6 +55,23 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   const lb = ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
   for (const repair of lb.repairs) o.log.warn({ pinRoot: o.pinRoot, repair }, 'service map pins repaired');
+  let tracker: NodeAddressTracker;
+  try {
+    // Before the first apply (which attaches the programs), so they start fully configured.
+    const serviceCIDR = o.serviceCIDR ?? DEFAULTS.serviceCIDR;
+    lb.configure({ serviceCidr: serviceCIDR });
+    o.log.info({ serviceCIDR: serviceCIDR || 'none' }, serviceCIDR ? 'service CIDR: unanswered addresses in it are refused' : 'no service CIDR');
+    tracker = new NodeAddressTracker({
+      sink: lb,
+      ...(o.nodeNetns ? { netns: o.nodeNetns } : {}),
+      pollMs: DEFAULTS.nodeAddrPollMs,
+      onChange: (c) => o.log.info(c, 'node addresses changed (NodePorts answer on these)'),
+      onError: (e) => o.log.error({ err: messageOf(e) }, 'reading node addresses failed; retrying'),
+    });
+  } catch (e) {
+    lb.close();
+    throw e;
+  }
   let registry: PodRegistry | undefined;
   const confDir = o.cniConfDir ?? DEFAULTS.cniConfDir;
   const source = new K8sSource({
@@ -86,6 +109,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     lb,
     close: async () => {
       await source.close();
+      tracker.close();
       registry?.close();
       lb.close();
     },

@@ -193,7 +193,7 @@ function attachedMapIds(pinRoot: string): Record<string, number> {
   return out;
 }
 
-const SVC_MAPS = ['patu_svc', 'patu_svc_slot', 'patu_backend', 'patu_revnat', 'patu_sock_nat', 'patu_affinity'];
+const SVC_MAPS = ['patu_svc', 'patu_svc_slot', 'patu_backend', 'patu_revnat', 'patu_sock_nat', 'patu_affinity', 'patu_node_addr', 'patu_lb_cfg'];
 
 /** Ids of the maps pinned under pinRoot, by name (absent: no pin). */
 function pinnedMapIds(pinRoot: string): Record<string, number | undefined> {

@@ -33,6 +33,7 @@ const raw = {
   sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)'),
   recv: lib.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)'),
   setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
+  getsockopt: lib.func('int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ uint32_t *len)'),
   close: lib.func('int close(int fd)'),
   open: lib.func('int open(const char *path, int flags, int mode)'),
   ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
@@ -76,6 +77,9 @@ export const MNT_DETACH = 2;
 export const SO_RCVTIMEO = 20;
 export const SO_RCVBUFFORCE = 33;
 export const MSG_TRUNC = 0x20;
+export const MSG_DONTWAIT = 0x40;
+/** The socket's network namespace cookie (u64, Linux 5.14+): what bpf_get_netns_cookie() returns for it. */
+export const SO_NETNS_COOKIE = 71;
 
 export const socket = (domain: number, type: number, protocol: number): number =>
   check('socket', raw.socket(domain, type, protocol));
@@ -123,6 +127,12 @@ export const umount2 = (target: string, flags: number): void => {
 export const exitNow = (status: number): never => {
   raw._exit(status);
   throw new Error('unreachable: _exit returned');
+};
+/** getsockopt into a buffer of the option's size; returns the length the kernel wrote. */
+export const getsockoptBuf = (fd: number, level: number, name: number, out: Buffer): number => {
+  const len = [out.length];
+  check('getsockopt', raw.getsockopt(fd, level, name, out, len));
+  return len[0]!;
 };
 /** setsockopt with a raw option value (struct timeval, ...). */
 export const setsockoptBuf = (fd: number, level: number, name: number, value: Buffer): void => {

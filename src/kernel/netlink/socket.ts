@@ -3,8 +3,8 @@
 // the one thread that switched (setns is per thread).
 import {
   AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, SOL_SOCKET, SOL_NETLINK, SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_RCVTIMEO,
-  NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, MSG_TRUNC,
-  socket, bind, sendto, recv, setsockoptInt, setsockoptBuf, close, SysError,
+  NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, MSG_TRUNC, MSG_DONTWAIT, SO_NETNS_COOKIE,
+  socket, bind, sendto, recv, setsockoptInt, setsockoptBuf, getsockoptBuf, close, SysError,
 } from '../ffi/libc.js';
 import {
   NETLINK_ROUTE, NLMSG_ERROR, NLMSG_DONE, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
@@ -25,6 +25,19 @@ export interface NetlinkSocketOptions {
   rcvbuf?: number;
   /** Give up waiting for the kernel after this long; a hung request then throws EAGAIN. */
   timeoutMs?: number;
+  /**
+   * Multicast groups to join at bind (RTMGRP_* bits): the socket then receives the
+   * kernel's notifications, read with drainEvents(). Keep such a socket for events
+   * only: request() skips messages that are not its reply.
+   */
+  groups?: number;
+}
+
+/** What drainEvents() found. */
+export interface NetlinkEvents {
+  msgs: NlMsg[];
+  /** The kernel dropped notifications (ENOBUFS: the receive buffer overflowed): re-read the state. */
+  overrun: boolean;
 }
 
 // A dump message batch is at most 32 KiB on current kernels; single replies for
@@ -75,12 +88,53 @@ export class NetlinkSocket {
       setsockoptBuf(fd, SOL_SOCKET, SO_RCVTIMEO, tv);
       const sa = Buffer.alloc(12);
       sa.writeUInt16LE(AF_NETLINK, 0);
+      sa.writeUInt32LE((opts.groups ?? 0) >>> 0, 8);
       bind(fd, sa);
     } catch (err) {
       close(fd);
       throw err;
     }
     return new NetlinkSocket(fd);
+  }
+
+  /** The cookie of the network namespace this socket belongs to (bpf_get_netns_cookie's value for it). */
+  netnsCookie(): bigint {
+    const b = Buffer.alloc(8);
+    getsockoptBuf(this.fd, SOL_SOCKET, SO_NETNS_COOKIE, b);
+    return b.readBigUInt64LE(0);
+  }
+
+  /**
+   * Reads every notification queued on a socket opened with `groups`, without
+   * blocking (at most `max` datagrams per call, so a flood cannot stall the caller).
+   */
+  drainEvents(max = 1024): NetlinkEvents {
+    const out: NetlinkEvents = { msgs: [], overrun: false };
+    for (let i = 0; i < max && !this.closed; i++) {
+      const buf = recvBuf();
+      let n: number;
+      try {
+        n = recv(this.fd, buf, MSG_TRUNC | MSG_DONTWAIT);
+      } catch (err) {
+        if (err instanceof SysError && err.code === 'EINTR') continue;
+        if (err instanceof SysError && (err.code === 'EAGAIN' || err.code === 'EWOULDBLOCK')) break;
+        if (err instanceof SysError && err.code === 'ENOBUFS') {
+          out.overrun = true;
+          continue;
+        }
+        throw annotate(err, 'recv', 'notifications');
+      }
+      // A notification too big for the buffer was cut: the state must be re-read.
+      if (n > buf.length) {
+        out.overrun = true;
+        continue;
+      }
+      for (const m of parseMsgs(Buffer.from(buf.subarray(0, n)))) {
+        if (m.type === NLMSG_OVERRUN) out.overrun = true;
+        else if (m.type !== NLMSG_NOOP && m.type !== NLMSG_DONE && m.type !== NLMSG_ERROR) out.msgs.push(m);
+      }
+    }
+    return out;
   }
 
   close(): void {
