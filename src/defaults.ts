@@ -48,4 +48,11 @@ export const DEFAULTS = {
   /** /metrics, /healthz, /readyz of the agent in Kubernetes mode. */
   metricsAddr: '127.0.0.1:9464',
   logLevel: 'info',
+  /**
+   * Where pod network namespaces are bind-mounted (containerd, CRI-O, podman, `ip netns`):
+   * the UDP socket destroyer walks each one after a UDP backend leaves a service.
+   */
+  podNetnsDir: '/run/netns',
+  /** After this long, the UDP socket destroyer enters no further namespace (the apply waits for it). */
+  udpDestroyBudgetMs: 2000,
 } as const;

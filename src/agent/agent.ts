@@ -14,6 +14,7 @@ import { libbpfLog } from '../kernel/bpf/log.js';
 // Types only: the Kubernetes side is loaded on demand, with --kubernetes.
 import type { KubernetesAgentOptions } from '../k8s/agent-k8s.js';
 import { messageOf } from '../errors.js';
+import { describeUdpDestroy } from '../dataplane/udp-destroy-report.js';
 
 export interface AgentOptions {
   cniSocket: string;
@@ -95,7 +96,11 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       ...bpffs,
       ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
       nodeAddresses: { onChange: (c) => log.info(c, 'node addresses changed (NodePorts answer on these)') },
-      onApplied: (stats) => log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed'),
+      onApplied: (stats) => {
+        log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed');
+        const d = stats.udpDestroy && describeUdpDestroy(stats.udpDestroy);
+        if (d) log[d.level](d.fields, d.msg);
+      },
       onRepair: (repair) => log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired'),
       onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
     });

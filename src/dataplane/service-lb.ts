@@ -2,7 +2,7 @@
 // its cgroup attachments, and the translation of the service model into map
 // entries through the phased diff in src/services/diff.ts.
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { BpfObject, BpfLink } from '../kernel/bpf/object.js';
 import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4, bytes, type Codec } from '../kernel/bpf/map.js';
 import { mapsUsedBy, repinMaps, type UsedMap } from '../kernel/bpf/repin.js';
@@ -11,8 +11,9 @@ import { DEFAULTS } from '../defaults.js';
 import { messageOf } from '../errors.js';
 import { bigIntToIp, ipToBigInt, networkAddress, parseCidr } from '../net/cidr.js';
 import { bpfObjectPath } from '../home.js';
+import { UdpSocketDestroyer, type UdpDestroyOptions, type UdpDestroyStats } from './udp-destroy.js';
 import {
-  commit, diffServices, emptyState, IdAllocator, setService,
+  commit, departedBackends, diffServices, emptyState, IdAllocator, setService,
   type DiffResult, type MapOp, type ProgrammedBackend, type ProgrammedService, type ProgrammedState, type SvcKey,
 } from '../services/diff.js';
 import { portKey, type DesiredServicePort, type Protocol } from '../services/model.js';
@@ -117,6 +118,13 @@ export interface ServiceLbOptions extends BpffsOptions {
   cgroupPath?: string;
   /** Compiled bpf/sock_lb.c. */
   objectPath?: string;
+  /**
+   * After an apply that removes UDP backends, destroy the connected UDP
+   * sockets translated to them (src/dataplane/udp-destroy.ts), in this
+   * namespace and in each one under netnsDirs (default DEFAULTS.podNetnsDir).
+   * false: never.
+   */
+  udpDestroy?: false | Partial<UdpDestroyOptions & { objectPath: string }>;
 }
 
 export interface ProgrammedServiceView {
@@ -138,6 +146,8 @@ export interface ApplyStats {
   ms: number;
   /** This apply attached the programs (the first one that succeeded with a cgroup to attach to). */
   attachedNow: boolean;
+  /** UDP backends left services: what destroying their connected sockets did (its failures are here, never thrown). */
+  udpDestroy?: UdpDestroyStats;
 }
 
 /** An apply that would not fit in a map: refused before anything is written. */
@@ -214,6 +224,9 @@ export class ServiceLb {
   private readonly svcIds = new Set<number>();
   /** Slot entries in the map (the sum of every programmed service's count). */
   private slotCount = 0;
+  /** Loaded on the first apply that removes a UDP backend; null when that failed (the reason: destroyerError). */
+  private destroyer: UdpSocketDestroyer | null | undefined;
+  private destroyerError = '';
 
   private constructor(
     private readonly obj: BpfObject,
@@ -222,6 +235,7 @@ export class ServiceLb {
     readonly cgroupPath: string | undefined,
     /** What open() found wrong under pinRoot and repaired (map pins put back to the maps the attached programs use). */
     readonly repairs: readonly string[],
+    private readonly udpDestroy: false | (UdpDestroyOptions & { objectPath: string }),
   ) {
     this.state = emptyState();
     this.ids = this.loadState(1);
@@ -270,7 +284,12 @@ export class ServiceLb {
         cfg: obj.map('patu_lb_cfg').typed(c.patu_lb_cfg.key, c.patu_lb_cfg.value),
       };
       repair(maps);
-      return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath, repairs);
+      const ud = opts.udpDestroy === false ? false : {
+        netnsDirs: opts.udpDestroy?.netnsDirs ?? [DEFAULTS.podNetnsDir],
+        budgetMs: opts.udpDestroy?.budgetMs ?? DEFAULTS.udpDestroyBudgetMs,
+        objectPath: opts.udpDestroy?.objectPath ?? join(dirname(objectPath), 'sock_destroy.o'),
+      };
+      return new ServiceLb(obj, maps, pinRoot, opts.cgroupPath, repairs, ud);
     } catch (e) {
       obj.close();
       throw e;
@@ -354,6 +373,7 @@ export class ServiceLb {
     this.checkFits(desired, refs);
     const diff = diffServices(this.state, desired, this.ids, refs);
     this.checkCapacity(diff);
+    const goneUdp = this.udpDestroy ? departedBackends(this.state, diff, 'UDP') : [];
     let batches: number;
     try {
       batches = this.write(diff.ops);
@@ -374,7 +394,31 @@ export class ServiceLb {
       this.attach();
       attachedNow = true;
     }
-    return { ops: diff.ops.length, services: diff.services.size, syscallBatches: batches, ms, attachedNow };
+    const stats: ApplyStats = { ops: diff.ops.length, services: diff.services.size, syscallBatches: batches, ms, attachedNow };
+    // After the maps stopped offering these backends, so a socket that reconnects gets a live one.
+    if (goneUdp.length) stats.udpDestroy = this.destroyUdp(goneUdp);
+    return stats;
+  }
+
+  /** Runs the UDP socket destroyer (loaded on first use); every failure ends up in the stats. */
+  private destroyUdp(gone: Parameters<UdpSocketDestroyer['destroy']>[0]): UdpDestroyStats {
+    const opts = this.udpDestroy as UdpDestroyOptions & { objectPath: string };
+    if (this.destroyer === undefined) {
+      try {
+        this.destroyer = UdpSocketDestroyer.open({
+          objectPath: opts.objectPath, sockNatFd: this.obj.map('patu_sock_nat').fd, revnatFd: this.obj.map('patu_revnat').fd,
+        });
+      } catch (e) {
+        this.destroyer = null;
+        this.destroyerError = `UDP socket destroyer unavailable (needs the UDP socket iterator and bpf_sock_destroy, kernel 6.5+): ${messageOf(e)}`;
+      }
+    }
+    if (!this.destroyer) return { backends: gone.length, netns: 0, skippedNetns: 0, sockets: 0, ms: 0, errors: [this.destroyerError] };
+    try {
+      return this.destroyer.destroy(gone, opts);
+    } catch (e) {
+      return { backends: gone.length, netns: 0, skippedNetns: 0, sockets: 0, ms: 0, errors: [`UDP socket destroyer: ${messageOf(e)}`] };
+    }
   }
 
   /**
@@ -550,6 +594,8 @@ export class ServiceLb {
 
   /** Releases fds; pinned maps and links stay, so translation continues. */
   close(): void {
+    this.destroyer?.close();
+    this.destroyer = undefined;
     for (const l of this.links) l.close();
     this.links = [];
     for (const m of Object.values(this.maps)) (m as TypedMap<unknown, unknown>).close();

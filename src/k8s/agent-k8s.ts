@@ -6,6 +6,7 @@ import { openPodRegistry, type PodRegistry } from '../dataplane/accel-registry.j
 import { ServiceLb } from '../dataplane/service-lb.js';
 import { NodeAddressTracker } from '../dataplane/node-addrs.js';
 import { messageOf } from '../errors.js';
+import { describeUdpDestroy } from '../dataplane/udp-destroy-report.js';
 import { buildConflist, writeConflistIfChanged } from '../cni/conflist.js';
 import { loadClientConfig } from './kubeconfig.js';
 import type { AgentMetrics } from './metrics.js';
@@ -87,6 +88,11 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     // ServiceLb attaches after its first successful apply (never against half-filled maps).
     onApplied: (stats) => {
       if (stats.attachedNow) o.log.info({ cgroup: o.cgroup }, 'service programs attached');
+      if (stats.udpDestroy) {
+        o.metrics?.udpSocketsDestroyed.inc(stats.udpDestroy.sockets);
+        const d = describeUdpDestroy(stats.udpDestroy);
+        if (d) o.log[d.level](d.fields, d.msg);
+      }
     },
     onPodCidr: (cidr) => {
       if (!confDir) return;

@@ -20,6 +20,7 @@ export class AgentMetrics {
   readonly cniRequests = new Counter({ name: 'patu_cni_requests_total', help: 'CNI requests served by the agent', labelNames: ['command', 'result'] as const, registers: [this.registry] });
   readonly informerRestarts = new Counter({ name: 'patu_informer_restarts_total', help: 'Informer restarts after an error (apiserver unreachable, watch failed)', labelNames: ['resource'] as const, registers: [this.registry] });
   readonly informerEvents = new Counter({ name: 'patu_informer_events_total', help: 'Objects added, updated or deleted as seen by the informers', labelNames: ['resource', 'event'] as const, registers: [this.registry] });
+  readonly udpSocketsDestroyed = new Counter({ name: 'patu_udp_sockets_destroyed_total', help: 'Connected UDP sockets destroyed because their service backend departed', registers: [this.registry] });
   readonly podAccelUpdates = new Counter({ name: 'patu_pod_accel_updates_total', help: 'Acceleration opt-out flag changes written from pod annotations', registers: [this.registry] });
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {

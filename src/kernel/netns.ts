@@ -1,7 +1,8 @@
 // Network namespace switching for the calling thread. setns() moves only the
 // thread that calls it (PLATFORM.md), so every switched section here is
 // synchronous and always switches back, even when it throws.
-import { access, existsSync, fstatSync, mkdirSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { access, existsSync, fstatSync, mkdirSync, readdirSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   open, close, ioctl, setns, unshare, mount, umount2, SysError,
   CLONE_NEWNET, O_RDONLY, O_CREAT, O_NONBLOCK, O_PATH, NS_GET_NSTYPE, MS_BIND, MNT_DETACH,
@@ -39,6 +40,46 @@ export function netnsExists(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+export interface NetnsHandle {
+  path: string;
+  /** The namespace's inode (what /proc/<pid>/ns/net links to as net:[inode]). */
+  inode: number;
+}
+
+/**
+ * The network namespaces bind-mounted in dirs (/run/netns: `ip netns add`,
+ * containerd, CRI-O and podman put pod namespaces there), one handle per
+ * namespace (two names for one namespace count once), without those whose
+ * inode is in `exclude` (e.g. currentNetnsInode()). Leftover files that are no
+ * longer a namespace mount, and a missing dir, are skipped.
+ */
+export function listNetns(dirs: readonly string[], exclude: ReadonlySet<number> = new Set()): NetnsHandle[] {
+  const seen = new Set<number>(exclude);
+  const out: NetnsHandle[] = [];
+  for (const dir of dirs) {
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const name of names.sort()) {
+      const path = join(dir, name);
+      if (!netnsExists(path)) continue;
+      let inode: number;
+      try {
+        inode = statSync(path).ino;
+      } catch {
+        continue;
+      }
+      if (seen.has(inode)) continue;
+      seen.add(inode);
+      out.push({ path, inode });
+    }
+  }
+  return out;
 }
 
 /** A path that is not a network namespace handle (a FIFO, a device, a directory, a /proc file, ...). */

@@ -242,6 +242,28 @@ export function diffServices(
   return { ops: p1.concat(p2, p3, p4, p5), services, addedBackends, removedBackends };
 }
 
+/**
+ * What left a service of `protocol` in this diff, before it is committed:
+ * each backend removed from a service (or with its whole service), with the
+ * service address it was reached through. Only the services the diff touches
+ * are looked at. For the UDP socket destroyer: connected sockets translated
+ * to one of these must move.
+ */
+export function departedBackends(state: ProgrammedState, diff: DiffResult, protocol: Protocol): { vip: string; vport: number; ip: string; port: number }[] {
+  if (diff.removedBackends.length === 0) return [];
+  const removed = new Set(diff.removedBackends);
+  const out: { vip: string; vport: number; ip: string; port: number }[] = [];
+  for (const key of diff.services.keys()) {
+    const old = state.services.get(key);
+    if (!old || old.protocol !== protocol) continue;
+    for (const bid of old.slots) {
+      const b = removed.has(bid) ? state.backends.get(bid) : undefined;
+      if (b) out.push({ vip: old.vip, vport: old.port, ip: b.ip, port: b.port });
+    }
+  }
+  return out;
+}
+
 /** Fast path for a full resync: same settings and the same backend set means no ops. */
 function unchanged(state: ProgrammedState, old: ProgrammedService, want: DesiredServicePort): boolean {
   if (old.slots.length !== want.backends.length || old.name !== want.name || old.ref !== want.ref ||

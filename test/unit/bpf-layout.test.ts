@@ -10,12 +10,14 @@ import { mapLayouts, layoutMismatches, type MapLayout } from '../../src/kernel/b
 import { structCodec, u32, type Codec } from '../../src/kernel/bpf/map.js';
 import { SOCK_LB_MAP_CODECS } from '../../src/dataplane/service-lb.js';
 import { ACCEL_MAP_CODECS } from '../../src/dataplane/accel-maps.js';
+import { SOCK_DESTROY_MAP_CODECS } from '../../src/dataplane/udp-destroy.js';
 
 const obj = (rel: string): string => fileURLToPath(new URL(`../../../build/${rel}`, import.meta.url));
 const SOCK_LB = obj('bpf/sock_lb.o');
 const ACCEL = obj('bpf/accel.o');
+const SOCK_DESTROY = obj('bpf/sock_destroy.o');
 const FIXTURE = obj('test/bpf/test_maps.o');
-const built = [SOCK_LB, ACCEL, FIXTURE].every(existsSync);
+const built = [SOCK_LB, ACCEL, SOCK_DESTROY, FIXTURE].every(existsSync);
 const skip = built ? false : 'needs the eBPF objects: run scripts/build.sh';
 
 type Codecs = Record<string, { key: Codec<unknown>; value: Codec<unknown> }>;
@@ -36,6 +38,16 @@ function check(objectPath: string, codecs: Codecs, kernelOnly: readonly string[]
 
 test('sock_lb maps: every codec matches the C layout field by field', { skip }, () => {
   check(SOCK_LB, SOCK_LB_MAP_CODECS as Codecs, ['patu_sock_nat']);
+});
+
+test('sock_destroy maps: every codec matches the C layout; the maps it shares with sock_lb have the same layout there', { skip }, () => {
+  check(SOCK_DESTROY, SOCK_DESTROY_MAP_CODECS as Codecs, ['patu_sock_nat', 'patu_revnat']);
+  // Reused by fd from sock_lb.o: the same struct (sock_lb.h) on both sides.
+  const lb = mapLayouts(SOCK_LB);
+  for (const l of mapLayouts(SOCK_DESTROY).filter((x) => x.map === 'patu_sock_nat' || x.map === 'patu_revnat')) {
+    const twin = lb.find((x) => x.map === l.map);
+    assert.deepEqual({ key: l.key, value: l.value }, { key: twin?.key, value: twin?.value }, l.map);
+  }
 });
 
 test('accel maps: every codec matches the C layout field by field', { skip }, () => {

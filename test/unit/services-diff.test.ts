@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { diffServices, commit, emptyState, IdAllocator, type MapOp, type ProgrammedState } from '../../src/services/diff.js';
+import { diffServices, commit, departedBackends, emptyState, IdAllocator, type MapOp, type ProgrammedState } from '../../src/services/diff.js';
 import { ServiceModel, desiredPorts, selectable, type DesiredServicePort, type Endpoint, type Service } from '../../src/services/model.js';
 
 /** The kernel maps as plain maps, keyed like the C structs. */
@@ -169,6 +169,41 @@ test('incremental diff of the changed services equals a full diff, and untouched
     }
     // A second diff of the same content does nothing at all.
     assert.equal(diffServices(state, model.desired(), ids).ops.length, 0);
+  }), { numRuns: 300 });
+});
+
+/** Every (service address, backend address) pair of one protocol the state holds, as strings. */
+function pairs(state: ProgrammedState, protocol: 'TCP' | 'UDP'): Set<string> {
+  const out = new Set<string>();
+  for (const s of state.services.values()) {
+    if (s.protocol !== protocol) continue;
+    for (const bid of s.slots) {
+      const b = state.backends.get(bid)!;
+      out.add(`${s.vip}:${s.port}>${b.ip}:${b.port}`);
+    }
+  }
+  return out;
+}
+
+test('departedBackends: exactly the (service, backend) pairs of the protocol that the diff removes, for a full or an incremental diff', () => {
+  fc.assert(fc.property(worldArb, worldArb, fc.boolean(), (w1, w2, incremental) => {
+    const state = emptyState();
+    const ids = new IdAllocator((id) => state.backends.has(id));
+    const model = modelOf(w1);
+    model.takeChanges();
+    commit(state, diffServices(state, model.desired(), ids));
+    const before = { UDP: pairs(state, 'UDP'), TCP: pairs(state, 'TCP') };
+
+    model.replaceAll(w2);
+    const changed = model.takeChanges();
+    const diff = incremental ? diffServices(state, model.desired(changed), ids, changed) : diffServices(state, model.desired(), ids);
+    const got = { UDP: departedBackends(state, diff, 'UDP'), TCP: departedBackends(state, diff, 'TCP') };
+    commit(state, diff);
+    for (const proto of ['UDP', 'TCP'] as const) {
+      const after = pairs(state, proto);
+      const want = [...before[proto]].filter((x) => !after.has(x)).sort();
+      assert.deepEqual(got[proto].map((g) => `${g.vip}:${g.vport}>${g.ip}:${g.port}`).sort(), want, proto);
+    }
   }), { numRuns: 300 });
 });
 

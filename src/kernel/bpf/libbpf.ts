@@ -36,6 +36,7 @@ export const raw = {
   bpf_map__fd: bpf.func('int bpf_map__fd(void *map)'),
   bpf_map__btf_key_type_id: bpf.func('uint32_t bpf_map__btf_key_type_id(void *map)'),
   bpf_map__btf_value_type_id: bpf.func('uint32_t bpf_map__btf_value_type_id(void *map)'),
+  bpf_map__reuse_fd: bpf.func('int bpf_map__reuse_fd(void *map, int fd)'),
   // BTF of an opened object (btf.h)
   btf__type_by_id: bpf.func('void *btf__type_by_id(void *btf, uint32_t id)'),
   btf__name_by_offset: bpf.func('const char *btf__name_by_offset(void *btf, uint32_t off)'),
@@ -56,6 +57,7 @@ export const raw = {
   bpf_link_create: bpf.func('int bpf_link_create(int prog_fd, int target_fd, int type, const void *opts)'),
   bpf_link_detach: bpf.func('int bpf_link_detach(int link_fd)'),
   bpf_link_update: bpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
+  bpf_iter_create: bpf.func('int bpf_iter_create(int link_fd)'),
   bpf_prog_get_next_id: bpf.func('int bpf_prog_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_map_get_next_id: bpf.func('int bpf_map_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_link_get_next_id: bpf.func('int bpf_link_get_next_id(uint32_t start, _Out_ uint32_t *next)'),

@@ -4,13 +4,13 @@
 // same way whatever created it.
 import koffi from 'koffi';
 import { basename } from 'node:path';
-import { unlinkSync } from 'node:fs';
+import { readSync, unlinkSync } from 'node:fs';
 import { raw, captureLibbpf, closeRawFd, errno, type Ptr } from './libbpf.js';
 import { BpfError } from './errors.js';
 import { TypedMap, type Codec } from './map.js';
 import { linkInfoByFd, mapInfoByFd, progInfoByFd, type LinkInfo, type MapInfo } from './introspect.js';
 import { open as openFile, O_RDONLY } from '../ffi/libc.js';
-import { errnoOf } from '../../errors.js';
+import { errnoOf, messageOf } from '../../errors.js';
 
 const O_DIRECTORY = 0o200000;
 
@@ -29,6 +29,7 @@ export const AttachType = {
   CGROUP_UDP6_SENDMSG: 15,
   CGROUP_UDP4_RECVMSG: 19,
   CGROUP_UDP6_RECVMSG: 20,
+  TRACE_ITER: 28,
   CGROUP_INET4_GETPEERNAME: 29,
   CGROUP_INET6_GETPEERNAME: 30,
   CGROUP_INET4_GETSOCKNAME: 31,
@@ -98,6 +99,34 @@ export class BpfLink {
   update(progFd: number): void {
     const rc = raw.bpf_link_update(this.linkFd, progFd, null) as number;
     if (rc < 0) throw new BpfError('bpf_link_update', -rc, { program: this.description });
+  }
+
+  /**
+   * For an iterator link (BpfProgram.attachIter): one pass of the iterator,
+   * i.e. bpf_iter_create, read until EOF, close. Returns what the program
+   * wrote (bpf_seq_write/bpf_seq_printf). An iterator over sockets walks the
+   * network namespace of the calling thread at the moment of this call.
+   */
+  iterate(): Buffer {
+    const fd = raw.bpf_iter_create(this.linkFd) as number;
+    if (fd < 0) throw new BpfError('bpf_iter_create', -fd, { program: this.description });
+    const chunks: Buffer[] = [];
+    try {
+      const buf = Buffer.allocUnsafe(64 * 1024);
+      for (;;) {
+        let n: number;
+        try {
+          n = readSync(fd, buf, 0, buf.length, null);
+        } catch (e) {
+          throw new Error(`reading the ${this.description}: ${messageOf(e)}`, { cause: e });
+        }
+        if (n === 0) break;
+        chunks.push(Buffer.from(buf.subarray(0, n)));
+      }
+    } finally {
+      closeRawFd(fd);
+    }
+    return Buffer.concat(chunks);
   }
 
   /** Detaches the program now (even if other references or pins exist), unpins and closes. */
@@ -233,6 +262,17 @@ export class BpfProgram {
     return BpfLink.fromFd(fd, `${this.name} tcx ${direction} on ifindex ${ifindex}`);
   }
 
+  /**
+   * An iterator program (SEC("iter/...")) as a link; run it with
+   * BpfLink.iterate(). The link is not tied to a namespace: each iterate()
+   * walks the caller's.
+   */
+  attachIter(): BpfLink {
+    const fd = raw.bpf_link_create(this.loadedFd('bpf_link_create'), 0, AttachType.TRACE_ITER, null) as number;
+    if (fd < 0) throw new BpfError('bpf_link_create(iter)', -fd, { object: this.objectName, program: this.name });
+    return BpfLink.fromFd(fd, `${this.name} iterator`);
+  }
+
   pin(path: string): void {
     const rc = raw.bpf_obj_pin(this.loadedFd('bpf_obj_pin'), path) as number;
     if (rc < 0) throw new BpfError('bpf_obj_pin', -rc, { object: this.objectName, program: this.name, path });
@@ -265,6 +305,15 @@ export class BpfMapRef {
   pin(path: string): void {
     const rc = raw.bpf_obj_pin(this.loadedFd('bpf_obj_pin'), path) as number;
     if (rc < 0) throw new BpfError('bpf_obj_pin', -rc, { object: this.objectName, map: this.name, path });
+  }
+
+  /**
+   * Before load: use this existing map (e.g. another object's) instead of
+   * creating one. libbpf dups the fd; the caller keeps its own.
+   */
+  reuseFd(fd: number): void {
+    const rc = raw.bpf_map__reuse_fd(this.ptr, fd) as number;
+    if (rc < 0) throw new BpfError('bpf_map__reuse_fd', -rc, { object: this.objectName, map: this.name });
   }
 
   /** A typed view sharing this object's fd (valid until the object is closed). */

@@ -1,0 +1,157 @@
+// Connected UDP sockets pinned to a backend that left its service are
+// destroyed (bpf/sock_destroy.c through ServiceLb), against the real kernel
+// (needs root, kernel 6.5+ for bpf_sock_destroy).
+// Creates only (test/helpers/kernel.ts, removed after the file even when a test
+// fails): netns patu-test-udpd-<pid> (backends on its loopback, 10.78.0.1 and
+// 10.78.0.2), the cgroup patu-test-udpd-<pid> (the programs attach there; the
+// client runs in it), and pins under /sys/fs/bpf/patu-test-udpd-<pid>/.
+// The service address 10.96.78.1 has no route in the netns: only translation reaches a backend.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { ServiceLb, type ApplyStats } from '../../src/dataplane/service-lb.js';
+import { ServiceModel, type Endpoint, type Service } from '../../src/services/model.js';
+import { scratchForTests } from '../helpers/kernel.js';
+
+const isRoot = process.getuid?.() === 0;
+const skip = isRoot ? false : 'needs root (netns, cgroup, BPF programs)';
+const scratch = scratchForTests('patu-test-udpd');
+const NS = scratch.name();
+const PIN = scratch.pinRoot();
+let CG = '';
+const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
+const A = '10.78.0.1';
+const B = '10.78.0.2';
+const VIP = '10.96.78.1';
+const PORT = 5353;
+
+let lb: ServiceLb | undefined;
+const model = new ServiceModel();
+const children: ChildProcess[] = [];
+
+function sh(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+}
+
+/** A child in the netns (and, with inCgroup, in the test cgroup before it runs anything); resolves on its "ready" line. */
+async function start(script: string, arg: object, inCgroup: boolean): Promise<{ p: ChildProcess; next: () => Promise<string> }> {
+  const argv = [join(FIX, script), JSON.stringify(arg)];
+  const p = inCgroup
+    ? spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec ip netns exec ${NS} "$0" "$1" "$2"`, process.execPath, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] })
+    : spawn('ip', ['netns', 'exec', NS, process.execPath, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] });
+  children.push(p);
+  const lines: string[] = [];
+  const waiting: ((l: string) => void)[] = [];
+  createInterface({ input: p.stdout! }).on('line', (l) => {
+    const w = waiting.shift();
+    if (w) w(l);
+    else lines.push(l);
+  });
+  const next = (): Promise<string> => {
+    const l = lines.shift();
+    if (l !== undefined) return Promise.resolve(l);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`${script}: no output in 20 s`)), 20_000);
+      waiting.push((x) => {
+        clearTimeout(t);
+        resolve(x);
+      });
+    });
+  };
+  assert.equal(await next(), 'ready');
+  return { p, next };
+}
+
+const ep = (ip: string): Endpoint => ({ ip, ready: true, serving: true, terminating: false });
+function dns(): Service {
+  return {
+    namespace: 'it', name: 'dns', clusterIP: VIP, sessionAffinity: 'None', affinityTimeoutSeconds: 10800,
+    ports: [{ name: 'udp', port: PORT, protocol: 'UDP', targetPort: PORT }, { name: 'tcp', port: PORT, protocol: 'TCP', targetPort: PORT }],
+  };
+}
+function program(endpoints: string[]): ApplyStats {
+  model.setEndpoints('it/dns', endpoints.map(ep));
+  const changed = model.takeChanges();
+  return lb!.applyChanges(changed, model.desired(changed));
+}
+
+interface Probe { svc: string; direct: string; tcp: string; svcErrors: string[]; manyErrors: number }
+
+before(async () => {
+  if (!isRoot) return;
+  CG = scratch.cgroup();
+  scratch.netns(NS);
+  for (const ip of [A, B]) sh('ip', ['-n', NS, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
+  lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
+  scratch.defer('service LB', () => {
+    try {
+      lb?.detach();
+    } finally {
+      lb?.close();
+    }
+  });
+  scratch.defer('children', () => children.forEach((c) => c.kill('SIGKILL')));
+  lb.attach();
+  model.upsertService(dns());
+  await start('svc-server.js', [A, B].map((ip) => ({ ip, port: PORT })), false);
+});
+
+test('a connected UDP socket to a backend that left the service is destroyed; it reconnects to a live one; direct and TCP sockets are untouched', { skip }, async () => {
+  program([A]);
+  const many = 200;
+  const c = await start('udp-hold-client.js', { vip: VIP, vport: PORT, direct: { ip: A, port: PORT }, many }, true);
+  c.p.stdin!.write('probe\n');
+  const before = JSON.parse(await c.next()) as Probe;
+  assert.deepEqual(before, { svc: `ok ${A}:${PORT}`, direct: `ok ${A}:${PORT}`, tcp: `ok ${A}:${PORT}`, svcErrors: [], manyErrors: 0 });
+
+  // A leaves (B arrives) for UDP and TCP alike; A's server keeps running, so only destruction can break the svc socket.
+  const stats = program([B]);
+  const ud = stats.udpDestroy;
+  assert.ok(ud, 'an apply that removes a UDP backend runs the destroyer');
+  assert.deepEqual(ud.errors, []);
+  assert.equal(ud.backends, 1, 'only the UDP port of the service lost a backend to destroy sockets for');
+  assert.equal(ud.sockets, many + 1, 'exactly the sockets translated to A: the held one and the many, not the direct one');
+  assert.ok(ud.netns >= 2, `the test's netns was walked besides the agent's own: ${JSON.stringify(ud)}`);
+  console.log(`# destroyed ${ud.sockets} sockets in ${ud.netns} netns in ${ud.ms.toFixed(1)} ms`);
+
+  c.p.stdin!.write('probe\n');
+  const after = JSON.parse(await c.next()) as Probe;
+  assert.ok(after.svcErrors.includes('ECONNABORTED') || /^error /.test(after.svc), `the svc socket must fail after A left: ${JSON.stringify(after)}`);
+  assert.doesNotMatch(after.svc, /^ok /, 'a destroyed socket does not reach A any more');
+  assert.equal(after.direct, `ok ${A}:${PORT}`, 'a socket connected to A directly (no service) is not destroyed');
+  assert.equal(after.tcp, `ok ${A}:${PORT}`, 'TCP connections are not touched');
+  assert.equal(after.manyErrors, many, 'every other socket connected through the service got its error');
+
+  c.p.stdin!.write('reconnect\n');
+  const again = JSON.parse(await c.next()) as Probe;
+  assert.equal(again.svc, `ok ${B}:${PORT}`, 'reconnected, the socket reaches the live backend');
+  assert.equal(again.direct, `ok ${A}:${PORT}`);
+
+  // Nothing left to destroy: the same removal again (B stays) finds no socket.
+  const noop = program([B]);
+  assert.equal(noop.udpDestroy, undefined, 'an apply that removes no UDP backend does not walk namespaces');
+  c.p.stdin!.end();
+});
+
+test('the destroyer can be turned off', { skip }, async () => {
+  const off = ServiceLb.open({ pinRoot: PIN, udpDestroy: false });
+  try {
+    const m = new ServiceModel();
+    m.upsertService({ ...dns(), name: 'dns2', clusterIP: '10.96.78.2' });
+    m.setEndpoints('it/dns2', [ep(A)]);
+    let ch = m.takeChanges();
+    off.applyChanges(ch, m.desired(ch));
+    m.setEndpoints('it/dns2', [ep(B)]);
+    ch = m.takeChanges();
+    assert.equal(off.applyChanges(ch, m.desired(ch)).udpDestroy, undefined);
+    m.deleteService('it/dns2');
+    ch = m.takeChanges();
+    off.applyChanges(ch, m.desired(ch));
+  } finally {
+    off.close();
+  }
+});
