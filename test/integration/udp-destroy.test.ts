@@ -3,7 +3,7 @@
 // (needs root, kernel 6.5+ for bpf_sock_destroy).
 // Creates only (test/helpers/kernel.ts, removed after the file even when a test
 // fails): netns patu-test-udpd-<pid> (backends on its loopback, 10.78.0.1 and
-// 10.78.0.2), the cgroup patu-test-udpd-<pid> (the programs attach there; the
+// 10.78.0.2, and the node address 192.168.78.1), the cgroup patu-test-udpd-<pid> (the programs attach there; the
 // client runs in it), and pins under /sys/fs/bpf/patu-test-udpd-<pid>/.
 // The service address 10.96.78.1 has no route in the netns: only translation reaches a backend.
 import { test, before } from 'node:test';
@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { ServiceLb, type ApplyStats } from '../../src/dataplane/service-lb.js';
-import { ServiceModel, type Endpoint, type Service } from '../../src/services/model.js';
+import { ServiceModel, portKey, type DesiredServicePort, type Endpoint, type Protocol, type Service } from '../../src/services/model.js';
 import { scratchForTests } from '../helpers/kernel.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -27,6 +27,9 @@ const A = '10.78.0.1';
 const B = '10.78.0.2';
 const VIP = '10.96.78.1';
 const PORT = 5353;
+/** A node address (on the netns' lo) for the NodePort case. */
+const NODE_IP = '192.168.78.1';
+const NODE_PORT = 30053;
 
 let lb: ServiceLb | undefined;
 const model = new ServiceModel();
@@ -85,7 +88,7 @@ before(async () => {
   if (!isRoot) return;
   CG = scratch.cgroup();
   scratch.netns(NS);
-  for (const ip of [A, B]) sh('ip', ['-n', NS, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
+  for (const ip of [A, B, NODE_IP]) sh('ip', ['-n', NS, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
   lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
   scratch.defer('service LB', () => {
     try {
@@ -135,6 +138,35 @@ test('a connected UDP socket to a backend that left the service is destroyed; it
   const noop = program([B]);
   assert.equal(noop.udpDestroy, undefined, 'an apply that removes no UDP backend does not walk namespaces');
   c.p.stdin!.end();
+});
+
+function nodePorts(backend: string): Map<string, DesiredServicePort> {
+  const e = (protocol: Protocol): DesiredServicePort => ({
+    key: portKey('0.0.0.0', NODE_PORT, protocol), ref: 'it/np', vip: '0.0.0.0', port: NODE_PORT, protocol, name: `it/np:${NODE_PORT}`,
+    affinity: false, affinityTimeoutSeconds: 0, backends: [`${backend}:${PORT}`],
+  });
+  return new Map([e('UDP'), e('TCP')].map((d) => [d.key, d]));
+}
+
+test('NodePort: a connected UDP socket to a node address whose backend left is destroyed too (the wildcard entry has vip 0, the socket the node address)', { skip }, async () => {
+  lb!.setNodeAddresses(new Map([[NODE_IP, 0]]));
+  lb!.applyChanges(new Set(['it/np']), nodePorts(A));
+  const c = await start('udp-hold-client.js', { vip: NODE_IP, vport: NODE_PORT, direct: { ip: A, port: PORT } }, true);
+  c.p.stdin!.write('probe\n');
+  const before = JSON.parse(await c.next()) as Probe;
+  assert.deepEqual(before, { svc: `ok ${A}:${PORT}`, direct: `ok ${A}:${PORT}`, tcp: `ok ${A}:${PORT}`, svcErrors: [], manyErrors: 0 });
+
+  const ud = lb!.applyChanges(new Set(['it/np']), nodePorts(B)).udpDestroy;
+  assert.deepEqual({ backends: ud?.backends, sockets: ud?.sockets, errors: ud?.errors }, { backends: 1, sockets: 1, errors: [] });
+  c.p.stdin!.write('probe\n');
+  const after = JSON.parse(await c.next()) as Probe;
+  assert.doesNotMatch(after.svc, /^ok /, `the NodePort socket must fail after A left: ${JSON.stringify(after)}`);
+  assert.equal(after.direct, `ok ${A}:${PORT}`);
+  assert.equal(after.tcp, `ok ${A}:${PORT}`);
+  c.p.stdin!.write('reconnect\n');
+  assert.equal((JSON.parse(await c.next()) as Probe).svc, `ok ${B}:${PORT}`);
+  c.p.stdin!.end();
+  lb!.applyChanges(new Set(['it/np']), new Map());
 });
 
 test('the destroyer can be turned off', { skip }, async () => {
