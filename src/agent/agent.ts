@@ -6,6 +6,7 @@
 //     from the apiserver (src/k8s), and serves /metrics, /healthz, /readyz.
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
 // breaks established connections; bin/patu falls back to running the plugin itself.
+import { hostname } from 'node:os';
 import { createLog } from './log.js';
 import { startCniServer } from './cni-server.js';
 import { clip } from './cni-wire.js';
@@ -95,6 +96,9 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       cgroupPath: cgroup,
       ...bpffs,
       ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
+      // As with --kubernetes: NODE_NAME, else the hostname (endpoints' nodeName in the file say "local").
+      nodeName: process.env.NODE_NAME || hostname(),
+      onConflict: (c) => log.error({ file, service: c.ref, entry: c.key, holder: c.holder }, `service not programmed: ${c.key} is already used by ${c.holder}`),
       nodeAddresses: { onChange: (c) => log.info(c, 'node addresses changed (NodePorts answer on these)') },
       onApplied: (stats) => {
         log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed');

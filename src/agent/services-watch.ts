@@ -4,7 +4,7 @@
 import { ServiceLb, type ApplyStats } from '../dataplane/service-lb.js';
 import type { BpffsOptions } from '../kernel/bpf/pins.js';
 import { applyToModel, watchServices } from '../services/file-source.js';
-import { ServiceModel } from '../services/model.js';
+import { ServiceModel, type Conflict } from '../services/model.js';
 import { NodeAddressTracker } from '../dataplane/node-addrs.js';
 
 export interface ServicesWatchOptions extends BpffsOptions {
@@ -16,10 +16,14 @@ export interface ServicesWatchOptions extends BpffsOptions {
   objectPath?: string;
   /** A bad file/directory after a change (the last good state stays programmed), or a kernel error. */
   onError?: (e: Error) => void;
+  /** A service left out because another holds one of its entries (after every apply while it lasts). */
+  onConflict?: (c: Conflict) => void;
   /** After every successful apply (for logs/metrics). */
   onApplied?: (stats: ApplyStats) => void;
   /** Map pins that open found removed or replaced under the attached programs, and put back. */
   onRepair?: (repair: string) => void;
+  /** This node's name: endpoints with this nodeName are local (traffic policies Local). */
+  nodeName?: string;
   /** Service CIDR: unanswered addresses in it are refused (ECONNREFUSED); undefined or '': none. */
   serviceCidr?: string;
   /**
@@ -46,7 +50,7 @@ export interface ServicesWatchHandle {
 export async function servicesWatch(path: string, opts: ServicesWatchOptions): Promise<ServicesWatchHandle> {
   const lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
   for (const r of lb.repairs) opts.onRepair?.(r);
-  const model = new ServiceModel();
+  const model = new ServiceModel(opts.nodeName !== undefined ? { nodeName: opts.nodeName } : {});
   let tracker: NodeAddressTracker | undefined;
   try {
     // Before the first apply, which attaches the programs: they start with the whole configuration.
@@ -67,6 +71,12 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
         const changed = model.takeChanges();
         const stats = delta ? lb.applyChanges(changed, model.desired(changed)) : lb.resync(model.desired());
         opts.onApplied?.(stats);
+        // A service waiting for an entry that another one gave up in this change: its turn now.
+        for (let i = 0; i < 8 && model.hasChanges; i++) {
+          const next = model.takeChanges();
+          opts.onApplied?.(lb.applyChanges(next, model.desired(next)));
+        }
+        for (const c of model.conflicts()) opts.onConflict?.(c);
       },
       onError: (e) => opts.onError?.(e),
     });

@@ -11,16 +11,26 @@
 import { isIPv4, parseCidr } from '../net/cidr.js';
 import { DEFAULT_AFFINITY_TIMEOUT, isServicePortName, type Endpoint, type Protocol, type Service, type ServicePort } from '../services/model.js';
 
+/** A Service with this label belongs to another proxy (kube-proxy's rule): patu leaves it alone. */
+export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
+/** A Service with this label has no proxying at all (kube-proxy ignores it too). */
+export const HEADLESS_LABEL = 'service.kubernetes.io/headless';
+
 /** The fields of a v1 Service patu reads (everything else is dropped on arrival: see slim*). */
 export interface K8sService {
-  metadata: { name?: string; namespace?: string; resourceVersion?: string };
+  metadata: { name?: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string> };
   spec?: {
     type?: string;
     clusterIP?: string;
-    ports?: { name?: string; port: number; protocol?: string; targetPort?: number | string }[];
+    ports?: { name?: string; port: number; protocol?: string; targetPort?: number | string; nodePort?: number }[];
     sessionAffinity?: string;
     sessionAffinityConfig?: { clientIP?: { timeoutSeconds?: number } };
+    externalIPs?: string[] | null;
+    externalTrafficPolicy?: string;
+    internalTrafficPolicy?: string;
+    healthCheckNodePort?: number;
   };
+  status?: { loadBalancer?: { ingress?: { ip?: string; hostname?: string; ipMode?: string }[] | null } };
 }
 
 export interface K8sEndpointSlice {
@@ -29,6 +39,7 @@ export interface K8sEndpointSlice {
   endpoints?: {
     addresses?: string[];
     conditions?: { ready?: boolean | null; serving?: boolean | null; terminating?: boolean | null };
+    nodeName?: string | null;
   }[] | null;
   ports?: { name?: string | null; port?: number | null; protocol?: string | null }[] | null;
 }
@@ -51,13 +62,15 @@ export const ACCEL_ANNOTATION = 'patu.dev/accel';
 export const refOf = (m: { name?: string; namespace?: string }): string => `${m.namespace ?? ''}/${m.name ?? ''}`;
 
 /** Why a service is not programmed (for debug logs and tests). */
-export type SkipReason = 'headless' | 'externalName' | 'noClusterIP' | 'notIPv4' | 'noTcpUdpPorts';
+export type SkipReason = 'headless' | 'externalName' | 'noClusterIP' | 'notIPv4' | 'noTcpUdpPorts' | 'otherProxy';
 
 export interface ConvertedService {
   service?: Service;
   skipped?: SkipReason;
   /** Ports left out (SCTP or unknown protocols), as `port/PROTO`. */
   skippedPorts: string[];
+  /** Addresses left out (not IPv4, or not an address), as `field: value`. */
+  skippedAddresses?: string[];
 }
 
 const isValidPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
@@ -68,12 +81,17 @@ const portSlot = (name: string | null | undefined, protocol: string): string => 
 export function convertService(svc: K8sService): ConvertedService {
   const spec = svc.spec ?? {};
   const skippedPorts: string[] = [];
+  const labels = svc.metadata.labels ?? {};
+  // kube-proxy's rule: a non-empty service-proxy-name means another proxy serves it.
+  if (labels[SERVICE_PROXY_NAME_LABEL]) return { skipped: 'otherProxy', skippedPorts };
+  if (HEADLESS_LABEL in labels) return { skipped: 'headless', skippedPorts };
   if (spec.type === 'ExternalName') return { skipped: 'externalName', skippedPorts };
   const ip = spec.clusterIP;
   if (ip === 'None') return { skipped: 'headless', skippedPorts };
   if (!ip) return { skipped: 'noClusterIP', skippedPorts };
   // The socket LB is IPv4 only; an IPv6 single-stack service is left to others.
   if (!isIPv4(ip)) return { skipped: 'notIPv4', skippedPorts };
+  const withNodePorts = spec.type === 'NodePort' || spec.type === 'LoadBalancer';
   const ports: ServicePort[] = [];
   for (const p of spec.ports ?? []) {
     const protocol = (p.protocol ?? 'TCP').toUpperCase();
@@ -94,9 +112,26 @@ export function convertService(svc: K8sService): ConvertedService {
       protocol: protocol as Protocol,
       // Resolved per endpoint from the slice port of the same name (see the header).
       targetPort: portSlot(p.name, protocol),
+      ...(withNodePorts && isValidPort(p.nodePort) ? { nodePort: p.nodePort } : {}),
     });
   }
   if (ports.length === 0) return { skipped: 'noTcpUdpPorts', skippedPorts };
+  const skippedAddresses: string[] = [];
+  const v4 = (field: string, list: readonly (string | undefined)[]): string[] => {
+    const out: string[] = [];
+    for (const a of list) {
+      if (a === undefined || a === '') continue;
+      if (isIPv4(a)) out.push(a);
+      else skippedAddresses.push(`${field}: ${String(a).slice(0, 45)}`);
+    }
+    return [...new Set(out)];
+  };
+  const externalIPs = v4('externalIPs', spec.externalIPs ?? []);
+  // ipMode Proxy: the load balancer proxies to the node itself, so its IP must not be
+  // short-circuited here (kube-proxy skips those too).
+  const lbIPs = spec.type === 'LoadBalancer'
+    ? v4('status.loadBalancer.ingress', (svc.status?.loadBalancer?.ingress ?? []).filter((i) => i.ipMode !== 'Proxy').map((i) => i.ip))
+    : [];
   const affinity = spec.sessionAffinity === 'ClientIP';
   const service: Service = {
     namespace: svc.metadata.namespace ?? '',
@@ -108,7 +143,13 @@ export function convertService(svc: K8sService): ConvertedService {
       ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? DEFAULT_AFFINITY_TIMEOUT)
       : DEFAULT_AFFINITY_TIMEOUT,
   };
-  return { service, skippedPorts };
+  if (withNodePorts) service.type = spec.type as 'NodePort' | 'LoadBalancer';
+  if (externalIPs.length) service.externalIPs = externalIPs;
+  if (lbIPs.length) service.loadBalancerIPs = lbIPs;
+  if (spec.externalTrafficPolicy === 'Local' && withNodePorts) service.externalTrafficPolicy = 'Local';
+  if (spec.internalTrafficPolicy === 'Local') service.internalTrafficPolicy = 'Local';
+  if (service.externalTrafficPolicy === 'Local' && isValidPort(spec.healthCheckNodePort)) service.healthCheckNodePort = spec.healthCheckNodePort;
+  return { service, skippedPorts, ...(skippedAddresses.length ? { skippedAddresses } : {}) };
 }
 
 /**
@@ -139,6 +180,7 @@ export function mergeSlices(slices: Iterable<K8sEndpointSlice>): Endpoint[] {
         serving: c.serving !== false,
         terminating: c.terminating === true,
         ports: { ...ports },
+        ...(ep.nodeName ? { nodeName: ep.nodeName } : {}),
       };
       const prev = byIp.get(ip);
       if (!prev) {
@@ -149,6 +191,7 @@ export function mergeSlices(slices: Iterable<K8sEndpointSlice>): Endpoint[] {
       prev.serving ||= e.serving;
       prev.terminating &&= e.terminating;
       prev.ports = { ...e.ports, ...prev.ports };
+      if (!prev.nodeName && e.nodeName) prev.nodeName = e.nodeName;
     }
   }
   return [...byIp.values()].sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
@@ -191,14 +234,28 @@ export function nodePodCidr(node: K8sNode | undefined): string | undefined {
 
 export function slimService(o: K8sService): K8sService {
   const s = o.spec ?? {};
+  const labels: Record<string, string> = {};
+  for (const k of [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL]) {
+    const v = o.metadata.labels?.[k];
+    if (v !== undefined) labels[k] = v;
+  }
+  const ingress = o.status?.loadBalancer?.ingress;
   return {
-    metadata: { name: o.metadata.name, namespace: o.metadata.namespace, resourceVersion: o.metadata.resourceVersion },
+    metadata: {
+      name: o.metadata.name, namespace: o.metadata.namespace, resourceVersion: o.metadata.resourceVersion,
+      ...(Object.keys(labels).length ? { labels } : {}),
+    },
     spec: {
       type: s.type, clusterIP: s.clusterIP,
-      ports: (s.ports ?? []).map((p) => ({ name: p.name, port: p.port, protocol: p.protocol, targetPort: p.targetPort })),
+      ports: (s.ports ?? []).map((p) => ({ name: p.name, port: p.port, protocol: p.protocol, targetPort: p.targetPort, ...(p.nodePort ? { nodePort: p.nodePort } : {}) })),
       sessionAffinity: s.sessionAffinity,
       ...(s.sessionAffinityConfig ? { sessionAffinityConfig: s.sessionAffinityConfig } : {}),
+      ...(s.externalIPs?.length ? { externalIPs: s.externalIPs } : {}),
+      ...(s.externalTrafficPolicy ? { externalTrafficPolicy: s.externalTrafficPolicy } : {}),
+      ...(s.internalTrafficPolicy ? { internalTrafficPolicy: s.internalTrafficPolicy } : {}),
+      ...(s.healthCheckNodePort ? { healthCheckNodePort: s.healthCheckNodePort } : {}),
     },
+    ...(ingress?.length ? { status: { loadBalancer: { ingress: ingress.map((i) => ({ ip: i.ip, ...(i.ipMode ? { ipMode: i.ipMode } : {}) })) } } } : {}),
   } as K8sService;
 }
 
@@ -210,7 +267,7 @@ export function slimEndpointSlice(o: K8sEndpointSlice): K8sEndpointSlice {
       ...(svc ? { labels: { [SERVICE_NAME_LABEL]: svc } } : {}),
     },
     addressType: o.addressType,
-    endpoints: (o.endpoints ?? []).map((e) => ({ addresses: e.addresses?.slice(0, 1), conditions: e.conditions ?? {} })),
+    endpoints: (o.endpoints ?? []).map((e) => ({ addresses: e.addresses?.slice(0, 1), conditions: e.conditions ?? {}, ...(e.nodeName ? { nodeName: e.nodeName } : {}) })),
     ports: (o.ports ?? []).map((p) => ({ name: p.name, port: p.port, protocol: p.protocol })),
   } as K8sEndpointSlice;
 }

@@ -21,6 +21,10 @@ export class AgentMetrics {
   readonly informerRestarts = new Counter({ name: 'patu_informer_restarts_total', help: 'Informer restarts after an error (apiserver unreachable, watch failed)', labelNames: ['resource'] as const, registers: [this.registry] });
   readonly informerEvents = new Counter({ name: 'patu_informer_events_total', help: 'Objects added, updated or deleted as seen by the informers', labelNames: ['resource', 'event'] as const, registers: [this.registry] });
   readonly udpSocketsDestroyed = new Counter({ name: 'patu_udp_sockets_destroyed_total', help: 'Connected UDP sockets destroyed because their service backend departed', registers: [this.registry] });
+  readonly serviceConflicts = new Counter({ name: 'patu_service_conflicts_total', help: 'Services left out because another service already holds one of their entries (a nodePort, externalIP or LoadBalancer IP with the same port and protocol)', registers: [this.registry] });
+  readonly servicesRejected = new Gauge({ name: 'patu_services_rejected', help: 'Services not programmed right now because of bad input (conflicts, addresses outside the ranges)', registers: [this.registry] });
+  readonly serviceInputErrors = new Counter({ name: 'patu_service_input_errors_total', help: 'Services or fields refused as bad input (by reason)', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly healthCheckErrors = new Counter({ name: 'patu_health_check_node_port_errors_total', help: 'healthCheckNodePort listeners that could not be opened (port taken, bad port)', registers: [this.registry] });
   readonly podAccelUpdates = new Counter({ name: 'patu_pod_accel_updates_total', help: 'Acceleration opt-out flag changes written from pod annotations', registers: [this.registry] });
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {

@@ -75,7 +75,7 @@ export type Resource = (typeof RESOURCES)[number];
 const nolog: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
 export class K8sSource {
-  readonly model = new ServiceModel();
+  readonly model: ServiceModel;
   private readonly services = new Map<string, K8sService>();
   /** Service ref -> slice name -> slice. */
   private readonly slices = new Map<string, Map<string, K8sEndpointSlice>>();
@@ -110,6 +110,7 @@ export class K8sSource {
 
   constructor(private readonly opts: K8sSourceOptions) {
     this.log = opts.log ?? nolog;
+    this.model = new ServiceModel({ nodeName: opts.nodeName });
     this.window = opts.coalesceMs ?? 20;
     firstSubnet24(opts.clusterCIDR); // validates early
     const resync = opts.resyncMs ?? 300_000;
@@ -239,6 +240,10 @@ export class K8sSource {
     const svc = this.services.get(ref);
     const conv = svc ? convertService(svc) : undefined;
     if (conv && conv.skippedPorts.length) this.log.debug({ service: ref, ports: conv.skippedPorts }, 'ports skipped: only TCP and UDP are balanced');
+    if (conv?.skippedAddresses) {
+      this.opts.metrics?.serviceInputErrors.inc({ reason: 'address' }, conv.skippedAddresses.length);
+      this.log.warn({ service: ref, addresses: conv.skippedAddresses }, 'addresses skipped: not IPv4 addresses (the rest of the service is programmed)');
+    }
     if (!conv?.service) {
       if (conv?.skipped) this.log.debug({ service: ref, reason: conv.skipped }, 'service not programmed');
       this.model.deleteService(ref);
@@ -283,6 +288,9 @@ export class K8sSource {
           first ? 'services programmed (initial resync)' : 'services programmed');
       }
       this.opts.onApplied?.(stats, resync ? 'resync' : 'delta');
+      this.reportConflicts();
+      // An entry another service gave up: the service waiting for it is programmed next.
+      if (this.model.hasChanges) this.schedule();
     } catch (e) {
       // The maps may hold part of this batch: the next attempt compares everything.
       this.needResync = true;
@@ -297,6 +305,24 @@ export class K8sSource {
         }, this.opts.retryMs ?? 1000);
       }
     }
+  }
+
+  /** Services left out for an entry another holds: logged once per conflict (the metric counts them). */
+  private readonly reported = new Map<string, string>();
+  private reportConflicts(): void {
+    const now = new Map<string, string>();
+    for (const c of this.model.conflicts()) {
+      const why = `${c.key} is already used by ${c.holder}`;
+      now.set(c.ref, why);
+      if (this.reported.get(c.ref) !== why) {
+        this.opts.metrics?.serviceConflicts.inc();
+        this.log.error({ service: c.ref, entry: c.key, holder: c.holder }, `service not programmed: ${why} (the first to claim an address, port and protocol keeps it)`);
+      }
+    }
+    for (const ref of this.reported.keys()) if (!now.has(ref)) this.log.info({ service: ref }, 'service conflict resolved; programmed');
+    this.reported.clear();
+    for (const [k, v] of now) this.reported.set(k, v);
+    this.opts.metrics?.servicesRejected.set(now.size);
   }
 
   private record(stats: ApplyStats, kind: 'resync' | 'delta', changed: ReadonlySet<string>, desired: ReadonlyMap<string, DesiredServicePort>): void {

@@ -10,7 +10,7 @@ import { messageOf, PatuError } from '../errors.js';
 import { isIPv4 } from '../net/cidr.js';
 import {
   DEFAULT_AFFINITY_TIMEOUT, isPortName, isQuotedNumber, isServicePortName, portKey,
-  type Endpoint, type Protocol, type Service, type ServicePort, type SessionAffinity,
+  serviceKeys, type Endpoint, type Protocol, type Service, type ServicePort, type ServiceType, type SessionAffinity,
 } from './model.js';
 
 export interface ServiceWithEndpoints {
@@ -41,9 +41,13 @@ export const MAX_NESTING = 64;
 
 const MAX_PROBLEMS = 50;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const SERVICE_FIELDS = new Set(['name', 'namespace', 'clusterIP', 'ports', 'sessionAffinity', 'affinityTimeoutSeconds', 'endpoints']);
-const PORT_FIELDS = new Set(['name', 'port', 'protocol', 'targetPort']);
-const ENDPOINT_FIELDS = new Set(['ip', 'ready', 'serving', 'terminating', 'ports']);
+const SERVICE_FIELDS = new Set([
+  'name', 'namespace', 'clusterIP', 'ports', 'sessionAffinity', 'affinityTimeoutSeconds', 'endpoints',
+  'type', 'externalIPs', 'loadBalancerIPs', 'externalTrafficPolicy', 'internalTrafficPolicy', 'healthCheckNodePort',
+]);
+const PORT_FIELDS = new Set(['name', 'port', 'protocol', 'targetPort', 'nodePort']);
+const ENDPOINT_FIELDS = new Set(['ip', 'ready', 'serving', 'terminating', 'ports', 'nodeName']);
+const TYPES = new Set(['ClusterIP', 'NodePort', 'LoadBalancer']);
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
@@ -92,6 +96,44 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
     if (!Number.isInteger(timeout) || (timeout as number) < 1 || (timeout as number) > 86400) {
       bad(`${at}.affinityTimeoutSeconds`, 'must be an integer from 1 to 86400');
     }
+    const type = s.type ?? 'ClusterIP';
+    if (typeof type !== 'string' || !TYPES.has(type)) bad(`${at}.type`, 'must be ClusterIP, NodePort or LoadBalancer');
+    const withNodePorts = type === 'NodePort' || type === 'LoadBalancer';
+    const addrList = (field: string, v: unknown): string[] => {
+      if (v === undefined) return [];
+      if (!Array.isArray(v)) {
+        bad(`${at}.${field}`, 'must be a list of IPv4 addresses');
+        return [];
+      }
+      const out: string[] = [];
+      v.forEach((a: unknown, k: number) => {
+        if (typeof a !== 'string' || !isIPv4(a)) bad(`${at}.${field}[${k}]`, 'must be an IPv4 address');
+        else if (a === '0.0.0.0') bad(`${at}.${field}[${k}]`, '0.0.0.0 means every node address: use type NodePort with a nodePort');
+        else if (out.includes(a)) bad(`${at}.${field}[${k}]`, `duplicate address ${a}`);
+        else out.push(a);
+      });
+      return out;
+    };
+    const externalIPs = addrList('externalIPs', s.externalIPs);
+    const loadBalancerIPs = addrList('loadBalancerIPs', s.loadBalancerIPs);
+    if (loadBalancerIPs.length && type !== 'LoadBalancer') bad(`${at}.loadBalancerIPs`, 'only with type LoadBalancer');
+    const etp = s.externalTrafficPolicy ?? 'Cluster';
+    if (etp !== 'Cluster' && etp !== 'Local') bad(`${at}.externalTrafficPolicy`, 'must be Cluster or Local');
+    else if (etp === 'Local' && !withNodePorts) bad(`${at}.externalTrafficPolicy`, 'Local only with type NodePort or LoadBalancer');
+    const itp = s.internalTrafficPolicy ?? 'Cluster';
+    if (itp !== 'Cluster' && itp !== 'Local') bad(`${at}.internalTrafficPolicy`, 'must be Cluster or Local');
+    const hc = s.healthCheckNodePort;
+    if (hc !== undefined) {
+      if (!isPort(hc)) bad(`${at}.healthCheckNodePort`, 'must be an integer from 1 to 65535');
+      else if (etp !== 'Local') bad(`${at}.healthCheckNodePort`, 'only with externalTrafficPolicy Local');
+    }
+    /** Claims one entry key for this file; a second claim is an error naming the first. */
+    const claim = (path: string, vip: string, port: number, protocol: Protocol, what: string): void => {
+      const key = portKey(vip, port, protocol);
+      const other = keys.get(key);
+      if (other) bad(path, `${what} ${key} is already used by ${other}`);
+      else keys.set(key, path);
+    };
 
     const ports: ServicePort[] = [];
     if (!Array.isArray(s.ports) || s.ports.length === 0) bad(`${at}.ports`, 'must be a non-empty list');
@@ -117,15 +159,19 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
         } else if (!isPort(target) && !isPortName(target)) {
           bad(`${pat}.targetPort`, 'must be a port number (1-65535) or an endpoint port name (IANA_SVC_NAME: at most 15 lowercase letters, digits, -, with a letter)');
         }
+        if (p.nodePort !== undefined) {
+          if (!withNodePorts) bad(`${pat}.nodePort`, 'only with type NodePort or LoadBalancer');
+          else if (!isPort(p.nodePort)) bad(`${pat}.nodePort`, 'must be an integer from 1 to 65535');
+        }
         ports.push({
           ...(typeof p.name === 'string' ? { name: p.name } : {}),
           port: p.port as number, protocol: protocol as Protocol, targetPort: target as number | string,
+          ...(withNodePorts && isPort(p.nodePort) ? { nodePort: p.nodePort } : {}),
         });
-        if (typeof clusterIP === 'string' && isPort(p.port) && (protocol === 'TCP' || protocol === 'UDP')) {
-          const key = portKey(clusterIP, p.port, protocol);
-          const other = keys.get(key);
-          if (other) bad(pat, `${key} is already used by ${other}`);
-          else keys.set(key, pat);
+        if (isPort(p.port) && (protocol === 'TCP' || protocol === 'UDP')) {
+          if (typeof clusterIP === 'string') claim(pat, clusterIP, p.port, protocol, 'port');
+          if (withNodePorts && isPort(p.nodePort)) claim(`${pat}.nodePort`, '0.0.0.0', p.nodePort, protocol, 'nodePort');
+          for (const ip of [...externalIPs, ...loadBalancerIPs]) claim(pat, ip, p.port, protocol, 'address');
         }
       });
     }
@@ -157,9 +203,13 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
             }
           }
         }
+        if (e.nodeName !== undefined && (typeof e.nodeName !== 'string' || e.nodeName === '' || e.nodeName.length > 253)) {
+          bad(`${eat}.nodeName`, 'must be a node name (1-253 characters)');
+        }
         endpoints.push({
           ip: e.ip as string, ready: ready as boolean, serving: serving as boolean, terminating: terminating as boolean,
           ...(named ? { ports: named } : {}),
+          ...(typeof e.nodeName === 'string' && e.nodeName ? { nodeName: e.nodeName } : {}),
         });
       });
     }
@@ -171,13 +221,18 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
       else refs.set(ref, at);
     }
     if (problems.length > before) return;
-    out.push({
-      service: {
-        namespace: namespace as string, name: name as string, clusterIP: clusterIP as string, ports,
-        sessionAffinity: affinity as SessionAffinity, affinityTimeoutSeconds: timeout as number,
-      },
-      endpoints,
-    });
+    const service: Service = {
+      namespace: namespace as string, name: name as string, clusterIP: clusterIP as string, ports,
+      sessionAffinity: affinity as SessionAffinity, affinityTimeoutSeconds: timeout as number,
+    };
+    // Only what was said is set, so a file without the new fields gives the same objects as before.
+    if (type !== 'ClusterIP') service.type = type as ServiceType;
+    if (externalIPs.length) service.externalIPs = externalIPs;
+    if (loadBalancerIPs.length) service.loadBalancerIPs = loadBalancerIPs;
+    if (etp === 'Local') service.externalTrafficPolicy = 'Local';
+    if (itp === 'Local') service.internalTrafficPolicy = 'Local';
+    if (isPort(hc)) service.healthCheckNodePort = hc;
+    out.push({ service, endpoints });
   });
   if (problems.length) throw new ServiceFileError(file, problems);
   return out;
@@ -502,11 +557,10 @@ export class ServicesDirWatcher extends ReloadLoop {
       const ref = refOf(it);
       const owner = this.refOwner.get(ref);
       if (owner && owner !== name) problems.push(`services[${i}].name: service ${ref} is already defined in ${owner}`);
-      it.service.ports.forEach((p, j) => {
-        const key = portKey(it.service.clusterIP, p.port, p.protocol);
+      for (const key of serviceKeys(it.service)) {
         const ko = this.keyOwner.get(key);
-        if (ko && ko !== name) problems.push(`services[${i}].ports[${j}]: ${key} is already used in ${ko}`);
-      });
+        if (ko && ko !== name) problems.push(`services[${i}]: ${key} is already used in ${ko}`);
+      }
     });
     if (problems.length) throw new ServiceFileError(path, problems);
 
@@ -518,7 +572,7 @@ export class ServicesDirWatcher extends ReloadLoop {
       const ref = refOf(it);
       now.add(ref);
       this.refOwner.set(ref, name);
-      for (const p of it.service.ports) this.keyOwner.set(portKey(it.service.clusterIP, p.port, p.protocol), name);
+      for (const key of serviceKeys(it.service)) this.keyOwner.set(key, name);
       const prev = before.get(ref);
       if (!prev || JSON.stringify(prev) !== JSON.stringify(it)) upserts.push(it);
     }

@@ -1,10 +1,25 @@
-// The in-memory model of ClusterIP services and their endpoints. Every source
-// (the local file today, the Kubernetes API later) feeds this one model, and
-// the dataplane only ever sees what desired() derives from it, so the
-// rules about which endpoints are selectable live in exactly one place.
+// The in-memory model of services and their endpoints. Every source (the local
+// file, the Kubernetes API) feeds this one model, and the dataplane only ever
+// sees what desired() derives from it, so the rules about which endpoints are
+// selectable, and for which address, live in exactly one place.
+//
+// One service gives one map entry per (address, port, protocol) it answers on:
+// its ClusterIP, its NodePorts (the wildcard address 0.0.0.0: every node
+// address, see bpf/lb_select.h), its externalIPs and LoadBalancer ingress IPs.
+// Two services may not claim one entry: the service that claimed it first
+// keeps it, the other is not programmed at all (never half) and reported by
+// conflicts() until the entry is free again.
+//
+// A second source (hostPorts) can add entries it computed itself with
+// setEntries(ref, ports): they take part in the same claims.
 
 export type Protocol = 'TCP' | 'UDP';
 export type SessionAffinity = 'None' | 'ClientIP';
+export type ServiceType = 'ClusterIP' | 'NodePort' | 'LoadBalancer';
+export type TrafficPolicy = 'Cluster' | 'Local';
+
+/** The wildcard VIP: a NodePort answers on every node address (patu_node_addr). */
+export const ANY_NODE_ADDRESS = '0.0.0.0';
 
 export interface ServicePort {
   name?: string;
@@ -12,6 +27,8 @@ export interface ServicePort {
   protocol: Protocol;
   /** Backend port: a number, or the name of a port the endpoints declare. */
   targetPort: number | string;
+  /** type NodePort/LoadBalancer: the port every node address answers on. */
+  nodePort?: number;
 }
 
 export interface Service {
@@ -22,6 +39,24 @@ export interface Service {
   sessionAffinity: SessionAffinity;
   /** Only meaningful with ClientIP; Kubernetes' default is 10800. */
   affinityTimeoutSeconds: number;
+  /** Default ClusterIP (no node ports). */
+  type?: ServiceType;
+  /** Extra addresses answering the service's ports, as its ClusterIP does. */
+  externalIPs?: string[];
+  /** status.loadBalancer.ingress IPs (type LoadBalancer): served like externalIPs. */
+  loadBalancerIPs?: string[];
+  /**
+   * Local: traffic from outside the node to a NodePort/externalIP/LB IP goes only
+   * to this node's endpoints. The socket-level entries serve this node's own pods
+   * and processes, which kube-proxy sends to every endpoint even then (its
+   * "short-circuit" for in-cluster traffic), so it changes no entry here; it sets
+   * which endpoints healthCheckNodePort counts.
+   */
+  externalTrafficPolicy?: TrafficPolicy;
+  /** Local: the ClusterIP answers with this node's endpoints only (none: refused). */
+  internalTrafficPolicy?: TrafficPolicy;
+  /** ETP Local NodePort/LoadBalancer: the port the agent answers health checks on. */
+  healthCheckNodePort?: number;
 }
 
 /** One endpoint address with EndpointSlice-style conditions. */
@@ -32,6 +67,8 @@ export interface Endpoint {
   terminating: boolean;
   /** Named ports (for a string targetPort): name -> port number. */
   ports?: Record<string, number>;
+  /** The node the endpoint runs on (EndpointSlice endpoints[].nodeName): Local policies keep this node's. */
+  nodeName?: string;
 }
 
 export const DEFAULT_AFFINITY_TIMEOUT = 10800;
@@ -92,34 +129,80 @@ function resolveTarget(p: ServicePort, e: Endpoint): number | undefined {
   return e.ports?.[p.targetPort];
 }
 
-/** Derives the map-level view of one service (one entry per port). */
-export function desiredPorts(svc: Service, endpoints: readonly Endpoint[]): DesiredServicePort[] {
-  const eps = selectable(endpoints);
+/** This node's selectable endpoints (Local policies), by the same ready/terminating rule. */
+export function localSelectable(endpoints: readonly Endpoint[], nodeName: string | undefined): Endpoint[] {
+  if (nodeName === undefined) return [];
+  return selectable(endpoints.filter((e) => e.nodeName === nodeName));
+}
+
+/** The node ports a service answers on (NodePort and LoadBalancer types only). */
+export const nodePortsOf = (svc: Service): ServicePort[] =>
+  svc.type === 'NodePort' || svc.type === 'LoadBalancer' ? svc.ports.filter((p) => p.nodePort !== undefined) : [];
+
+/** The entry keys a service claims (what desiredPorts() derives, without the endpoints). */
+export function serviceKeys(svc: Service): string[] {
+  const out: string[] = [];
+  const external = [...(svc.externalIPs ?? []), ...(svc.type === 'LoadBalancer' ? svc.loadBalancerIPs ?? [] : [])];
+  for (const p of svc.ports) {
+    out.push(portKey(svc.clusterIP, p.port, p.protocol));
+    if (nodePortsOf(svc).includes(p)) out.push(portKey(ANY_NODE_ADDRESS, p.nodePort!, p.protocol));
+    for (const ip of new Set(external)) if (ip !== svc.clusterIP) out.push(portKey(ip, p.port, p.protocol));
+  }
+  return out;
+}
+
+/**
+ * Derives the map-level view of one service: per port, its ClusterIP entry,
+ * its NodePort entry (wildcard address), and one per externalIP and
+ * LoadBalancer IP. nodeName is this node's (for internalTrafficPolicy Local).
+ */
+export function desiredPorts(svc: Service, endpoints: readonly Endpoint[], nodeName?: string): DesiredServicePort[] {
+  const all = selectable(endpoints);
+  const clusterEps = svc.internalTrafficPolicy === 'Local' ? localSelectable(endpoints, nodeName) : all;
   const affinity = svc.sessionAffinity === 'ClientIP';
-  return svc.ports.map((p) => {
-    const backends = new Set<string>();
-    for (const e of eps) {
-      const port = resolveTarget(p, e);
-      // An endpoint that does not declare a named target port cannot serve it (as in Kubernetes).
-      if (port !== undefined) backends.add(`${e.ip}:${port}`);
-    }
-    return {
-      key: portKey(svc.clusterIP, p.port, p.protocol),
-      ref: serviceRef(svc),
-      vip: svc.clusterIP,
-      port: p.port,
-      protocol: p.protocol,
-      name: `${serviceRef(svc)}:${p.name ?? String(p.port)}`,
-      affinity,
-      affinityTimeoutSeconds: affinity ? svc.affinityTimeoutSeconds : 0,
-      backends: [...backends].sort(),
+  const ref = serviceRef(svc);
+  const out: DesiredServicePort[] = [];
+  const external = [...(svc.externalIPs ?? []), ...(svc.type === 'LoadBalancer' ? svc.loadBalancerIPs ?? [] : [])];
+  const hasNodePorts = svc.type === 'NodePort' || svc.type === 'LoadBalancer';
+  for (const p of svc.ports) {
+    const backendsOf = (eps: readonly Endpoint[]): string[] => {
+      const backends = new Set<string>();
+      for (const e of eps) {
+        const port = resolveTarget(p, e);
+        // An endpoint that does not declare a named target port cannot serve it (as in Kubernetes).
+        if (port !== undefined) backends.add(`${e.ip}:${port}`);
+      }
+      return [...backends].sort();
     };
-  });
+    const name = `${ref}:${p.name ?? String(p.port)}`;
+    const entry = (vip: string, port: number, backends: string[]): DesiredServicePort => ({
+      key: portKey(vip, port, p.protocol), ref, vip, port, protocol: p.protocol, name,
+      affinity, affinityTimeoutSeconds: affinity ? svc.affinityTimeoutSeconds : 0, backends,
+    });
+    out.push(entry(svc.clusterIP, p.port, backendsOf(clusterEps)));
+    // Socket-level clients are this node's pods and processes: every endpoint, whatever
+    // externalTrafficPolicy says (kube-proxy's short-circuit for in-cluster traffic).
+    const ext = hasNodePorts || external.length ? backendsOf(all) : [];
+    if (hasNodePorts && p.nodePort !== undefined) out.push(entry(ANY_NODE_ADDRESS, p.nodePort, ext));
+    for (const ip of new Set(external)) if (ip !== svc.clusterIP) out.push(entry(ip, p.port, ext));
+  }
+  return out;
 }
 
 interface Entry {
-  service: Service;
+  service?: Service;
   endpoints: Endpoint[];
+  /** Entries a source computed itself (setEntries), instead of a service. */
+  entries?: DesiredServicePort[];
+}
+
+/** A service left out because another one holds an entry it needs. */
+export interface Conflict {
+  ref: string;
+  /** The entry both want, `vip:port/proto` (vip 0.0.0.0: a NodePort). */
+  key: string;
+  /** The service that holds it. */
+  holder: string;
 }
 
 /**
@@ -131,6 +214,15 @@ export class ServiceModel {
   private readonly entries = new Map<string, Entry>();
   private readonly changed = new Set<string>();
   private generation = 0;
+  /** Entry key -> the ref holding it. */
+  private readonly owner = new Map<string, string>();
+  /** Ref -> the keys it holds. */
+  private readonly held = new Map<string, Set<string>>();
+  /** Refs left out, and why. */
+  private readonly blocked = new Map<string, Conflict>();
+
+  /** nodeName: this node's name, for the Local traffic policies (endpoints' nodeName). */
+  constructor(readonly opts: { nodeName?: string } = {}) {}
 
   get size(): number {
     return this.entries.size;
@@ -147,9 +239,29 @@ export class ServiceModel {
     this.touch(ref);
   }
 
+  /**
+   * Entries a source computed itself (a hostPort mapping: vip 0.0.0.0 or its hostIP),
+   * under a ref of its own (e.g. `hostport/<container>`); d.ref must be that ref.
+   * An empty list is the same as deleteService(ref).
+   */
+  setEntries(ref: string, ports: DesiredServicePort[]): void {
+    for (const d of ports) if (d.ref !== ref) throw new Error(`setEntries(${ref}): entry ${d.key} names ref ${d.ref}`);
+    if (ports.length === 0) {
+      this.deleteService(ref);
+      return;
+    }
+    this.entries.set(ref, { endpoints: [], entries: ports });
+    this.touch(ref);
+  }
+
+  /** Services left out because another one holds an entry they need (see the header). */
+  conflicts(): Conflict[] {
+    return [...this.blocked.values()];
+  }
+
   setEndpoints(ref: string, endpoints: Endpoint[]): void {
     const e = this.entries.get(ref);
-    if (!e) throw new Error(`setEndpoints: no service ${ref} in the model`);
+    if (!e?.service) throw new Error(`setEndpoints: no service ${ref} in the model`);
     e.endpoints = endpoints;
     this.touch(ref);
   }
@@ -161,7 +273,8 @@ export class ServiceModel {
   }
 
   get(ref: string): { service: Service; endpoints: readonly Endpoint[] } | undefined {
-    return this.entries.get(ref);
+    const e = this.entries.get(ref);
+    return e?.service ? { service: e.service, endpoints: e.endpoints } : undefined;
   }
 
   refs(): string[] {
@@ -178,16 +291,22 @@ export class ServiceModel {
       const ref = serviceRef(it.service);
       seen.add(ref);
       const prev = this.entries.get(ref);
-      if (prev && sameJson(prev.service, it.service) && sameJson(prev.endpoints, it.endpoints)) continue;
+      if (prev?.service && sameJson(prev.service, it.service) && sameJson(prev.endpoints, it.endpoints)) continue;
       this.entries.set(ref, { service: it.service, endpoints: it.endpoints });
       this.touch(ref);
     }
-    for (const ref of [...this.entries.keys()]) {
-      if (!seen.has(ref)) {
+    for (const [ref, e] of [...this.entries]) {
+      // Entries of another source (setEntries) are not the file's to remove.
+      if (!seen.has(ref) && e.service) {
         this.entries.delete(ref);
         this.touch(ref);
       }
     }
+  }
+
+  /** Whether something changed since the last takeChanges() (desired() can add: a freed entry). */
+  get hasChanges(): boolean {
+    return this.changed.size > 0;
   }
 
   /** Service refs changed since the last call (and clears the set). */
@@ -197,16 +316,86 @@ export class ServiceModel {
     return out;
   }
 
-  /** Desired map entries for the given services (all when refs is omitted), keyed by port key. */
+  /**
+   * Desired map entries for the given services (all when refs is omitted), keyed
+   * by port key. Also settles the claims: a ref whose entries another ref holds
+   * contributes none (see conflicts()); a ref that frees entries marks the refs
+   * waiting for them as changed, so the next takeChanges()/desired() programs them.
+   */
   desired(refs?: Iterable<string>): Map<string, DesiredServicePort> {
     const out = new Map<string, DesiredServicePort>();
-    const list = refs ? [...refs] : [...this.entries.keys()];
+    // A full pass also settles refs that are gone but still hold or wait for entries.
+    const list = refs ? [...refs] : [...new Set([...this.entries.keys(), ...this.held.keys(), ...this.blocked.keys()])];
+    // Claims are settled in a stable order: whoever already holds an entry keeps it,
+    // then by ref, so the outcome does not depend on event order within one apply.
+    list.sort();
+    const wants = new Map<string, DesiredServicePort[]>();
     for (const ref of list) {
       const e = this.entries.get(ref);
-      if (!e) continue;
-      for (const d of desiredPorts(e.service, e.endpoints)) out.set(d.key, d);
+      wants.set(ref, e ? this.portsOf(e) : []);
+    }
+    // Release what each ref in scope no longer wants (or all of it, for a gone ref).
+    const freed: string[] = [];
+    for (const [ref, ports] of wants) {
+      const keys = new Set(ports.map((d) => d.key));
+      for (const k of this.held.get(ref) ?? []) {
+        if (!keys.has(k)) {
+          this.release(ref, k);
+          freed.push(k);
+        }
+      }
+    }
+    for (const [ref, ports] of wants) {
+      this.blocked.delete(ref);
+      let conflict: Conflict | undefined;
+      for (const d of ports) {
+        const holder = this.owner.get(d.key);
+        if (holder !== undefined && holder !== ref) {
+          conflict = { ref, key: d.key, holder };
+          break;
+        }
+      }
+      if (conflict) {
+        // Never half-programmed: what it held goes too.
+        for (const k of [...(this.held.get(ref) ?? [])]) {
+          this.release(ref, k);
+          freed.push(k);
+        }
+        this.blocked.set(ref, conflict);
+        continue;
+      }
+      for (const d of ports) {
+        this.owner.set(d.key, ref);
+        let h = this.held.get(ref);
+        if (!h) this.held.set(ref, (h = new Set()));
+        h.add(d.key);
+        out.set(d.key, d);
+      }
+    }
+    // A ref left out for an entry freed now gets its turn at the next apply.
+    if (freed.length) {
+      const free = new Set(freed);
+      for (const [ref, c] of this.blocked) if (free.has(c.key)) this.touch(ref);
     }
     return out;
+  }
+
+  private portsOf(e: Entry): DesiredServicePort[] {
+    if (e.entries) return e.entries;
+    return e.service ? desiredPorts(e.service, e.endpoints, this.opts.nodeName) : [];
+  }
+
+  private release(ref: string, key: string): void {
+    if (this.owner.get(key) === ref) this.owner.delete(key);
+    const h = this.held.get(ref);
+    h?.delete(key);
+    if (h && h.size === 0) this.held.delete(ref);
+  }
+
+  /** This node's selectable endpoints of a service (healthCheckNodePort counts them). */
+  localEndpoints(ref: string): Endpoint[] {
+    const e = this.entries.get(ref);
+    return e?.service ? localSelectable(e.endpoints, this.opts.nodeName) : [];
   }
 
   private touch(ref: string): void {

@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ServiceLb, NODE_ADDR_F_LOOPBACK } from '../../src/dataplane/service-lb.js';
 import { NodeAddressTracker } from '../../src/dataplane/node-addrs.js';
-import { portKey, type DesiredServicePort, type Protocol } from '../../src/services/model.js';
+import { portKey, ServiceModel, type DesiredServicePort, type Protocol } from '../../src/services/model.js';
+import { validateServices } from '../../src/services/file-source.js';
 import { netnsPath, scratchForTests } from '../helpers/kernel.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -208,4 +209,37 @@ test('a bad service CIDR is refused with the reason, and the old one stays', { s
   assert.throws(() => lb!.configure({ serviceCidr: 'fd00::/108' }), /must be IPv4/);
   assert.throws(() => lb!.configure({ serviceCidr: '10.96.0.0' }), /service CIDR/);
   assert.equal(lb!.config().serviceCidr, '10.96.0.0/12');
+});
+
+test('a services-file LoadBalancer service: ClusterIP, NodePort, externalIP and LB IP answer TCP and UDP with its backends', { skip }, async () => {
+  const items = validateServices({ services: [{
+    name: 'lb', namespace: 'it', clusterIP: '10.96.78.2', type: 'LoadBalancer',
+    externalIPs: ['192.0.2.78'], loadBalancerIPs: ['203.0.113.78'],
+    ports: [{ name: 't', port: 90, targetPort: 8080, nodePort: 30090 }, { name: 'u', port: 90, protocol: 'UDP', targetPort: 8080, nodePort: 30090 }],
+    endpoints: BACKENDS.map((ip) => ({ ip })),
+  }] });
+  const m = new ServiceModel();
+  m.replaceAll(items);
+  const changed = m.takeChanges();
+  lb!.applyChanges(changed, m.desired(changed));
+  try {
+    for (const [host, port] of [['10.96.78.2', 90], [NODE_IP, 30090], ['127.0.0.1', 30090], ['192.0.2.78', 90], ['203.0.113.78', 90]] as const) {
+      const t = await runClient({ mode: 'tcp', host, port, count: 4 });
+      assert.deepEqual(t.errors, {}, `TCP ${host}:${port}`);
+      assert.equal(t.ok, 4);
+      const u = await runClient({ mode: 'udp', host, port, count: 2 });
+      assert.deepEqual(u.errors, {}, `UDP ${host}:${port}`);
+      assert.deepEqual(u.peers, { [`${host}:${port}`]: 2 });
+    }
+    // The node port answers only on node addresses: the externalIP on the node port is no entry.
+    const far = await runClient({ mode: 'tcp', host: '192.0.2.78', port: 30090, count: 1 });
+    assert.deepEqual(far.errors, { ENETUNREACH: 1 });
+  } finally {
+    m.replaceAll([]);
+    const gone = m.takeChanges();
+    lb!.applyChanges(gone, m.desired(gone));
+  }
+  // Gone with the service: the NodePort is no longer translated (nothing listens there).
+  const after = await runClient({ mode: 'tcp', host: NODE_IP, port: 30090, count: 1 });
+  assert.deepEqual(after.errors, { ECONNREFUSED: 1 });
 });

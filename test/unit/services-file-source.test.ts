@@ -75,7 +75,7 @@ test('errors name the entry and the field', () => {
     [{ services: [svc({ ports: [{ port: 80, protocl: 'UDP' }] })] }, 'services[0].ports[0].protocl: unknown field'],
     [{ services: [svc({ Name: 'x' })] }, 'services[0].Name: unknown field'],
     [{ services: [svc({}), svc({ clusterIP: '10.96.0.2' })] }, 'services[1].name: duplicate service default/a (also services[0])'],
-    [{ services: [svc({}), svc({ name: 'b' })] }, 'services[1].ports[0]: 10.96.0.1:80/TCP is already used by services[0].ports[0]'],
+    [{ services: [svc({}), svc({ name: 'b' })] }, 'services[1].ports[0]: port 10.96.0.1:80/TCP is already used by services[0].ports[0]'],
     [{ services: [svc({ name: 'Bad_Name' })] }, 'services[0].name: must be a DNS label (lowercase letters, digits, -; at most 63)'],
     [{ services: [svc({ ports: [{ port: 80, targetPort: 70000 }] })] }, 'services[0].ports[0].targetPort: must be a port number (1-65535) or an endpoint port name (IANA_SVC_NAME: at most 15 lowercase letters, digits, -, with a letter)'],
   ];
@@ -155,7 +155,7 @@ test('a directory source reloads only the changed file and reports a delta; cros
     // b.yaml claims a1's address: an error for b.yaml, which keeps its last good content.
     writeFileSync(join(d, 'b.yaml'), `services: [${one('b1', '10.96.1.1', ['10.0.0.3'])}]\n`);
     await waitFor(() => errors.length > 0, 'the conflict error');
-    assert.match(errors[0]!.message, /b\.yaml: services\[0\]\.ports\[0\]: 10\.96\.1\.1:80\/TCP is already used in a\.json/);
+    assert.match(errors[0]!.message, /b\.yaml: services\[0\]: 10\.96\.1\.1:80\/TCP is already used in a\.json/);
     assert.equal(model.get('default/b1')?.service.clusterIP, '10.96.2.1');
     // Removing a file removes its services.
     unlinkSync(join(d, 'b.yaml'));
