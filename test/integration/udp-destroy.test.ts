@@ -15,6 +15,7 @@ import { createInterface } from 'node:readline';
 import { ServiceLb, type ApplyStats } from '../../src/dataplane/service-lb.js';
 import { ServiceModel, portKey, type DesiredServicePort, type Endpoint, type Protocol, type Service } from '../../src/services/model.js';
 import { scratchForTests } from '../helpers/kernel.js';
+import { describeUdpDestroy } from '../../src/dataplane/udp-destroy-report.js';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root (netns, cgroup, BPF programs)';
@@ -167,6 +168,34 @@ test('NodePort: a connected UDP socket to a node address whose backend left is d
   assert.equal((JSON.parse(await c.next()) as Probe).svc, `ok ${B}:${PORT}`);
   c.p.stdin!.end();
   lb!.applyChanges(new Set(['it/np']), new Map());
+});
+
+test('past its time budget no further namespace is entered: the socket there stays, and the agent is told to warn', { skip }, async () => {
+  const late = ServiceLb.open({ pinRoot: PIN, udpDestroy: { budgetMs: 0 } });
+  const m = new ServiceModel();
+  try {
+    m.upsertService({ ...dns(), name: 'dns3', clusterIP: '10.96.78.3' });
+    const apply = (ip: string): ApplyStats => {
+      m.setEndpoints('it/dns3', [ep(ip)]);
+      const ch = m.takeChanges();
+      return late.applyChanges(ch, m.desired(ch));
+    };
+    apply(A);
+    const c = await start('udp-hold-client.js', { vip: '10.96.78.3', vport: PORT, direct: { ip: A, port: PORT } }, true);
+    const ud = apply(B).udpDestroy!;
+    assert.equal(ud.netns, 1, 'only its own namespace');
+    assert.ok(ud.skippedNetns >= 1, JSON.stringify(ud));
+    assert.equal(ud.sockets, 0);
+    assert.equal(describeUdpDestroy(ud)?.level, 'warn');
+    c.p.stdin!.write('probe\n');
+    assert.equal((JSON.parse(await c.next()) as Probe).svc, `ok ${A}:${PORT}`, 'the skipped namespace kept its socket');
+    c.p.stdin!.end();
+  } finally {
+    m.deleteService('it/dns3');
+    const ch = m.takeChanges();
+    late.applyChanges(ch, m.desired(ch));
+    late.close();
+  }
 });
 
 test('the destroyer can be turned off', { skip }, async () => {
