@@ -115,10 +115,12 @@ static __always_inline __u64 lb_host_netns_cookie(void)
  * still miss: re-reading the service and trying again closes that window.
  * client identifies the client for sessionAffinity (a netns cookie, or
  * PATU_AFF_CLIENT_IP | source address); it is only read for affinity services.
- * Returns 0 and fills *out, or -1 when the service has no selectable backend.
+ * Returns 0 and fills *out (and *out_id with the backend's id in patu_backend:
+ * the tc path keeps it per flow to notice the backend left), or -1 when the
+ * service has no selectable backend.
  */
-static __always_inline int pick_backend(const struct patu_svc_key *key, __u64 client,
-					struct patu_backend *out)
+static __always_inline int pick_backend_id(const struct patu_svc_key *key, __u64 client,
+					   struct patu_backend *out, __u32 *out_id)
 {
 	for (int attempt = 0; attempt < PICK_ATTEMPTS; attempt++) {
 		struct patu_svc_val *svc = bpf_map_lookup_elem(&patu_svc, key);
@@ -145,6 +147,7 @@ static __always_inline int pick_backend(const struct patu_svc_key *key, __u64 cl
 				if (be && be->svc_id == svc_id) {
 					av->last_used_ns = now;
 					*out = *be;
+					*out_id = bid;
 					return 0;
 				}
 			}
@@ -159,6 +162,7 @@ static __always_inline int pick_backend(const struct patu_svc_key *key, __u64 cl
 		if (!be || be->svc_id != svc_id)
 			continue;
 		*out = *be;
+		*out_id = bid;
 		if (flags & PATU_SVC_F_AFFINITY) {
 			struct patu_aff_val av = { .backend_id = bid, .last_used_ns = now };
 			bpf_map_update_elem(&patu_affinity, &ak, &av, BPF_ANY);
@@ -166,6 +170,14 @@ static __always_inline int pick_backend(const struct patu_svc_key *key, __u64 cl
 		return 0;
 	}
 	return -1;
+}
+
+/* pick_backend_id for callers that do not need the id (the socket hooks). */
+static __always_inline int pick_backend(const struct patu_svc_key *key, __u64 client,
+					struct patu_backend *out)
+{
+	__u32 id;
+	return pick_backend_id(key, client, out, &id);
 }
 
 #endif

@@ -47,6 +47,8 @@ export const DEFAULTS = {
   prefix: '/usr/lib/patu',
   /** /metrics, /healthz, /readyz of the agent in Kubernetes mode. */
   metricsAddr: '127.0.0.1:9464',
+  /** How often the agent reads link notifications (RTM_NEWLINK/DELLINK) to attach the tc path to new uplinks. */
+  nodeportLinkPollMs: 200,
   logLevel: 'info',
   /**
    * Where pod network namespaces are bind-mounted (containerd, CRI-O, podman, `ip netns`):

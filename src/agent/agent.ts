@@ -43,6 +43,8 @@ export interface AgentOptions {
   serviceCidr?: string;
   /** Deadline of one CNI request (default DEFAULTS.agentRequestTimeoutMs). */
   requestTimeoutMs?: number;
+  /** Uplinks where packets from outside are translated to services by tc (src/dataplane/nodeport-tc.ts); none: off. */
+  nodeportDevices?: string[];
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
@@ -127,6 +129,22 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     });
     notReady = () => k8s.source.notReady();
     closers.push(() => k8s.close());
+  }
+
+  if (opts.nodeportDevices) {
+    // After the service source opened the maps (it repairs their pins first); the tc
+    // programs only read them. Checked here, before anything is loaded: a bad list names itself.
+    const { NodePortTc, parseDevices } = await import('../dataplane/nodeport-tc.js');
+    const devices = parseDevices(opts.nodeportDevices, '--nodeport-devices');
+    if (!opts.servicesFile && !opts.kubernetes) log.warn({ devices }, 'nodeport tc path without a service source (--services-file or --kubernetes): nothing will be translated');
+    const np = NodePortTc.open({
+      pinRoot: opts.pinRoot, devices, ...bpffs,
+      log: (msg, fields) => log.info(fields, msg),
+    });
+    np.watch(DEFAULTS.nodeportLinkPollMs, (err) => log.error({ err: messageOf(err) }, 'nodeport tc: attaching to the uplinks failed; retried on the next link change'));
+    log.info({ devices, attached: np.attachedDevices() }, 'nodeport tc path on');
+    // Closing releases fds only: the pinned links keep translating while the agent is away.
+    closers.push(() => np.close());
   }
 
   const cni = await startCniServer({

@@ -153,6 +153,7 @@ export function buildProgram(): Command {
       return n;
     }, DEFAULTS.agentRequestTimeoutMs)
     .option('--metrics-addr <host:port>', `/metrics, /healthz, /readyz (default with --kubernetes: ${DEFAULTS.metricsAddr}; otherwise off)`)
+    .option('--nodeport-devices <list>', 'comma-separated uplinks (names, or prefixes ending in \'*\') where packets from outside the node are translated to services by tc: NodePorts, externalIPs, LoadBalancer IPs (links that appear later and match are attached too). Default: none (off)', (v: string) => v.split(','))
     .addOption(pinRoot)
     .option('--log-level <level>', 'trace, debug, info, warn or error', DEFAULTS.logLevel)
     .addHelpText('after', '\nLogs are JSON lines on stdout. Stop with SIGTERM: pinned eBPF state stays, so traffic keeps flowing.')
@@ -182,6 +183,7 @@ export function buildProgram(): Command {
           : {}),
         ...(opts.metricsAddr ? { metricsAddr: opts.metricsAddr } : {}),
         ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
+        ...(opts.nodeportDevices ? { nodeportDevices: opts.nodeportDevices as string[] } : {}),
         requestTimeoutMs: opts.requestTimeout,
       });
     });

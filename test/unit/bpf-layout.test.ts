@@ -11,13 +11,15 @@ import { structCodec, u32, type Codec } from '../../src/kernel/bpf/map.js';
 import { SOCK_LB_MAP_CODECS } from '../../src/dataplane/service-lb.js';
 import { ACCEL_MAP_CODECS } from '../../src/dataplane/accel-maps.js';
 import { SOCK_DESTROY_MAP_CODECS } from '../../src/dataplane/udp-destroy.js';
+import { NODEPORT_MAP_CODECS } from '../../src/dataplane/nodeport-tc.js';
 
 const obj = (rel: string): string => fileURLToPath(new URL(`../../../build/${rel}`, import.meta.url));
 const SOCK_LB = obj('bpf/sock_lb.o');
 const ACCEL = obj('bpf/accel.o');
 const SOCK_DESTROY = obj('bpf/sock_destroy.o');
+const NODEPORT = obj('bpf/nodeport.o');
 const FIXTURE = obj('test/bpf/test_maps.o');
-const built = [SOCK_LB, ACCEL, SOCK_DESTROY, FIXTURE].every(existsSync);
+const built = [SOCK_LB, ACCEL, SOCK_DESTROY, NODEPORT, FIXTURE].every(existsSync);
 const skip = built ? false : 'needs the eBPF objects: run scripts/build.sh';
 
 type Codecs = Record<string, { key: Codec<unknown>; value: Codec<unknown> }>;
@@ -52,6 +54,10 @@ test('sock_destroy maps: every codec matches the C layout; the maps it shares wi
 
 test('accel maps: every codec matches the C layout field by field', { skip }, () => {
   check(ACCEL, ACCEL_MAP_CODECS as Codecs, []);
+});
+
+test('nodeport (tc) maps, its own and the service maps it shares by pin: every codec matches the C layout', { skip }, () => {
+  check(NODEPORT, NODEPORT_MAP_CODECS as Codecs, []);
 });
 
 test('BTF gives the offset and size of each field', { skip }, () => {

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Services for packets from outside the node: tc (tcx) programs on the node's
+ * uplinks. The socket LB (sock_lb.c) translates what processes on the node
+ * connect to; a packet from another machine never passes a connect(), so it is
+ * translated here, per packet:
+ *
+ *   patu_np_ingress  IPv4 TCP/UDP to {dst, port, proto} in patu_svc (ClusterIP,
+ *                    externalIP, LoadBalancer IP), or to {0, port, proto} when dst
+ *                    is a node address (NodePort, hostPort on any address):
+ *                    destination rewritten to a backend, picked once per flow
+ *                    (patu_np_ct); the kernel then routes it to the pod.
+ *   patu_np_egress   the backend's reply leaving by an uplink: source rewritten
+ *                    back to the address and port the client sent to.
+ *
+ * Both drop packets to the service CIDR that were not translated, so a
+ * service address never reaches (or answers) anything off the node.
+ *
+ * No SNAT: the backend sees the client's address (externalTrafficPolicy
+ * semantics hold on one node) and its reply must come back through this node,
+ * which is so for backends on this node. Fragments pass untranslated.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "common.h"
+#include "lb_select.h"
+#include "nodeport.h"
+
+/* tcx verdicts: TC_ACT_UNSPEC is TCX_NEXT (the rest of the chain, then the stack decides). */
+#define NP_PASS TC_ACT_UNSPEC
+#define NP_DROP TC_ACT_SHOT
+
+/*
+ * The service maps (patu_svc, patu_svc_slot, patu_backend, patu_affinity,
+ * patu_node_addr, patu_lb_cfg) come from lb_select.h, pinned by name: loaded
+ * with the socket LB's pin root, this object reads the very maps the agent's
+ * ServiceLb writes.
+ */
+
+/* Our own, pinned too: a program reload or agent restart keeps every flow's backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PATU_NP_CT_MAX);
+	__type(key, struct patu_ct_key);
+	__type(value, struct patu_ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} patu_np_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PATU_NP_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} patu_np_stats SEC(".maps");
+
+static __always_inline void count(__u32 k)
+{
+	__u64 *v = bpf_map_lookup_elem(&patu_np_stats, &k);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+struct pkt {
+	__be32 saddr, daddr;
+	__be16 sport, dport;
+	__u8 proto;
+	__u32 l4_off;        /* from the start of the frame */
+	__u32 csum_off;      /* L4 checksum, from the start of the frame */
+	__u64 csum_flags;    /* BPF_F_MARK_MANGLED_0 for UDP (checksum 0 = none) */
+};
+
+/* 0: an IPv4 TCP/UDP packet that is not a fragment, parsed into *p; 1: anything else; 2: IPv4, other. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 1;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return 1;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	/* A fragment carries no (or not only its own) ports: left alone. */
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return 2;
+	__u32 l4 = sizeof(*eth) + ip->ihl * 4;
+	p->l4_off = l4;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + l4;
+		if ((void *)(th + 1) > end)
+			return 2;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->csum_off = l4 + __builtin_offsetof(struct tcphdr, check);
+		p->csum_flags = 0;
+		return 0;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = data + l4;
+		if ((void *)(uh + 1) > end)
+			return 2;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->csum_off = l4 + __builtin_offsetof(struct udphdr, check);
+		p->csum_flags = BPF_F_MARK_MANGLED_0;
+		return 0;
+	}
+	return 2;
+}
+
+#define IP_CSUM_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
+#define IP_SRC_OFF  (ETH_HLEN + __builtin_offsetof(struct iphdr, saddr))
+#define IP_DST_OFF  (ETH_HLEN + __builtin_offsetof(struct iphdr, daddr))
+
+/*
+ * Rewrites one address and one port (the destination on ingress, the source
+ * on egress), fixing the IPv4 and L4 checksums incrementally; the address is
+ * part of the L4 pseudo-header. Returns 0, or <0 when the kernel refused.
+ */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, int dst,
+				   __be32 old_ip, __be32 new_ip, __be16 old_port, __be16 new_port)
+{
+	__u32 port_off = p->l4_off + (dst ? 2 : 0); /* tcphdr/udphdr: source at 0, dest at 2 */
+	if (bpf_l4_csum_replace(skb, p->csum_off, old_ip, new_ip, p->csum_flags | BPF_F_PSEUDO_HDR | sizeof(new_ip)) < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, p->csum_off, old_port, new_port, p->csum_flags | sizeof(new_port)) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, new_ip, sizeof(new_ip)) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, dst ? IP_DST_OFF : IP_SRC_OFF, &new_ip, sizeof(new_ip), 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)
+		return -1;
+	return 0;
+}
+
+SEC("tc")
+int patu_np_ingress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r == 1)
+		return NP_PASS;
+	if (r == 2)
+		return lb_in_service_cidr(p.daddr) ? (count(PATU_NP_SVC_DROP_IN), NP_DROP) : NP_PASS;
+
+	struct patu_ct_key fk = {
+		.src = p.saddr, .dst = p.daddr, .sport = p.sport, .dport = p.dport,
+		.proto = p.proto, .dir = PATU_CT_FWD,
+	};
+	struct patu_backend be;
+	__u32 bid = 0;
+	struct patu_ct_val *ct = bpf_map_lookup_elem(&patu_np_ct, &fk);
+	if (ct) {
+		/* Known flow: its backend, while that backend is still the service's. */
+		__u32 cbid = ct->backend_id;
+		struct patu_backend *cur = bpf_map_lookup_elem(&patu_backend, &cbid);
+		if (cur && cur->svc_id == ct->svc_id && cur->ip == ct->ip && cur->port == ct->port) {
+			if (rewrite(skb, &p, 1, p.daddr, ct->ip, p.dport, ct->port) < 0)
+				return NP_DROP;
+			count(PATU_NP_FWD_HIT);
+			return NP_PASS;
+		}
+	}
+
+	/* {dst, port, proto}, then {0, port, proto} for a node address (host_ns 1: a packet never carries a loopback one). */
+	struct patu_svc_key key = { .vip = p.daddr, .port = p.dport, .proto = p.proto };
+	struct patu_svc_val *svc = lb_lookup(&key, 1);
+	if (!svc) {
+		/* Not a service: the node's own traffic, or to drop if it names the service CIDR. */
+		if (lb_in_service_cidr(p.daddr)) {
+			count(PATU_NP_SVC_DROP_IN);
+			return NP_DROP;
+		}
+		return NP_PASS;
+	}
+	/* ClientIP affinity from outside: the client is its address (no netns cookie for a packet). */
+	if (pick_backend_id(&key, PATU_AFF_CLIENT_IP | (__u64)p.saddr, &be, &bid) < 0) {
+		count(PATU_NP_NO_BACKEND);
+		return NP_DROP;
+	}
+
+	struct patu_ct_val fv = { .ip = be.ip, .port = be.port, .backend_id = bid, .svc_id = be.svc_id };
+	struct patu_ct_key rk = {
+		.src = be.ip, .dst = p.saddr, .sport = be.port, .dport = p.sport,
+		.proto = p.proto, .dir = PATU_CT_REV,
+	};
+	struct patu_ct_val rv = { .ip = p.daddr, .port = p.dport };
+	/* The reverse entry first: the reply can only come after the packet is on its way. */
+	bpf_map_update_elem(&patu_np_ct, &rk, &rv, BPF_ANY);
+	bpf_map_update_elem(&patu_np_ct, &fk, &fv, BPF_ANY);
+	if (rewrite(skb, &p, 1, p.daddr, be.ip, p.dport, be.port) < 0)
+		return NP_DROP;
+	count(PATU_NP_NEW_FLOW);
+	return NP_PASS;
+}
+
+SEC("tc")
+int patu_np_egress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r == 1)
+		return NP_PASS;
+	if (r == 0) {
+		struct patu_ct_key rk = {
+			.src = p.saddr, .dst = p.daddr, .sport = p.sport, .dport = p.dport,
+			.proto = p.proto, .dir = PATU_CT_REV,
+		};
+		struct patu_ct_val *ct = bpf_map_lookup_elem(&patu_np_ct, &rk);
+		if (ct) {
+			if (rewrite(skb, &p, 0, p.saddr, ct->ip, p.sport, ct->port) < 0)
+				return NP_DROP;
+			count(PATU_NP_REV);
+			return NP_PASS;
+		}
+	}
+	/* Nothing addressed to a service leaves the node untranslated. */
+	if (lb_in_service_cidr(p.daddr)) {
+		count(PATU_NP_SVC_DROP_EG);
+		return NP_DROP;
+	}
+	return NP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";
