@@ -92,6 +92,12 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   if (opts.servicesFile) {
     // The standalone service source; the Kubernetes source feeds the same model.
     const { servicesWatch } = await import('./services-watch.js');
+    const { HealthCheckServer } = await import('../services/health-check.js');
+    const health = new HealthCheckServer({
+      onError: (e) => log.error({ service: e.ref, port: e.port, reason: e.reason }, `${e.message}; the service is programmed, its health check is not served`),
+      onListening: (e) => log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
+    });
+    closers.push(() => health.close());
     const file = opts.servicesFile;
     const watch = await servicesWatch(file, {
       pinRoot: opts.pinRoot,
@@ -100,6 +106,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
       // As with --kubernetes: NODE_NAME, else the hostname (endpoints' nodeName in the file say "local").
       nodeName: process.env.NODE_NAME || hostname(),
+      onHealthChecks: (entries) => health.update(entries),
       onConflict: (c) => log.error({ file, service: c.ref, entry: c.key, holder: c.holder }, `service not programmed: ${c.key} is already used by ${c.holder}`),
       nodeAddresses: { onChange: (c) => log.info(c, 'node addresses changed (NodePorts answer on these)') },
       onApplied: (stats) => {

@@ -16,6 +16,8 @@ export interface ServicesWatchOptions extends BpffsOptions {
   objectPath?: string;
   /** A bad file/directory after a change (the last good state stays programmed), or a kernel error. */
   onError?: (e: Error) => void;
+  /** The healthCheckNodePorts to serve (all of them), after every apply. */
+  onHealthChecks?: (entries: { ref: string; port: number; localEndpoints: number }[]) => void;
   /** A service left out because another holds one of its entries (after every apply while it lasts). */
   onConflict?: (c: Conflict) => void;
   /** After every successful apply (for logs/metrics). */
@@ -77,6 +79,7 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
           opts.onApplied?.(lb.applyChanges(next, model.desired(next)));
         }
         for (const c of model.conflicts()) opts.onConflict?.(c);
+        if (opts.onHealthChecks) opts.onHealthChecks(model.refs().flatMap((r) => model.healthCheck(r) ?? []));
       },
       onError: (e) => opts.onError?.(e),
     });

@@ -5,6 +5,7 @@ import { DEFAULTS } from '../defaults.js';
 import { openPodRegistry, type PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceLb } from '../dataplane/service-lb.js';
 import { NodeAddressTracker } from '../dataplane/node-addrs.js';
+import { HealthCheckServer } from '../services/health-check.js';
 import { messageOf } from '../errors.js';
 import { describeUdpDestroy } from '../dataplane/udp-destroy-report.js';
 import { buildConflist, writeConflistIfChanged } from '../cni/conflist.js';
@@ -23,6 +24,8 @@ export interface KubernetesAgentOptions {
   clusterCIDR?: string;
   /** Service CIDR: unanswered addresses in it are refused (default DEFAULTS.serviceCIDR; '' = none). */
   serviceCIDR?: string;
+  /** Where healthCheckNodePorts listen (default 0.0.0.0; tests: 127.0.0.1). */
+  healthCheckHost?: string;
   /** The node's netns for address tracking (tests: their own; default: the agent's). */
   nodeNetns?: string;
   /** Where 10-patu.conflist goes; '' to not write one. */
@@ -75,7 +78,16 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   }
   let registry: PodRegistry | undefined;
   const confDir = o.cniConfDir ?? DEFAULTS.cniConfDir;
+  const health = new HealthCheckServer({
+    ...(o.healthCheckHost !== undefined ? { host: o.healthCheckHost } : {}),
+    onError: (e) => {
+      o.metrics?.healthCheckErrors.inc();
+      o.log.error({ service: e.ref, port: e.port, reason: e.reason }, `${e.message}; the service is programmed, its health check is not served`);
+    },
+    onListening: (e) => o.log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
+  });
   const source = new K8sSource({
+    onHealthChecks: (entries) => health.update(entries),
     nodeName,
     clusterCIDR,
     sink: lb,
@@ -115,6 +127,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     lb,
     close: async () => {
       await source.close();
+      await health.close();
       tracker.close();
       registry?.close();
       lb.close();

@@ -64,6 +64,8 @@ export interface K8sSourceOptions {
   metrics?: AgentMetrics;
   /** Called with the pod subnet once the Node informer has synced, then on every change. */
   onPodCidr?: (cidr: string) => void;
+  /** The healthCheckNodePorts to serve (all of them), called when one changed. */
+  onHealthChecks?: (entries: { ref: string; port: number; localEndpoints: number }[]) => void;
   /** Called after every successful apply. */
   onApplied?: (stats: ApplyStats, kind: 'resync' | 'delta') => void;
   backoff?: BackoffOptions;
@@ -289,6 +291,7 @@ export class K8sSource {
       }
       this.opts.onApplied?.(stats, resync ? 'resync' : 'delta');
       this.reportConflicts();
+      this.updateHealthChecks(resync ? undefined : changed);
       // An entry another service gave up: the service waiting for it is programmed next.
       if (this.model.hasChanges) this.schedule();
     } catch (e) {
@@ -305,6 +308,23 @@ export class K8sSource {
         }, this.opts.retryMs ?? 1000);
       }
     }
+  }
+
+  /** ref -> the healthCheckNodePort it wants served; kept per changed ref, so an apply costs O(changed). */
+  private readonly healthChecks = new Map<string, { ref: string; port: number; localEndpoints: number }>();
+  private updateHealthChecks(changed: ReadonlySet<string> | undefined): void {
+    if (!this.opts.onHealthChecks) return;
+    let dirty = false;
+    const refs = changed ?? new Set([...this.model.refs(), ...this.healthChecks.keys()]);
+    for (const ref of refs) {
+      const now = this.model.healthCheck(ref);
+      const old = this.healthChecks.get(ref);
+      if (now?.port === old?.port && now?.localEndpoints === old?.localEndpoints) continue;
+      dirty = true;
+      if (now) this.healthChecks.set(ref, now);
+      else this.healthChecks.delete(ref);
+    }
+    if (dirty) this.opts.onHealthChecks([...this.healthChecks.values()]);
   }
 
   /** Services left out for an entry another holds: logged once per conflict (the metric counts them). */

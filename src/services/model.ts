@@ -392,6 +392,17 @@ export class ServiceModel {
     if (h && h.size === 0) this.held.delete(ref);
   }
 
+  /**
+   * The healthCheckNodePort a service wants served, with its count of local
+   * endpoints (externalTrafficPolicy Local NodePort/LoadBalancer services only).
+   */
+  healthCheck(ref: string): { ref: string; port: number; localEndpoints: number } | undefined {
+    const s = this.entries.get(ref)?.service;
+    if (!s || s.healthCheckNodePort === undefined || s.externalTrafficPolicy !== 'Local') return undefined;
+    if (s.type !== 'NodePort' && s.type !== 'LoadBalancer') return undefined;
+    return { ref, port: s.healthCheckNodePort, localEndpoints: this.localEndpoints(ref).length };
+  }
+
   /** This node's selectable endpoints of a service (healthCheckNodePort counts them). */
   localEndpoints(ref: string): Endpoint[] {
     const e = this.entries.get(ref);

@@ -355,3 +355,38 @@ test('metrics gauges follow each change without recomputing every service on eve
     await s.close();
   }
 });
+
+test('NodePort conflict: the second service is left out, logged and counted once, and programmed when the first goes; health checks follow local endpoints', async () => {
+  const sink = new DiffSink();
+  const logs: string[] = [];
+  const health: { ref: string; port: number; localEndpoints: number }[][] = [];
+  const { AgentMetrics } = await import('../../src/k8s/metrics.js');
+  const metrics = new AgentMetrics({ defaultMetrics: false });
+  const log = { debug() {}, info() {}, warn() {}, error: (_o: object, m: string) => logs.push(m) };
+  const s = source(sink, { log, metrics, onHealthChecks: (e) => health.push(e) });
+  const np = (name: string, ip: string, extra: Partial<NonNullable<K8sService['spec']>> = {}) =>
+    svc(name, ip, { type: 'NodePort', ports: [{ name: 'http', port: 80, protocol: 'TCP', targetPort: 8080, nodePort: 30080 }], ...extra });
+  s.handleService(np('a', '10.96.0.1'));
+  s.handleService(np('b', '10.96.0.2', { externalTrafficPolicy: 'Local', healthCheckNodePort: 32000 }));
+  const local = slice('b-1', 'b', ['10.200.0.7']);
+  local.endpoints![0]!.nodeName = 'n1';
+  s.handleSlice(local);
+  syncAll(s);
+  await sleep(30);
+  assert.deepEqual(sink.backends('0.0.0.0:30080/TCP'), [], 'a holds the nodePort (no endpoints yet)');
+  assert.equal(sink.state.services.get('0.0.0.0:30080/TCP')?.ref, 'default/a');
+  assert.equal(sink.state.services.has('10.96.0.2:80/TCP'), false, 'b is not half-programmed');
+  assert.equal(logs.filter((m) => m.includes('0.0.0.0:30080/TCP is already used by default/a')).length, 1);
+  assert.match(await metrics.registry.metrics(), /patu_service_conflicts_total 1\b/);
+  assert.match(await metrics.registry.metrics(), /patu_services_rejected 1\b/);
+  assert.deepEqual(health.at(-1), [{ ref: 'default/b', port: 32000, localEndpoints: 1 }]);
+  s.handleServiceDelete(np('a', '10.96.0.1'));
+  await sleep(60);
+  assert.equal(sink.state.services.get('0.0.0.0:30080/TCP')?.ref, 'default/b');
+  assert.deepEqual(sink.backends('10.96.0.2:80/TCP'), ['10.200.0.7:8080']);
+  assert.match(await metrics.registry.metrics(), /patu_services_rejected 0\b/);
+  s.handleSliceDelete(local);
+  await sleep(30);
+  assert.deepEqual(health.at(-1), [{ ref: 'default/b', port: 32000, localEndpoints: 0 }]);
+  await s.close();
+});
