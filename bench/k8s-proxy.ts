@@ -441,7 +441,7 @@ async function main(): Promise<void> {
     const kubeconfig = join(tmp, 'patu.kubeconfig');
     writeFileSync(kubeconfig, YAML.stringify({
       apiVersion: 'v1', kind: 'Config',
-      clusters: [{ name: 'bench', cluster: { server: `https://127.0.0.1:${cluster.apiPort}`, 'certificate-authority': join(cluster.state, 'pki', 'ca.crt') } }],
+      clusters: [{ name: 'bench', cluster: { server: cluster.apiServer, 'certificate-authority': join(cluster.state, 'pki', 'ca.crt') } }],
       users: [{ name: 'patu', user: { token } }],
       contexts: [{ name: 'bench', context: { cluster: 'bench', user: 'patu' } }],
       'current-context': 'bench',
@@ -469,7 +469,7 @@ async function main(): Promise<void> {
     // readyz answers 503 until programmed; fetchText rejects on non-200, so this is "programmed".
     log(`agent ready (pid ${agentPid}); kube-proxy pid ${kpPid}`);
 
-    api = new Api(`https://127.0.0.1:${cluster.apiPort}`, join(cluster.state, 'pki'));
+    api = new Api(cluster.apiServer, join(cluster.state, 'pki'));
     await api.call('POST', '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
     await sleep(3000);
     const idle = { patu: proc(agentPid), kubeProxy: proc(kpPid) };

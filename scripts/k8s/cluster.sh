@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# A single-node Kubernetes cluster inside this machine, for patu's tests. Loopback and private dirs only:
-#   etcd (127.0.0.1), kube-apiserver (127.0.0.1:$PATU_K8S_API_PORT), a PRIVATE containerd (own config, root,
-#   state, socket: never the machine's default one), kubelet (cgroupfs driver, cgroup v1 allowed, its cgroups under
-#   /$CGROOT in every v1 hierarchy), patu as the only CNI (private conf and bin dirs), optional kube-proxy.
-# Usage: scripts/k8s/cluster.sh up [--kube-proxy] [--no-cni] | down | env | status
+# A single-node Kubernetes cluster inside this machine, for patu's tests. Loopback, private dirs and a network
+# namespace of its own only:
+#   the node's address ($NODE_IP, InternalIP) on a veth ($UPLINK) whose other end is in an "outside" netns the
+#   script makes ($OUTSIDE_NS, at $OUTSIDE_IP): the node's uplink in this topology, never the machine's own;
+#   etcd (127.0.0.1), kube-apiserver ($NODE_IP:$PATU_K8S_API_PORT, advertised there with the lease endpoint
+#   reconciler, so default/kubernetes has endpoints), a PRIVATE containerd (own config, root, state, socket: never
+#   the machine's default one), kubelet (on $NODE_IP; cgroupfs driver, cgroup v1 allowed, its cgroups under
+#   /$CGROOT in every v1 hierarchy; clusterDNS $DNS_IP), patu as the only CNI (private conf and bin dirs),
+#   optional kube-proxy.
+#   The service CIDR stays on the node: an unreachable route for it (unless --kube-proxy, which owns that), and a
+#   watcher (tcpdump) on $UPLINK records every packet to the service CIDR that leaves that way (`uplink-check`).
+# Usage: scripts/k8s/cluster.sh up [--kube-proxy] [--no-cni] | deploy | dns | uplink-check | down | env | status
 #   --no-cni: no patu conflist is written: deploy/patu.yaml installs patu (its agent writes the conflist,
 #   and the node turns Ready then). CNI_* requests reach the agent at $STATE/run/patu/agent.sock (the
 #   DaemonSet's /run/patu must be mounted from there): containerd passes PATU_AGENT_SOCKET to bin/patu.
+#   dns: CoreDNS as kube-dns ($DNS_IP, UDP+TCP 53; needs its image in the cluster's containerd and a service
+#   proxy, i.e. patu deployed), waits until every kube-system pod is Ready.
 # Env: PATU_K8S_CACHE (binaries, see build.sh), PATU_K8S_STATE (default /var/lib/patu-k8s), PATU_K8S_API_PORT (6443),
 #   PATU_K8S_ETCD_PORT (23790, +1 for peers), PATU_K8S_KUBELET_PORT (10250), PATU_K8S_KUBELET_HEALTHZ_PORT (port-2),
-#   PATU_K8S_NODE, PATU_K8S_POD_CIDR (inside 10.202.0.0/16), PATU_K8S_BRIDGE, PATU_K8S_CGROUP (cgroup dir name).
+#   PATU_K8S_NODE, PATU_K8S_POD_CIDR (inside 10.202.0.0/16), PATU_K8S_BRIDGE, PATU_K8S_CGROUP (cgroup dir name),
+#   PATU_K8S_NODE_IP (10.203.0.1; a.b.c.d with d < 254, its /24 is the uplink's, the outside netns gets d+1),
+#   PATU_K8S_UPLINK (host end of the veth, default <bridge>u), PATU_K8S_OUTSIDE_NS (default <cgroup>-outside),
+#   PATU_K8S_COREDNS_IMAGE.
 # The admin kubeconfig lives only in $STATE/admin.kubeconfig: it is for the tests, never shipped.
 set -euo pipefail
 
@@ -23,17 +35,27 @@ API_PORT=${PATU_K8S_API_PORT:-6443}
 ETCD_PORT=${PATU_K8S_ETCD_PORT:-23790}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 KUBELET_PORT=${PATU_K8S_KUBELET_PORT:-10250}
-# The node is called localhost because the apiserver reaches kubelet (logs, exec, port-forward) at the
-# node's Hostname address, and kubelet refuses a loopback --node-ip ("nodeIP can't be loopback address").
-# "localhost" resolves to 127.0.0.1 without touching /etc/hosts; the name is per-apiserver, so never shared.
+# The node keeps the name localhost (tests know it by that name); the apiserver reaches kubelet (logs, exec,
+# port-forward) at its InternalIP, $NODE_IP.
 NODE=${PATU_K8S_NODE:-localhost}
 SERVICE_CIDR=10.96.0.0/16
+# The kubernetes Service's ClusterIP (first of the range) and kube-dns's (the kubeadm convention).
+DNS_IP=10.96.0.10
+CLUSTER_DOMAIN=cluster.local
+# 10.203/16: own range again (pods 10.202/16, agent default 10.200/16); tests take 10.203.<20..219>.1.
+NODE_IP=${PATU_K8S_NODE_IP:-10.203.0.1}
+[[ $NODE_IP =~ ^10\.203\.([0-9]+)\.([0-9]+)$ ]] && ((BASH_REMATCH[1] < 256 && BASH_REMATCH[2] > 0 && BASH_REMATCH[2] < 254)) \
+  || { echo "cluster: PATU_K8S_NODE_IP=$NODE_IP: want 10.203.c.d with c < 256, 0 < d < 254" >&2; exit 2; }
+OUTSIDE_IP=${NODE_IP%.*}.$((${NODE_IP##*.} + 1))
 # Own ranges: 10.200/16 is the agent's default and 10.201.x/24 the CNI suite's, so runs never collide.
 CLUSTER_CIDR=10.202.0.0/16
 POD_CIDR=${PATU_K8S_POD_CIDR:-10.202.0.0/24}
 # Names the host sees; a test running its own cluster next to another one overrides them (and the ports).
 BRIDGE=${PATU_K8S_BRIDGE:-patuk8s0}
 CGROOT=${PATU_K8S_CGROUP:-patu-k8s}
+UPLINK=${PATU_K8S_UPLINK:-${BRIDGE:0:14}u}
+OUTSIDE_NS=${PATU_K8S_OUTSIDE_NS:-$CGROOT-outside}
+COREDNS_IMAGE=${PATU_K8S_COREDNS_IMAGE:-registry.k8s.io/coredns/coredns:v1.12.1}
 KUBELET_HEALTHZ_PORT=${PATU_K8S_KUBELET_HEALTHZ_PORT:-$((KUBELET_PORT - 2))}
 PAUSE_IMAGE=localhost/patu/pause:3.10
 TEST_IMAGE=localhost/patu/busybox:test
@@ -95,7 +117,7 @@ kubeconfig() { # file user cert
   cat >"$1" <<EOF
 apiVersion: v1
 kind: Config
-clusters: [{name: patu-k8s, cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$STATE/pki/ca.crt"}}]
+clusters: [{name: patu-k8s, cluster: {server: "https://$NODE_IP:$API_PORT", certificate-authority: "$STATE/pki/ca.crt"}}]
 users: [{name: $2, user: {client-certificate: "$STATE/pki/$3.crt", client-key: "$STATE/pki/$3.key"}}]
 contexts: [{name: patu-k8s, context: {cluster: patu-k8s, user: $2}}]
 current-context: patu-k8s
@@ -106,10 +128,11 @@ make_pki() {
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout "$d/ca.key" -out "$d/ca.crt" -subj "/CN=patu-k8s-ca" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
-  # 10.96.0.1: the kubernetes Service's ClusterIP, so in-cluster clients verify the same cert.
-  mkcert apiserver kube-apiserver "" "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+  # 10.96.0.1: the kubernetes Service's ClusterIP, so in-cluster clients verify the same cert; $NODE_IP: where
+  # it listens and what default/kubernetes points at.
+  mkcert apiserver kube-apiserver "" "IP:$NODE_IP,IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.$CLUSTER_DOMAIN"
   mkcert admin patu-k8s-admin system:masters
-  mkcert kubelet "system:node:$NODE" system:nodes "DNS:$NODE,IP:127.0.0.1"
+  mkcert kubelet "system:node:$NODE" system:nodes "DNS:$NODE,IP:$NODE_IP,IP:127.0.0.1"
   mkcert kube-proxy system:kube-proxy ""
   mkcert kube-controller-manager system:kube-controller-manager ""
   mkcert kube-scheduler system:kube-scheduler ""
@@ -239,7 +262,7 @@ write_kubelet_config() {
   cat >"$STATE/kubelet-config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $NODE_IP
 port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -261,6 +284,9 @@ failSwapOn: false
 # Raising its own priority needs CAP_SYS_RESOURCE, which root lacks here.
 oomScoreAdj: 0
 resolvConf: ""
+# kube-dns (cluster.sh dns). Pods get it in resolv.conf whether or not it is deployed; nothing else here resolves.
+clusterDNS: [$DNS_IP]
+clusterDomain: $CLUSTER_DOMAIN
 registerNode: true
 # Container logs in our state dir instead of /var/log/pods (kubelet still links them from /var/log/containers).
 podLogsDir: "$STATE/pod-logs"
@@ -276,7 +302,69 @@ nodeStatusUpdateFrequency: 5s
 EOF
 }
 
-apiserver_ready() { curl -fsS --max-time 2 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" "https://127.0.0.1:$API_PORT/readyz" | grep -qx ok; }
+# ---------- the node's network: uplink to an outside netns, the service CIDR kept on the node ----------
+# The veth is the node's uplink in this topology: $NODE_IP on the host end, $OUTSIDE_IP in $OUTSIDE_NS (whose
+# default route leads back to the node, as a client network's would).
+# Service CIDR routes, in the order the kernel picks them (lowest metric first):
+#   unreachable $SERVICE_CIDR metric M: what was not translated at the socket (or by tc) is refused on the node
+#     (EHOSTUNREACH / ICMP unreachable), never sent anywhere. Left out with --kube-proxy: its DNAT comes after
+#     the first route lookup of locally sent packets, which must succeed (kube-proxy rejects in its own rules).
+#   $SERVICE_CIDR via $OUTSIDE_IP metric M+10000: the path a leak would take on a real node (its default route
+#     leads out of its uplink); so a leak in this topology goes out of $UPLINK, where the watcher sees it.
+# M is the first free metric from 1000 in steps of 10: clusters side by side each own their pair of routes.
+SVC_ROUTE_METRIC_FILE=$STATE/service-route-metric
+setup_net() {
+  local with_proxy=$1
+  ip netns add "$OUTSIDE_NS" || die "ip netns add $OUTSIDE_NS failed (a cluster with these names already runs? '$0 down')"
+  echo "$OUTSIDE_NS" >"$STATE/outside-netns"
+  ip link add "$UPLINK" type veth peer name uplink netns "$OUTSIDE_NS" || die "ip link add $UPLINK failed"
+  ip addr add "$NODE_IP/24" dev "$UPLINK" && ip link set "$UPLINK" up \
+    && ip -n "$OUTSIDE_NS" link set lo up && ip -n "$OUTSIDE_NS" addr add "$OUTSIDE_IP/24" dev uplink \
+    && ip -n "$OUTSIDE_NS" link set uplink up && ip -n "$OUTSIDE_NS" route add default via "$NODE_IP" \
+    || die "cannot configure $UPLINK / $OUTSIDE_NS"
+  local m
+  for ((m = 1000; m < 2000; m += 10)); do
+    ip route show exact "$SERVICE_CIDR" | grep -q "metric $m\b" && continue
+    ip route add "$SERVICE_CIDR" via "$OUTSIDE_IP" dev "$UPLINK" metric $((m + 10000)) 2>/dev/null || continue
+    echo "$m" >"$SVC_ROUTE_METRIC_FILE"
+    if ((!with_proxy)); then
+      ip route add unreachable "$SERVICE_CIDR" metric "$m" || die "ip route add unreachable $SERVICE_CIDR metric $m failed"
+    fi
+    break
+  done
+  [[ -f $SVC_ROUTE_METRIC_FILE ]] || die "no free route metric for $SERVICE_CIDR in 1000..1990"
+  # -Q out: what the node sends (a client in $OUTSIDE_NS may well send to a ClusterIP; that is not a leak).
+  # -U: each packet is in the file as soon as it is seen, so uplink-check is exact while the cluster runs.
+  # -Z root: the file is in our root-owned state dir.
+  start uplink-watch tcpdump -i "$UPLINK" -Q out -nn -U -Z root -w "$STATE/uplink.pcap" dst net "$SERVICE_CIDR"
+  wait_for uplink-watch 10 grep -q '^tcpdump: listening on' "$STATE/logs/uplink-watch.log" || { ensure_alive uplink-watch; die "uplink watcher did not start"; }
+}
+teardown_net() {
+  stop_pid uplink-watch
+  local m
+  if [[ -f $SVC_ROUTE_METRIC_FILE ]]; then
+    m=$(cat "$SVC_ROUTE_METRIC_FILE")
+    ip route del unreachable "$SERVICE_CIDR" metric "$m" 2>/dev/null || true
+    ip route del "$SERVICE_CIDR" metric $((m + 10000)) 2>/dev/null || true
+  fi
+  ip link del "$UPLINK" 2>/dev/null || true
+  [[ -f $STATE/outside-netns ]] && { ip netns del "$(cat "$STATE/outside-netns")" 2>/dev/null || true; }
+  return 0
+}
+# uplink-check: every packet to the service CIDR the node sent out of its uplink since `up`; fails if any.
+uplink_check() {
+  [[ -f $STATE/uplink.pcap ]] || die "no uplink capture in $STATE (is the cluster up?)"
+  alive uplink-watch || die "the uplink watcher (tcpdump on $UPLINK) is not running: log $STATE/logs/uplink-watch.log"
+  local pkts; pkts=$(tcpdump -r "$STATE/uplink.pcap" -nn 2>/dev/null) || die "cannot read $STATE/uplink.pcap"
+  if [[ -n $pkts ]]; then
+    log "LEAK: $(wc -l <<<"$pkts") packet(s) to the service CIDR $SERVICE_CIDR left the node through $UPLINK:"
+    head -n 20 <<<"$pkts" >&2
+    return 1
+  fi
+  log "uplink $UPLINK: no packet to $SERVICE_CIDR left the node"
+}
+
+apiserver_ready() { curl -fsS --max-time 2 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" "https://$NODE_IP:$API_PORT/readyz" | grep -qx ok; }
 node_ready() { kubectl_ get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
 etcd_ready() { etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health; }
 
@@ -295,6 +383,7 @@ up() {
   [[ -e $STATE/pids ]] && die "$STATE already holds a cluster: run '$0 down' first"
   mkdir -p "$STATE/pids" "$STATE/logs"
   local t0=$SECONDS
+  setup_net "$with_proxy"
   make_pki
   build_images
   write_cni "$no_cni"
@@ -308,14 +397,14 @@ up() {
   wait_for etcd 30 etcd_ready || { ensure_alive etcd; die "etcd not healthy"; }
 
   start kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$API_PORT" \
     --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true --authorization-mode Node,RBAC \
     --client-ca-file "$STATE/pki/ca.crt" --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
     --kubelet-client-certificate "$STATE/pki/admin.crt" --kubelet-client-key "$STATE/pki/admin.key" \
     --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local --api-audiences https://kubernetes.default.svc.cluster.local \
-    --endpoint-reconciler-type none --profiling=false \
-    --kubelet-preferred-address-types Hostname
+    --endpoint-reconciler-type lease --profiling=false \
+    --kubelet-preferred-address-types InternalIP
   wait_for kube-apiserver 90 apiserver_ready || { ensure_alive kube-apiserver; die "kube-apiserver not ready"; }
 
   # Without kube-controller-manager nobody creates the default ServiceAccount or the kube-root-ca.crt ConfigMap
@@ -370,7 +459,7 @@ up() {
   local d
   for d in /var/lib/kubelet /var/log/containers; do [[ -e $d ]] || echo "$d" >>"$STATE/host-dirs-created"; done
   start kubelet kubelet --config "$STATE/kubelet-config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
-    --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki" --hostname-override "$NODE" --v 2
+    --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki" --hostname-override "$NODE" --node-ip "$NODE_IP" --v 2
   # The pod subnet a node-ipam controller would hand out (it is off here): the agent reads spec.podCIDR.
   wait_for kubelet 120 kubectl_ get node "$NODE" || { ensure_alive kubelet; die "node $NODE not registered (log: $STATE/logs/kubelet.log)"; }
   kubectl_ patch node "$NODE" --type merge -p "{\"spec\":{\"podCIDR\":\"$POD_CIDR\",\"podCIDRs\":[\"$POD_CIDR\"]}}" >/dev/null \
@@ -525,6 +614,7 @@ down() {
   local m
   for m in $(findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r); do umount -l "$m" 2>/dev/null || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
+  teardown_net
   # A deployed patu's pins (unpinning its links detaches its programs) and its masquerade chain.
   [[ $PIN_ROOT == /sys/fs/bpf/patu-test-* ]] && rm -rf "$PIN_ROOT"
   remove_masquerade
@@ -544,7 +634,12 @@ env_() {
   cat <<EOF
 export KUBECONFIG=$STATE/admin.kubeconfig
 export PATU_K8S_BIN_DIR=$BIN
-export PATU_K8S_API_SERVER=https://127.0.0.1:$API_PORT
+export PATU_K8S_API_SERVER=https://$NODE_IP:$API_PORT
+export PATU_K8S_NODE_IP=$NODE_IP
+export PATU_K8S_OUTSIDE_IP=$OUTSIDE_IP
+export PATU_K8S_OUTSIDE_NS=$OUTSIDE_NS
+export PATU_K8S_UPLINK=$UPLINK
+export PATU_K8S_DNS_IP=$DNS_IP
 export PATU_K8S_CA=$STATE/pki/ca.crt
 export PATU_K8S_NODE=$NODE
 export PATU_K8S_POD_CIDR=$POD_CIDR
@@ -563,11 +658,138 @@ export PATU_K8S_STATE=$STATE
 EOF
 }
 
+# ---------- cluster DNS ----------
+# CoreDNS as kube-dns, as kubeadm deploys it (names, labels, RBAC, probes), with a Corefile that serves only the
+# cluster: cluster.local and the reverse zones. No `forward`: the node has no resolver to hand out (resolvConf is
+# empty), and a forward to a loopback resolver makes the loop plugin crash-loop. Other names get SERVFAIL.
+kube_dns_manifest() {
+  cat <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system}
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health {
+            lameduck 5s
+        }
+        ready
+        kubernetes $CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+            ttl 30
+        }
+        cache 30
+        loop
+        reload
+        loadbalance
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: coredns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns}
+spec:
+  replicas: 1
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      serviceAccountName: coredns
+      priorityClassName: system-cluster-critical
+      dnsPolicy: Default
+      tolerations: [{key: CriticalAddonsOnly, operator: Exists}, {key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]
+      containers:
+        - name: coredns
+          image: $COREDNS_IMAGE
+          imagePullPolicy: Never
+          args: [-conf, /etc/coredns/Corefile]
+          resources: {limits: {memory: 170Mi}, requests: {cpu: 100m, memory: 70Mi}}
+          volumeMounts: [{name: config-volume, mountPath: /etc/coredns, readOnly: true}]
+          ports:
+            - {containerPort: 53, name: dns, protocol: UDP}
+            - {containerPort: 53, name: dns-tcp, protocol: TCP}
+            - {containerPort: 9153, name: metrics, protocol: TCP}
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}
+            readOnlyRootFilesystem: true
+          livenessProbe:
+            httpGet: {path: /health, port: 8080, scheme: HTTP}
+            initialDelaySeconds: 60
+            timeoutSeconds: 5
+            failureThreshold: 5
+          readinessProbe:
+            httpGet: {path: /ready, port: 8181, scheme: HTTP}
+            periodSeconds: 2
+      volumes:
+        - name: config-volume
+          configMap: {name: coredns, items: [{key: Corefile, path: Corefile}]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns, kubernetes.io/cluster-service: "true", kubernetes.io/name: CoreDNS}
+  annotations: {prometheus.io/port: "9153", prometheus.io/scrape: "true"}
+spec:
+  selector: {k8s-app: kube-dns}
+  clusterIP: $DNS_IP
+  ports:
+    - {name: dns, port: 53, protocol: UDP}
+    - {name: dns-tcp, port: 53, protocol: TCP}
+    - {name: metrics, port: 9153, protocol: TCP}
+EOF
+}
+# dns: deploy kube-dns and wait until it and every other kube-system pod is Ready (e2e's setup checks that).
+dns() {
+  [[ -S $CTRD_SOCK ]] || die "no cluster in $STATE: run '$0 up' first"
+  ctr --address "$CTRD_SOCK" -n k8s.io images ls -q | grep -qxF "$COREDNS_IMAGE" \
+    || die "image $COREDNS_IMAGE is not in the cluster's containerd (scripts/k8s/images.sh import --address $CTRD_SOCK)"
+  kube_dns_manifest | kubectl_ apply -f - >&2
+  kubectl_ -n kube-system rollout status deploy/coredns --timeout=180s >&2 \
+    || { kubectl_ -n kube-system logs deploy/coredns --tail=20 >&2 || true; die "kube-dns (CoreDNS) not ready"; }
+  wait_for kubelet 120 kube_system_ready || { kubectl_ -n kube-system get pods -o wide >&2; die "not every kube-system pod is Ready"; }
+  log "kube-dns ready at $DNS_IP; every kube-system pod Ready"
+}
+# Every kube-system pod Ready (succeeded ones aside) and the node schedulable: what e2e's suite setup waits for.
+kube_system_ready() {
+  [[ $(kubectl_ get node "$NODE" -o 'jsonpath={.spec.unschedulable}') != true ]] || return 1
+  local pods
+  pods=$(kubectl_ -n kube-system get pods -o 'jsonpath={range .items[*]}{.status.phase}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}') || return 1
+  [[ -n $pods ]] && ! grep -v '^Succeeded ' <<<"$pods" | grep -qv ' True$'
+}
+
 # ---------- patu from deploy/*.yaml ----------
 # render <patu|patu-uninstall>: the manifest as this cluster needs it. Only host paths and settings change, never
 # the structure: the CNI dirs, patu's state and run dirs live in $STATE, pods' netns in $NETNS_DIR, pins in
 # $PIN_ROOT (a pin root of its own, so the host's /sys/fs/bpf/patu is never touched), the agent's programs attach
-# to this cluster's cgroup (never the cgroup2 root), it reaches the apiserver on loopback (no kube-proxy here) and
+# to this cluster's cgroup (never the cgroup2 root), it reaches the apiserver at $NODE_IP (no proxy yet) and
 # serves /metrics on $METRICS_PORT. Paths that are written into files (conflist, install manifest) must be the
 # same inside the pod and on the host, so those mounts keep hostPath == mountPath.
 render() {
@@ -578,13 +800,13 @@ render() {
     -e "s#^  cluster-cidr: .*#  cluster-cidr: \"$CLUSTER_CIDR\"#; s#^  bridge: .*#  bridge: \"$BRIDGE\"#" \
     -e "s#^  service-cidr: .*#  service-cidr: \"$SERVICE_CIDR\"#" \
     -e "s#^  cgroup-path: .*#  cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"#; s#^  log-level: .*#  log-level: \"debug\"#" \
-    -e "s%^  # k8s-service-host: .*%  k8s-service-host: \"127.0.0.1\"%; s%^  # k8s-service-port: .*%  k8s-service-port: \"$API_PORT\"%" \
+    -e "s%^  # k8s-service-host: .*%  k8s-service-host: \"$NODE_IP\"%; s%^  # k8s-service-port: .*%  k8s-service-port: \"$API_PORT\"%" \
     -e '/^[[:space:]]*#/d' "$f")
   # A manifest edit that no longer matches these lines must fail here, not deploy something half-rendered.
   if [[ $name == patu ]]; then
     local want
     for want in "cluster-cidr: \"$CLUSTER_CIDR\"" "service-cidr: \"$SERVICE_CIDR\"" "bridge: \"$BRIDGE\"" "k8s-service-port: \"$API_PORT\"" \
-      "cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"" "--pin-root=$PIN_ROOT" "--data-dir=$STATE/patu/ipam" "path: $NETNS_DIR"; do
+      "cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"" "k8s-service-host: \"$NODE_IP\"" "--pin-root=$PIN_ROOT" "--data-dir=$STATE/patu/ipam" "path: $NETNS_DIR"; do
       grep -qF -- "$want" <<<"$out" || die "render: deploy/$name.yaml changed shape: no '$want' after rendering"
     done
   fi
@@ -605,7 +827,7 @@ deploy() {
 
 status() {
   local c
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy uplink-watch; do
     [[ -f $STATE/pids/$c ]] || continue
     if alive "$c"; then echo "$c: running (pid $(cat "$STATE/pids/$c"))"; else echo "$c: DEAD (log: $STATE/logs/$c.log)"; fi
   done
@@ -616,7 +838,9 @@ case ${1:-} in
   down) down ;;
   env) env_ ;;
   status) status ;;
+  dns) dns ;;
+  uplink-check) uplink_check ;;
   render) render "${2:-patu}" ;;
   deploy) deploy ;;
-  *) echo "usage: $0 up [--kube-proxy] [--no-cni] | deploy | render [patu|patu-uninstall] | down | env | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--kube-proxy] [--no-cni] | deploy | dns | uplink-check | render [patu|patu-uninstall] | down | env | status" >&2; exit 2 ;;
 esac

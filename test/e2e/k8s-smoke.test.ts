@@ -2,6 +2,9 @@
 // with patu as its only CNI: a busybox pod created through the apiserver must be started by kubelet and get
 // its address from patu (inside the node's pod CIDR, on eth0 in the pod, with a patu IPAM record naming the
 // pod's sandbox); deleting the pod must release the record (CNI DEL ran); `down` must leave nothing.
+// The node as conformance expects it: its InternalIP on a veth to an outside netns the script made, the apiserver
+// there with default/kubernetes pointing at it, the service CIDR unreachable on the node, and an uplink watcher
+// that reports a packet to the service CIDR leaving through that veth.
 //
 // Needs root and the Kubernetes binaries from scripts/k8s/build.sh in the cache. Without them it skips,
 // saying so, unless PATU_K8S_BUILD=1 (then it builds them first: tens of minutes on 2 cores).
@@ -15,7 +18,9 @@ import { NODE, TEST_IMAGE, TestCluster, clusterSkipReason, inCidr, reapStaleClus
 
 const skip = clusterSkipReason();
 const cluster = new TestCluster();
-const { state: STATE, bridge: BRIDGE, cgroup: CGROUP, podCIDR: POD_CIDR } = cluster.names;
+const { state: STATE, bridge: BRIDGE, cgroup: CGROUP, podCIDR: POD_CIDR, nodeIP: NODE_IP, outsideIP: OUTSIDE_IP, uplink: UPLINK, outsideNs: OUTSIDE_NS } = cluster.names;
+const SERVICE_CIDR = '10.96.0.0/16';
+const esc = (s: string) => s.replace(/\./g, '\\.');
 const NETWORK = 'patu-k8s';
 const POD = 'smoke';
 const run = cluster.run.bind(cluster);
@@ -52,11 +57,54 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
     const e = cluster.script(['env'], 10_000);
     assert.ok(e.ok, e.detail);
     assert.match(e.stdout, new RegExp(`^export KUBECONFIG=${STATE}/admin.kubeconfig$`, 'm'));
-    assert.match(e.stdout, new RegExp(`^export PATU_K8S_API_SERVER=https://127.0.0.1:${cluster.env.PATU_K8S_API_PORT}$`, 'm'));
+    assert.match(e.stdout, new RegExp(`^export PATU_K8S_API_SERVER=https://${esc(NODE_IP)}:${cluster.env.PATU_K8S_API_PORT}$`, 'm'));
+    assert.equal(cluster.apiServer, `https://${NODE_IP}:${cluster.env.PATU_K8S_API_PORT}`);
     assert.match(e.stdout, new RegExp(`^export PATU_K8S_POD_CIDR=${POD_CIDR.replace(/\./g, '\\.')}$`, 'm'));
     const nodes = kubectl(['get', 'nodes', '-o', 'jsonpath={.items[*].metadata.name}']);
     assert.ok(nodes.ok, nodes.detail);
     assert.equal(nodes.stdout.trim(), NODE);
+  });
+
+  test('the node: InternalIP on the uplink to the outside netns, apiserver advertised there, schedulable', async () => {
+    assert.ok(upOk);
+    const addr = run('ip', ['-4', '-o', 'addr', 'show', 'dev', UPLINK], 5_000);
+    assert.match(addr.stdout, new RegExp(`inet ${esc(NODE_IP)}/24`), addr.detail);
+    const out = run('ip', ['netns', 'exec', OUTSIDE_NS, 'ping', '-c1', '-W2', NODE_IP], 10_000);
+    assert.ok(out.ok, `outside netns ${OUTSIDE_NS} (${OUTSIDE_IP}) cannot reach the node: ${out.detail}${out.stdout}`);
+    const node = JSON.parse(kubectl(['get', 'node', NODE, '-o', 'json']).stdout) as {
+      spec: { unschedulable?: boolean; taints?: unknown[] };
+      status: { addresses: { type: string; address: string }[] };
+    };
+    assert.deepEqual(node.status.addresses.filter((a) => a.type === 'InternalIP').map((a) => a.address), [NODE_IP]);
+    assert.notEqual(node.spec.unschedulable, true);
+    // The lease reconciler: default/kubernetes leads to the apiserver at the node address.
+    const ep = await until('default/kubernetes endpoints', 30_000, () => {
+      const g = kubectl(['get', 'endpointslice', '-n', 'default', 'kubernetes', '-o', 'jsonpath={.endpoints[*].addresses[*]}:{.ports[*].port}']);
+      return g.ok && g.stdout.trim() !== ':' ? g.stdout.trim() : undefined;
+    });
+    assert.equal(ep, `${NODE_IP}:${cluster.apiPort}`);
+    // The serving certificate names the address (pods reach it through 10.96.0.1 -> the node address).
+    const cert = run('sh', ['-c', `openssl x509 -in ${STATE}/pki/apiserver.crt -noout -ext subjectAltName`], 5_000);
+    assert.match(cert.stdout, new RegExp(`IP Address:${esc(NODE_IP)}\\b`), cert.detail);
+  });
+
+  test('the service CIDR stays on the node: unreachable route; the uplink watcher catches a packet forced out', () => {
+    assert.ok(upOk);
+    const routes = run('ip', ['route', 'show', 'exact', SERVICE_CIDR], 5_000).stdout;
+    const metric = readFileSync(join(STATE, 'service-route-metric'), 'utf8').trim();
+    assert.match(routes, new RegExp(`^unreachable ${esc(SERVICE_CIDR)} metric ${metric}\\b`, 'm'), routes);
+    assert.match(routes, new RegExp(`^${esc(SERVICE_CIDR)} via ${esc(OUTSIDE_IP)} dev ${UPLINK} metric ${Number(metric) + 10000}\\b`, 'm'), routes);
+    // Nothing translates here (no agent): a packet to a ClusterIP is refused on the node, nothing leaves.
+    const refused = run('ping', ['-c1', '-W1', '10.96.255.254'], 10_000);
+    assert.equal(refused.ok, false);
+    const clean = cluster.script(['uplink-check'], 20_000);
+    assert.ok(clean.ok, `uplink-check: ${clean.detail}`);
+    // Bound to the uplink, the same address is sent out there (an ARP request for it, at least): the watcher
+    // must see it, or it could never fail.
+    run('ping', ['-c1', '-W1', '-I', UPLINK, '10.96.255.254'], 10_000);
+    const leak = cluster.script(['uplink-check'], 20_000);
+    assert.equal(leak.ok, false, 'uplink-check passed although a packet to the service CIDR left through the uplink');
+    assert.match(leak.stderr, /LEAK: \d+ packet\(s\)[\s\S]*10\.96\.255\.254/);
   });
 
   test('pod runs, its eth0 holds an address from patu in the pod CIDR, with an IPAM record of its sandbox', async () => {
@@ -127,15 +175,20 @@ describe('k8s smoke: a pod through kubelet gets its address from patu', { skip: 
     });
   });
 
-  test('down leaves no state dir, bridge, cgroup or process behind, and is safe twice', () => {
-    const pids = ['etcd', 'kube-apiserver', 'containerd', 'kubelet']
+  test('down leaves no state dir, bridge, cgroup, netns, route or process behind, and is safe twice', () => {
+    const pids = ['etcd', 'kube-apiserver', 'containerd', 'kubelet', 'uplink-watch']
       .map((c) => Number(readFileSync(join(STATE, 'pids', c), 'utf8').trim()));
+    const metric = readFileSync(join(STATE, 'service-route-metric'), 'utf8').trim();
     for (let i = 0; i < 2; i++) {
       const d = cluster.down();
       assert.ok(d.ok, `down #${i + 1}: ${d.detail}`);
     }
     assert.equal(existsSync(STATE), false, `${STATE} still exists`);
     assert.equal(run('ip', ['link', 'show', 'dev', BRIDGE], 5_000).ok, false, `bridge ${BRIDGE} still exists`);
+    assert.equal(run('ip', ['link', 'show', 'dev', UPLINK], 5_000).ok, false, `uplink ${UPLINK} still exists`);
+    assert.equal(existsSync(`/run/netns/${OUTSIDE_NS}`), false, `netns ${OUTSIDE_NS} still exists`);
+    const routes = run('ip', ['route', 'show', 'exact', SERVICE_CIDR], 5_000).stdout;
+    assert.doesNotMatch(routes, new RegExp(`metric (${metric}|${Number(metric) + 10000})\\b`), `this cluster's service CIDR routes remain: ${routes}`);
     for (const h of readdirSync('/sys/fs/cgroup')) {
       assert.equal(existsSync(join('/sys/fs/cgroup', h, CGROUP)), false, `cgroup ${h}/${CGROUP} still exists`);
     }

@@ -1,6 +1,6 @@
 // A single-node Kubernetes cluster for one test or benchmark run, driven through
 // scripts/k8s/cluster.sh. Every name the host sees (state dir, bridge, cgroup, pod /24,
-// loopback ports) derives from the pid of the process that owns the cluster, so runs
+// node address and its outside netns, ports) derives from the pid of the process that owns the cluster, so runs
 // never collide with each other or with a cluster brought up by hand, and a run that was
 // killed before its cleanup is taken down by the next one (reapStaleClusters).
 //
@@ -37,6 +37,11 @@ export interface ClusterNames {
   bridge: string;
   cgroup: string;
   podCIDR: string;
+  /** The node's InternalIP, on the veth `uplink` to the netns `outsideNs` (which holds outsideIP). */
+  nodeIP: string;
+  outsideIP: string;
+  uplink: string;
+  outsideNs: string;
 }
 
 /** Names derive from a pid only, so a killed run's cluster can be found again. */
@@ -45,6 +50,10 @@ export const namesFor = (pid: number): ClusterNames => ({
   bridge: `pk8${pid % 100000}`,
   cgroup: `patu-k8s-s${pid}`,
   podCIDR: `10.202.${(pid % 200) + 20}.0/24`,
+  nodeIP: `10.203.${(pid % 200) + 20}.1`,
+  outsideIP: `10.203.${(pid % 200) + 20}.2`,
+  uplink: `pk8${pid % 100000}u`,
+  outsideNs: `patu-k8s-s${pid}-outside`,
 });
 
 export const freePort = (): Promise<number> =>
@@ -100,12 +109,19 @@ export class TestCluster {
       PATU_K8S_BRIDGE: this.names.bridge,
       PATU_K8S_CGROUP: this.names.cgroup,
       PATU_K8S_POD_CIDR: this.names.podCIDR,
+      PATU_K8S_NODE_IP: this.names.nodeIP,
+      PATU_K8S_UPLINK: this.names.uplink,
+      PATU_K8S_OUTSIDE_NS: this.names.outsideNs,
       ...extraEnv,
     };
   }
 
   get state(): string {
     return this.names.state;
+  }
+  /** The apiserver's URL: it listens on the node address only (set by up()). */
+  get apiServer(): string {
+    return `https://${this.names.nodeIP}:${this.apiPort}`;
   }
   get kubeconfig(): string {
     return join(this.state, 'admin.kubeconfig');
