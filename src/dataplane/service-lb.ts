@@ -413,7 +413,12 @@ export class ServiceLb {
         this.destroyerError = `UDP socket destroyer unavailable (needs the UDP socket iterator and bpf_sock_destroy, kernel 6.5+): ${messageOf(e)}`;
       }
     }
-    if (!this.destroyer) return { backends: gone.length, netns: 0, skippedNetns: 0, sockets: 0, ms: 0, errors: [this.destroyerError] };
+    if (!this.destroyer) {
+      // Said once (the agent warns): this kernel will not change its mind.
+      const errors = this.destroyerError ? [this.destroyerError] : [];
+      this.destroyerError = '';
+      return { backends: gone.length, netns: 0, skippedNetns: 0, sockets: 0, ms: 0, errors };
+    }
     try {
       return this.destroyer.destroy(gone, opts);
     } catch (e) {

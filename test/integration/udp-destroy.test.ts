@@ -198,6 +198,33 @@ test('past its time budget no further namespace is entered: the socket there sta
   }
 });
 
+test('a destroyer that cannot load (no bpf_sock_destroy before 6.5; here a missing object) is reported once and services are programmed all the same', { skip }, () => {
+  const old = ServiceLb.open({ pinRoot: PIN, udpDestroy: { objectPath: join(scratch.tmpDir('patu-udpd'), 'missing.o') } });
+  const m = new ServiceModel();
+  try {
+    m.upsertService({ ...dns(), name: 'dns4', clusterIP: '10.96.78.4' });
+    const apply = (ip: string): ApplyStats => {
+      m.setEndpoints('it/dns4', [ep(ip)]);
+      const ch = m.takeChanges();
+      return old.applyChanges(ch, m.desired(ch));
+    };
+    apply(A);
+    const first = apply(B).udpDestroy;
+    assert.match(first?.errors.join() ?? '', /UDP socket destroyer unavailable .*kernel 6\.5\+.*missing\.o/);
+    assert.equal(describeUdpDestroy(first!)?.level, 'warn');
+    apply(A);
+    const second = apply(B).udpDestroy;
+    assert.deepEqual(second?.errors, [], 'not repeated on every apply');
+    assert.equal(describeUdpDestroy(second!), undefined);
+    assert.deepEqual(old.programmed().find((v) => v.vip === '10.96.78.4' && v.protocol === 'UDP')?.backends.map((b) => b.ip), [B]);
+  } finally {
+    m.deleteService('it/dns4');
+    const ch = m.takeChanges();
+    old.applyChanges(ch, m.desired(ch));
+    old.close();
+  }
+});
+
 test('the destroyer can be turned off', { skip }, async () => {
   const off = ServiceLb.open({ pinRoot: PIN, udpDestroy: false });
   try {
