@@ -45,6 +45,16 @@ export interface AgentOptions {
   requestTimeoutMs?: number;
   /** Uplinks where packets from outside are translated to services by tc (src/dataplane/nodeport-tc.ts); none: off. */
   nodeportDevices?: string[];
+  /**
+   * Serve pod hostPorts (records under <dataDir>/_hostports): default on when the
+   * agent programs services (--services-file, --kubernetes), which is when it owns the
+   * service maps anyway; true also without a service source; false never.
+   */
+  hostPorts?: boolean;
+  /** The IPAM data directory the plugin uses (default DEFAULTS.dataDir). */
+  dataDir?: string;
+  /** hostPort full resync interval (default 10 s; tests). */
+  hostPortResyncMs?: number;
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
@@ -71,7 +81,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   // Found once, here at the top: the layers below take the directory as a parameter.
   // Serving CNI alone needs no cgroup, so a host without cgroup2 can still do that.
   let cgroup = '';
-  if (opts.accel || opts.servicesFile || opts.kubernetes) {
+  const hostPorts = opts.hostPorts ?? Boolean(opts.servicesFile || opts.kubernetes);
+  if (opts.accel || opts.servicesFile || opts.kubernetes || hostPorts) {
     const { resolveCgroup } = await import('../kernel/cgroup.js');
     try {
       cgroup = resolveCgroup({ cgroup: opts.cgroup, under: opts.cgroupFs });
@@ -89,6 +100,19 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     log.info({ cgroup, pods: st.pods.length, sockets: st.sockets }, 'socket acceleration on');
   }
 
+  // One ServiceLb for every source of service map entries (the agent is their only
+  // writer): the services file or Kubernetes, and hostPorts in their own partition,
+  // registered before the main source's first resync so that resync leaves them alone.
+  let lb: import('../dataplane/service-lb.js').ServiceLb | undefined;
+  let hostPortSink: import('../dataplane/service-lb.js').ServiceSinkLike | undefined;
+  if (opts.servicesFile || opts.kubernetes || hostPorts) {
+    const { ServiceLb } = await import('../dataplane/service-lb.js');
+    const { isHostPortRef } = await import('../hostport/desired.js');
+    lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: cgroup, ...bpffs });
+    for (const repair of lb.repairs) log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired');
+    if (hostPorts) hostPortSink = lb.partition(isHostPortRef);
+  }
+
   if (opts.servicesFile) {
     // The standalone service source; the Kubernetes source feeds the same model.
     const { servicesWatch } = await import('./services-watch.js');
@@ -102,6 +126,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     const watch = await servicesWatch(file, {
       pinRoot: opts.pinRoot,
       cgroupPath: cgroup,
+      ...(lb ? { lb } : {}),
       ...bpffs,
       ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
       // As with --kubernetes: NODE_NAME, else the hostname (endpoints' nodeName in the file say "local").
@@ -132,6 +157,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       pinRoot: opts.pinRoot,
       cgroup,
       log,
+      ...(lb ? { lb } : {}),
       ...(metrics ? { metrics } : {}),
     });
     notReady = () => k8s.source.notReady();
@@ -143,7 +169,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     // programs only read them. Checked here, before anything is loaded: a bad list names itself.
     const { NodePortTc, parseDevices } = await import('../dataplane/nodeport-tc.js');
     const devices = parseDevices(opts.nodeportDevices, '--nodeport-devices');
-    if (!opts.servicesFile && !opts.kubernetes) log.warn({ devices }, 'nodeport tc path without a service source (--services-file or --kubernetes): nothing will be translated');
+    if (!opts.servicesFile && !opts.kubernetes && !hostPortSink) log.warn({ devices }, 'nodeport tc path without a service source (--services-file or --kubernetes) or hostPorts: nothing will be translated');
     const np = NodePortTc.open({
       pinRoot: opts.pinRoot, devices, ...bpffs,
       log: (msg, fields) => log.info(fields, msg),
@@ -152,6 +178,52 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     log.info({ devices, attached: np.attachedDevices() }, 'nodeport tc path on');
     // Closing releases fds only: the pinned links keep translating while the agent is away.
     closers.push(() => np.close());
+  }
+
+  if (hostPortSink) {
+    const { hostPortsWatch } = await import('./hostports-watch.js');
+    const dataDir = opts.dataDir ?? DEFAULTS.dataDir;
+    if (!opts.servicesFile && !opts.kubernetes && lb) {
+      // hostPorts alone (before their first apply attaches the programs): nobody else keeps patu_node_addr, where hostPorts without a hostIP answer.
+      const { NodeAddressTracker } = await import('../dataplane/node-addrs.js');
+      const tracker = new NodeAddressTracker({
+        sink: lb,
+        pollMs: DEFAULTS.nodeAddrPollMs,
+        onChange: (c) => log.info(c, 'node addresses changed (hostPorts answer on these)'),
+        onError: (e) => log.error({ err: messageOf(e) }, 'reading node addresses failed; retrying'),
+      });
+      closers.push(() => tracker.close());
+    }
+    let last = -1;
+    const hp = hostPortsWatch({
+      dataDir,
+      sink: hostPortSink,
+      ...(opts.hostPortResyncMs !== undefined ? { resyncMs: opts.hostPortResyncMs } : {}),
+      onApplied: (stats, records) => {
+        metrics?.hostPortsProgrammed.set(records);
+        if (stats.ops > 0 || records !== last) log.info({ records, mapOps: stats.ops, ms: Math.round(stats.ms * 100) / 100 }, 'hostPorts programmed');
+        if (stats.attachedNow) log.info({ cgroup }, 'service programs attached');
+        const d = stats.udpDestroy && describeUdpDestroy(stats.udpDestroy);
+        if (d) log[d.level](d.fields, d.msg);
+        if (stats.udpDestroy) metrics?.udpSocketsDestroyed.inc(stats.udpDestroy.sockets);
+        last = records;
+      },
+      onConflict: (c) => {
+        metrics?.hostPortConflicts.inc({ kind: c.kind });
+        if (c.kind === 'service') log.error({ record: c.record, entry: c.key, heldBy: c.heldBy }, 'hostPort not served: a service holds the same address, port and protocol');
+        else log.error({ record: c.record, kept: c.keptName }, 'hostPort not served: another record claims the same port (written around the CNI plugin?)');
+      },
+      onBadRecord: (name, problem) => log.warn({ dir: `${dataDir}/_hostports`, file: name, problem }, 'ignoring a file that is not a hostPort record'),
+      onError: (e) => log.error({ err: e.message }, 'hostPorts: programming failed; retried at the next change or resync'),
+    });
+    log.info({ dir: `${dataDir}/_hostports` }, 'serving hostPorts');
+    closers.push(() => hp.close());
+  }
+
+  // Last: the sources above stop writing first.
+  if (lb) {
+    const opened = lb;
+    closers.push(() => opened.close());
   }
 
   const cni = await startCniServer({

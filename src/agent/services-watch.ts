@@ -33,6 +33,8 @@ export interface ServicesWatchOptions extends BpffsOptions {
    * netns (default: the calling thread's, i.e. the node's); false: do not track.
    */
   nodeAddresses?: { netns?: string; pollMs?: number; onChange?: (c: { added: string[]; removed: string[]; addresses: string[] }) => void } | false;
+  /** The agent's ServiceLb, shared with its hostPorts (not closed by close()); else one is opened here. */
+  lb?: ServiceLb;
 }
 
 export interface ServicesWatchHandle {
@@ -50,8 +52,12 @@ export interface ServicesWatchHandle {
  * services that changed. Throws if the initial source is invalid.
  */
 export async function servicesWatch(path: string, opts: ServicesWatchOptions): Promise<ServicesWatchHandle> {
-  const lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
-  for (const r of lb.repairs) opts.onRepair?.(r);
+  const own = !opts.lb;
+  const lb = opts.lb ?? ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+  if (own) for (const r of lb.repairs) opts.onRepair?.(r);
+  const close = (): void => {
+    if (own) lb.close();
+  };
   const model = new ServiceModel(opts.nodeName !== undefined ? { nodeName: opts.nodeName } : {});
   let tracker: NodeAddressTracker | undefined;
   try {
@@ -91,12 +97,12 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
       close: () => {
         watcher.close();
         tracker?.close();
-        lb.close();
+        close();
       },
     };
   } catch (e) {
     tracker?.close();
-    lb.close();
+    close();
     throw e;
   }
 }

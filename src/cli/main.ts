@@ -145,7 +145,9 @@ export function buildProgram(): Command {
     .option('--service-cidr <cidr>', `the cluster's service CIDR (IPv4, /8 or longer): a connect or send to an address in it that no service port answers is refused with ECONNREFUSED instead of leaving the node ('' = none; default with --kubernetes: ${DEFAULTS.serviceCIDR}, with --services-file: none)`)
     .option('--cni-conf-dir <dir>', `with --kubernetes: where to write ${DEFAULTS.conflistName} (empty: do not write)`, DEFAULTS.cniConfDir)
     .option('--bridge <name>', 'with --kubernetes: the host bridge named in the conflist', DEFAULTS.bridge)
-    .option('--data-dir <dir>', 'with --kubernetes: the IPAM state directory named in the conflist', DEFAULTS.dataDir)
+    .option('--data-dir <dir>', 'the IPAM state directory: hostPort records are read from <dir>/_hostports; with --kubernetes also the one named in the conflist', DEFAULTS.dataDir)
+    .option('--hostports', 'serve pod hostPorts even without --services-file or --kubernetes (which switch it on)')
+    .option('--no-hostports', 'do not serve pod hostPorts (the CNI plugin still records them and refuses conflicts)')
     .option('--no-masquerade', 'with --kubernetes: the conflist does not masquerade traffic leaving the cluster CIDR')
     .option('--request-timeout <ms>', 'deadline of one CNI request: a request still running then is answered with code 11 and abandoned', (v: string) => {
       const n = Number(v);
@@ -184,6 +186,9 @@ export function buildProgram(): Command {
         ...(opts.metricsAddr ? { metricsAddr: opts.metricsAddr } : {}),
         ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
         ...(opts.nodeportDevices ? { nodeportDevices: opts.nodeportDevices as string[] } : {}),
+        // commander: --hostports true, --no-hostports false, neither undefined (the agent decides).
+        ...(opts.hostports !== undefined ? { hostPorts: Boolean(opts.hostports) } : {}),
+        dataDir: opts.dataDir,
         requestTimeoutMs: opts.requestTimeout,
       });
     });

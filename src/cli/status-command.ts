@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { listMaps, patuPrograms } from '../kernel/bpf/introspect.js';
 import { listPins } from '../kernel/bpf/pins.js';
 import { IpamStore } from '../ipam/store.js';
+import { HOSTPORT_DIR, HostPortStore, type HostPortRecord } from '../hostport/records.js';
 import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { hostVethName } from '../dataplane/names.js';
 import { Accel, type AccelStatus } from '../dataplane/accel.js';
@@ -38,6 +39,8 @@ export interface NodeStatus {
   maps: { id: number; name: string; type: string; maxEntries: number }[];
   pins: string[];
   pods: PodStatus[];
+  /** hostPort records (what the CNI plugin granted; the agent programs them as services named patu:hostport/...). */
+  hostPorts: HostPortRecord[];
 }
 
 export function collectStatus(opts: StatusOptions): NodeStatus {
@@ -48,7 +51,7 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
     const pods: PodStatus[] = [];
     if (existsSync(opts.dataDir)) {
       for (const network of readdirSync(opts.dataDir).sort()) {
-        if (!statSync(join(opts.dataDir, network)).isDirectory()) continue;
+        if (network === HOSTPORT_DIR || !statSync(join(opts.dataDir, network)).isDirectory()) continue;
         for (const r of IpamStore.open(opts.dataDir, network).list()) {
           const hostVeth = hostVethName(r.containerId, r.ifname);
           pods.push({ network, ...r, hostVeth, linkUp: links.get(hostVeth)?.up ?? false });
@@ -70,6 +73,7 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
         .map((m) => ({ id: m.id, name: m.name, type: m.type, maxEntries: m.maxEntries })),
       pins: listPins(opts.pinRoot),
       pods,
+      hostPorts: HostPortStore.open(opts.dataDir, { create: false }).list(),
     };
   } finally {
     rtnl.close();
@@ -103,6 +107,15 @@ export function formatStatus(s: NodeStatus): string {
             const reg = a.pods.find((r) => r.ip === p.ip);
             return [p.network, p.ip, p.containerId.slice(0, 16), p.ifname, p.hostVeth, p.linkUp ? 'up' : 'missing', !reg ? '-' : reg.optOut ? 'opted out' : 'yes'];
           }),
+        ])
+      : '  none\n',
+  );
+  out.push(`\nhostPorts (${s.hostPorts.length}):\n`);
+  out.push(
+    s.hostPorts.length
+      ? formatTable([
+          ['PROTO', 'HOST IP', 'HOST PORT', 'POD', 'CONTAINER', 'NETWORK'],
+          ...s.hostPorts.map((h) => [h.protocol.toUpperCase(), h.hostIP || '*', String(h.hostPort), `${h.podIp}:${h.containerPort}`, h.containerId.slice(0, 16), h.network]),
         ])
       : '  none\n',
   );

@@ -33,6 +33,9 @@ export function buildConflist(o: ConflistOptions): string {
     clusterCIDR: o.clusterCIDR,
     podCIDR: o.podCIDR,
     accel: true,
+    // The runtime then passes runtimeConfig.portMappings (pod hostPorts): patu records
+    // them and the agent serves them (src/hostport), no portmap plugin in the chain.
+    capabilities: { portMappings: true },
     ...(o.pinRoot ? { pinRoot: o.pinRoot } : {}),
     // podCIDR, not ipam.ranges: the plugin refuses both at once.
     ...(o.dataDir ? { ipam: { dataDir: o.dataDir } } : {}),

@@ -6,6 +6,7 @@
 // caused it stays on `cause` (the agent logs it, stack and all, at debug level).
 import { errnoOf, messageOf } from '../errors.js';
 import { IpamConfigError, IpamExhaustedError, IpamLockTimeoutError, IpamUnavailableError } from '../ipam/index.js';
+import { HostPortConflictError, HostPortLockTimeoutError } from '../hostport/records.js';
 
 export const CniCode = {
   IncompatibleVersion: 1,
@@ -26,6 +27,8 @@ export const CniCode = {
   AddressesExhausted: 102,
   /** patu: a specifically requested address (runtimeConfig.ips) is held by another attachment. */
   AddressUnavailable: 103,
+  /** patu: a runtimeConfig.portMappings entry overlaps a hostPort another attachment holds. */
+  HostPortConflict: 104,
 } as const;
 export type CniCodeValue = (typeof CniCode)[keyof typeof CniCode];
 
@@ -67,6 +70,10 @@ export function toCniError(err: unknown, doing: string): CniError {
   if (err instanceof IpamUnavailableError) return new CniError(CniCode.AddressUnavailable, `${doing}: ${err.message}`, 'runtimeConfig.ips', cause);
   if (err instanceof IpamLockTimeoutError) {
     return new CniError(CniCode.TryAgainLater, `${doing}: ${err.message}`, 'another CNI operation on this network holds the IPAM lock; retry', cause);
+  }
+  if (err instanceof HostPortConflictError) return new CniError(CniCode.HostPortConflict, `${doing}: ${err.message}`, 'runtimeConfig.portMappings', cause);
+  if (err instanceof HostPortLockTimeoutError) {
+    return new CniError(CniCode.TryAgainLater, `${doing}: ${err.message}`, 'another CNI operation holds the hostPort lock; retry', cause);
   }
   let errno: string | undefined;
   for (let e: unknown = err, depth = 0; e !== undefined && !errno && depth < 8; e = (e as { cause?: unknown } | null)?.cause, depth++) errno = errnoOf(e);

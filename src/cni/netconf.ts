@@ -18,9 +18,10 @@ import { CniCode, CniError, invalidConfig } from './errors.js';
 import { isSupportedVersion, SUPPORTED_VERSIONS, type CniResult } from './spec.js';
 import { validIfname } from './env.js';
 import { DEFAULTS } from '../defaults.js';
-import { parseCidr, parseIp } from '../net/cidr.js';
+import { canonicalIp, parseCidr, parseIp } from '../net/cidr.js';
 import { messageOf } from '../errors.js';
 import { MAX_NETWORK_NAME } from '../ipam/index.js';
+import type { PortMapping } from '../hostport/records.js';
 
 z.config(en());
 
@@ -91,7 +92,7 @@ const netconfShape = z.looseObject({
   accel: z.optional(z.boolean()),
   pinRoot: z.optional(z.string().check(z.regex(PIN_ROOT, "must be a directory directly under /sys/fs/bpf (not '.' or '..')"))),
   ipam: z.optional(ipamShape),
-  runtimeConfig: z.optional(z.looseObject({ ips: z.optional(z.array(z.string())) })),
+  runtimeConfig: z.optional(z.looseObject({ ips: z.optional(z.array(z.string())), portMappings: z.optional(z.unknown()) })),
   args: z.optional(z.looseObject({})),
   prevResult: z.optional(prevResultShape),
   'cni.dev/valid-attachments': z.optional(
@@ -122,6 +123,8 @@ export interface NetConf {
   ipam: RawIpam & { ranges: unknown; dataDir: string };
   /** Addresses a runtime asked for (runtimeConfig.ips, capability "ips"). */
   requestedIps: string[];
+  /** Node ports to forward to the pod (runtimeConfig.portMappings, capability "portMappings"). */
+  portMappings: PortMapping[];
   prevResult?: CniResult;
   validAttachments?: { containerID: string; ifname: string }[];
 }
@@ -211,7 +214,61 @@ export function parseNetConf(raw: unknown): NetConf {
       ...(c.ipam?.lockTimeoutMs !== undefined ? { lockTimeoutMs: c.ipam.lockTimeoutMs } : {}),
     },
     requestedIps: c.runtimeConfig?.ips ?? [],
+    portMappings: parsePortMappings(c.runtimeConfig?.portMappings),
     ...(c.prevResult ? { prevResult: c.prevResult as unknown as CniResult } : {}),
     ...(c['cni.dev/valid-attachments'] ? { validAttachments: c['cni.dev/valid-attachments'] } : {}),
   };
+}
+
+/** More mappings than any pod has ports (a pod spec's containers declare a few). */
+export const MAX_PORT_MAPPINGS = 1024;
+
+/**
+ * runtimeConfig.portMappings as the CNI conventions define it (the portmap plugin's
+ * input): [{hostPort, containerPort, protocol: "tcp"|"udp", hostIP}], protocol
+ * defaulting to tcp and case-insensitive (containerd sends lowercase, others "TCP"),
+ * hostIP "" or absent (or 0.0.0.0) for every node address. patu serves IPv4, TCP and
+ * UDP: anything else is refused naming the field rather than silently not served.
+ * Fields beyond these four are ignored, as the portmap plugin does.
+ */
+export function parsePortMappings(raw: unknown): PortMapping[] {
+  if (raw === undefined || raw === null) return [];
+  const at = 'runtimeConfig.portMappings';
+  if (!Array.isArray(raw)) throw invalidConfig(at, 'must be an array of {hostPort, containerPort, protocol, hostIP}');
+  if (raw.length > MAX_PORT_MAPPINGS) throw invalidConfig(at, `holds ${raw.length} mappings, more than the ${MAX_PORT_MAPPINGS} patu accepts`);
+  return raw.map((e: unknown, i) => {
+    const here = `${at}[${i}]`;
+    if (e === null || typeof e !== 'object' || Array.isArray(e)) throw invalidConfig(here, 'must be an object {hostPort, containerPort, protocol, hostIP}');
+    const m = e as Record<string, unknown>;
+    const port = (field: 'hostPort' | 'containerPort'): number => {
+      const v = m[field];
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) {
+        throw invalidConfig(`${here}.${field}`, `must be an integer port 1-65535, got ${JSON.stringify(v) ?? 'nothing'}`);
+      }
+      return v;
+    };
+    const hostPort = port('hostPort');
+    const containerPort = port('containerPort');
+    let protocol: PortMapping['protocol'] = 'tcp';
+    if (m.protocol !== undefined && m.protocol !== '') {
+      const p = typeof m.protocol === 'string' ? m.protocol.toLowerCase() : undefined;
+      if (p !== 'tcp' && p !== 'udp') {
+        throw invalidConfig(`${here}.protocol`, `must be "tcp" or "udp" (patu serves no other hostPort protocol), got ${JSON.stringify(m.protocol)}`);
+      }
+      protocol = p;
+    }
+    let hostIP = '';
+    if (m.hostIP !== undefined && m.hostIP !== '') {
+      if (typeof m.hostIP !== 'string') throw invalidConfig(`${here}.hostIP`, `must be an IPv4 address or "", got ${JSON.stringify(m.hostIP)}`);
+      let ip;
+      try {
+        ip = parseIp(m.hostIP);
+      } catch {
+        throw invalidConfig(`${here}.hostIP`, `must be an IPv4 address or "", got ${JSON.stringify(m.hostIP.slice(0, 64))}`);
+      }
+      if (ip.family !== 4) throw invalidConfig(`${here}.hostIP`, `patu serves IPv4 hostPorts only, got ${m.hostIP}`);
+      hostIP = ip.value === 0n ? '' : canonicalIp(m.hostIP);
+    }
+    return { hostPort, containerPort, protocol, hostIP };
+  });
 }

@@ -140,6 +140,8 @@ export interface ProgrammedServiceView {
 }
 
 export interface ApplyStats {
+  /** Map entries another source holds, left to it (partition applies only: see ServiceLb.partition). */
+  conflicts?: PartitionConflict[];
   ops: number;
   services: number;
   syscallBatches: number;
@@ -148,6 +150,21 @@ export interface ApplyStats {
   attachedNow: boolean;
   /** UDP backends left services: what destroying their connected sockets did (its failures are here, never thrown). */
   udpDestroy?: UdpDestroyStats;
+}
+
+/** A port a partition wanted that another source's service holds (services win over hostPorts). */
+export interface PartitionConflict {
+  key: string;
+  /** The partition's ref that wanted it. */
+  wanted: string;
+  /** The ref that holds it. */
+  heldBy: string;
+}
+
+/** What a source programs through: ServiceLb itself, or one of its partitions. */
+export interface ServiceSinkLike {
+  resync(desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats;
+  applyChanges(refs: ReadonlySet<string>, desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats;
 }
 
 /** An apply that would not fit in a map: refused before anything is written. */
@@ -227,6 +244,8 @@ export class ServiceLb {
   /** Loaded on the first apply that removes a UDP backend; null when that failed (the reason: destroyerError). */
   private destroyer: UdpSocketDestroyer | null | undefined;
   private destroyerError = '';
+  /** Which refs each partition owns: the plain resync/applyChanges leave those alone. */
+  private readonly partitions: ((ref: string) => boolean)[] = [];
 
   private constructor(
     private readonly obj: BpfObject,
@@ -368,7 +387,49 @@ export class ServiceLb {
     return this.run(desired, refs);
   }
 
+  /**
+   * A second source programming the same maps (the agent's hostPorts beside the
+   * services file or Kubernetes): it owns the refs `owns` accepts. Its resync
+   * touches only those; the plain resync and applyChanges of the main source leave
+   * them alone. A port both want goes to the main source's service: the partition's
+   * entry is left out and reported in ApplyStats.conflicts (the next partition
+   * resync programs it once the service lets the port go). Register partitions
+   * before the main source's first resync, or that resync removes their entries.
+   */
+  partition(owns: (ref: string) => boolean): ServiceSinkLike {
+    this.partitions.push(owns);
+    const scoped = (desired: ReadonlyMap<string, DesiredServicePort>, refs: Set<string>): ApplyStats => {
+      const kept = new Map<string, DesiredServicePort>();
+      const conflicts: PartitionConflict[] = [];
+      for (const [key, d] of desired) {
+        if (!owns(d.ref)) throw new Error(`ServiceLb partition: ${d.key} belongs to ${d.ref}, which this partition does not own`);
+        const held = this.state.services.get(key);
+        if (held && !owns(held.ref)) conflicts.push({ key, wanted: d.ref, heldBy: held.ref });
+        else kept.set(key, d);
+        refs.add(d.ref);
+      }
+      const stats = this.run(kept, refs);
+      return conflicts.length ? { ...stats, conflicts } : stats;
+    };
+    return {
+      resync: (desired) => scoped(desired, new Set([...this.state.byRef.keys()].filter(owns))),
+      applyChanges: (refs, desired) => {
+        for (const d of desired.values()) {
+          if (!refs.has(d.ref)) throw new Error(`ServiceLb partition applyChanges: ${d.key} belongs to ${d.ref}, which is not among the changed refs`);
+        }
+        return scoped(desired, new Set(refs));
+      },
+    };
+  }
+
   private run(desired: ReadonlyMap<string, DesiredServicePort>, refs?: ReadonlySet<string>): ApplyStats {
+    if (refs === undefined && this.partitions.length) {
+      // A full resync of the main source: everything but what partitions own.
+      const own = new Set<string>();
+      for (const ref of this.state.byRef.keys()) if (!this.partitions.some((p) => p(ref))) own.add(ref);
+      for (const d of desired.values()) own.add(d.ref);
+      refs = own;
+    }
     const t0 = performance.now();
     this.checkFits(desired, refs);
     const diff = diffServices(this.state, desired, this.ids, refs);

@@ -98,6 +98,11 @@ export function observeLockFds(fn: (fd: number) => void): void {
   lockFdObserver = fn;
 }
 
+/** Another lock file this thread keeps open (src/hostport/records.ts): told to the same observer. */
+export function noteLockFd(fd: number): void {
+  lockFdObserver?.(fd);
+}
+
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 const sleepMs = (ms: number): void => {
   Atomics.wait(sleeper, 0, 0, ms);

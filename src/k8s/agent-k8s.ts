@@ -38,6 +38,8 @@ export interface KubernetesAgentOptions {
   cgroup: string;
   /** Compiled sock_lb.o (tests). */
   objectPath?: string;
+  /** The agent's ServiceLb, shared with its hostPorts (not closed by close()); else one is opened here. */
+  lb?: ServiceLb;
   log: Logger;
   metrics?: AgentMetrics;
   coalesceMs?: number;
@@ -57,8 +59,9 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   const cfg = loadClientConfig({ env: o.env, ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}) });
   const nodeName = o.nodeName;
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
-  const lb = ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
-  for (const repair of lb.repairs) o.log.warn({ pinRoot: o.pinRoot, repair }, 'service map pins repaired');
+  const own = !o.lb;
+  const lb = o.lb ?? ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
+  if (own) for (const repair of lb.repairs) o.log.warn({ pinRoot: o.pinRoot, repair }, 'service map pins repaired');
   let tracker: NodeAddressTracker;
   try {
     // Before the first apply (which attaches the programs), so they start fully configured.
@@ -73,7 +76,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
       onError: (e) => o.log.error({ err: messageOf(e) }, 'reading node addresses failed; retrying'),
     });
   } catch (e) {
-    lb.close();
+    if (own) lb.close();
     throw e;
   }
   let registry: PodRegistry | undefined;
@@ -130,7 +133,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
       await health.close();
       tracker.close();
       registry?.close();
-      lb.close();
+      if (own) lb.close();
     },
   };
 }

@@ -25,6 +25,8 @@ export class AgentMetrics {
   readonly servicesRejected = new Gauge({ name: 'patu_services_rejected', help: 'Services not programmed right now because of bad input (conflicts, addresses outside the ranges)', registers: [this.registry] });
   readonly serviceInputErrors = new Counter({ name: 'patu_service_input_errors_total', help: 'Services or fields refused as bad input (by reason)', labelNames: ['reason'] as const, registers: [this.registry] });
   readonly healthCheckErrors = new Counter({ name: 'patu_health_check_node_port_errors_total', help: 'healthCheckNodePort listeners that could not be opened (port taken, bad port)', registers: [this.registry] });
+  readonly hostPortsProgrammed = new Gauge({ name: 'patu_hostports_programmed', help: 'hostPort records the agent found (each one a map entry unless it conflicts)', registers: [this.registry] });
+  readonly hostPortConflicts = new Counter({ name: 'patu_hostport_conflicts_total', help: 'hostPort mappings the agent could not program: the port is a service\'s (service) or another record overlaps it (record); counted when first seen', labelNames: ['kind'] as const, registers: [this.registry] });
   readonly podAccelUpdates = new Counter({ name: 'patu_pod_accel_updates_total', help: 'Acceleration opt-out flag changes written from pod annotations', registers: [this.registry] });
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {

@@ -15,6 +15,8 @@ test('the conflist is one patu plugin with the node pod subnet, and the plugin a
   assert.equal(doc.plugins[0].type, 'patu');
   assert.equal(doc.plugins[0].podCIDR, '10.244.3.0/24');
   assert.equal(doc.plugins[0].clusterCIDR, '10.244.0.0/16');
+  // patu serves hostPorts itself: the runtime passes runtimeConfig.portMappings only to a plugin that declares it.
+  assert.deepEqual(doc.plugins[0].capabilities, { portMappings: true });
   // What a runtime hands the plugin: the list's name and cniVersion injected into the plugin's config.
   const conf = parseNetConf({ ...doc.plugins[0], name: doc.name, cniVersion: doc.cniVersion });
   assert.deepEqual(conf.ipam.ranges, [[{ subnet: '10.244.3.0/24' }]]);

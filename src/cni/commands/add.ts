@@ -11,6 +11,7 @@ import { attachPod, detachPod, ensureBridge, ForeignLinkError, type BridgeCache,
 import { ensureMasqueradeInPlace } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel, type Warn } from '../register-accel.js';
+import { reserveHostPorts } from '../hostports.js';
 
 export interface AddOptions extends IpamOpenOptions {
   warn?: Warn;
@@ -29,9 +30,14 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
   })();
 
   const hostVeth = hostVethName(env.containerId, env.ifname);
-  const host = Rtnl.open();
+  let host: Rtnl | undefined;
   let vethCreated = false;
+  let undoHostPorts = (): void => {};
   try {
+    // Before any link work: a hostPort another pod holds fails the ADD early, and
+    // the records lead to the address just allocated.
+    undoHostPorts = reserveHostPorts(conf, env, ipam.config.dataDir, allocations.map((a) => a.ip), opts);
+    host = Rtnl.open();
     const bridgeSpec = {
       name: conf.bridge,
       mtu: conf.mtu,
@@ -106,12 +112,17 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
     };
   } catch (err) {
     // Roll back in reverse order; a rollback failure must not hide the cause.
-    if (vethCreated) {
+    if (vethCreated && host) {
       try {
         detachPod(host, hostVeth);
       } catch {
         /* best effort: GC removes what is left */
       }
+    }
+    try {
+      undoHostPorts();
+    } catch {
+      /* best effort: DEL and GC remove the attachment's records */
     }
     try {
       ipam.release(env.containerId, env.ifname);
@@ -121,6 +132,6 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
     if (err instanceof ForeignLinkError) throw invalidConfig('bridge', err.message, { cause: err });
     throw toCniError(err, `setting up ${env.ifname} in ${env.netns}`);
   } finally {
-    host.close();
+    host?.close();
   }
 }

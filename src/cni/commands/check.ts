@@ -7,6 +7,7 @@ import { CniCode, CniError, invalidConfig, toCniError } from '../errors.js';
 import { ipamFor } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { hostVethName } from '../../dataplane/names.js';
+import { checkHostPorts } from '../hostports.js';
 
 const fail = (what: string, cause?: unknown): CniError =>
   new CniError(CniCode.CheckFailed, `CHECK failed: ${what}`, '', cause === undefined ? undefined : { cause });
@@ -17,13 +18,19 @@ export function cmdCheck(env: CniEnv, conf: NetConf): void {
   const expected = (prev.ips ?? []).map((ip) => ip.address);
 
   let held: string[];
+  const ipam = ipamFor(conf);
   try {
-    held = ipamFor(conf).addressesOf(env.containerId, env.ifname);
+    held = ipam.addressesOf(env.containerId, env.ifname);
   } catch (err) {
     throw toCniError(err, 'reading IPAM state');
   }
   for (const cidr of expected) {
     if (!held.includes(cidr.split('/')[0]!)) throw fail(`address ${cidr} is no longer reserved for ${env.containerId}/${env.ifname}`);
+  }
+  try {
+    checkHostPorts(conf, env, ipam.config.dataDir, expected.map((c) => c.split('/')[0]!));
+  } catch (err) {
+    throw toCniError(err, 'reading hostPort records');
   }
 
   const host = Rtnl.open();

@@ -8,6 +8,7 @@ import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { unregisterPodFromAccel, type Warn } from '../register-accel.js';
+import { releaseHostPorts } from '../hostports.js';
 
 export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const ipam = ipamFor(conf, opts);
@@ -26,6 +27,11 @@ export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions &
     released = ipam.release(env.containerId, env.ifname);
   } catch (err) {
     throw toCniError(err, `releasing the addresses of ${env.containerId}/${env.ifname}`);
+  }
+  try {
+    releaseHostPorts(conf, env, ipam.config.dataDir, opts);
+  } catch (err) {
+    throw toCniError(err, `removing the hostPort records of ${env.containerId}/${env.ifname}`);
   }
   await unregisterPodFromAccel(conf, released, opts.warn ?? (() => {}));
 }

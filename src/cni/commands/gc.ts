@@ -8,6 +8,7 @@ import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
 import { sweepAccelRegistry, unregisterPodFromAccel, type Warn } from '../register-accel.js';
+import { gcHostPorts } from '../hostports.js';
 
 export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const valid = conf.validAttachments;
@@ -18,6 +19,11 @@ export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn
     released = ipam.gc(valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })));
   } catch (err) {
     throw toCniError(err, 'releasing stale addresses');
+  }
+  try {
+    gcHostPorts(conf, ipam.config.dataDir, valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })), opts);
+  } catch (err) {
+    throw toCniError(err, 'removing stale hostPort records');
   }
   const warn = opts.warn ?? (() => {});
   await unregisterPodFromAccel(conf, released, warn);
