@@ -29,6 +29,7 @@ const scratch = scratchForTests('patu-test-hostport');
 const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const P = 41000 + (process.pid % 2000) * 2;
 const PC = P + 1;
+const PS = P + 4000;
 const tag = `hp${process.pid.toString(36)}`;
 const made: string[] = [];
 let f: Flavour;
@@ -130,10 +131,10 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
   }
 }
 
-async function startAgent(): Promise<void> {
+async function startAgent(source: string[] = ['--services-file', servicesFile()]): Promise<void> {
   log = '';
   agent = spawn(f.bin, [
-    'agent', '--cni-socket', socket(), '--services-file', servicesFile(), '--cgroup', CG, '--pin-root', PIN,
+    'agent', '--cni-socket', socket(), ...source, '--cgroup', CG, '--pin-root', PIN,
     '--data-dir', f.dataDir, '--metrics-addr', '127.0.0.1:0', '--log-level', 'debug',
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
   children.push(agent);
@@ -207,23 +208,28 @@ test('agent: hostPorts reach the pod through 127.0.0.1 and a node address (TCP, 
   const pod = newPod();
   try {
     const maps = [
-      { hostPort: P, containerPort: 8080, protocol: 'tcp', hostIP: '127.0.0.1' },
-      { hostPort: P, containerPort: 8080, protocol: 'udp', hostIP: '127.0.0.1' },
-      { hostPort: P, containerPort: 8080, protocol: 'tcp', hostIP: f.gateway },
+      // Every node address (the wildcard entry): 127.0.0.1 and the test bridge's address.
+      { hostPort: P, containerPort: 8080, protocol: 'tcp' },
+      { hostPort: P, containerPort: 8080, protocol: 'udp', hostIP: '' },
+      // One address only.
+      { hostPort: PS, containerPort: 8080, protocol: 'tcp', hostIP: '127.0.0.1' },
       { hostPort: PC, containerPort: 8080, protocol: 'tcp', hostIP: f.gateway },
     ];
     const add = await execPlugin(f.bin, 'ADD', conf(maps), viaAgent({ containerId: pod.id, netns: pod.path }));
     assert.equal(add.code, 0, show(add));
     const ip = ipOf(add.json);
     await podServer(pod.name, ip, 8080);
-    const want = [`${f.gateway}:${P}/TCP -> ${ip}:8080`, `127.0.0.1:${P}/TCP -> ${ip}:8080`, `127.0.0.1:${P}/UDP -> ${ip}:8080`].sort();
+    const want = [`0.0.0.0:${P}/TCP -> ${ip}:8080`, `0.0.0.0:${P}/UDP -> ${ip}:8080`, `127.0.0.1:${PS}/TCP -> ${ip}:8080`].sort();
     await waitFor(() => JSON.stringify(hostPortEntries()) === JSON.stringify(want), 5_000, `hostPort entries ${want.join(' | ')} (have ${hostPortEntries().join(' | ')})`);
 
     const reach = async (what: string): Promise<void> => {
-      for (const [mode, host] of [['tcp', '127.0.0.1'], ['udp', '127.0.0.1'], ['tcp', f.gateway]] as const) {
-        const r = await client({ mode, host, port: P, count: 3 });
-        assert.deepEqual(r.byBackend, { [`${ip}:8080`]: 3 }, `${what}: ${mode} ${host}:${P} -> pod: ${JSON.stringify(r)}`);
+      for (const [mode, host, port] of [['tcp', '127.0.0.1', P], ['udp', '127.0.0.1', P], ['tcp', f.gateway, P], ['udp', f.gateway, P], ['tcp', '127.0.0.1', PS]] as const) {
+        const r = await client({ mode, host, port, count: 3 });
+        assert.deepEqual(r.byBackend, { [`${ip}:8080`]: 3 }, `${what}: ${mode} ${host}:${port} -> pod: ${JSON.stringify(r)}`);
       }
+      // hostIP 127.0.0.1 is that address only.
+      const other = await client({ mode: 'tcp', host: f.gateway, port: PS, count: 1 });
+      assert.equal(other.ok, 0, `${what}: ${f.gateway}:${PS} is not mapped: ${JSON.stringify(other)}`);
     };
     await reach('first');
 
@@ -247,6 +253,30 @@ test('agent: hostPorts reach the pod through 127.0.0.1 and a node address (TCP, 
     const gone = await client({ mode: 'tcp', host: '127.0.0.1', port: P, count: 1 });
     assert.equal(gone.ok, 0, `nothing answers 127.0.0.1:${P} after DEL: ${JSON.stringify(gone)}`);
     assert.ok((readProgrammed(PIN) ?? []).some((s) => s.name.startsWith('default/holder')), 'the service stays');
+  } finally {
+    await stopAgent();
+  }
+});
+
+test('agent --hostports alone (no service source) serves hostPorts on every node address', { skip, timeout: 60_000 }, async () => {
+  await startAgent(['--hostports']);
+  const pod = newPod();
+  try {
+    const maps = [{ hostPort: P, containerPort: 8080, protocol: 'tcp' }, { hostPort: P, containerPort: 8080, protocol: 'udp' }];
+    const add = await execPlugin(f.bin, 'ADD', conf(maps), viaAgent({ containerId: pod.id, netns: pod.path }));
+    assert.equal(add.code, 0, show(add));
+    const ip = ipOf(add.json);
+    await podServer(pod.name, ip, 8080);
+    await waitFor(() => hostPortEntries().length === 2, 5_000, 'two hostPort entries');
+    for (const [mode, host] of [['tcp', '127.0.0.1'], ['udp', '127.0.0.1'], ['tcp', f.gateway], ['udp', f.gateway]] as const) {
+      const r = await client({ mode, host, port: P, count: 2 });
+      assert.deepEqual(r.byBackend, { [`${ip}:8080`]: 2 }, `${mode} ${host}:${P} -> pod: ${JSON.stringify(r)}`);
+    }
+    // GC through the agent: the runtime no longer lists the pod.
+    const gc = await execPlugin(f.bin, 'GC', conf(undefined, { 'cni.dev/valid-attachments': [] }), viaAgent({}));
+    assert.equal(gc.code, 0, show(gc));
+    await waitFor(() => hostPortEntries().length === 0, 5_000, 'hostPort entries removed after GC');
+    assert.deepEqual(records(), []);
   } finally {
     await stopAgent();
   }
