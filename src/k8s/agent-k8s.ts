@@ -90,6 +90,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     onListening: (e) => o.log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
   });
   const source = new K8sSource({
+    serviceCIDR: o.serviceCIDR ?? DEFAULTS.serviceCIDR,
     onHealthChecks: (entries) => health.update(entries),
     nodeName,
     clusterCIDR,

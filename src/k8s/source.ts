@@ -28,7 +28,7 @@ import {
 import type { AgentMetrics } from './metrics.js';
 import { startInformer, type BackoffOptions, type RunningInformer } from './informers.js';
 import { messageOf } from '../errors.js';
-import { firstSubnet24 } from '../net/cidr.js';
+import { contains, firstSubnet24, parseCidr, type Cidr } from '../net/cidr.js';
 
 /** What programs services: ServiceLb in the agent, a recorder in tests. */
 export interface ServiceSink {
@@ -49,6 +49,12 @@ export interface K8sSourceOptions {
   nodeName: string;
   /** Used for the pod subnet when the Node has no spec.podCIDR (its first /24). */
   clusterCIDR: string;
+  /**
+   * The service CIDR the programs refuse unanswered addresses in: a ClusterIP outside
+   * it is still programmed, but reported (the agent's --service-cidr is then probably
+   * not the apiserver's --service-cluster-ip-range).
+   */
+  serviceCIDR?: string;
   sink?: ServiceSink;
   /** Opens the acceleration pod registry; undefined while acceleration was never set up. */
   podRegistry?: () => PodRegistry | undefined;
@@ -251,6 +257,7 @@ export class K8sSource {
       this.model.deleteService(ref);
       return;
     }
+    this.checkRange(ref, conv.service.clusterIP);
     this.model.upsertService(conv.service);
     this.model.setEndpoints(ref, mergeSlices(this.slices.get(ref)?.values() ?? []));
   }
@@ -308,6 +315,22 @@ export class K8sSource {
         }, this.opts.retryMs ?? 1000);
       }
     }
+  }
+
+  private serviceRange: Cidr | undefined;
+  private readonly outOfRange = new Set<string>();
+  private checkRange(ref: string, clusterIP: string): void {
+    if (!this.opts.serviceCIDR) return;
+    this.serviceRange ??= parseCidr(this.opts.serviceCIDR);
+    if (contains(this.serviceRange, clusterIP)) {
+      this.outOfRange.delete(ref);
+      return;
+    }
+    if (this.outOfRange.has(ref)) return;
+    this.outOfRange.add(ref);
+    this.opts.metrics?.serviceInputErrors.inc({ reason: 'clusterIPOutsideServiceCIDR' });
+    this.log.warn({ service: ref, clusterIP, serviceCIDR: this.opts.serviceCIDR },
+      'ClusterIP outside the service CIDR: programmed anyway; is --service-cidr the apiserver\'s --service-cluster-ip-range?');
   }
 
   /** ref -> the healthCheckNodePort it wants served; kept per changed ref, so an apply costs O(changed). */

@@ -363,7 +363,8 @@ test('NodePort conflict: the second service is left out, logged and counted once
   const { AgentMetrics } = await import('../../src/k8s/metrics.js');
   const metrics = new AgentMetrics({ defaultMetrics: false });
   const log = { debug() {}, info() {}, warn() {}, error: (_o: object, m: string) => logs.push(m) };
-  const s = source(sink, { log, metrics, onHealthChecks: (e) => health.push(e) });
+  const warns: string[] = [];
+  const s = source(sink, { log: { ...log, warn: (_o: object, m: string) => warns.push(m) }, metrics, serviceCIDR: '10.96.0.0/16', onHealthChecks: (e) => health.push(e) });
   const np = (name: string, ip: string, extra: Partial<NonNullable<K8sService['spec']>> = {}) =>
     svc(name, ip, { type: 'NodePort', ports: [{ name: 'http', port: 80, protocol: 'TCP', targetPort: 8080, nodePort: 30080 }], ...extra });
   s.handleService(np('a', '10.96.0.1'));
@@ -380,6 +381,11 @@ test('NodePort conflict: the second service is left out, logged and counted once
   assert.match(await metrics.registry.metrics(), /patu_service_conflicts_total 1\b/);
   assert.match(await metrics.registry.metrics(), /patu_services_rejected 1\b/);
   assert.deepEqual(health.at(-1), [{ ref: 'default/b', port: 32000, localEndpoints: 1 }]);
+  s.handleService(svc('odd', '10.97.0.1'));
+  await sleep(30);
+  assert.ok(sink.state.services.has('10.97.0.1:80/TCP'), 'programmed anyway');
+  assert.equal(warns.filter((m) => m.includes('ClusterIP outside the service CIDR')).length, 1);
+  assert.match(await metrics.registry.metrics(), /patu_service_input_errors_total\{reason="clusterIPOutsideServiceCIDR"\} 1\b/);
   s.handleServiceDelete(np('a', '10.96.0.1'));
   await sleep(60);
   assert.equal(sink.state.services.get('0.0.0.0:30080/TCP')?.ref, 'default/b');
