@@ -75,8 +75,12 @@ struct {
 static __always_inline struct patu_svc_val *lb_lookup(struct patu_svc_key *key, int host_ns)
 {
 	struct patu_svc_val *svc = bpf_map_lookup_elem(&patu_svc, key);
+	/*
+	 * An exact loopback entry (a hostPort with hostIP 127.0.0.1) is the node's too:
+	 * a pod's 127.0.0.1 is its own (host_ns is 1 for every non-loopback address).
+	 */
 	if (svc)
-		return svc;
+		return host_ns ? svc : 0;
 	__be32 dst = key->vip;
 	__u32 *flags = bpf_map_lookup_elem(&patu_node_addr, &dst);
 	if (!flags)

@@ -158,9 +158,10 @@ const viaAgent = (o: ExecOptions = {}): ExecOptions => ({ timeoutMs: 20_000, ...
 
 interface ClientResult { ok: number; byBackend: Record<string, number>; errors: Record<string, number> }
 
-/** Runs the fixture client in the host netns, inside the test cgroup (where the programs are attached). */
-function client(job: object): Promise<ClientResult> {
-  const p = spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec "$0" "$1" "$2"`, process.execPath, join(FIX, 'svc-client.js'), JSON.stringify({ durationMs: 15_000, ...job })], { stdio: ['pipe', 'pipe', 'inherit'] });
+/** Runs the fixture client in the host netns (or `ns`), inside the test cgroup (where the programs are attached). */
+function client(job: object, ns?: string): Promise<ClientResult> {
+  const enter = ns ? `ip netns exec ${ns} ` : '';
+  const p = spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec ${enter}"$0" "$1" "$2"`, process.execPath, join(FIX, 'svc-client.js'), JSON.stringify({ durationMs: 15_000, ...job })], { stdio: ['pipe', 'pipe', 'inherit'] });
   children.push(p);
   let out = '';
   p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -227,9 +228,14 @@ test('agent: hostPorts reach the pod through 127.0.0.1 and a node address (TCP, 
         const r = await client({ mode, host, port, count: 3 });
         assert.deepEqual(r.byBackend, { [`${ip}:8080`]: 3 }, `${what}: ${mode} ${host}:${port} -> pod: ${JSON.stringify(r)}`);
       }
-      // hostIP 127.0.0.1 is that address only.
+      // hostIP 127.0.0.1 is that address only, and only the node's: a pod's 127.0.0.1 is
+      // its own (the pod here has no listener on its loopback, so nothing may answer).
       const other = await client({ mode: 'tcp', host: f.gateway, port: PS, count: 1 });
       assert.equal(other.ok, 0, `${what}: ${f.gateway}:${PS} is not mapped: ${JSON.stringify(other)}`);
+      for (const port of [PS, P]) {
+        const own = await client({ mode: 'tcp', host: '127.0.0.1', port, count: 1 }, pod.name);
+        assert.deepEqual(own.byBackend, {}, `${what}: the pod's own 127.0.0.1:${port} is not the node's: ${JSON.stringify(own)}`);
+      }
     };
     await reach('first');
 
