@@ -522,7 +522,8 @@ restore_sysctls() {
 remove_masquerade() {
   local chain=masq_${BRIDGE//[^A-Za-z0-9_]/_} h
   nft list chain ip patu "$chain" >/dev/null 2>&1 || return 0
-  for h in $(nft -a list chain ip patu postrouting 2>/dev/null | awk -v j="jump $chain #" 'index($0, j) { print $NF }'); do
+  # The jump may carry a comment before nft's "# handle N": match the jump, take the last field.
+  for h in $(nft -a list chain ip patu postrouting 2>/dev/null | awk -v c="$chain" '$0 ~ ("jump " c "( |$)") { print $NF }'); do
     nft delete rule ip patu postrouting handle "$h" || true
   done
   nft delete chain ip patu "$chain" || log "nft: could not delete chain $chain"

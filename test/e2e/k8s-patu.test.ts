@@ -168,6 +168,9 @@ describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent
   after(() => {
     const d = cluster.down();
     if (!d.ok) console.error(`cluster.sh down failed: ${d.detail}`);
+    // The agent masquerades pod traffic in the shared "ip patu" table: down takes its chain and jump away.
+    const left = spawnSync('nft', ['-a', 'list', 'table', 'ip', 'patu'], { encoding: 'utf8' }).stdout ?? '';
+    assert.doesNotMatch(left, new RegExp(`masq_${BRIDGE}\\b`), `masquerade chain of ${BRIDGE} left after down:\n${left}`);
   });
 
   test('the manifest installs patu: DaemonSet ready, conflist from the Node podCIDR, CNI binary linked, node Ready', () => {
