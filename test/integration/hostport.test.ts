@@ -12,7 +12,7 @@
 // translated to the test pod.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,6 +72,14 @@ test('plugin: the second pod on a taken hostPort fails with code 104 naming the 
   const addA = await execPlugin(f.bin, 'ADD', conf(mapA), local({ containerId: a.id, netns: a.path }));
   assert.equal(addA.code, 0, show(addA));
   assert.deepEqual(records(), [`tcp-any-${P}`, `udp-any-${P}`]);
+  // patu status lists them (and does not take the records directory for a network).
+  const st = spawnSync(f.bin, ['status', '--json', '--data-dir', f.dataDir, '--pin-root', PIN, '--bridge', f.bridge], { encoding: 'utf8' });
+  assert.equal(st.status, 0, st.stderr);
+  const status = JSON.parse(st.stdout);
+  assert.deepEqual(status.hostPorts.map((h: any) => `${h.name} ${h.containerId} ${h.podIp}:${h.containerPort}`), [
+    `tcp-any-${P} ${a.id} ${ipOf(addA.json)}:8080`, `udp-any-${P} ${a.id} ${ipOf(addA.json)}:8080`,
+  ]);
+  assert.deepEqual(status.pods.map((p: any) => p.containerId), [a.id]);
 
   const before = snapshotHost(scope([b.id]));
   for (const m of [
