@@ -72,6 +72,7 @@ struct pkt {
 	__be32 saddr, daddr;
 	__be16 sport, dport;
 	__u8 proto;
+	__u8 syn;            /* TCP SYN without ACK: a new connection */
 	__u32 l4_off;        /* from the start of the frame */
 	__u32 csum_off;      /* L4 checksum, from the start of the frame */
 	__u64 csum_flags;    /* BPF_F_MARK_MANGLED_0 for UDP (checksum 0 = none) */
@@ -102,6 +103,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return 2;
 		p->sport = th->source;
 		p->dport = th->dest;
+		p->syn = th->syn && !th->ack;
 		p->csum_off = l4 + __builtin_offsetof(struct tcphdr, check);
 		p->csum_flags = 0;
 		return 0;
@@ -161,7 +163,11 @@ int patu_np_ingress(struct __sk_buff *skb)
 	};
 	struct patu_backend be;
 	__u32 bid = 0;
-	struct patu_ct_val *ct = bpf_map_lookup_elem(&patu_np_ct, &fk);
+	/*
+	 * A SYN starts a new connection even on a tuple an earlier one used (the
+	 * client reuses ports quickly): it gets a fresh pick and fresh entries.
+	 */
+	struct patu_ct_val *ct = p.syn ? 0 : bpf_map_lookup_elem(&patu_np_ct, &fk);
 	if (ct) {
 		/* Known flow: its backend, while that backend is still the service's. */
 		__u32 cbid = ct->backend_id;
@@ -178,7 +184,27 @@ int patu_np_ingress(struct __sk_buff *skb)
 	struct patu_svc_key key = { .vip = p.daddr, .port = p.dport, .proto = p.proto };
 	struct patu_svc_val *svc = lb_lookup(&key, 1);
 	if (!svc) {
-		/* Not a service: the node's own traffic, or to drop if it names the service CIDR. */
+		/*
+		 * Not a service. If this tuple, seen from the backend, still has a reverse
+		 * entry, that entry is stale: the client now talks to the backend's own
+		 * address from the port an earlier service flow used (a new TCP
+		 * connection, or UDP), and its replies must not be rewritten.
+		 */
+		struct patu_ct_key sk = {
+			.src = p.daddr, .dst = p.saddr, .sport = p.dport, .dport = p.sport,
+			.proto = p.proto, .dir = PATU_CT_REV,
+		};
+		struct patu_ct_val *stale = bpf_map_lookup_elem(&patu_np_ct, &sk);
+		if (stale) {
+			/* Its forward entry goes too: the service flow cannot go on without its replies. */
+			struct patu_ct_key sf = {
+				.src = p.saddr, .dst = stale->ip, .sport = p.sport, .dport = stale->port,
+				.proto = p.proto, .dir = PATU_CT_FWD,
+			};
+			bpf_map_delete_elem(&patu_np_ct, &sf);
+			bpf_map_delete_elem(&patu_np_ct, &sk);
+		}
+		/* The node's own traffic, or to drop if it names the service CIDR. */
 		if (lb_in_service_cidr(p.daddr)) {
 			count(PATU_NP_SVC_DROP_IN);
 			return NP_DROP;
