@@ -6,6 +6,8 @@
 //     plus a direct connect to a backend (the ceiling). The client is a small
 //     C loop (bench/connect-rate.c) so the runtime's cost does not hide the
 //     kernel's; rounds are interleaved so machine noise hits both alike.
+//     The last service is also a NodePort (30000): its rate through a node
+//     address (the wildcard lookup) is printed beside its ClusterIP rate.
 //  2. time to program 10,000 services / 100,000 endpoints into empty maps;
 //  3. latency of a single service change: model -> maps, and file write ->
 //     watcher -> maps (p50/p99).
@@ -41,6 +43,9 @@ const PIN = scratch.pinRoot();
 const BACKENDS = Array.from({ length: ENDPOINTS }, (_, i) => `10.78.0.${i + 1}`);
 const tmp = scratch.tmpDir('patu-svc-bench');
 
+/** A node address in patu's namespace (NodePorts answer on it) and the last service's nodePort. */
+const NODE_IP = '192.168.78.1';
+const NODE_PORT = 30000;
 const vipOf = (i: number): string => `10.96.${(i + 1) >> 8}.${(i + 1) & 255}`;
 
 function sh(cmd: string, args: string[], input?: string): { ms: number } {
@@ -187,15 +192,21 @@ async function main(): Promise<void> {
 
   await netnsWithBackends(NSP);
   await netnsWithBackends(NSI);
+  sh('ip', ['-n', NSP, 'addr', 'add', `${NODE_IP}/32`, 'dev', 'lo']);
   const lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
   lb.attach();
+  // What the agent's NodeAddressTracker keeps: the node's addresses (just the one we measure).
+  lb.setNodeAddresses(new Map([[NODE_IP, 0]]));
   const model = new ServiceModel();
+  const nodePorts: { scale: number; clusterIP: number; nodePort: number }[] = [];
   try {
     // 1. Connect rate.
     const table: { scale: number; target: string; patu: number; ipt: number; patuP99: number; iptP99: number }[] = [];
     let direct = 0;
     for (const n of SCALES) {
       model.replaceAll(items(n));
+      const last = model.get(`bench/s${n - 1}`)!.service;
+      model.upsertService({ ...last, type: 'NodePort', ports: last.ports.map((p) => ({ ...p, nodePort: NODE_PORT })) });
       const st = applyDelta(lb, model);
       const restore = sh('ip', ['netns', 'exec', NSI, 'iptables-restore'], kubeProxyRules(n));
       console.log(`${fmt(n)} services: patu programmed in ${fmt(st.ms, 1)} ms; iptables-restore of ${fmt(n * (1 + 3 * ENDPOINTS) + 8)} rules in ${fmt(restore.ms)} ms`);
@@ -209,14 +220,19 @@ async function main(): Promise<void> {
       for (let round = 0; round < ROUNDS; round++) {
         for (const [label, idx] of targets) {
           // Alternate who goes first so drift in machine load does not favour one side.
-          const order = round % 2 === 0 ? ['patu', 'ipt'] : ['ipt', 'patu'];
+          // The last service's NodePort goes between its two ClusterIP measurements.
+          const order = label === 'last'
+            ? (round % 2 === 0 ? ['patu', 'np', 'ipt'] : ['ipt', 'np', 'patu'])
+            : (round % 2 === 0 ? ['patu', 'ipt'] : ['ipt', 'patu']);
           for (const who of order) {
-            if (who === 'patu') add(`patu/${label}`, await connectRate(NSP, vipOf(idx), true));
+            if (who === 'np') add('patu/nodeport', await connectRate(NSP, NODE_IP, true, NODE_PORT));
+            else if (who === 'patu') add(`patu/${label}`, await connectRate(NSP, vipOf(idx), true));
             else add(`ipt/${label}`, await connectRate(NSI, vipOf(idx), false));
           }
         }
         if (n === SCALES[0]) add('direct', await connectRate(NSP, BACKENDS[0]!, true, PORT));
       }
+      nodePorts.push({ scale: n, clusterIP: median(samples.get('patu/last')!.map(perSec)), nodePort: median(samples.get('patu/nodeport')!.map(perSec)) });
       if (samples.has('direct')) direct = median(samples.get('direct')!.map(perSec));
       for (const [label] of targets) {
         const p = samples.get(`patu/${label}`)!;
@@ -232,6 +248,9 @@ async function main(): Promise<void> {
     console.log('services  target  patu/s    iptables/s  patu:ipt  patu p99 us  ipt p99 us');
     for (const r of table) {
       console.log(`${fmt(r.scale).padStart(8)}  ${r.target.padEnd(6)}  ${fmt(r.patu).padStart(8)}  ${fmt(r.ipt).padStart(10)}  ${fmt(r.patu / r.ipt, 2).padStart(7)}x  ${fmt(r.patuP99, 1).padStart(11)}  ${fmt(r.iptP99, 1).padStart(10)}`);
+    }
+    for (const r of nodePorts) {
+      console.log(`${fmt(r.scale)} services, last service: NodePort via a node address ${fmt(r.nodePort)}/s, ClusterIP ${fmt(r.clusterIP)}/s (${fmt(r.nodePort / r.clusterIP, 2)}x)`);
     }
     const at = (scale: number, target: string): (typeof table)[number] | undefined => table.find((r) => r.scale === scale && r.target === target);
     const lo = at(Math.min(...SCALES), 'last');
