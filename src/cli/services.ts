@@ -98,7 +98,8 @@ export async function servicesApply(file: string, opts: ServicesOptions = {}): P
 export function formatServicesTable(list: readonly ProgrammedServiceView[]): string {
   const rows = list.map((s) => [
     s.name || `svc-${s.svcId}`,
-    `${s.vip}:${s.port}/${s.protocol}`,
+    // The wildcard entry answers on every node address: a NodePort (or a hostPort without hostIP).
+    s.vip === '0.0.0.0' ? `*:${s.port}/${s.protocol} (node)` : `${s.vip}:${s.port}/${s.protocol}`,
     s.sessionAffinity === 'ClientIP' ? `ClientIP(${s.affinityTimeoutSeconds}s)` : 'None',
     s.backends.length ? s.backends.map((b) => `${b.ip}:${b.port}`).join(' ') : '(none: connections refused)',
   ]);

@@ -156,6 +156,8 @@ export function convertService(svc: K8sService): ConvertedService {
  * Endpoints of one service, merged across its slices. Only IPv4 slices; the
  * first address of an endpoint (as kube-proxy). Conditions follow the API's
  * nil rules: ready and serving unknown -> true, terminating unknown -> false.
+ * publishNotReadyAddresses needs nothing here: the EndpointSlice controller
+ * already marks such a Service's endpoints ready (kube-proxy reads only that).
  * An address in two slices (a slice being replaced) keeps the better
  * conditions and the union of ports.
  */

@@ -190,3 +190,29 @@ test('services file: bad node ports and addresses are errors naming the field', 
     { name: 'b', clusterIP: '10.96.0.72', externalIPs: ['192.0.2.1'], ports: [{ port: 80 }] },
   ] }), /services\[1\]\.ports\[0\]: address 192\.0\.2\.1:80\/TCP is already used by services\[0\]\.ports\[0\]/);
 });
+
+test('ClientIP affinity switched on and off reaches every entry of the service (NodePort and external ones too)', () => {
+  const on = convertService(svc({ ...nodePortSvc, externalIPs: ['192.0.2.7'], sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 10 } } }));
+  const d = desiredPorts(on.service!, mergeSlices([eps]));
+  assert.equal(d.length, 6);
+  assert.ok(d.every((x) => x.affinity && x.affinityTimeoutSeconds === 10), JSON.stringify(d.map((x) => [x.key, x.affinity, x.affinityTimeoutSeconds])));
+  const off = convertService(svc({ ...nodePortSvc, externalIPs: ['192.0.2.7'], sessionAffinity: 'None' }));
+  assert.ok(desiredPorts(off.service!, mergeSlices([eps])).every((x) => !x.affinity && x.affinityTimeoutSeconds === 0));
+});
+
+test('publishNotReadyAddresses is the slice\'s business: an endpoint the controller marks ready is used, a terminating one only when none is ready', () => {
+  const c = convertService(svc({ clusterIP: '10.96.0.80', ports: [{ name: 'http', port: 80, protocol: 'TCP' }] }));
+  const s = slice([
+    { addresses: ['10.1.0.1'], conditions: { ready: true, serving: true, terminating: false } }, // not-ready pod, published
+    { addresses: ['10.1.0.2'], conditions: { ready: false, serving: true, terminating: true } },
+  ], [{ name: 'http', port: 80, protocol: 'TCP' }]);
+  assert.deepEqual(desiredPorts(c.service!, mergeSlices([s]))[0]!.backends, ['10.1.0.1:80']);
+  const onlyTerminating = slice([s.endpoints![1]!], s.ports);
+  assert.deepEqual(desiredPorts(c.service!, mergeSlices([onlyTerminating]))[0]!.backends, ['10.1.0.2:80']);
+});
+
+test('patu services shows a wildcard entry as answering on every node address', async () => {
+  const { formatServicesTable } = await import('../../src/cli/services.js');
+  const text = formatServicesTable([{ name: 'd/web:http', vip: '0.0.0.0', port: 30080, protocol: 'TCP', svcId: 1, sessionAffinity: 'None', affinityTimeoutSeconds: 0, backends: [] }]);
+  assert.match(text, /\*:30080\/TCP \(node\)/);
+});
