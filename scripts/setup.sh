@@ -4,7 +4,9 @@
 # is missing and rebuilds only what changed.
 #   --with-k8s   also build the Kubernetes binaries the cluster tests run (scripts/k8s/build.sh:
 #                ~6 min once on 2 cores, cached in /var/cache/patu/k8s; needs Go and the Go
-#                module proxy). Without them those tests skip and say so.
+#                module proxy), and the conformance suite: e2e.test, ginkgo, agnhost, CoreDNS
+#                (build.sh --with-suite) and the upstream-named test images (scripts/k8s/images.sh
+#                build). Without them those tests skip and say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,9 +21,12 @@ cd "$(dirname "$0")/.."
 #   tcpdump                       test oracle: what an outside host sees (masquerade)
 #   containerd openssl curl       the single-node Kubernetes cluster of the e2e tests (scripts/k8s/cluster.sh)
 #   gcc libc6-dev                 the launcher (bin/patu) and the cluster's static pause binary
+#   bind9-dnsutils netcat-openbsd libcap2-bin
+#                                 dig/nslookup/host, OpenBSD nc and setcap for the e2e test images
+#                                 (scripts/k8s/images.sh copies them in with their libraries)
 PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables iptables iperf3 sockperf
   busybox-static containernetworking-plugins podman runc iputils-ping procps kmod tcpdump
-  containerd openssl curl gcc libc6-dev)
+  containerd openssl curl gcc libc6-dev bind9-dnsutils netcat-openbsd libcap2-bin)
 
 with_k8s=0
 for a in "$@"; do
@@ -56,7 +61,14 @@ bash scripts/build.sh
 if ((with_k8s)); then
   # Not fatal: without the binaries the cluster tests skip (and say why); everything else still runs.
   if [[ -x ${GO:-/usr/local/go/bin/go} ]]; then
-    bash scripts/k8s/build.sh || echo "setup: WARNING: scripts/k8s/build.sh failed: the Kubernetes tests will skip" >&2
+    if bash scripts/k8s/build.sh; then
+      # The conformance suite and its images: after the binaries, so the Go caches are warm (the e2e
+      # packages share most of their dependencies with kubelet/kube-apiserver).
+      { bash scripts/k8s/build.sh --with-suite && bash scripts/k8s/images.sh build; } \
+        || echo "setup: WARNING: the conformance suite or its images failed to build: the conformance tests will skip" >&2
+    else
+      echo "setup: WARNING: scripts/k8s/build.sh failed: the Kubernetes tests will skip" >&2
+    fi
   else
     echo "setup: WARNING: no Go toolchain at ${GO:-/usr/local/go/bin/go}: the Kubernetes tests will skip" >&2
   fi
