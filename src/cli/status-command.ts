@@ -10,7 +10,7 @@ import { HOSTPORT_DIR, HostPortStore, type HostPortRecord } from '../hostport/re
 import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { hostVethName } from '../dataplane/names.js';
 import { Accel, type AccelStatus } from '../dataplane/accel.js';
-import { readProgrammed, type ProgrammedServiceView } from '../dataplane/service-lb.js';
+import { readLbSettings, readProgrammed, type ProgrammedServiceView } from '../dataplane/service-lb.js';
 import { formatServicesTable } from './services.js';
 import { formatTable } from './table.js';
 
@@ -39,6 +39,8 @@ export interface NodeStatus {
   maps: { id: number; name: string; type: string; maxEntries: number }[];
   pins: string[];
   pods: PodStatus[];
+  /** The service CIDR the programs refuse unanswered addresses in, and the addresses NodePorts answer on (null: not set up). */
+  serviceSettings: { serviceCidr: string | null; nodeAddresses: string[] } | null;
   /** hostPort records (what the CNI plugin granted; the agent programs them as services named patu:hostport/...). */
   hostPorts: HostPortRecord[];
 }
@@ -61,6 +63,7 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
     return {
       accel: Accel.open({ pinRoot: opts.pinRoot }).status(),
       services: readProgrammed(opts.pinRoot),
+      serviceSettings: readLbSettings(opts.pinRoot),
       bridge: {
         name: opts.bridge,
         present: br !== undefined,
@@ -98,6 +101,11 @@ export function formatStatus(s: NodeStatus): string {
     (a.setUp ? `, ${a.attached ? 'attached' : 'detached'}, ${a.sockets} sockets redirected, ${a.pods.filter((p) => !p.optOut).length} pods accelerated, ${a.pods.filter((p) => p.optOut).length} opted out` : '') + '\n');
   out.push(`\nServices: ${s.services === null ? 'none programmed' : `${s.services.length}`}\n`);
   if (s.services?.length) out.push(formatServicesTable(s.services));
+  const ss = s.serviceSettings;
+  if (ss) {
+    out.push(`Service CIDR: ${ss.serviceCidr ?? 'none'}${ss.serviceCidr ? ' (addresses in it that no service answers are refused)' : ''}\n`);
+    out.push(`NodePorts answer on: ${ss.nodeAddresses.length ? ss.nodeAddresses.join(' ') : 'no address yet'}\n`);
+  }
   out.push(`\nPods (${s.pods.length}):\n`);
   out.push(
     s.pods.length

@@ -610,11 +610,7 @@ export class ServiceLb {
     const c = this.maps.cfg.lookup(0);
     if (!c) return {};
     const out: LbConfig = { hostNetnsCookie: c.hostNetnsCookie };
-    if (c.svcMask !== '0.0.0.0') {
-      let prefix = 0;
-      for (let m = ipToBigInt(c.svcMask); m; m &= m - 1n) prefix++;
-      out.serviceCidr = `${c.svcNet}/${prefix}`;
-    }
+    if (c.svcMask !== '0.0.0.0') out.serviceCidr = `${c.svcNet}/${maskBits(c.svcMask)}`;
     return out;
   }
 
@@ -765,6 +761,33 @@ function programmedView(m: Pick<Maps, 'svc' | 'slot' | 'backend' | 'meta'>): Pro
     });
   }
   return out.sort((a, b) => a.name.localeCompare(b.name) || a.vip.localeCompare(b.vip) || a.port - b.port);
+}
+
+/** Prefix length of a dotted mask ('255.240.0.0' -> 12). */
+function maskBits(mask: string): number {
+  let n = 0;
+  for (let m = ipToBigInt(mask); m; m &= m - 1n) n++;
+  return n;
+}
+
+/**
+ * The node-wide settings from the pins, without loading programs (`patu status`):
+ * the service CIDR and the addresses NodePorts answer on. Null when not set up.
+ */
+export function readLbSettings(pinRoot: string = DEFAULTS.pinRoot): { serviceCidr: string | null; nodeAddresses: string[] } | null {
+  const p = (n: string): string => join(pinRoot, n);
+  if (!existsSync(p('patu_lb_cfg')) || !existsSync(p('patu_node_addr'))) return null;
+  const c = SOCK_LB_MAP_CODECS;
+  const cfg = TypedMap.fromPin(p('patu_lb_cfg'), c.patu_lb_cfg.key, c.patu_lb_cfg.value);
+  const addrs = TypedMap.fromPin(p('patu_node_addr'), c.patu_node_addr.key, c.patu_node_addr.value);
+  try {
+    const v = cfg.lookup(0);
+    const serviceCidr = v && v.svcMask !== '0.0.0.0' ? `${v.svcNet}/${maskBits(v.svcMask)}` : null;
+    return { serviceCidr, nodeAddresses: [...addrs.keys()].sort() };
+  } finally {
+    cfg.close();
+    addrs.close();
+  }
 }
 
 /**

@@ -127,6 +127,9 @@ test('agent in a netns: the NodePort answers on its address and 127.0.0.1 (TCP, 
   }
   const refused = await runClient({ mode: 'tcp', host: '10.96.81.1', port: 81, count: 2 });
   assert.deepEqual(refused.errors, { ECONNREFUSED: 2 });
+  const st = JSON.parse(sh(PATU_BIN, ['status', '--json', '--pin-root', pinRoot, '--data-dir', join(dir, 'none')])) as { serviceSettings: { serviceCidr: string; nodeAddresses: string[] } };
+  assert.equal(st.serviceSettings.serviceCidr, '10.96.0.0/12');
+  assert.deepEqual(st.serviceSettings.nodeAddresses, ['10.81.0.1', '127.0.0.1', NODE_IP].sort());
 });
 
 test('agent: an address added to the node answers the NodePort, and the log says so', { skip }, async () => {
