@@ -100,10 +100,12 @@ const sameOwner = (a: HostPortOwner, b: HostPortOwner): boolean =>
 /** Another attachment already holds an overlapping mapping: the second ADD fails with this. */
 export class HostPortConflictError extends PatuError {
   readonly code = 'HOSTPORT_CONFLICT';
-  constructor(readonly wanted: PortMapping, readonly held: HostPortRecord) {
+  constructor(readonly wanted: PortMapping, readonly held: HostPortRecord, sameRequest = false) {
     super(
-      `${describe(wanted)} is already taken: ${describe(held)} is mapped to ${held.podIp}:${held.containerPort} ` +
-        `for container ${held.containerId} (${held.ifname}, network ${held.network}); two pods cannot map the same hostIP, port and protocol`,
+      sameRequest
+        ? `${describe(wanted)} (to container port ${wanted.containerPort}) overlaps ${describe(held)} (to container port ${held.containerPort}) in the same request`
+        : `${describe(wanted)} is already taken: ${describe(held)} is mapped to ${held.podIp}:${held.containerPort} ` +
+          `for container ${held.containerId} (${held.ifname}, network ${held.network}); two pods cannot map the same hostIP, port and protocol`,
     );
   }
 }
@@ -119,6 +121,8 @@ export class HostPortLockTimeoutError extends PatuError {
 // closes the fds of a worker it abandons, which is only safe for fds that stay ours.
 const lockFds = new Map<string, number>();
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
+/** One read buffer for every record (reads are synchronous): not 16 KiB zero-filled per file. */
+const readBuf = Buffer.allocUnsafe(MAX_RECORD);
 
 function parseRecord(name: string, text: string): HostPortRecord | undefined {
   const key = parseRecordName(name);
@@ -238,8 +242,7 @@ export class HostPortStore {
     }
     try {
       if (!fs.fstatSync(fd).isFile()) return '';
-      const buf = Buffer.alloc(MAX_RECORD);
-      return buf.toString('utf8', 0, fs.readSync(fd, buf, 0, MAX_RECORD, 0));
+      return readBuf.toString('utf8', 0, fs.readSync(fd, readBuf, 0, MAX_RECORD, 0));
     } finally {
       fs.closeSync(fd);
     }
@@ -266,7 +269,7 @@ export class HostPortStore {
           for (let j = 0; j < i; j++) {
             const o = mappings[j]!;
             if (overlaps(m, o) && !(recordName(o) === name && o.containerPort === m.containerPort)) {
-              throw new HostPortConflictError(m, { ...owner, name: recordName(o), ...o });
+              throw new HostPortConflictError(m, { ...owner, name: recordName(o), ...o }, true);
             }
           }
           if (held.includes(name)) continue;
@@ -342,7 +345,17 @@ export class HostPortStore {
   }
 
   private releaseWhere(pred: (r: HostPortRecord) => boolean): string[] {
-    if (!this.exists) return [];
+    // Every DEL comes here, hostPorts or not: with no record at all (the common case),
+    // one readdir and no lock. A record created meanwhile belongs to an ADD that is
+    // not this DEL's pod (the runtime does not run ADD and DEL of one pod at once).
+    let names: string[];
+    try {
+      names = fs.readdirSync(this.dir);
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') return [];
+      throw err;
+    }
+    if (!names.some((n) => parseRecordName(n))) return [];
     return this.withLock(() => {
       const gone: string[] = [];
       for (const r of this.list({ sweep: true })) {

@@ -224,6 +224,19 @@ const confMutation: fc.Arbitrary<ConfMutation> = fc.oneof(
     { ips: [] },
   ).map((v) => cfg(['runtimeConfig'], v, `runtimeConfig ${JSON.stringify(v)}`)),
   wrongType.filter((v) => v !== null && (typeof v !== 'object' || Array.isArray(v))).map((v) => cfg(['runtimeConfig'], v, `runtimeConfig of type ${typeof v}`, invalid([7], 'runtimeConfig'))),
+  // runtimeConfig.portMappings (capability "portMappings": hostPorts patu serves itself)
+  fc.constantFrom(
+    [{ hostPort: 8081, containerPort: 80 }],
+    [{ hostPort: 8082, containerPort: 80, protocol: 'UDP', hostIP: '127.0.0.1' }, { hostPort: 8082, containerPort: 80, protocol: 'tcp', hostIP: '0.0.0.0' }],
+  ).map((v) => cfg(['runtimeConfig', 'portMappings'], v, `runtimeConfig.portMappings ${JSON.stringify(v)}`)),
+  fc.constantFrom(
+    'x', [5], [{}], [{ hostPort: 0, containerPort: 80 }], [{ hostPort: 80, containerPort: 65536 }], [{ hostPort: '80', containerPort: 80 }],
+    [{ hostPort: 80, containerPort: 80, protocol: 'sctp' }], [{ hostPort: 80, containerPort: 80, hostIP: '::1' }], [{ hostPort: 80, containerPort: 80, hostIP: 'nope' }],
+    // One pod asking for one port twice, to two container ports.
+    [{ hostPort: 8083, containerPort: 1 }, { hostPort: 8083, containerPort: 2 }],
+  ).map((v) => cfg(['runtimeConfig', 'portMappings'], v, `runtimeConfig.portMappings ${JSON.stringify(v)}`,
+    // The last one is well-formed: only ADD can find the clash (104).
+    Array.isArray(v) && v.length === 2 ? invalid([104], 'portMappings', ADD_ONLY) : invalid([7], 'portMappings'))),
   // prevResult (CHECK reads it; the others must not trip over it)
   fc.constantFrom(
     { cniVersion: '1.1.0', interfaces: [{ name: 'eth0', sandbox: '@@NETNS@@' }], ips: [{ address: '@@PREFIX@@.9/24', interface: 0 }] },
