@@ -180,9 +180,18 @@ int patu_np_ingress(struct __sk_buff *skb)
 		}
 	}
 
-	/* {dst, port, proto}, then {0, port, proto} for a node address (host_ns 1: a packet never carries a loopback one). */
-	struct patu_svc_key key = { .vip = p.daddr, .port = p.dport, .proto = p.proto };
+	/*
+	 * {dst, port, proto}, then {0, port, proto} for a node address (host_ns 1:
+	 * a packet never carries a loopback one); the externalTrafficPolicy Local
+	 * entry of the same address (this node's endpoints only) comes first.
+	 */
+	struct patu_svc_key key = { .vip = p.daddr, .port = p.dport, .proto = p.proto | PATU_PROTO_EXT_LOCAL };
 	struct patu_svc_val *svc = lb_lookup(&key, 1);
+	if (!svc) {
+		key.vip = p.daddr;
+		key.proto = p.proto;
+		svc = lb_lookup(&key, 1);
+	}
 	if (!svc) {
 		/*
 		 * Not a service. If this tuple, seen from the backend, still has a reverse

@@ -46,6 +46,14 @@ struct patu_lb_cfg {
 	__u64 host_netns_cookie; /* the node's netns (PATU_NODE_ADDR_F_LOOPBACK); 0 = none */
 };
 
+/*
+ * Or-ed into patu_svc_key.proto of the entries only the tc path (nodeport.c)
+ * reads: an externalTrafficPolicy Local NodePort/externalIP/LB IP with this
+ * node's endpoints only, for packets from outside. A socket's protocol never
+ * has this bit, so the socket hooks never match these entries.
+ */
+#define PATU_PROTO_EXT_LOCAL 0x80
+
 /* Service key: protocol is part of it so TCP and UDP on one port are distinct. */
 struct patu_svc_key {
 	__be32 vip;

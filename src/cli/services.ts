@@ -99,7 +99,8 @@ export function formatServicesTable(list: readonly ProgrammedServiceView[]): str
   const rows = list.map((s) => [
     s.name || `svc-${s.svcId}`,
     // The wildcard entry answers on every node address: a NodePort (or a hostPort without hostIP).
-    s.vip === '0.0.0.0' ? `*:${s.port}/${s.protocol} (node)` : `${s.vip}:${s.port}/${s.protocol}`,
+    (s.vip === '0.0.0.0' ? `*:${s.port}/${s.protocol} (node)` : `${s.vip}:${s.port}/${s.protocol}`) +
+      (s.scope ? ' (from outside: local endpoints)' : ''),
     s.sessionAffinity === 'ClientIP' ? `ClientIP(${s.affinityTimeoutSeconds}s)` : 'None',
     s.backends.length ? s.backends.map((b) => `${b.ip}:${b.port}`).join(' ') : '(none: connections refused)',
   ]);

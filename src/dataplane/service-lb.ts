@@ -137,6 +137,8 @@ export interface ProgrammedServiceView {
   affinityTimeoutSeconds: number;
   /** Selectable backends in slot order. */
   backends: { id: number; ip: string; port: number }[];
+  /** 'external-local': the externalTrafficPolicy Local entry packets from outside use (tc path). */
+  scope?: 'external-local';
 }
 
 export interface ApplyStats {
@@ -232,7 +234,9 @@ function sortInto(b: PhaseBatch, op: MapOp): void {
   }
 }
 
-const svcKeyOf = (k: SvcKey): SvcKeyC => ({ vip: k.vip, port: k.port, proto: IPPROTO[k.protocol], pad: 0 });
+/** bpf/sock_lb.h PATU_PROTO_EXT_LOCAL: or-ed into the protocol byte of entries only the tc path reads. */
+export const PROTO_EXT_LOCAL = 0x80;
+const svcKeyOf = (k: SvcKey): SvcKeyC => ({ vip: k.vip, port: k.port, proto: IPPROTO[k.protocol] | (k.scope === 'external-local' ? PROTO_EXT_LOCAL : 0), pad: 0 });
 
 export class ServiceLb {
   private links: BpfLink[] = [];
@@ -705,8 +709,9 @@ function readState(m: Maps): ProgrammedState {
   const state = emptyState();
   const names = new Map<number, string>(m.meta.entries());
   for (const [k, v] of m.svc.entries()) {
-    const protocol = PROTO_NAME[k.proto];
+    const protocol = PROTO_NAME[k.proto & ~PROTO_EXT_LOCAL];
     if (!protocol) continue;
+    const scope = k.proto & PROTO_EXT_LOCAL ? 'external-local' as const : undefined;
     const slots: number[] = [];
     for (let i = 0; i < v.count; i++) {
       const bid = m.slot.lookup({ svcId: v.svcId, slot: i });
@@ -716,10 +721,11 @@ function readState(m: Maps): ProgrammedState {
       if (b) state.backends.set(bid, { ip: b.ip, port: b.port, svcId: b.svcId });
     }
     const name = names.get(v.svcId) ?? `?/svc-${v.svcId}:${k.port}`;
-    const key = portKey(k.vip, k.port, protocol);
+    const key = portKey(k.vip, k.port, protocol, scope);
     const svc: ProgrammedService = {
       key, ref: name.slice(0, name.lastIndexOf(':')), vip: k.vip, port: k.port, protocol, id: v.svcId, name,
       affinity: (v.flags & F_AFFINITY) !== 0, affinityTimeoutSeconds: v.affinityTimeout, slots,
+      ...(scope ? { scope } : {}),
     };
     setService(state, svc);
   }
@@ -754,7 +760,8 @@ function programmedView(m: Pick<Maps, 'svc' | 'slot' | 'backend' | 'meta'>): Pro
     const affinity = (v.flags & F_AFFINITY) !== 0;
     out.push({
       name: m.meta.lookup(v.svcId) ?? '',
-      vip: k.vip, port: k.port, protocol: PROTO_NAME[k.proto] ?? 'TCP', svcId: v.svcId,
+      vip: k.vip, port: k.port, protocol: PROTO_NAME[k.proto & ~PROTO_EXT_LOCAL] ?? 'TCP', svcId: v.svcId,
+      ...(k.proto & PROTO_EXT_LOCAL ? { scope: 'external-local' as const } : {}),
       sessionAffinity: affinity ? 'ClientIP' : 'None',
       affinityTimeoutSeconds: affinity ? v.affinityTimeout : 0,
       backends,

@@ -14,7 +14,7 @@
 // depend on these maps (they were translated at connect()), so removing a
 // backend cannot break them. Only services in scope are looked at, so a
 // change to one service produces operations on its own entries only.
-import type { DesiredServicePort, Protocol } from './model.js';
+import type { DesiredServicePort, EntryScope, Protocol } from './model.js';
 
 export interface BackendAddr {
   ip: string;
@@ -31,6 +31,8 @@ export interface ProgrammedService {
   vip: string;
   port: number;
   protocol: Protocol;
+  /** Set for entries only the tc path reads (DesiredServicePort.scope). */
+  scope?: EntryScope;
   id: number;
   name: string;
   affinity: boolean;
@@ -75,6 +77,7 @@ export interface SvcKey {
   vip: string;
   port: number;
   protocol: Protocol;
+  scope?: EntryScope;
 }
 
 export interface SvcValue {
@@ -133,7 +136,8 @@ function parseAddr(s: string): BackendAddr {
   return { ip: s.slice(0, i), port: Number(s.slice(i + 1)) };
 }
 
-const svcKeyOf = (s: { vip: string; port: number; protocol: Protocol }): SvcKey => ({ vip: s.vip, port: s.port, protocol: s.protocol });
+const svcKeyOf = (s: { vip: string; port: number; protocol: Protocol; scope?: EntryScope }): SvcKey =>
+  s.scope ? { vip: s.vip, port: s.port, protocol: s.protocol, scope: s.scope } : { vip: s.vip, port: s.port, protocol: s.protocol };
 
 /**
  * Computes the operations that turn `state` into `desired` for the keys in
@@ -236,6 +240,7 @@ export function diffServices(
     const next: ProgrammedService = {
       key, ref: want.ref, vip: want.vip, port: want.port, protocol: want.protocol, id: svcId, name: want.name,
       affinity: want.affinity, affinityTimeoutSeconds: want.affinityTimeoutSeconds, slots: newSlots,
+      ...(want.scope ? { scope: want.scope } : {}),
     };
     if (!old || !sameService(old, next)) services.set(key, next);
   }
@@ -255,7 +260,8 @@ export function departedBackends(state: ProgrammedState, diff: DiffResult, proto
   const out: { vip: string; vport: number; ip: string; port: number }[] = [];
   for (const key of diff.services.keys()) {
     const old = state.services.get(key);
-    if (!old || old.protocol !== protocol) continue;
+    // Entries only tc reads have no sockets connected through them.
+    if (!old || old.protocol !== protocol || old.scope) continue;
     for (const bid of old.slots) {
       const b = removed.has(bid) ? state.backends.get(bid) : undefined;
       if (b) out.push({ vip: old.vip, vport: old.port, ip: b.ip, port: b.port });

@@ -108,9 +108,18 @@ export interface DesiredServicePort {
   affinityTimeoutSeconds: number;
   /** Selectable backends as `ip:port`, sorted (the order is irrelevant to selection). */
   backends: string[];
+  /**
+   * 'external-local': the entry packets from outside the node use (the tc path) for an
+   * externalTrafficPolicy Local service: this node's endpoints only. The socket hooks
+   * never see it (its map key carries PATU_PROTO_EXT_LOCAL in the protocol byte).
+   */
+  scope?: EntryScope;
 }
 
-export const portKey = (vip: string, port: number, protocol: Protocol): string => `${vip}:${port}/${protocol}`;
+export type EntryScope = 'external-local';
+
+export const portKey = (vip: string, port: number, protocol: Protocol, scope?: EntryScope): string =>
+  `${vip}:${port}/${protocol}${scope ? `/${scope}` : ''}`;
 
 /**
  * Which endpoints take new connections: the ready ones; when none is ready,
@@ -175,9 +184,10 @@ export function desiredPorts(svc: Service, endpoints: readonly Endpoint[], nodeN
       return [...backends].sort();
     };
     const name = `${ref}:${p.name ?? String(p.port)}`;
-    const entry = (vip: string, port: number, backends: string[]): DesiredServicePort => ({
-      key: portKey(vip, port, p.protocol), ref, vip, port, protocol: p.protocol, name,
+    const entry = (vip: string, port: number, backends: string[], scope?: EntryScope): DesiredServicePort => ({
+      key: portKey(vip, port, p.protocol, scope), ref, vip, port, protocol: p.protocol, name,
       affinity, affinityTimeoutSeconds: affinity ? svc.affinityTimeoutSeconds : 0, backends,
+      ...(scope ? { scope } : {}),
     });
     out.push(entry(svc.clusterIP, p.port, backendsOf(clusterEps)));
     // Socket-level clients are this node's pods and processes: every endpoint, whatever
@@ -185,6 +195,13 @@ export function desiredPorts(svc: Service, endpoints: readonly Endpoint[], nodeN
     const ext = hasNodePorts || external.length ? backendsOf(all) : [];
     if (hasNodePorts && p.nodePort !== undefined) out.push(entry(ANY_NODE_ADDRESS, p.nodePort, ext));
     for (const ip of new Set(external)) if (ip !== svc.clusterIP) out.push(entry(ip, p.port, ext));
+    // Packets from outside to an externalTrafficPolicy Local service reach this node's
+    // endpoints only (none: dropped), with the client's address kept: an entry of their own.
+    if (svc.externalTrafficPolicy === 'Local' && (hasNodePorts || external.length)) {
+      const local = backendsOf(localSelectable(endpoints, nodeName));
+      if (hasNodePorts && p.nodePort !== undefined) out.push(entry(ANY_NODE_ADDRESS, p.nodePort, local, 'external-local'));
+      for (const ip of new Set(external)) if (ip !== svc.clusterIP) out.push(entry(ip, p.port, local, 'external-local'));
+    }
   }
   return out;
 }

@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { NodePortTc, NODEPORT_MAP_CODECS, type NodePortTcOptions } from '../../src/dataplane/nodeport-tc.js';
 import { TypedMap } from '../../src/kernel/bpf/map.js';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
+import { ServiceModel, type Endpoint, type Service } from '../../src/services/model.js';
 import { BpfLink } from '../../src/kernel/bpf/object.js';
 import { listLinks } from '../../src/kernel/bpf/introspect.js';
 import { removePins } from '../../src/kernel/bpf/pins.js';
@@ -264,6 +265,46 @@ test('ClientIP affinity from outside: one client address keeps one backend', { s
   const r = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT + 2, count: 20 });
   assert.deepEqual(r.errors, {});
   assert.equal(Object.keys(r.byBackend).length, 1, `affinity broken: ${JSON.stringify(r.byBackend)}`);
+});
+
+test('externalTrafficPolicy Local from outside: only this node\'s endpoints (none: dropped); Cluster: every endpoint. Programmed by ServiceLb from the model', { skip }, async () => {
+  const model = new ServiceModel({ nodeName: 'n1' });
+  const mk = (name: string, nodePort: number, policy: 'Local' | 'Cluster'): Service => ({
+    namespace: 'it', name, clusterIP: `10.96.77.${nodePort - NODE_PORT + 10}`, type: 'NodePort', externalTrafficPolicy: policy,
+    sessionAffinity: 'None', affinityTimeoutSeconds: 10800, ports: [{ port: 80, protocol: 'TCP', targetPort: TARGET, nodePort }],
+  });
+  // pod1 is on this node (n1), pod2 is counted as another node's.
+  const eps: Endpoint[] = [
+    { ip: POD_IPS[0]!, nodeName: 'n1', ready: true, serving: true, terminating: false },
+    { ip: POD_IPS[1]!, nodeName: 'n2', ready: true, serving: true, terminating: false },
+  ];
+  model.upsertService(mk('local', NODE_PORT + 10, 'Local'));
+  model.setEndpoints('it/local', eps);
+  model.upsertService(mk('cluster', NODE_PORT + 11, 'Cluster'));
+  model.setEndpoints('it/cluster', eps);
+  model.upsertService(mk('nolocal', NODE_PORT + 12, 'Local'));
+  model.setEndpoints('it/nolocal', eps.filter((e) => e.nodeName !== 'n1'));
+  const lb = ServiceLb.open({ pinRoot: PIN });
+  try {
+    const changed = model.takeChanges();
+    lb.applyChanges(changed, model.desired(changed));
+    const views = lb.programmed().filter((v) => v.name.startsWith('it/local'));
+    assert.deepEqual(views.map((v) => [v.vip, v.scope ?? 'sockets', v.backends.map((b) => b.ip)]).sort(), [
+      ['0.0.0.0', 'external-local', [POD_IPS[0]]], ['0.0.0.0', 'sockets', POD_IPS], ['10.96.77.20', 'sockets', POD_IPS],
+    ].sort());
+  } finally {
+    lb.close();
+  }
+  const local = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT + 10, count: 20 });
+  assert.deepEqual(local.errors, {});
+  assert.deepEqual(local.byBackend, { [`${POD_IPS[0]}:${TARGET}`]: 20 });
+  const cluster = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT + 11, count: 20 });
+  assert.deepEqual(cluster.errors, {});
+  assert.equal(Object.keys(cluster.byBackend).length, 2);
+  const dropped = np!.readStats().noBackend;
+  const none = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT + 12, count: 1 });
+  assert.deepEqual(none.errors, { timeout: 1 }, 'no local endpoint: the packet is dropped (no RST from the node either)');
+  assert.ok(np!.readStats().noBackend > dropped);
 });
 
 test('a flow whose backend left the service moves to a current backend on its next packet (UDP, same 5-tuple)', { skip }, async () => {

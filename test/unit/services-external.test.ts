@@ -160,11 +160,19 @@ test('services file: type NodePort with nodePort, externalIPs, loadBalancerIPs, 
   }] });
   assert.ok(it);
   const d = desiredPorts(it.service, it.endpoints, 'n1');
+  // ETP Local: each NodePort/external entry has an external-local twin (the tc path's) with this node's endpoints only.
   assert.deepEqual(keysOf(d), [
-    '0.0.0.0:30080/TCP', '0.0.0.0:30080/UDP', '10.96.0.60:80/TCP', '10.96.0.60:80/UDP',
-    '192.0.2.1:80/TCP', '192.0.2.1:80/UDP', '203.0.113.1:80/TCP', '203.0.113.1:80/UDP',
+    '0.0.0.0:30080/TCP', '0.0.0.0:30080/TCP/external-local', '0.0.0.0:30080/UDP', '0.0.0.0:30080/UDP/external-local',
+    '10.96.0.60:80/TCP', '10.96.0.60:80/UDP',
+    '192.0.2.1:80/TCP', '192.0.2.1:80/TCP/external-local', '192.0.2.1:80/UDP', '192.0.2.1:80/UDP/external-local',
+    '203.0.113.1:80/TCP', '203.0.113.1:80/TCP/external-local', '203.0.113.1:80/UDP', '203.0.113.1:80/UDP/external-local',
   ]);
   assert.deepEqual(d.find((x) => x.key === '10.96.0.60:80/TCP')!.backends, ['10.1.0.1:8080'], 'ITP Local');
+  assert.deepEqual(d.find((x) => x.key === '0.0.0.0:30080/TCP')!.backends, ['10.1.0.1:8080', '10.1.0.2:8080'], 'sockets: every endpoint');
+  const local = d.find((x) => x.key === '0.0.0.0:30080/TCP/external-local')!;
+  assert.deepEqual([local.backends, local.scope, local.vip, local.port], [['10.1.0.1:8080'], 'external-local', '0.0.0.0', 30080]);
+  // Cluster policy: no twins.
+  assert.ok(!keysOf(desiredPorts({ ...it.service, externalTrafficPolicy: 'Cluster' }, it.endpoints, 'n1')).some((k) => k.endsWith('/external-local')));
   // A file without the new fields gives the same object as before them.
   const [plain] = validateServices({ services: [{ name: 'p', clusterIP: '10.96.0.61', ports: [{ port: 80 }] }] });
   assert.deepEqual(Object.keys(plain!.service).sort(), ['affinityTimeoutSeconds', 'clusterIP', 'name', 'namespace', 'ports', 'sessionAffinity']);
