@@ -35,6 +35,11 @@
 # status, the nginx .deb) skips the whole build when nothing changed; otherwise each image is reassembled and
 # its tarball replaced only if its layer digest changed. `import` skips images the containerd already has
 # with the same manifest digest.
+#
+# Measured here (2 cores, shared, load ~5): build 20-32 s cold (nginx .deb download included), 0.2 s cached;
+# import of all seven into a fresh containerd 1.6: 10-18 s, 0.1 s when it has them.
+# Sizes (uncompressed layer tarballs): agnhost 190 MiB (agnhost 54 MB + coredns 75 MB + dig's libraries, 31 MB of them libicudata via libxml2), jessie-dnsutils 56 MiB,
+# nginx 12 MiB, regression-issue-74839 4.5 MiB, busybox 2.3 MiB, coredns 72 MiB, pause 0.7 MiB.
 set -euo pipefail
 
 K8S_VERSION=${PATU_K8S_VERSION:-v1.34.4}
@@ -171,7 +176,9 @@ nginx_deb() { # the cached .deb of Debian's nginx (the package, not installed)
     mkdir -p "$NGINX_DEB_DIR"
     # apt's _apt user cannot write into a root-only dir; download in a scratch dir it can, then move.
     local tmp; tmp=$(mktemp -d); chmod 755 "$tmp"
-    ( cd "$tmp" && apt-get download nginx >/dev/null 2>&1 ) || { rm -rf "$tmp"; die "apt-get download nginx failed (run apt-get update?)"; }
+    # A machine whose packages were all there already may have no package lists yet: update once, then retry.
+    ( cd "$tmp" && { apt-get download nginx >/dev/null 2>&1 || { apt-get update -qq && apt-get download nginx >/dev/null; }; } ) \
+      || { rm -rf "$tmp"; die "apt-get download nginx failed"; }
     mv "$tmp"/nginx_*_amd64.deb "$NGINX_DEB_DIR/"; rm -rf "$tmp"
     debs=("$NGINX_DEB_DIR"/nginx_*_amd64.deb)
   fi
