@@ -293,3 +293,63 @@ test('informer on a real apiserver: watches resume without relisting, bookmarks 
     await inf.stop();
   }
 });
+
+test('every Service shape from a real apiserver: NodePort (TCP+UDP on one number), LoadBalancer (ETP Local, healthCheckNodePort, status ingress), externalIPs, proxy labels, ExternalName', { skip }, async () => {
+  const pin = `${PIN}-shapes`;
+  const np = await must('POST', '/api/v1/namespaces/default/services', {
+    metadata: { name: 'shape-np' },
+    spec: { type: 'NodePort', ports: [{ name: 'tcp', port: 80, protocol: 'TCP', targetPort: 8080, nodePort: 30555 }, { name: 'udp', port: 80, protocol: 'UDP', targetPort: 8080, nodePort: 30555 }] },
+  });
+  const lbSvc = await must('POST', '/api/v1/namespaces/default/services', {
+    metadata: { name: 'shape-lb' },
+    spec: { type: 'LoadBalancer', externalTrafficPolicy: 'Local', externalIPs: ['192.0.2.55'], ports: [{ name: 'http', port: 80, targetPort: 8080 }] },
+  });
+  const hc: number = lbSvc.spec.healthCheckNodePort;
+  assert.ok(hc > 0, 'the apiserver allocates a healthCheckNodePort for ETP Local');
+  await must('PUT', '/api/v1/namespaces/default/services/shape-lb/status', { ...lbSvc, status: { loadBalancer: { ingress: [{ ip: '203.0.113.55' }] } } });
+  await must('POST', '/api/v1/namespaces/default/services', { metadata: { name: 'shape-other', labels: { 'service.kubernetes.io/service-proxy-name': 'someone-else' } }, spec: { ports: [{ port: 81 }] } });
+  await must('POST', '/api/v1/namespaces/default/services', { metadata: { name: 'shape-hl', labels: { 'service.kubernetes.io/headless': '' } }, spec: { ports: [{ port: 82 }] } });
+  await must('POST', '/api/v1/namespaces/default/services', { metadata: { name: 'shape-ext' }, spec: { type: 'ExternalName', externalName: 'example.org' } });
+  const sl = (name: string, svc: string, eps: { ip: string; nodeName?: string }[], ports: { name: string; protocol: string }[]) => ({
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice',
+    metadata: { name, namespace: 'default', labels: { 'kubernetes.io/service-name': svc } },
+    addressType: 'IPv4',
+    endpoints: eps.map((e) => ({ addresses: [e.ip], conditions: { ready: true }, ...(e.nodeName ? { nodeName: e.nodeName } : {}) })),
+    ports: ports.map((p) => ({ ...p, port: 8080 })),
+  });
+  await must('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', sl('shape-np-1', 'shape-np', [{ ip: '10.244.9.1' }, { ip: '10.244.9.2' }], [{ name: 'tcp', protocol: 'TCP' }, { name: 'udp', protocol: 'UDP' }]));
+  await must('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', sl('shape-lb-1', 'shape-lb', [{ ip: '10.244.9.3', nodeName: NODE }, { ip: '10.244.9.4', nodeName: 'elsewhere' }], [{ name: 'http', protocol: 'TCP' }]));
+  for (const name of ['shape-other', 'shape-hl']) {
+    await must('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', sl(`${name}-1`, name, [{ ip: '10.244.9.9' }], [{ name: '', protocol: 'TCP' }]));
+  }
+
+  const lb = ServiceLb.open({ pinRoot: pin });
+  const health: { ref: string; port: number; localEndpoints: number }[][] = [];
+  const source = new K8sSource({ nodeName: NODE, clusterCIDR: '10.200.0.0/16', serviceCIDR: '10.96.0.0/16', sink: lb, resyncMs: 0, onHealthChecks: (e) => health.push(e) });
+  const entries = (prefix: string) => lb.programmed().filter((s) => s.name.startsWith(prefix))
+    .map((s) => `${s.vip}:${s.port}/${s.protocol} ${s.backends.map((b) => `${b.ip}:${b.port}`).sort().join(',')}`).sort();
+  try {
+    source.start(kubeconfigFile(join(tmp, 'kubeconfig')));
+    await until('shapes programmed', () => entries('default/shape-lb').length === 4 && entries('default/shape-np').length === 4);
+    const npIp: string = np.spec.clusterIP;
+    const lbIp: string = lbSvc.spec.clusterIP;
+    const two = '10.244.9.1:8080,10.244.9.2:8080';
+    assert.deepEqual(entries('default/shape-np'), [`0.0.0.0:30555/TCP ${two}`, `0.0.0.0:30555/UDP ${two}`, `${npIp}:80/TCP ${two}`, `${npIp}:80/UDP ${two}`].sort());
+    const lbNodePort: number = lbSvc.spec.ports[0].nodePort;
+    const both = '10.244.9.3:8080,10.244.9.4:8080';
+    assert.deepEqual(entries('default/shape-lb'), [`0.0.0.0:${lbNodePort}/TCP ${both}`, `192.0.2.55:80/TCP ${both}`, `203.0.113.55:80/TCP ${both}`, `${lbIp}:80/TCP ${both}`].sort());
+    assert.deepEqual(entries('default/shape-other'), [], 'service-proxy-name: another proxy serves it');
+    assert.deepEqual(entries('default/shape-hl'), [], 'service.kubernetes.io/headless: not proxied');
+    assert.deepEqual(entries('default/shape-ext'), []);
+    assert.deepEqual(health.at(-1), [{ ref: 'default/shape-lb', port: hc, localEndpoints: 1 }]);
+
+    // The UDP port goes: its two entries go with it, TCP stays.
+    await must('PUT', '/api/v1/namespaces/default/services/shape-np', { ...np, metadata: { ...np.metadata, resourceVersion: undefined }, spec: { ...np.spec, ports: [np.spec.ports[0]] } });
+    await until('UDP entries removed', () => entries('default/shape-np').length === 2);
+    assert.ok(entries('default/shape-np').every((e) => e.includes('/TCP')));
+  } finally {
+    await source.close();
+    lb.close();
+    rmSync(pin, { recursive: true, force: true });
+  }
+});
