@@ -2,7 +2,10 @@
 // per-connect cost measured is the kernel's (translation included), not the
 // runtime's. Closes with SO_LINGER 0 (RST): no TIME_WAIT, so a run never
 // exhausts ephemeral ports and runs stay comparable.
-//   connect-rate IP PORT DURATION_MS MAX_CONNECTS
+//   connect-rate IP PORT|FIRST-LAST DURATION_MS MAX_CONNECTS
+// With FIRST-LAST each connect goes to the next port of the range, round robin
+// (bench/nodeport.ts: every NodePort service in turn, so a rule set searched in
+// order is measured at its average position, not at a lucky one).
 // prints {"count":N,"errors":E,"ns":T,"p50_ns":..,"p99_ns":..}
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -30,10 +33,16 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	if (argc != 5) {
-		fprintf(stderr, "usage: %s IP PORT DURATION_MS MAX_CONNECTS\n", argv[0]);
+		fprintf(stderr, "usage: %s IP PORT|FIRST-LAST DURATION_MS MAX_CONNECTS\n", argv[0]);
 		return 2;
 	}
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2])) };
+	char *dash = strchr(argv[2], '-');
+	long first = atol(argv[2]), last = dash ? atol(dash + 1) : first;
+	if (first < 1 || last > 65535 || last < first) {
+		fprintf(stderr, "bad port or range %s\n", argv[2]);
+		return 2;
+	}
+	struct sockaddr_in sa = { .sin_family = AF_INET };
 	if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1) {
 		fprintf(stderr, "bad address %s\n", argv[1]);
 		return 2;
@@ -44,7 +53,7 @@ int main(int argc, char **argv)
 	if (!lat)
 		return 2;
 	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-	long count = 0, errors = 0;
+	long count = 0, errors = 0, port = first;
 	uint64_t start = now_ns(), end = start;
 	while (count < max && (end = now_ns()) - start < duration) {
 		int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -53,6 +62,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		sa.sin_port = htons((uint16_t)port);
+		port = port == last ? first : port + 1;
 		uint64_t t0 = now_ns();
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 			errors++;

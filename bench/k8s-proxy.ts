@@ -17,18 +17,16 @@
 //   scripts/k8s/build.sh, kube-proxy included; no other kube-proxy may run: ports 10249/10256 and the
 //   host's KUBE-* iptables chains are per host)
 //   BENCH_SERVICES=1000 BENCH_CHANGES=100 BENCH_GAP_MS=1500 BENCH_CONCURRENCY=16
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
-import { Agent, request } from 'node:https';
-import { get as httpGet } from 'node:http';
-import { loadavg, tmpdir } from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import YAML from 'yaml';
 import { readProgrammed, SOCK_LB_MAP_CODECS as C } from '../src/dataplane/service-lb.js';
 import { TypedMap } from '../src/kernel/bpf/map.js';
-import { NODE, TestCluster, clusterSkipReason, freePort, reapStaleClusters } from '../test/helpers/k8s-cluster.js';
+import { TestCluster, clusterSkipReason, reapStaleClusters } from '../test/helpers/k8s-cluster.js';
 import { Scratch } from '../test/helpers/kernel.js';
+import { Api, TRIGGER, agentKubeconfig, assertNoOtherKubeProxy, createService, endpointsOf, fetchText, gauge, now, otherLoad, serviceBody, sleep, sliceBody, startAgent, stopChild, type Svc } from './lib/k8s.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const N = Number(process.env.BENCH_SERVICES ?? 1000);
@@ -44,48 +42,10 @@ let CG = '';
 const SVC_PORT = 80;
 const TARGET_PORT = 8080;
 
-const now = (): number => performance.now();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const r1 = (n: number): number => Math.round(n * 10) / 10;
 const log = (msg: string): void => {
   if (!JSON_OUT || process.env.BENCH_VERBOSE) console.error(`k8s-proxy: ${msg}`);
 };
-
-// ---------------------------------------------------------------- apiserver client (admin, parallel)
-
-class Api {
-  private readonly agent: Agent;
-  constructor(private readonly base: string, pki: string) {
-    this.agent = new Agent({
-      keepAlive: true, maxSockets: CONC,
-      ca: readFileSync(join(pki, 'ca.crt')), cert: readFileSync(join(pki, 'admin.crt')), key: readFileSync(join(pki, 'admin.key')),
-    });
-  }
-  call<T = any>(method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<T> {
-    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    return new Promise<T>((resolve, reject) => {
-      const req = request(this.base + path, {
-        method, agent: this.agent, timeout: 30_000,
-        headers: { Accept: 'application/json', ...(data ? { 'Content-Type': contentType, 'Content-Length': data.length } : {}) },
-      }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          if ((res.statusCode ?? 0) >= 300) reject(new Error(`${method} ${path}: HTTP ${res.statusCode}: ${text.slice(0, 300)}`));
-          else resolve(text ? JSON.parse(text) : undefined);
-        });
-        res.on('error', reject);
-      });
-      req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer in 30 s`)));
-      req.on('error', reject);
-      req.end(data);
-    });
-  }
-  close(): void {
-    this.agent.destroy();
-  }
-}
 
 // ---------------------------------------------------------------- services and expectations
 
@@ -96,46 +56,13 @@ const nextIp = (): string => {
   return `10.202.${230 + (c >> 8)}.${c & 255}`;
 };
 
-interface Svc {
-  name: string;
-  vip: string;
-  uid: string;
-  ips: string[];
-}
-
 /** `vip:port` -> sorted `ip:port` backends joined by commas, as both data planes must show it. */
 const expectOf = (s: Svc): string => s.ips.map((ip) => `${ip}:${TARGET_PORT}`).sort().join(',');
 const keyOf = (s: Svc): string => `${s.vip}:${SVC_PORT}`;
 
-const serviceBody = (name: string) => ({
-  apiVersion: 'v1', kind: 'Service',
-  metadata: { name, namespace: NS },
-  // No selector: the endpoints come from the slice below, as for any service without pods.
-  spec: { type: 'ClusterIP', ports: [{ name: 'http', port: SVC_PORT, protocol: 'TCP', targetPort: TARGET_PORT }] },
-});
-const endpointsOf = (ips: string[]) => ips.map((ip) => ({ addresses: [ip], conditions: { ready: true, serving: true, terminating: false } }));
-// What the endpointslice controller sets: kube-proxy then reports its network programming latency.
-const TRIGGER = 'endpoints.kubernetes.io/last-change-trigger-time';
-const sliceBody = (s: Svc) => ({
-  apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice',
-  metadata: {
-    name: `${s.name}-1`, namespace: NS,
-    annotations: { [TRIGGER]: new Date().toISOString() },
-    labels: { 'kubernetes.io/service-name': s.name, 'endpointslice.kubernetes.io/managed-by': 'patu-bench' },
-    // The garbage collector deletes the slice with its Service, as for a controller-made slice.
-    ownerReferences: [{ apiVersion: 'v1', kind: 'Service', name: s.name, uid: s.uid }],
-  },
-  addressType: 'IPv4',
-  endpoints: endpointsOf(s.ips),
-  ports: [{ name: 'http', port: TARGET_PORT, protocol: 'TCP' }],
-});
-
-async function createService(api: Api, name: string, nEp: number): Promise<Svc> {
-  const svc = await api.call('POST', `/api/v1/namespaces/${NS}/services`, serviceBody(name));
-  const s: Svc = { name, vip: svc.spec.clusterIP, uid: svc.metadata.uid, ips: Array.from({ length: nEp }, nextIp) };
-  await api.call('POST', `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices`, sliceBody(s));
-  return s;
-}
+const PORTS = { port: SVC_PORT, targetPort: TARGET_PORT };
+const serviceBodyOf = (name: string) => serviceBody(NS, name, PORTS);
+const sliceOf = (s: Svc) => sliceBody(NS, s, TARGET_PORT);
 
 // ---------------------------------------------------------------- what each data plane holds
 
@@ -256,18 +183,6 @@ async function nodeFloorMB(): Promise<number> {
 const r2 = (n: number): number => Math.round(n * 100) / 100;
 const diffCpu = (a: ProcFig, b: ProcFig) => ({ cpuS: r2(b.cpuS - a.cpuS), cpuWithChildrenS: r2(b.cpuWithChildrenS - a.cpuWithChildrenS) });
 
-function fetchText(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = httpGet(url, { timeout: 5000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => ((res.statusCode ?? 0) === 200 ? resolve(Buffer.concat(chunks).toString('utf8')) : reject(new Error(`GET ${url}: HTTP ${res.statusCode}`))));
-    });
-    req.on('timeout', () => req.destroy(new Error(`GET ${url}: timeout`)));
-    req.on('error', reject);
-  });
-}
-
 /** Sum and count of a Prometheus histogram (optionally one label set), from the text format. */
 function histo(text: string, name: string, label = ''): { count: number; meanMs: number } {
   const pick = (suffix: string): number => {
@@ -281,11 +196,6 @@ function histo(text: string, name: string, label = ''): { count: number; meanMs:
   };
   const count = pick('_count');
   return { count, meanMs: count ? r1((pick('_sum') / count) * 1000) : 0 };
-}
-
-function gauge(text: string, name: string): number {
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
-  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : NaN;
 }
 
 // ---------------------------------------------------------------- statistics and output
@@ -357,40 +267,12 @@ async function kubeProxyQuiet(ms: number): Promise<void> {
   }
 }
 
-async function waitReady(url: string, ms: number, child: ChildProcess, logFile: string): Promise<void> {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`patu agent exited (${child.exitCode}) before ready: ${readFileSync(logFile, 'utf8').slice(-2000)}`);
-    try {
-      await fetchText(url);
-      return;
-    } catch { /* not yet */ }
-    if (Date.now() > end) throw new Error(`patu agent not ready after ${ms} ms (${url}): ${readFileSync(logFile, 'utf8').slice(-2000)}`);
-    await sleep(200);
-  }
-}
-
-/** The ServiceAccount, ClusterRole and ClusterRoleBinding of deploy/patu.yaml, nothing else. */
-function rbacDocs(): object {
-  const docs = YAML.parseAllDocuments(readFileSync(join(ROOT, 'deploy', 'patu.yaml'), 'utf8')).map((d) => d.toJS() as { kind?: string });
-  const keep = docs.filter((d) => d && ['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding'].includes(d.kind ?? ''));
-  if (keep.length !== 3) throw new Error(`deploy/patu.yaml: expected a ServiceAccount, ClusterRole and ClusterRoleBinding, found ${keep.map((d) => d.kind).join(', ')}`);
-  return { apiVersion: 'v1', kind: 'List', items: keep };
-}
-
-/** The machine is shared: load and how many OTHER clusters run (their apiservers), for the notes. */
-function otherLoad(ours: number): string {
-  const apis = Number(spawnSync('pgrep', ['-c', '-x', 'kube-apiserver'], { encoding: 'utf8' }).stdout.trim() || 0) - ours;
-  return `load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}; other clusters' apiservers: ${apis}`;
-}
-
 async function main(): Promise<void> {
   const skip = clusterSkipReason(['kube-proxy']);
   if (skip) throw new Error(`k8s-proxy: cannot run: ${skip}`);
   if (!existsSync(join(ROOT, 'build', 'bpf', 'sock_lb.o'))) throw new Error('k8s-proxy: build/bpf/sock_lb.o missing: run scripts/build.sh');
   reapStaleClusters();
-  const otherProxy = spawnSync('pgrep', ['-a', '-x', 'kube-proxy'], { encoding: 'utf8' }).stdout.trim();
-  if (otherProxy) throw new Error(`k8s-proxy: another kube-proxy runs on this host (${otherProxy}); its ports and KUBE-* chains are per host`);
+  assertNoOtherKubeProxy('k8s-proxy');
 
   const cluster = new TestCluster();
   const tmp = mkdtempSync(join(tmpdir(), 'patu-k8s-proxy-'));
@@ -403,12 +285,7 @@ async function main(): Promise<void> {
     cleaned = true;
     reader?.close();
     api?.close();
-    if (agent && agent.exitCode === null) {
-      agent.kill('SIGTERM');
-      const end = Date.now() + 10_000;
-      while (agent.exitCode === null && agent.signalCode === null && Date.now() < end) await sleep(100);
-      if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGKILL');
-    }
+    await stopChild(agent);
     // The agent's cgroup and pins (unpinning its links detaches its programs).
     try {
       await scratch.cleanup();
@@ -436,40 +313,16 @@ async function main(): Promise<void> {
     if (!kpPid) throw new Error('k8s-proxy: no kube-proxy pid after cluster.sh up --kube-proxy');
 
     // 1. The agent's credentials: its ServiceAccount, its least-privilege role, a bound token.
-    cluster.must(['apply', '-f', '-'], JSON.stringify(rbacDocs()));
-    const token = cluster.must(['create', 'token', 'patu', '-n', 'kube-system', '--duration=2h']).trim();
-    const kubeconfig = join(tmp, 'patu.kubeconfig');
-    writeFileSync(kubeconfig, YAML.stringify({
-      apiVersion: 'v1', kind: 'Config',
-      clusters: [{ name: 'bench', cluster: { server: cluster.apiServer, 'certificate-authority': join(cluster.state, 'pki', 'ca.crt') } }],
-      users: [{ name: 'patu', user: { token } }],
-      contexts: [{ name: 'bench', context: { cluster: 'bench', user: 'patu' } }],
-      'current-context': 'bench',
-    }), { mode: 0o600 });
-
+    const kubeconfig = agentKubeconfig(cluster, tmp);
     CG = scratch.cgroup();
-    const metricsPort = await freePort();
-    const agentLog = join(tmp, 'agent.log');
-    const fd = openSync(agentLog, 'a');
-    // BENCH_AGENT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/x" runs the agent under node with those flags
-    // instead of through bin/patu (NODE_OPTIONS refuses --cpu-prof); the profile is written when it stops.
-    const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(' ').filter(Boolean);
-    const [cmd, pre] = nodeArgs ? [process.execPath, [...nodeArgs, join(ROOT, 'dist', 'src', 'cli', 'index.js')]] : [join(ROOT, 'bin', 'patu'), []];
-    agent = spawn(cmd, [
-      ...pre, 'agent', '--kubernetes', '--kubeconfig', kubeconfig, '--node-name', NODE, '--cluster-cidr', '10.202.0.0/16',
-      '--cni-conf-dir', '', '--pin-root', PIN, '--cgroup', CG, '--metrics-addr', `127.0.0.1:${metricsPort}`,
-      '--cni-socket', join(tmp, 'agent.sock'),
-    ], {
-      stdio: ['ignore', fd, fd],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
-    });
-    closeSync(fd);
-    const agentPid = agent.pid!;
-    await waitReady(`http://127.0.0.1:${metricsPort}/readyz`, 60_000, agent, agentLog);
+    const run = await startAgent({ kubeconfig, pinRoot: PIN, cgroup: CG, dir: tmp });
+    agent = run.child;
+    const agentPid = run.child.pid!;
+    const metricsPort = run.metricsPort;
     // readyz answers 503 until programmed; fetchText rejects on non-200, so this is "programmed".
     log(`agent ready (pid ${agentPid}); kube-proxy pid ${kpPid}`);
 
-    api = new Api(cluster.apiServer, join(cluster.state, 'pki'));
+    api = new Api(cluster.apiServer, join(cluster.state, 'pki'), CONC);
     await api.call('POST', '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
     await sleep(3000);
     const idle = { patu: proc(agentPid), kubeProxy: proc(kpPid) };
@@ -482,7 +335,7 @@ async function main(): Promise<void> {
     const workers = Array.from({ length: CONC }, async () => {
       while (next < N) {
         const i = next++;
-        svcs.push(await createService(api!, `s${i}`, 2 + (i % 2)));
+        svcs.push(await createService(api!, NS, `s${i}`, PORTS, Array.from({ length: 2 + (i % 2) }, nextIp)));
       }
     });
     let createdMs = NaN;
@@ -529,10 +382,10 @@ async function main(): Promise<void> {
         t = now();
       } else if (kind === 'create-service') {
         const name = `x${extraN++}`;
-        const svc = await api.call('POST', `/api/v1/namespaces/${NS}/services`, serviceBody(name));
+        const svc = await api.call('POST', `/api/v1/namespaces/${NS}/services`, serviceBodyOf(name));
         target = extra = { name, vip: svc.spec.clusterIP, uid: svc.metadata.uid, ips: [nextIp(), nextIp()] };
         // Timed from the slice: only then is there something to program in either data plane.
-        await api.call('POST', `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices`, sliceBody(target));
+        await api.call('POST', `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices`, sliceOf(target));
         t = now();
       } else {
         target = extra!;

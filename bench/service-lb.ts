@@ -18,18 +18,17 @@
 //
 //   bash scripts/build.sh && node dist/bench/service-lb.js
 //   BENCH_SECONDS=0.5 BENCH_ROUNDS=3 BENCH_SCALES=10,1000,10000 node dist/bench/service-lb.js
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ServiceLb, type ApplyStats } from '../src/dataplane/service-lb.js';
 import { ServiceModel, type Endpoint, type Service } from '../src/services/model.js';
 import { ServicesFileWatcher, ServicesDirWatcher, applyToModel, type ServiceWithEndpoints } from '../src/services/file-source.js';
 import { removePins } from '../src/kernel/bpf/pins.js';
 import { Scratch } from '../test/helpers/kernel.js';
+import { acceptSink, buildTools, connectRate, median, perSec, type Rate } from './lib/connect-rate.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 1);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SCALES = (process.env.BENCH_SCALES ?? '10,1000,10000').split(',').map(Number);
@@ -99,39 +98,6 @@ function kubeProxyRules(n: number): string {
   return ['*nat', ...chains, ...rules, ...svcRules, 'COMMIT', ''].join('\n');
 }
 
-interface Rate {
-  count: number;
-  errors: number;
-  ns: number;
-  p50_ns: number;
-  p99_ns: number;
-}
-
-function connectRate(ns: string, ip: string, inCgroup: boolean, port = 80): Promise<Rate> {
-  const bin = join(ROOT, 'build/bench/connect-rate');
-  const args = [ip, String(port), String(Math.round(SECONDS * 1000)), '200000'];
-  const cmd = inCgroup
-    ? spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec ip netns exec ${ns} "$@"`, 'sh', bin, ...args])
-    : spawn('ip', ['netns', 'exec', ns, bin, ...args]);
-  let out = '';
-  let err = '';
-  cmd.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  cmd.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    cmd.on('exit', (code) => {
-      try {
-        const r = JSON.parse(out) as Rate;
-        if (r.errors > 0) reject(new Error(`connect-rate to ${ip} in ${ns}: ${r.errors} failed connects`));
-        else resolve(r);
-      } catch {
-        reject(new Error(`connect-rate exited ${code}: ${out}${err}`));
-      }
-    });
-  });
-}
-
-const perSec = (r: Rate): number => r.count / (r.ns / 1e9);
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
@@ -144,12 +110,8 @@ async function netnsWithBackends(ns: string): Promise<void> {
   // A route for the service range, as a node has (its default route): iptables DNATs only
   // after routing has accepted the destination. Same in both namespaces for symmetry.
   sh('ip', ['-n', ns, 'route', 'add', '10.96.0.0/16', 'dev', 'lo']);
-  const sink = spawn('ip', ['netns', 'exec', ns, join(ROOT, 'build/bench/accept-sink'), String(PORT)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const sink = await acceptSink(ns, PORT);
   scratch.defer(`accept-sink in ${ns}`, () => void sink.kill('SIGKILL'));
-  await new Promise<void>((resolve, reject) => {
-    sink.stdout!.once('data', () => resolve());
-    sink.once('exit', (c) => reject(new Error(`accept-sink exited ${c}`)));
-  });
 }
 
 /** Applies what changed in the model since the last call (as the agent's sources do). */
@@ -160,12 +122,7 @@ function applyDelta(lb: ServiceLb, model: ServiceModel): ApplyStats {
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench/service-lb needs root (netns, cgroup, BPF, iptables)');
-  for (const b of ['connect-rate', 'accept-sink']) {
-    if (!existsSync(join(ROOT, 'build/bench', b))) {
-      mkdirSync(join(ROOT, 'build/bench'), { recursive: true });
-      sh('cc', ['-O2', '-Wall', '-o', join(ROOT, 'build/bench', b), join(ROOT, 'bench', `${b}.c`)]);
-    }
-  }
+  buildTools();
   CG = scratch.cgroup();
   const started = performance.now();
   console.log(`# patu service LB benchmark (${new Date().toISOString()}, kernel ${sh('uname', ['-r']).ms >= 0 ? spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim() : ''})`);
@@ -225,12 +182,12 @@ async function main(): Promise<void> {
             ? (round % 2 === 0 ? ['patu', 'np', 'ipt'] : ['ipt', 'np', 'patu'])
             : (round % 2 === 0 ? ['patu', 'ipt'] : ['ipt', 'patu']);
           for (const who of order) {
-            if (who === 'np') add('patu/nodeport', await connectRate(NSP, NODE_IP, true, NODE_PORT));
-            else if (who === 'patu') add(`patu/${label}`, await connectRate(NSP, vipOf(idx), true));
-            else add(`ipt/${label}`, await connectRate(NSI, vipOf(idx), false));
+            if (who === 'np') add('patu/nodeport', await connectRate(NSP, NODE_IP, { port: NODE_PORT, ms: SECONDS * 1000, max: 200000, cgroup: CG }));
+            else if (who === 'patu') add(`patu/${label}`, await connectRate(NSP, vipOf(idx), { port: 80, ms: SECONDS * 1000, max: 200000, cgroup: CG }));
+            else add(`ipt/${label}`, await connectRate(NSI, vipOf(idx), { port: 80, ms: SECONDS * 1000, max: 200000 }));
           }
         }
-        if (n === SCALES[0]) add('direct', await connectRate(NSP, BACKENDS[0]!, true, PORT));
+        if (n === SCALES[0]) add('direct', await connectRate(NSP, BACKENDS[0]!, { port: PORT, ms: SECONDS * 1000, max: 200000, cgroup: CG }));
       }
       nodePorts.push({ scale: n, clusterIP: median(samples.get('patu/last')!.map(perSec)), nodePort: median(samples.get('patu/nodeport')!.map(perSec)) });
       if (samples.has('direct')) direct = median(samples.get('direct')!.map(perSec));
