@@ -49,6 +49,8 @@ export const DEFAULTS = {
   metricsAddr: '127.0.0.1:9464',
   /** How often the agent reads link notifications (RTM_NEWLINK/DELLINK) to attach the tc path to new uplinks. */
   nodeportLinkPollMs: 200,
+  /** And how often it re-checks every uplink's tc links anyway (a pin removed by hand, a failed attach). */
+  nodeportResyncMs: 30_000,
   logLevel: 'info',
   /**
    * Where pod network namespaces are bind-mounted (containerd, CRI-O, podman, `ip netns`):

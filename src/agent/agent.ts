@@ -174,7 +174,11 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       pinRoot: opts.pinRoot, devices, ...bpffs,
       log: (msg, fields) => log.info(fields, msg),
     });
-    np.watch(DEFAULTS.nodeportLinkPollMs, (err) => log.error({ err: messageOf(err) }, 'nodeport tc: attaching to the uplinks failed; retried on the next link change'));
+    np.watch({
+      pollMs: DEFAULTS.nodeportLinkPollMs,
+      resyncMs: DEFAULTS.nodeportResyncMs,
+      onError: (err) => log.error({ err: messageOf(err) }, 'nodeport tc: attaching to the uplinks failed; retried on the next link change or resync'),
+    });
     log.info({ devices, attached: np.attachedDevices() }, 'nodeport tc path on');
     // Closing releases fds only: the pinned links keep translating while the agent is away.
     closers.push(() => np.close());

@@ -11,6 +11,7 @@ import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { hostVethName } from '../dataplane/names.js';
 import { Accel, type AccelStatus } from '../dataplane/accel.js';
 import { readLbSettings, readProgrammed, type ProgrammedServiceView } from '../dataplane/service-lb.js';
+import { readNodePortTc, type NodePortTcStatus } from '../dataplane/nodeport-tc.js';
 import { formatServicesTable } from './services.js';
 import { formatTable } from './table.js';
 
@@ -43,12 +44,16 @@ export interface NodeStatus {
   serviceSettings: { serviceCidr: string | null; nodeAddresses: string[] } | null;
   /** hostPort records (what the CNI plugin granted; the agent programs them as services named patu:hostport/...). */
   hostPorts: HostPortRecord[];
+  /** The tc path for packets from outside (--nodeport-devices): its pinned links and counters (null: never set up). */
+  nodePortTc: NodePortTcStatus | null;
 }
 
 export function collectStatus(opts: StatusOptions): NodeStatus {
   const rtnl = Rtnl.open();
   try {
-    const links = new Map(rtnl.listLinks().map((l) => [l.name, l]));
+    const all = rtnl.listLinks();
+    const links = new Map(all.map((l) => [l.name, l]));
+    const byIndex = new Map(all.map((l) => [l.index, l.name]));
     const br = links.get(opts.bridge);
     const pods: PodStatus[] = [];
     if (existsSync(opts.dataDir)) {
@@ -77,6 +82,7 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
       pins: listPins(opts.pinRoot),
       pods,
       hostPorts: HostPortStore.open(opts.dataDir, { create: false }).list(),
+      nodePortTc: readNodePortTc(opts.pinRoot, (i) => byIndex.get(i)),
     };
   } finally {
     rtnl.close();
@@ -105,6 +111,17 @@ export function formatStatus(s: NodeStatus): string {
   if (ss) {
     out.push(`Service CIDR: ${ss.serviceCidr ?? 'none'}${ss.serviceCidr ? ' (addresses in it that no service answers are refused)' : ''}\n`);
     out.push(`NodePorts answer on: ${ss.nodeAddresses.length ? ss.nodeAddresses.join(' ') : 'no address yet'}\n`);
+  }
+  const np = s.nodePortTc;
+  if (np) {
+    const byDev = new Map<string, string[]>();
+    for (const l of np.links) {
+      const dev = l.device ?? `ifindex ${l.ifindex} (gone)`;
+      byDev.set(dev, [...(byDev.get(dev) ?? []), l.direction]);
+    }
+    out.push(`From outside (tc): ${byDev.size ? [...byDev].map(([d, dirs]) => `${d} (${dirs.sort().join('+')})`).join(' ') : 'attached nowhere'}` +
+      (np.stats ? `; ${np.stats.newFlows} flows, ${np.stats.replies} replies translated, ${np.stats.noBackend} no-backend drops, ` +
+        `${np.stats.serviceCidrDroppedIn + np.stats.serviceCidrDroppedOut} service-CIDR drops` : '') + '\n');
   }
   out.push(`\nPods (${s.pods.length}):\n`);
   out.push(

@@ -216,21 +216,27 @@ export class NodePortTc {
   /**
    * Follows link notifications: a matching link that appears (or is
    * re-created) is attached, pins of removed links go. Drained every
-   * `intervalMs`; sync() is idempotent, so an overrun just re-syncs.
+   * `pollMs`; sync() is idempotent, so an overrun just re-syncs, and a full
+   * sync every `resyncMs` repairs what no notification announces (a pin
+   * removed by hand, a sync that failed).
    */
-  watch(intervalMs = 200, onError: (e: unknown) => void = () => {}): void {
+  watch(opts: { pollMs: number; resyncMs: number; onError?: (e: unknown) => void }): void {
     if (this.timer) return;
     this.events = LinkEvents.open(this.netnsPath);
     // Links that appeared between open() and the subscription are caught by this first sync.
     this.sync();
+    let last = Date.now();
     this.timer = setInterval(() => {
       try {
         const { events, overrun } = this.events!.drain();
-        if (overrun || events.some((e) => deviceMatches(this.devices, e.name))) this.sync();
+        if (overrun || events.some((e) => deviceMatches(this.devices, e.name)) || Date.now() - last >= opts.resyncMs) {
+          last = Date.now();
+          this.sync();
+        }
       } catch (e) {
-        onError(e);
+        opts.onError?.(e);
       }
-    }, intervalMs);
+    }, opts.pollMs);
     this.timer.unref();
   }
 
@@ -279,4 +285,42 @@ export class NodePortTc {
     this.ct.close();
     this.obj.close();
   }
+}
+
+export interface NodePortTcStatus {
+  /** The pinned links: direction, the ifindex the kernel reports (0: its device is gone) and its name now. */
+  links: { direction: Direction; ifindex: number; device: string | null; progId: number }[];
+  stats: NodePortStats | null;
+}
+
+/**
+ * The tc path as the pins show it, without loading anything (`patu status`
+ * next to a running agent). null: never set up under this pin root.
+ */
+export function readNodePortTc(pinRoot: string = DEFAULTS.pinRoot, nameOf: (ifindex: number) => string | undefined = () => undefined): NodePortTcStatus | null {
+  const dir = join(pinRoot, PIN_DIR);
+  const statsPin = join(pinRoot, 'patu_np_stats');
+  if (!existsSync(dir) && !existsSync(statsPin)) return null;
+  const links: NodePortTcStatus['links'] = [];
+  for (const name of existsSync(dir) ? readdirSync(dir).filter((n) => PIN_RE.test(n)).sort() : []) {
+    const l = BpfLink.fromPin(join(dir, name));
+    try {
+      const info = l.info();
+      const ifindex = info.ifindex ?? 0;
+      links.push({ direction: PIN_RE.exec(name)![1] as Direction, ifindex, device: ifindex ? nameOf(ifindex) ?? null : null, progId: info.progId });
+    } finally {
+      l.close();
+    }
+  }
+  let stats: NodePortStats | null = null;
+  if (existsSync(statsPin)) {
+    const m = TypedMap.fromPin(statsPin, NODEPORT_MAP_CODECS.patu_np_stats.key, NODEPORT_MAP_CODECS.patu_np_stats.value);
+    try {
+      stats = {} as NodePortStats;
+      NODEPORT_STATS.forEach((k, i) => (stats![k] = m.lookup(i) ?? 0n));
+    } finally {
+      m.close();
+    }
+  }
+  return { links, stats };
 }

@@ -20,6 +20,8 @@ import { NodePortTc, NODEPORT_MAP_CODECS, type NodePortTcOptions } from '../../s
 import { TypedMap } from '../../src/kernel/bpf/map.js';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
 import { ServiceModel, type Endpoint, type Service } from '../../src/services/model.js';
+import { hostPortDesired } from '../../src/hostport/desired.js';
+import type { HostPortRecord } from '../../src/hostport/records.js';
 import { BpfLink } from '../../src/kernel/bpf/object.js';
 import { listLinks } from '../../src/kernel/bpf/introspect.js';
 import { removePins } from '../../src/kernel/bpf/pins.js';
@@ -307,6 +309,29 @@ test('externalTrafficPolicy Local from outside: only this node\'s endpoints (non
   assert.ok(np!.readStats().noBackend > dropped);
 });
 
+test('hostPort from outside: a wildcard mapping (any node address) and one on a specific hostIP, TCP and UDP, as the agent programs them', { skip }, async () => {
+  const rec = (name: string, protocol: 'tcp' | 'udp', hostIP: string, hostPort: number, podIp: string): HostPortRecord => ({
+    name, protocol, hostIP, hostPort, containerPort: TARGET, podIp, network: 'it', containerId: `c-${name}`, ifname: 'eth0',
+  });
+  const { desired } = hostPortDesired([
+    rec('tcp-any-18080', 'tcp', '', 18080, POD_IPS[0]!),
+    rec('udp-any-18080', 'udp', '', 18080, POD_IPS[0]!),
+    rec(`tcp-${NODE_IP}-18081`, 'tcp', NODE_IP, 18081, POD_IPS[1]!),
+  ]);
+  const lb = ServiceLb.open({ pinRoot: PIN });
+  try {
+    lb.applyChanges(new Set([...desired.values()].map((d) => d.ref)), desired);
+  } finally {
+    lb.close();
+  }
+  const any = await runClient({ mode: 'tcp', host: NODE_IP, port: 18080, count: 5 });
+  assert.deepEqual([any.errors, any.byBackend], [{}, { [`${POD_IPS[0]}:${TARGET}`]: 5 }]);
+  const udp = await runClient({ mode: 'udp', host: NODE_IP, port: 18080, count: 3 });
+  assert.deepEqual([udp.errors, udp.byBackend, udp.peers], [{}, { [`${POD_IPS[0]}:${TARGET}`]: 3 }, { [`${NODE_IP}:18080`]: 3 }]);
+  const specific = await runClient({ mode: 'tcp', host: NODE_IP, port: 18081, count: 5 });
+  assert.deepEqual([specific.errors, specific.byBackend], [{}, { [`${POD_IPS[1]}:${TARGET}`]: 5 }]);
+});
+
 test('a flow whose backend left the service moves to a current backend on its next packet (UDP, same 5-tuple)', { skip }, async () => {
   const port = NODE_PORT + 3;
   const svcId = addService('0.0.0.0', port, 'UDP', [POD_IPS[0]!]);
@@ -434,6 +459,14 @@ test('the agent (--nodeport-devices) takes the links over, and its restart under
   };
   let agent = await start();
   assert.match(log, /"attached":\["tcnpu0"\],"msg":"nodeport tc path on"/);
+  // patu status (in the node's netns, like the agent) names the uplink and shows the counters.
+  const st = spawnSync('nsenter', [`--net=${netnsPath(NODE)}`, PATU_BIN, 'status', '--json', '--pin-root', PIN, '--data-dir', join(dir, 'none')], { encoding: 'utf8' });
+  assert.equal(st.status, 0, st.stderr);
+  const tc = (JSON.parse(st.stdout) as { nodePortTc: { links: { direction: string; device: string }[]; stats: { newFlows: string } } }).nodePortTc;
+  assert.deepEqual(tc.links.map((l) => `${l.device}/${l.direction}`).sort(), ['tcnpu0/egress', 'tcnpu0/ingress']);
+  assert.ok(Number(tc.stats.newFlows) > 0);
+  const text = spawnSync('nsenter', [`--net=${netnsPath(NODE)}`, PATU_BIN, 'status', '--pin-root', PIN, '--data-dir', join(dir, 'none')], { encoding: 'utf8' });
+  assert.match(text.stdout, /From outside \(tc\): tcnpu0 \(egress\+ingress\); \d+ flows/);
   const agentPrograms = new Set(Object.values(np!.linkedPrograms()));
   assert.ok(!Object.values(np!.programIds()).some((id) => agentPrograms.has(id)), 'the agent did not switch the links to its own programs');
 
@@ -463,7 +496,7 @@ test('the agent (--nodeport-devices) takes the links over, and its restart under
 });
 
 test('watch(): a matching uplink added later is attached, and its pins go when it is removed', { skip }, async () => {
-  np!.watch(50);
+  np!.watch({ pollMs: 50, resyncMs: 60_000 });
   sh('ip', ['link', 'add', 'tcnpu1', 'netns', NODE, 'type', 'veth', 'peer', 'name', 'tcnpo1', 'netns', OUT]);
   const waitFor = async (want: string[]): Promise<void> => {
     for (let i = 0; i < 100 && JSON.stringify(np!.attachedDevices()) !== JSON.stringify(want); i++) await new Promise((r) => setTimeout(r, 20));
