@@ -7,6 +7,8 @@
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
 // breaks established connections; bin/patu falls back to running the plugin itself.
 import { hostname } from 'node:os';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { createLog } from './log.js';
 import { startCniServer } from './cni-server.js';
 import { clip } from './cni-wire.js';
@@ -164,11 +166,20 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => k8s.close());
   }
 
-  if (opts.nodeportDevices) {
+  const nodeportDevices = (opts.nodeportDevices ?? []).map((d) => d.trim()).filter((d) => d !== '');
+  if (nodeportDevices.length === 0) {
+    // Off (the flag absent, or '' as the DaemonSet's ConfigMap says by default): links an
+    // earlier run pinned would go on translating without anyone to follow the uplinks.
+    if (existsSync(join(opts.pinRoot, 'links', 'nodeport'))) {
+      const { detachNodePortLinks } = await import('../dataplane/nodeport-tc.js');
+      const removed = detachNodePortLinks(opts.pinRoot);
+      if (removed.length) log.info({ links: removed }, 'nodeport tc path off: links of an earlier run detached');
+    }
+  } else {
     // After the service source opened the maps (it repairs their pins first); the tc
     // programs only read them. Checked here, before anything is loaded: a bad list names itself.
     const { NodePortTc, parseDevices } = await import('../dataplane/nodeport-tc.js');
-    const devices = parseDevices(opts.nodeportDevices, '--nodeport-devices');
+    const devices = parseDevices(nodeportDevices, '--nodeport-devices');
     if (!opts.servicesFile && !opts.kubernetes && !hostPortSink) log.warn({ devices }, 'nodeport tc path without a service source (--services-file or --kubernetes) or hostPorts: nothing will be translated');
     const np = NodePortTc.open({
       pinRoot: opts.pinRoot, devices, ...bpffs,

@@ -324,3 +324,15 @@ export function readNodePortTc(pinRoot: string = DEFAULTS.pinRoot, nameOf: (ifin
   }
   return { links, stats };
 }
+
+/**
+ * Detaches every tc link pinned under pinRoot (the agent with the tc path off),
+ * without loading anything. Returns the pin names removed.
+ */
+export function detachNodePortLinks(pinRoot: string = DEFAULTS.pinRoot): string[] {
+  const dir = join(pinRoot, PIN_DIR);
+  if (!existsSync(dir)) return [];
+  const names = readdirSync(dir).filter((n) => PIN_RE.test(n));
+  for (const name of names) BpfLink.fromPin(join(dir, name)).destroy();
+  return names;
+}

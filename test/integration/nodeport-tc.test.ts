@@ -493,6 +493,17 @@ test('the agent (--nodeport-devices) takes the links over, and its restart under
   // Stopped, the agent left the links in place: still translating.
   const after = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT, count: 5 });
   assert.deepEqual(after.errors, {});
+  // Switched off ('' as the DaemonSet's ConfigMap has it by default): the links go.
+  log = '';
+  const off = spawn('nsenter', [`--net=${netnsPath(NODE)}`, PATU_BIN, 'agent', '--cni-socket', join(dir, 'agent.sock'), '--pin-root', PIN, '--nodeport-devices', ''], { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(off);
+  off.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  for (let i = 0; i < 300 && !log.includes('serving CNI requests'); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.match(log, /"msg":"nodeport tc path off: links of an earlier run detached"/);
+  await stop(off);
+  assert.deepEqual(np!.attachedDevices(), []);
+  const refused = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT, count: 2 });
+  assert.deepEqual(refused.errors, { ECONNREFUSED: 2 });
 });
 
 test('watch(): a matching uplink added later is attached, and its pins go when it is removed', { skip }, async () => {
