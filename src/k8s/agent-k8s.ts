@@ -124,6 +124,8 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
       o.log.info({ file: `${confDir}/${DEFAULTS.conflistName}`, podCIDR: cidr, changed: wrote }, wrote ? 'CNI conflist written' : 'CNI conflist up to date');
     },
   });
+  // A contested entry stays with the service the maps give it to (an agent restart must not flip it).
+  source.model.seedOwners([...lb.programmedState.services.values()].map((s) => [s.key, s.ref] as const));
   source.start(cfg);
   o.log.info({ apiserver: cfg.server, credentials: cfg.source, node: nodeName }, 'watching Kubernetes');
   return {

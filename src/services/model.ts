@@ -271,6 +271,22 @@ export class ServiceModel {
     this.touch(ref);
   }
 
+  /**
+   * Who holds which entry before the first desired() (entry key -> ref), from
+   * what the maps already hold: after an agent restart the service that had a
+   * contested entry keeps it, whatever the order the new run sees them in. Refs
+   * that no longer exist let go in the first full pass.
+   */
+  seedOwners(owners: Iterable<readonly [string, string]>): void {
+    for (const [key, ref] of owners) {
+      if (this.owner.has(key)) continue;
+      this.owner.set(key, ref);
+      let h = this.held.get(ref);
+      if (!h) this.held.set(ref, (h = new Set()));
+      h.add(key);
+    }
+  }
+
   /** Services left out because another one holds an entry they need (see the header). */
   conflicts(): Conflict[] {
     return [...this.blocked.values()];

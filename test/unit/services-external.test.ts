@@ -224,3 +224,15 @@ test('patu services shows a wildcard entry as answering on every node address', 
   const text = formatServicesTable([{ name: 'd/web:http', vip: '0.0.0.0', port: 30080, protocol: 'TCP', svcId: 1, sessionAffinity: 'None', affinityTimeoutSeconds: 0, backends: [] }]);
   assert.match(text, /\*:30080\/TCP \(node\)/);
 });
+
+test('after a restart the holder of a contested nodePort is the one the maps name, not the first by name', () => {
+  const mk = (name: string, clusterIP: string): Service => ({ namespace: 'd', name, clusterIP, sessionAffinity: 'None', affinityTimeoutSeconds: 10800, type: 'NodePort',
+    ports: [{ port: 80, protocol: 'TCP', targetPort: 80, nodePort: 30300 }] });
+  const m = new ServiceModel();
+  m.seedOwners([['0.0.0.0:30300/TCP', 'd/zz'], ['10.96.0.91:80/TCP', 'd/zz'], ['10.96.9.9:80/TCP', 'd/gone']]);
+  for (const [n, ip] of [['aa', '10.96.0.90'], ['zz', '10.96.0.91']] as const) m.upsertService(mk(n, ip));
+  const d = m.desired();
+  assert.equal(d.get('0.0.0.0:30300/TCP')?.ref, 'd/zz');
+  assert.deepEqual(m.conflicts(), [{ ref: 'd/aa', key: '0.0.0.0:30300/TCP', holder: 'd/zz' }]);
+  assert.equal(d.has('10.96.9.9:80/TCP'), false, 'a gone ref lets go');
+});
