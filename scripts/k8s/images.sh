@@ -103,6 +103,8 @@ base_root() {
   chmod 1777 "$root/tmp"
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+  # kubelet mounts its own /etc/hosts over this one in pods; a runtime without it (ctr run) gets localhost.
+  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
   printf 'hosts: files dns\nnetworks: files\npasswd: files\ngroup: files\nservices: files\nprotocols: files\n' >"$root/etc/nsswitch.conf"
   [[ -f /etc/services ]] && cp /etc/services "$root/etc/services"
   [[ -f /etc/protocols ]] && cp /etc/protocols "$root/etc/protocols"
