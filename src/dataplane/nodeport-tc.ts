@@ -14,6 +14,7 @@ import { Rtnl, type LinkInfo } from '../kernel/netlink/rtnl.js';
 import { LinkEvents } from '../kernel/netlink/events.js';
 import { withNetns } from '../kernel/netns.js';
 import { DEFAULTS } from '../defaults.js';
+import { messageOf } from '../errors.js';
 import { bpfObjectPath } from '../home.js';
 import { SOCK_LB_MAP_CODECS } from './service-lb.js';
 
@@ -153,33 +154,17 @@ export class NodePortTc {
     const links = this.listLinks().filter((l) => deviceMatches(this.devices, l.name));
     const wanted = new Set<string>();
     const attached: string[] = [];
+    const failed: Error[] = [];
     for (const l of links) {
-      for (const dir of ['ingress', 'egress'] as const) {
-        const name = pinName(l.index, dir);
-        wanted.add(name);
-        const pin = join(this.linkDir, name);
-        const prog = this.program(dir);
-        if (existsSync(pin)) {
-          const old = BpfLink.fromPin(pin);
-          const info = old.info();
-          if (info.ifindex === l.index) {
-            if (info.progId !== prog.id) old.update(prog.fd);
-            old.close();
-            continue;
-          }
-          // The device was removed (its links went with it, ifindex 0) and the index reused.
-          old.destroy();
+      // Egress first: a packet is only translated on the way in once its reply can be translated back.
+      for (const dir of ['egress', 'ingress'] as const) wanted.add(pinName(l.index, dir));
+      try {
+        for (const dir of ['egress', 'ingress'] as const) {
+          if (this.ensureLink(l, dir) && dir === 'ingress') attached.push(l.name);
         }
-        const link = this.inNetns(() => prog.attachTcx(l.index, dir));
-        try {
-          link.pin(pin);
-        } catch (e) {
-          link.destroy();
-          throw e;
-        }
-        link.close();
-        if (dir === 'ingress') attached.push(l.name);
-        this.log('tc programs attached', { device: l.name, ifindex: l.index, direction: dir });
+      } catch (e) {
+        // One link that cannot take the programs does not keep the others from them.
+        failed.push(new Error(`${l.name} (ifindex ${l.index}): ${messageOf(e)}`, { cause: e }));
       }
     }
     for (const name of this.pinnedNames()) {
@@ -187,7 +172,37 @@ export class NodePortTc {
       BpfLink.fromPin(join(this.linkDir, name)).destroy();
       this.log('tc link pin removed (device gone or no longer chosen)', { pin: name });
     }
+    if (failed.length) throw new AggregateError(failed, `tc programs not attached to ${failed.map((e) => e.message).join('; ')}`);
     return attached;
+  }
+
+  /** Makes one pinned link run this object's program on l; true when it had to be attached. */
+  private ensureLink(l: LinkInfo, dir: Direction): boolean {
+    const pin = join(this.linkDir, pinName(l.index, dir));
+    const prog = this.program(dir);
+    if (existsSync(pin)) {
+      const old = BpfLink.fromPin(pin);
+      try {
+        if (old.info().ifindex === l.index) {
+          if (old.info().progId !== prog.id) old.update(prog.fd);
+          return false;
+        }
+        // The device was removed (its links went with it, ifindex 0) and the index reused.
+        old.destroy();
+      } finally {
+        old.close();
+      }
+    }
+    const link = this.inNetns(() => prog.attachTcx(l.index, dir));
+    try {
+      link.pin(pin);
+    } catch (e) {
+      link.destroy();
+      throw e;
+    }
+    link.close();
+    this.log('tc programs attached', { device: l.name, ifindex: l.index, direction: dir });
+    return true;
   }
 
   private pinnedNames(): string[] {
