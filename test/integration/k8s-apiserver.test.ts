@@ -327,17 +327,22 @@ test('every Service shape from a real apiserver: NodePort (TCP+UDP on one number
   const health: { ref: string; port: number; localEndpoints: number }[][] = [];
   const source = new K8sSource({ nodeName: NODE, clusterCIDR: '10.200.0.0/16', serviceCIDR: '10.96.0.0/16', sink: lb, resyncMs: 0, onHealthChecks: (e) => health.push(e) });
   const entries = (prefix: string) => lb.programmed().filter((s) => s.name.startsWith(prefix))
-    .map((s) => `${s.vip}:${s.port}/${s.protocol} ${s.backends.map((b) => `${b.ip}:${b.port}`).sort().join(',')}`).sort();
+    .map((s) => `${s.vip}:${s.port}/${s.protocol}${s.scope ? ` ${s.scope}` : ''} ${s.backends.map((b) => `${b.ip}:${b.port}`).sort().join(',')}`).sort();
   try {
     source.start(kubeconfigFile(join(tmp, 'kubeconfig')));
-    await until('shapes programmed', () => entries('default/shape-lb').length === 4 && entries('default/shape-np').length === 4);
+    // shape-lb: 4 entries for clients on the node, plus 3 external-local twins for the tc path (ETP Local).
+    await until('shapes programmed', () => entries('default/shape-lb').length === 7 && entries('default/shape-np').length === 4);
     const npIp: string = np.spec.clusterIP;
     const lbIp: string = lbSvc.spec.clusterIP;
     const two = '10.244.9.1:8080,10.244.9.2:8080';
     assert.deepEqual(entries('default/shape-np'), [`0.0.0.0:30555/TCP ${two}`, `0.0.0.0:30555/UDP ${two}`, `${npIp}:80/TCP ${two}`, `${npIp}:80/UDP ${two}`].sort());
     const lbNodePort: number = lbSvc.spec.ports[0].nodePort;
     const both = '10.244.9.3:8080,10.244.9.4:8080';
-    assert.deepEqual(entries('default/shape-lb'), [`0.0.0.0:${lbNodePort}/TCP ${both}`, `192.0.2.55:80/TCP ${both}`, `203.0.113.55:80/TCP ${both}`, `${lbIp}:80/TCP ${both}`].sort());
+    const local = '10.244.9.3:8080';
+    assert.deepEqual(entries('default/shape-lb'), [
+      `0.0.0.0:${lbNodePort}/TCP ${both}`, `192.0.2.55:80/TCP ${both}`, `203.0.113.55:80/TCP ${both}`, `${lbIp}:80/TCP ${both}`,
+      `0.0.0.0:${lbNodePort}/TCP external-local ${local}`, `192.0.2.55:80/TCP external-local ${local}`, `203.0.113.55:80/TCP external-local ${local}`,
+    ].sort());
     assert.deepEqual(entries('default/shape-other'), [], 'service-proxy-name: another proxy serves it');
     assert.deepEqual(entries('default/shape-hl'), [], 'service.kubernetes.io/headless: not proxied');
     assert.deepEqual(entries('default/shape-ext'), []);
