@@ -45,7 +45,7 @@ struct patu_ct_val {
 	__u32 svc_id;        /* FWD: the service it was picked for */
 };
 
-/* patu_np_stats (array of __u64 counters) indexes: what tests and `patu status` read. */
+/* patu_np_stats (per-CPU array of __u64 counters, summed by readers) indexes: what tests and `patu status` read. */
 #define PATU_NP_NEW_FLOW    0    /* ingress: a backend picked for a new flow */
 #define PATU_NP_FWD_HIT     1    /* ingress: packet of a known flow translated */
 #define PATU_NP_REV         2    /* egress: reply translated back */

@@ -8,7 +8,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfObject, BpfLink, type BpfProgram } from '../kernel/bpf/object.js';
-import { TypedMap, structCodec, u8, u16, u32, u64, be16, ipv4 } from '../kernel/bpf/map.js';
+import { TypedMap, PerCpuCounters, structCodec, u8, u16, u32, u64, be16, ipv4 } from '../kernel/bpf/map.js';
 import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { Rtnl, type LinkInfo } from '../kernel/netlink/rtnl.js';
 import { LinkEvents } from '../kernel/netlink/events.js';
@@ -93,7 +93,7 @@ export class NodePortTc {
     readonly pinRoot: string,
     readonly devices: readonly string[],
     private readonly netnsPath: string | undefined,
-    private readonly stats: TypedMap<number, bigint>,
+    private readonly stats: PerCpuCounters,
     readonly ct: TypedMap<CtKeyC, CtValC>,
     private readonly log: (msg: string, fields: Record<string, unknown>) => void,
   ) {
@@ -115,7 +115,7 @@ export class NodePortTc {
     try {
       obj.load();
       const c = NODEPORT_MAP_CODECS;
-      const stats = obj.map('patu_np_stats').typed(c.patu_np_stats.key, c.patu_np_stats.value);
+      const stats = PerCpuCounters.fromFd(obj.map('patu_np_stats').fd, 'patu_np_stats');
       const ct = obj.map('patu_np_ct').typed(c.patu_np_ct.key, c.patu_np_ct.value);
       return new NodePortTc(obj, pinRoot, devices, opts.netnsPath, stats, ct, opts.log ?? (() => {}));
     } catch (e) {
@@ -282,7 +282,7 @@ export class NodePortTc {
 
   readStats(): NodePortStats {
     const out = {} as NodePortStats;
-    NODEPORT_STATS.forEach((k, i) => (out[k] = this.stats.lookup(i) ?? 0n));
+    NODEPORT_STATS.forEach((k, i) => (out[k] = this.stats.sum(i)));
     return out;
   }
 
@@ -329,10 +329,10 @@ export function readNodePortTc(pinRoot: string = DEFAULTS.pinRoot, nameOf: (ifin
   }
   let stats: NodePortStats | null = null;
   if (existsSync(statsPin)) {
-    const m = TypedMap.fromPin(statsPin, NODEPORT_MAP_CODECS.patu_np_stats.key, NODEPORT_MAP_CODECS.patu_np_stats.value);
+    const m = PerCpuCounters.fromPin(statsPin);
     try {
       stats = {} as NodePortStats;
-      NODEPORT_STATS.forEach((k, i) => (stats![k] = m.lookup(i) ?? 0n));
+      NODEPORT_STATS.forEach((k, i) => (stats![k] = m.sum(i)));
     } finally {
       m.close();
     }

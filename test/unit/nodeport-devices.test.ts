@@ -1,7 +1,8 @@
-// --nodeport-devices: which uplinks the tc path attaches to (pure logic, no root).
+// --nodeport-devices: which uplinks the tc path attaches to, and reading its per-CPU counters (pure logic, no root).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseDevices, deviceMatches } from '../../src/dataplane/nodeport-tc.js';
+import { possibleCpus } from '../../src/kernel/bpf/map.js';
 
 test('names and prefixes ending in * are kept (blanks dropped); a prefix matches every name it starts', () => {
   const d = parseDevices([' eth0', 'ens*', '', 'bond0.100']);
@@ -23,4 +24,12 @@ test('bad entries are refused naming the field and the entry', () => {
   bad(['..'], /'\.\.' is not/);
   bad([], /--nodeport-devices: no interface given/);
   bad(['', ' '], /no interface given/);
+});
+
+test('possible CPUs (the per-CPU counters\' slot count) from the kernel\'s list format', () => {
+  assert.equal(possibleCpus('0-1\n'), 2);
+  assert.equal(possibleCpus('0'), 1);
+  assert.equal(possibleCpus('0-3,8-11'), 12, 'holes still have slots');
+  assert.throws(() => possibleCpus('x'), /cannot read the possible CPUs from 'x'/);
+  assert.ok(possibleCpus() >= 1, 'this machine');
 });

@@ -3,6 +3,7 @@
 // layout drift between C and TS fails loudly at open time instead of silently
 // corrupting entries. Calls go straight to libbpf's low-level bpf_map_* (one
 // syscall each, ~1.5 us) with preallocated scratch buffers.
+import { readFileSync } from 'node:fs';
 import { raw, closeRawFd } from './libbpf.js';
 import { BpfError, BpfMapSizeError } from './errors.js';
 import { mapInfoByFd, type MapInfo } from './introspect.js';
@@ -337,5 +338,70 @@ export function pinMapById(id: number, path: string): void {
     if (rc < 0) throw new BpfError('bpf_obj_pin', -rc, { map: `id ${id}`, path });
   } finally {
     closeRawFd(fd);
+  }
+}
+
+/** Possible CPUs (/sys/devices/system/cpu/possible: "0-3,8"): a per-CPU map has one value slot for each. */
+export function possibleCpus(text: string = readFileSync('/sys/devices/system/cpu/possible', 'utf8')): number {
+  let max = -1;
+  for (const part of text.trim().split(',')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) throw new Error(`cannot read the possible CPUs from '${text.trim()}'`);
+    max = Math.max(max, Number(m[2] ?? m[1]));
+  }
+  return max + 1;
+}
+
+/**
+ * A BPF_MAP_TYPE_PERCPU_ARRAY of __u64 counters (TypedMap refuses per-CPU maps):
+ * programs increment their own CPU's slot without atomics, readers sum them.
+ */
+export class PerCpuCounters {
+  private readonly buf: Buffer;
+  private readonly key = Buffer.alloc(4);
+  private closed = false;
+  private constructor(readonly fd: number, private readonly ownsFd: boolean, readonly info: MapInfo, private readonly cpus: number) {
+    // The kernel copies value_size rounded up to 8 bytes per possible CPU.
+    this.buf = Buffer.alloc(cpus * 8);
+  }
+
+  private static make(fd: number, ownsFd: boolean, label: string): PerCpuCounters {
+    const info = mapInfoByFd(fd);
+    if (info.type !== 'percpu_array') throw new Error(`map ${info.name || label}: ${info.type}, not a percpu_array of counters`);
+    if (info.keySize !== 4) throw new BpfMapSizeError(info.name || label, 'key', 4, info.keySize);
+    if (info.valueSize !== 8) throw new BpfMapSizeError(info.name || label, 'value', 8, info.valueSize);
+    return new PerCpuCounters(fd, ownsFd, info, possibleCpus());
+  }
+
+  /** Wraps an fd someone else owns (a BpfObject's map). */
+  static fromFd(fd: number, label = `fd ${fd}`): PerCpuCounters {
+    return PerCpuCounters.make(fd, false, label);
+  }
+
+  static fromPin(path: string): PerCpuCounters {
+    const fd = raw.bpf_obj_get(path) as number;
+    if (fd < 0) throw new BpfError('bpf_obj_get', -fd, { path });
+    try {
+      return PerCpuCounters.make(fd, true, path);
+    } catch (e) {
+      closeRawFd(fd);
+      throw e;
+    }
+  }
+
+  /** The counter at index, summed over every CPU. */
+  sum(index: number): bigint {
+    this.key.writeUInt32LE(index >>> 0, 0);
+    const rc = raw.bpf_map_lookup_elem(this.fd, this.key, this.buf) as number;
+    if (rc < 0) throw new BpfError('bpf_map_lookup_elem', -rc, { map: this.info.name || `id ${this.info.id}` });
+    let total = 0n;
+    for (let c = 0; c < this.cpus; c++) total += this.buf.readBigUInt64LE(c * 8);
+    return total;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ownsFd) closeRawFd(this.fd);
   }
 }
