@@ -314,6 +314,10 @@ build() {
     [[ -x $BIN/$b ]] || die "$BIN/$b missing: run scripts/k8s/build.sh --with-suite first"
   done
   mkdir -p "$OUT"
+  # One builder at a time (setup.sh, conformance.sh's import and a test may overlap): the second waits, then
+  # finds the cache current.
+  exec 9>"$OUT/.lock"
+  flock 9
   nginx_deb >/dev/null
   local key; key=$(inputs_key)
   if [[ $(cat "$OUT/.key" 2>/dev/null) == "$key" ]] && all_built; then
