@@ -3,7 +3,7 @@
 // compares them. The plugin never writes the service maps: the agent watches the
 // record directory and programs them (DESIGN-16.md, ARCHITECTURE.md "hostPort").
 import type { CniEnv } from './env.js';
-import type { NetConf } from './netconf.js';
+import { portMappingsOf, type NetConf } from './netconf.js';
 import { CniCode, CniError, invalidConfig } from './errors.js';
 import { HostPortStore, recordName, type HostPortOwner } from '../hostport/records.js';
 import { isIPv4 } from '../net/cidr.js';
@@ -29,12 +29,13 @@ const open = (dataDir: string, opts: HostPortOptions, create: boolean): HostPort
  * ADD's rollback. Nothing to do without mappings.
  */
 export function reserveHostPorts(conf: NetConf, env: CniEnv, dataDir: string, podIps: readonly string[], opts: HostPortOptions = {}): () => void {
-  if (conf.portMappings.length === 0) return () => {};
+  const mappings = portMappingsOf(conf);
+  if (mappings.length === 0) return () => {};
   const podIp = podIps.find((ip) => isIPv4(ip));
   if (!podIp) throw invalidConfig('runtimeConfig.portMappings', 'hostPorts need an IPv4 pod address, and this network handed out none');
   const store = open(dataDir, opts, true);
   const who = owner(conf, env, podIp);
-  const names = store.reserve(who, conf.portMappings);
+  const names = store.reserve(who, mappings);
   return () => {
     store.releaseNames(who, names);
   };
@@ -56,9 +57,10 @@ export function gcHostPorts(conf: NetConf, dataDir: string, valid: readonly { co
 
 /** CHECK: every mapping asked for is recorded for this attachment, to one of `podIps`, on the asked container port. */
 export function checkHostPorts(conf: NetConf, env: Pick<CniEnv, 'containerId' | 'ifname'>, dataDir: string, podIps: readonly string[]): void {
-  if (conf.portMappings.length === 0) return;
+  const mappings = portMappingsOf(conf);
+  if (mappings.length === 0) return;
   const records = new Map(open(dataDir, {}, false).list().map((r) => [r.name, r]));
-  for (const m of conf.portMappings) {
+  for (const m of mappings) {
     const name = recordName(m);
     const r = records.get(name);
     const fail = (what: string): CniError => new CniError(CniCode.CheckFailed, `CHECK failed: hostPort record ${name}: ${what}`, 'runtimeConfig.portMappings');

@@ -123,8 +123,12 @@ export interface NetConf {
   ipam: RawIpam & { ranges: unknown; dataDir: string };
   /** Addresses a runtime asked for (runtimeConfig.ips, capability "ips"). */
   requestedIps: string[];
-  /** Node ports to forward to the pod (runtimeConfig.portMappings, capability "portMappings"). */
-  portMappings: PortMapping[];
+  /**
+   * runtimeConfig.portMappings (capability "portMappings") as sent, checked only by the
+   * commands that use it (ADD, CHECK: portMappingsOf): a DEL must never fail on it, or
+   * the pod could never be removed.
+   */
+  rawPortMappings?: unknown;
   prevResult?: CniResult;
   validAttachments?: { containerID: string; ifname: string }[];
 }
@@ -214,11 +218,14 @@ export function parseNetConf(raw: unknown): NetConf {
       ...(c.ipam?.lockTimeoutMs !== undefined ? { lockTimeoutMs: c.ipam.lockTimeoutMs } : {}),
     },
     requestedIps: c.runtimeConfig?.ips ?? [],
-    portMappings: parsePortMappings(c.runtimeConfig?.portMappings),
+    ...(c.runtimeConfig?.portMappings !== undefined ? { rawPortMappings: c.runtimeConfig.portMappings } : {}),
     ...(c.prevResult ? { prevResult: c.prevResult as unknown as CniResult } : {}),
     ...(c['cni.dev/valid-attachments'] ? { validAttachments: c['cni.dev/valid-attachments'] } : {}),
   };
 }
+
+/** The checked node port mappings of a config (ADD, CHECK); code 7 naming the field when one is bad. */
+export const portMappingsOf = (conf: Pick<NetConf, 'rawPortMappings'>): PortMapping[] => parsePortMappings(conf.rawPortMappings);
 
 /** More mappings than any pod has ports (a pod spec's containers declare a few). */
 export const MAX_PORT_MAPPINGS = 1024;
@@ -229,6 +236,8 @@ export const MAX_PORT_MAPPINGS = 1024;
  * defaulting to tcp and case-insensitive (containerd sends lowercase, others "TCP"),
  * hostIP "" or absent (or 0.0.0.0) for every node address. patu serves IPv4, TCP and
  * UDP: anything else is refused naming the field rather than silently not served.
+ * Field names match case-insensitively, as Go's encoding/json does for the portmap
+ * plugin: containerd (go-cni) sends {"HostPort", "ContainerPort", "Protocol", "HostIP"}.
  * Fields beyond these four are ignored, as the portmap plugin does.
  */
 export function parsePortMappings(raw: unknown): PortMapping[] {
@@ -239,7 +248,7 @@ export function parsePortMappings(raw: unknown): PortMapping[] {
   return raw.map((e: unknown, i) => {
     const here = `${at}[${i}]`;
     if (e === null || typeof e !== 'object' || Array.isArray(e)) throw invalidConfig(here, 'must be an object {hostPort, containerPort, protocol, hostIP}');
-    const m = e as Record<string, unknown>;
+    const m = goFields(e as Record<string, unknown>, ['hostPort', 'containerPort', 'protocol', 'hostIP']);
     const port = (field: 'hostPort' | 'containerPort'): number => {
       const v = m[field];
       if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) {
@@ -271,4 +280,21 @@ export function parsePortMappings(raw: unknown): PortMapping[] {
     }
     return { hostPort, containerPort, protocol, hostIP };
   });
+}
+
+/**
+ * The named fields of a JSON object as Go's encoding/json reads them into a struct:
+ * the exact key first, else the first key equal to it ignoring case.
+ */
+function goFields(obj: Record<string, unknown>, names: readonly string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const keys = Object.keys(obj);
+  for (const n of names) {
+    if (Object.hasOwn(obj, n)) out[n] = obj[n];
+    else {
+      const k = keys.find((x) => x.toLowerCase() === n.toLowerCase());
+      if (k !== undefined) out[n] = obj[k];
+    }
+  }
+  return out;
 }

@@ -100,6 +100,15 @@ test('plugin: the second pod on a taken hostPort fails with code 104 naming the 
   const bad = await execPlugin(f.bin, 'ADD', conf([{ hostPort: PC, containerPort: 80, protocol: 'sctp' }]), local({ containerId: b.id, netns: b.path }));
   assert.equal(bad.json?.code, 7, show(bad));
   assert.equal(bad.json?.details, 'runtimeConfig.portMappings[0].protocol');
+  // ...but DEL does not need them and never fails on them (kubelet would retry it forever).
+  const badDel = await execPlugin(f.bin, 'DEL', conf([{ hostPort: 'x' }]), local({ containerId: b.id, netns: b.path }));
+  assert.equal(badDel.code, 0, show(badDel));
+  // containerd (go-cni) sends Go field names: HostPort, ContainerPort, Protocol, HostIP.
+  const goNames = await execPlugin(f.bin, 'ADD', conf([{ HostPort: PC, ContainerPort: 80, Protocol: 'tcp', HostIP: '' }]), local({ containerId: b.id, netns: b.path }));
+  assert.equal(goNames.code, 0, show(goNames));
+  assert.deepEqual(records(), [`tcp-any-${P}`, `tcp-any-${PC}`, `udp-any-${P}`]);
+  const goDel = await execPlugin(f.bin, 'DEL', conf(undefined), local({ containerId: b.id, netns: b.path }));
+  assert.equal(goDel.code, 0, show(goDel));
 
   // CHECK finds the records; one it never granted fails CHECK.
   const prev = { prevResult: addA.json };

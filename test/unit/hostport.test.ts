@@ -7,7 +7,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync, existsSync } from 'nod
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseNetConf, parsePortMappings } from '../../src/cni/netconf.js';
+import { parseNetConf, parsePortMappings, portMappingsOf } from '../../src/cni/netconf.js';
 import { CniError, toCniError, CniCode } from '../../src/cni/errors.js';
 import {
   HostPortStore, HostPortConflictError, recordName, parseRecordName, overlaps, HOSTPORT_DIR, type PortMapping, type HostPortOwner,
@@ -30,7 +30,7 @@ function expectField(fn: () => unknown, field: string, mentions: string): void {
 }
 
 test('portMappings: normalised (tcp default, any case, 0.0.0.0 and "" are every address)', () => {
-  const c = parseNetConf({
+  const c = portMappingsOf(parseNetConf({
     ...base,
     runtimeConfig: {
       portMappings: [
@@ -40,18 +40,33 @@ test('portMappings: normalised (tcp default, any case, 0.0.0.0 and "" are every 
         { hostPort: 9001, containerPort: 9001, protocol: '', hostIP: '' },
       ],
     },
-  });
-  assert.deepEqual(c.portMappings, [
+  }));
+  assert.deepEqual(c, [
     { hostPort: 8080, containerPort: 80, protocol: 'tcp', hostIP: '' },
     { hostPort: 53, containerPort: 5353, protocol: 'udp', hostIP: '' },
     { hostPort: 9000, containerPort: 9000, protocol: 'tcp', hostIP: '127.0.0.1' },
     { hostPort: 9001, containerPort: 9001, protocol: 'tcp', hostIP: '' },
   ]);
-  assert.deepEqual(parseNetConf(base).portMappings, []);
+  assert.deepEqual(portMappingsOf(parseNetConf(base)), []);
+});
+
+test('portMappings: field names as Go reads them (containerd sends HostPort, ContainerPort, Protocol, HostIP)', () => {
+  // What containerd 1.6 (go-cni, no JSON tags) really sent in the k8s e2e run.
+  assert.deepEqual(parsePortMappings([{ HostPort: 40123, ContainerPort: 8080, Protocol: 'tcp', HostIP: '' }]), [
+    { hostPort: 40123, containerPort: 8080, protocol: 'tcp', hostIP: '' },
+  ]);
+  assert.deepEqual(parsePortMappings([{ hostport: 1, CONTAINERPORT: 2, protocol: 'udp', hostIp: '10.0.0.1', hostPort: 3 }]), [
+    { hostPort: 3, containerPort: 2, protocol: 'udp', hostIP: '10.0.0.1' },
+  ], 'the exact name first, then any case');
+});
+
+test('portMappings: checked only where used, so a DEL never fails on them (a pod could never be removed)', () => {
+  const c = parseNetConf({ ...base, runtimeConfig: { portMappings: [{ hostPort: 'x' }] } });
+  assert.throws(() => portMappingsOf(c), /runtimeConfig\.portMappings\[0\]\.hostPort/);
 });
 
 test('portMappings: a bad field is code 7 naming it', () => {
-  const pm = (v: unknown) => () => parseNetConf({ ...base, runtimeConfig: { portMappings: v } });
+  const pm = (v: unknown) => () => portMappingsOf(parseNetConf({ ...base, runtimeConfig: { portMappings: v } }));
   expectField(pm({}), 'runtimeConfig.portMappings', 'must be an array');
   expectField(pm([7]), 'runtimeConfig.portMappings[0]', 'must be an object');
   expectField(pm([{ containerPort: 80 }]), 'runtimeConfig.portMappings[0].hostPort', 'integer port 1-65535');

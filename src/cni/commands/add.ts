@@ -2,7 +2,7 @@
 // (optionally) registration for socket acceleration. Any failure rolls back what
 // this call did, so a failed ADD leaves no address, link or route behind.
 import type { CniEnv } from '../env.js';
-import type { NetConf } from '../netconf.js';
+import { portMappingsOf, type NetConf } from '../netconf.js';
 import type { CniResult } from '../spec.js';
 import { invalidConfig, toCniError } from '../errors.js';
 import { ipamFor, type IpamOpenOptions } from '../ipam.js';
@@ -20,6 +20,8 @@ export interface AddOptions extends IpamOpenOptions {
 }
 
 export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}): Promise<CniResult> {
+  // A bad runtimeConfig.portMappings is refused before anything is allocated.
+  portMappingsOf(conf);
   const ipam = ipamFor(conf, opts);
   const allocations = (() => {
     try {
