@@ -89,8 +89,23 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     },
     onListening: (e) => o.log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
   });
+  let cidrOff = false;
   const source = new K8sSource({
     serviceCIDR: o.serviceCIDR ?? DEFAULTS.serviceCIDR,
+    // A ClusterIP outside the configured range means the range is not this cluster's
+    // (k3s uses 10.43.0.0/16, the default here is kubeadm's): refusing a range that is
+    // not the cluster's could refuse real hosts of the node's network, so the check goes off.
+    onOutsideServiceCidr: (ref, clusterIP) => {
+      if (cidrOff) return;
+      cidrOff = true;
+      try {
+        lb.configure({ serviceCidr: '' });
+        o.log.error({ service: ref, clusterIP, serviceCIDR: o.serviceCIDR ?? DEFAULTS.serviceCIDR },
+          'service CIDR check switched off: this ClusterIP is outside it, so it is not the cluster\'s range; set --service-cidr (ConfigMap service-cidr) to the apiserver\'s --service-cluster-ip-range');
+      } catch (e) {
+        o.log.error({ err: messageOf(e) }, 'switching the service CIDR check off failed');
+      }
+    },
     onHealthChecks: (entries) => health.update(entries),
     nodeName,
     clusterCIDR,

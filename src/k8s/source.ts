@@ -55,6 +55,8 @@ export interface K8sSourceOptions {
    * not the apiserver's --service-cluster-ip-range).
    */
   serviceCIDR?: string;
+  /** A ClusterIP outside serviceCIDR was seen (called once per service; before that service is applied). */
+  onOutsideServiceCidr?: (ref: string, clusterIP: string) => void;
   sink?: ServiceSink;
   /** Opens the acceleration pod registry; undefined while acceleration was never set up. */
   podRegistry?: () => PodRegistry | undefined;
@@ -331,6 +333,7 @@ export class K8sSource {
     this.opts.metrics?.serviceInputErrors.inc({ reason: 'clusterIPOutsideServiceCIDR' });
     this.log.warn({ service: ref, clusterIP, serviceCIDR: this.opts.serviceCIDR },
       'ClusterIP outside the service CIDR: programmed anyway; is --service-cidr the apiserver\'s --service-cluster-ip-range?');
+    this.opts.onOutsideServiceCidr?.(ref, clusterIP);
   }
 
   /** ref -> the healthCheckNodePort it wants served; kept per changed ref, so an apply costs O(changed). */

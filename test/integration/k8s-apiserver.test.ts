@@ -358,3 +358,31 @@ test('every Service shape from a real apiserver: NodePort (TCP+UDP on one number
     rmSync(pin, { recursive: true, force: true });
   }
 });
+
+test('the agent (startKubernetes) with a service CIDR that is not the cluster\'s switches the check off at the first ClusterIP outside it, and says why', { skip }, async () => {
+  const { startKubernetes } = await import('../../src/k8s/agent-k8s.js');
+  const { readLbSettings } = await import('../../src/dataplane/service-lb.js');
+  const { Scratch } = await import('../helpers/kernel.js');
+  const scratch = new Scratch('patu-test-svcsock-k8sagent');
+  const pin = scratch.pinRoot();
+  const errors: string[] = [];
+  const log = { debug() {}, info() {}, warn() {}, error: (_o: object, m: string) => errors.push(m) };
+  try {
+    const cgroup = scratch.cgroup();
+    const agent = await startKubernetes({
+      kubeconfig: join(tmp, 'kubeconfig'), nodeName: NODE, env: {}, pinRoot: pin, cgroup, cniConfDir: '',
+      // The apiserver's range is 10.96.0.0/16 (default/kubernetes is 10.96.0.1).
+      serviceCIDR: '10.50.0.0/16', healthCheckHost: '127.0.0.1', log, resyncMs: 0,
+    });
+    try {
+      await until('agent ready', () => agent.source.notReady() === undefined);
+      assert.equal(readLbSettings(pin)?.serviceCidr, null, 'the check is off');
+      assert.ok(errors.some((m) => m.startsWith('service CIDR check switched off')), errors.join('\n'));
+      assert.ok(readLbSettings(pin)!.nodeAddresses.includes('127.0.0.1'), 'node addresses tracked');
+    } finally {
+      await agent.close();
+    }
+  } finally {
+    await scratch.cleanup();
+  }
+});

@@ -364,7 +364,8 @@ test('NodePort conflict: the second service is left out, logged and counted once
   const metrics = new AgentMetrics({ defaultMetrics: false });
   const log = { debug() {}, info() {}, warn() {}, error: (_o: object, m: string) => logs.push(m) };
   const warns: string[] = [];
-  const s = source(sink, { log: { ...log, warn: (_o: object, m: string) => warns.push(m) }, metrics, serviceCIDR: '10.96.0.0/16', onHealthChecks: (e) => health.push(e) });
+  const outside: string[] = [];
+  const s = source(sink, { log: { ...log, warn: (_o: object, m: string) => warns.push(m) }, metrics, serviceCIDR: '10.96.0.0/16', onHealthChecks: (e) => health.push(e), onOutsideServiceCidr: (ref, ip) => outside.push(`${ref} ${ip}`) });
   const np = (name: string, ip: string, extra: Partial<NonNullable<K8sService['spec']>> = {}) =>
     svc(name, ip, { type: 'NodePort', ports: [{ name: 'http', port: 80, protocol: 'TCP', targetPort: 8080, nodePort: 30080 }], ...extra });
   s.handleService(np('a', '10.96.0.1'));
@@ -385,6 +386,7 @@ test('NodePort conflict: the second service is left out, logged and counted once
   await sleep(30);
   assert.ok(sink.state.services.has('10.97.0.1:80/TCP'), 'programmed anyway');
   assert.equal(warns.filter((m) => m.includes('ClusterIP outside the service CIDR')).length, 1);
+  assert.deepEqual(outside, ['default/odd 10.97.0.1']);
   assert.match(await metrics.registry.metrics(), /patu_service_input_errors_total\{reason="clusterIPOutsideServiceCIDR"\} 1\b/);
   s.handleServiceDelete(np('a', '10.96.0.1'));
   await sleep(60);
