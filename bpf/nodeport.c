@@ -78,47 +78,49 @@ struct pkt {
 	__u64 csum_flags;    /* BPF_F_MARK_MANGLED_0 for UDP (checksum 0 = none) */
 };
 
-/* 0: an IPv4 TCP/UDP packet that is not a fragment, parsed into *p; 1: anything else; 2: IPv4, other. */
+/*
+ * 0: an IPv4 TCP/UDP packet that is not a fragment, parsed into *p; 1: not
+ * IPv4; 2: IPv4, but nothing to translate. Read with bpf_skb_load_bytes, not
+ * direct access: the headers of a non-linear skb need not be in its linear
+ * part, and such a packet must not slip through untranslated.
+ */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	__be16 h_proto;
+	if (bpf_skb_load_bytes(skb, __builtin_offsetof(struct ethhdr, h_proto), &h_proto, sizeof(h_proto)) < 0 ||
+	    h_proto != bpf_htons(ETH_P_IP))
 		return 1;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->ihl < 5)
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
 		return 1;
-	p->saddr = ip->saddr;
-	p->daddr = ip->daddr;
-	p->proto = ip->protocol;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->proto = ip.protocol;
 	/* A fragment carries no (or not only its own) ports: left alone. */
-	if (ip->frag_off & bpf_htons(0x3fff))
+	if (ip.frag_off & bpf_htons(0x3fff))
 		return 2;
-	__u32 l4 = sizeof(*eth) + ip->ihl * 4;
+	__u32 l4 = ETH_HLEN + ip.ihl * 4;
 	p->l4_off = l4;
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return 2;
+	/* Source and destination ports lead both headers; TCP's flags are at byte 13. */
+	__be16 ports[2];
+	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
+		return 2;
+	p->sport = ports[0];
+	p->dport = ports[1];
 	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *th = data + l4;
-		if ((void *)(th + 1) > end)
+		__u8 flags;
+		if (bpf_skb_load_bytes(skb, l4 + 13, &flags, 1) < 0)
 			return 2;
-		p->sport = th->source;
-		p->dport = th->dest;
-		p->syn = th->syn && !th->ack;
+		p->syn = (flags & 0x12) == 0x02; /* SYN without ACK */
 		p->csum_off = l4 + __builtin_offsetof(struct tcphdr, check);
 		p->csum_flags = 0;
-		return 0;
-	}
-	if (p->proto == IPPROTO_UDP) {
-		struct udphdr *uh = data + l4;
-		if ((void *)(uh + 1) > end)
-			return 2;
-		p->sport = uh->source;
-		p->dport = uh->dest;
+	} else {
 		p->csum_off = l4 + __builtin_offsetof(struct udphdr, check);
 		p->csum_flags = BPF_F_MARK_MANGLED_0;
-		return 0;
 	}
-	return 2;
+	return 0;
 }
 
 #define IP_CSUM_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
