@@ -8,6 +8,7 @@
 //   - scaling up and down while the client connects: no failed connect, new backends get traffic,
 //   - the agent restarted mid-traffic (twice: once quiet, once with a scale-up while it is down): no failed
 //     connect, and the new agent reconciles without rewriting what is already right,
+//   - a hostPort pod is reached from a hostNetwork pod (127.0.0.1) and from a pod (node address), and goes with the pod,
 //   - deleting the workload leaves no IPAM record, veth or service entry,
 //   - deleting the DaemonSet keeps the data plane; deploy/patu-uninstall.yaml then removes patu's files,
 //     conflist and pins.
@@ -157,6 +158,9 @@ const untilServed = (pods: PodInfo[], since: number) =>
     const c = byBackend(since);
     return pods.every((p) => (c[p.name] ?? 0) > 0) ? c : undefined;
   });
+
+/** Set while the hostPort test's pods may still exist (it failed half way). */
+let cleanupPods: (() => unknown) | undefined;
 
 describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent restarts, cleanup', { skip: skip ?? false }, () => {
   before(async () => {
@@ -314,7 +318,46 @@ describe('patu from deploy/patu.yaml on a real cluster: services, scaling, agent
     assert.doesNotMatch(log, /"command":"ADD"/, 'the new pod was set up by bin/patu itself, not by the returning agent');
   });
 
+  test('hostPort through kubelet and containerd: 127.0.0.1 from a hostNetwork pod and the node address from a pod reach it; deleting the pod removes it', async () => {
+    const hostPort = 40000 + (process.pid % 5000);
+    const hostPortDir = join(STATE, 'patu', 'ipam', '_hostports');
+    const pod = (name: string, spec: object) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: NS }, spec: { terminationGracePeriodSeconds: 1, ...spec } });
+    cluster.must(['apply', '-f', '-'], JSON.stringify({
+      apiVersion: 'v1', kind: 'List', items: [
+        pod('hostport', { containers: [{ name: 'httpd', image: TEST_IMAGE, imagePullPolicy: 'Never', command: ['sh', '-c', 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www'], ports: [{ containerPort: 8080, hostPort }] }] }),
+        pod('hostnet', { hostNetwork: true, containers: [{ name: 'sh', image: TEST_IMAGE, imagePullPolicy: 'Never', command: ['sleep', '3600'] }] }),
+      ],
+    }));
+    try {
+      await until('hostport and hostnet pods running', 60_000, () => {
+        const phases = ['hostport', 'hostnet'].map((n) => cluster.must(['get', 'pod', '-n', NS, n, '-o', 'jsonpath={.status.phase}']).trim());
+        return phases.every((p) => p === 'Running') ? true : undefined;
+      });
+    } catch (e) {
+      const events = cluster.kubectl(['get', 'events', '-n', NS, '-o', 'custom-columns=OBJ:.involvedObject.name,REASON:.reason,MSG:.message']).stdout;
+      const lines = agentLog(agentPod()?.name ?? '').split('\n').filter((l) => /hostport|hostPort|"exitCode":[1-9]/.test(l)).slice(-10);
+      throw new Error(`${(e as Error).message}\nevents:\n${events.split('\n').filter((l) => /hostport|hostnet/.test(l)).join('\n')}\nagent:\n${lines.join('\n')}`);
+    } finally {
+      // Whatever happened, the next test expects only its own workload in the namespace.
+      cleanupPods = () => cluster.kubectl(['delete', '-n', NS, 'pod/hostport', 'pod/hostnet', '--wait=true', '--ignore-not-found']);
+    }
+    // containerd passed portMappings (the conflist declares the capability); patu recorded it, the agent programmed it.
+    assert.deepEqual(existsSync(hostPortDir) ? readdirSync(hostPortDir).filter((n) => n !== 'lock') : [], [`tcp-any-${hostPort}`]);
+    await until('hostPort entry programmed', 30_000, () => (programmed().some((s) => s.name.startsWith('patu:hostport/') && s.port === hostPort) ? true : undefined));
+    const nodeIP = cluster.names.nodeIP;
+    for (const [from, url] of [['hostnet', `http://127.0.0.1:${hostPort}/`], ['client', `http://${nodeIP}:${hostPort}/`]] as const) {
+      const r = cluster.kubectl(['exec', '-n', NS, from, '--', 'timeout', '5', 'wget', '-q', '-O', '-', url]);
+      assert.ok(r.ok, `${from} -> ${url}: ${r.detail}`);
+      assert.equal(r.stdout.trim(), 'hostport', `${from} -> ${url}`);
+    }
+    cluster.must(['delete', '-n', NS, 'pod/hostport', 'pod/hostnet', '--wait=true']);
+    cleanupPods = undefined;
+    await until('hostPort record and entry removed', 60_000, () =>
+      (!existsSync(join(hostPortDir, `tcp-any-${hostPort}`)) && !programmed().some((s) => s.name.startsWith('patu:hostport/')) ? true : undefined));
+  });
+
   test('deleting the workload leaves no IPAM record, veth or service entry', async () => {
+    cleanupPods?.();
     cluster.must(['delete', '-n', NS, 'pod/client', 'deployment/web', 'service/web', '--wait=true']);
     await until('web pods gone', 90_000, () => (webPods().length === 0 ? true : undefined));
     await until('IPAM records and veths released', 60_000, () => (records().length === 0 && veths().length === 0 ? true : undefined)).catch((e: Error) => {
