@@ -243,6 +243,64 @@ int patu_np_ingress(struct __sk_buff *skb)
 	return NP_PASS;
 }
 
+/*
+ * An ICMP error (destination unreachable, time exceeded) about a translated
+ * flow, leaving towards the client: it quotes the packet the backend got
+ * (client -> backend:port), which the client never sent. The quote's
+ * destination goes back to the service address and port (inner IP checksum
+ * fixed; the quoted L4 checksum is not checked by receivers), the ICMP
+ * checksum follows each change, and the outer source too when the backend
+ * itself sent the error. So a UDP client of a NodePort whose backend port is
+ * closed gets ECONNREFUSED instead of a timeout. Returns 1 when translated.
+ */
+static __always_inline int icmp_error_rev(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 icmp = p->l4_off;
+	__u8 type;
+	if (bpf_skb_load_bytes(skb, icmp, &type, 1) < 0 || (type != 3 && type != 11))
+		return 0;
+	__u32 in_ip = icmp + 8;
+	struct iphdr inner;
+	if (bpf_skb_load_bytes(skb, in_ip, &inner, sizeof(inner)) < 0 || inner.ihl < 5 ||
+	    (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP))
+		return 0;
+	__u32 in_l4 = in_ip + inner.ihl * 4;
+	__be16 ports[2];
+	if (bpf_skb_load_bytes(skb, in_l4, ports, sizeof(ports)) < 0)
+		return 0;
+	/* The quoted packet went client -> backend: its reply tuple is the reverse entry. */
+	struct patu_ct_key rk = {
+		.src = inner.daddr, .dst = inner.saddr, .sport = ports[1], .dport = ports[0],
+		.proto = inner.protocol, .dir = PATU_CT_REV,
+	};
+	struct patu_ct_val *ct = bpf_map_lookup_elem(&patu_np_ct, &rk);
+	if (!ct)
+		return 0;
+	__be32 svc_ip = ct->ip;
+	__be16 svc_port = ct->port;
+	__u32 icmp_csum = icmp + 2;
+	__u32 in_csum = in_ip + __builtin_offsetof(struct iphdr, check);
+	__be16 old_in_csum = inner.check;
+	if (bpf_l3_csum_replace(skb, in_csum, inner.daddr, svc_ip, sizeof(svc_ip)) < 0)
+		return -1;
+	__be16 new_in_csum;
+	if (bpf_skb_load_bytes(skb, in_csum, &new_in_csum, sizeof(new_in_csum)) < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, icmp_csum, old_in_csum, new_in_csum, sizeof(new_in_csum)) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, inner.daddr, svc_ip, sizeof(svc_ip)) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, ports[1], svc_port, sizeof(svc_port)) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, in_ip + __builtin_offsetof(struct iphdr, daddr), &svc_ip, sizeof(svc_ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, in_l4 + 2, &svc_port, sizeof(svc_port), 0) < 0)
+		return -1;
+	if (p->saddr == inner.daddr) {
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->saddr, svc_ip, sizeof(svc_ip)) < 0 ||
+		    bpf_skb_store_bytes(skb, IP_SRC_OFF, &svc_ip, sizeof(svc_ip), 0) < 0)
+			return -1;
+	}
+	return 1;
+}
+
 SEC("tc")
 int patu_np_egress(struct __sk_buff *skb)
 {
@@ -259,6 +317,14 @@ int patu_np_egress(struct __sk_buff *skb)
 		if (ct) {
 			if (rewrite(skb, &p, 0, p.saddr, ct->ip, p.sport, ct->port) < 0)
 				return NP_DROP;
+			count(PATU_NP_REV);
+			return NP_PASS;
+		}
+	} else if (p.proto == IPPROTO_ICMP && p.l4_off) { /* l4_off 0: a fragment */
+		int t = icmp_error_rev(skb, &p);
+		if (t < 0)
+			return NP_DROP;
+		if (t > 0) {
 			count(PATU_NP_REV);
 			return NP_PASS;
 		}

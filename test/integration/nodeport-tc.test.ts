@@ -116,13 +116,13 @@ function serviceMaps() {
     backend: TypedMap.fromPin(join(PIN, 'patu_backend'), c.patu_backend.key, c.patu_backend.value),
   };
 }
-function addService(vip: string, port: number, proto: 'TCP' | 'UDP', backends: string[], affinity = false): number {
+function addService(vip: string, port: number, proto: 'TCP' | 'UDP', backends: string[], affinity = false, target = TARGET): number {
   const { svc, slot, backend } = serviceMaps();
   try {
     const svcId = nextId++;
     backends.forEach((ip, i) => {
       const id = nextId++;
-      backend.update(id, { ip, port: TARGET, pad: 0, svcId });
+      backend.update(id, { ip, port: target, pad: 0, svcId });
       slot.update({ svcId, slot: i }, id);
     });
     svc.update({ vip, port, proto: proto === 'TCP' ? 6 : 17, pad: 0 }, { count: backends.length, svcId, flags: affinity ? 1 : 0, affinityTimeout: 60 });
@@ -260,6 +260,12 @@ test('externalIP and LoadBalancer IP (TCP and UDP) are served like a ClusterIP; 
   // A NodePort with no service is not translated: the node itself answers (nothing listens: RST).
   const other = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT + 1, count: 2 });
   assert.deepEqual(other.errors, { ECONNREFUSED: 2 }, 'a port with no service must not be translated');
+});
+
+test('an ICMP error from the backend is translated back: a connected UDP client of a NodePort whose backend port is closed gets ECONNREFUSED', { skip }, async () => {
+  addService('0.0.0.0', NODE_PORT + 20, 'UDP', [POD_IPS[0]!], false, 9); // nothing listens on 9
+  const r = await runClient({ mode: 'udp-connected', host: NODE_IP, port: NODE_PORT + 20, count: 1 });
+  assert.deepEqual(r.errors, { ECONNREFUSED: 1 }, 'the port unreachable did not reach the client as one about its own packet');
 });
 
 test('ClientIP affinity from outside: one client address keeps one backend', { skip }, async () => {
