@@ -6,9 +6,9 @@
 //      10,000 ClusterIP services alongside in the same maps;
 //   2. one-stream TCP throughput (iperf3, 2 s) through the NodePort vs direct.
 // Topology (all made here, removed at the end, also on failure or Ctrl-C):
-//   netns patu-bench-np-<pid>-out (client 192.168.78.2) --veth-- netns ...-node
+//   netns patu-bench-nptc-<pid>-out (client 192.168.78.2) --veth-- netns ...-node
 //   (uplink 192.168.78.1 with the tc programs, bridge 10.78.1.1/24) --veth-- netns
-//   ...-pod (10.78.1.2..11, accept-sink and iperf3 -s); pins /sys/fs/bpf/patu-bench-np-<pid>.
+//   ...-pod (10.78.1.2..11, accept-sink and iperf3 -s); pins /sys/fs/bpf/patu-bench-nptc-<pid>.
 //
 //   bash scripts/build.sh && node dist/bench/nodeport-tc.js
 //   BENCH_SECONDS=0.5 BENCH_ROUNDS=3 BENCH_SCALES=10,2000 BENCH_CLUSTERIPS=10000 node dist/bench/nodeport-tc.js
@@ -33,7 +33,7 @@ const NODE_IP = '192.168.78.1';
 const CLIENT_IP = '192.168.78.2';
 const PODS = Array.from({ length: ENDPOINTS }, (_, i) => `10.78.1.${i + 2}`);
 const FIRST_NODEPORT = 30000;
-const scratch = new Scratch('patu-bench-np');
+const scratch = new Scratch('patu-bench-nptc');
 const OUT = scratch.name('out');
 const NODE = scratch.name('node');
 const POD = scratch.name('pod');
