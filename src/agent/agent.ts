@@ -106,13 +106,15 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   // writer): the services file or Kubernetes, and hostPorts in their own partition,
   // registered before the main source's first resync so that resync leaves them alone.
   let lb: import('../dataplane/service-lb.js').ServiceLb | undefined;
+  let pokeHostPorts = (): void => {};
   let hostPortSink: import('../dataplane/service-lb.js').ServiceSinkLike | undefined;
   if (opts.servicesFile || opts.kubernetes || hostPorts) {
     const { ServiceLb } = await import('../dataplane/service-lb.js');
     const { isHostPortRef } = await import('../hostport/desired.js');
     lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: cgroup, ...bpffs });
     for (const repair of lb.repairs) log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired');
-    if (hostPorts) hostPortSink = lb.partition(isHostPortRef);
+    // After a service apply the hostPorts resync: a port a service let go is served at once.
+    if (hostPorts) hostPortSink = lb.partition(isHostPortRef, () => pokeHostPorts());
   }
 
   if (opts.servicesFile) {
@@ -231,8 +233,12 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       onBadRecord: (name, problem) => log.warn({ dir: `${dataDir}/_hostports`, file: name, problem }, 'ignoring a file that is not a hostPort record'),
       onError: (e) => log.error({ err: e.message }, 'hostPorts: programming failed; retried at the next change or resync'),
     });
+    pokeHostPorts = () => hp.poke();
     log.info({ dir: `${dataDir}/_hostports` }, 'serving hostPorts');
-    closers.push(() => hp.close());
+    closers.push(() => {
+      pokeHostPorts = () => {};
+      hp.close();
+    });
   }
 
   // Last: the sources above stop writing first.

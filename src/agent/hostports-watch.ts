@@ -33,6 +33,8 @@ export type HostPortConflictReport =
 export interface HostPortsWatch {
   /** Reads the records and applies them now. */
   sync(): ApplyStats;
+  /** Syncs soon (debounced): something else changed the maps. */
+  poke(): void;
   /** Conflicts as of the last sync (what /metrics and `patu status` can show). */
   readonly conflicts: readonly HostPortConflictReport[];
   close(): void;
@@ -102,6 +104,7 @@ export function hostPortsWatch(opts: HostPortsWatchOptions): HostPortsWatch {
 
   return {
     sync,
+    poke: later,
     get conflicts() {
       return current;
     },

@@ -250,6 +250,7 @@ export class ServiceLb {
   private destroyerError = '';
   /** Which refs each partition owns: the plain resync/applyChanges leave those alone. */
   private readonly partitions: ((ref: string) => boolean)[] = [];
+  private readonly partitionWatchers: (() => void)[] = [];
 
   private constructor(
     private readonly obj: BpfObject,
@@ -375,7 +376,7 @@ export class ServiceLb {
    * not is removed (the first apply of a source, or a periodic safety net).
    */
   resync(desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats {
-    return this.run(desired);
+    return this.mainApplied(this.run(desired));
   }
 
   /**
@@ -388,7 +389,13 @@ export class ServiceLb {
     for (const d of desired.values()) {
       if (!refs.has(d.ref)) throw new Error(`ServiceLb.applyChanges: ${d.key} belongs to ${d.ref}, which is not among the changed services`);
     }
-    return this.run(desired, refs);
+    return this.mainApplied(this.run(desired, refs));
+  }
+
+  /** After the main source changed the maps: partitions may get a port back, or lose one. */
+  private mainApplied(stats: ApplyStats): ApplyStats {
+    if (stats.ops > 0) for (const cb of this.partitionWatchers) cb();
+    return stats;
   }
 
   /**
@@ -399,9 +406,12 @@ export class ServiceLb {
    * entry is left out and reported in ApplyStats.conflicts (the next partition
    * resync programs it once the service lets the port go). Register partitions
    * before the main source's first resync, or that resync removes their entries.
+   * `onMainApplied` is called after every main-source apply that wrote something
+   * (the partition then resyncs: a port a service let go is served at once).
    */
-  partition(owns: (ref: string) => boolean): ServiceSinkLike {
+  partition(owns: (ref: string) => boolean, onMainApplied?: () => void): ServiceSinkLike {
     this.partitions.push(owns);
+    if (onMainApplied) this.partitionWatchers.push(onMainApplied);
     const scoped = (desired: ReadonlyMap<string, DesiredServicePort>, refs: Set<string>): ApplyStats => {
       const kept = new Map<string, DesiredServicePort>();
       const conflicts: PartitionConflict[] = [];

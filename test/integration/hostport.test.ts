@@ -262,6 +262,15 @@ test('agent: hostPorts reach the pod through 127.0.0.1 and a node address (TCP, 
     assert.match(await metrics(), /patu_hostport_conflicts_total\{kind="service"\} 1\b/);
     assert.match(await metrics(), /patu_hostports_programmed 4\b/);
 
+    // The service lets the port go (the file now has another service): the hostPort is served
+    // right after that apply, well before its own 10 s resync.
+    writeFileSync(servicesFile(), `services:\n  - name: other\n    clusterIP: 10.96.250.1\n    ports: [{ port: 80, targetPort: 8080 }]\n    endpoints: [{ ip: 10.251.9.9 }]\n`);
+    const t0 = Date.now();
+    await waitFor(() => hostPortEntries().includes(`${f.gateway}:${PC}/TCP -> ${ip}:8080`), 3_000, `the hostPort on ${f.gateway}:${PC} once the service let it go`);
+    const freedMs = Date.now() - t0;
+    const freed = await client({ mode: 'tcp', host: f.gateway, port: PC, count: 2 });
+    assert.deepEqual(freed.byBackend, { [`${ip}:8080`]: 2 }, `${f.gateway}:${PC} -> pod after the service went (${freedMs} ms): ${JSON.stringify(freed)}`);
+
     // Restart: the services file's first (full) resync must leave the hostPorts alone,
     // and the hostPort partition finds them programmed (no map write).
     await stopAgent();
@@ -275,7 +284,7 @@ test('agent: hostPorts reach the pod through 127.0.0.1 and a node address (TCP, 
     await waitFor(() => hostPortEntries().length === 0, 5_000, 'hostPort entries removed after DEL');
     const gone = await client({ mode: 'tcp', host: '127.0.0.1', port: P, count: 1 });
     assert.equal(gone.ok, 0, `nothing answers 127.0.0.1:${P} after DEL: ${JSON.stringify(gone)}`);
-    assert.ok((readProgrammed(PIN) ?? []).some((s) => s.name.startsWith('default/holder')), 'the service stays');
+    assert.ok((readProgrammed(PIN) ?? []).some((s) => s.name.startsWith('default/other')), 'the service stays');
   } finally {
     await stopAgent();
   }
