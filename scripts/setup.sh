@@ -21,12 +21,12 @@ cd "$(dirname "$0")/.."
 #   tcpdump                       test oracle: what an outside host sees (masquerade)
 #   containerd openssl curl       the single-node Kubernetes cluster of the e2e tests (scripts/k8s/cluster.sh)
 #   gcc libc6-dev                 the launcher (bin/patu) and the cluster's static pause binary
-#   bind9-dnsutils netcat-openbsd libcap2-bin
-#                                 dig/nslookup/host, OpenBSD nc and setcap for the e2e test images
+#   bind9-dnsutils netcat-openbsd libcap2-bin wget
+#                                 dig/nslookup/host, OpenBSD nc, GNU wget and setcap for the e2e test images
 #                                 (scripts/k8s/images.sh copies them in with their libraries)
 PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables iptables iperf3 sockperf
   busybox-static containernetworking-plugins podman runc iputils-ping procps kmod tcpdump
-  containerd openssl curl gcc libc6-dev bind9-dnsutils netcat-openbsd libcap2-bin)
+  containerd openssl curl gcc libc6-dev bind9-dnsutils netcat-openbsd libcap2-bin wget)
 
 with_k8s=0
 for a in "$@"; do

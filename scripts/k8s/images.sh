@@ -18,7 +18,9 @@
 #                      porter's /localhost.crt + /localhost.key (porter opens them relative to the workdir /);
 #                      user-defined-in-image uid 1000 in group-defined-in-image gid 50000 (as upstream's Dockerfile);
 #                      /uploads (netexec); busybox as sh and the small tools, and Debian's bash, curl, dig, nslookup,
-#                      host, nc (netcat-openbsd, the flavour upstream's Alpine image installs), getent, ip, ss.
+#                      host, nc (netcat-openbsd, the flavour upstream's Alpine image installs), getent, ip, ss,
+#                      GNU wget (one try per call, as busybox's: Debian 12's busybox 1.35 wget segfaults with -T,
+#                      which the Service specs' up-checks pass: `wget -q -O - -T 1 http://<ClusterIP>:<port>`).
 #   jessie-dnsutils:1.7  busybox + dig/nslookup/host/getent (the DNS probe pods run dig, getent, seq, test)
 #   busybox:1.37.0-1   Debian's busybox-static with every applet (the content is Debian 12's 1.35, the name is the
 #                      one the specs ask for)
@@ -27,7 +29,7 @@
 #   pause:3.10.1       upstream's build/pause/linux/pause.c, static, user 65535 as upstream
 #   coredns/coredns:v1.12.1  /coredns with cap_net_bind_service file capability, user 65532 (nonroot) as upstream
 # Binaries come from scripts/k8s/build.sh --with-suite ($CACHE/<version>/bin); Debian tools from this machine's
-# packages (bind9-dnsutils netcat-openbsd curl iproute2 bash busybox-static libc-bin: scripts/setup.sh installs
+# packages (bind9-dnsutils netcat-openbsd curl wget iproute2 bash busybox-static libc-bin: scripts/setup.sh installs
 # them) with the shared libraries ldd names, and nginx from its .deb (`apt-get download`, not installed: its
 # postinst would start a server on the host's port 80).
 #
@@ -138,7 +140,7 @@ make_agnhost() {
   local root=$1
   base_root "$root"
   add_dash "$root"
-  add_busybox "$root" nc nslookup netcat ip ss
+  add_busybox "$root" nc nslookup netcat ip ss wget
   cp "$BIN/agnhost" "$root/agnhost"
   ln -s agnhost "$root/agnhost-2"
   cp "$BIN/coredns" "$root/coredns"
@@ -147,6 +149,8 @@ make_agnhost() {
   mkdir -p "$root/uploads" "$root/home/user-defined-in-image"
   add_dns_tools "$root"
   add_bin "$root" /usr/bin/curl
+  add_bin "$root" /usr/bin/wget
+  printf 'tries = 1\n' >"$root/etc/wgetrc"
   add_bin "$root" /bin/nc.openbsd /usr/bin/nc
   add_bin "$root" /bin/bash /bin/bash
   add_bin "$root" /bin/ip /sbin/ip

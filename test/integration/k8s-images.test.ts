@@ -24,7 +24,7 @@ const BIN = join(CACHE, VERSION, 'bin');
 const SCRIPT = join(REPO_ROOT, 'scripts/k8s/images.sh');
 const has = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 const missingBin = ['agnhost', 'coredns', 'regression-issue-74839'].find((b) => !existsSync(join(BIN, b)));
-const missingTool = ['dig', 'nslookup', 'nc.openbsd', 'curl', 'getent', 'busybox', 'dash', 'setcap', 'getcap', 'ldconfig', 'gcc', 'dpkg-deb', 'apt-get', 'unshare', 'containerd', 'ctr']
+const missingTool = ['dig', 'nslookup', 'nc.openbsd', 'curl', 'wget', 'getent', 'busybox', 'dash', 'setcap', 'getcap', 'ldconfig', 'gcc', 'dpkg-deb', 'apt-get', 'unshare', 'containerd', 'ctr']
   .find((t) => !has(t));
 const skip = process.getuid?.() !== 0 ? 'needs root (chroot, setcap, containerd)'
   : missingBin ? `no ${missingBin} in ${BIN} (bash scripts/k8s/build.sh --with-suite)`
@@ -159,6 +159,22 @@ test('agnhost:2.56 keeps the upstream image contract', { skip }, () => {
   assert.match(r.out, /tls-ok/);
   assert.match(r.out, /uid=1000\(user-defined-in-image\).*50000\(group-defined-in-image\)/);
   assert.match(r.out, /uploads-ok/);
+});
+
+test('agnhost:2.56 runs the Service specs\' up-check: wget -q -O - -T 1 answers, one try when nothing listens', { skip }, () => {
+  // verifyServeHostnameServiceUp (test/e2e/network/service.go) loops this in an agnhost exec pod; busybox 1.35's
+  // wget segfaulted on -T there, so every check failed with "Segmentation fault".
+  const r = inImage('agnhost.tar', [
+    'command -v wget',
+    '/agnhost serve-hostname --port 9376 >/dev/null 2>&1 & sleep 1',
+    'wget -q -O - -T 1 http://127.0.0.1:9376 2>&1; echo " rc=$?"',
+    's=$(date +%s); wget -q -O - -T 1 http://127.0.0.1:9377 2>&1; echo "refused rc=$? took=$(($(date +%s) - s))"',
+    'kill %1',
+  ].join('; '), { netns: true });
+  assert.match(r.out, /^\/usr\/bin\/wget$/m, r.out);
+  assert.doesNotMatch(r.out, /Segmentation fault/, r.out);
+  assert.match(r.out, /\S+ rc=0/, `serve-hostname's answer through wget: ${r.out}`);
+  assert.match(r.out, /refused rc=[1-9]\d* took=[01]$/m, `a refused connect fails at once, not after retries: ${r.out}`);
 });
 
 test('jessie-dnsutils:1.7 runs the DNS probe loop tools', { skip }, () => {
