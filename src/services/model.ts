@@ -10,8 +10,9 @@
 // keeps it, the other is not programmed at all (never half) and reported by
 // conflicts() until the entry is free again.
 //
-// A second source (hostPorts) can add entries it computed itself with
-// setEntries(ref, ports): they take part in the same claims.
+// hostPorts are not in this model: the agent programs them through their own
+// ServiceLb partition (src/dataplane/service-lb.ts), where services win a
+// contested port.
 
 export type Protocol = 'TCP' | 'UDP';
 export type SessionAffinity = 'None' | 'ClientIP';
@@ -207,10 +208,8 @@ export function desiredPorts(svc: Service, endpoints: readonly Endpoint[], nodeN
 }
 
 interface Entry {
-  service?: Service;
+  service: Service;
   endpoints: Endpoint[];
-  /** Entries a source computed itself (setEntries), instead of a service. */
-  entries?: DesiredServicePort[];
 }
 
 /** A service left out because another one holds an entry it needs. */
@@ -257,21 +256,6 @@ export class ServiceModel {
   }
 
   /**
-   * Entries a source computed itself (a hostPort mapping: vip 0.0.0.0 or its hostIP),
-   * under a ref of its own (e.g. `hostport/<container>`); d.ref must be that ref.
-   * An empty list is the same as deleteService(ref).
-   */
-  setEntries(ref: string, ports: DesiredServicePort[]): void {
-    for (const d of ports) if (d.ref !== ref) throw new Error(`setEntries(${ref}): entry ${d.key} names ref ${d.ref}`);
-    if (ports.length === 0) {
-      this.deleteService(ref);
-      return;
-    }
-    this.entries.set(ref, { endpoints: [], entries: ports });
-    this.touch(ref);
-  }
-
-  /**
    * Who holds which entry before the first desired() (entry key -> ref), from
    * what the maps already hold: after an agent restart the service that had a
    * contested entry keeps it, whatever the order the new run sees them in. Refs
@@ -294,7 +278,7 @@ export class ServiceModel {
 
   setEndpoints(ref: string, endpoints: Endpoint[]): void {
     const e = this.entries.get(ref);
-    if (!e?.service) throw new Error(`setEndpoints: no service ${ref} in the model`);
+    if (!e) throw new Error(`setEndpoints: no service ${ref} in the model`);
     e.endpoints = endpoints;
     this.touch(ref);
   }
@@ -307,7 +291,7 @@ export class ServiceModel {
 
   get(ref: string): { service: Service; endpoints: readonly Endpoint[] } | undefined {
     const e = this.entries.get(ref);
-    return e?.service ? { service: e.service, endpoints: e.endpoints } : undefined;
+    return e ? { service: e.service, endpoints: e.endpoints } : undefined;
   }
 
   refs(): string[] {
@@ -324,13 +308,12 @@ export class ServiceModel {
       const ref = serviceRef(it.service);
       seen.add(ref);
       const prev = this.entries.get(ref);
-      if (prev?.service && sameJson(prev.service, it.service) && sameJson(prev.endpoints, it.endpoints)) continue;
+      if (prev && sameJson(prev.service, it.service) && sameJson(prev.endpoints, it.endpoints)) continue;
       this.entries.set(ref, { service: it.service, endpoints: it.endpoints });
       this.touch(ref);
     }
-    for (const [ref, e] of [...this.entries]) {
-      // Entries of another source (setEntries) are not the file's to remove.
-      if (!seen.has(ref) && e.service) {
+    for (const ref of [...this.entries.keys()]) {
+      if (!seen.has(ref)) {
         this.entries.delete(ref);
         this.touch(ref);
       }
@@ -414,8 +397,7 @@ export class ServiceModel {
   }
 
   private portsOf(e: Entry): DesiredServicePort[] {
-    if (e.entries) return e.entries;
-    return e.service ? desiredPorts(e.service, e.endpoints, this.opts.nodeName) : [];
+    return desiredPorts(e.service, e.endpoints, this.opts.nodeName);
   }
 
   private release(ref: string, key: string): void {
@@ -439,7 +421,7 @@ export class ServiceModel {
   /** This node's selectable endpoints of a service (healthCheckNodePort counts them). */
   localEndpoints(ref: string): Endpoint[] {
     const e = this.entries.get(ref);
-    return e?.service ? localSelectable(e.endpoints, this.opts.nodeName) : [];
+    return e ? localSelectable(e.endpoints, this.opts.nodeName) : [];
   }
 
   private touch(ref: string): void {

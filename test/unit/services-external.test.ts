@@ -137,20 +137,6 @@ test('a nodePort claimed by two services: the first keeps it, the second is not 
   assert.deepEqual(m.conflicts(), []);
 });
 
-test('a second source adds entries of its own (hostPort-style) that take part in the same claims', () => {
-  const m = new ServiceModel();
-  const hp = { key: '0.0.0.0:8080/TCP', ref: 'hostport/c1', vip: '0.0.0.0', port: 8080, protocol: 'TCP' as const, name: 'hostport/c1:8080', affinity: false, affinityTimeoutSeconds: 0, backends: ['10.200.0.9:80'] };
-  m.setEntries('hostport/c1', [hp]);
-  assert.deepEqual([...m.desired(m.takeChanges()).keys()], ['0.0.0.0:8080/TCP']);
-  m.setEntries('hostport/c2', [{ ...hp, ref: 'hostport/c2', name: 'hostport/c2:8080' }]);
-  assert.equal(m.desired(m.takeChanges()).size, 0);
-  assert.deepEqual(m.conflicts().map((c) => c.holder), ['hostport/c1']);
-  // A file reload (replaceAll) does not remove another source's entries.
-  m.replaceAll([]);
-  assert.ok(m.desired().has('0.0.0.0:8080/TCP'));
-  assert.throws(() => m.setEntries('hostport/c3', [hp]), /names ref hostport\/c1/);
-});
-
 test('services file: type NodePort with nodePort, externalIPs, loadBalancerIPs, policies and nodeName', () => {
   const [it] = validateServices({ services: [{
     name: 'web', clusterIP: '10.96.0.60', type: 'LoadBalancer', externalIPs: ['192.0.2.1'], loadBalancerIPs: ['203.0.113.1'],
