@@ -10,12 +10,12 @@
 // under /sys/fs/bpf/patu-test-hostport-<pid>, a temp dir. Client traffic goes from
 // the host netns to the test bridge's own address and to 127.0.0.1 only, and is
 // translated to the test pod.
+import { Children, runClient as runSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   addNetns, delNetns, describe as show, diffSnapshots, execPlugin, isRoot, patuFlavour, snapshotHost,
   type ExecOptions, type Flavour, type SnapshotScope,
@@ -26,7 +26,6 @@ import { HOSTPORT_DIR } from '../../src/hostport/records.js';
 
 const skip = !isRoot() ? 'needs root: netns, bridge, cgroup, eBPF' : (patuFlavour().skipReason() ?? false);
 const scratch = scratchForTests('patu-test-hostport');
-const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const P = 41000 + (process.pid % 2000) * 2;
 const PC = P + 1;
 const PS = P + 4000;
@@ -36,19 +35,19 @@ let f: Flavour;
 let CG = '';
 let PIN = '';
 let tmp = '';
-const children: ChildProcess[] = [];
+const children = new Children();
 
 before(() => {
   if (skip) return;
   f = patuFlavour();
   scratch.defer('test network', () => f.destroy());
   scratch.defer('netns', () => made.forEach(delNetns));
-  scratch.defer('children', () => children.forEach((c) => c.kill('SIGKILL')));
+  scratch.defer('children', () => children.killAll());
   CG = scratch.cgroup();
   PIN = scratch.pinRoot();
   tmp = scratch.tmpDir('patu-hostport-it');
 });
-after(() => children.forEach((c) => c.kill('SIGKILL')));
+after(() => children.killAll());
 
 function newPod(): { name: string; path: string; id: string } {
   const name = `${tag}n${made.length}`;
@@ -154,7 +153,7 @@ async function startAgent(source: string[] = ['--services-file', servicesFile()]
     'agent', '--cni-socket', socket(), ...source, '--cgroup', CG, '--pin-root', PIN,
     '--data-dir', f.dataDir, '--metrics-addr', '127.0.0.1:0', '--log-level', 'debug',
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
-  children.push(agent);
+  children.add(agent);
   agent.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
   agent.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
   await waitFor(() => log.includes('serving CNI requests'), 15_000, 'agent start');
@@ -173,40 +172,11 @@ async function stopAgent(): Promise<void> {
 
 const viaAgent = (o: ExecOptions = {}): ExecOptions => ({ timeoutMs: 20_000, ...o, env: { PATU_AGENT_SOCKET: socket(), ...o.env } });
 
-interface ClientResult { ok: number; byBackend: Record<string, number>; errors: Record<string, number> }
-
 /** Runs the fixture client in the host netns (or `ns`), inside the test cgroup (where the programs are attached). */
-function client(job: object, ns?: string): Promise<ClientResult> {
-  const enter = ns ? `ip netns exec ${ns} ` : '';
-  const p = spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec ${enter}"$0" "$1" "$2"`, process.execPath, join(FIX, 'svc-client.js'), JSON.stringify({ durationMs: 15_000, ...job })], { stdio: ['pipe', 'pipe', 'inherit'] });
-  children.push(p);
-  let out = '';
-  p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  return new Promise((resolve, reject) => {
-    p.on('exit', (code) => {
-      try {
-        resolve(JSON.parse(out.trim().split('\n').at(-1) ?? '') as ClientResult);
-      } catch {
-        reject(new Error(`client exited with ${code}: ${out}`));
-      }
-    });
-  });
-}
+const client = (job: object, ns?: string): Promise<ClientResult> =>
+  runSvcClient(children, { durationMs: 15_000, ...job }, { cgroup: CG, ...(ns ? { netns: ns } : {}) });
 
-async function podServer(ns: string, ip: string, port: number): Promise<void> {
-  const p = spawn('ip', ['netns', 'exec', ns, process.execPath, join(FIX, 'svc-server.js'), JSON.stringify([{ ip, port }])], { stdio: ['pipe', 'pipe', 'inherit'] });
-  children.push(p);
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('pod server did not start in 10 s')), 10_000);
-    p.stdout!.on('data', (d: Buffer) => {
-      if (d.toString().includes('ready')) {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    p.on('exit', (code) => reject(new Error(`pod server exited with ${code}`)));
-  });
-}
+const podServer = (ns: string, ip: string, port: number): Promise<ChildProcess> => startSvcServer(children, [{ ip, port }], { netns: ns });
 
 const hostPortEntries = (): string[] =>
   (readProgrammed(PIN) ?? []).filter((s) => s.name.startsWith('patu:hostport/'))

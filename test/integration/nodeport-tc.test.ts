@@ -11,6 +11,7 @@
 // The service maps are filled here directly, as the agent's ServiceLb would.
 // Nothing listens on the node address itself, so a NodePort that is not
 // translated is refused (RST): translation cannot pass by accident.
+import { Children, resultOf, spawnClient as spawnSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -48,7 +49,7 @@ const NODE_PORT = 30077;
 const TARGET = 8080;
 
 let np: NodePortTc | undefined;
-const procs: ChildProcess[] = [];
+const procs = new Children();
 
 function sh(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -61,49 +62,9 @@ const npOptions = (over: Partial<NodePortTcOptions> = {}): NodePortTcOptions => 
   pinRoot: PIN, devices: ['tcnpu*'], netnsPath: netnsPath(NODE), ...over,
 });
 
-async function startServer(ns: string, ip: string): Promise<void> {
-  const p = spawn('ip', ['netns', 'exec', ns, process.execPath, join(FIX, 'svc-server.js'), JSON.stringify([{ ip, port: TARGET }])], { stdio: ['pipe', 'pipe', 'inherit'] });
-  procs.push(p);
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('backend server did not start in 10 s')), 10_000);
-    p.stdout!.on('data', (d: Buffer) => {
-      if (d.toString().includes('ready')) {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    p.on('exit', (code) => reject(new Error(`backend server exited with ${code}`)));
-  });
-}
-
-interface ClientResult {
-  ok: number;
-  byBackend: Record<string, number>;
-  errors: Record<string, number>;
-  peers: Record<string, number>;
-  held?: string;
-}
-
+const startServer = (ns: string, ip: string): Promise<ChildProcess> => startSvcServer(procs, [{ ip, port: TARGET }], { netns: ns });
 /** A client in the outside netns (no cgroup programs anywhere near it: only tc translates). */
-function spawnClient(job: object): ChildProcess {
-  const p = spawn('ip', ['netns', 'exec', OUT, process.execPath, join(FIX, 'svc-client.js'), JSON.stringify(job)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  procs.push(p);
-  return p;
-}
-function resultOf(p: ChildProcess): Promise<ClientResult> {
-  let out = '';
-  p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  return new Promise((resolve, reject) => {
-    p.on('exit', (code) => {
-      const line = out.trim().split('\n').at(-1) ?? '';
-      try {
-        resolve(JSON.parse(line) as ClientResult);
-      } catch {
-        reject(new Error(`client exited with ${code}, output: ${out}`));
-      }
-    });
-  });
-}
+const spawnClient = (job: object): ChildProcess => spawnSvcClient(procs, job, { netns: OUT });
 const runClient = (job: object): Promise<ClientResult> => resultOf(spawnClient(job));
 
 // --- the service maps, written as ServiceLb writes them (bpf/sock_lb.h) ------
@@ -183,7 +144,7 @@ before(async () => {
     encoding: 'utf8',
   });
   if (nft.status !== 0) throw new Error(`nft: ${nft.stderr}`);
-  scratch.defer('servers and clients', () => procs.forEach((p) => p.kill('SIGKILL')));
+  scratch.defer('servers and clients', () => procs.killAll());
   for (let i = 0; i < PODS.length; i++) await startServer(PODS[i]!, POD_IPS[i]!);
 });
 
@@ -351,7 +312,7 @@ test('a flow whose backend left the service moves to a current backend on its ne
     "u.bind(0, ask); setTimeout(() => { process.stdout.write(JSON.stringify(got) + '\\n'); process.exit(1); }, 10000);",
   ].join('\n');
   const child = spawn('ip', ['netns', 'exec', OUT, process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
-  procs.push(child);
+  procs.add(child);
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
   const exited = new Promise<number | null>((r) => child.once('exit', r));
@@ -446,7 +407,7 @@ test('the agent (--nodeport-devices) takes the links over, and its restart under
   // nsenter, not `ip netns exec`: that one remounts /sys, hiding the bpffs the pins are in.
   const start = async (): Promise<ChildProcess> => {
     const a = spawn('nsenter', [`--net=${netnsPath(NODE)}`, PATU_BIN, 'agent', '--cni-socket', join(dir, 'agent.sock'), '--pin-root', PIN, '--nodeport-devices', 'tcnpx*,tcnpu*'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    procs.push(a);
+    procs.add(a);
     scratch.defer('agent', () => void a.kill('SIGKILL'));
     a.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
     a.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
@@ -502,7 +463,7 @@ test('the agent (--nodeport-devices) takes the links over, and its restart under
   // Switched off ('' as the DaemonSet's ConfigMap has it by default): the links go.
   log = '';
   const off = spawn('nsenter', [`--net=${netnsPath(NODE)}`, PATU_BIN, 'agent', '--cni-socket', join(dir, 'agent.sock'), '--pin-root', PIN, '--nodeport-devices', ''], { stdio: ['ignore', 'pipe', 'pipe'] });
-  procs.push(off);
+  procs.add(off);
   off.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
   for (let i = 0; i < 300 && !log.includes('serving CNI requests'); i++) await new Promise((r) => setTimeout(r, 50));
   assert.match(log, /"msg":"nodeport tc path off: links of an earlier run detached"/);

@@ -8,10 +8,10 @@
 // not translated fails with ENETUNREACH, so broken translation cannot pass.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { Children, resultOf, spawnClient as spawnSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
 import { ServiceModel, type Endpoint, type Service } from '../../src/services/model.js';
 import { ServicesFileWatcher } from '../../src/services/file-source.js';
@@ -23,13 +23,12 @@ const scratch = scratchForTests('patu-test-svc');
 const NS = scratch.name();
 let CG = '';
 const PIN = scratch.pinRoot();
-const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const OLD = ['10.77.0.1', '10.77.0.2', '10.77.0.3', '10.77.0.4'];
 const NEW = ['10.77.0.5', '10.77.0.6', '10.77.0.7', '10.77.0.8'];
 
 let lb: ServiceLb | undefined;
 const model = new ServiceModel();
-const servers: ChildProcess[] = [];
+const servers = new Children();
 const tmp = scratch.tmpDir('patu-svc-it');
 
 function sh(cmd: string, args: string[]): void {
@@ -37,50 +36,9 @@ function sh(cmd: string, args: string[]): void {
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
 }
 
-async function startServer(addrs: { ip: string; port: number }[]): Promise<ChildProcess> {
-  const p = spawn('ip', ['netns', 'exec', NS, process.execPath, join(FIX, 'svc-server.js'), JSON.stringify(addrs)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  servers.push(p);
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('backend server did not start in 10 s')), 10_000);
-    p.stdout!.on('data', (d: Buffer) => {
-      if (d.toString().includes('ready')) {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    p.on('exit', (code) => reject(new Error(`backend server exited with ${code}`)));
-  });
-  return p;
-}
-
-interface ClientResult {
-  ok: number;
-  byBackend: Record<string, number>;
-  errors: Record<string, number>;
-  peers: Record<string, number>;
-  held?: string;
-}
-
-/** Starts a client in the netns, placed in the test cgroup before it runs anything. */
-function spawnClient(job: object): ChildProcess {
-  return spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec ip netns exec ${NS} "$0" "$1" "$2"`, process.execPath, join(FIX, 'svc-client.js'), JSON.stringify(job)], { stdio: ['pipe', 'pipe', 'inherit'] });
-}
-
-function resultOf(p: ChildProcess): Promise<ClientResult> {
-  let out = '';
-  p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  return new Promise((resolve, reject) => {
-    p.on('exit', (code) => {
-      const line = out.trim().split('\n').at(-1) ?? '';
-      try {
-        resolve(JSON.parse(line) as ClientResult);
-      } catch {
-        reject(new Error(`client exited with ${code}, output: ${out}`));
-      }
-    });
-  });
-}
-
+const startServer = (addrs: { ip: string; port: number }[]): Promise<ChildProcess> => startSvcServer(servers, addrs, { netns: NS });
+/** A client in the netns, placed in the test cgroup before it runs anything. */
+const spawnClient = (job: object): ChildProcess => spawnSvcClient(servers, job, { netns: NS, cgroup: CG });
 const runClient = (job: object): Promise<ClientResult> => resultOf(spawnClient(job));
 
 const ep = (ip: string, over: Partial<Endpoint> = {}): Endpoint => ({ ip, ready: true, serving: true, terminating: false, ...over });
@@ -105,7 +63,7 @@ before(async () => {
       lb?.close();
     }
   });
-  scratch.defer('backend servers', () => servers.forEach((s) => s.kill('SIGKILL')));
+  scratch.defer('backend servers and clients', () => servers.killAll());
   lb.attach();
   await startServer(OLD.flatMap((ip) => [8080, 8081, 8082].map((port) => ({ ip, port }))));
 });

@@ -8,11 +8,11 @@
 // Neither netns has a route to 10.96.0.0/12 or 192.168.79.0/24: a connect the
 // programs leave alone fails with ENETUNREACH, so the checks below cannot pass
 // by accident.
+import { Children, runClient as runSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ServiceLb, NODE_ADDR_F_LOOPBACK } from '../../src/dataplane/service-lb.js';
 import { NodeAddressTracker } from '../../src/dataplane/node-addrs.js';
 import { portKey, ServiceModel, type DesiredServicePort, type Protocol } from '../../src/services/model.js';
@@ -26,57 +26,22 @@ const NS = scratch.name();
 const POD = scratch.name('pod');
 let CG = '';
 const PIN = scratch.pinRoot();
-const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const BACKENDS = ['10.78.0.1', '10.78.0.2'];
 const NODE_IP = '192.168.78.1';
 const LATER_IP = '192.168.78.2';
 
 let lb: ServiceLb | undefined;
 let tracker: NodeAddressTracker | undefined;
-const servers: ChildProcess[] = [];
+const servers = new Children();
 
 function sh(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
 }
 
-async function startServer(ns: string, addrs: { ip: string; port: number }[]): Promise<void> {
-  const p = spawn('ip', ['netns', 'exec', ns, process.execPath, join(FIX, 'svc-server.js'), JSON.stringify(addrs)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  servers.push(p);
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('backend server did not start in 10 s')), 10_000);
-    p.stdout!.on('data', (d: Buffer) => {
-      if (d.toString().includes('ready')) {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    p.on('exit', (code) => reject(new Error(`backend server exited with ${code}`)));
-  });
-}
-
-interface ClientResult {
-  ok: number;
-  byBackend: Record<string, number>;
-  errors: Record<string, number>;
-  peers: Record<string, number>;
-}
-
+const startServer = (ns: string, addrs: { ip: string; port: number }[]): Promise<ChildProcess> => startSvcServer(servers, addrs, { netns: ns });
 /** Runs the fixture client in netns `ns`, inside the test cgroup (where the programs are attached). */
-function runClient(job: object, ns = NS): Promise<ClientResult> {
-  const p = spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec ip netns exec ${ns} "$0" "$1" "$2"`, process.execPath, join(FIX, 'svc-client.js'), JSON.stringify(job)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  let out = '';
-  p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  return new Promise((resolve, reject) => {
-    p.on('exit', (code) => {
-      try {
-        resolve(JSON.parse(out.trim().split('\n').at(-1) ?? '') as ClientResult);
-      } catch {
-        reject(new Error(`client exited with ${code}, output: ${out}`));
-      }
-    });
-  });
-}
+const runClient = (job: object, ns = NS): Promise<ClientResult> => runSvcClient(servers, job, { netns: ns, cgroup: CG });
 
 function entry(vip: string, port: number, protocol: Protocol, backends: string[]): DesiredServicePort {
   return {
@@ -110,7 +75,7 @@ before(async () => {
       lb?.close();
     }
   });
-  scratch.defer('servers', () => servers.forEach((s) => s.kill('SIGKILL')));
+  scratch.defer('servers and clients', () => servers.killAll());
   tracker = new NodeAddressTracker({ sink: lb, netns: netnsPath(NS), pollMs: 20 });
   scratch.defer('address tracker', () => tracker?.close());
   lb.configure({ serviceCidr: '10.96.0.0/12' });
