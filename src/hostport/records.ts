@@ -203,13 +203,7 @@ export class HostPortStore {
    * `bad` when given; with `sweep` (the lock held) leftover temp files are removed.
    */
   list(opts: { sweep?: boolean; bad?: (name: string, problem: string) => void } = {}): HostPortRecord[] {
-    let names: string[];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch (err) {
-      if (errnoOf(err) === 'ENOENT') return [];
-      throw err;
-    }
+    const names = readdirOrEmpty(this.dir);
     const out: HostPortRecord[] = [];
     for (const name of names.sort()) {
       if (name === LOCK_FILE) continue;
@@ -348,13 +342,7 @@ export class HostPortStore {
     // Every DEL comes here, hostPorts or not: with no record at all (the common case),
     // one readdir and no lock. A record created meanwhile belongs to an ADD that is
     // not this DEL's pod (the runtime does not run ADD and DEL of one pod at once).
-    let names: string[];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch (err) {
-      if (errnoOf(err) === 'ENOENT') return [];
-      throw err;
-    }
+    const names = readdirOrEmpty(this.dir);
     if (!names.some((n) => parseRecordName(n))) return [];
     return this.withLock(() => {
       const gone: string[] = [];
@@ -365,5 +353,15 @@ export class HostPortStore {
       }
       return gone;
     });
+  }
+}
+
+/** The names in dir; none when it does not exist yet (no hostPort was ever recorded). */
+function readdirOrEmpty(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return [];
+    throw err;
   }
 }
