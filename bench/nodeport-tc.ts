@@ -13,15 +13,12 @@
 //   bash scripts/build.sh && node dist/bench/nodeport-tc.js
 //   BENCH_SECONDS=0.5 BENCH_ROUNDS=3 BENCH_SCALES=10,2000 BENCH_CLUSTERIPS=10000 node dist/bench/nodeport-tc.js
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ServiceLb } from '../src/dataplane/service-lb.js';
 import { NodePortTc } from '../src/dataplane/nodeport-tc.js';
 import { ServiceModel, type Endpoint, type Service } from '../src/services/model.js';
 import { Scratch, netnsPath } from '../test/helpers/kernel.js';
+import { acceptSink, buildTools, connectRate, median, perSec, type Rate } from './lib/connect-rate.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 1);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SCALES = (process.env.BENCH_SCALES ?? '10,2000').split(',').map(Number);
@@ -46,26 +43,7 @@ function sh(cmd: string, args: string[]): string {
 }
 const ipn = (ns: string, ...args: string[]): string => sh('ip', ['-n', ns, ...args]);
 
-interface Rate { count: number; errors: number; ns: number; p50_ns: number; p99_ns: number }
-
-function connectRate(ip: string, port: number): Promise<Rate> {
-  const cmd = spawn('ip', ['netns', 'exec', OUT, join(ROOT, 'build/bench/connect-rate'), ip, String(port), String(Math.round(SECONDS * 1000)), '200000']);
-  let out = '';
-  let err = '';
-  cmd.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  cmd.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    cmd.on('exit', (code) => {
-      try {
-        const r = JSON.parse(out) as Rate;
-        if (r.errors > 0) reject(new Error(`connect-rate to ${ip}:${port}: ${r.errors} failed connects`));
-        else resolve(r);
-      } catch {
-        reject(new Error(`connect-rate exited ${code}: ${out}${err}`));
-      }
-    });
-  });
-}
+const rate = (ip: string, port: number): Promise<Rate> => connectRate(OUT, ip, { port, ms: SECONDS * 1000, max: 200000 });
 
 function iperf(ip: string, port: number): number {
   const out = sh('ip', ['netns', 'exec', OUT, 'iperf3', '-c', ip, '-p', String(port), '-t', '2', '-J']);
@@ -73,8 +51,6 @@ function iperf(ip: string, port: number): number {
   return doc.end.sum_received.bits_per_second / 1e9;
 }
 
-const perSec = (r: Rate): number => r.count / (r.ns / 1e9);
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const spread = (xs: number[]): string => `${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))}`;
 const fmt = (x: number, d = 0): string => x.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 
@@ -128,12 +104,8 @@ async function topology(): Promise<void> {
   for (const ip of PODS) ipn(POD, 'addr', 'add', `${ip}/24`, 'dev', 'eth0');
   ipn(POD, 'link', 'set', 'eth0', 'up');
   ipn(POD, 'route', 'add', 'default', 'via', '10.78.1.1');
-  const sink = spawn('ip', ['netns', 'exec', POD, join(ROOT, 'build/bench/accept-sink'), String(PORT)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const sink = await acceptSink(POD, PORT);
   scratch.defer('accept-sink', () => void sink.kill('SIGKILL'));
-  await new Promise<void>((resolve, reject) => {
-    sink.stdout!.once('data', () => resolve());
-    sink.once('exit', (c) => reject(new Error(`accept-sink exited ${c}`)));
-  });
   const iperfd = spawn('ip', ['netns', 'exec', POD, 'iperf3', '-s', '-p', String(IPERF_PORT)], { stdio: 'ignore' });
   scratch.defer('iperf3 -s', () => void iperfd.kill('SIGKILL'));
   await new Promise((r) => setTimeout(r, 300));
@@ -141,12 +113,7 @@ async function topology(): Promise<void> {
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench/nodeport-tc needs root (netns, BPF)');
-  for (const b of ['connect-rate', 'accept-sink']) {
-    if (!existsSync(join(ROOT, 'build/bench', b))) {
-      mkdirSync(join(ROOT, 'build/bench'), { recursive: true });
-      sh('cc', ['-O2', '-Wall', '-o', join(ROOT, 'build/bench', b), join(ROOT, 'bench', `${b}.c`)]);
-    }
-  }
+  buildTools();
   console.log(`# patu NodePort (tc) from outside the node (${new Date().toISOString()}, kernel ${sh('uname', ['-r']).trim()})`);
   console.log(`# ${ENDPOINTS} endpoints per service, ${fmt(CLUSTERIPS)} ClusterIP services alongside; connect-rate ${SECONDS}s x ${ROUNDS} rounds, interleaved (median, min-max)\n`);
   await topology();
@@ -176,8 +143,8 @@ async function main(): Promise<void> {
     const p50: [number[], number[]] = [[], []];
     for (let r = 0; r < ROUNDS; r++) {
       // The last NodePort (the hash lookup does not care; kube-proxy's iptables walk would).
-      const a = await connectRate(NODE_IP, FIRST_NODEPORT + n - 1);
-      const b = await connectRate(PODS[r % PODS.length]!, PORT);
+      const a = await rate(NODE_IP, FIRST_NODEPORT + n - 1);
+      const b = await rate(PODS[r % PODS.length]!, PORT);
       viaNp.push(perSec(a));
       direct.push(perSec(b));
       p50[0].push(a.p50_ns / 1000);
