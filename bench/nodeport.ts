@@ -14,11 +14,12 @@
 // Services (2 endpoints each at unrouted addresses; never connected to, they are the rule set a real node
 // carries) plus NodePort Services on 30000, 30001, ... (first the smaller count, then more are added), plus one
 // NodePort Service for iperf3 on 32767 (the last port of the default range; not counted).
-// Per NodePort count, BENCH_RUNS runs, each of them in this order: direct (no proxy; the client connects to a
-// backend address: the ceiling), patu, kube-proxy iptables, kube-proxy nftables. Each proxy is started afresh
-// per run (so the machine's load drifting over minutes hits all alike), waited for until every NodePort answers
-// from outside, measured once, stopped and its state flushed before the next one starts (patu: agent stopped
-// and its pins removed, which detaches its programs; kube-proxy: `kube-proxy --cleanup`), never two at once.
+// Per NodePort count, in this order: direct (no proxy; the client connects to a backend address: the ceiling),
+// patu, kube-proxy iptables, kube-proxy nftables. Each proxy is started, waited for until every NodePort answers
+// from outside, measured BENCH_RUNS times, stopped and its state flushed before the next one starts (patu: agent
+// stopped and its pins removed, which detaches its programs; kube-proxy: `kube-proxy --cleanup`), never two at
+// once. BENCH_INTERLEAVE=1 starts each afresh per run instead (load drifting over minutes then hits all alike;
+// slow: every kube-proxy start syncs the whole rule set).
 // A run: connect()+close() from the outside netns to nodeIP:30000..30000+N-1 round robin (bench/connect-rate.c,
 // RST close, BENCH_CONNECT_MS long), then one iperf3 stream through the iperf3 NodePort (BENCH_IPERF_S s, the
 // first second omitted).
@@ -28,15 +29,15 @@
 //   bash scripts/build.sh && node dist/bench/nodeport.js          (root; Kubernetes binaries incl. kube-proxy
 //   from scripts/k8s/build.sh; iperf3; no other kube-proxy may run on the host)
 //   BENCH_NODEPORTS=10,2000 BENCH_CLUSTERIPS=10000 BENCH_RUNS=3 BENCH_CONNECT_MS=3000 BENCH_IPERF_S=4
-//   BENCH_PROXIES=direct,patu,iptables,nftables BENCH_CONCURRENCY=16
+//   BENCH_PROXIES=direct,patu,iptables,nftables BENCH_CONCURRENCY=16 BENCH_INTERLEAVE=0 BENCH_ADOPT=<pid of a killed run>
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readProgrammed } from '../src/dataplane/service-lb.js';
 import { K8S_BIN, NODE, TestCluster, clusterSkipReason, reapStaleClusters } from '../test/helpers/k8s-cluster.js';
-import { Scratch } from '../test/helpers/kernel.js';
+import { Scratch, removeCgroup } from '../test/helpers/kernel.js';
 import { acceptSink, buildTools, connectRate, perSec, median } from './lib/connect-rate.js';
 import { Api, agentKubeconfig, assertNoOtherKubeProxy, createService, fetchText, gauge, inParallel, now, otherLoad, sleep, startAgent, stopChild, waitReady } from './lib/k8s.js';
 
@@ -61,7 +62,15 @@ const scratch = new Scratch('patu-bench-np');
 const PIN = scratch.pinRoot();
 // Our backend /24: beside every test cluster's pod /24 (10.202.20-219.0/24) and below bench/k8s-proxy's fake
 // endpoints (10.202.230+).
-const BE_NET = `10.202.${220 + (process.pid % 10)}`;
+// BENCH_ADOPT=<pid>: carry on with the cluster, Services and backends a killed run (pid) left behind (creating
+// 10,000 Services takes ~15 min at this machine's load); its leftovers are removed at the end like ours.
+const ADOPT = process.env.BENCH_ADOPT ? Number(process.env.BENCH_ADOPT) : undefined;
+const OWNER = ADOPT ?? process.pid;
+// Proxies started once per NodePort count and measured RUNS times in a row (default), or afresh per run,
+// interleaved (BENCH_INTERLEAVE=1: a kube-proxy iptables initial sync of 10,000 Services took over 5 min here at
+// load ~10, per run).
+const INTERLEAVE = env('BENCH_INTERLEAVE', '0') === '1';
+const BE_NET = `10.202.${220 + (OWNER % 10)}`;
 const BACKENDS = [`${BE_NET}.2`, `${BE_NET}.3`];
 const log = (msg: string): void => console.error(`nodeport: ${msg}`);
 
@@ -79,7 +88,7 @@ async function backends(): Promise<void> {
     throw new Error(`nodeport: ${BE_NET}.0/24 is routed already (another run with the same pid % 10?)`);
   }
   const ns = scratch.netns(scratch.name('be'));
-  const veth = `npb${process.pid % 100000}`;
+  const veth = `npb${OWNER % 100000}`;
   sh('ip', ['link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
   scratch.defer(`veth ${veth}`, () => void spawnSync('ip', ['link', 'del', veth]));
   sh('ip', ['addr', 'add', `${BE_NET}.1/24`, 'dev', veth]);
@@ -284,6 +293,24 @@ function render(rows: Row[]): string {
 
 // ---------------------------------------------------------------- the run
 
+/** BENCH_ADOPT: the killed run's cluster (its apiserver port from its kubeconfig) and its backends, removed at the end. */
+function adopt(cluster: TestCluster, cgroupRoot: string): void {
+  const m = /server: "?https:\/\/[\d.]+:(\d+)/.exec(readFileSync(cluster.kubeconfig, 'utf8'));
+  if (!m) throw new Error(`nodeport: no apiserver port in ${cluster.kubeconfig}`);
+  cluster.apiPort = Number(m[1]);
+  const ns = `patu-bench-np-${OWNER}-be`;
+  const veth = `npb${OWNER % 100000}`;
+  const cg = join(cgroupRoot, `patu-bench-np-${OWNER}`);
+  scratch.defer(`adopted ${ns}, ${veth}, ${cg}`, async () => {
+    const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+    for (const p of pids) process.kill(Number(p), 'SIGKILL');
+    spawnSync('ip', ['link', 'del', veth]);
+    spawnSync('ip', ['netns', 'del', ns]);
+    if (existsSync(cg)) await removeCgroup(cg);
+  });
+  if (!existsSync(`/run/netns/${ns}`)) throw new Error(`nodeport: the adopted run's backend netns ${ns} is gone`);
+}
+
 async function main(): Promise<void> {
   const skip = clusterSkipReason(['kube-proxy']);
   if (skip) throw new Error(`nodeport: cannot run: ${skip}`);
@@ -291,10 +318,11 @@ async function main(): Promise<void> {
   if (spawnSync('iperf3', ['--version']).status !== 0) throw new Error('nodeport: iperf3 missing (apt-get install iperf3)');
   if (SCALES.some((n) => !(n >= 1 && FIRST_NODEPORT + n - 1 < IPERF_NODEPORT))) throw new Error(`nodeport: BENCH_NODEPORTS=${SCALES}: each must be 1..${IPERF_NODEPORT - FIRST_NODEPORT}`);
   buildTools();
-  reapStaleClusters();
+  // Not with BENCH_ADOPT: the adopted cluster's owner is gone, so it would be reaped.
+  if (ADOPT === undefined) reapStaleClusters();
   if (PROXIES.some((p) => p === 'iptables' || p === 'nftables')) assertNoOtherKubeProxy('nodeport');
 
-  const cluster = new TestCluster();
+  const cluster = new TestCluster(OWNER);
   const tmp = scratch.tmpDir('patu-bench-np');
   let api: Api | undefined;
   let running: Running | undefined;
@@ -319,46 +347,57 @@ async function main(): Promise<void> {
   const started = new Date();
   const loadStart = otherLoad(0);
   try {
-    log(`cluster up (${cluster.state}); ${loadStart}`);
-    await cluster.up([]);
-    const { nodeIP, outsideNs } = cluster.names;
-    await backends();
-    const kubeconfig = agentKubeconfig(cluster, tmp);
+    log(`${ADOPT === undefined ? 'cluster up' : 'adopting'} ${cluster.state}; ${loadStart}`);
     const cgroup = scratch.cgroup();
+    if (ADOPT === undefined) {
+      await cluster.up([]);
+      await backends();
+    } else adopt(cluster, dirname(cgroup));
+    const { nodeIP, outsideNs } = cluster.names;
+    const kubeconfig = agentKubeconfig(cluster, tmp);
 
     api = new Api(cluster.apiServer, join(cluster.state, 'pki'), CONC);
-    await api.call('POST', '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
-    await createService(api, NS, 'iperf', { port: IPERF_PORT, targetPort: IPERF_PORT, nodePort: IPERF_NODEPORT }, BACKENDS);
-    await createServices(api, 'ClusterIP', CLUSTERIPS, (i) => createService(api!, NS, `c${i}`, { port: 80, targetPort: SINK_PORT }, fakeIps(i)));
-
     let have = 0;
+    if (ADOPT === undefined) {
+      await api.call('POST', '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
+      await createService(api, NS, 'iperf', { port: IPERF_PORT, targetPort: IPERF_PORT, nodePort: IPERF_NODEPORT }, BACKENDS);
+      await createServices(api, 'ClusterIP', CLUSTERIPS, (i) => createService(api!, NS, `c${i}`, { port: 80, targetPort: SINK_PORT }, fakeIps(i)));
+    } else {
+      const exists = (name: string) => api!.call('GET', `/api/v1/namespaces/${NS}/services/${name}`).then(() => true, () => false);
+      if (!(await exists(`c${CLUSTERIPS - 1}`)) || (await exists(`c${CLUSTERIPS}`))) throw new Error(`nodeport: the adopted cluster does not hold exactly ${CLUSTERIPS} ClusterIP Services`);
+      while (await exists(`n${have}`)) have++;
+      log(`adopted ${cluster.state}: ${CLUSTERIPS} ClusterIP and ${have} NodePort Services there`);
+    }
     for (const n of [...SCALES].sort((a, b) => a - b)) {
       const from = have;
-      await createServices(api, `NodePort ${from}..${n - 1}`, n - from, (i) =>
+      if (n > from) await createServices(api, `NodePort ${from}..${n - 1}`, n - from, (i) =>
         createService(api!, NS, `n${from + i}`, { port: 80, targetPort: SINK_PORT, nodePort: FIRST_NODEPORT + from + i }, BACKENDS));
       have = n;
       const range = `${FIRST_NODEPORT}-${FIRST_NODEPORT + n - 1}`;
       const at = new Map<Proxy, Row>(PROXIES.map((p) => [p, { nodePorts: n, proxy: p, samples: [], ready: [], size: '', load: [] }]));
-      // Runs interleave the proxies (each started afresh per run), so a change in the machine's load over the
-      // minutes hits every proxy alike instead of deciding a ratio.
-      for (let r = 0; r < RUNS; r++) {
-        for (const proxy of PROXIES) {
-          const row = at.get(proxy)!;
+      // Interleaved (default): every run starts each proxy afresh, so a change in the machine's load over the
+      // minutes hits every proxy alike instead of deciding a ratio. Otherwise each proxy is started once and
+      // measured RUNS times in a row.
+      const plan = INTERLEAVE
+        ? Array.from({ length: RUNS }, (_, r) => PROXIES.map((p) => ({ r, p }))).flat()
+        : PROXIES.flatMap((p) => Array.from({ length: RUNS }, (_, r) => ({ r, p })));
+      for (const [k, { r, p: proxy }] of plan.entries()) {
+        const row = at.get(proxy)!;
+        if (!running && proxy !== 'direct') {
           const t0 = now();
-          if (proxy === 'patu') running = await startPatu(cluster, kubeconfig, cgroup, tmp);
-          else if (proxy !== 'direct') running = await startKubeProxy(cluster, proxy, tmp);
-          if (running) {
-            await waitNodePorts(outsideNs, nodeIP, n, 600_000);
-            row.ready.push((now() - t0) / 1000);
-            row.size = running.size();
-          }
-          // direct: the same loop, to one backend address and port (no translation on the way).
-          const s = proxy === 'direct'
-            ? await measure(outsideNs, BACKENDS[0]!, String(SINK_PORT), IPERF_PORT)
-            : await measure(outsideNs, nodeIP, range, IPERF_NODEPORT);
-          row.load.push(loadavg()[0]!);
-          log(`${n} NodePorts, run ${r + 1}, ${proxy}: ${Math.round(s.connectPerSec)} connects/s (${s.connectErrors} errors), ${s.gbps.toFixed(2)} Gbit/s${running ? `; ${row.size}, all NodePorts answering ${row.ready.at(-1)!.toFixed(0)} s after start` : ''}`);
-          row.samples.push(s);
+          running = proxy === 'patu' ? await startPatu(cluster, kubeconfig, cgroup, tmp) : await startKubeProxy(cluster, proxy, tmp);
+          await waitNodePorts(outsideNs, nodeIP, n, 600_000);
+          row.ready.push((now() - t0) / 1000);
+          row.size = running.size();
+        }
+        // direct: the same loop, to one backend address and port (no translation on the way).
+        const s = proxy === 'direct'
+          ? await measure(outsideNs, BACKENDS[0]!, String(SINK_PORT), IPERF_PORT)
+          : await measure(outsideNs, nodeIP, range, IPERF_NODEPORT);
+        row.load.push(loadavg()[0]!);
+        log(`${n} NodePorts, run ${r + 1}, ${proxy}: ${Math.round(s.connectPerSec)} connects/s (${s.connectErrors} errors), ${s.gbps.toFixed(2)} Gbit/s${running ? `; ${row.size}, all NodePorts answering ${row.ready.at(-1)!.toFixed(0)} s after start` : ''}`);
+        row.samples.push(s);
+        if (plan[k + 1]?.p !== proxy) {
           await running?.stop();
           running = undefined;
         }
@@ -367,7 +406,7 @@ async function main(): Promise<void> {
     }
     const loadEnd = otherLoad(1);
     console.log(`# NodePort from outside the node: patu vs kube-proxy, ${started.toISOString()}, kernel ${spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim()}`);
-    console.log(`# ${CLUSTERIPS} ClusterIP Services alongside; ${RUNS} runs each: connect()+close() ${CONNECT_MS} ms round robin over the NodePorts, iperf3 1 stream ${IPERF_S} s`);
+    console.log(`# ${CLUSTERIPS} ClusterIP Services alongside; ${RUNS} runs each (${INTERLEAVE ? 'proxies interleaved, each started afresh per run' : 'each proxy started once per NodePort count, its runs in a row'}): connect()+close() ${CONNECT_MS} ms round robin over the NodePorts, iperf3 1 stream ${IPERF_S} s`);
     console.log(`# machine: at start ${loadStart}; at end ${loadEnd}${loadavg()[0]! > 4 ? ' (LOADED: absolute numbers are low; compare the ratios, measured in the same run)' : ''}`);
     console.log(render(rows));
   } finally {

@@ -103,11 +103,27 @@ export interface Svc {
   ips: string[];
 }
 
+/**
+ * POST that survives a dropped connection (the apiserver at load ~10 hangs up now and then): retried, and an
+ * object that the lost attempt did create (409) is read back instead.
+ */
+async function create<T>(api: Api, collection: string, name: string, body: unknown): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await api.call<T>('POST', collection, body);
+    } catch (e) {
+      if (/HTTP 409/.test((e as Error).message) && attempt > 1) return api.call<T>('GET', `${collection}/${name}`);
+      if (attempt >= 5 || /HTTP 4\d\d/.test((e as Error).message)) throw e;
+      await sleep(500 * attempt);
+    }
+  }
+}
+
 /** A Service and its one EndpointSlice with `ips` as ready endpoints. */
 export async function createService(api: Api, ns: string, name: string, p: PortSpec, ips: string[]): Promise<Svc> {
-  const svc = await api.call('POST', `/api/v1/namespaces/${ns}/services`, serviceBody(ns, name, p));
+  const svc = await create<any>(api, `/api/v1/namespaces/${ns}/services`, name, serviceBody(ns, name, p));
   const s: Svc = { name, vip: svc.spec.clusterIP, uid: svc.metadata.uid, ips };
-  await api.call('POST', `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`, sliceBody(ns, s, p.targetPort));
+  await create(api, `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`, `${name}-1`, sliceBody(ns, s, p.targetPort));
   return s;
 }
 
