@@ -9,7 +9,7 @@
 // The parts given run at the same time. Prints the seeds first, and for a failure the
 // FC_SEED/FC_PATH to replay it and a shell script that replays the request by hand.
 // Exits 1 when anything failed.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { Scratch } from '../helpers/kernel.js';
 import { FuzzNode } from './node.js';
@@ -46,6 +46,9 @@ if (!runs && !storm && !services) {
 mkdirSync(reproDir, { recursive: true });
 const scratch = new Scratch('patu-fuzz');
 scratch.cleanupOnSignals();
+// A --workers child cleans up after its parent may have gone (a signal reaches both): writing to
+// the parent's closed pipe then fails with EPIPE, which must not cut the cleanup short.
+process.stderr.on('error', () => {});
 const t0 = Date.now();
 const timeLimitMs = minutes ? minutes * 60_000 : undefined;
 let failed = false;
@@ -75,6 +78,10 @@ async function cniPart(): Promise<void> {
  */
 async function cniWorkers(): Promise<void> {
   const per = Math.ceil(runs / workers);
+  const children: ChildProcess[] = [];
+  // A signal to this process alone (kill <pid>) would leave the workers running with their
+  // scratch nodes: pass it on, so each cleans up its own.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => children.forEach((c) => c.kill(sig)));
   const results = await Promise.all(
     Array.from({ length: workers }, (_, w) => new Promise<{ cases: number; fails: number; outcomes: Record<string, number>; code: number | null }>((resolve) => {
       const a = [process.argv[1]!, '--runs', String(per), '--seed', String(seed + w), '--timeout-ms', String(timeoutMs), '--repro-dir', reproDir];
@@ -84,6 +91,7 @@ async function cniWorkers(): Promise<void> {
       delete env.FC_SEED;
       delete env.FC_PATH;
       const child = spawn(process.execPath, a, { env, stdio: ['ignore', 'inherit', 'pipe'] });
+      children.push(child);
       let text = '';
       child.stderr!.setEncoding('utf8').on('data', (d: string) => {
         text += d;
