@@ -356,6 +356,11 @@ export interface Materialized {
   stdin: Buffer;
   /** The conf as an object when it is one (for DEL after a successful ADD). */
   conf: Record<string, unknown> | undefined;
+  /**
+   * The bridge the request names, also when conf is not an object here (a {$raw} value spliced
+   * into it): a successful ADD may leave it.
+   */
+  bridge: string | undefined;
   /** Invalid values this command must refuse: exit non-zero with one of their codes. */
   expects: Expect[];
   /** Codes an error may carry besides those: invalid values the command may also check, 7 for junk. */
@@ -502,7 +507,8 @@ export function materialize(c: CniCase, ctx: NodeContext): Materialized {
   const v = (conf as { cniVersion?: unknown }).cniVersion;
   const known = command !== undefined && COMMANDS.includes(command);
   const askedVersion = known && objConf !== undefined && typeof v === 'string' && SUPPORTED.includes(v) ? v : undefined;
-  return { env: e, stdin, conf: objConf, expects, allowedCodes, strictNaming, askedVersion };
+  const bridge = c.stdin?.b64 === undefined && typeof conf.bridge === 'string' ? conf.bridge : undefined;
+  return { env: e, stdin, conf: objConf, bridge, expects, allowedCodes, strictNaming, askedVersion };
 }
 
 function getPath(obj: Record<string, unknown>, path: string[]): unknown {

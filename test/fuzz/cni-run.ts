@@ -92,8 +92,7 @@ function checkAnswer(r: ExecOutcome, c: CniCase, m: Materialized, flavour: Flavo
 }
 
 /** What a successful ADD may leave by design: a bridge named in the config, and gateway addresses on a bridge. */
-function allowedAfterAdd(line: string, conf: Record<string, unknown> | undefined, before: NodeSnapshot): boolean {
-  const bridge = typeof conf?.bridge === 'string' ? conf.bridge : undefined;
+function allowedAfterAdd(line: string, bridge: string | undefined, before: NodeSnapshot): boolean {
   if (bridge && line.startsWith(`+ host link ${bridge} bridge `)) return true;
   const a = /^\+ host address (\S+) /.exec(line);
   if (a && (a[1] === bridge || before.links.get(a[1]!)?.startsWith('bridge'))) return true;
@@ -132,7 +131,7 @@ export async function runCniCase(node: FuzzNode, c: CniCase, o: CniRunOptions, c
     }
     const after = node.snapshot([pod]);
     const changed = FuzzNode.diff(before, after);
-    const left = changed.filter((l) => !(addOk && allowedAfterAdd(l, m.conf, before)));
+    const left = changed.filter((l) => !(addOk && allowedAfterAdd(l, m.bridge, before)));
     if (left.length) problems.push(`[${flavour}] left behind: ${left.join('; ')}`);
     if (changed.length) {
       node.restore(before, after);
