@@ -4,6 +4,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ServiceLb, type ServiceLbOptions } from '../../src/dataplane/service-lb.js';
+import type { Scratch } from './kernel.js';
 
 const FIX = fileURLToPath(new URL('../integration/fixtures/', import.meta.url));
 
@@ -84,3 +86,19 @@ export function resultOf(p: ChildProcess): Promise<ClientResult> {
 }
 
 export const runClient = (children: Children, job: object, at: Place = {}): Promise<ClientResult> => resultOf(spawnClient(children, job, at));
+
+/**
+ * A ServiceLb on a test's own pin root (and cgroup), detached and closed by the scratch's
+ * cleanup, also when a test fails.
+ */
+export function openScratchLb(scratch: Scratch, opts: ServiceLbOptions): ServiceLb {
+  const lb = ServiceLb.open(opts);
+  scratch.defer('service LB', () => {
+    try {
+      lb.detach();
+    } finally {
+      lb.close();
+    }
+  });
+  return lb;
+}

@@ -9,7 +9,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { Children, resultOf, spawnClient as spawnSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
+import { Children, openScratchLb, resultOf, spawnClient as spawnSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
@@ -55,14 +55,7 @@ before(async () => {
   CG = scratch.cgroup();
   scratch.netns(NS);
   for (const ip of [...OLD, ...NEW]) sh('ip', ['-n', NS, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
-  lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
-  scratch.defer('service LB', () => {
-    try {
-      lb?.detach();
-    } finally {
-      lb?.close();
-    }
-  });
+  lb = openScratchLb(scratch, { pinRoot: PIN, cgroupPath: CG });
   scratch.defer('backend servers and clients', () => servers.killAll());
   lb.attach();
   await startServer(OLD.flatMap((ip) => [8080, 8081, 8082].map((port) => ({ ip, port }))));

@@ -8,7 +8,7 @@
 // Neither netns has a route to 10.96.0.0/12 or 192.168.79.0/24: a connect the
 // programs leave alone fails with ENETUNREACH, so the checks below cannot pass
 // by accident.
-import { Children, runClient as runSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
+import { Children, openScratchLb, runClient as runSvcClient, startServer as startSvcServer, type ClientResult } from '../helpers/svc-fixtures.js';
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
@@ -67,14 +67,7 @@ before(async () => {
   scratch.netns(POD);
   for (const ip of BACKENDS) sh('ip', ['-n', NS, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
   sh('ip', ['-n', NS, 'addr', 'add', `${NODE_IP}/32`, 'dev', 'lo']);
-  lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
-  scratch.defer('service LB', () => {
-    try {
-      lb?.detach();
-    } finally {
-      lb?.close();
-    }
-  });
+  lb = openScratchLb(scratch, { pinRoot: PIN, cgroupPath: CG });
   scratch.defer('servers and clients', () => servers.killAll());
   tracker = new NodeAddressTracker({ sink: lb, netns: netnsPath(NS), pollMs: 20 });
   scratch.defer('address tracker', () => tracker?.close());

@@ -13,6 +13,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
+import { openScratchLb } from '../helpers/svc-fixtures.js';
 import { ServiceLb, type ApplyStats } from '../../src/dataplane/service-lb.js';
 import { ServiceModel, portKey, type DesiredServicePort, type Endpoint, type Protocol, type Service } from '../../src/services/model.js';
 import { scratchForTests } from '../helpers/kernel.js';
@@ -93,14 +94,7 @@ before(async () => {
   CG = scratch.cgroup();
   scratch.netns(NS);
   for (const ip of [A, B, NODE_IP]) sh('ip', ['-n', NS, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
-  lb = ServiceLb.open({ pinRoot: PIN, cgroupPath: CG });
-  scratch.defer('service LB', () => {
-    try {
-      lb?.detach();
-    } finally {
-      lb?.close();
-    }
-  });
+  lb = openScratchLb(scratch, { pinRoot: PIN, cgroupPath: CG });
   scratch.defer('children', () => children.forEach((c) => c.kill('SIGKILL')));
   lb.attach();
   model.upsertService(dns());
