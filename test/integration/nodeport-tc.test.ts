@@ -367,7 +367,12 @@ test('a service-CIDR packet from a pod never leaves by the uplink once the progr
   assert.ok(np!.readStats().serviceCidrDroppedOut > dropped, 'the egress program dropped nothing: the check watched nothing');
 });
 
-test('a restart (this process lets go, another loads the programs again and syncs) under traffic loses no connection', { skip }, async () => {
+/**
+ * Traffic a restart must not break, from outside through the NodePort: one connection held open,
+ * and a loop of new connections; both running (and 300 ms in) when this resolves, to the check
+ * that stops them: no connect failed, enough ran, and the held connection still echoes.
+ */
+async function startTraffic(): Promise<(across: string) => Promise<void>> {
   const hold = spawnClient({ mode: 'tcp-hold', host: NODE_IP, port: NODE_PORT, durationMs: 30_000 });
   const holdResult = resultOf(hold);
   await new Promise<void>((resolve) => hold.stdout!.once('data', () => resolve()));
@@ -375,6 +380,20 @@ test('a restart (this process lets go, another loads the programs again and sync
   const loopResult = resultOf(loop);
   await new Promise<void>((resolve) => loop.stdout!.once('data', () => resolve()));
   await new Promise((r) => setTimeout(r, 300));
+  return async (across) => {
+    loop.stdin!.end('stop\n');
+    const lr = await loopResult;
+    assert.deepEqual(lr.errors, {}, `connections lost across ${across} (${lr.ok} succeeded)`);
+    assert.ok(lr.ok > 20, `too few connects to mean anything: ${lr.ok}`);
+    hold.stdin!.end('go\n');
+    const hr = await holdResult;
+    assert.deepEqual(hr.errors, {});
+    assert.match(hr.held ?? '', /^10\.77\.1\.[23]:8080 echo ok$/);
+  };
+}
+
+test('a restart (this process lets go, another loads the programs again and syncs) under traffic loses no connection', { skip }, async () => {
+  const checkTraffic = await startTraffic();
 
   const oldPrograms = np!.programIds();
   np!.close(); // the "agent" goes away: only the pins hold the links and maps
@@ -390,14 +409,7 @@ test('a restart (this process lets go, another loads the programs again and sync
   np.sync();
   await new Promise((r) => setTimeout(r, 300));
 
-  loop.stdin!.end('stop\n');
-  const lr = await loopResult;
-  assert.deepEqual(lr.errors, {}, `connections lost across the restart (${lr.ok} succeeded)`);
-  assert.ok(lr.ok > 20, `too few connects to mean anything: ${lr.ok}`);
-  hold.stdin!.end('go\n');
-  const hr = await holdResult;
-  assert.deepEqual(hr.errors, {});
-  assert.match(hr.held ?? '', /^10\.77\.1\.[23]:8080 echo ok$/);
+  await checkTraffic('the restart');
   assert.deepEqual(Object.values(np.linkedPrograms()).sort(), Object.values(np.programIds()).sort());
 });
 
@@ -437,25 +449,12 @@ test('the agent (--nodeport-devices) takes the links over, and its restart under
   const agentPrograms = new Set(Object.values(np!.linkedPrograms()));
   assert.ok(!Object.values(np!.programIds()).some((id) => agentPrograms.has(id)), 'the agent did not switch the links to its own programs');
 
-  const hold = spawnClient({ mode: 'tcp-hold', host: NODE_IP, port: NODE_PORT, durationMs: 30_000 });
-  const holdResult = resultOf(hold);
-  await new Promise<void>((resolve) => hold.stdout!.once('data', () => resolve()));
-  const loop = spawnClient({ mode: 'tcp-loop', host: NODE_IP, port: NODE_PORT, durationMs: 30_000 });
-  const loopResult = resultOf(loop);
-  await new Promise<void>((resolve) => loop.stdout!.once('data', () => resolve()));
-  await new Promise((r) => setTimeout(r, 300));
+  const checkTraffic = await startTraffic();
   await stop(agent);
   await new Promise((r) => setTimeout(r, 300));
   agent = await start();
   await new Promise((r) => setTimeout(r, 300));
-  loop.stdin!.end('stop\n');
-  const lr = await loopResult;
-  assert.deepEqual(lr.errors, {}, `connections lost across the agent restart (${lr.ok} succeeded)`);
-  assert.ok(lr.ok > 20, `too few connects to mean anything: ${lr.ok}`);
-  hold.stdin!.end('go\n');
-  const hr = await holdResult;
-  assert.deepEqual(hr.errors, {});
-  assert.match(hr.held ?? '', /^10\.77\.1\.[23]:8080 echo ok$/);
+  await checkTraffic('the agent restart');
   await stop(agent);
   // Stopped, the agent left the links in place: still translating.
   const after = await runClient({ mode: 'tcp', host: NODE_IP, port: NODE_PORT, count: 5 });
