@@ -146,29 +146,9 @@ make_pki() {
 }
 
 # ---------- images (no registry) ----------
-# oci_image <rootfs dir> <name:tag> <out.tar> <cmd json array> (Cmd, not Entrypoint: a pod's command/args replace it): a one-layer OCI image archive that
-# `ctr images import` accepts (the io.containerd.image.name annotation names it).
-oci_image() {
-  local rootfs=$1 ref=$2 out=$3 cmd=$4 w; w=$(mktemp -d)
-  mkdir -p "$w/blobs/sha256"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$w/layer.tar" .
-  local layer; layer=$(sha256sum "$w/layer.tar" | cut -d' ' -f1)
-  mv "$w/layer.tar" "$w/blobs/sha256/$layer"
-  printf '{"architecture":"amd64","os":"linux","config":{"Cmd":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$cmd" "$layer" >"$w/config.json"
-  local cfg; cfg=$(sha256sum "$w/config.json" | cut -d' ' -f1)
-  mv "$w/config.json" "$w/blobs/sha256/$cfg"
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
-    "$cfg" "$(stat -c %s "$w/blobs/sha256/$cfg")" "$layer" "$(stat -c %s "$w/blobs/sha256/$layer")" >"$w/manifest.json"
-  local man; man=$(sha256sum "$w/manifest.json" | cut -d' ' -f1)
-  local mansize; mansize=$(stat -c %s "$w/manifest.json")
-  mv "$w/manifest.json" "$w/blobs/sha256/$man"
-  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
-    "$man" "$mansize" "$ref" "${ref##*:}" >"$w/index.json"
-  echo '{"imageLayoutVersion":"1.0.0"}' >"$w/oci-layout"
-  tar -C "$w" -cf "$out" oci-layout index.json blobs
-  rm -rf "$w"
-}
+# One-layer OCI archives (oci_archive); the images' Cmd, not Entrypoint: a pod's command/args replace it.
+# shellcheck source=oci.sh
+source "$HERE/oci.sh"
 build_images() {
   local d=$STATE/images; mkdir -p "$d/pause/rootfs" "$d/busybox/rootfs/bin"
   # pause: holds the pod's namespaces; exits on SIGINT/SIGTERM, reaps orphans (it is the pod's pid 1).
@@ -186,13 +166,13 @@ int main(void) {
 }
 C
   gcc -static -O2 -o "$d/pause/rootfs/pause" "$d/pause/pause.c" || die "gcc -static pause.c failed (libc6-dev provides libc.a)"
-  oci_image "$d/pause/rootfs" "$PAUSE_IMAGE" "$d/pause.tar" '["/pause"]'
+  oci_archive "$d/pause/rootfs" "$PAUSE_IMAGE" /bin '"Cmd":["/pause"],"WorkingDir":"/"' "$d/pause.tar"
   local bb; bb=$(command -v busybox || true); [[ -n $bb ]] || die "busybox not found (apt-get install busybox-static)"
   cp "$bb" "$d/busybox/rootfs/bin/busybox"
   local a; for a in $("$bb" --list); do [[ $a == busybox ]] || ln -sf busybox "$d/busybox/rootfs/bin/$a"; done
   mkdir -p "$d/busybox/rootfs/"{etc,tmp,proc,sys,dev,var/www}
   echo 'root:x:0:0:root:/:/bin/sh' >"$d/busybox/rootfs/etc/passwd"
-  oci_image "$d/busybox/rootfs" "$TEST_IMAGE" "$d/busybox.tar" '["/bin/sh"]'
+  oci_archive "$d/busybox/rootfs" "$TEST_IMAGE" /bin '"Cmd":["/bin/sh"],"WorkingDir":"/"' "$d/busybox.tar"
 }
 
 # ---------- components ----------
