@@ -58,6 +58,10 @@ struct patu_pol_ep {
 	__u32 pad;
 };
 
+/* patu_pol_dev: host-side veth ifindex (__u32) -> the pod's IPv4 address (__be32,
+ * its patu_pol_ep key). Written by the CNI ADD (and sync() from endpoints with an
+ * ifindex); read for IPv6 (which carries no IPv4 address to find the endpoint by). */
+
 /* patu_pol_peer: LPM trie, address prefix -> peer class (__u32 value) */
 struct patu_pol_peer_key {
 	__u32 prefixlen;     /* 0..32 */
@@ -95,7 +99,9 @@ struct patu_pol_ct_key {
 	__be16 dport;
 	__u8 proto;
 	__u8 dir;            /* PATU_POL_INGRESS / PATU_POL_EGRESS */
-	__u16 pad;           /* zero: hash keys compare bytewise */
+	__u16 pad;           /* zero: hash keys compare bytewise. 1: a fragment entry
+	                      * {outer src, dst, sport = IP id, dport 0, proto, hook dir}
+	                      * letting the later fragments of a passed first one through */
 };
 
 #define PATU_POL_CT_SYN_SEEN    1

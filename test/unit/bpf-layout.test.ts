@@ -12,14 +12,16 @@ import { SOCK_LB_MAP_CODECS } from '../../src/dataplane/service-lb.js';
 import { ACCEL_MAP_CODECS } from '../../src/dataplane/accel-maps.js';
 import { SOCK_DESTROY_MAP_CODECS } from '../../src/dataplane/udp-destroy.js';
 import { NODEPORT_MAP_CODECS } from '../../src/dataplane/nodeport-tc.js';
+import { POLICY_MAP_CODECS, eventC } from '../../src/dataplane/policy-maps.js';
 
 const obj = (rel: string): string => fileURLToPath(new URL(`../../../build/${rel}`, import.meta.url));
 const SOCK_LB = obj('bpf/sock_lb.o');
 const ACCEL = obj('bpf/accel.o');
 const SOCK_DESTROY = obj('bpf/sock_destroy.o');
 const NODEPORT = obj('bpf/nodeport.o');
+const POLICY = obj('bpf/policy.o');
 const FIXTURE = obj('test/bpf/test_maps.o');
-const built = [SOCK_LB, ACCEL, SOCK_DESTROY, NODEPORT, FIXTURE].every(existsSync);
+const built = [SOCK_LB, ACCEL, SOCK_DESTROY, NODEPORT, POLICY, FIXTURE].every(existsSync);
 const skip = built ? false : 'needs the eBPF objects: run scripts/build.sh';
 
 type Codecs = Record<string, { key: Codec<unknown>; value: Codec<unknown> }>;
@@ -58,6 +60,21 @@ test('accel maps: every codec matches the C layout field by field', { skip }, ()
 
 test('nodeport (tc) maps, its own and the service maps it shares by pin: every codec matches the C layout', { skip }, () => {
   check(NODEPORT, NODEPORT_MAP_CODECS as Codecs, []);
+});
+
+test('policy maps: every codec matches the C layout field by field (the ring buffer has no key/value types)', { skip }, () => {
+  check(POLICY, POLICY_MAP_CODECS as Codecs, []);
+});
+
+test('policy ring buffer records: the event codec is struct patu_pol_event (not in BTF: no map names it), field by field', () => {
+  // bpf/policy.h: u64 ts_ns; be32 src, dst; be16 sport, dport; u8 proto, dir, reason, pad; u32 ep_id, policy.
+  const c = { name: 'patu_pol_event', size: 32, fields: [
+    { name: 'ts_ns', offset: 0, size: 8 }, { name: 'src', offset: 8, size: 4 }, { name: 'dst', offset: 12, size: 4 },
+    { name: 'sport', offset: 16, size: 2 }, { name: 'dport', offset: 18, size: 2 }, { name: 'proto', offset: 20, size: 1 },
+    { name: 'dir', offset: 21, size: 1 }, { name: 'reason', offset: 22, size: 1 }, { name: 'pad', offset: 23, size: 1 },
+    { name: 'ep_id', offset: 24, size: 4 }, { name: 'policy', offset: 28, size: 4 },
+  ] };
+  assert.deepEqual(layoutMismatches(c, eventC), []);
 });
 
 test('BTF gives the offset and size of each field', { skip }, () => {

@@ -14,6 +14,8 @@ const libc = koffi.load('libc.so.6');
 export type Ptr = bigint;
 
 const PrintFn = koffi.proto('int patu_libbpf_print_fn(int level, const char *fmt, void *args)');
+/** ring_buffer_sample_fn: called for each record, synchronously inside ring_buffer__poll/consume. */
+export const RingBufferSampleFn = koffi.proto('int patu_rb_sample_fn(void *ctx, void *data, size_t size)');
 
 export const raw = {
   // object lifecycle
@@ -53,11 +55,19 @@ export const raw = {
   bpf_obj_get: bpf.func('int bpf_obj_get(const char *path)'),
   bpf_obj_get_info_by_fd: bpf.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
   bpf_prog_attach: bpf.func('int bpf_prog_attach(int prog_fd, int target_fd, int type, unsigned int flags)'),
+  bpf_prog_attach_opts: bpf.func('int bpf_prog_attach_opts(int prog_fd, int target, int type, const void *opts)'),
   bpf_prog_detach2: bpf.func('int bpf_prog_detach2(int prog_fd, int target_fd, int type)'),
   bpf_link_create: bpf.func('int bpf_link_create(int prog_fd, int target_fd, int type, const void *opts)'),
   bpf_link_detach: bpf.func('int bpf_link_detach(int link_fd)'),
   bpf_link_update: bpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
   bpf_iter_create: bpf.func('int bpf_iter_create(int link_fd)'),
+  bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, void *opts)'),
+  bpf_prog_query: bpf.func('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, void *prog_ids, _Inout_ uint32_t *prog_cnt)'),
+  // ring buffers (libbpf.h): the consumer side, polled without blocking
+  ring_buffer__new: bpf.func('void *ring_buffer__new(int map_fd, patu_rb_sample_fn *sample_cb, void *ctx, const void *opts)'),
+  ring_buffer__poll: bpf.func('int ring_buffer__poll(void *rb, int timeout_ms)'),
+  ring_buffer__consume: bpf.func('int ring_buffer__consume(void *rb)'),
+  ring_buffer__free: bpf.func('void ring_buffer__free(void *rb)'),
   bpf_prog_get_next_id: bpf.func('int bpf_prog_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_map_get_next_id: bpf.func('int bpf_map_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_link_get_next_id: bpf.func('int bpf_link_get_next_id(uint32_t start, _Out_ uint32_t *next)'),

@@ -1,0 +1,512 @@
+// NetworkPolicy enforcement, the kernel side (bpf/policy.c): loads and pins the
+// two tc programs and their maps under <pinRoot>/policy, attaches them to pod
+// veths with BPF_PROG_ATTACH (tcx, no links: the attachment goes with the veth),
+// and programs the maps from PolicyMapContents (the compiler's output) with a
+// diff against what they hold. Layouts and the pure helpers: policy-maps.ts.
+//
+// Who calls what:
+//   agent   PolicyDataplane.open (load or reuse pins) -> attachAll -> sync on each change,
+//           flushConntrack/evictSockets for flows a change denies, stats, setMonitor
+//   plugin  PolicyDataplane.openExisting (pins only, never loads) -> attach(veth) + bindDevice(ip, veth)
+//   CLI     openExisting -> read(), stats(); PolicyEvents for `patu monitor`
+import { existsSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { BpfObject, BpfProgram } from '../kernel/bpf/object.js';
+import { TypedMap, u64, ipv4 } from '../kernel/bpf/map.js';
+import { PerCpuHash } from '../kernel/bpf/percpu.js';
+import { RingBufferReader } from '../kernel/bpf/ringbuf.js';
+import { tcxAttach, tcxDetachId, tcxQuery, type TcxDirection } from '../kernel/bpf/tcx.js';
+import { testRun, type TestRunOptions, type TestRunResult } from '../kernel/bpf/test-run.js';
+import { progInfoByFd } from '../kernel/bpf/introspect.js';
+import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
+import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
+import { Rtnl } from '../kernel/netlink/rtnl.js';
+import { PatuError } from '../errors.js';
+import { bpfObjectPath } from '../home.js';
+import { accelPins, sockKeyCodec } from './accel-maps.js';
+import { isPatuVethName } from './names.js';
+import {
+  POL, POLICY_MAP_CODECS, POLICY_PROGRAMS, policyPins, epFlags, peerKey, peerKeyString, ruleKeys, ruleKeyString, rulesFromKeys,
+  dirName, decodeEvent,
+  type PolicyMapContents, type PolicyEndpoint, type PeerPrefix, type EpValC, type PeerKeyC, type RuleKeyC, type CtKey, type CtVal,
+  type StatsEntry, type PolicyEvent, type CfgC, type CtKeyC, type CtValC,
+} from './policy-maps.js';
+
+export * from './policy-maps.js';
+
+const O_DIRECTORY = 0o200000;
+
+/** The desired contents do not fit a map: nothing was written. */
+export class PolicyCapacityError extends PatuError {
+  readonly code = 'POLICY_CAPACITY';
+  constructor(readonly map: string, readonly needed: number, readonly max: number) {
+    super(`policy map ${map} cannot hold ${needed} entries (max ${max}): nothing was changed`);
+  }
+}
+
+/** A bad entry in the desired contents (duplicate endpoint, bad prefix...): nothing was written. */
+export class PolicyContentsError extends PatuError {
+  readonly code = 'POLICY_CONTENTS';
+}
+
+export interface PolicyOpenOptions extends BpffsOptions {
+  /** Production: /sys/fs/bpf/patu; pins go to <pinRoot>/policy. */
+  pinRoot: string;
+  /** Directory holding policy.o (default: build/bpf of this tree). */
+  objectDir?: string;
+  /** Load the object even when pinned programs exist (an upgrade). Default: only when missing or when policy.o is newer than the pins. */
+  reload?: boolean;
+}
+
+type Hook = 'fromPod' | 'toPod';
+const HOOK_DIR: Record<Hook, TcxDirection> = { fromPod: 'ingress', toPod: 'egress' };
+
+function withLock<T>(dir: string, fn: () => T): T {
+  const fd = openFd(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    flock(fd, LOCK_EX, dir);
+    return fn();
+  } finally {
+    try { flock(fd, LOCK_UN, dir); } finally { closeFd(fd); }
+  }
+}
+
+type MapName = keyof typeof POLICY_MAP_CODECS;
+type TypedOf<N extends MapName> = TypedMap<
+  ReturnType<(typeof POLICY_MAP_CODECS)[N]['key']['decode']>,
+  ReturnType<(typeof POLICY_MAP_CODECS)[N]['value']['decode']>
+>;
+
+export class PolicyDataplane {
+  private readonly pins: ReturnType<typeof policyPins>;
+  private readonly opened = new Map<string, { close(): void }>();
+  private readonly progIds: Record<Hook, number>;
+
+  private constructor(readonly pinRoot: string, private readonly progs: Record<Hook, BpfProgram>) {
+    this.pins = policyPins(pinRoot);
+    this.progIds = { fromPod: progInfoByFd(progs.fromPod.fd).id, toPod: progInfoByFd(progs.toPod.fd).id };
+  }
+
+  /**
+   * Loads bpf/policy.o and pins its maps and programs under <pinRoot>/policy,
+   * or reuses what is pinned there (restarts keep maps and conntrack). Serialised
+   * with flock on the pin directory. After a (re)load, attachAll() swaps the
+   * new programs in on every veth.
+   */
+  static open(opts: PolicyOpenOptions): PolicyDataplane {
+    const root = ensurePinDir(opts.pinRoot, opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs });
+    const pins = policyPins(root);
+    ensurePinDir(pins.dir);
+    const objectPath = opts.objectDir ? join(opts.objectDir, 'policy.o') : bpfObjectPath('policy');
+    return withLock(pins.dir, () => {
+      const mapPins = Object.keys(POLICY_MAP_CODECS).map((n) => join(pins.dir, n)).concat(pins.events);
+      const have = [pins.progFromPod, pins.progToPod, ...mapPins].every((p) => existsSync(p));
+      let load = !have || opts.reload === true;
+      if (!load && existsSync(objectPath)) load = statSync(objectPath).mtimeMs > statSync(pins.progFromPod).mtimeMs;
+      if (load) {
+        if (!existsSync(objectPath)) throw new Error(`PolicyDataplane.open: BPF object ${objectPath} is missing (run scripts/build.sh)`);
+        const obj = BpfObject.open(objectPath, { pinRoot: pins.dir });
+        try {
+          obj.load(); // maps pinned by name: reused when there, created and pinned when not
+          for (const [name, path] of [[POLICY_PROGRAMS.fromPod, pins.progFromPod], [POLICY_PROGRAMS.toPod, pins.progToPod]] as const) {
+            if (existsSync(path)) unlinkSync(path);
+            obj.program(name).pin(path);
+          }
+        } finally {
+          obj.close();
+        }
+      }
+      const dp = PolicyDataplane.fromPins(root);
+      if (!dp) throw new Error(`PolicyDataplane.open: pins under ${pins.dir} incomplete after loading`);
+      return dp;
+    });
+  }
+
+  /** The pinned programs, if policy was set up under pinRoot; never loads anything (the CNI plugin, the CLI). */
+  static openExisting(pinRoot: string): PolicyDataplane | null {
+    return PolicyDataplane.fromPins(pinRoot);
+  }
+
+  private static fromPins(pinRoot: string): PolicyDataplane | null {
+    const pins = policyPins(pinRoot);
+    if (!existsSync(pins.progFromPod) || !existsSync(pins.progToPod)) return null;
+    const from = BpfProgram.fromPin(pins.progFromPod);
+    let to: BpfProgram | undefined;
+    try {
+      to = BpfProgram.fromPin(pins.progToPod);
+      return new PolicyDataplane(pinRoot, { fromPod: from, toPod: to });
+    } catch (e) {
+      from.close();
+      to?.close();
+      throw e;
+    }
+  }
+
+  /** A pinned map, opened once per instance. */
+  private map<N extends MapName>(name: N): TypedOf<N> {
+    let m = this.opened.get(name);
+    if (!m) {
+      const c = POLICY_MAP_CODECS[name];
+      m = TypedMap.fromPin(join(this.pins.dir, name), c.key as never, c.value as never);
+      this.opened.set(name, m);
+    }
+    return m as TypedOf<N>;
+  }
+
+  /** Kernel ids of the two programs (what attach() puts on a veth). */
+  programIds(): { fromPod: number; toPod: number } {
+    return { ...this.progIds };
+  }
+
+  programFd(hook: Hook): number {
+    return this.progs[hook].fd;
+  }
+
+  /** BPF_PROG_TEST_RUN of one program on a crafted frame (property test, benchmark). */
+  testRun(hook: Hook, opts: TestRunOptions): TestRunResult {
+    return testRun(this.progs[hook].fd, opts);
+  }
+
+  // --- programming the maps ------------------------------------------------------------------
+
+  /**
+   * Makes the maps hold `desired`: only what differs is written. Order: new
+   * rules, new peers, endpoints (added or changed), then removed endpoints,
+   * peers and rules, so a flow allowed before and after is never dropped
+   * mid-update. Capacity is checked before the first write. An endpoint with
+   * ifindex 0 keeps the veth the map (CNI ADD: bindDevice) already knows.
+   */
+  sync(desired: PolicyMapContents): { changed: number } {
+    // Everything computed and checked before anything is written.
+    const wantEp = new Map<string, EpValC>();
+    for (const e of desired.endpoints) {
+      if (wantEp.has(e.ip)) throw new PolicyContentsError(`endpoint ${e.ip} appears twice`);
+      if (!Number.isInteger(e.epId) || e.epId <= 0 || e.epId > 0xffffffff) throw new PolicyContentsError(`endpoint ${e.ip}: ep id ${e.epId} must be a nonzero u32`);
+      ipv4.encode(e.ip, Buffer.alloc(4), 0);
+      wantEp.set(e.ip, { epId: e.epId, ifindex: e.ifindex >>> 0, flags: epFlags(e), pad: 0 });
+    }
+    const wantPeer = new Map<string, [PeerKeyC, number]>();
+    for (const p of desired.peers) {
+      let k: PeerKeyC;
+      try {
+        k = peerKey(p.cidr);
+      } catch (e) {
+        throw new PolicyContentsError((e as Error).message, { cause: e });
+      }
+      const s = peerKeyString(k);
+      const had = wantPeer.get(s);
+      if (had && had[1] !== p.peerClass) throw new PolicyContentsError(`peer prefix ${p.cidr} given classes ${had[1]} and ${p.peerClass}`);
+      wantPeer.set(s, [k, p.peerClass >>> 0]);
+    }
+    const wantRule = new Map<string, [RuleKeyC, number]>();
+    for (const r of desired.rules) {
+      let keys: RuleKeyC[];
+      try {
+        keys = ruleKeys(r);
+      } catch (e) {
+        throw new PolicyContentsError((e as Error).message, { cause: e });
+      }
+      for (const k of keys) {
+        const s = ruleKeyString(k);
+        const had = wantRule.get(s);
+        // Two policies allowing the same thing: the lower id is reported (either one allows).
+        if (!had || r.policyId < had[1]) wantRule.set(s, [k, r.policyId >>> 0]);
+      }
+    }
+
+    return withLock(this.pins.dir, () => {
+      const epMap = this.map('patu_pol_ep');
+      const devMap = this.map('patu_pol_dev');
+      const peerMap = this.map('patu_pol_peer');
+      const ruleMap = this.map('patu_pol_rule');
+      const haveEp = new Map(epMap.entries());
+      const havePeer = new Map<string, [PeerKeyC, number]>([...peerMap.entries()].map(([k, v]) => [peerKeyString(k), [k, v]]));
+      const haveRule = new Map<string, [RuleKeyC, number]>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), [k, v]]));
+      const devOf = new Map<string, number>();
+      for (const [ifindex, ip] of devMap.entries()) devOf.set(ip, Math.max(devOf.get(ip) ?? 0, ifindex));
+      for (const [ip, v] of wantEp) if (v.ifindex === 0) v.ifindex = haveEp.get(ip)?.ifindex || devOf.get(ip) || 0;
+
+      const capacity = (name: string, want: number, have: Map<string, unknown>, wanted: Map<string, unknown>, max: number): boolean => {
+        if (want > max) throw new PolicyCapacityError(name, want, max);
+        let union = have.size;
+        for (const k of wanted.keys()) if (!have.has(k)) union++;
+        return union > max; // removes must go first to make room
+      };
+      const epFirst = capacity('patu_pol_ep', wantEp.size, haveEp, wantEp, epMap.info.maxEntries);
+      const peerFirst = capacity('patu_pol_peer', wantPeer.size, havePeer, wantPeer, peerMap.info.maxEntries);
+      const ruleFirst = capacity('patu_pol_rule', wantRule.size, haveRule, wantRule, ruleMap.info.maxEntries);
+
+      let changed = 0;
+      const ruleAdds: [RuleKeyC, number][] = [];
+      for (const [s, [k, v]] of wantRule) if (haveRule.get(s)?.[1] !== v) ruleAdds.push([k, v]);
+      const ruleDels = [...haveRule].filter(([s]) => !wantRule.has(s)).map(([, [k]]) => k);
+      const peerAdds: [PeerKeyC, number][] = [];
+      for (const [s, [k, v]] of wantPeer) if (havePeer.get(s)?.[1] !== v) peerAdds.push([k, v]);
+      const peerDels = [...havePeer].filter(([s]) => !wantPeer.has(s)).map(([, [k]]) => k);
+      const epAdds: [string, EpValC][] = [];
+      for (const [ip, v] of wantEp) {
+        const h = haveEp.get(ip);
+        if (!h || h.epId !== v.epId || h.ifindex !== v.ifindex || h.flags !== v.flags) epAdds.push([ip, v]);
+      }
+      const epDels = [...haveEp.keys()].filter((ip) => !wantEp.has(ip));
+      const devAdds: [number, string][] = [];
+      for (const [ip, v] of wantEp) if (v.ifindex && devMap.lookup(v.ifindex) !== ip) devAdds.push([v.ifindex, ip]);
+
+      // A map too full for both the old and the new entries frees room first (a moment of deny, never of allow).
+      if (epFirst) changed += epMap.batchDelete(epDels);
+      if (peerFirst) changed += peerMap.batchDelete(peerDels);
+      if (ruleFirst) changed += ruleMap.batchDelete(ruleDels);
+      ruleMap.batchUpdate(ruleAdds);
+      peerMap.batchUpdate(peerAdds);
+      epMap.batchUpdate(epAdds);
+      devMap.batchUpdate(devAdds);
+      changed += ruleAdds.length + peerAdds.length + epAdds.length;
+      if (!epFirst) changed += epMap.batchDelete(epDels);
+      if (!peerFirst) changed += peerMap.batchDelete(peerDels);
+      if (!ruleFirst) changed += ruleMap.batchDelete(ruleDels);
+      return { changed };
+    });
+  }
+
+  /** What the maps hold, port blocks merged back into ranges (for `patu policy`). */
+  read(): PolicyMapContents {
+    const endpoints: PolicyEndpoint[] = [...this.map('patu_pol_ep').entries()].map(([ip, v]) => ({
+      ip, epId: v.epId, ifindex: v.ifindex,
+      isolatedIngress: (v.flags & POL.EP_ISOLATED_INGRESS) !== 0, isolatedEgress: (v.flags & POL.EP_ISOLATED_EGRESS) !== 0,
+    })).sort((a, b) => a.epId - b.epId || (a.ip < b.ip ? -1 : 1));
+    const peers: PeerPrefix[] = [...this.map('patu_pol_peer').entries()].map(([k, c]) => ({ cidr: `${k.ip}/${k.prefixlen}`, peerClass: c }))
+      .sort((a, b) => a.peerClass - b.peerClass || (a.cidr < b.cidr ? -1 : 1));
+    const rules = rulesFromKeys(this.map('patu_pol_rule').entries());
+    return { endpoints, peers, rules };
+  }
+
+  /**
+   * CNI ADD: the pod's address is on this veth. Recorded in patu_pol_dev (IPv6
+   * judged by the veth; sync() fills ifindex from it) and, when the endpoint is
+   * already programmed, in its entry (the anti-spoof check).
+   */
+  bindDevice(ip: string, ifindex: number): void {
+    this.map('patu_pol_dev').update(ifindex, ip);
+    const ep = this.map('patu_pol_ep');
+    const v = ep.lookup(ip);
+    if (v && v.ifindex !== ifindex) {
+      try {
+        ep.update(ip, { ...v, ifindex }, 'exist');
+      } catch (e) {
+        if ((e as { errno?: number }).errno !== 2) throw e; // removed meanwhile
+      }
+    }
+  }
+
+  // --- attaching ------------------------------------------------------------------------------
+
+  /**
+   * Both programs on one host-side veth (TCX_INGRESS: from the pod, TCX_EGRESS:
+   * to it). Idempotent: a veth that runs them already is left alone; an older
+   * patu_pol_* program there is replaced in place. Returns true when anything changed.
+   */
+  attach(ifindex: number): boolean {
+    let changed = false;
+    for (const hook of ['toPod', 'fromPod'] as const) {
+      const dir = HOOK_DIR[hook];
+      const cur = tcxQuery(ifindex, dir);
+      const mine = cur.some((p) => p.id === this.progIds[hook]);
+      const old = cur.filter((p) => p.name.startsWith('patu_pol_') && p.id !== this.progIds[hook]);
+      let rest = old;
+      if (!mine) {
+        const first = old[0];
+        changed = tcxAttach(this.progs[hook].fd, ifindex, dir, first?.id) || changed;
+        rest = old.slice(1);
+      }
+      for (const o of rest) changed = tcxDetachId(o.id, ifindex, dir) || changed;
+    }
+    return changed;
+  }
+
+  /** Every patu_pol_* program off this veth. Returns how many were detached. */
+  detach(ifindex: number): number {
+    let n = 0;
+    for (const dir of ['ingress', 'egress'] as const) {
+      for (const p of tcxQuery(ifindex, dir)) if (p.name.startsWith('patu_pol_') && tcxDetachId(p.id, ifindex, dir)) n++;
+    }
+    return n;
+  }
+
+  /**
+   * Attaches to every patu host veth of this netns (ports of the named bridges,
+   * default: every veth named like a patu host end). Removes patu_pol_dev
+   * entries of devices that are gone. Returns how many veths changed.
+   */
+  attachAll(bridgeNames?: string[]): number {
+    const rtnl = Rtnl.open();
+    let links;
+    try {
+      links = rtnl.listLinks();
+    } finally {
+      rtnl.close();
+    }
+    const bridges = bridgeNames ? new Set(links.filter((l) => l.kind === 'bridge' && bridgeNames.includes(l.name)).map((l) => l.index)) : undefined;
+    const veths = links.filter((l) => l.kind === 'veth' && (bridges ? l.masterIndex !== undefined && bridges.has(l.masterIndex) : isPatuVethName(l.name)));
+    let n = 0;
+    const errors: Error[] = [];
+    for (const l of veths) {
+      try {
+        if (this.attach(l.index)) n++;
+      } catch (e) {
+        // A veth that went away meanwhile is no error; others are reported after the rest are done.
+        if ((e as { errno?: number }).errno === 19 /* ENODEV */) continue;
+        errors.push(new Error(`${l.name} (ifindex ${l.index}): ${(e as Error).message}`, { cause: e }));
+      }
+    }
+    const present = new Set(links.map((l) => l.index));
+    const dev = this.map('patu_pol_dev');
+    for (const ifindex of [...dev.keys()]) if (!present.has(ifindex)) dev.delete(ifindex);
+    if (errors.length) throw new AggregateError(errors, `policy programs not attached to ${errors.map((e) => e.message).join('; ')}`);
+    return n;
+  }
+
+  // --- flows ----------------------------------------------------------------------------------
+
+  /** Deletes the conntrack entries pred picks (their next packets are judged again). Returns how many. */
+  flushConntrack(pred: (k: CtKey, v: CtVal) => boolean): number {
+    const ct = this.map('patu_pol_ct');
+    const doomed: CtKeyC[] = [];
+    for (const [k, v] of ct.entries()) {
+      const key: CtKey = { src: k.src, dst: k.dst, sport: k.sport, dport: k.dport, proto: k.proto, dir: dirName(k.dir), fragment: k.pad === 1 };
+      if (pred(key, { expiresNs: v.expiresNs, policy: v.policy, epId: v.epId, flags: v.flags })) doomed.push(k);
+    }
+    return ct.batchDelete(doomed);
+  }
+
+  /** Every conntrack entry (tests, `patu policy --ct`). */
+  conntrack(): [CtKey, CtVal][] {
+    return [...this.map('patu_pol_ct').entries()].map(([k, v]: [CtKeyC, CtValC]) => [
+      { src: k.src, dst: k.dst, sport: k.sport, dport: k.dport, proto: k.proto, dir: dirName(k.dir), fragment: k.pad === 1 },
+      { expiresNs: v.expiresNs, policy: v.policy, epId: v.epId, flags: v.flags },
+    ]);
+  }
+
+  /**
+   * Removes accelerated sockets (the accel sockhash, when acceleration is set
+   * up under the same pin root) that pred picks, so their next send goes
+   * through the veth and meets the tc verdict. Each end of a connection is its
+   * own entry: src/sport is that socket's local end. Returns how many.
+   */
+  evictSockets(pred: (flow: { src: string; dst: string; sport: number; dport: number }) => boolean): number {
+    const path = accelPins(this.pinRoot).sockHash;
+    if (!existsSync(path)) return 0;
+    const m = TypedMap.fromPin(path, sockKeyCodec, u64);
+    try {
+      let n = 0;
+      for (const k of [...m.keys()]) {
+        if (pred({ src: k.localIp4, dst: k.remoteIp4, sport: k.localPort, dport: k.remotePort }) && m.delete(k)) n++;
+      }
+      return n;
+    } finally {
+      m.close();
+    }
+  }
+
+  // --- observing ------------------------------------------------------------------------------
+
+  /** Drop events (and with allows, new-flow allows) into the ring buffer; off: the programs submit nothing. */
+  setMonitor(on: boolean, allows = false): void {
+    const v: CfgC = { monitor: on ? 1 : 0, monitorAllow: on && allows ? 1 : 0 };
+    this.map('patu_pol_cfg').update(0, v);
+  }
+
+  monitor(): { on: boolean; allows: boolean } {
+    const v = this.map('patu_pol_cfg').lookup(0);
+    return { on: (v?.monitor ?? 0) !== 0, allows: (v?.monitorAllow ?? 0) !== 0 };
+  }
+
+  /** Counters summed over CPUs: drops per endpoint and direction, new flows allowed per endpoint, policy, direction. */
+  stats(): StatsEntry[] {
+    const m = PerCpuHash.fromPin(this.pins.stats, POLICY_MAP_CODECS.patu_pol_stats.key, POLICY_MAP_CODECS.patu_pol_stats.value);
+    try {
+      const out: StatsEntry[] = [];
+      for (const [k, vals] of m.entries()) {
+        let packets = 0n;
+        let bytes = 0n;
+        for (const v of vals) {
+          packets += v.packets;
+          bytes += v.bytes;
+        }
+        out.push({ epId: k.epId, policy: k.policy, dir: dirName(k.dir), verdict: k.verdict === POL.VERDICT_DROP ? 'drop' : 'allow', packets, bytes });
+      }
+      return out.sort((a, b) => a.epId - b.epId || a.policy - b.policy || (a.dir < b.dir ? -1 : a.dir > b.dir ? 1 : 0) || (a.verdict < b.verdict ? -1 : 1));
+    } finally {
+      m.close();
+    }
+  }
+
+  /** Counters of endpoints no longer programmed (stats keys are ep ids): removed so the map does not fill. */
+  pruneStats(keepEpIds: ReadonlySet<number>): number {
+    const m = PerCpuHash.fromPin(this.pins.stats, POLICY_MAP_CODECS.patu_pol_stats.key, POLICY_MAP_CODECS.patu_pol_stats.value);
+    try {
+      let n = 0;
+      for (const [k] of [...m.entries()]) if (!keepEpIds.has(k.epId) && m.delete(k)) n++;
+      return n;
+    } finally {
+      m.close();
+    }
+  }
+
+  close(): void {
+    for (const m of this.opened.values()) m.close();
+    this.opened.clear();
+    this.progs.fromPod.close();
+    this.progs.toPod.close();
+  }
+}
+
+/**
+ * `patu monitor`'s source: the policy ring buffer, drained without blocking.
+ * open() switches submission on (setMonitor), close() off again (unless
+ * keepMonitor). One reader at a time per node (the consumer position is shared).
+ */
+export class PolicyEvents {
+  private constructor(private readonly reader: RingBufferReader, private readonly dp: PolicyDataplane | null) {}
+
+  static open(pinRoot: string, opts: { allows?: boolean; keepMonitor?: boolean } = {}): PolicyEvents {
+    const path = policyPins(pinRoot).events;
+    if (!existsSync(path)) throw new Error(`policy enforcement is not set up under ${pinRoot} (no ${path})`);
+    const reader = RingBufferReader.fromPin(path);
+    const dp = PolicyDataplane.openExisting(pinRoot);
+    try {
+      dp?.setMonitor(true, opts.allows ?? false);
+    } catch (e) {
+      reader.close();
+      dp?.close();
+      throw e;
+    }
+    return new PolicyEvents(reader, opts.keepMonitor ? (dp?.close(), null) : dp);
+  }
+
+  /** Events submitted since the last poll (never waits). Call every ~100 ms. */
+  poll(max?: number): PolicyEvent[] {
+    return this.reader.poll(max).map(decodeEvent);
+  }
+
+  close(): void {
+    try {
+      this.dp?.setMonitor(false);
+    } finally {
+      this.dp?.close();
+      this.reader.close();
+    }
+  }
+}
+
+/** Pinned policy state present under pinRoot (without opening anything). */
+export function policyPinned(pinRoot: string): boolean {
+  const pins = policyPins(pinRoot);
+  return existsSync(pins.progFromPod) && existsSync(pins.progToPod);
+}
+
+/** Names of what is pinned under <pinRoot>/policy (status, cleanup checks). */
+export function policyPinNames(pinRoot: string): string[] {
+  const dir = policyPins(pinRoot).dir;
+  return existsSync(dir) ? readdirSync(dir).sort() : [];
+}
+
