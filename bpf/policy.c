@@ -243,8 +243,13 @@ static __always_inline void count(__u32 ep_id, __u32 policy, __u8 dir, __u8 verd
 	bpf_map_update_elem(&patu_pol_stats, &k, &nv, BPF_NOEXIST);
 }
 
+/*
+ * -DPATU_POL_NO_EVENTS compiles the event path out (bench/policy.ts: the
+ * idle-monitor cost is the difference against this build).
+ */
 static __always_inline void event(const struct pkt *p, __u8 dir, __u8 reason, __u32 ep_id, __u32 policy)
 {
+#ifndef PATU_POL_NO_EVENTS
 	__u32 zero = 0;
 	struct patu_pol_cfg *cfg = bpf_map_lookup_elem(&patu_pol_cfg, &zero);
 	if (!cfg || !cfg->monitor)
@@ -266,6 +271,7 @@ static __always_inline void event(const struct pkt *p, __u8 dir, __u8 reason, __
 	e->ep_id = ep_id;
 	e->policy = policy;
 	bpf_ringbuf_submit(e, 0);
+#endif
 }
 
 static __always_inline int drop(const struct pkt *p, __u8 dir, __u8 reason, __u32 ep_id, __u32 len)

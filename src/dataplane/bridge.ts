@@ -156,6 +156,8 @@ export interface PodSpec {
 
 export interface AttachedPod {
   hostMac: string;
+  /** ifindex of the host end (NetworkPolicy programs attach there). */
+  hostIndex: number;
   podMac: string;
   podIndex: number;
 }
@@ -232,7 +234,7 @@ export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
       const gw = r.gw ?? spec.addresses.find((a) => a.family === family)?.gateway;
       pod.addRoute({ dst: r.dst, oif: podIndex, ...(gw ? { gateway: gw } : {}) });
     }
-    return { hostMac: hostLink.mac, podMac, podIndex };
+    return { hostMac: hostLink.mac, hostIndex: hostLink.index, podMac, podIndex };
   } finally {
     pod.close();
   }

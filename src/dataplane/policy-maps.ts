@@ -124,6 +124,8 @@ export interface PolicyEvent {
   /** the endpoint's direction: 'egress' = leaving the pod (ingress hook), 'ingress' = to the pod */
   dir: 'ingress' | 'egress';
   reason: 'no-rule' | 'spoof' | 'ipv6' | 'allow' | `reason-${number}`;
+  /** the raw PATU_POL_REASON_* */
+  reasonCode: number;
   epId: number;
   /** deciding policy id (0 for drops and for flows of a pod open in that direction) */
   policy: number;
@@ -137,7 +139,7 @@ export function decodeEvent(b: Buffer): PolicyEvent {
   const e = eventC.decode(b, 0);
   return {
     tsNs: e.tsNs, src: e.src, dst: e.dst, sport: e.sport, dport: e.dport, proto: e.proto,
-    dir: dirName(e.dir), reason: REASONS[e.reason] ?? `reason-${e.reason}`, epId: e.epId, policy: e.policy,
+    dir: dirName(e.dir), reason: REASONS[e.reason] ?? `reason-${e.reason}`, reasonCode: e.reason, epId: e.epId, policy: e.policy,
   };
 }
 

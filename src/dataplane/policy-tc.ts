@@ -452,6 +452,11 @@ export class PolicyDataplane {
     }
   }
 
+  /** The ring buffer reader on this pin root (PolicyEvents.open: monitor switched on until its close()). */
+  openEvents(opts: { allows?: boolean; keepMonitor?: boolean } = {}): PolicyEvents {
+    return PolicyEvents.open(this.pinRoot, opts);
+  }
+
   close(): void {
     for (const m of this.opened.values()) m.close();
     this.opened.clear();

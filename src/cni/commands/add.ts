@@ -1,4 +1,5 @@
 // ADD: address from IPAM, bridge and veth, addresses and routes in the pod, then
+// NetworkPolicy programs on the veth (when the node enforces policy) and
 // (optionally) registration for socket acceleration. Any failure rolls back what
 // this call did, so a failed ADD leaves no address, link or route behind.
 import type { CniEnv } from '../env.js';
@@ -12,6 +13,7 @@ import { ensureMasqueradeInPlace } from '../../dataplane/masquerade.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel, type Warn } from '../register-accel.js';
 import { reserveHostPorts } from '../hostports.js';
+import { attachPolicy } from '../policy-attach.js';
 
 export interface AddOptions extends IpamOpenOptions {
   warn?: Warn;
@@ -90,6 +92,9 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
       bridge = fresh.link;
       attached = attachPod(host, { ...podSpec, bridgeIndex: bridge.index });
     }
+
+    // NetworkPolicy (when the node enforces it): before the pod's container runs. A failure fails the ADD.
+    await attachPolicy(conf, attached.hostIndex, allocations.filter((a) => a.family === 4).map((a) => a.ip));
 
     const accelOn = conf.accel && env.args.PATU_ACCEL !== 'off';
     await registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn, warn: opts.warn ?? (() => {}) });
