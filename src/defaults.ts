@@ -59,4 +59,10 @@ export const DEFAULTS = {
   podNetnsDir: '/run/netns',
   /** After this long, the UDP socket destroyer enters no further namespace (the apply waits for it). */
   udpDestroyBudgetMs: 2000,
+  /**
+   * The policy engine's names file (policy/endpoint/class ids -> names) for `patu policy`,
+   * `patu monitor` and /metrics: <dir>/<basename of the pin root>.names.json. Not beside the
+   * pins: bpffs holds no regular files. tmpfs, like bpffs: both are gone after a reboot.
+   */
+  policyStateDir: '/run/patu/policy',
 } as const;

@@ -1,0 +1,812 @@
+// The policy compiler: PolicyState -> what the maps of bpf/policy.h hold.
+//
+//   endpoints  every local pod (not host-network) with an IPv4 address, with its
+//              isolation per direction (some policy selects it for that direction)
+//   peers      an LPM table address prefix -> peer class. A class is a set of
+//              addresses every peer of every policy treats alike: the same
+//              memberships in the policies' peer "atoms" (podSelector in a namespace,
+//              namespaceSelector (+ podSelector), ipBlock) and, where an egress rule
+//              names a port, the same number for that name. Pods with equal label
+//              sets in one namespace fall into one class (Cilium's identities, but
+//              per the policies that exist). ipBlock cidrs and excepts are prefixes;
+//              0.0.0.0/0 is always one (the addresses no selector names), pod /32s
+//              only where their class differs from the prefix around them; node
+//              addresses and host-network pods are class HOST.
+//   rules      (endpoint, class, direction, protocol, port range) -> deciding policy,
+//              normalized: an any-protocol entry hides the others of its
+//              (endpoint, class, direction), an any-port one the ranges of its
+//              protocol, overlapping ranges are cut (the lowest policy id decides).
+//
+// Ids are stable across compiles of one PolicyCompiler (ep ids by pod address,
+// classes by what they mean, policies by namespace/name), so a change rewrites
+// only what it changed; ids are never reused within a compiler's life (a class
+// number that meant something else a moment ago could briefly allow what the new
+// state denies while the maps are updated). seed() takes them over from the
+// maps and names.json after a restart, so a restarted agent writes nothing.
+import { isIPv4, parseCidr } from '../net/cidr.js';
+import {
+  IPPROTO, NAMESPACE_NAME_LABEL, PEER_CLASS_FIRST, PEER_CLASS_HOST, policyRef, policyTypesOf,
+  type LabelSelector, type NetworkPolicy, type NetworkPolicyEgressRule, type NetworkPolicyIngressRule, type NetworkPolicyPeer,
+  type NetworkPolicyPort, type PeerPrefix, type PolicyEndpoint, type PolicyMapContents, type PolicyPod, type PolicyState, type RuleEntry,
+} from './types.js';
+
+/** bpf/policy.h capacities. */
+export const POLICY_CAPACITY = { endpoints: 16384, peers: 65536, rules: 262144 } as const;
+
+export interface CompileProblem {
+  kind: 'duplicate-address' | 'capacity' | 'bad-address';
+  message: string;
+  pod?: string;
+  policy?: string;
+}
+
+export interface CompileStats {
+  endpoints: number;
+  peers: number;
+  rules: number;
+  /** LPM entries the rules become once port ranges are split into prefix blocks. */
+  ruleBlocks: number;
+  classes: number;
+  atoms: number;
+  ms: number;
+}
+
+export interface CompileResult {
+  contents: PolicyMapContents;
+  /** policy id -> its namespace and name (names.json). */
+  policyIds: Map<number, { namespace: string; name: string }>;
+  problems: CompileProblem[];
+  stats: CompileStats;
+  /** Policies whose rules were left out (they did not fit): their pods stay isolated without them. */
+  dropped: string[];
+  /** endpoint id -> its pod and the ids of the policies that isolate it, per direction (names.json). */
+  endpointInfo: Map<number, { namespace: string; name: string; ip: string; ingress: number[]; egress: number[] }>;
+  /** peer class -> up to 8 members: `ns/pod` or an address prefix (names.json, `patu policy`). */
+  classMembers: Map<number, string[]>;
+}
+
+// ---------- IPv4 prefixes as unsigned 32-bit numbers ----------
+
+interface Prefix { net: number; len: number }
+const maskOf = (len: number): number => (len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0);
+const v4 = (text: string): number | undefined => {
+  const parts = text.split('.');
+  if (parts.length !== 4) return undefined;
+  return ((Number(parts[0]) << 24) | (Number(parts[1]) << 16) | (Number(parts[2]) << 8) | Number(parts[3])) >>> 0;
+};
+const v4Text = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+const prefixText = (p: Prefix): string => `${v4Text(p.net)}/${p.len}`;
+const prefixKey = (p: Prefix): number => p.net * 64 + p.len; // unique, exact in a double
+function parsePrefix(cidr: string): Prefix | undefined {
+  const c = parseCidr(cidr);
+  if (c.family !== 4) return undefined;
+  const len = c.prefix;
+  return { net: (Number(c.ip) & maskOf(len)) >>> 0, len };
+}
+/** a contains b (as prefixes: a is b or shorter and around it). */
+const prefixContains = (a: Prefix, b: Prefix): boolean => a.len <= b.len && ((b.net & maskOf(a.len)) >>> 0) === a.net;
+const addrIn = (a: Prefix, ip: number): boolean => ((ip & maskOf(a.len)) >>> 0) === a.net;
+
+/** How many aligned prefix blocks cover from..to (the LPM entries of one port range). */
+export function portBlocks(from: number, to: number): number {
+  let n = 0;
+  let lo = from;
+  while (lo <= to) {
+    let size = 1;
+    while (size < 65536 && lo % (size * 2) === 0 && lo + size * 2 - 1 <= to) size *= 2;
+    lo += size;
+    n++;
+  }
+  return n;
+}
+const blocksOf = (r: RuleEntry): number => (r.proto === null || r.portFrom === null ? 1 : portBlocks(r.portFrom, r.portTo ?? r.portFrom));
+
+// ---------- selectors, compiled once ----------
+
+type Matcher = (labels: Record<string, string>) => boolean;
+
+/** Canonical text of a value: object keys sorted (selectors that mean the same are one atom). */
+function canon(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canon).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canon((v as Record<string, unknown>)[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+function canonSelector(s: LabelSelector): string {
+  const ml = s.matchLabels ?? {};
+  const me = (s.matchExpressions ?? []).map((e) => canon({ k: e.key, o: e.operator, v: [...(e.values ?? [])].sort() })).sort();
+  return canon({ l: ml, e: me });
+}
+function compileSelector(s: LabelSelector): Matcher {
+  const ml = Object.entries(s.matchLabels ?? {});
+  const me = s.matchExpressions ?? [];
+  if (ml.length === 0 && me.length === 0) return () => true;
+  return (labels) => {
+    for (const [k, v] of ml) if (!Object.hasOwn(labels, k) || labels[k] !== v) return false;
+    for (const e of me) {
+      const has = Object.hasOwn(labels, e.key);
+      if (e.operator === 'In') {
+        if (!has || !(e.values ?? []).includes(labels[e.key]!)) return false;
+      } else if (e.operator === 'NotIn') {
+        if (has && (e.values ?? []).includes(labels[e.key]!)) return false;
+      } else if (e.operator === 'Exists') {
+        if (!has) return false;
+      } else if (e.operator === 'DoesNotExist') {
+        if (has) return false;
+      } else return false;
+    }
+    return true;
+  };
+}
+
+// ---------- the compiler ----------
+
+interface Atom {
+  /** Stable number (the compiler's life). */
+  id: number;
+  kind: 'sel' | 'ip';
+  /** sel: namespaces the peer may be in (null: the namespaceSelector decides). */
+  ns: string | null;
+  nsMatch: Matcher | null;
+  podMatch: Matcher | null;
+  /** ip */
+  cidr?: Prefix;
+  except?: Prefix[];
+}
+
+/** A set of pods with one namespace and one label set: they match the same selectors. */
+interface Group { ns: string; labels: Record<string, string>; atoms: number[] }
+
+interface PeerInfo {
+  /** The class signature: atom ids (sorted) and named-port numbers. */
+  sig: string;
+  atoms: number[];
+  /** egress named port key ("name/proto") -> port number */
+  named: Map<string, number>;
+}
+
+export interface CompilerSeed {
+  /** What the maps hold now (PolicyDataplane.read()). */
+  contents?: PolicyMapContents;
+  /** names.json's policies: id -> namespace/name. */
+  policies?: Record<string, string> | Map<number, { namespace: string; name: string }>;
+}
+
+export class PolicyCompiler {
+  private readonly atomIds = new Map<string, number>();
+  private nextAtom = 1;
+  private readonly classIds = new Map<string, number>();
+  private nextClass = PEER_CLASS_FIRST;
+  private readonly epIds = new Map<string, number>();
+  private nextEp = 1;
+  private readonly policyIdByRef = new Map<string, number>();
+  private nextPolicy = 1;
+  /** After a restart: prefix -> class the maps hold, used to give classes their old numbers. */
+  private seedPeers: Map<string, number> | undefined;
+
+  /** Takes over the numbers a previous run left in the maps, so an unchanged state compiles to the same contents. */
+  seed(seed: CompilerSeed): void {
+    const c = seed.contents;
+    if (c) {
+      for (const e of c.endpoints) {
+        this.nextEp = Math.max(this.nextEp, e.epId + 1);
+        // Claimed by address at the first compile (the pod's name is not in the maps).
+        this.epIds.set(`ip ${e.ip}`, e.epId);
+      }
+      this.seedPeers = new Map();
+      for (const p of c.peers) {
+        this.seedPeers.set(p.cidr, p.peerClass);
+        this.nextClass = Math.max(this.nextClass, p.peerClass + 1);
+      }
+      for (const r of c.rules) {
+        this.nextClass = Math.max(this.nextClass, r.peerClass + 1);
+        this.nextEp = Math.max(this.nextEp, r.epId + 1);
+        this.nextPolicy = Math.max(this.nextPolicy, r.policyId + 1);
+      }
+    }
+    const pol = seed.policies;
+    if (pol) {
+      const entries: [number, string][] = pol instanceof Map
+        ? [...pol].map(([id, r]) => [id, `${r.namespace}/${r.name}`])
+        : Object.entries(pol).map(([id, r]) => [Number(id), r]);
+      for (const [id, ref] of entries) {
+        if (!Number.isInteger(id) || id < 1 || typeof ref !== 'string') continue;
+        this.policyIdByRef.set(ref, id);
+        this.nextPolicy = Math.max(this.nextPolicy, id + 1);
+      }
+    }
+  }
+
+  private atomId(key: string): number {
+    let id = this.atomIds.get(key);
+    if (id === undefined) {
+      id = this.nextAtom++;
+      this.atomIds.set(key, id);
+    }
+    return id;
+  }
+
+  compile(state: PolicyState): CompileResult {
+    const t0 = performance.now();
+    const problems: CompileProblem[] = [];
+
+    // --- addresses: hosts, then pods (the first pod listed at an address has it) ---
+    const hostIps = new Set<number>();
+    const addHost = (ip: string): void => {
+      const n = v4(ip);
+      if (isIPv4(ip)) hostIps.add(n!);
+    };
+    for (const a of state.nodeAddresses) addHost(a);
+    for (const p of state.pods) if (p.hostNetwork) for (const ip of p.ips) addHost(ip);
+    const podAt = new Map<number, PolicyPod>();
+    for (const p of state.pods) {
+      if (p.hostNetwork) continue;
+      for (const ip of p.ips) {
+        if (!isIPv4(ip)) continue;
+        const n = v4(ip)!;
+        if (hostIps.has(n)) continue;
+        const other = podAt.get(n);
+        if (other) {
+          if (other !== p) {
+            problems.push({
+              kind: 'duplicate-address', pod: `${p.namespace}/${p.name}`,
+              message: `pod ${p.namespace}/${p.name}: address ${ip} is also pod ${other.namespace}/${other.name}'s; the first one keeps it`,
+            });
+          }
+          continue;
+        }
+        podAt.set(n, p);
+      }
+    }
+
+    // --- namespaces and label groups ---
+    const nsLabels = new Map<string, Record<string, string>>();
+    for (const n of state.namespaces) nsLabels.set(n.name, { ...n.labels, [NAMESPACE_NAME_LABEL]: n.name });
+    const groups = new Map<string, Group>();
+    const groupOf = new Map<PolicyPod, Group>();
+    const groupsByNs = new Map<string, Group[]>();
+    for (const p of new Set(podAt.values())) {
+      if (!nsLabels.has(p.namespace)) nsLabels.set(p.namespace, { [NAMESPACE_NAME_LABEL]: p.namespace });
+      const key = `${p.namespace}\0${canon(p.labels)}`;
+      let g = groups.get(key);
+      if (!g) {
+        g = { ns: p.namespace, labels: p.labels, atoms: [] };
+        groups.set(key, g);
+        let l = groupsByNs.get(p.namespace);
+        if (!l) groupsByNs.set(p.namespace, (l = []));
+        l.push(g);
+      }
+      groupOf.set(p, g);
+    }
+
+    // --- policy ids, atoms ---
+    const policyIds = new Map<number, { namespace: string; name: string }>();
+    const pid = new Map<NetworkPolicy, number>();
+    for (const p of state.policies) {
+      const ref = policyRef(p);
+      let id = this.policyIdByRef.get(ref);
+      if (id === undefined) {
+        id = this.nextPolicy++;
+        this.policyIdByRef.set(ref, id);
+      }
+      pid.set(p, id);
+      policyIds.set(id, { namespace: p.metadata.namespace, name: p.metadata.name });
+    }
+    const atoms = new Map<number, Atom>();
+    const peerAtom = new Map<NetworkPolicyPeer, number>();
+    const badCidr = new Set<string>();
+    const atomFor = (policyNs: string, peer: NetworkPolicyPeer, policy: string): number | undefined => {
+      let key: string;
+      let make: () => Omit<Atom, 'id'> | undefined;
+      if (peer.ipBlock) {
+        const b = peer.ipBlock;
+        key = `ip ${b.cidr} ${[...(b.except ?? [])].sort().join(',')}`;
+        make = () => {
+          try {
+            const cidr = parsePrefix(b.cidr);
+            if (!cidr) return undefined; // IPv6: matches no IPv4 address
+            const except = (b.except ?? []).map(parsePrefix).filter((e): e is Prefix => e !== undefined);
+            return { kind: 'ip', ns: null, nsMatch: null, podMatch: null, cidr, except };
+          } catch (e) {
+            if (!badCidr.has(key)) {
+              badCidr.add(key);
+              problems.push({ kind: 'bad-address', policy, message: `policy ${policy}: ipBlock ${b.cidr}: ${(e as Error).message}; it matches nothing` });
+            }
+            return undefined;
+          }
+        };
+      } else {
+        const ps = peer.podSelector ? canonSelector(peer.podSelector) : '';
+        if (peer.namespaceSelector) {
+          key = `sel * ${canonSelector(peer.namespaceSelector)} ${ps}`;
+        } else {
+          key = `sel ${policyNs} ${ps}`;
+        }
+        make = () => ({
+          kind: 'sel',
+          ns: peer.namespaceSelector ? null : policyNs,
+          nsMatch: peer.namespaceSelector ? compileSelector(peer.namespaceSelector) : null,
+          podMatch: peer.podSelector ? compileSelector(peer.podSelector) : null,
+        });
+      }
+      const id = this.atomId(key);
+      if (!atoms.has(id)) {
+        const a = make();
+        if (!a) return undefined;
+        atoms.set(id, { id, ...a });
+      }
+      return id;
+    };
+    // Named ports of egress rules: the peer's number for each is part of its class.
+    const egressNames = new Set<string>();
+    for (const p of state.policies) {
+      const ref = policyRef(p);
+      const ns = p.metadata.namespace;
+      for (const r of p.spec.ingress ?? []) for (const peer of r.from ?? []) {
+        const a = atomFor(ns, peer, ref);
+        if (a !== undefined) peerAtom.set(peer, a);
+      }
+      for (const r of p.spec.egress ?? []) {
+        for (const peer of r.to ?? []) {
+          const a = atomFor(ns, peer, ref);
+          if (a !== undefined) peerAtom.set(peer, a);
+        }
+        for (const port of r.ports ?? []) if (typeof port.port === 'string') egressNames.add(`${port.port}/${port.protocol ?? 'TCP'}`);
+      }
+    }
+    const namedList = [...egressNames].sort();
+
+    // --- memberships: selector atoms per label group, ipBlock atoms per address ---
+    const ipAtoms: Atom[] = [];
+    for (const a of atoms.values()) {
+      if (a.kind === 'ip') {
+        ipAtoms.push(a);
+        continue;
+      }
+      const inNs: Group[] = [];
+      if (a.ns !== null) inNs.push(...(groupsByNs.get(a.ns) ?? []));
+      else for (const [ns, gs] of groupsByNs) if (a.nsMatch!(nsLabels.get(ns)!)) inNs.push(...gs);
+      for (const g of inNs) if (!a.podMatch || a.podMatch(g.labels)) g.atoms.push(a.id);
+    }
+    const ipAtomsOf = (ip: number): number[] => {
+      const out: number[] = [];
+      for (const a of ipAtoms) if (addrIn(a.cidr!, ip) && !a.except!.some((e) => addrIn(e, ip))) out.push(a.id);
+      return out;
+    };
+
+    // --- classes ---
+    const infoBySig = new Map<string, PeerInfo>();
+    const classOfSig = new Map<string, number>();
+    const sigPrefixes = new Map<string, string[]>(); // for seeding: where each class is written
+    const infoFor = (atomIds: number[], named: Map<string, number>): PeerInfo => {
+      atomIds.sort((x, y) => x - y);
+      const sig = `${atomIds.join(',')}|${namedList.map((k) => named.get(k) ?? '').join(',')}`;
+      let info = infoBySig.get(sig);
+      if (!info) infoBySig.set(sig, (info = { sig, atoms: atomIds, named }));
+      return info;
+    };
+    // Regions: every ipBlock cidr and except, and 0.0.0.0/0.
+    const regionPrefixes = new Map<number, Prefix>();
+    regionPrefixes.set(0, { net: 0, len: 0 });
+    for (const a of ipAtoms) for (const p of [a.cidr!, ...a.except!]) regionPrefixes.set(prefixKey(p), p);
+    const byLen = new Map<number, Map<number, PeerInfo>>();
+    const regionInfo = new Map<number, PeerInfo>();
+    for (const [k, q] of regionPrefixes) {
+      const ids: number[] = [];
+      for (const a of ipAtoms) if (prefixContains(a.cidr!, q) && !a.except!.some((e) => prefixContains(e, q))) ids.push(a.id);
+      const info = infoFor(ids, new Map());
+      regionInfo.set(k, info);
+      let m = byLen.get(q.len);
+      if (!m) byLen.set(q.len, (m = new Map()));
+      m.set(q.net, info);
+    }
+    const lens = [...byLen.keys()].sort((x, y) => y - x);
+    /** The region an address (or a prefix, strictly inside: below maxLen) falls in. */
+    const regionAt = (ip: number, maxLen = 32): PeerInfo => {
+      for (const len of lens) {
+        if (len > maxLen) continue;
+        const info = byLen.get(len)!.get((ip & maskOf(len)) >>> 0);
+        if (info) return info;
+      }
+      return regionInfo.get(0)!;
+    };
+    const peerOf = new Map<string, PeerInfo>(); // cidr -> info (before classes are numbered)
+    for (const [k, q] of regionPrefixes) {
+      const info = regionInfo.get(k)!;
+      if (q.len > 0 && regionAt(q.net, q.len - 1) === info) continue; // same as around it
+      peerOf.set(prefixText(q), info);
+    }
+    const podInfo = new Map<PolicyPod, PeerInfo>();
+    for (const [ip, p] of podAt) {
+      const named = new Map<string, number>();
+      for (const k of namedList) {
+        const [name, proto] = k.split('/');
+        const cp = p.ports.find((x) => x.name === name && x.protocol === proto);
+        if (cp) named.set(k, cp.containerPort);
+      }
+      const ids = [...groupOf.get(p)!.atoms, ...(ipAtoms.length ? ipAtomsOf(ip) : [])];
+      const info = infoFor(ids, named);
+      podInfo.set(p, info);
+      const cidr = `${v4Text(ip)}/32`;
+      // Left out where the prefix around it gives the same class (a /32 region at this very address included).
+      if (regionAt(ip) !== info) peerOf.set(cidr, info);
+    }
+    // Number the classes: known meanings keep their numbers; after a restart, a class takes
+    // the number the maps hold at its prefixes when they all agree.
+    for (const [cidr, info] of peerOf) {
+      let l = sigPrefixes.get(info.sig);
+      if (!l) sigPrefixes.set(info.sig, (l = []));
+      l.push(cidr);
+    }
+    const taken = new Set<number>();
+    for (const info of infoBySig.values()) {
+      const id = this.classIds.get(info.sig);
+      if (id !== undefined) {
+        classOfSig.set(info.sig, id);
+        taken.add(id);
+      }
+    }
+    if (this.seedPeers) {
+      for (const info of infoBySig.values()) {
+        if (classOfSig.has(info.sig)) continue;
+        const at = sigPrefixes.get(info.sig) ?? [];
+        const old = at.map((c) => this.seedPeers!.get(c));
+        const first = old[0];
+        if (first !== undefined && first >= PEER_CLASS_FIRST && !taken.has(first) && old.every((o) => o === first)) {
+          classOfSig.set(info.sig, first);
+          this.classIds.set(info.sig, first);
+          taken.add(first);
+        }
+      }
+      this.seedPeers = undefined;
+    }
+    for (const info of infoBySig.values()) {
+      if (classOfSig.has(info.sig)) continue;
+      const id = this.nextClass++;
+      classOfSig.set(info.sig, id);
+      this.classIds.set(info.sig, id);
+    }
+    // Forget meanings no longer present (their numbers are not handed out again).
+    for (const sig of [...this.classIds.keys()]) if (!infoBySig.has(sig)) this.classIds.delete(sig);
+
+    const peers: PeerPrefix[] = [];
+    const usedClasses = new Set<number>();
+    for (const [cidr, info] of peerOf) {
+      const c = classOfSig.get(info.sig)!;
+      peers.push({ cidr, peerClass: c });
+      usedClasses.add(c);
+    }
+    for (const ip of hostIps) peers.push({ cidr: `${v4Text(ip)}/32`, peerClass: PEER_CLASS_HOST });
+    const classMembers = new Map<number, string[]>();
+    const member = (c: number, m: string): void => {
+      const l = classMembers.get(c);
+      if (!l) classMembers.set(c, [m]);
+      else if (l.length < 8) l.push(m);
+    };
+    for (const [k, q] of regionPrefixes) member(classOfSig.get(regionInfo.get(k)!.sig)!, prefixText(q));
+    for (const [p, info] of podInfo) member(classOfSig.get(info.sig)!, `${p.namespace}/${p.name}`);
+    if (hostIps.size) classMembers.set(PEER_CLASS_HOST, ['(node)', ...[...hostIps].slice(0, 7).map(v4Text)]);
+    // Every class a lookup can return (pods whose /32 was left out share their region's).
+    const allClasses = [...usedClasses].sort((x, y) => x - y);
+    const classesOfAtom = new Map<number, number[]>();
+    const usedInfos: PeerInfo[] = [];
+    for (const info of infoBySig.values()) {
+      const c = classOfSig.get(info.sig)!;
+      if (!usedClasses.has(c)) continue;
+      usedInfos.push(info);
+      for (const a of info.atoms) {
+        let l = classesOfAtom.get(a);
+        if (!l) classesOfAtom.set(a, (l = []));
+        l.push(c);
+      }
+    }
+
+    // --- endpoints ---
+    const endpoints: PolicyEndpoint[] = [];
+    const liveEpKeys = new Set<string>();
+    const epList: [PolicyPod, PolicyEndpoint][] = [];
+    const epsByNs = new Map<string, [PolicyPod, PolicyEndpoint][]>();
+    for (const [ip, p] of podAt) {
+      if (!p.local) continue;
+      const ipText = v4Text(ip);
+      const key = `${ipText} ${p.namespace}/${p.name}`;
+      let id = this.epIds.get(key);
+      if (id === undefined) {
+        const seeded = this.epIds.get(`ip ${ipText}`);
+        if (seeded !== undefined) {
+          id = seeded;
+          this.epIds.delete(`ip ${ipText}`);
+        } else id = this.nextEp++;
+        this.epIds.set(key, id);
+      }
+      liveEpKeys.add(key);
+      const ep: PolicyEndpoint = { ip: ipText, epId: id, ifindex: 0, isolatedIngress: false, isolatedEgress: false };
+      endpoints.push(ep);
+      epList.push([p, ep]);
+      let l = epsByNs.get(p.namespace);
+      if (!l) epsByNs.set(p.namespace, (l = []));
+      l.push([p, ep]);
+    }
+    for (const k of [...this.epIds.keys()]) if (!liveEpKeys.has(k)) this.epIds.delete(k);
+
+    // --- rules ---
+    // Endpoints with one namespace, label set and container ports get the same rules (only
+    // the endpoint id differs): worked out once per such group, then stamped per endpoint.
+    type Raw = { proto: number | null; from: number | null; to: number | null; pid: number };
+    interface EpGroup { pod: PolicyPod; labels: Record<string, string>; eps: PolicyEndpoint[]; pods: PolicyPod[]; raw: Map<number, Raw[]> }
+    const epGroups = new Map<Group, Map<string, EpGroup>>();
+    for (const [p, ep] of epList) {
+      const g = groupOf.get(p)!;
+      let m = epGroups.get(g);
+      if (!m) epGroups.set(g, (m = new Map()));
+      const pk = p.ports.length ? canon(p.ports) : '';
+      let eg = m.get(pk);
+      if (!eg) m.set(pk, (eg = { pod: p, labels: g.labels, eps: [], pods: [], raw: new Map() }));
+      eg.eps.push(ep);
+      eg.pods.push(p);
+    }
+    const endpointInfo: CompileResult['endpointInfo'] = new Map();
+    const policiesByNs = new Map<string, { pol: NetworkPolicy; id: number; ingress: boolean; egress: boolean; sel: Matcher }[]>();
+    for (const pol of state.policies) {
+      const types = policyTypesOf(pol);
+      let l = policiesByNs.get(pol.metadata.namespace);
+      if (!l) policiesByNs.set(pol.metadata.namespace, (l = []));
+      l.push({ pol, id: pid.get(pol)!, ingress: types.includes('Ingress'), egress: types.includes('Egress'), sel: compileSelector(pol.spec.podSelector) });
+    }
+    // Per rule: the classes its peers match; per egress named port: [class, number] among them.
+    const ruleClasses = new Map<object, number[]>();
+    const classesOfRule = (peersOfRule: NetworkPolicyPeer[] | undefined, rule: object): number[] => {
+      let classes = ruleClasses.get(rule);
+      if (classes) return classes;
+      if (!peersOfRule || peersOfRule.length === 0) classes = allClasses;
+      else {
+        const set = new Set<number>();
+        for (const peer of peersOfRule) {
+          const a = peerAtom.get(peer);
+          if (a !== undefined) for (const c of classesOfAtom.get(a) ?? []) set.add(c);
+        }
+        classes = [...set];
+      }
+      ruleClasses.set(rule, classes);
+      return classes;
+    };
+    const egressNamed = new Map<object, [number, number][]>();
+    const egressNamedOf = (port: NetworkPolicyPort, classes: number[]): [number, number][] => {
+      let l = egressNamed.get(port);
+      if (l) return l;
+      const k = `${port.port}/${port.protocol ?? 'TCP'}`;
+      const cs = new Set(classes);
+      l = [];
+      for (const info of usedInfos) {
+        const c = classOfSig.get(info.sig)!;
+        const n = info.named.get(k);
+        if (n !== undefined && cs.has(c)) l.push([c, n]);
+      }
+      egressNamed.set(port, l);
+      return l;
+    };
+    // Key of (class, direction) in a group's raw map.
+    const INGRESS = 0;
+    const EGRESS = 1;
+    for (const byPorts of epGroups.values()) {
+      for (const eg of byPorts.values()) {
+        const raw = eg.raw;
+        const push = (c: number, dir: number, r: Raw): void => {
+          const k = c * 2 + dir;
+          const l = raw.get(k);
+          if (l) l.push(r);
+          else raw.set(k, [r]);
+        };
+        const isoIn: number[] = [];
+        const isoOut: number[] = [];
+        for (const cp of policiesByNs.get(eg.pod.namespace) ?? []) {
+          if (!cp.sel(eg.labels)) continue;
+          for (const dir of [INGRESS, EGRESS]) {
+            if (dir === INGRESS ? !cp.ingress : !cp.egress) continue;
+            (dir === INGRESS ? isoIn : isoOut).push(cp.id);
+            const rules: (NetworkPolicyIngressRule | NetworkPolicyEgressRule)[] = (dir === INGRESS ? cp.pol.spec.ingress : cp.pol.spec.egress) ?? [];
+            for (const rule of rules) {
+              const classes = classesOfRule(dir === INGRESS ? (rule as NetworkPolicyIngressRule).from : (rule as NetworkPolicyEgressRule).to, rule);
+              if (classes.length === 0) continue;
+              const ports = rule.ports ?? [];
+              if (ports.length === 0) {
+                const r: Raw = { proto: null, from: null, to: null, pid: cp.id };
+                for (const c of classes) push(c, dir, r);
+                continue;
+              }
+              for (const port of ports) {
+                const proto = IPPROTO[port.protocol ?? 'TCP'];
+                let r: Raw;
+                if (typeof port.port === 'string') {
+                  if (dir === EGRESS) {
+                    for (const [c, n] of egressNamedOf(port, classes)) push(c, dir, { proto, from: n, to: n, pid: cp.id });
+                    continue;
+                  }
+                  const n = namedPort(eg.pod, port);
+                  if (n === undefined) continue;
+                  r = { proto, from: n, to: n, pid: cp.id };
+                } else if (port.port === undefined) {
+                  r = { proto, from: null, to: null, pid: cp.id };
+                } else {
+                  const to = port.endPort ?? port.port;
+                  if (to < port.port) continue;
+                  r = { proto, from: port.port, to, pid: cp.id };
+                }
+                for (const c of classes) push(c, dir, r);
+              }
+            }
+          }
+        }
+        eg.eps.forEach((ep, i) => {
+          ep.isolatedIngress = isoIn.length > 0;
+          ep.isolatedEgress = isoOut.length > 0;
+          const p = eg.pods[i]!;
+          endpointInfo.set(ep.epId, { namespace: p.namespace, name: p.name, ip: ep.ip, ingress: isoIn, egress: isoOut });
+        });
+      }
+    }
+    const perPolicyBlocks = new Map<number, number>();
+    const build = (drop: Set<number>): RuleEntry[] => {
+      const out: RuleEntry[] = [];
+      for (const byPorts of epGroups.values()) {
+        for (const eg of byPorts.values()) {
+          for (const [k, all] of eg.raw) {
+            const list = drop.size ? all.filter((r) => !drop.has(r.pid)) : all;
+            if (list.length === 0) continue;
+            const peerClass = Math.floor(k / 2);
+            const dir = k % 2 === INGRESS ? 'ingress' : 'egress';
+            for (const r of normalize(list)) {
+              for (const ep of eg.eps) {
+                const entry: RuleEntry = { epId: ep.epId, peerClass, dir, proto: r.proto, portFrom: r.from, portTo: r.to, policyId: r.pid };
+                out.push(entry);
+                if (!drop.size) perPolicyBlocks.set(r.pid, (perPolicyBlocks.get(r.pid) ?? 0) + blocksOf(entry));
+              }
+            }
+          }
+        }
+      }
+      return out;
+    };
+    let rules = build(new Set());
+
+    // --- capacity: leave out the rules of the largest policies until the rest fits (less allowed, never more) ---
+    let ruleBlocks = rules.reduce((n, r) => n + blocksOf(r), 0);
+    const dropped: string[] = [];
+    if (ruleBlocks > POLICY_CAPACITY.rules) {
+      const order = [...perPolicyBlocks].sort((a, b) => b[1] - a[1] || b[0] - a[0]);
+      const drop = new Set<number>();
+      while (ruleBlocks > POLICY_CAPACITY.rules && drop.size < order.length) {
+        for (const [id, n] of order) {
+          if (ruleBlocks <= POLICY_CAPACITY.rules) break;
+          if (drop.has(id)) continue;
+          drop.add(id);
+          ruleBlocks -= n;
+          const ref = policyIds.get(id)!;
+          dropped.push(`${ref.namespace}/${ref.name}`);
+        }
+        // A port another policy also allows may have been decided by a dropped one: built again without them.
+        rules = build(drop);
+        ruleBlocks = rules.reduce((n, r) => n + blocksOf(r), 0);
+      }
+      problems.push({
+        kind: 'capacity',
+        message: `the rules need more than the ${POLICY_CAPACITY.rules} entries of patu_pol_rule: left out the rules of ${dropped.length} policies (${dropped.slice(0, 5).join(', ')}${dropped.length > 5 ? ', ...' : ''}); the pods they select stay isolated without them`,
+      });
+    }
+    if (endpoints.length > POLICY_CAPACITY.endpoints || peers.length > POLICY_CAPACITY.peers) {
+      problems.push({
+        kind: 'capacity',
+        message: `${endpoints.length} endpoints and ${peers.length} peer prefixes; patu_pol_ep holds ${POLICY_CAPACITY.endpoints}, patu_pol_peer ${POLICY_CAPACITY.peers}`,
+      });
+    }
+
+    endpoints.sort((a, b) => a.epId - b.epId);
+    peers.sort((a, b) => (a.cidr < b.cidr ? -1 : a.cidr > b.cidr ? 1 : 0));
+    rules.sort((a, b) => a.epId - b.epId || a.peerClass - b.peerClass || (a.dir < b.dir ? -1 : a.dir > b.dir ? 1 : 0) ||
+      (a.proto ?? -1) - (b.proto ?? -1) || (a.portFrom ?? -1) - (b.portFrom ?? -1));
+    return {
+      contents: { endpoints, peers, rules },
+      policyIds,
+      problems,
+      dropped,
+      endpointInfo,
+      classMembers,
+      stats: {
+        endpoints: endpoints.length, peers: peers.length, rules: rules.length, ruleBlocks,
+        classes: usedClasses.size, atoms: atoms.size, ms: Math.round((performance.now() - t0) * 100) / 100,
+      },
+    };
+  }
+}
+
+function namedPort(pod: PolicyPod, port: NetworkPolicyPort): number | undefined {
+  const protocol = port.protocol ?? 'TCP';
+  return pod.ports.find((cp) => cp.name === port.port && cp.protocol === protocol)?.containerPort;
+}
+
+/**
+ * One (endpoint, class, direction)'s entries made canonical: any protocol hides the
+ * rest, any port of a protocol hides its ranges, ranges are cut where they overlap
+ * (each port decided by the lowest policy id) and joined where they touch.
+ */
+function normalize(list: { proto: number | null; from: number | null; to: number | null; pid: number }[]) {
+  if (list.length === 1) return list;
+  const anyProto = list.filter((r) => r.proto === null);
+  if (anyProto.length) return [{ proto: null, from: null, to: null, pid: Math.min(...anyProto.map((r) => r.pid)) }];
+  const out: { proto: number | null; from: number | null; to: number | null; pid: number }[] = [];
+  const protos = [...new Set(list.map((r) => r.proto!))].sort((a, b) => a - b);
+  for (const proto of protos) {
+    const mine = list.filter((r) => r.proto === proto);
+    const anyPort = mine.filter((r) => r.from === null);
+    if (anyPort.length) {
+      out.push({ proto, from: null, to: null, pid: Math.min(...anyPort.map((r) => r.pid)) });
+      continue;
+    }
+    // Lowest policy first; each takes what is still free.
+    mine.sort((a, b) => a.pid - b.pid || a.from! - b.from!);
+    const taken: { from: number; to: number; pid: number }[] = [];
+    for (const r of mine) {
+      let pieces = [{ from: r.from!, to: r.to! }];
+      for (const t of taken) {
+        const next: { from: number; to: number }[] = [];
+        for (const p of pieces) {
+          if (p.to < t.from || p.from > t.to) next.push(p);
+          else {
+            if (p.from < t.from) next.push({ from: p.from, to: t.from - 1 });
+            if (p.to > t.to) next.push({ from: t.to + 1, to: p.to });
+          }
+        }
+        pieces = next;
+        if (!pieces.length) break;
+      }
+      for (const p of pieces) taken.push({ ...p, pid: r.pid });
+    }
+    taken.sort((a, b) => a.from - b.from);
+    const merged: { from: number; to: number; pid: number }[] = [];
+    for (const t of taken) {
+      const last = merged[merged.length - 1];
+      if (last && last.pid === t.pid && last.to + 1 === t.from) last.to = t.to;
+      else merged.push({ ...t });
+    }
+    for (const m of merged) out.push({ proto, from: m.from, to: m.to, pid: m.pid });
+  }
+  return out;
+}
+
+/** Compiles with fresh ids (tests, the one-shot CLI); the engine keeps one PolicyCompiler. */
+export function compile(state: PolicyState): CompileResult {
+  return new PolicyCompiler().compile(state);
+}
+
+/**
+ * What the programs decide for a new flow, in TypeScript, over compiled contents (the
+ * compiler's unit test; the property test runs the programs themselves). Per
+ * bpf/policy.h: at the source's veth its egress, at the destination's its ingress.
+ */
+export function lookupCompiled(c: PolicyMapContents, flow: { src: string; dst: string; proto: number; dport: number }): boolean {
+  const ports = new Set([IPPROTO.TCP, IPPROTO.UDP, IPPROTO.SCTP] as number[]);
+  const classOf = (ip: string): number => {
+    const n = v4(ip)!;
+    let best: PeerPrefix | undefined;
+    let bestLen = -1;
+    for (const p of c.peers) {
+      const q = parsePrefix(p.cidr)!;
+      if (q.len > bestLen && addrIn(q, n)) {
+        best = p;
+        bestLen = q.len;
+      }
+    }
+    return best ? best.peerClass : 0;
+  };
+  const side = (epIp: string, peerIp: string, dir: 'ingress' | 'egress'): boolean => {
+    const ep = c.endpoints.find((e) => e.ip === epIp);
+    if (!ep) return true;
+    if (!(dir === 'ingress' ? ep.isolatedIngress : ep.isolatedEgress)) return true;
+    const cls = classOf(peerIp);
+    if (cls === PEER_CLASS_HOST) return true;
+    return c.rules.some((r) => r.epId === ep.epId && r.peerClass === cls && r.dir === dir &&
+      (r.proto === null || (r.proto === flow.proto && (r.portFrom === null || (ports.has(flow.proto) && flow.dport >= r.portFrom && flow.dport <= r.portTo!)))));
+  };
+  return side(flow.src, flow.dst, 'egress') && side(flow.dst, flow.src, 'ingress');
+}

@@ -1,0 +1,266 @@
+// The policy engine: one per agent, fed by a source (the policy file, Kubernetes) and by
+// the CNI ADD hook. On every change it
+//   1. compiles the state (one PolicyCompiler: ids stay stable, so the diff is small),
+//   2. syncs the maps (PolicyDataplane: adds before removes, capacity checked first),
+//   3. writes the names file (ids -> names) for the CLI, the monitor and the metrics,
+//   4. deletes the conntrack entries and evicts the accelerated sockets of flows the new
+//      state denies (each judged by the reference evaluator), so their next packet meets
+//      the tc verdict: an established connection is cut off, not only new ones.
+// When in doubt, deny: if the state cannot be compiled or does not fit the maps, the
+// engine programs every isolated endpoint with no rules (only the node reaches them),
+// counts it and says why; it never leaves a half-applied state that allows more.
+import { messageOf } from '../errors.js';
+import { PolicyCompiler, type CompileProblem, type CompileResult } from './compile.js';
+import { Evaluator } from './evaluate.js';
+import { policyNamesPath, readPolicyNamesFile, writePolicyNames, type PolicyNames } from './names.js';
+import { PEER_CLASS_HOST, type PolicyMapContents, type PolicyState } from './types.js';
+
+/** What the engine needs of the kernel side (src/dataplane/policy-tc.ts PolicyDataplane has it). */
+export interface PolicyDataplaneLike {
+  sync(desired: PolicyMapContents): { changed: number };
+  read(): PolicyMapContents;
+  flushConntrack(pred: (k: { src: string; dst: string; sport: number; dport: number; proto: number; dir: 'ingress' | 'egress'; fragment?: boolean }, v: unknown) => boolean): number;
+  evictSockets(pred: (flow: { src: string; dst: string; sport: number; dport: number }) => boolean): number;
+}
+
+export interface PolicyLog {
+  info(fields: object, msg: string): void;
+  warn(fields: object, msg: string): void;
+  error(fields: object, msg: string): void;
+}
+
+export interface PolicyEngineOptions {
+  /** The pin root: the names file goes to policyNamesPath(pinRoot). */
+  pinRoot?: string;
+  /** Or the names file itself (tests); '' = none. */
+  namesFile?: string;
+}
+
+export interface PolicyApplyResult {
+  /** Map entries written or removed. */
+  changed: number;
+  /** Conntrack entries deleted and accelerated sockets evicted (flows the new state denies). */
+  flushed: number;
+  evicted: number;
+  problems: CompileProblem[];
+  /** The deny-only fallback was programmed (see counters.fallbacks). */
+  fallback: boolean;
+  ms: number;
+}
+
+export interface PolicyEngineCounters {
+  applies: number;
+  /** Applies that programmed the deny-only fallback (compile failure, maps too small). */
+  fallbacks: number;
+  /** Applies where even the fallback could not be written (the maps keep what they had). */
+  failures: number;
+  /** Compile problems (duplicate addresses, capacity: rules left out). */
+  problems: number;
+  flushed: number;
+  evicted: number;
+}
+
+const TCP = 6;
+
+export class PolicyEngine {
+  private readonly compiler = new PolicyCompiler();
+  private state: PolicyState = { namespaces: [], pods: [], policies: [], nodeAddresses: [] };
+  /** Addresses the CNI ADD hook told us before the source did: ns/name -> ips. */
+  private readonly learned = new Map<string, string[]>();
+  private lastNames: PolicyNames = { version: 1, policies: {}, endpoints: {}, classes: {} };
+  private readonly namesFile: string;
+  readonly counters: PolicyEngineCounters = { applies: 0, fallbacks: 0, failures: 0, problems: 0, flushed: 0, evicted: 0 };
+  /** The last error (compile, sync, names file), cleared by a clean apply. */
+  lastError: string | undefined;
+
+  constructor(private readonly dp: PolicyDataplaneLike, private readonly log: PolicyLog, opts: PolicyEngineOptions = {}) {
+    this.namesFile = opts.namesFile ?? (opts.pinRoot ? policyNamesPath(opts.pinRoot) : '');
+    // A restart: take over the numbers in the maps and the names file, so the same state
+    // compiles to the same contents and the first sync writes nothing.
+    let names: PolicyNames | null = null;
+    try {
+      names = this.namesFile ? readPolicyNamesFile(this.namesFile) : null;
+    } catch (e) {
+      log.warn({ file: this.namesFile, err: messageOf(e) }, 'policy names file unreadable; policy ids start afresh');
+    }
+    try {
+      this.compiler.seed({ contents: dp.read(), ...(names ? { policies: names.policies } : {}) });
+    } catch (e) {
+      log.warn({ err: messageOf(e) }, 'reading the policy maps failed; ids start afresh');
+    }
+    if (names) this.lastNames = names;
+  }
+
+  /** The state as last given (with addresses learned from CNI ADD filled in). */
+  current(): PolicyState {
+    return this.state;
+  }
+
+  /** ids -> names, as in the names file. */
+  names(): PolicyNames {
+    return this.lastNames;
+  }
+
+  /** A new state from the source: applied at once (compile, sync, names, flush). */
+  setState(state: PolicyState): PolicyApplyResult {
+    this.state = this.withLearned(state);
+    return this.apply();
+  }
+
+  /**
+   * CNI ADD: the pod now has these addresses on this node. Applied at once when the pod is
+   * in the state (its labels decide its policies); false when it is not (nothing to decide
+   * by yet: the source's update will bring it). Kept until the source has addresses for
+   * the pod, so a source lagging behind the ADD does not take them away again.
+   */
+  podAddressKnown(namespace: string, name: string, ips: string[]): PolicyApplyResult | false {
+    const ref = `${namespace}/${name}`;
+    const v4 = ips.filter((ip) => !ip.includes(':'));
+    if (v4.length === 0) return false;
+    this.learned.set(ref, v4);
+    const pod = this.state.pods.find((p) => p.namespace === namespace && p.name === name && !p.hostNetwork);
+    if (!pod) return false;
+    if (pod.local && v4.every((ip) => pod.ips.includes(ip))) return false; // known already
+    this.state = this.withLearned(this.state);
+    return this.apply();
+  }
+
+  private withLearned(state: PolicyState): PolicyState {
+    if (this.learned.size === 0) return state;
+    const present = new Set<string>();
+    const pods = state.pods.map((p) => {
+      const ref = `${p.namespace}/${p.name}`;
+      const ips = this.learned.get(ref);
+      if (!ips) return p;
+      present.add(ref);
+      if (p.ips.some((ip) => !ip.includes(':'))) {
+        this.learned.delete(ref); // the source caught up
+        return p;
+      }
+      return { ...p, ips: [...p.ips, ...ips], local: true };
+    });
+    // Pods the source no longer has: forget (a pod still being created is not in the state yet: kept).
+    if (state !== this.state) for (const ref of this.learned.keys()) if (!present.has(ref) && this.state.pods.some((p) => `${p.namespace}/${p.name}` === ref)) this.learned.delete(ref);
+    return { ...state, pods };
+  }
+
+  private apply(): PolicyApplyResult {
+    const t0 = performance.now();
+    this.counters.applies++;
+    const state = this.state;
+    let compiled: CompileResult | undefined;
+    let changed = 0;
+    let fallback = false;
+    let error: string | undefined;
+    try {
+      compiled = this.compiler.compile(state);
+      for (const p of compiled.problems) this.log.warn({ kind: p.kind, ...(p.pod ? { pod: p.pod } : {}), ...(p.policy ? { policy: p.policy } : {}) }, p.message);
+      this.counters.problems += compiled.problems.length;
+      changed = this.dp.sync(compiled.contents).changed;
+    } catch (e) {
+      error = messageOf(e);
+      fallback = true;
+    }
+    if (fallback) {
+      // When in doubt, deny: every pod some policy isolates gets no rules (only the node reaches it).
+      this.counters.fallbacks++;
+      const contents = this.denyOnly(compiled);
+      try {
+        changed = this.dp.sync(contents).changed;
+        this.log.error({ err: error, endpoints: contents.endpoints.length }, 'policy state could not be programmed; every isolated pod now denies all traffic but the node\'s until a state that fits is applied');
+      } catch (e2) {
+        this.counters.failures++;
+        error = `${error}; and the deny-only fallback failed too: ${messageOf(e2)}`;
+        this.log.error({ err: error }, 'policy maps could not be written; they keep what they held');
+      }
+    }
+    this.lastError = error;
+    if (compiled) this.writeNames(compiled);
+    // Flows the new state denies: cut off, also when already established (the kernel only
+    // judges new flows and those without a conntrack entry).
+    let flushed = 0;
+    let evicted = 0;
+    if (changed > 0) {
+      const judge = fallback ? this.denyOnlyJudge(compiled) : this.judge(state);
+      try {
+        const known = new Set<string>();
+        flushed = this.dp.flushConntrack((k) => {
+          known.add(`${k.proto} ${k.src} ${k.sport} ${k.dst} ${k.dport}`);
+          return !judge(k.src, k.dst, k.proto, k.dport);
+        });
+        // A socket sees its own end of a connection: the one the conntrack map knows as the
+        // opener says which way it was opened; without an entry, either way denied cuts it.
+        evicted = this.dp.evictSockets((f) => {
+          if (known.has(`${TCP} ${f.src} ${f.sport} ${f.dst} ${f.dport}`)) return !judge(f.src, f.dst, TCP, f.dport);
+          if (known.has(`${TCP} ${f.dst} ${f.dport} ${f.src} ${f.sport}`)) return !judge(f.dst, f.src, TCP, f.sport);
+          return !judge(f.src, f.dst, TCP, f.dport) || !judge(f.dst, f.src, TCP, f.sport);
+        });
+      } catch (e) {
+        this.lastError = `${this.lastError ? `${this.lastError}; ` : ''}cutting off denied flows failed: ${messageOf(e)}`;
+        this.log.error({ err: messageOf(e) }, 'policy: deleting conntrack entries / evicting sockets of denied flows failed');
+      }
+      this.counters.flushed += flushed;
+      this.counters.evicted += evicted;
+    }
+    const ms = Math.round((performance.now() - t0) * 100) / 100;
+    return { changed, flushed, evicted, problems: compiled?.problems ?? [], fallback, ms };
+  }
+
+  /** A verdict function over the state (memoized: many conntrack entries share a flow). */
+  private judge(state: PolicyState): (src: string, dst: string, proto: number, dport: number) => boolean {
+    const ev = new Evaluator(state);
+    const memo = new Map<string, boolean>();
+    return (src, dst, proto, dport) => {
+      const k = `${proto} ${src} ${dst} ${dport}`;
+      let v = memo.get(k);
+      if (v === undefined) {
+        v = ev.verdict({ src, dst, proto, dport }).allowed;
+        memo.set(k, v);
+      }
+      return v;
+    };
+  }
+
+  /** Under the fallback: allowed only where neither end is an isolated endpoint. */
+  private denyOnlyJudge(compiled: CompileResult | undefined): (src: string, dst: string) => boolean {
+    const contents = this.denyOnly(compiled);
+    const hosts = new Set(contents.peers.map((p) => p.cidr.replace(/\/32$/, '')));
+    const eg = new Set(contents.endpoints.filter((e) => e.isolatedEgress).map((e) => e.ip));
+    const ing = new Set(contents.endpoints.filter((e) => e.isolatedIngress).map((e) => e.ip));
+    return (src, dst) => hosts.has(src) || hosts.has(dst) || (!eg.has(src) && !ing.has(dst));
+  }
+
+  /** Isolated endpoints, no rules, HOST peers: what the fallback programs. */
+  private denyOnly(compiled: CompileResult | undefined): PolicyMapContents {
+    if (compiled) {
+      const endpoints = compiled.contents.endpoints.filter((e) => e.isolatedIngress || e.isolatedEgress);
+      return { endpoints, peers: compiled.contents.peers.filter((p) => p.peerClass === PEER_CLASS_HOST), rules: [] };
+    }
+    // Nothing compiled (a bug): the endpoints the maps isolate now stay isolated, with no rules.
+    let now: PolicyMapContents;
+    try {
+      now = this.dp.read();
+    } catch {
+      now = { endpoints: [], peers: [], rules: [] };
+    }
+    return {
+      endpoints: now.endpoints.filter((e) => e.isolatedIngress || e.isolatedEgress),
+      peers: now.peers.filter((p) => p.peerClass === PEER_CLASS_HOST),
+      rules: [],
+    };
+  }
+
+  private writeNames(c: CompileResult): void {
+    const names: PolicyNames = { version: 1, policies: {}, endpoints: {}, classes: {} };
+    for (const [id, r] of c.policyIds) names.policies[id] = `${r.namespace}/${r.name}`;
+    for (const [id, e] of c.endpointInfo) names.endpoints[id] = { pod: `${e.namespace}/${e.name}`, ips: [e.ip], ingress: e.ingress, egress: e.egress };
+    for (const [id, m] of c.classMembers) names.classes[id] = m;
+    this.lastNames = names;
+    if (!this.namesFile) return;
+    try {
+      writePolicyNames(this.namesFile, names);
+    } catch (e) {
+      this.log.error({ file: this.namesFile, err: messageOf(e) }, 'writing the policy names file failed (`patu policy` shows ids only)');
+    }
+  }
+}
