@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 #   bpftool                       only for people inspecting a node (bpftool prog list | grep patu_)
 #   iproute2 nftables iptables    masquerade (nft) and test oracles (ip); iptables for the service benchmark
 #   iperf3 sockperf               benchmarks and the demo
+#   ipset                         bench/policy.ts runs the real kube-router's firewall (iptables + ipset; it execs ipset)
 #   busybox-static                a tiny userland for test containers and pods
 #   containernetworking-plugins   the reference bridge/host-local/portmap/bandwidth plugins (tests, bench)
 #   podman runc                   a real CNI client for the end-to-end test
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 #   bind9-dnsutils netcat-openbsd libcap2-bin wget
 #                                 dig/nslookup/host, OpenBSD nc, GNU wget and setcap for the e2e test images
 #                                 (scripts/k8s/images.sh copies them in with their libraries)
-PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables iptables iperf3 sockperf
+PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables iptables ipset iperf3 sockperf
   busybox-static containernetworking-plugins podman runc iputils-ping procps kmod tcpdump
   containerd openssl curl gcc libc6-dev bind9-dnsutils netcat-openbsd libcap2-bin wget)
 

@@ -1,7 +1,7 @@
 // /metrics (Prometheus text, src/k8s/prom.ts), /healthz and /readyz for the agent.
 // One registry per agent, not a global one, so tests can run several in a process.
 import { createServer, type Server } from 'node:http';
-import { Counter, Gauge, Histogram, Registry, processMetrics } from './prom.js';
+import { Counter, Gauge, Histogram, MirrorCounter, Registry, processMetrics } from './prom.js';
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -29,10 +29,40 @@ export class AgentMetrics {
   readonly hostPortConflicts = new Counter({ name: 'patu_hostport_conflicts_total', help: 'hostPort mappings the agent could not program: the port is a service\'s (service) or another record overlaps it (record); counted when first seen', labelNames: ['kind'] as const, registers: [this.registry] });
   readonly podAccelUpdates = new Counter({ name: 'patu_pod_accel_updates_total', help: 'Acceleration opt-out flag changes written from pod annotations', registers: [this.registry] });
 
+  // NetworkPolicy counters, mirrored from patu_pol_stats at each scrape (setPolicySource). Drops count packets;
+  // allows count new flows admitted (the programs do not count every packet of an admitted flow). policy is the
+  // admitting policy's name (its namespace is the pod's), empty for drops and for pods no policy isolates.
+  readonly policyPackets = new MirrorCounter({ name: 'patu_policy_packets_total', help: 'NetworkPolicy verdicts per pod and policy: dropped packets (verdict=drop) and admitted new flows (verdict=allow)', labelNames: ['namespace', 'pod', 'policy', 'direction', 'verdict'] as const, registers: [this.registry] });
+  readonly policyBytes = new MirrorCounter({ name: 'patu_policy_bytes_total', help: 'Bytes of the packets counted by patu_policy_packets_total', labelNames: ['namespace', 'pod', 'policy', 'direction', 'verdict'] as const, registers: [this.registry] });
+  readonly policyApplyErrors = new Counter({ name: 'patu_policy_apply_errors_total', help: 'NetworkPolicy states that could not be programmed (by reason: capacity = a map is full)', labelNames: ['reason'] as const, registers: [this.registry] });
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     // process_resident_memory_bytes and friends: the agent's footprint is a goal.
     if (opts.defaultMetrics !== false) processMetrics(this.registry, 'patu_');
   }
+
+  /**
+   * Where the policy counters come from: read at every scrape (one dump of patu_pol_stats). A source that throws
+   * leaves the last values (the scrape still answers).
+   */
+  setPolicySource(read: () => PolicyCounterSeries[]): void {
+    this.registry.beforeScrape(() => {
+      let series: PolicyCounterSeries[];
+      try {
+        series = read();
+      } catch {
+        return;
+      }
+      this.policyPackets.replace(series.map((s) => ({ labels: s.labels, value: s.packets })));
+      this.policyBytes.replace(series.map((s) => ({ labels: s.labels, value: s.bytes })));
+    });
+  }
+}
+
+export interface PolicyCounterSeries {
+  labels: { namespace: string; pod: string; policy: string; direction: string; verdict: string };
+  packets: number;
+  bytes: number;
 }
 
 export interface HealthServerOptions {

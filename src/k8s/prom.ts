@@ -90,6 +90,18 @@ export class Gauge<L extends string = never> extends Metric<L> {
   }
 }
 
+/**
+ * A counter whose values are owned elsewhere (kernel map counters): every scrape replaces all its series with
+ * what the source reads then (a series that disappeared, e.g. a deleted pod's, is gone from the output).
+ */
+export class MirrorCounter<L extends string = never> extends Metric<L> {
+  readonly type = 'counter';
+  replace(series: { labels: Partial<Record<L, string>>; value: number }[]): void {
+    this.series.clear();
+    for (const s of series) this.entry(s.labels).value += s.value;
+  }
+}
+
 export class Histogram<L extends string = never> extends Metric<L> {
   readonly type = 'histogram';
   private readonly buckets: number[];
