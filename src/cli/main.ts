@@ -41,6 +41,7 @@ export function buildProgram(): Command {
         '  patu status               programs, maps, pins and pods that patu manages\n' +
         '  patu status --json        the same, for scripts\n' +
         '  patu accel status         socket acceleration state and accelerated sockets\n' +
+        '  patu monitor --pod ns/web NetworkPolicy drops to and from one pod, live\n' +
         '  patu services apply f.yaml  program ClusterIP services from a file once\n',
     );
 
@@ -58,6 +59,20 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       const { statusCommand } = await import('./status-command.js');
       await statusCommand(opts);
+    });
+
+  program
+    .command('monitor')
+    .description('stream NetworkPolicy drops live (from the patu_pol_events ring buffer): time, source, destination, port, protocol, direction, deciding policy')
+    .option('--pod <ns/name>', 'only events of this pod (as source, destination or the enforcing endpoint)')
+    .option('--allows', 'also show new flows admitted, with the policy that admitted them')
+    .option('--json', 'one JSON object per event')
+    .addOption(pinRoot)
+    .addHelpText('after', '\nThe tc programs submit events only while a monitor reads (patu_pol_cfg.monitor); it is cleared on exit (Ctrl-C).')
+    .action(async (opts) => {
+      if (opts.pod !== undefined && !/^[^/\s]+\/[^/\s]+$/.test(opts.pod)) throw new Error(`--pod ${JSON.stringify(opts.pod)}: expected namespace/name`);
+      const { monitorCommand } = await import('./monitor-command.js');
+      process.exitCode = await monitorCommand({ pinRoot: opts.pinRoot, ...(opts.pod ? { pod: opts.pod } : {}), allows: Boolean(opts.allows), json: Boolean(opts.json) });
     });
 
   program

@@ -8,13 +8,15 @@ export interface PolicyStatus {
   isolatedIngress: number;
   isolatedEgress: number;
   rules: number;
+  /** A `patu monitor` is reading (the programs submit events). */
+  monitor: boolean;
   /** Per pod (endpoint): drops (packets) and admitted new flows, by direction; the admitting policies. */
   pods: PodPolicyCounters[];
 }
 
 export function formatPolicyStatus(p: PolicyStatus | null): string {
   if (!p) return '\nNetworkPolicy: not set up (patu agent --policy-file or --kubernetes)\n';
-  const out = [`\nNetworkPolicy: ${p.endpoints} pods enforced (${p.isolatedIngress} isolated for ingress, ${p.isolatedEgress} for egress), ${p.rules} rules\n`];
+  const out = [`\nNetworkPolicy: ${p.endpoints} pods enforced (${p.isolatedIngress} isolated for ingress, ${p.isolatedEgress} for egress), ${p.rules} rules${p.monitor ? '; a monitor is reading' : ''}\n`];
   if (p.pods.length) {
     out.push(formatTable([
       ['POD', 'DROPPED IN', 'DROPPED OUT', 'FLOWS IN', 'FLOWS OUT', 'ADMITTED BY'],

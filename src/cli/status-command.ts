@@ -12,6 +12,9 @@ import { hostVethName } from '../dataplane/names.js';
 import { Accel, type AccelStatus } from '../dataplane/accel.js';
 import { readLbSettings, readProgrammed, type ProgrammedServiceView } from '../dataplane/service-lb.js';
 import { readNodePortTc, type NodePortTcStatus } from '../dataplane/nodeport-tc.js';
+import { PolicyDataplane } from '../dataplane/policy-tc.js';
+import { podCounters, readPolicyNames } from '../policy/view.js';
+import { formatPolicyStatus, type PolicyStatus } from './policy-status.js';
 import { formatServicesTable } from './services.js';
 import { formatTable } from './table.js';
 
@@ -46,6 +49,27 @@ export interface NodeStatus {
   hostPorts: HostPortRecord[];
   /** The tc path for packets from outside (--nodeport-devices): its pinned links and counters (null: never set up). */
   nodePortTc: NodePortTcStatus | null;
+  /** NetworkPolicy enforcement: what the maps hold and the per-pod counters of patu_pol_stats (null: not set up). */
+  policy: PolicyStatus | null;
+}
+
+/** The policy maps under pinRoot, read back (never loads anything), or null when policy was never set up here. */
+export function collectPolicyStatus(pinRoot: string): PolicyStatus | null {
+  const dp = PolicyDataplane.openExisting(pinRoot);
+  if (!dp) return null;
+  try {
+    const c = dp.read();
+    return {
+      endpoints: c.endpoints.length,
+      isolatedIngress: c.endpoints.filter((e) => e.isolatedIngress).length,
+      isolatedEgress: c.endpoints.filter((e) => e.isolatedEgress).length,
+      rules: c.rules.length,
+      monitor: dp.monitor().on,
+      pods: podCounters(dp.stats(), readPolicyNames(pinRoot)),
+    };
+  } finally {
+    dp.close();
+  }
 }
 
 export function collectStatus(opts: StatusOptions): NodeStatus {
@@ -83,6 +107,7 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
       pods,
       hostPorts: HostPortStore.open(opts.dataDir, { create: false }).list(),
       nodePortTc: readNodePortTc(opts.pinRoot, (i) => byIndex.get(i)),
+      policy: collectPolicyStatus(opts.pinRoot),
     };
   } finally {
     rtnl.close();
@@ -123,6 +148,7 @@ export function formatStatus(s: NodeStatus): string {
       (np.stats ? `; ${np.stats.newFlows} flows, ${np.stats.replies} replies translated, ${np.stats.noBackend} no-backend drops, ` +
         `${np.stats.serviceCidrDroppedIn + np.stats.serviceCidrDroppedOut} service-CIDR drops` : '') + '\n');
   }
+  out.push(formatPolicyStatus(s.policy));
   out.push(`\nPods (${s.pods.length}):\n`);
   out.push(
     s.pods.length

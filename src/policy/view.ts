@@ -1,8 +1,9 @@
 // (owner: policy-obs) What `patu monitor`, `patu status` and the agent's /metrics show of NetworkPolicy enforcement, in people's terms: the policy engine's
-// names file (<pinRoot>/policy/names.json: policy ids and endpoint ids -> namespace/name) joined with the counters
+// names file (/run/patu/policy/<pin root's name>.names.json: policy ids and endpoint ids -> namespace/name) joined with the counters
 // of patu_pol_stats and the events of patu_pol_events. Pure functions: the commands do the reading.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
+import type { PolicyEvent, StatsEntry } from '../dataplane/policy-maps.js';
 
 export interface PolicyNames {
   /** policy id -> "namespace/name" */
@@ -13,14 +14,18 @@ export interface PolicyNames {
 
 export const EMPTY_NAMES: PolicyNames = { policies: new Map(), endpoints: new Map() };
 
+/** Where the engine keeps the names of a pin root's policy maps (bpffs holds no plain files): src/policy/names.ts. */
+export const POLICY_NAMES_DIR = '/run/patu/policy';
+export const policyNamesFile = (pinRoot: string, dir = POLICY_NAMES_DIR): string => join(dir, `${basename(pinRoot) || 'patu'}.names.json`);
+
 /**
- * <pinRoot>/policy/names.json as the engine writes it, or empty names when there is none yet (no engine ran, or it
- * wrote nothing): the views then show ids, which is still correct.
+ * The names file as the engine writes it, or empty names when there is none yet or it cannot be read (no engine
+ * ran, or it wrote nothing): the views then show ids, which is still correct.
  */
-export function readPolicyNames(pinRoot: string): PolicyNames {
+export function readPolicyNames(pinRoot: string, dir?: string): PolicyNames {
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(join(pinRoot, 'policy', 'names.json'), 'utf8'));
+    raw = JSON.parse(readFileSync(policyNamesFile(pinRoot, dir), 'utf8'));
   } catch {
     return EMPTY_NAMES;
   }
@@ -68,14 +73,7 @@ export const policyLabel = (names: PolicyNames, id: number): string => (id === 0
 // ---------------------------------------------------------------- counters
 
 /** One patu_pol_stats entry, summed over CPUs (PolicyDataplane.stats()). */
-export interface PolicyStat {
-  epId: number;
-  policy: number;
-  dir: 'ingress' | 'egress';
-  verdict: 'allow' | 'drop';
-  packets: bigint;
-  bytes: bigint;
-}
+export type PolicyStat = StatsEntry;
 
 /** Per pod: drops and admitted flows by direction, and which policies admitted them. */
 export interface PodPolicyCounters {
@@ -115,21 +113,10 @@ export function policySeries(stats: PolicyStat[], names: PolicyNames): { labels:
 
 // ---------------------------------------------------------------- events
 
-/** One patu_pol_events record (PolicyDataplane.openEvents()). */
-export interface PolicyEventView {
-  tsNs: bigint;
-  src: string;
-  dst: string;
-  sport: number;
-  dport: number;
-  proto: number;
-  dir: 'ingress' | 'egress';
-  reason: number;
-  epId: number;
-  policy: number;
-}
+/** One patu_pol_events record (PolicyEvents.poll()). */
+export type PolicyEventView = PolicyEvent;
 
-export const REASONS: Record<number, string> = { 1: 'no rule allows', 2: 'spoofed source', 3: 'IPv6 to/from an isolated pod', 16: 'allowed' };
+export const REASONS: Record<string, string> = { 'no-rule': 'no rule allows', spoof: 'spoofed source', ipv6: 'IPv6 to/from an isolated pod', allow: 'allowed' };
 
 /** The pod on either side of an event, by address (names.json's endpoint addresses). */
 function podByIp(names: PolicyNames): Map<string, string> {
@@ -159,7 +146,7 @@ const hostPort = (pod: string | undefined, ip: string, port: number, proto: numb
 export function eventRow(e: PolicyEventView, names: PolicyNames, wallOf: (tsNs: bigint) => number, pods = podByIp(names)): EventRow {
   const d = new Date(wallOf(e.tsNs));
   const time = `${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')}:${String(d.getUTCSeconds()).padStart(2, '0')}.${String(d.getUTCMilliseconds()).padStart(3, '0')}`;
-  const allow = e.reason === 16;
+  const allow = e.reason === 'allow';
   let policy: string;
   if (allow) policy = e.policy === 0 ? '(not isolated)' : policyLabel(names, e.policy);
   else {
@@ -174,7 +161,7 @@ export function eventRow(e: PolicyEventView, names: PolicyNames, wallOf: (tsNs: 
     destination: hostPort(pods.get(e.dst), e.dst, e.dport, e.proto),
     protocol: protoName(e.proto),
     policy,
-    reason: REASONS[e.reason] ?? `reason ${e.reason}`,
+    reason: REASONS[e.reason] ?? e.reason,
   };
 }
 

@@ -24,7 +24,7 @@ test('names.json: policies and endpoints by id, unknown shapes skipped', () => {
   assert.deepEqual(parsePolicyNames('garbage').policies.size, 0);
 });
 
-const drop: PolicyEventView = { tsNs: 5_000_000_000n, src: '10.200.0.9', dst: '10.200.0.5', sport: 43210, dport: 80, proto: 6, dir: 'ingress', reason: 1, epId: 7, policy: 0 };
+const drop: PolicyEventView = { tsNs: 5_000_000_000n, src: '10.200.0.9', dst: '10.200.0.5', sport: 43210, dport: 80, proto: 6, dir: 'ingress', reason: 'no-rule', epId: 7, policy: 0 };
 
 test('a drop event: pods by address, the isolating policies, UTC time from the monotonic stamp', () => {
   const wallOf = (ts: bigint): number => Date.UTC(2026, 11, 2, 14, 3, 4, 0) + Number(ts / 1_000_000n) - 5000;
@@ -34,11 +34,11 @@ test('a drop event: pods by address, the isolating policies, UTC time from the m
     protocol: 'TCP', policy: 'isolated by shop/allow-web, shop/deny-all', reason: 'no rule allows',
   });
   assert.match(formatEventRow(r), /^14:03:04\.000 {2}DROP {3}ingress {2}10\.200\.0\.9:43210 +-> shop\/web-1 10\.200\.0\.5:80 +TCP {3}no rule allows; isolated by shop\/allow-web, shop\/deny-all$/);
-  const allow = eventRow({ ...drop, reason: 16, policy: 3, proto: 1, dport: 0 }, names, wallOf);
+  const allow = eventRow({ ...drop, reason: 'allow', policy: 3, proto: 1, dport: 0 }, names, wallOf);
   assert.equal(allow.verdict, 'ALLOW');
   assert.equal(allow.policy, 'shop/allow-web');
   assert.equal(allow.destination, 'shop/web-1 10.200.0.5', 'no port for ICMP');
-  assert.equal(eventRow({ ...drop, reason: 16, policy: 99 }, names, wallOf).policy, '#99', 'an id the names file does not know yet');
+  assert.equal(eventRow({ ...drop, reason: 'allow', policy: 99 }, names, wallOf).policy, '#99', 'an id the names file does not know yet');
   assert.equal(eventRow({ ...drop, proto: 132 }, names, wallOf).protocol, 'SCTP');
 });
 
@@ -61,7 +61,7 @@ test('per-pod counters for patu status', () => {
   assert.deepEqual(c.map((x) => [x.pod, x.dropped.ingress, x.dropped.egress, x.allowed.ingress, x.allowed.egress]), [
     ['endpoint #9', 0n, 1n, 0n, 0n], ['shop/db-0', 0n, 0n, 0n, 2n], ['shop/web-1', 12n, 0n, 5n, 0n],
   ]);
-  const text = formatPolicyStatus({ endpoints: 2, isolatedIngress: 2, isolatedEgress: 0, rules: 4, pods: c });
+  const text = formatPolicyStatus({ endpoints: 2, isolatedIngress: 2, isolatedEgress: 0, rules: 4, monitor: false, pods: c });
   assert.match(text, /NetworkPolicy: 2 pods enforced \(2 isolated for ingress, 0 for egress\), 4 rules/);
   assert.match(text, /shop\/web-1 +12 +0 +5 +0 +shop\/allow-web \(5\)/);
   assert.match(formatPolicyStatus(null), /not set up/);
