@@ -1,9 +1,8 @@
 // (owner: policy-obs) What `patu monitor`, `patu status` and the agent's /metrics show of NetworkPolicy enforcement, in people's terms: the policy engine's
 // names file (/run/patu/policy/<pin root's name>.names.json: policy ids and endpoint ids -> namespace/name) joined with the counters
 // of patu_pol_stats and the events of patu_pol_events. Pure functions: the commands do the reading.
-import { readFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
 import type { PolicyEvent, StatsEntry } from '../dataplane/policy-maps.js';
+import { policyNamesPath, readPolicyNames as readNamesFile } from './names.js';
 
 export interface PolicyNames {
   /** policy id -> "namespace/name" */
@@ -14,22 +13,19 @@ export interface PolicyNames {
 
 export const EMPTY_NAMES: PolicyNames = { policies: new Map(), endpoints: new Map() };
 
-/** Where the engine keeps the names of a pin root's policy maps (bpffs holds no plain files): src/policy/names.ts. */
-export const POLICY_NAMES_DIR = '/run/patu/policy';
-export const policyNamesFile = (pinRoot: string, dir = POLICY_NAMES_DIR): string => join(dir, `${basename(pinRoot) || 'patu'}.names.json`);
+/** Where the engine keeps the names of a pin root's maps (bpffs holds no plain files): src/policy/names.ts. */
+export const policyNamesFile = (pinRoot: string, dir?: string): string => policyNamesPath(pinRoot, dir);
 
 /**
- * The names file as the engine writes it, or empty names when there is none yet or it cannot be read (no engine
- * ran, or it wrote nothing): the views then show ids, which is still correct.
+ * The names file of this pin root as maps, or empty names when there is none or it cannot be read (no engine ran,
+ * or a damaged file): the views then show ids, which is still correct.
  */
 export function readPolicyNames(pinRoot: string, dir?: string): PolicyNames {
-  let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(policyNamesFile(pinRoot, dir), 'utf8'));
+    return parsePolicyNames(readNamesFile(pinRoot, dir));
   } catch {
     return EMPTY_NAMES;
   }
-  return parsePolicyNames(raw);
 }
 
 /** Tolerant of shape: fields it does not know are skipped, never fatal (the CLI must show what it can). */

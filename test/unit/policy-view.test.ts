@@ -24,7 +24,7 @@ test('names.json: policies and endpoints by id, unknown shapes skipped', () => {
   assert.deepEqual(parsePolicyNames('garbage').policies.size, 0);
 });
 
-const drop: PolicyEventView = { tsNs: 5_000_000_000n, src: '10.200.0.9', dst: '10.200.0.5', sport: 43210, dport: 80, proto: 6, dir: 'ingress', reason: 'no-rule', epId: 7, policy: 0 };
+const drop: PolicyEventView = { tsNs: 5_000_000_000n, src: '10.200.0.9', dst: '10.200.0.5', sport: 43210, dport: 80, proto: 6, dir: 'ingress', reason: 'no-rule', reasonCode: 1, epId: 7, policy: 0 };
 
 test('a drop event: pods by address, the isolating policies, UTC time from the monotonic stamp', () => {
   const wallOf = (ts: bigint): number => Date.UTC(2026, 11, 2, 14, 3, 4, 0) + Number(ts / 1_000_000n) - 5000;
