@@ -375,7 +375,7 @@ export interface WatchOptions {
  * stood for settleMs (an editor caught mid-write sends a follow-up event that
  * clears it), and close/settled. Subclasses say what one round of reloading is.
  */
-abstract class ReloadLoop {
+export abstract class ReloadLoop {
   protected watcher: FSWatcher | undefined;
   protected closed = false;
   private running = false;

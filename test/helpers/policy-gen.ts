@@ -148,7 +148,7 @@ export function stateArb(opts: RandomStateOptions = {}): fc.Arbitrary<PolicyStat
     pods: pods.map((p, i): PolicyPod => ({
       namespace: NS_NAMES[p.ns]!, name: `pod${i}`, labels: p.labels, ports: p.ports,
       ips: [`10.9.${p.ns + 1}.${i * 16 + 1}`], local: p.local,
-      ...(p.host === 0 && !opts.allLocal ? { hostNetwork: true } : {}),
+      ...(p.host === 0 ? { hostNetwork: true } : {}),
     })),
     policies: policies as NetworkPolicy[],
     nodeAddresses: ['10.9.0.1'],
