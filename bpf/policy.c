@@ -10,10 +10,9 @@
  * Map layouts and the model: policy.h. Per packet:
  *   1. not IPv4: ARP and the rest pass; IPv6 is dropped for an endpoint isolated
  *      in this direction (found by the veth: patu_pol_dev), else passes.
- *   2. endpoint = patu_pol_ep[src or dst]; unknown -> pass. From the pod: an
- *      endpoint bound to another veth (ifindex) -> drop (spoofed source).
- *      To the pod on a veth that is not the endpoint's (a flooded frame) -> pass
- *      untouched (the pod's stack drops it). Not isolated at all -> pass.
+ *   2. endpoint = patu_pol_ep[src or dst]; unknown -> pass. An endpoint bound
+ *      to another veth (ifindex) -> drop (from the pod: a spoofed source; to the
+ *      pod: not its frame). Not isolated at all -> pass.
  *   3. conntrack: {tuple, dir} (this endpoint admitted it) or {reversed tuple,
  *      other dir} (a reply) -> pass, state/deadline refreshed (written only when
  *      the state changes or the deadline moved by more than 1 s). A TCP SYN
@@ -393,11 +392,12 @@ static __always_inline int enforce(struct __sk_buff *skb, const __u8 dir)
 	if (!ep)
 		return POL_PASS; /* not (yet) an endpoint */
 	__u32 ep_id = ep->ep_id, flags = ep->flags, epif = ep->ifindex;
-	if (epif && epif != ifindex) {
-		if (dir == PATU_POL_EGRESS)
-			return drop(&p, dir, PATU_POL_REASON_SPOOF, ep_id, len);
-		return POL_PASS; /* another pod's frame flooded by the bridge */
-	}
+	/*
+	 * Bound to another veth: from the pod, a spoofed source; to the pod, not its
+	 * frame (flooded by the bridge, or someone claims the address). Either way, drop.
+	 */
+	if (epif && epif != ifindex)
+		return drop(&p, dir, PATU_POL_REASON_SPOOF, ep_id, len);
 	if (!flags)
 		return POL_PASS;
 	__u32 isolated = flags & (dir == PATU_POL_EGRESS ? PATU_POL_EP_ISOLATED_EGRESS : PATU_POL_EP_ISOLATED_INGRESS);

@@ -224,7 +224,8 @@ export class PolicyDataplane {
       const haveRule = new Map<string, [RuleKeyC, number]>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), [k, v]]));
       const devOf = new Map<string, number>();
       for (const [ifindex, ip] of devMap.entries()) devOf.set(ip, Math.max(devOf.get(ip) ?? 0, ifindex));
-      for (const [ip, v] of wantEp) if (v.ifindex === 0) v.ifindex = haveEp.get(ip)?.ifindex || devOf.get(ip) || 0;
+      // The latest binding of the address (CNI ADD) first: an ifindex the map holds may be a deleted veth's.
+      for (const [ip, v] of wantEp) if (v.ifindex === 0) v.ifindex = devOf.get(ip) || haveEp.get(ip)?.ifindex || 0;
 
       const capacity = (name: string, want: number, have: Map<string, unknown>, wanted: Map<string, unknown>, max: number): boolean => {
         if (want > max) throw new PolicyCapacityError(name, want, max);
