@@ -2,6 +2,7 @@
 //   - serves CNI requests from bin/patu over a unix socket (pod events skip a Node start),
 //   - with --accel, switches on same-node socket acceleration (pinned: survives restarts),
 //   - with --services-file, watches a services file and programs ClusterIP load balancing,
+//   - with --policy-file, watches a policy file and enforces its NetworkPolicies (src/policy),
 //   - or with --kubernetes, takes services, endpoints, pod opt-outs and the pod subnet
 //     from the apiserver (src/k8s), and serves /metrics, /healthz, /readyz.
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
@@ -29,6 +30,10 @@ export interface AgentOptions {
   cgroupFs?: string;
   accel: boolean;
   servicesFile?: string;
+  /** Enforce the NetworkPolicies of this policy file (watched; a bad edit keeps the last good state). */
+  policyFile?: string;
+  /** The pod bridge whose veths the policy programs attach to at start (--bridge; default: every patu veth). */
+  policyBridge?: string;
   /** Watch a Kubernetes apiserver for services, endpoints, this node's pods and Node (the rest comes from here). */
   kubernetes?: Omit<KubernetesAgentOptions, 'pinRoot' | 'cgroup' | 'log' | 'metrics' | 'env' | 'nodeName' | 'mountBpffs'> & {
     /** --node-name; else NODE_NAME, else the hostname. */
@@ -66,6 +71,9 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   const closers: (() => void | Promise<void>)[] = [];
   if (opts.kubernetes && opts.servicesFile) {
     throw new Error('agent: --kubernetes and --services-file both program the same service maps; use one');
+  }
+  if (opts.kubernetes && opts.policyFile) {
+    throw new Error('agent: --policy-file and --kubernetes both program the policy maps; use one');
   }
   // The health server comes first, so /healthz answers while the informers sync.
   let metrics: import('../k8s/metrics.js').AgentMetrics | undefined;
@@ -147,6 +155,22 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
     });
     closers.push(() => watch.close());
+  }
+
+  if (opts.policyFile) {
+    // The standalone policy source; enforcement stays (pinned, attached) when the agent stops.
+    const { policyWatch } = await import('./policy-watch.js');
+    const file = opts.policyFile;
+    const pw = await policyWatch(file, {
+      pinRoot: opts.pinRoot,
+      ...bpffs,
+      log,
+      ...(opts.policyBridge ? { bridges: [opts.policyBridge] } : {}),
+      onApplied: (r) => {
+        if (r.changed || r.flushed || r.evicted) log.info({ file, mapChanges: r.changed, flowsCutOff: r.flushed, socketsEvicted: r.evicted, ms: r.ms }, 'network policy programmed');
+      },
+    });
+    closers.push(() => pw.close());
   }
 
   if (opts.kubernetes) {

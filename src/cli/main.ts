@@ -42,7 +42,9 @@ export function buildProgram(): Command {
         '  patu status --json        the same, for scripts\n' +
         '  patu accel status         socket acceleration state and accelerated sockets\n' +
         '  patu monitor --pod ns/web NetworkPolicy drops to and from one pod, live\n' +
-        '  patu services apply f.yaml  program ClusterIP services from a file once\n',
+        '  patu services apply f.yaml  program ClusterIP services from a file once\n' +
+        '  patu policy apply p.yaml    enforce the NetworkPolicies of a file (Namespace, NetworkPolicy, Pod objects)\n' +
+        '  patu policy --pod ns/name   the rules programmed for one pod\n',
     );
 
   const pinRoot = new Option('--pin-root <dir>', 'bpffs directory holding patu pins').default(DEFAULTS.pinRoot);
@@ -145,11 +147,34 @@ export function buildProgram(): Command {
       process.exitCode = await servicesApply(file, { pinRoot: root, cgroupPath: opts.cgroup, json: Boolean(json), mountBpffs: fromEnv().mountBpffs });
     });
 
+  // `patu policy` alone lists, like `patu services`; --pin-root/--json belong to `policy` alone (see services).
+  const policy = program
+    .command('policy')
+    .description('NetworkPolicy as enforced in eBPF on the pod veths: the rules as programmed, read back from the maps')
+    .addOption(pinRoot)
+    .option('--json', 'print JSON')
+    .option('--pod <ns/name>', 'only this pod')
+    .addOption(bridge)
+    .action(async (opts) => {
+      const { policyList } = await import('./policy-command.js');
+      process.exitCode = await policyList({ pinRoot: opts.pinRoot, json: Boolean(opts.json), ...(opts.pod ? { pod: opts.pod } : {}) });
+    });
+  policy
+    .command('apply <file>')
+    .description('program the NetworkPolicies of FILE once and exit: a YAML stream of Namespace, NetworkPolicy and Pod objects (metadata.labels, spec.containers[].ports, status.podIP); the file is the whole truth')
+    .action(async (file) => {
+      const { policyApply } = await import('./policy-command.js');
+      const { pinRoot: root, json } = policy.opts<{ pinRoot: string; json?: boolean }>();
+      const { bridge: br } = policy.opts<{ bridge: string }>();
+      process.exitCode = await policyApply(file, { pinRoot: root, json: Boolean(json), bridge: br, mountBpffs: fromEnv().mountBpffs });
+    });
+
   program
     .command('agent')
     .description('run the node agent: serves CNI requests for bin/patu over a unix socket (pod events then skip a Node start)')
     .option('--cni-socket <path>', 'unix socket for CNI requests', DEFAULTS.agentSocket)
     .option('--accel', 'switch on same-node socket acceleration at start')
+    .option('--policy-file <path>', 'watch this policy file (a YAML stream of Namespace, NetworkPolicy, Pod) and enforce its NetworkPolicies on the pod veths; a bad edit keeps the last good state')
     .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it (an empty file is an error: write "services: []")')
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs (default: the root of the cgroup2 hierarchy, found in /proc/self/mountinfo)')
     .option('--cgroup-fs <dir>', 'look for the cgroup2 root only at or below DIR; in a container: where the host\'s /sys/fs/cgroup is mounted (it is checked to be the host\'s root, not the container\'s own)')
@@ -159,7 +184,7 @@ export function buildProgram(): Command {
     .option('--cluster-cidr <cidr>', 'with --kubernetes: pod addresses of the cluster; its first /24 is the pod subnet when the Node has no spec.podCIDR', DEFAULTS.clusterCIDR)
     .option('--service-cidr <cidr>', `the cluster's service CIDR (IPv4, /8 or longer): a connect or send to an address in it that no service port answers is refused with ECONNREFUSED instead of leaving the node ('' = none; default with --kubernetes: ${DEFAULTS.serviceCIDR}, with --services-file: none)`)
     .option('--cni-conf-dir <dir>', `with --kubernetes: where to write ${DEFAULTS.conflistName} (empty: do not write)`, DEFAULTS.cniConfDir)
-    .option('--bridge <name>', 'with --kubernetes: the host bridge named in the conflist', DEFAULTS.bridge)
+    .option('--bridge <name>', 'with --kubernetes: the host bridge named in the conflist; with --policy-file: the bridge whose pod veths get the policy programs at start', DEFAULTS.bridge)
     .option('--data-dir <dir>', 'the IPAM state directory: hostPort records are read from <dir>/_hostports; with --kubernetes also the one named in the conflist', DEFAULTS.dataDir)
     .option('--hostports', 'serve pod hostPorts even without --services-file or --kubernetes (which switch it on)')
     .option('--no-hostports', 'do not serve pod hostPorts (the CNI plugin still records them and refuses conflicts)')
@@ -185,6 +210,7 @@ export function buildProgram(): Command {
         ...(opts.cgroupFs ? { cgroupFs: opts.cgroupFs } : {}),
         accel: Boolean(opts.accel),
         ...(opts.servicesFile ? { servicesFile: opts.servicesFile } : {}),
+        ...(opts.policyFile ? { policyFile: opts.policyFile, policyBridge: opts.bridge } : {}),
         ...(opts.kubernetes
           ? {
             kubernetes: {

@@ -21,6 +21,8 @@ export interface PolicyDataplaneLike {
   read(): PolicyMapContents;
   flushConntrack(pred: (k: { src: string; dst: string; sport: number; dport: number; proto: number; dir: 'ingress' | 'egress'; fragment?: boolean }, v: unknown) => boolean): number;
   evictSockets(pred: (flow: { src: string; dst: string; sport: number; dport: number }) => boolean): number;
+  /** Counters of endpoints no longer programmed are dropped (the stats map is keyed by endpoint id). */
+  pruneStats?(keepEpIds: ReadonlySet<number>): number;
 }
 
 export interface PolicyLog {
@@ -175,7 +177,16 @@ export class PolicyEngine {
       }
     }
     this.lastError = error;
-    if (compiled) this.writeNames(compiled);
+    if (compiled) {
+      this.writeNames(compiled);
+      if (changed > 0 && this.dp.pruneStats) {
+        try {
+          this.dp.pruneStats(new Set(compiled.contents.endpoints.map((e) => e.epId)));
+        } catch (e) {
+          this.log.warn({ err: messageOf(e) }, 'policy: removing the counters of gone endpoints failed');
+        }
+      }
+    }
     // Flows the new state denies: cut off, also when already established (the kernel only
     // judges new flows and those without a conntrack entry).
     let flushed = 0;
