@@ -16,7 +16,9 @@ import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_pr
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { PolicyDataplane, PolicyEvents, PolicyCapacityError, policyPinNames, POL, type PolicyMapContents, type PolicyEndpoint } from '../../src/dataplane/policy-tc.js';
+import { PolicyDataplane, PolicyEvents, PolicyCapacityError, policyPinNames, POL, POLICY_MAP_CODECS, type PolicyMapContents, type PolicyEndpoint } from '../../src/dataplane/policy-tc.js';
+
+const POLICY_CFG = POLICY_MAP_CODECS.patu_pol_cfg.value;
 import { tcxQuery } from '../../src/kernel/bpf/tcx.js';
 import { listPrograms } from '../../src/kernel/bpf/introspect.js';
 import { craftFrame, TC_ACT } from '../../src/kernel/bpf/test-run.js';
@@ -371,4 +373,71 @@ test('pins: everything lives under <pinRoot>/policy; the pins outlive the proces
     again.close();
   }
   assert.equal(PolicyDataplane.openExisting(`${PIN}-none`), null);
+});
+
+test('CNI ADD: with policy pinned, the new veth runs the pinned programs and the endpoint is bound to it; a failure fails the ADD and rolls back; no pins, nothing', { skip }, async () => {
+  const { execPlugin, describe } = await import('../helpers/cni.js');
+  const { TypedMap, u32 } = await import('../../src/kernel/bpf/map.js');
+  const { mkdirSync, writeFileSync, chmodSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  // The plugin runs in the node netns (nsenter: only the network namespace changes, bpffs stays visible), never the agent.
+  const dir = scratch.tmpDir('patu-test-pol-cni');
+  const bin = join(dir, 'patu-in-node');
+  writeFileSync(bin, `#!/bin/sh\nexec nsenter --net=${netnsPath(NODE)} ${fileURLToPath(new URL('../../../bin/patu', import.meta.url))}\n`);
+  chmodSync(bin, 0o755);
+  const conf = (pinRoot: string) => ({
+    cniVersion: '1.1.0', name: 'polcni', type: 'patu', bridge: 'polcnibr', clusterCIDR: '10.89.0.0/16', masquerade: false, pinRoot,
+    ipam: { ranges: [[{ subnet: '10.89.0.0/24' }]], dataDir: join(dir, 'ipam') },
+  });
+  const env = { PATU_NO_AGENT: '1' };
+  const podNs = scratch.netns(scratch.name('cni1'));
+  const hostVethOf = (r: { json: { interfaces: { name: string }[] } }): string => r.json.interfaces[1]!.name;
+  const indexOf = (name: string): number | undefined => {
+    const r = spawnSync('ip', ['-n', NODE, '-j', 'link', 'show', name], { encoding: 'utf8' });
+    return r.status === 0 ? (JSON.parse(r.stdout) as { ifindex: number }[])[0]!.ifindex : undefined;
+  };
+  const run = (cmd: 'ADD' | 'DEL', pinRoot: string, id: string) =>
+    execPlugin(bin, cmd, conf(pinRoot), { containerId: id, netns: netnsPath(podNs), env });
+
+  // Policy set up (PIN): the endpoint for the address IPAM will hand out is programmed before the pod exists.
+  const pinned = PolicyDataplane.openExisting(PIN)!;
+  try {
+    dp.sync({ endpoints: [{ ip: '10.89.0.2', epId: 900, ifindex: 0, isolatedIngress: true, isolatedEgress: false }], peers: PEERS, rules: [] });
+    const r = await run('ADD', PIN, 'pol-ctr-1');
+    assert.equal(r.code, 0, describe(r));
+    assert.equal(r.json.ips[0].address, '10.89.0.2/24');
+    const idx = indexOf(hostVethOf(r))!;
+    const ids = pinned.programIds();
+    assert.deepEqual(inNode(() => [tcxQuery(idx, 'ingress').map((p) => p.id), tcxQuery(idx, 'egress').map((p) => p.id)]), [[ids.fromPod], [ids.toPod]]);
+    assert.equal(dp.read().endpoints.find((e) => e.ip === '10.89.0.2')?.ifindex, idx, 'endpoint bound to its veth');
+    assert.equal((await run('DEL', PIN, 'pol-ctr-1')).code, 0);
+    assert.equal(indexOf(hostVethOf(r)), undefined);
+
+    // Pins that are not programs: the ADD fails, and leaves no veth and no address behind.
+    const bad = scratch.pinRoot('cnibad');
+    mkdirSync(join(bad, 'policy'), { recursive: true, mode: 0o700 });
+    const m = TypedMap.fromPin(join(PIN, 'policy', 'patu_pol_cfg'), u32, POLICY_CFG);
+    try {
+      m.pin(join(bad, 'policy', 'prog_from_pod'));
+      m.pin(join(bad, 'policy', 'prog_to_pod'));
+    } finally {
+      m.close();
+    }
+    const f = await run('ADD', bad, 'pol-ctr-2');
+    assert.notEqual(f.code, 0, describe(f));
+    assert.match(f.stdout + f.stderr, /policy|prog/i);
+    assert.deepEqual(JSON.parse(spawnSync('ip', ['-n', NODE, '-j', 'link', 'show', 'master', 'polcnibr'], { encoding: 'utf8' }).stdout || '[]'), [], 'no veth left');
+
+    // No policy pins: ADD works and attaches nothing; the address of the failed ADD was released.
+    const none = scratch.pinRoot('cninone');
+    const ok = await run('ADD', none, 'pol-ctr-3');
+    assert.equal(ok.code, 0, describe(ok));
+    const held = spawnSync('grep', ['-rl', 'pol-ctr-2', join(dir, 'ipam')], { encoding: 'utf8' }).stdout.trim();
+    assert.equal(held, '', 'the failed ADD released its address');
+    const idx3 = indexOf(hostVethOf(ok))!;
+    assert.deepEqual(inNode(() => [...tcxQuery(idx3, 'ingress'), ...tcxQuery(idx3, 'egress')]), []);
+    assert.equal((await run('DEL', none, 'pol-ctr-3')).code, 0);
+  } finally {
+    pinned.close();
+  }
 });
