@@ -129,6 +129,9 @@ struct patu_pol_ct_val {
 struct patu_pol_cfg {
 	__u32 monitor;       /* nonzero: submit drop events to patu_pol_events (a reader is attached) */
 	__u32 monitor_allow; /* nonzero: also submit new-flow allows */
+	__u32 generation;    /* userspace only: bumped by every sync(), so a writer's cached view of
+	                      * patu_pol_peer/patu_pol_rule knows when another process wrote them */
+	__u32 pad;
 };
 
 /* patu_pol_stats: per-CPU hash, {endpoint, policy, direction, verdict} -> counters.

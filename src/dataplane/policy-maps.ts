@@ -57,8 +57,8 @@ export const ctKeyC = structCodec<CtKeyC>({ src: ipv4, dst: ipv4, sport: be16, d
 export interface CtValC { expiresNs: bigint; policy: number; epId: number; flags: number; pad: number }
 export const ctValC = structCodec<CtValC>({ expiresNs: u64, policy: u32, epId: u32, flags: u32, pad: u32 });
 
-export interface CfgC { monitor: number; monitorAllow: number }
-export const cfgC = structCodec<CfgC>({ monitor: u32, monitorAllow: u32 });
+export interface CfgC { monitor: number; monitorAllow: number; generation: number; pad: number }
+export const cfgC = structCodec<CfgC>({ monitor: u32, monitorAllow: u32, generation: u32, pad: u32 });
 
 export interface StatsKeyC { epId: number; policy: number; dir: number; verdict: number; pad: number }
 export const statsKeyC = structCodec<StatsKeyC>({ epId: u32, policy: u32, dir: u8, verdict: u8, pad: u16 });

@@ -81,6 +81,8 @@ export class PolicyDataplane {
   private readonly pins: ReturnType<typeof policyPins>;
   private readonly opened = new Map<string, { close(): void }>();
   private readonly progIds: Record<Hook, number>;
+  /** What the last sync() of this instance left in the tries, and the generation it wrote. */
+  private written: { generation: number; peers: Map<string, [PeerKeyC, number]>; rules: Map<string, [RuleKeyC, number]> } | undefined;
 
   private constructor(readonly pinRoot: string, private readonly progs: Record<Hook, BpfProgram>) {
     this.pins = policyPins(pinRoot);
@@ -219,11 +221,17 @@ export class PolicyDataplane {
       const devMap = this.map('patu_pol_dev');
       const peerMap = this.map('patu_pol_peer');
       const ruleMap = this.map('patu_pol_rule');
-      const haveEp = new Map(epMap.entries());
-      const havePeer = new Map<string, [PeerKeyC, number]>([...peerMap.entries()].map(([k, v]) => [peerKeyString(k), [k, v]]));
-      const haveRule = new Map<string, [RuleKeyC, number]>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), [k, v]]));
+      const cfgMap = this.map('patu_pol_cfg');
+      const cfg = cfgMap.lookup(0) ?? { monitor: 0, monitorAllow: 0, generation: 0, pad: 0 };
+      // Endpoints and veth bindings are read every time (the CNI plugin writes them too; hash maps: batch reads).
+      const haveEp = new Map(epMap.entriesBatch());
       const devOf = new Map<string, number>();
-      for (const [ifindex, ip] of devMap.entries()) devOf.set(ip, Math.max(devOf.get(ip) ?? 0, ifindex));
+      for (const [ifindex, ip] of devMap.entriesBatch()) devOf.set(ip, Math.max(devOf.get(ip) ?? 0, ifindex));
+      // The tries only sync() writes: what this instance wrote last, unless another writer bumped the generation since.
+      const cached = this.written?.generation === cfg.generation ? this.written : undefined;
+      const havePeer = cached?.peers ?? new Map<string, [PeerKeyC, number]>([...peerMap.entries()].map(([k, v]) => [peerKeyString(k), [k, v]]));
+      const haveRule = cached?.rules ?? new Map<string, [RuleKeyC, number]>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), [k, v]]));
+      this.written = undefined; // until the writes below are all done
       // The latest binding of the address (CNI ADD) first: an ifindex the map holds may be a deleted veth's.
       for (const [ip, v] of wantEp) if (v.ifindex === 0) v.ifindex = devOf.get(ip) || haveEp.get(ip)?.ifindex || 0;
 
@@ -265,6 +273,9 @@ export class PolicyDataplane {
       if (!epFirst) changed += epMap.batchDelete(epDels);
       if (!peerFirst) changed += peerMap.batchDelete(peerDels);
       if (!ruleFirst) changed += ruleMap.batchDelete(ruleDels);
+      const generation = (cfg.generation + 1) >>> 0;
+      cfgMap.update(0, { ...cfg, generation });
+      this.written = { generation, peers: wantPeer, rules: wantRule };
       return { changed };
     });
   }
@@ -372,7 +383,7 @@ export class PolicyDataplane {
   flushConntrack(pred: (k: CtKey, v: CtVal) => boolean): number {
     const ct = this.map('patu_pol_ct');
     const doomed: CtKeyC[] = [];
-    for (const [k, v] of ct.entries()) {
+    for (const [k, v] of ct.entriesBatch()) {
       const key: CtKey = { src: k.src, dst: k.dst, sport: k.sport, dport: k.dport, proto: k.proto, dir: dirName(k.dir), fragment: k.pad === 1 };
       if (pred(key, { expiresNs: v.expiresNs, policy: v.policy, epId: v.epId, flags: v.flags })) doomed.push(k);
     }
@@ -381,7 +392,7 @@ export class PolicyDataplane {
 
   /** Every conntrack entry (tests, `patu policy --ct`). */
   conntrack(): [CtKey, CtVal][] {
-    return [...this.map('patu_pol_ct').entries()].map(([k, v]: [CtKeyC, CtValC]) => [
+    return this.map('patu_pol_ct').entriesBatch().map(([k, v]: [CtKeyC, CtValC]) => [
       { src: k.src, dst: k.dst, sport: k.sport, dport: k.dport, proto: k.proto, dir: dirName(k.dir), fragment: k.pad === 1 },
       { expiresNs: v.expiresNs, policy: v.policy, epId: v.epId, flags: v.flags },
     ]);
@@ -412,8 +423,12 @@ export class PolicyDataplane {
 
   /** Drop events (and with allows, new-flow allows) into the ring buffer; off: the programs submit nothing. */
   setMonitor(on: boolean, allows = false): void {
-    const v: CfgC = { monitor: on ? 1 : 0, monitorAllow: on && allows ? 1 : 0 };
-    this.map('patu_pol_cfg').update(0, v);
+    const cfg = this.map('patu_pol_cfg');
+    withLock(this.pins.dir, () => {
+      const cur = cfg.lookup(0);
+      const v: CfgC = { monitor: on ? 1 : 0, monitorAllow: on && allows ? 1 : 0, generation: cur?.generation ?? 0, pad: 0 };
+      cfg.update(0, v);
+    });
   }
 
   monitor(): { on: boolean; allows: boolean } {

@@ -50,6 +50,7 @@ export const raw = {
   bpf_map_delete_elem: bpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
   bpf_map_get_next_key: bpf.func('int bpf_map_get_next_key(int fd, const void *key, void *next_key)'),
   bpf_map_update_batch: bpf.func('int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const void *opts)'),
+  bpf_map_lookup_batch: bpf.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, const void *opts)'),
   bpf_map_delete_batch: bpf.func('int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const void *opts)'),
   bpf_obj_pin: bpf.func('int bpf_obj_pin(int fd, const char *path)'),
   bpf_obj_get: bpf.func('int bpf_obj_get(const char *path)'),
