@@ -1,14 +1,18 @@
-// RSS of the REAL agent process (`bin/patu agent --kubernetes`, as deployed) against a real
-// kube-apiserver + etcd on loopback: idle (synced, only default/kubernetes), then after 1,000 and
-// 10,000 ClusterIP Services, each with an EndpointSlice of 3 ready endpoints, all programmed into
-// the agent's pinned service map. The agent uses a least-privilege token (the rules of
+// RSS of the REAL agent process (`bin/patu agent --kubernetes`, as deployed: NetworkPolicy on)
+// against a real kube-apiserver + etcd on loopback: idle (synced, only default/kubernetes), then
+// after 1,000 and 10,000 ClusterIP Services, each with an EndpointSlice of 3 ready endpoints, all
+// programmed into the agent's pinned service map. RSS_KIND=pods measures the cluster-wide Pod watch
+// of NetworkPolicy instead: 1,000 and 10,000 Running pods (labels, 2 named container ports, an
+// address), 1 in 20 on the agent's node (the rest on 20 other nodes), in 10 namespaces, with
+// 10 NetworkPolicies selecting them; each point waits until the agent's policy state has them all
+// (its names file lists the local pods as endpoints). The agent uses a least-privilege token (the rules of
 // deploy/patu.yaml), its own pin root and cgroup, no CNI conflist. Each point is read after the
 // agent has been quiet for SETTLE_MS; the agent is never asked to collect garbage, so the numbers
 // are what it keeps in practice. Node's own floor (an idle `node -e`) is measured in the same run.
 //
 //   bash scripts/build.sh && node dist/bench/k8s-rss.js [--json]     (root; kube-apiserver and etcd
 //   from /var/cache/patu/k8s/<version>/bin or $PATU_K8S_BIN_DIR, as scripts/k8s/build.sh leaves them)
-//   RSS_COUNTS=1000,10000  RSS_SETTLE_MS=5000  RSS_CONCURRENCY=16  RSS_MAPS=1 (RSS by mapping, from smaps)
+//   RSS_KIND=services|pods  RSS_COUNTS=1000,10000  RSS_SETTLE_MS=5000  RSS_CONCURRENCY=16  RSS_MAPS=1 (RSS by mapping, from smaps)
 //   RSS_THREADS=1 (the agent's CPU so far per thread)
 //   RSS_AGENT_NODE_ARGS="--max-semi-space-size=1 ..." runs `node <args> dist/src/cli/index.js agent`
 //   instead of bin/patu (to compare V8 flags; bin/patu passes its own); RSS_AGENT_SCRIPT=<file.js> runs
@@ -22,10 +26,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readProgrammed } from '../src/dataplane/service-lb.js';
+import { policyNamesPath } from '../src/policy/names.js';
 import { Scratch } from '../test/helpers/kernel.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const COUNTS = (process.env.RSS_COUNTS ?? '1000,10000').split(',').map(Number);
+const KIND = process.env.RSS_KIND === 'pods' ? 'pods' : 'services';
+/** Pods mode: every LOCAL_EVERY-th pod runs on the agent's node; namespaces and policies. */
+const LOCAL_EVERY = 20;
+const POD_NAMESPACES = 10;
 const SETTLE_MS = Number(process.env.RSS_SETTLE_MS ?? 5000);
 const CONC = Number(process.env.RSS_CONCURRENCY ?? 16);
 const JSON_OUT = process.argv.includes('--json');
@@ -231,8 +240,9 @@ async function main(): Promise<void> {
     await a.must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', {
       metadata: { name: 'patu-rss' },
       rules: [
-        { apiGroups: [''], resources: ['services', 'pods', 'nodes'], verbs: ['list', 'watch'] },
+        { apiGroups: [''], resources: ['services', 'pods', 'nodes', 'namespaces'], verbs: ['list', 'watch'] },
         { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
+        { apiGroups: ['networking.k8s.io'], resources: ['networkpolicies'], verbs: ['list', 'watch'] },
       ],
     });
     await a.must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
@@ -242,6 +252,19 @@ async function main(): Promise<void> {
     });
     await a.must('POST', '/api/v1/nodes', { metadata: { name: NODE }, spec: { podCIDR: '10.244.0.0/24' } });
     await a.must('POST', '/api/v1/namespaces', { metadata: { name: 'rss' } });
+    if (KIND === 'pods') {
+      for (let n = 0; n < POD_NAMESPACES; n++) {
+        await a.must('POST', '/api/v1/namespaces', { metadata: { name: `rss-${n}`, labels: { team: `t${n % 3}` } } });
+        // One policy per namespace: its pods with app=a<k> admit the same app from teams t0/t1 on a named port.
+        await a.must('POST', `/apis/networking.k8s.io/v1/namespaces/rss-${n}/networkpolicies`, {
+          metadata: { name: 'p' },
+          spec: {
+            podSelector: { matchLabels: { tier: 'web' } },
+            ingress: [{ from: [{ namespaceSelector: { matchExpressions: [{ key: 'team', operator: 'In', values: ['t0', 't1'] }] }, podSelector: { matchLabels: { tier: 'web' } } }], ports: [{ port: 'http' }] }],
+          },
+        });
+      }
+    }
     // JSON, so the agent does not load a YAML parser that it never loads in a pod (ServiceAccount).
     writeFileSync(join(tmp, 'kubeconfig'), JSON.stringify({
       apiVersion: 'v1', kind: 'Config', 'current-context': 'rss',
@@ -259,6 +282,8 @@ async function main(): Promise<void> {
     const extraEnv = Object.fromEntries((process.env.RSS_AGENT_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
     const args = [...pre, 'agent', '--kubernetes', '--kubeconfig', join(tmp, 'kubeconfig'), '--node-name', NODE,
       '--cluster-cidr', '10.244.0.0/16', '--cni-conf-dir', '', '--pin-root', PIN, '--cgroup', CG,
+      // A bridge of no one: the policy programs attach only to veths of the agent's bridge (none here).
+      '--bridge', `prss${process.pid % 100000}`,
       '--metrics-addr', `127.0.0.1:${metricsPort}`, '--cni-socket', join(tmp, 'agent.sock')];
     const t0 = performance.now();
     agent = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...extraEnv } });
@@ -286,6 +311,9 @@ async function main(): Promise<void> {
     };
     await point(0, { readyMs });
 
+    if (KIND === 'pods') {
+      await podsMode(a, metricsUrl, dead, point);
+    } else {
     let have = 0;
     const ports = (): number => (readProgrammed(PIN) ?? []).filter((v) => v.vip.startsWith('10.96.') && v.port === 80).length;
     for (const target of COUNTS) {
@@ -321,6 +349,7 @@ async function main(): Promise<void> {
       log(`${target} services + slices written in ${writeMs} ms, all programmed after ${programmedMs} ms`);
       await point(target, { writeMs, programmedMs });
     }
+    }
 
     const out = { command: `${Object.entries(extraEnv).map(([k, v]) => `${k}=${v} `).join('')}${cmd} ${pre.join(' ')}`.trim(), nodeVersion: process.version, nodeFloorMB: floor, points: rows };
     if (JSON_OUT) {
@@ -328,7 +357,7 @@ async function main(): Promise<void> {
     } else {
       console.log(`agent: ${out.command} agent --kubernetes ...   (Node ${process.version})`);
       console.log(`Node's floor (node -e "setTimeout(()=>{},1e6)"): ${floor.node} MB; with --max-semi-space-size=1: ${floor.nodeSemi1} MB`);
-      console.log('services    RSS MB   anon MB   file MB   V8 heap used/total MB   external MB   CPU s (since last row)');
+      console.log(`${KIND.padStart(8)}    RSS MB   anon MB   file MB   V8 heap used/total MB   external MB   CPU s (since last row)`);
       for (const r of rows as unknown as (Mem & { services: number; heapUsedMB: number; heapTotalMB: number; externalMB: number; cpuPhaseS: number })[]) {
         console.log(`${String(r.services).padStart(8)}  ${String(r.rssMB).padStart(7)}  ${String(r.anonMB).padStart(8)}  ${String(r.fileMB).padStart(8)}  ${`${r.heapUsedMB} / ${r.heapTotalMB}`.padStart(22)}  ${String(r.externalMB).padStart(11)}  ${String(r.cpuPhaseS).padStart(10)}`);
       }
@@ -345,6 +374,49 @@ async function main(): Promise<void> {
     }
     rmSync(tmp, { recursive: true, force: true });
     await scratch.cleanup();
+  }
+}
+
+/** RSS_KIND=pods: pods cluster-wide (the NetworkPolicy watch), each point once the agent has seen every pod write. */
+async function podsMode(a: Api, metricsUrl: string, dead: () => string | undefined, point: (n: number, extra?: Record<string, unknown>) => Promise<void>): Promise<void> {
+  const upserts = async (): Promise<number> => {
+    const { text } = await httpText(`${metricsUrl}/metrics`);
+    return Number(/^patu_informer_events_total\{resource="pods",event="upsert"\} (\d+)/m.exec(text)?.[1] ?? 0);
+  };
+  const namesFile = policyNamesPath(PIN);
+  const endpoints = (): number => {
+    try {
+      return Object.keys((JSON.parse(readFileSync(namesFile, 'utf8')) as { endpoints?: object }).endpoints ?? {}).length;
+    } catch {
+      return -1;
+    }
+  };
+  let have = 0;
+  for (const target of COUNTS) {
+    const tw = performance.now();
+    let next = have;
+    await Promise.all(Array.from({ length: CONC }, async () => {
+      while (next < target) {
+        const i = next++;
+        const ns = `rss-${i % POD_NAMESPACES}`;
+        const node = i % LOCAL_EVERY === 0 ? NODE : `rss-other-${i % 20}`;
+        const pod = await a.must('POST', `/api/v1/namespaces/${ns}/pods`, {
+          metadata: { name: `p${i}`, labels: { app: `a${i % 50}`, tier: i % 2 ? 'web' : 'db', 'pod-template-hash': `h${i % 7}` } },
+          spec: { nodeName: node, containers: [{ name: 'c', image: 'none', ports: [{ name: 'http', containerPort: 8080 }, { name: 'metrics', containerPort: 9090 }] }] },
+        });
+        const ip = `10.${244 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
+        await a.must('PUT', `/api/v1/namespaces/${ns}/pods/p${i}/status`, { ...pod, status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] } });
+      }
+    }));
+    const writeMs = Math.round(performance.now() - tw);
+    const locals = Math.ceil(target / LOCAL_EVERY);
+    // Two writes per pod (create, status): the agent has seen them all; its policy state then has the local ones as endpoints.
+    await until(`${target} pods seen`, async () => (await upserts()) >= 2 * target && endpoints() >= locals, 600_000, dead)
+      .catch(async (e: Error) => { throw new Error(`${e.message} (${await upserts()} pod upserts, ${endpoints()} endpoints)`, { cause: e }); });
+    const programmedMs = Math.round(performance.now() - tw);
+    have = target;
+    log(`${target} pods written in ${writeMs} ms, all in the agent's policy state after ${programmedMs} ms (${endpoints()} local endpoints)`);
+    await point(target, { writeMs, programmedMs, localEndpoints: endpoints() });
   }
 }
 

@@ -62,6 +62,13 @@ export interface AgentOptions {
   dataDir?: string;
   /** hostPort full resync interval (default 10 s; tests). */
   hostPortResyncMs?: number;
+  /**
+   * Enforce NetworkPolicy from the Kubernetes API (--network-policy): default on with
+   * --kubernetes (a CNI that ignores policies silently allows what they deny); false
+   * leaves the policy programs and maps alone (a cluster where another component enforces
+   * policy). Ignored without --kubernetes.
+   */
+  networkPolicy?: boolean;
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
@@ -173,9 +180,22 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => pw.close());
   }
 
+  // CNI requests for Kubernetes pods: a successful ADD puts the pod under its policies before it is answered.
+  let beforeAnswer: ((req: import('./cni-wire.js').CniRequest, stdout: string) => void) | undefined;
   if (opts.kubernetes) {
     const { startKubernetes, resolveNodeName } = await import('../k8s/agent-k8s.js');
+    let policy: import('../k8s/policy-source.js').PolicyStateSink | undefined;
+    if (opts.networkPolicy ?? true) {
+      const { openPolicyEngine } = await import('./policy-engine.js');
+      const engine = openPolicyEngine({ pinRoot: opts.pinRoot, log, ...bpffs, ...(opts.kubernetes.bridge ? { bridges: [opts.kubernetes.bridge] } : {}) });
+      policy = engine.sink;
+      closers.push(() => engine.close());
+      log.info({ pinRoot: opts.pinRoot }, 'network policy on (NetworkPolicies, Namespaces and every Pod are watched)');
+    } else {
+      log.info({}, 'network policy off (--network-policy=off): NetworkPolicies are not enforced by patu');
+    }
     const k8s = await startKubernetes({
+      ...(policy ? { policy } : {}),
       ...opts.kubernetes,
       // The agent is where the process environment is read: the layers below get values.
       nodeName: resolveNodeName(opts.kubernetes.nodeName, process.env),
@@ -190,6 +210,21 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     });
     notReady = () => k8s.source.notReady();
     closers.push(() => k8s.close());
+    const policySource = k8s.policy;
+    if (policySource) {
+      const { cniPodOf } = await import('./cni-pod.js');
+      beforeAnswer = (req, stdout) => {
+        const pod = cniPodOf(req.env, stdout);
+        if (!pod) return;
+        if (pod.command === 'DEL') {
+          policySource.podAddressGone(pod.namespace, pod.name);
+          return;
+        }
+        const t0 = performance.now();
+        const now = policySource.podAddressKnown(pod.namespace, pod.name, pod.ips);
+        log.debug({ pod: `${pod.namespace}/${pod.name}`, ips: pod.ips, appliedNow: now, ms: Math.round((performance.now() - t0) * 100) / 100 }, 'policy: pod address from CNI ADD');
+      };
+    }
   }
 
   const nodeportDevices = (opts.nodeportDevices ?? []).map((d) => d.trim()).filter((d) => d !== '');
@@ -275,6 +310,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     socketPath: opts.cniSocket,
     ...(opts.requestTimeoutMs !== undefined ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
     onProblem: (what, err) => log.error({ err: clip(messageOf(err), 1024) }, what),
+    ...(beforeAnswer ? { beforeAnswer: (req: import('./cni-wire.js').CniRequest, outcome: { stdout: string }) => beforeAnswer!(req, outcome.stdout) } : {}),
     onRequest: (req, outcome, millis) => {
       const result = outcome.dropped ? 'dropped' : outcome.timedOut ? 'timeout' : outcome.deferred ? 'deferred' : outcome.exitCode === 0 ? 'ok' : 'error';
       metrics?.cniRequests.inc({ command: clip(req.env.CNI_COMMAND, 16) ?? 'unknown', result });

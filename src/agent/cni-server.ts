@@ -69,6 +69,13 @@ export interface CniServerOptions {
   onRequest?: (req: CniRequest, outcome: RequestOutcome, millis: number) => void;
   /** Problems of the server itself (a worker that failed, a claim that could not be written). */
   onProblem?: (what: string, err?: unknown) => void;
+  /**
+   * Called on this (the main) thread with a request that succeeded, just before its answer
+   * is written: the runtime hears of the pod's address only after this returns (the agent
+   * puts a new pod under its network policies here). Must not throw (a throw is reported
+   * through onProblem and the answer still goes out).
+   */
+  beforeAnswer?: (req: CniRequest, outcome: RequestOutcome) => void;
 }
 
 export interface CniServer {
@@ -151,6 +158,13 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
 
   function finish(job: Job, outcome: RequestOutcome, answer: boolean): void {
     clearTimeout(job.timer);
+    if (answer && outcome.exitCode === 0 && opts.beforeAnswer) {
+      try {
+        opts.beforeAnswer(job.req, outcome);
+      } catch (err) {
+        problem(`before answering ${clip(job.req.env.CNI_COMMAND, 16)}`, err);
+      }
+    }
     if (answer) job.sock.end(encodeResponse(outcome));
     else job.sock.end();
     opts.onRequest?.(job.req, outcome, performance.now() - job.received);

@@ -189,6 +189,11 @@ export function buildProgram(): Command {
     .option('--hostports', 'serve pod hostPorts even without --services-file or --kubernetes (which switch it on)')
     .option('--no-hostports', 'do not serve pod hostPorts (the CNI plugin still records them and refuses conflicts)')
     .option('--no-masquerade', 'with --kubernetes: the conflist does not masquerade traffic leaving the cluster CIDR')
+    .option('--network-policy [on|off]', 'with --kubernetes: enforce NetworkPolicies (watches NetworkPolicies, Namespaces and every Pod of the cluster). Default: on', (v: string) => {
+      if (v === 'on' || v === 'true') return true;
+      if (v === 'off' || v === 'false') return false;
+      throw new Error(`--network-policy: want on or off, got '${v}'`);
+    })
     .option('--request-timeout <ms>', 'deadline of one CNI request: a request still running then is answered with code 11 and abandoned', (v: string) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 100 || n > 55_000) throw new Error(`--request-timeout: want whole milliseconds from 100 to 55000 (below bin/patu's 60 s), got '${v}'`);
@@ -231,6 +236,8 @@ export function buildProgram(): Command {
         ...(opts.hostports !== undefined ? { hostPorts: Boolean(opts.hostports) } : {}),
         dataDir: opts.dataDir,
         requestTimeoutMs: opts.requestTimeout,
+        // commander: bare --network-policy is true, =on/=off parsed above, absent undefined (on with --kubernetes).
+        ...(opts.networkPolicy !== undefined ? { networkPolicy: Boolean(opts.networkPolicy) } : {}),
       });
     });
 

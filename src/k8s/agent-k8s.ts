@@ -12,6 +12,7 @@ import { buildConflist, writeConflistIfChanged } from '../cni/conflist.js';
 import { loadClientConfig } from './kubeconfig.js';
 import type { AgentMetrics } from './metrics.js';
 import { K8sSource, type Logger } from './source.js';
+import { K8sPolicySource, type PolicyStateSink } from './policy-source.js';
 
 export interface KubernetesAgentOptions {
   kubeconfig?: string;
@@ -44,6 +45,12 @@ export interface KubernetesAgentOptions {
   metrics?: AgentMetrics;
   coalesceMs?: number;
   resyncMs?: number;
+  /**
+   * NetworkPolicy enforcement (--network-policy): where the state built from Pods
+   * (cluster-wide), Namespaces and NetworkPolicies goes (the agent's PolicyEngine).
+   * Undefined: no policy watches, and the Pod watch stays this node's.
+   */
+  policy?: PolicyStateSink;
 }
 
 /** --node-name, else NODE_NAME (the DaemonSet sets it from spec.nodeName), else the hostname. */
@@ -51,6 +58,8 @@ export const resolveNodeName = (flag: string | undefined, env: NodeJS.ProcessEnv
 
 export interface KubernetesAgent {
   source: K8sSource;
+  /** With `policy`: the NetworkPolicy side (CNI ADD tells it new pods' addresses). */
+  policy?: K8sPolicySource;
   lb: ServiceLb;
   close(): Promise<void>;
 }
@@ -63,13 +72,30 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   const lb = o.lb ?? ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
   if (own) for (const repair of lb.repairs) o.log.warn({ pinRoot: o.pinRoot, repair }, 'service map pins repaired');
   let tracker: NodeAddressTracker;
+  const policy = o.policy
+    ? new K8sPolicySource({
+      nodeName,
+      sink: o.policy,
+      log: o.log,
+      ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
+    })
+    : undefined;
   try {
     // Before the first apply (which attaches the programs), so they start fully configured.
     const serviceCIDR = o.serviceCIDR ?? DEFAULTS.serviceCIDR;
     lb.configure({ serviceCidr: serviceCIDR });
     o.log.info({ serviceCIDR: serviceCIDR || 'none' }, serviceCIDR ? 'service CIDR: unanswered addresses in it are refused' : 'no service CIDR');
     tracker = new NodeAddressTracker({
-      sink: lb,
+      // The node's addresses also go to policy: traffic from the node (kubelet probes) is always allowed.
+      sink: policy
+        ? {
+          configure: (c) => lb.configure(c),
+          setNodeAddresses: (addrs) => {
+            policy.setNodeAddresses([...addrs.keys()].filter((a) => !a.startsWith('127.')));
+            return lb.setNodeAddresses(addrs);
+          },
+        }
+        : lb,
       ...(o.nodeNetns ? { netns: o.nodeNetns } : {}),
       pollMs: DEFAULTS.nodeAddrPollMs,
       onChange: (c) => o.log.info(c, 'node addresses changed (NodePorts answer on these)'),
@@ -114,6 +140,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     ...(o.metrics ? { metrics: o.metrics } : {}),
     ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
     ...(o.resyncMs !== undefined ? { resyncMs: o.resyncMs } : {}),
+    ...(policy ? { policy } : {}),
     // Opened on first need: the registry exists once acceleration was switched on.
     podRegistry: () => (registry ??= openPodRegistry(o.pinRoot)),
     // ServiceLb attaches after its first successful apply (never against half-filled maps).
@@ -145,8 +172,10 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   o.log.info({ apiserver: cfg.server, credentials: cfg.source, node: nodeName }, 'watching Kubernetes');
   return {
     source,
+    ...(policy ? { policy } : {}),
     lb,
     close: async () => {
+      policy?.close();
       await source.close();
       await health.close();
       tracker.close();

@@ -21,12 +21,14 @@ import type { PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceModel, type DesiredServicePort } from '../services/model.js';
 import type { ClientConfig } from './kubeconfig.js';
 import {
-  convertService, mergeSlices, nodePodCidr, podAccel, refOf, sliceService,
+  ACCEL_ANNOTATION, convertService, mergeSlices, nodePodCidr, podAccel, refOf, sliceService,
   slimEndpointSlice, slimNode, slimPod, slimService,
   type K8sEndpointSlice, type K8sNode, type K8sPod, type K8sService,
 } from './convert.js';
 import type { AgentMetrics } from './metrics.js';
 import { startInformer, type BackoffOptions, type RunningInformer } from './informers.js';
+import { slimNamespace, slimNetworkPolicy, slimPolicyPod, type K8sNamespace, type K8sNetworkPolicy, type K8sPolicyPod } from './policy-convert.js';
+import type { K8sPolicySource } from './policy-source.js';
 import { messageOf } from '../errors.js';
 import { contains, firstSubnet24, parseCidr, type Cidr } from '../net/cidr.js';
 
@@ -77,10 +79,16 @@ export interface K8sSourceOptions {
   /** Called after every successful apply. */
   onApplied?: (stats: ApplyStats, kind: 'resync' | 'delta') => void;
   backoff?: BackoffOptions;
+  /**
+   * NetworkPolicy: the Pod watch becomes cluster-wide (selectors span namespaces; the
+   * acceleration side still looks only at this node's pods) and Namespaces and
+   * NetworkPolicies are watched too, all fed to this source.
+   */
+  policy?: K8sPolicySource;
 }
 
 export const RESOURCES = ['services', 'endpointslices', 'pods', 'node'] as const;
-export type Resource = (typeof RESOURCES)[number];
+export type Resource = (typeof RESOURCES)[number] | 'namespaces' | 'networkpolicies';
 
 const nolog: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
@@ -133,6 +141,7 @@ export class K8sSource {
   /** Starts the four informers against an apiserver. */
   start(cfg: ClientConfig): void {
     const node = this.opts.nodeName;
+    const policy = this.opts.policy;
     const on = <T>(resource: Resource, up: (o: T) => void, del: (o: T) => void) => ({
       onUpsert: (o: T) => {
         this.opts.metrics?.informerEvents.inc({ resource, event: 'upsert' });
@@ -158,11 +167,23 @@ export class K8sSource {
         on('services', (o) => this.handleService(o), (o) => this.handleServiceDelete(o)), b),
       startInformer<K8sEndpointSlice>(cfg, { resource: 'endpointslices', path: '/apis/discovery.k8s.io/v1/endpointslices', slim: slimEndpointSlice },
         on('endpointslices', (o) => this.handleSlice(o), (o) => this.handleSliceDelete(o)), b),
-      startInformer<K8sPod>(cfg, { resource: 'pods', path: '/api/v1/pods', fieldSelector: `spec.nodeName=${node}`, slim: slimPod },
-        on('pods', (o) => this.handlePod(o), (o) => this.handlePodDelete(o)), b),
+      policy
+        // Every pod of the cluster, trimmed to what policy needs (src/k8s/policy-convert.ts).
+        ? startInformer<K8sPolicyPod>(cfg, { resource: 'pods', path: '/api/v1/pods', slim: (o) => slimPolicyPod(o, ACCEL_ANNOTATION, true) },
+          on('pods', (o) => this.handlePod(o), (o) => this.handlePodDelete(o, true)), b)
+        : startInformer<K8sPod>(cfg, { resource: 'pods', path: '/api/v1/pods', fieldSelector: `spec.nodeName=${node}`, slim: slimPod },
+          on('pods', (o) => this.handlePod(o), (o) => this.handlePodDelete(o, true)), b),
       startInformer<K8sNode>(cfg, { resource: 'node', path: '/api/v1/nodes', fieldSelector: `metadata.name=${node}`, slim: slimNode },
         on('node', (o) => this.handleNode(o), (o) => this.handleNodeDelete(o)), b),
     ];
+    if (policy) {
+      this.informers.push(
+        startInformer<K8sNamespace>(cfg, { resource: 'namespaces', path: '/api/v1/namespaces', slim: slimNamespace },
+          on('namespaces', (o) => policy.handleNamespace(o), (o) => policy.handleNamespaceDelete(o)), b),
+        startInformer<K8sNetworkPolicy>(cfg, { resource: 'networkpolicies', path: '/apis/networking.k8s.io/v1/networkpolicies', slim: slimNetworkPolicy },
+          on('networkpolicies', (o) => policy.handlePolicy(o), (o) => policy.handlePolicyDelete(o)), b),
+      );
+    }
   }
 
   async close(): Promise<void> {
@@ -217,6 +238,7 @@ export class K8sSource {
     if (this.synced.has(resource)) return;
     this.synced.add(resource);
     this.log.info({ resource }, 'informer synced');
+    if (resource === 'pods' || resource === 'namespaces' || resource === 'networkpolicies') this.opts.policy?.markSynced(resource);
     if (resource === 'node') this.publishCidr();
     if (resource === 'pods') this.resyncPods();
     this.schedule();
@@ -419,7 +441,16 @@ export class K8sSource {
 
   // ---- pods: acceleration opt-out
 
-  handlePod(o: K8sPod): void {
+  handlePod(o: K8sPod | K8sPolicyPod): void {
+    const policy = this.opts.policy;
+    if (policy) {
+      policy.handlePod(o as K8sPolicyPod);
+      // The watch is cluster-wide: acceleration flags are this node's pods' only.
+      if ((o as K8sPolicyPod).spec?.nodeName !== this.opts.nodeName) {
+        this.handlePodDelete(o);
+        return;
+      }
+    }
     const key = refOf(o.metadata);
     const acc = podAccel(o);
     const prevIp = this.podIps.get(key);
@@ -429,7 +460,8 @@ export class K8sSource {
     this.setOptOut(acc.ip, acc.optOut);
   }
 
-  handlePodDelete(o: K8sPod): void {
+  handlePodDelete(o: K8sPod | K8sPolicyPod, fromWatch = false): void {
+    if (fromWatch) this.opts.policy?.handlePodDelete(o as K8sPolicyPod);
     const key = refOf(o.metadata);
     const ip = this.podIps.get(key);
     // The registry entry itself is removed by CNI DEL, which owns it.
@@ -506,10 +538,10 @@ export class K8sSource {
 
   /** Undefined when ready (informers synced, data plane programmed), else why not. */
   notReady(): string | undefined {
-    const missing = RESOURCES.filter((r) => !this.synced.has(r));
+    const missing = [...RESOURCES, ...(this.opts.policy ? ['namespaces', 'networkpolicies'] as const : [])].filter((r) => !this.synced.has(r));
     if (missing.length) return `informers not synced: ${missing.join(', ')}${this.lastError ? ` (last error: ${this.lastError})` : ''}`;
     if (!this.programmed) return `services not programmed yet${this.lastError ? ` (${this.lastError})` : ''}`;
-    return undefined;
+    return this.opts.policy?.notReady();
   }
 
   get isProgrammed(): boolean {

@@ -1,5 +1,5 @@
 // deploy/patu.yaml and deploy/patu-uninstall.yaml: they parse, the agent's RBAC
-// is exactly read-only on the four resources it watches (this test fails if
+// is exactly read-only on the six resources it watches (this test fails if
 // anyone widens it), no credential other than the ServiceAccount is used, and
 // every flag the manifests pass exists in the CLI.
 import { test } from 'node:test';
@@ -24,7 +24,10 @@ const ALLOWED: Record<string, string[]> = {
   '/services': ['get', 'list', 'watch'],
   '/pods': ['get', 'list', 'watch'],
   '/nodes': ['get', 'list', 'watch'],
+  // NetworkPolicy (issue 11): selectors name namespaces by their labels.
+  '/namespaces': ['get', 'list', 'watch'],
   'discovery.k8s.io/endpointslices': ['get', 'list', 'watch'],
+  'networking.k8s.io/networkpolicies': ['get', 'list', 'watch'],
 };
 
 test('patu.yaml: the expected objects, all valid YAML', () => {
@@ -37,7 +40,7 @@ test('patu.yaml: the expected objects, all valid YAML', () => {
   }
 });
 
-test('patu.yaml: RBAC grants get/list/watch on services, endpointslices, pods, nodes and nothing else', () => {
+test('patu.yaml: RBAC grants get/list/watch on services, endpointslices, pods, nodes, namespaces, networkpolicies and nothing else', () => {
   const docs = load('patu.yaml');
   // No Role/RoleBinding sneaking in extra rights, no aggregation.
   const rbac = docs.filter((d) => String(d.apiVersion).startsWith('rbac.authorization.k8s.io/'));
