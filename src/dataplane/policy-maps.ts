@@ -196,6 +196,27 @@ export function ruleKeys(r: RuleEntry): RuleKeyC[] {
 }
 
 export const ruleKeyString = (k: RuleKeyC): string => `${k.epId}/${k.peerClass}/${k.dir}/${k.proto}/${k.port}/${k.prefixlen}`;
+
+/** ruleKeys(r).map(ruleKeyString), without the objects (sync() diffs hundreds of thousands of these). */
+export function ruleKeyStrings(r: RuleEntry, out: string[]): void {
+  const head = `${r.epId}/${r.peerClass}/${RULE_DIRS[r.dir]}/`;
+  if (r.proto === null || r.portFrom === null && r.portTo === null || r.portFrom === r.portTo && r.portFrom !== null && Number.isInteger(r.portFrom) && r.portFrom >= 0 && r.portFrom <= 65535) {
+    if (r.proto === null) {
+      if (r.portFrom !== null || r.portTo !== null) throw new Error(`rule of endpoint ${r.epId}: ports without a protocol`);
+      out.push(`${head}0/0/${POL.RULE_PREFIX_ANY_PROTO}`);
+      return;
+    }
+    if (!Number.isInteger(r.proto) || r.proto < 0 || r.proto > 255) throw new Error(`rule of endpoint ${r.epId}: protocol ${r.proto}`);
+    out.push(r.portFrom === null ? `${head}${r.proto}/0/${POL.RULE_PREFIX_ANY_PORT}` : `${head}${r.proto}/${r.portFrom}/${POL.RULE_PREFIX_FULL}`);
+    return;
+  }
+  for (const k of ruleKeys(r)) out.push(`${head}${k.proto}/${k.port}/${k.prefixlen}`);
+}
+
+export function parseRuleKeyString(s: string): RuleKeyC {
+  const [epId, peerClass, dir, proto, port, prefixlen] = s.split('/').map(Number) as [number, number, number, number, number, number];
+  return { prefixlen, epId, peerClass, dir, proto, port };
+}
 export const peerKeyString = (k: PeerKeyC): string => `${k.ip}/${k.prefixlen}`;
 
 /** Rule keys back to entries: port blocks of one (ep, class, dir, proto, policy) merged into ranges. */

@@ -26,7 +26,7 @@ import { bpfObjectPath } from '../home.js';
 import { accelPins, sockKeyCodec } from './accel-maps.js';
 import { isPatuVethName } from './names.js';
 import {
-  POL, POLICY_MAP_CODECS, POLICY_PROGRAMS, policyPins, epFlags, peerKey, peerKeyString, ruleKeys, ruleKeyString, rulesFromKeys,
+  POL, POLICY_MAP_CODECS, POLICY_PROGRAMS, policyPins, epFlags, peerKey, peerKeyString, ruleKeyString, ruleKeyStrings, parseRuleKeyString, rulesFromKeys,
   dirName, decodeEvent,
   type PolicyMapContents, type PolicyEndpoint, type PeerPrefix, type EpValC, type PeerKeyC, type RuleKeyC, type CtKey, type CtVal,
   type StatsEntry, type PolicyEvent, type CfgC, type CtKeyC, type CtValC,
@@ -82,7 +82,7 @@ export class PolicyDataplane {
   private readonly opened = new Map<string, { close(): void }>();
   private readonly progIds: Record<Hook, number>;
   /** What the last sync() of this instance left in the tries, and the generation it wrote. */
-  private written: { generation: number; peers: Map<string, [PeerKeyC, number]>; rules: Map<string, [RuleKeyC, number]> } | undefined;
+  private written: { generation: number; peers: Map<string, [PeerKeyC, number]>; rules: Map<string, number> } | undefined;
 
   private constructor(readonly pinRoot: string, private readonly progs: Record<Hook, BpfProgram>) {
     this.pins = policyPins(pinRoot);
@@ -200,19 +200,20 @@ export class PolicyDataplane {
       if (had && had[1] !== p.peerClass) throw new PolicyContentsError(`peer prefix ${p.cidr} given classes ${had[1]} and ${p.peerClass}`);
       wantPeer.set(s, [k, p.peerClass >>> 0]);
     }
-    const wantRule = new Map<string, [RuleKeyC, number]>();
+    const wantRule = new Map<string, number>();
+    const strs: string[] = [];
     for (const r of desired.rules) {
-      let keys: RuleKeyC[];
+      strs.length = 0;
       try {
-        keys = ruleKeys(r);
+        ruleKeyStrings(r, strs);
       } catch (e) {
         throw new PolicyContentsError((e as Error).message, { cause: e });
       }
-      for (const k of keys) {
-        const s = ruleKeyString(k);
-        const had = wantRule.get(s);
+      const pol = r.policyId >>> 0;
+      for (const k of strs) {
+        const had = wantRule.get(k);
         // Two policies allowing the same thing: the lower id is reported (either one allows).
-        if (!had || r.policyId < had[1]) wantRule.set(s, [k, r.policyId >>> 0]);
+        if (had === undefined || pol < had) wantRule.set(k, pol);
       }
     }
 
@@ -230,7 +231,7 @@ export class PolicyDataplane {
       // The tries only sync() writes: what this instance wrote last, unless another writer bumped the generation since.
       const cached = this.written?.generation === cfg.generation ? this.written : undefined;
       const havePeer = cached?.peers ?? new Map<string, [PeerKeyC, number]>([...peerMap.entries()].map(([k, v]) => [peerKeyString(k), [k, v]]));
-      const haveRule = cached?.rules ?? new Map<string, [RuleKeyC, number]>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), [k, v]]));
+      const haveRule = cached?.rules ?? new Map<string, number>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), v]));
       this.written = undefined; // until the writes below are all done
       // The latest binding of the address (CNI ADD) first: an ifindex the map holds may be a deleted veth's.
       for (const [ip, v] of wantEp) if (v.ifindex === 0) v.ifindex = devOf.get(ip) || haveEp.get(ip)?.ifindex || 0;
@@ -247,8 +248,9 @@ export class PolicyDataplane {
 
       let changed = 0;
       const ruleAdds: [RuleKeyC, number][] = [];
-      for (const [s, [k, v]] of wantRule) if (haveRule.get(s)?.[1] !== v) ruleAdds.push([k, v]);
-      const ruleDels = [...haveRule].filter(([s]) => !wantRule.has(s)).map(([, [k]]) => k);
+      for (const [s, v] of wantRule) if (haveRule.get(s) !== v) ruleAdds.push([parseRuleKeyString(s), v]);
+      const ruleDels: RuleKeyC[] = [];
+      for (const s of haveRule.keys()) if (!wantRule.has(s)) ruleDels.push(parseRuleKeyString(s));
       const peerAdds: [PeerKeyC, number][] = [];
       for (const [s, [k, v]] of wantPeer) if (havePeer.get(s)?.[1] !== v) peerAdds.push([k, v]);
       const peerDels = [...havePeer].filter(([s]) => !wantPeer.has(s)).map(([, [k]]) => k);

@@ -2,7 +2,7 @@
 // back, peer prefixes, rule keys (bpf/policy.h's 72/80/80+k prefix lengths).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { portBlocks, ruleKeys, rulesFromKeys, peerKey, POL, type RuleEntry } from '../../src/dataplane/policy-maps.js';
+import { portBlocks, ruleKeys, ruleKeyString, ruleKeyStrings, parseRuleKeyString, rulesFromKeys, peerKey, POL, type RuleEntry } from '../../src/dataplane/policy-maps.js';
 
 const covered = (blocks: { port: number; bits: number }[]): number[] =>
   blocks.flatMap((b) => Array.from({ length: 2 ** (16 - b.bits) }, (_, i) => b.port + i));
@@ -54,4 +54,23 @@ test('peerKey: host bits cleared, bad prefixes refused', () => {
   assert.deepEqual(peerKey('0.0.0.0/0'), { prefixlen: 0, ip: '0.0.0.0' });
   assert.deepEqual(peerKey('192.168.1.7/32'), { prefixlen: 32, ip: '192.168.1.7' });
   for (const bad of ['10.0.0.0', '10.0.0.0/33', '300.0.0.0/8', '::1/128', '10.0.0/8']) assert.throws(() => peerKey(bad), bad);
+});
+
+test('ruleKeyStrings (the fast path sync() uses) names exactly the keys ruleKeys builds', () => {
+  const cases: RuleEntry[] = [
+    { epId: 1, peerClass: 16, dir: 'ingress', proto: null, portFrom: null, portTo: null, policyId: 1 },
+    { epId: 2, peerClass: 17, dir: 'egress', proto: 17, portFrom: null, portTo: null, policyId: 1 },
+    { epId: 3, peerClass: 18, dir: 'egress', proto: 6, portFrom: 443, portTo: 443, policyId: 1 },
+    { epId: 4, peerClass: 19, dir: 'ingress', proto: 132, portFrom: 1000, portTo: 2000, policyId: 1 },
+    { epId: 5, peerClass: 20, dir: 'ingress', proto: 6, portFrom: 53, portTo: null, policyId: 1 },
+  ];
+  for (const r of cases) {
+    const out: string[] = [];
+    ruleKeyStrings(r, out);
+    assert.deepEqual(out, ruleKeys(r).map(ruleKeyString), JSON.stringify(r));
+    assert.deepEqual(out.map(parseRuleKeyString), ruleKeys(r));
+  }
+  assert.throws(() => ruleKeyStrings({ ...cases[0]!, portFrom: 1, portTo: 1 }, []));
+  assert.throws(() => ruleKeyStrings({ ...cases[2]!, proto: 256 }, []));
+  assert.throws(() => ruleKeyStrings({ ...cases[2]!, portFrom: 70000, portTo: 70000 }, []), RangeError);
 });
