@@ -164,6 +164,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => watch.close());
   }
 
+  let policyFileEngine: import('../policy/engine.js').PolicyEngine | undefined;
   if (opts.policyFile) {
     // The standalone policy source; enforcement stays (pinned, attached) when the agent stops.
     const { policyWatch } = await import('./policy-watch.js');
@@ -178,6 +179,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       },
     });
     closers.push(() => pw.close());
+    policyFileEngine = pw.engine;
   }
 
   // CNI requests for Kubernetes pods: a successful ADD puts the pod under its policies before it is answered.
@@ -225,6 +227,18 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
         log.debug({ pod: `${pod.namespace}/${pod.name}`, ips: pod.ips, appliedNow: now, ms: Math.round((performance.now() - t0) * 100) / 100 }, 'policy: pod address from CNI ADD');
       };
     }
+  }
+
+  if (policyFileEngine) {
+    // A pod the policy file names without an address (status.podIP) gets it from its CNI ADD (K8S_POD_NAMESPACE/NAME in CNI_ARGS).
+    const engine = policyFileEngine;
+    const { cniPodOf } = await import('./cni-pod.js');
+    beforeAnswer = (req, stdout) => {
+      const pod = cniPodOf(req.env, stdout);
+      if (!pod) return;
+      const r = pod.command === 'DEL' ? engine.podAddressGone(pod.namespace, pod.name) : engine.podAddressKnown(pod.namespace, pod.name, pod.ips);
+      if (r) log.info({ pod: `${pod.namespace}/${pod.name}`, command: pod.command, ips: pod.ips, mapChanges: r.changed, ms: r.ms }, 'network policy: pod address from CNI');
+    };
   }
 
   const nodeportDevices = (opts.nodeportDevices ?? []).map((d) => d.trim()).filter((d) => d !== '');

@@ -1,24 +1,21 @@
-// The agent's policy-file source (--policy-file): loads the policy programs (or reuses
-// their pins), attaches them to every pod veth, and keeps the maps in step with the file
+// The agent's policy-file source (--policy-file): the agent's policy engine (policy-engine.ts:
+// programs loaded or reused, attached to the pod veths), kept in step with the file
 // and with the node's addresses (always allowed: kubelet-style probes from the node)
 // through one PolicyEngine. A bad edit is logged and the last good state stays; the
 // engine is handed back so the CNI ADD hook can tell it a new pod's address at once.
 import { DEFAULTS } from '../defaults.js';
 import { messageOf } from '../errors.js';
-import { PolicyDataplane } from '../dataplane/policy-tc.js';
+import type { PolicyDataplane } from '../dataplane/policy-tc.js';
 import type { BpffsOptions } from '../kernel/bpf/pins.js';
 import { AddressWatch } from '../kernel/netlink/addr-watch.js';
-import { PolicyEngine, type PolicyApplyResult, type PolicyLog } from '../policy/engine.js';
+import type { PolicyApplyResult, PolicyEngine, PolicyLog } from '../policy/engine.js';
+import { openPolicyEngine } from './policy-engine.js';
 import { PolicyFileWatcher } from '../policy/file-source.js';
 import type { PolicyState } from '../policy/types.js';
 
 export interface PolicyWatchOptions extends BpffsOptions {
   pinRoot: string;
   log: PolicyLog;
-  /** Directory holding policy.o (default: build/bpf of this tree). */
-  objectDir?: string;
-  /** Where the names file goes (default DEFAULTS.policyStateDir). */
-  stateDir?: string;
   /** The netns whose addresses are the node's (default: the agent's). */
   netns?: string;
   /** How often address notifications are read (ms). */
@@ -46,17 +43,17 @@ export async function policyWatch(file: string, opts: PolicyWatchOptions): Promi
   // Checked before anything is loaded: a bad file at start changes nothing.
   const { loadPolicyFile } = await import('../policy/file-source.js');
   await loadPolicyFile(file);
-  const dp = PolicyDataplane.open({
-    pinRoot: opts.pinRoot,
-    ...(opts.objectDir ? { objectDir: opts.objectDir } : {}),
+  // The same kernel side and engine as with --kubernetes (programs attached to the pod veths there).
+  const pe = openPolicyEngine({
+    pinRoot: opts.pinRoot, log,
     ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }),
+    ...(opts.bridges ? { bridges: opts.bridges } : {}),
   });
+  const { engine, dp } = pe;
   let addrs: AddressWatch | undefined;
   let timer: NodeJS.Timeout | undefined;
   let watcher: PolicyFileWatcher | undefined;
   try {
-    const { policyNamesPath } = await import('../policy/names.js');
-    const engine = new PolicyEngine(dp, log, { namesFile: policyNamesPath(opts.pinRoot, opts.stateDir) });
     addrs = AddressWatch.open(opts.netns);
     const nodeAddresses = (): string[] => [...new Set(addrs!.list().map((a) => a.address))].sort();
     let node = nodeAddresses();
@@ -75,10 +72,7 @@ export async function policyWatch(file: string, opts: PolicyWatchOptions): Promi
       ...(opts.settleMs !== undefined ? { settleMs: opts.settleMs } : {}),
     });
     await watcher.start();
-    // The programs on every pod veth, after the maps hold the state (a veth attached
-    // before would briefly see none of it).
-    const attached = dp.attachAll(opts.bridges);
-    log.info({ file, veths: attached, policies: fileState?.policies.length ?? 0 }, 'network policy enforced from the policy file');
+    log.info({ file, policies: fileState?.policies.length ?? 0 }, 'network policy enforced from the policy file');
     let failing = false;
     timer = setInterval(() => {
       try {
@@ -107,14 +101,14 @@ export async function policyWatch(file: string, opts: PolicyWatchOptions): Promi
         clearInterval(timer);
         w.close();
         a.close();
-        dp.close();
+        pe.close();
       },
     };
   } catch (e) {
     clearInterval(timer);
     watcher?.close();
     addrs?.close();
-    dp.close();
+    pe.close();
     throw e;
   }
 }

@@ -66,7 +66,9 @@ const TCP = 6;
 
 export class PolicyEngine {
   private readonly compiler = new PolicyCompiler();
-  private state: PolicyState = { namespaces: [], pods: [], policies: [], nodeAddresses: [] };
+  /** The state as the source gave it, and with the addresses learned from CNI ADD (what is programmed). */
+  private source: PolicyState = { namespaces: [], pods: [], policies: [], nodeAddresses: [] };
+  private state: PolicyState = this.source;
   /** Addresses the CNI ADD hook told us before the source did: ns/name -> ips. */
   private readonly learned = new Map<string, string[]>();
   private lastNames: PolicyNames = { version: 1, policies: {}, endpoints: {}, classes: {} };
@@ -105,6 +107,13 @@ export class PolicyEngine {
 
   /** A new state from the source: applied at once (compile, sync, names, flush). */
   setState(state: PolicyState): PolicyApplyResult {
+    const before = this.source;
+    this.source = state;
+    // Pods the source had and no longer has: what CNI ADD said of them is forgotten
+    // (a pod the source has not seen yet keeps it: its ADD came first).
+    const had = new Set(before.pods.map((p) => `${p.namespace}/${p.name}`));
+    const has = new Set(state.pods.map((p) => `${p.namespace}/${p.name}`));
+    for (const ref of [...this.learned.keys()]) if (had.has(ref) && !has.has(ref)) this.learned.delete(ref);
     this.state = this.withLearned(state);
     return this.apply();
   }
@@ -112,37 +121,50 @@ export class PolicyEngine {
   /**
    * CNI ADD: the pod now has these addresses on this node. Applied at once when the pod is
    * in the state (its labels decide its policies); false when it is not (nothing to decide
-   * by yet: the source's update will bring it). Kept until the source has addresses for
-   * the pod, so a source lagging behind the ADD does not take them away again.
+   * by yet: the source's update will bring it, and these addresses with it) or when the
+   * source already has its address. Kept until the source has addresses for the pod, so a
+   * source lagging behind the ADD does not take them away again.
    */
   podAddressKnown(namespace: string, name: string, ips: string[]): PolicyApplyResult | false {
     const ref = `${namespace}/${name}`;
     const v4 = ips.filter((ip) => !ip.includes(':'));
     if (v4.length === 0) return false;
+    const src = this.source.pods.find((p) => p.namespace === namespace && p.name === name);
+    if (src?.hostNetwork) return false;
+    if (src && src.ips.some((ip) => !ip.includes(':'))) return false; // the source knows it
+    const had = this.learned.get(ref);
     this.learned.set(ref, v4);
-    const pod = this.state.pods.find((p) => p.namespace === namespace && p.name === name && !p.hostNetwork);
-    if (!pod) return false;
-    if (pod.local && v4.every((ip) => pod.ips.includes(ip))) return false; // known already
-    this.state = this.withLearned(this.state);
+    if (!src) return false;
+    if (had && had.length === v4.length && had.every((ip) => v4.includes(ip))) return false; // told already
+    this.state = this.withLearned(this.source);
     return this.apply();
   }
 
+  /**
+   * CNI DEL: the pod's addresses on this node are gone. What CNI ADD told is forgotten;
+   * applied when the state had the pod's addresses from it alone. Returns whether it applied.
+   */
+  podAddressGone(namespace: string, name: string): PolicyApplyResult | false {
+    const ref = `${namespace}/${name}`;
+    if (!this.learned.delete(ref)) return false;
+    if (!this.source.pods.some((p) => p.namespace === namespace && p.name === name)) return false;
+    this.state = this.withLearned(this.source);
+    return this.apply();
+  }
+
+  /** The source's state with the addresses CNI ADD told for pods the source has none for. */
   private withLearned(state: PolicyState): PolicyState {
     if (this.learned.size === 0) return state;
-    const present = new Set<string>();
     const pods = state.pods.map((p) => {
       const ref = `${p.namespace}/${p.name}`;
       const ips = this.learned.get(ref);
       if (!ips) return p;
-      present.add(ref);
-      if (p.ips.some((ip) => !ip.includes(':'))) {
+      if (p.hostNetwork || p.ips.some((ip) => !ip.includes(':'))) {
         this.learned.delete(ref); // the source caught up
         return p;
       }
       return { ...p, ips: [...p.ips, ...ips], local: true };
     });
-    // Pods the source no longer has: forget (a pod still being created is not in the state yet: kept).
-    if (state !== this.state) for (const ref of this.learned.keys()) if (!present.has(ref) && this.state.pods.some((p) => `${p.namespace}/${p.name}` === ref)) this.learned.delete(ref);
     return { ...state, pods };
   }
 

@@ -131,6 +131,16 @@ test('CNI ADD closes the window: a known pod\'s address is programmed at once an
   // Told again for an already known address: nothing to do.
   engine.setState(s);
   assert.equal(engine.podAddressKnown('x', 'c', [ip]), false);
+  // CNI DEL: an address known only from the ADD goes; one the source gives stays.
+  engine.setState(noIp(s));
+  assert.ok(engine.podAddressKnown('x', 'c', [ip]));
+  assert.ok(dp.contents.endpoints.some((e) => e.ip === ip));
+  assert.ok(engine.podAddressGone('x', 'c'));
+  assert.ok(!dp.contents.endpoints.some((e) => e.ip === ip));
+  assert.equal(engine.podAddressGone('x', 'c'), false);
+  engine.setState(s);
+  assert.equal(engine.podAddressGone('x', 'c'), false);
+  assert.ok(dp.contents.endpoints.some((e) => e.ip === ip));
 });
 
 test('a restarted engine takes over the ids: the same state writes nothing', () => {
