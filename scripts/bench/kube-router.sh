@@ -27,6 +27,10 @@ for a in "$@"; do
   esac
 done
 
+mkdir -p "$ROOT"
+# One build at a time (two benches starting together): the second waits, then finds the binary.
+exec 9>"$ROOT/.lock"
+flock 9
 if [[ -x $BIN/kube-router && $force -eq 0 ]]; then
   echo "$BIN/kube-router"
   exit 0

@@ -176,10 +176,17 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       ...(opts.policyBridge ? { bridges: [opts.policyBridge] } : {}),
       onApplied: (r) => {
         if (r.changed || r.flushed || r.evicted) log.info({ file, mapChanges: r.changed, flowsCutOff: r.flushed, socketsEvicted: r.evicted, ms: r.ms }, 'network policy programmed');
+        // Applies that left something out (rules that did not fit, duplicate addresses) or fell back to deny-only.
+        for (const p of r.problems) metrics?.policyApplyErrors.inc({ reason: p.kind });
+        if (r.fallback) metrics?.policyApplyErrors.inc({ reason: 'fallback' });
       },
     });
     closers.push(() => pw.close());
     policyFileEngine = pw.engine;
+    if (metrics) {
+      const { policySeries, readPolicyNames } = await import('../policy/view.js');
+      metrics.setPolicySource(() => policySeries(pw.dp.stats(), readPolicyNames(opts.pinRoot)));
+    }
   }
 
   // CNI requests for Kubernetes pods: a successful ADD puts the pod under its policies before it is answered.
@@ -192,6 +199,10 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       const engine = openPolicyEngine({ pinRoot: opts.pinRoot, log, ...bpffs, ...(opts.kubernetes.bridge ? { bridges: [opts.kubernetes.bridge] } : {}) });
       policy = engine.sink;
       closers.push(() => engine.close());
+      if (metrics) {
+        const { policySeries, readPolicyNames } = await import('../policy/view.js');
+        metrics.setPolicySource(() => policySeries(engine.dp.stats(), readPolicyNames(opts.pinRoot)));
+      }
       log.info({ pinRoot: opts.pinRoot }, 'network policy on (NetworkPolicies, Namespaces and every Pod are watched)');
     } else {
       log.info({}, 'network policy off (--network-policy=off): NetworkPolicies are not enforced by patu');

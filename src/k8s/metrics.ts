@@ -34,7 +34,7 @@ export class AgentMetrics {
   // admitting policy's name (its namespace is the pod's), empty for drops and for pods no policy isolates.
   readonly policyPackets = new MirrorCounter({ name: 'patu_policy_packets_total', help: 'NetworkPolicy verdicts per pod and policy: dropped packets (verdict=drop) and admitted new flows (verdict=allow)', labelNames: ['namespace', 'pod', 'policy', 'direction', 'verdict'] as const, registers: [this.registry] });
   readonly policyBytes = new MirrorCounter({ name: 'patu_policy_bytes_total', help: 'Bytes of the packets counted by patu_policy_packets_total', labelNames: ['namespace', 'pod', 'policy', 'direction', 'verdict'] as const, registers: [this.registry] });
-  readonly policyApplyErrors = new Counter({ name: 'patu_policy_apply_errors_total', help: 'NetworkPolicy states that could not be programmed (by reason: capacity = a map is full)', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly policyApplyErrors = new Counter({ name: 'patu_policy_apply_errors_total', help: 'NetworkPolicy applies that left something out, by reason: capacity (rules that did not fit the maps), duplicate-address, bad-address, fallback (programmed deny-only)', labelNames: ['reason'] as const, registers: [this.registry] });
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     // process_resident_memory_bytes and friends: the agent's footprint is a goal.
