@@ -109,7 +109,7 @@ struct patu_pol_ct_key {
 #define PATU_POL_CT_CLOSING     4   /* FIN or RST seen */
 
 struct patu_pol_ct_val {
-	__u64 expires_ns;    /* bpf_ktime_get_ns() deadline; expired = unknown */
+	__u64 expires_ns;    /* bpf_ktime_get_coarse_ns() deadline (CLOCK_MONOTONIC_COARSE); expired = unknown */
 	__u32 policy;        /* the deciding policy id, 0 = not isolated */
 	__u32 ep_id;         /* the endpoint it was admitted for */
 	__u32 flags;         /* PATU_POL_CT_* */
