@@ -47,6 +47,11 @@ export interface PolicyApplyResult {
   problems: CompileProblem[];
   /** The deny-only fallback was programmed (see counters.fallbacks). */
   fallback: boolean;
+  /**
+   * Why not all of the state is programmed: 'capacity' (the maps cannot hold it: rules left
+   * out, or the fallback), 'compile' or 'sync' (the fallback was programmed). Absent: all is.
+   */
+  failure?: 'capacity' | 'compile' | 'sync';
   ms: number;
 }
 
@@ -71,6 +76,8 @@ export class PolicyEngine {
   private state: PolicyState = this.source;
   /** Addresses the CNI ADD hook told us before the source did: ns/name -> ips. */
   private readonly learned = new Map<string, string[]>();
+  /** What the last successful sync wrote (unset after a failure or the fallback). */
+  private lastSynced: PolicyMapContents | undefined;
   private lastNames: PolicyNames = { version: 1, policies: {}, endpoints: {}, classes: {} };
   private readonly namesFile: string;
   readonly counters: PolicyEngineCounters = { applies: 0, fallbacks: 0, failures: 0, problems: 0, flushed: 0, evicted: 0 };
@@ -176,14 +183,31 @@ export class PolicyEngine {
     let changed = 0;
     let fallback = false;
     let error: string | undefined;
+    let failure: PolicyApplyResult['failure'];
     try {
       compiled = this.compiler.compile(state);
+    } catch (e) {
+      error = `compiling the policy state failed: ${messageOf(e)}`;
+      failure = 'compile';
+      fallback = true;
+    }
+    if (compiled) {
       for (const p of compiled.problems) this.log.warn({ kind: p.kind, ...(p.pod ? { pod: p.pod } : {}), ...(p.policy ? { policy: p.policy } : {}) }, p.message);
       this.counters.problems += compiled.problems.length;
-      changed = this.dp.sync(compiled.contents).changed;
-    } catch (e) {
-      error = messageOf(e);
-      fallback = true;
+      if (compiled.problems.some((p) => p.kind === 'capacity')) failure = 'capacity';
+      // The same contents as the last sync (an event that changed nothing the maps see): no map
+      // reads at all. The maps are this engine's alone; a restart syncs once in full.
+      if (!this.lastSynced || !sameContents(this.lastSynced, compiled.contents)) {
+        this.lastSynced = undefined;
+        try {
+          changed = this.dp.sync(compiled.contents).changed;
+          this.lastSynced = compiled.contents;
+        } catch (e) {
+          error = messageOf(e);
+          failure = (e as { code?: unknown }).code === 'POLICY_CAPACITY' ? 'capacity' : 'sync';
+          fallback = true;
+        }
+      }
     }
     if (fallback) {
       // When in doubt, deny: every pod some policy isolates gets no rules (only the node reaches it).
@@ -236,7 +260,7 @@ export class PolicyEngine {
       this.counters.evicted += evicted;
     }
     const ms = Math.round((performance.now() - t0) * 100) / 100;
-    return { changed, flushed, evicted, problems: compiled?.problems ?? [], fallback, ms };
+    return { changed, flushed, evicted, problems: compiled?.problems ?? [], fallback, ...(failure ? { failure } : {}), ms };
   }
 
   /** A verdict function over the state (memoized: many conntrack entries share a flow). */
@@ -296,4 +320,23 @@ export class PolicyEngine {
       this.log.error({ file: this.namesFile, err: messageOf(e) }, 'writing the policy names file failed (`patu policy` shows ids only)');
     }
   }
+}
+
+/** Compiled contents compared entry by entry (the compiler's output is sorted). */
+function sameContents(a: PolicyMapContents, b: PolicyMapContents): boolean {
+  if (a.endpoints.length !== b.endpoints.length || a.peers.length !== b.peers.length || a.rules.length !== b.rules.length) return false;
+  for (let i = 0; i < a.endpoints.length; i++) {
+    const x = a.endpoints[i]!;
+    const y = b.endpoints[i]!;
+    if (x.ip !== y.ip || x.epId !== y.epId || x.ifindex !== y.ifindex || x.isolatedIngress !== y.isolatedIngress || x.isolatedEgress !== y.isolatedEgress) return false;
+  }
+  for (let i = 0; i < a.peers.length; i++) {
+    if (a.peers[i]!.cidr !== b.peers[i]!.cidr || a.peers[i]!.peerClass !== b.peers[i]!.peerClass) return false;
+  }
+  for (let i = 0; i < a.rules.length; i++) {
+    const x = a.rules[i]!;
+    const y = b.rules[i]!;
+    if (x.epId !== y.epId || x.peerClass !== y.peerClass || x.dir !== y.dir || x.proto !== y.proto || x.portFrom !== y.portFrom || x.portTo !== y.portTo || x.policyId !== y.policyId) return false;
+  }
+  return true;
 }

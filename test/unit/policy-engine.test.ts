@@ -74,7 +74,14 @@ test('programs the compiled state, writes the names file, an unchanged state wri
   assert.deepEqual(xa.ips, [e2eIp('x', 'a')]);
   assert.deepEqual(xa.ingress, [Number(Object.keys(names.policies)[0])]);
   assert.deepEqual(engine.names(), names);
+  const syncs = dp.syncs;
   assert.equal(engine.setState(structuredClone(s)).changed, 0);
+  assert.equal(dp.syncs, syncs, 'the same contents: the maps are not even read');
+  // A change the maps do not see (a remote pod's label no policy looks at): no sync either.
+  const s2 = structuredClone(s);
+  s2.pods.find((p) => p.name === 'c' && p.namespace === 'z')!.labels.extra = 'x';
+  assert.equal(engine.setState(s2).changed, 0);
+  assert.equal(dp.syncs, syncs);
 });
 
 test('a change that denies established flows deletes their conntrack entries and evicts their sockets (both ends), and only theirs', () => {
@@ -174,6 +181,7 @@ test('when in doubt, deny: a state the maps cannot hold leaves every selected po
     np('y', 'allow-x', { podSelector: {}, ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: 'x' } } }] }] }),
   ]));
   assert.equal(r.fallback, true);
+  assert.equal(r.failure, 'capacity');
   assert.equal(engine.counters.fallbacks, 1);
   assert.match(engine.lastError ?? '', /cannot hold/);
   assert.ok(logged.some((m) => /denies all traffic/.test(m)));
@@ -187,6 +195,7 @@ test('when in doubt, deny: a state the maps cannot hold leaves every selected po
   dp.maxRules = Infinity;
   const ok = engine.setState(e2eState([np('x', 'allow-y', { podSelector: {}, ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: 'y' } } }] }] })]));
   assert.equal(ok.fallback, false);
+  assert.equal(ok.failure, undefined);
   assert.equal(engine.lastError, undefined);
   assert.equal(lookupCompiled(dp.contents, { src: ya, dst: xa, proto: 6, dport: 80 }), true);
 });
