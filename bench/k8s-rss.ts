@@ -255,6 +255,8 @@ async function main(): Promise<void> {
     if (KIND === 'pods') {
       for (let n = 0; n < POD_NAMESPACES; n++) {
         await a.must('POST', '/api/v1/namespaces', { metadata: { name: `rss-${n}`, labels: { team: `t${n % 3}` } } });
+        // No controller-manager to create it; the ServiceAccount admission wants it for a pod.
+        await a.must('POST', `/api/v1/namespaces/rss-${n}/serviceaccounts`, { metadata: { name: 'default' } });
         // One policy per namespace: its pods with app=a<k> admit the same app from teams t0/t1 on a named port.
         await a.must('POST', `/apis/networking.k8s.io/v1/namespaces/rss-${n}/networkpolicies`, {
           metadata: { name: 'p' },
