@@ -9,7 +9,7 @@
 //           flushConntrack/evictSockets for flows a change denies, stats, setMonitor
 //   plugin  PolicyDataplane.openExisting (pins only, never loads) -> attach(veth) + bindDevice(ip, veth)
 //   CLI     openExisting -> read(), stats(); PolicyEvents for `patu monitor`
-import { existsSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfObject, BpfProgram } from '../kernel/bpf/object.js';
 import { TypedMap, u64, ipv4 } from '../kernel/bpf/map.js';
@@ -18,7 +18,7 @@ import { RingBufferReader } from '../kernel/bpf/ringbuf.js';
 import { tcxAttach, tcxDetachId, tcxQuery, type TcxDirection } from '../kernel/bpf/tcx.js';
 import { testRun, type TestRunOptions, type TestRunResult } from '../kernel/bpf/test-run.js';
 import { progInfoByFd } from '../kernel/bpf/introspect.js';
-import { ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
+import { assertPinRoot, ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
 import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { PatuError } from '../errors.js';
@@ -519,6 +519,38 @@ export class PolicyEvents {
       this.reader.close();
     }
   }
+}
+
+/**
+ * Policy off: every patu_pol_* program detached from every link of this netns
+ * (whatever loaded it), then the pins under <pinRoot>/policy removed (maps and
+ * conntrack go with the last reference). Loads nothing. Returns how many
+ * programs were detached. For the agent started without policy after a run with it.
+ */
+export function teardownPolicy(pinRoot: string): number {
+  const rtnl = Rtnl.open();
+  let links;
+  try {
+    links = rtnl.listLinks();
+  } finally {
+    rtnl.close();
+  }
+  let n = 0;
+  for (const l of links) {
+    for (const dir of ['ingress', 'egress'] as const) {
+      let progs;
+      try {
+        progs = tcxQuery(l.index, dir);
+      } catch (e) {
+        if ((e as { errno?: number }).errno === 19 /* ENODEV: gone meanwhile */) continue;
+        throw e;
+      }
+      for (const p of progs) if (p.name.startsWith('patu_pol_') && tcxDetachId(p.id, l.index, dir)) n++;
+    }
+  }
+  const dir = policyPins(assertPinRoot(pinRoot)).dir;
+  if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
+  return n;
 }
 
 /** Pinned policy state present under pinRoot (without opening anything). */

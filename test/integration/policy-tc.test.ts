@@ -441,3 +441,17 @@ test('CNI ADD: with policy pinned, the new veth runs the pinned programs and the
     pinned.close();
   }
 });
+
+test('teardownPolicy (policy switched off): no patu_pol_* program left on any link of the netns, pins gone, traffic unfiltered', { skip }, async () => {
+  program({ endpoints: [ep('a', false, false), ep('b', true, false), ep('c', false, false)], peers: PEERS, rules: [] });
+  await expectReach(pods.a, [['b', 'tcp', 80, false]]);
+  const { teardownPolicy } = await import('../../src/dataplane/policy-tc.js');
+  assert.equal(inNode(() => teardownPolicy(PIN)), 6, 'two programs on each of the three veths');
+  for (const name of ['a', 'b', 'c'] as const) {
+    assert.deepEqual(inNode(() => [...tcxQuery(ifindex[name], 'ingress'), ...tcxQuery(ifindex[name], 'egress')]), [], name);
+  }
+  assert.deepEqual(policyPinNames(PIN), []);
+  assert.equal(PolicyDataplane.openExisting(PIN), null);
+  await expectReach(pods.a, [['b', 'tcp', 80, true]]);
+  assert.equal(inNode(() => teardownPolicy(PIN)), 0, 'twice: nothing to do');
+});
