@@ -21,12 +21,16 @@
 //   kube-router  a test cluster's apiserver (scripts/k8s/cluster.sh), the pods as Pod objects on a Node object of
 //            their own, kube-router in the node netns (firewall only); per N: policies written, its rules awaited,
 //            enforcement checked, measured RUNS times (bridged: sockmap-redirected sockets would bypass iptables).
-//   rss      `patu agent --policy-file` in the node netns with 0 and with the largest N: its VmRSS.
+//   latency  `patu agent --kubernetes` (as the pods' node, on the same apiserver) enforcing the largest N; a probe in
+//            the client connects every ~1 ms (bench/policy-probe.c); rounds of deleting and re-writing the policy that
+//            allows it, each timed from the apiserver's answer to the first probe attempt with the new verdict.
+//   rss      `patu agent --policy-file` in the node netns with 0 and with the largest N: its VmRSS and V8 heap.
 // Every configuration is checked before it is measured: 8080 connects, 8081 does not (N > 0) or does (N = 0).
 //
 //   bash scripts/build.sh && node dist/bench/policy.js        (root; iperf3, sockperf, ipset; kube-router rows also
 //   need the Kubernetes binaries of scripts/k8s/build.sh and Go for scripts/bench/kube-router.sh)
-//   BENCH_POLICIES=0,100,1000 BENCH_RUNS=3 BENCH_SECONDS=3 BENCH_WHAT=testrun,patu,kube-router,rss BENCH_REPEAT=200000
+//   BENCH_POLICIES=0,100,1000 BENCH_RUNS=3 BENCH_SECONDS=3 BENCH_WHAT=testrun,patu,kube-router,latency,rss BENCH_REPEAT=200000
+//   BENCH_LATENCY_ROUNDS=25
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -34,11 +38,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { Accel } from '../src/dataplane/accel.js';
+import { PolicyDataplane } from '../src/dataplane/policy-tc.js';
 import { withNetns } from '../src/kernel/netns.js';
 import { TestCluster, clusterSkipReason, freePort, reapStaleClusters } from '../test/helpers/k8s-cluster.js';
 import { Scratch } from '../test/helpers/kernel.js';
 import { acceptSink, buildTools, connectRate, perSec, median } from './lib/connect-rate.js';
-import { Api, inParallel, sleep } from './lib/k8s.js';
+import { Api, agentKubeconfig, inParallel, sleep, startAgent, stopChild } from './lib/k8s.js';
 import { createFakeNode, createPods, kubeRouterBinary, kubeRouterChains, kubeRouterVersion, startKubeRouter, stopKubeRouter, type KubeRouterRun } from './lib/kube-router.js';
 import { BENCH_NS, DENIED_PORT, SERVER_PORTS, benchNamespace, benchPods, benchPolicies } from './lib/policy-objects.js';
 import { PatuPolicy, buildNoEventsObject, tcpPacket } from './lib/patu-policy.js';
@@ -49,7 +54,7 @@ const SCALES = env('BENCH_POLICIES', '0,100,1000').split(',').map(Number);
 const RUNS = Number(env('BENCH_RUNS', '3'));
 const SECONDS = Number(env('BENCH_SECONDS', '3'));
 const REPEAT = Number(env('BENCH_REPEAT', '200000'));
-const WHAT = new Set(env('BENCH_WHAT', 'testrun,patu,kube-router,rss').split(','));
+const WHAT = new Set(env('BENCH_WHAT', 'testrun,patu,kube-router,latency,rss').split(','));
 const log = (msg: string): void => console.error(`policy: ${msg}`);
 
 const scratch = new Scratch('patu-bench-pol');
@@ -315,11 +320,17 @@ async function patuSection(pp: PatuPolicy, topo: Topology, accel: Accel): Promis
   pp.detach(topo);
 }
 
-async function kubeRouterSection(tmp: string): Promise<void> {
+/** The test cluster the kube-router and latency sections share: its apiserver, the pods as Pod objects on a Node of their own. */
+interface ClusterCtx {
+  cluster: TestCluster;
+  api: Api;
+  node: string;
+  tmp: string;
+}
+
+async function clusterSetup(tmp: string): Promise<ClusterCtx> {
   const skip = clusterSkipReason();
-  if (skip) throw new Error(`kube-router rows need the test cluster: ${skip}`);
-  const bin = kubeRouterBinary();
-  const version = kubeRouterVersion(bin);
+  if (skip) throw new Error(`the kube-router and latency sections need the test cluster: ${skip}`);
   reapStaleClusters();
   const cluster = new TestCluster(process.pid);
   scratch.defer('cluster', () => {
@@ -338,31 +349,39 @@ async function kubeRouterSection(tmp: string): Promise<void> {
   ip('-n', NODE_NS, 'addr', 'add', `${LINK}.2/30`, 'dev', 'up0');
   ip('-n', NODE_NS, 'link', 'set', 'up0', 'up');
   ip('-n', NODE_NS, 'route', 'add', `${cluster.names.nodeIP}/32`, 'via', `${LINK}.1`);
-
   const api = new Api(cluster.apiServer, join(cluster.state, 'pki'), 16);
   scratch.defer('api client', () => api.close());
-  const node = `patu-bench-kr-${process.pid}`;
+  const node = `patu-bench-pol-${process.pid}`;
   await createFakeNode(api, node, GW);
   await api.call('POST', '/api/v1/namespaces', benchNamespace());
   await createPods(api, node, GW, benchPods(CLIENT_IP, SERVER_IP));
-  const kubeconfig = join(tmp, 'kube-router.kubeconfig');
-  writeFileSync(kubeconfig, readFileSync(cluster.kubeconfig, 'utf8'), { mode: 0o600 });
+  return { cluster, api, node, tmp };
+}
+
+/** Writes the policies of benchPolicies(n) that are not in the apiserver yet (they only grow along SCALES). */
+async function writePolicies(api: Api, n: number): Promise<number> {
+  const all = benchPolicies(n);
+  const missing = all.filter((p) => !existingPolicy.has(p.metadata.name));
+  await inParallel(missing.length, 16, async (i) => {
+    const p = missing[i]!;
+    await api.call('POST', `/apis/networking.k8s.io/v1/namespaces/${BENCH_NS}/networkpolicies`, p);
+    existingPolicy.add(p.metadata.name);
+  });
+  return all.length;
+}
+
+async function kubeRouterSection(ctx: ClusterCtx): Promise<void> {
+  const bin = kubeRouterBinary();
+  const version = kubeRouterVersion(bin);
+  const kubeconfig = join(ctx.tmp, 'kube-router.kubeconfig');
+  writeFileSync(kubeconfig, readFileSync(ctx.cluster.kubeconfig, 'utf8'), { mode: 0o600 });
   let running: KubeRouterRun | undefined;
   scratch.defer('kube-router', () => stopKubeRouter(running, bin, NODE_NS));
-  running = await startKubeRouter({ bin, ns: NODE_NS, node, kubeconfig, dir: tmp, healthPort: await freePort() });
-  let have = 0;
+  running = await startKubeRouter({ bin, ns: NODE_NS, node: ctx.node, kubeconfig, dir: ctx.tmp, healthPort: await freePort() });
   for (const n of SCALES) {
-    const all = benchPolicies(n);
-    // Policies only ever grow along SCALES: write the ones not there yet (names are stable per index).
     const t0 = Date.now();
-    const missing = all.filter((p) => !existingPolicy.has(p.metadata.name));
-    await inParallel(missing.length, 16, async (i) => {
-      const p = missing[i]!;
-      await api.call('POST', `/apis/networking.k8s.io/v1/namespaces/${BENCH_NS}/networkpolicies`, p);
-      existingPolicy.add(p.metadata.name);
-    });
-    have = all.length;
-    // Programmed: a KUBE-NWPLCY chain per policy selecting a local pod, and the traffic verdicts right.
+    const have = await writePolicies(ctx.api, n);
+    // Programmed: a KUBE-NWPLCY chain per policy, and the traffic verdicts right.
     const end = Date.now() + 900_000;
     for (;;) {
       const c = kubeRouterChains(NODE_NS);
@@ -382,7 +401,100 @@ async function kubeRouterSection(tmp: string): Promise<void> {
   await stopKubeRouter(running, bin, NODE_NS);
   running = undefined;
 }
+
+const latencyLines: string[] = [];
+
+/**
+ * Policy-change latency through the agent's Kubernetes source: `patu agent --kubernetes` (its ServiceAccount and
+ * deploy/patu.yaml's role) as the bench pods' node, its pinned programs attached to their veths; a probe in the
+ * client connects to the server's 8080 every ~1 ms (bench/policy-probe.c). Each round deletes the policy that allows
+ * it (the fillers stay: the largest N) and times from the apiserver's answer to the first probe attempt that fails,
+ * then writes it back and times until the first that connects.
+ */
+async function latencySection(ctx: ClusterCtx): Promise<void> {
+  const rounds = Number(env('BENCH_LATENCY_ROUNDS', '25'));
+  const big = Math.max(...SCALES, 2);
+  await writePolicies(ctx.api, big);
+  const probe = join(ROOT, 'build', 'bench', 'policy-probe');
+  sh('cc', ['-O2', '-Wall', '-o', probe, join(ROOT, 'bench', 'policy-probe.c')]);
+  const pin = scratch.pinRoot('lat');
+  const dir = join(ctx.tmp, 'agent-lat');
+  mkdirSync(dir, { recursive: true });
+  const kubeconfig = agentKubeconfig(ctx.cluster, dir);
+  // --bridge: a name no bridge has, so its start-up attach finds no veth of the host's; ours are attached below.
+  const agent = await startAgent({ kubeconfig, pinRoot: pin, cgroup: CG, dir, nodeName: ctx.node, readyMs: 300_000, extraArgs: ['--bridge', `pbnone${process.pid % 10000}`] });
+  scratch.defer('agent (latency)', () => stopChild(agent.child));
+  let dp: PolicyDataplane | null = null;
+  for (const end = Date.now() + 120_000; !(dp = PolicyDataplane.openExisting(pin)); await sleep(200)) {
+    if (Date.now() > end || agent.child.exitCode !== null) throw new Error(`patu agent --kubernetes: no policy programs under ${pin}: ${readFileSync(agent.logFile, 'utf8').slice(-3000)}`);
+  }
+  const pdp = dp;
+  scratch.defer('latency dataplane', () => {
+    withNetns(`/run/netns/${NODE_NS}`, () => {
+      pdp.detach(topoRef!.clientIfindex);
+      pdp.detach(topoRef!.serverIfindex);
+    });
+    pdp.close();
+  });
+  pdp.bindDevice(CLIENT_IP, topoRef!.clientIfindex);
+  pdp.bindDevice(SERVER_IP, topoRef!.serverIfindex);
+  withNetns(`/run/netns/${NODE_NS}`, () => {
+    pdp.attach(topoRef!.clientIfindex);
+    pdp.attach(topoRef!.serverIfindex);
+  });
+  const until = async (what: string, f: () => boolean, ms = 60_000): Promise<void> => {
+    const end = Date.now() + ms;
+    while (!f()) {
+      if (Date.now() > end) throw new Error(`latency: ${what} not seen after ${ms} ms: ${readFileSync(agent.logFile, 'utf8').slice(-1500)}`);
+      await sleep(1);
+    }
+  };
+  await until('the agent enforcing (8081 refused, 8080 open)', () => !connects(DENIED_PORT) && connects(SERVER_PORTS.sink));
+  const p = spawn('ip', ['netns', 'exec', CLIENT_NS, probe, SERVER_IP, String(SERVER_PORTS.sink), '1000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  scratch.defer('probe', () => void p.kill('SIGKILL'));
+  const seen: { t: bigint; ok: boolean }[] = [];
+  let buf = '';
+  p.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const [t, v] = buf.slice(0, i).split(' ');
+      buf = buf.slice(i + 1);
+      seen.push({ t: BigInt(t!), ok: v === 'ok' });
+    }
+  });
+  await until('the probe connecting', () => seen.at(-1)?.ok === true);
+  const allow = benchPolicies(big).find((x) => x.metadata.name === 'zz-allow-server-ingress');
+  const url = `/apis/networking.k8s.io/v1/namespaces/${BENCH_NS}/networkpolicies`;
+  const deny: number[] = [];
+  const grant: number[] = [];
+  const change = async (write: () => Promise<unknown>, want: boolean, into: number[]): Promise<void> => {
+    const from = seen.length;
+    await write();
+    const answered = process.hrtime.bigint();
+    await until(`the probe seeing ${want ? 'ok' : 'fail'}`, () => seen.slice(from).some((x) => x.ok === want), 10_000);
+    const first = seen.slice(from).find((x) => x.ok === want)!;
+    // A watch event can reach the agent before the HTTP answer reaches us: clamp at 0 (it took effect by then).
+    into.push(Math.max(0, Number(first.t - answered) / 1e6));
+  };
+  for (let r = 0; r < rounds; r++) {
+    await change(() => ctx.api.call('DELETE', `${url}/${allow.metadata.name}`), false, deny);
+    await sleep(50);
+    await change(() => ctx.api.call('POST', url, allow), true, grant);
+    await sleep(50);
+  }
+  p.kill('SIGKILL');
+  const q = (xs: number[], f: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(f * xs.length) - 1)]!;
+  const fmt = (xs: number[]) => `p50 ${q(xs, 0.5).toFixed(1)} ms, p99 ${q(xs, 0.99).toFixed(1)} ms, max ${Math.max(...xs).toFixed(1)} ms`;
+  const p99 = Math.max(q(deny, 0.99), q(grant, 0.99));
+  latencyLines.push(`policy change -> new verdict (patu agent --kubernetes on the test cluster's apiserver, ${big} policies, probe every ~1 ms, ${rounds} rounds each way):`);
+  latencyLines.push(`  allowing policy deleted -> first refused connect:  ${fmt(deny)}`);
+  latencyLines.push(`  allowing policy written -> first connect:          ${fmt(grant)}`);
+  latencyLines.push(`  target p99 < 20 ms: ${p99 < 20 ? 'met' : 'MISSED'}`);
+}
+
 const existingPolicy = new Set<string>();
+let topoRef: Topology | undefined;
 
 /** VmRSS of `patu agent --policy-file` (in the node netns) with `n` policies, after it programmed them. */
 async function agentRss(n: number, tmp: string): Promise<{ rssMiB: number; heapMiB: number; readyS: number }> {
@@ -444,6 +556,7 @@ async function main(): Promise<void> {
   const started = new Date().toISOString();
   const load0 = loadavg()[0]!;
   const topo = await topology();
+  topoRef = topo;
   const accel = Accel.open({ pinRoot: PIN, cgroupPath: CG });
   scratch.defer('accel', () => accel.teardown());
   accel.enable();
@@ -461,7 +574,11 @@ async function main(): Promise<void> {
     pp.detach(topo);
   }
   if (WHAT.has('patu')) await patuSection(pp, topo, accel);
-  if (WHAT.has('kube-router')) await kubeRouterSection(tmp);
+  if (WHAT.has('kube-router') || WHAT.has('latency')) {
+    const ctx = await clusterSetup(tmp);
+    if (WHAT.has('kube-router')) await kubeRouterSection(ctx);
+    if (WHAT.has('latency')) await latencySection(ctx);
+  }
   const rss: string[] = [];
   const agentHelp = spawnSync(join(ROOT, 'bin', 'patu'), ['agent', '--help'], { encoding: 'utf8' }).stdout ?? '';
   if (WHAT.has('rss') && !agentHelp.includes('--policy-file')) rss.push('  not measured: this build\'s `patu agent` has no --policy-file');
@@ -475,6 +592,7 @@ async function main(): Promise<void> {
   if (testRunLines.length) out.push('', ...testRunLines);
   if (rows.length) out.push('', ...renderTraffic());
   if (rss.length) out.push('', 'patu agent (--policy-file) resident memory:', ...rss);
+  if (latencyLines.length) out.push('', ...latencyLines);
   process.stdout.write(out.join('\n') + '\n');
 }
 

@@ -166,14 +166,14 @@ export interface AgentRun {
  * once /readyz answers 200 (programmed). BENCH_AGENT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/x" runs it
  * under node with those flags instead (NODE_OPTIONS refuses --cpu-prof); the profile is written when it stops.
  */
-export async function startAgent(o: { kubeconfig: string; pinRoot: string; cgroup: string; dir: string; extraArgs?: string[]; readyMs?: number }): Promise<AgentRun> {
+export async function startAgent(o: { kubeconfig: string; pinRoot: string; cgroup: string; dir: string; extraArgs?: string[]; readyMs?: number; nodeName?: string }): Promise<AgentRun> {
   const metricsPort = await freePort();
   const logFile = join(o.dir, 'agent.log');
   const fd = openSync(logFile, 'a');
   const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(' ').filter(Boolean);
   const [cmd, pre] = nodeArgs ? [process.execPath, [...nodeArgs, join(ROOT, 'dist', 'src', 'cli', 'index.js')]] : [join(ROOT, 'bin', 'patu'), []];
   const child = spawn(cmd, [
-    ...pre, 'agent', '--kubernetes', '--kubeconfig', o.kubeconfig, '--node-name', NODE, '--cluster-cidr', '10.202.0.0/16',
+    ...pre, 'agent', '--kubernetes', '--kubeconfig', o.kubeconfig, '--node-name', o.nodeName ?? NODE, '--cluster-cidr', '10.202.0.0/16',
     '--cni-conf-dir', '', '--pin-root', o.pinRoot, '--cgroup', o.cgroup, '--metrics-addr', `127.0.0.1:${metricsPort}`,
     '--cni-socket', join(o.dir, 'agent.sock'), ...(o.extraArgs ?? []),
   ], {
