@@ -141,7 +141,7 @@ export interface RandomStateOptions {
 export function stateArb(opts: RandomStateOptions = {}): fc.Arbitrary<PolicyState> {
   return fc.record({
     nsLabels: fc.tuple(labelsArb, labelsArb, labelsArb),
-    pods: fc.array(fc.record({ ns: fc.integer({ min: 0, max: 2 }), labels: labelsArb, ports: podPortsArb, local: opts.allLocal ? fc.constant(true) : fc.boolean(), host: fc.integer({ min: 0, max: 12 }) }), { minLength: 1, maxLength: opts.maxPods ?? 8 }),
+    pods: fc.array(fc.record({ ns: fc.integer({ min: 0, max: 2 }), labels: labelsArb, ports: podPortsArb, local: opts.allLocal ? fc.constant(true) : fc.boolean(), host: fc.integer({ min: 0, max: 30 }) }), { minLength: 1, maxLength: opts.maxPods ?? 8 }),
     policies: fc.integer({ min: 0, max: opts.maxPolicies ?? 4 }).chain((n) => fc.tuple(...Array.from({ length: n }, (_, i) => policyArb(`p${i}`)))),
   }).map(({ nsLabels, pods, policies }) => ({
     namespaces: NS_NAMES.map((name, i) => ({ name, labels: nsLabels[i]! })),
@@ -157,11 +157,16 @@ export function stateArb(opts: RandomStateOptions = {}): fc.Arbitrary<PolicyStat
 
 /** Flows between the state's addresses and a few outside ones, on the ports the generators use. */
 export function flowArb(state: PolicyState): fc.Arbitrary<{ src: string; dst: string; proto: number; dport: number }> {
-  const addrs = [...state.pods.flatMap((p) => p.ips), '10.9.0.1', '10.9.1.200', '192.168.3.4', '8.8.8.8', '10.9.2.7'];
+  // Mostly pod to pod on the ports the policies name: where rules decide (the node, the world and other ports less often).
+  const podIps = state.pods.flatMap((p) => p.ips);
+  const addr = fc.oneof(
+    { arbitrary: fc.constantFrom(...podIps), weight: 6 },
+    { arbitrary: fc.constantFrom('10.9.0.1', '10.9.1.200', '192.168.3.4', '8.8.8.8', '10.9.2.7'), weight: 1 },
+  );
   return fc.record({
-    src: fc.constantFrom(...addrs),
-    dst: fc.constantFrom(...addrs),
-    proto: fc.constantFrom(6, 17, 132, 1),
-    dport: fc.oneof(fc.constantFrom(...PORTS), fc.integer({ min: 1, max: 65535 }), fc.integer({ min: 53, max: 500 })),
+    src: addr,
+    dst: addr,
+    proto: fc.oneof({ arbitrary: fc.constantFrom(6, 17, 132), weight: 6 }, { arbitrary: fc.constant(1), weight: 1 }),
+    dport: fc.oneof({ arbitrary: fc.constantFrom(...PORTS), weight: 6 }, { arbitrary: fc.integer({ min: 53, max: 500 }), weight: 2 }, { arbitrary: fc.integer({ min: 1, max: 65535 }), weight: 1 }),
   }).map((f) => (f.proto === 1 ? { ...f, dport: 0 } : f));
 }

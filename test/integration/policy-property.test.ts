@@ -38,6 +38,9 @@ function kernelVerdict(d: PolicyDataplane, f: Flow): { allowed: boolean; from: n
   return { allowed: from === TC_ACT.UNSPEC && to === TC_ACT.UNSPEC, from, to };
 }
 
+/** How the flows were decided (so a run shows it exercised rules, not only open pods). */
+const mix = { host: 0, open: 0, byRule: 0, denied: 0 };
+
 function check(d: PolicyDataplane, compiler: PolicyCompiler, state: PolicyState, flows: Flow[]): void {
   const compiled = compiler.compile(state);
   d.sync(compiled.contents);
@@ -45,6 +48,10 @@ function check(d: PolicyDataplane, compiler: PolicyCompiler, state: PolicyState,
   const ev = new Evaluator(state);
   for (const f of flows) {
     const want = ev.verdict(f);
+    if (want.host) mix.host++;
+    else if (!want.allowed) mix.denied++;
+    else if (want.ingress.isolated || want.egress.isolated) mix.byRule++;
+    else mix.open++;
     const got = kernelVerdict(d, f);
     if (got.allowed !== want.allowed) {
       assert.fail(
@@ -89,5 +96,6 @@ test('random states and flows: the compiled tc programs agree with evaluate()', 
     }),
     { numRuns: 500 },
   );
-  process.stdout.write(`# ${runs} random states, ${flowsRun} flows, each through patu_pol_from_pod and patu_pol_to_pod\n`);
+  process.stdout.write(`# ${runs} random states, ${flowsRun} flows, each through patu_pol_from_pod and patu_pol_to_pod; all flows of the file: ${JSON.stringify(mix)}\n`);
+  assert.ok(mix.byRule > 100 && mix.denied > 100, `the flows exercise rules both ways: ${JSON.stringify(mix)}`);
 });
