@@ -12,6 +12,7 @@
 import { existsSync, readdirSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfObject, BpfProgram } from '../kernel/bpf/object.js';
+import { BpfError } from '../kernel/bpf/errors.js';
 import { TypedMap, u64, ipv4 } from '../kernel/bpf/map.js';
 import { PerCpuHash } from '../kernel/bpf/percpu.js';
 import { RingBufferReader } from '../kernel/bpf/ringbuf.js';
@@ -56,6 +57,8 @@ export interface PolicyOpenOptions extends BpffsOptions {
   objectDir?: string;
   /** Load the object even when pinned programs exist (an upgrade). Default: only when missing or when policy.o is newer than the pins. */
   reload?: boolean;
+  /** What open() did that is worth knowing but not an error (the caller's log). */
+  log?: (msg: string, fields: Record<string, unknown>) => void;
 }
 
 type Hook = 'fromPod' | 'toPod';
@@ -107,15 +110,28 @@ export class PolicyDataplane {
       if (!load && existsSync(objectPath)) load = statSync(objectPath).mtimeMs > statSync(pins.progFromPod).mtimeMs;
       if (load) {
         if (!existsSync(objectPath)) throw new Error(`PolicyDataplane.open: BPF object ${objectPath} is missing (run scripts/build.sh)`);
-        const obj = BpfObject.open(objectPath, { pinRoot: pins.dir });
-        try {
-          obj.load(); // maps pinned by name: reused when there, created and pinned when not
-          for (const [name, path] of [[POLICY_PROGRAMS.fromPod, pins.progFromPod], [POLICY_PROGRAMS.toPod, pins.progToPod]] as const) {
-            if (existsSync(path)) unlinkSync(path);
-            obj.program(name).pin(path);
+        const loadAndPin = (): void => {
+          const obj = BpfObject.open(objectPath, { pinRoot: pins.dir });
+          try {
+            obj.load(); // maps pinned by name: reused when there, created and pinned when not
+            for (const [name, path] of [[POLICY_PROGRAMS.fromPod, pins.progFromPod], [POLICY_PROGRAMS.toPod, pins.progToPod]] as const) {
+              if (existsSync(path)) unlinkSync(path);
+              obj.program(name).pin(path);
+            }
+          } finally {
+            obj.close();
           }
-        } finally {
-          obj.close();
+        };
+        try {
+          loadAndPin();
+        } catch (e) {
+          // Maps pinned by a build with other layouts (an upgrade that changed bpf/policy.h): libbpf refuses to
+          // reuse them. New maps, then; the programs still attached keep the old ones until attachAll() swaps them.
+          if (!(e instanceof BpfError) || !/reuse pinned map/i.test(e.log)) throw e;
+          const stale = mapPins.filter((p) => existsSync(p));
+          for (const p of stale) unlinkSync(p);
+          opts.log?.('policy maps pinned by an older build had other layouts: unpinned, new maps created (conntrack starts empty)', { maps: stale });
+          loadAndPin();
         }
       }
       const dp = PolicyDataplane.fromPins(root);

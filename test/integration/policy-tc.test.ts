@@ -13,7 +13,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { PolicyDataplane, PolicyEvents, PolicyCapacityError, policyPinNames, POL, POLICY_MAP_CODECS, type PolicyMapContents, type PolicyEndpoint } from '../../src/dataplane/policy-tc.js';
@@ -454,4 +454,20 @@ test('teardownPolicy (policy switched off): no patu_pol_* program left on any li
   assert.equal(PolicyDataplane.openExisting(PIN), null);
   await expectReach(pods.a, [['b', 'tcp', 80, true]]);
   assert.equal(inNode(() => teardownPolicy(PIN)), 0, 'twice: nothing to do');
+});
+
+test('open() after an upgrade that changed a map layout: the stale pinned map is replaced (and said so), not a load failure', { skip }, () => {
+  const root = scratch.pinRoot('upgrade');
+  mkdirSync(`${root}/policy`, { recursive: true, mode: 0o700 });
+  // patu_pol_cfg as an older build pinned it (8-byte value).
+  execFileSync('bpftool', ['map', 'create', `${root}/policy/patu_pol_cfg`, 'type', 'array', 'key', '4', 'value', '8', 'entries', '1', 'name', 'patu_pol_cfg']);
+  const said: string[] = [];
+  const d = PolicyDataplane.open({ pinRoot: root, log: (m) => said.push(m) });
+  try {
+    assert.equal(said.length, 1, said.join('; '));
+    d.setMonitor(true);
+    assert.deepEqual(d.monitor(), { on: true, allows: false });
+  } finally {
+    d.close();
+  }
 });
