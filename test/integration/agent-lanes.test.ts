@@ -118,3 +118,28 @@ test('an idle network\'s worker exits and closes its lock file', { skip }, async
   assert.ok(!holds(lock), 'the lock fd is closed after the worker went idle');
   assert.equal(server.stuckThreads(), 0);
 });
+
+test('beforeAnswer runs on the main thread before a successful answer is written; a throw in it is reported and the answer still goes out', { skip }, async () => {
+  const socket = join(dir, 'c.sock');
+  const seen: string[] = [];
+  const problems: string[] = [];
+  let answered = false;
+  const server = await startCniServer({
+    socketPath: socket,
+    onProblem: (what) => problems.push(what),
+    beforeAnswer: (req, outcome) => {
+      // The client cannot have the answer yet: it is written after this returns.
+      seen.push(`${req.env.CNI_COMMAND} ${outcome.exitCode} answered=${answered}`);
+      if (req.env.CNI_ARGS === 'THROW=1') throw new Error('hook failed');
+    },
+  });
+  servers.push(server);
+  const r = await request(socket, { CNI_COMMAND: 'VERSION' }, { cniVersion: '1.1.0' });
+  answered = true;
+  assert.equal(r.code, '0');
+  assert.ok(Array.isArray(r.body.supportedVersions));
+  const t = await request(socket, { CNI_COMMAND: 'VERSION', CNI_ARGS: 'THROW=1' }, { cniVersion: '1.1.0' });
+  assert.equal(t.code, '0', 'the answer goes out although the hook threw');
+  assert.deepEqual(seen, ['VERSION 0 answered=false', 'VERSION 0 answered=true']);
+  assert.deepEqual(problems, ['before answering VERSION']);
+});
