@@ -20,11 +20,11 @@ export interface AgentPolicyEngine {
  * attaches the programs to every patu veth already there (pods from before policy was on;
  * new ones are attached by CNI ADD).
  */
-export function openPolicyEngine(o: { pinRoot: string; log: PolicyLog; mountBpffs?: boolean; bridges?: string[] }): AgentPolicyEngine {
+export function openPolicyEngine(o: { pinRoot: string; log: PolicyLog; mountBpffs?: boolean; bridges?: string[]; rememberCniAddresses?: boolean }): AgentPolicyEngine {
   const dp = PolicyDataplane.open({ pinRoot: o.pinRoot, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }) });
   let engine: PolicyEngine;
   try {
-    engine = new PolicyEngine(dp, o.log, { pinRoot: o.pinRoot });
+    engine = new PolicyEngine(dp, o.log, { pinRoot: o.pinRoot, ...(o.rememberCniAddresses ? { rememberCniAddresses: true } : {}) });
   } catch (e) {
     dp.close();
     throw e;

@@ -48,6 +48,8 @@ export async function policyWatch(file: string, opts: PolicyWatchOptions): Promi
     pinRoot: opts.pinRoot, log,
     ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }),
     ...(opts.bridges ? { bridges: opts.bridges } : {}),
+    // The file may name pods without an address (CNI ADD gives it): kept across restarts.
+    rememberCniAddresses: true,
   });
   const { engine, dp } = pe;
   let addrs: AddressWatch | undefined;

@@ -36,6 +36,12 @@ export interface PolicyEngineOptions {
   pinRoot?: string;
   /** Or the names file itself (tests); '' = none. */
   namesFile?: string;
+  /**
+   * At start, take the addresses CNI ADD told an earlier run from the names file (pods the
+   * source names without an address: the policy file). Not for Kubernetes, whose pods carry
+   * their addresses: there an old address could be another pod's by now.
+   */
+  rememberCniAddresses?: boolean;
 }
 
 export interface PolicyApplyResult {
@@ -99,7 +105,12 @@ export class PolicyEngine {
     } catch (e) {
       log.warn({ err: messageOf(e) }, 'reading the policy maps failed; ids start afresh');
     }
-    if (names) this.lastNames = names;
+    if (names) {
+      this.lastNames = names;
+      if (opts.rememberCniAddresses) {
+        for (const e of Object.values(names.endpoints)) if (e.fromCni && e.ips.length) this.learned.set(e.pod, [...e.ips]);
+      }
+    }
   }
 
   /** The state as last given (with addresses learned from CNI ADD filled in). */
@@ -310,7 +321,10 @@ export class PolicyEngine {
   private writeNames(c: CompileResult): void {
     const names: PolicyNames = { version: 1, policies: {}, endpoints: {}, classes: {} };
     for (const [id, r] of c.policyIds) names.policies[id] = `${r.namespace}/${r.name}`;
-    for (const [id, e] of c.endpointInfo) names.endpoints[id] = { pod: `${e.namespace}/${e.name}`, ips: [e.ip], ingress: e.ingress, egress: e.egress };
+    for (const [id, e] of c.endpointInfo) {
+      const pod = `${e.namespace}/${e.name}`;
+      names.endpoints[id] = { pod, ips: [e.ip], ingress: e.ingress, egress: e.egress, ...(this.learned.get(pod)?.includes(e.ip) ? { fromCni: true } : {}) };
+    }
     for (const [id, m] of c.classMembers) names.classes[id] = m;
     this.lastNames = names;
     if (!this.namesFile) return;

@@ -15,6 +15,8 @@ export interface PolicyNamesEndpoint {
   /** Ids of the policies that isolate it, per direction. */
   ingress: number[];
   egress: number[];
+  /** The address came from CNI ADD, not from the source (the policy file names the pod without one). */
+  fromCni?: boolean;
 }
 
 export interface PolicyNames {

@@ -6,6 +6,7 @@
 // Creates only (test/helpers/kernel.ts, removed after the file even when a test fails):
 //   netns patu-test-polfile-<pid>-node   bridge pfbr 10.89.0.1/24, host ends pfa/pfb/pfc
 //   netns patu-test-polfile-<pid>-a/-b/-c  pods 10.89.0.2 / .3 / .4 (fixtures/policy-pod.ts)
+//   netns patu-test-polfile-<pid>-d    a pod added by CNI ADD through the agent (bridge pfcni 10.89.1.0/24 in the node netns)
 //   cgroup patu-test-polfile-<pid> (sock_ops and the service programs; the pods run in it)
 //   pins under /sys/fs/bpf/patu-test-polfile-<pid>/, its names file under /run/patu/policy/
 import { test, before } from 'node:test';
@@ -120,6 +121,11 @@ apiVersion: v1
 kind: Pod
 metadata: { name: c, namespace: other, labels: { app: c } }
 status: { podIP: ${IP.c} }
+---
+# d has no address in the file: its CNI ADD gives it (K8S_POD_NAMESPACE/NAME in CNI_ARGS)
+apiVersion: v1
+kind: Pod
+metadata: { name: d, namespace: back, labels: { app: d } }
 `;
 const policy = (ns: string, name: string, spec: string): string =>
   `---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: { name: ${name}, namespace: ${ns} }\nspec:\n${spec.replace(/^\n/, '').split('\n').map((l) => `  ${l}`).join('\n')}\n`;
@@ -301,6 +307,40 @@ test('a bad edit is logged and the last good state stays enforced', { skip }, as
   await expectAll([['a->b:80', () => tcp('a', 'b', 80), false], ['b->a:80', () => tcp('b', 'a', 80), true]]);
 });
 
+let dIp = '';
+test('CNI ADD of a pod the file names without an address: enforced before the ADD is answered', { skip }, async () => {
+  await applyPolicies(policy('back', 'deny', `podSelector: {}\npolicyTypes: [Ingress]`));
+  const { execPlugin, describe } = await import('../helpers/cni.js');
+  const podNs = scratch.netns(scratch.name('d'));
+  // Through the agent's socket (the agent runs the plugin in its worker, in the node netns).
+  const conf = {
+    cniVersion: '1.1.0', name: 'pfcni', type: 'patu', bridge: 'pfcni', clusterCIDR: '10.89.0.0/16', masquerade: false, pinRoot: PIN,
+    ipam: { ranges: [[{ subnet: '10.89.1.0/24' }]], dataDir: join(DIR, 'ipam') },
+  };
+  const r = await execPlugin(PATU_BIN, 'ADD', conf, {
+    containerId: 'pf-d', netns: `/run/netns/${podNs}`, args: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=back;K8S_POD_NAME=d',
+    env: { PATU_AGENT_SOCKET: join(DIR, 'agent.sock') },
+  });
+  assert.equal(r.code, 0, describe(r));
+  dIp = String(r.json.ips[0].address).split('/')[0]!;
+  // At the answer, the endpoint is already programmed (and named, from the CNI).
+  const ep = Object.values(readPolicyNames(PIN)!.endpoints).find((e) => e.pod === 'back/d');
+  assert.deepEqual(ep?.ips, [dIp]);
+  assert.equal(ep?.fromCni, true);
+  assert.ok(ep!.ingress.length > 0, 'isolated by back/deny');
+  assert.match(agentLog, /network policy: pod address from CNI/);
+  // Real traffic: d serves; a cannot reach it (routed by the node between the two bridges), the node can.
+  const p = spawn('sh', ['-c', `echo $$ > ${CG}/cgroup.procs && exec nsenter --net=/run/netns/${podNs} "$0" "$1" "$2"`, process.execPath, POD_JS, JSON.stringify({ ip: dIp, tcp: [80], udp: [] })], { stdio: ['pipe', 'pipe', 'inherit'] });
+  scratch.defer('pod d fixture', () => void p.kill('SIGKILL'));
+  const d = new Pod(p);
+  await d.ready;
+  await expectAll([
+    ['a->d:80', () => tcp('a', dIp, 80), false],
+    ['node->d:80', () => tcp('node', dIp, 80), true],
+    ['d->a:80', () => d.ask({ op: 'tcp', host: IP.a, port: 80, timeoutMs: 600 }), true],
+  ]);
+});
+
 test('an agent restart keeps enforcement with no gap and rewrites nothing', { skip }, async () => {
   await applyPolicies(policy('back', 'only-a', `
 podSelector: {}
@@ -312,9 +352,10 @@ ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: web } } }] }]`));
   let rounds = 0;
   const loop = (async () => {
     while (!stop) {
-      const [ab, cb] = await Promise.all([tcp('a', 'b', 80, 800), tcp('c', 'b', 80, 300)]);
+      const [ab, cb, ad] = await Promise.all([tcp('a', 'b', 80, 800), tcp('c', 'b', 80, 300), dIp ? tcp('c', dIp, 80, 300) : Promise.resolve({ ok: false })]);
       if (!ab.ok) wrong.push(`a->b denied (${ab.err})`);
       if (cb.ok) wrong.push('c->b allowed');
+      if (ad.ok) wrong.push('c->d allowed (d\'s address came from CNI ADD)');
       rounds++;
     }
   })();

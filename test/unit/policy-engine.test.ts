@@ -167,6 +167,26 @@ test('a restarted engine takes over the ids: the same state writes nothing', () 
   assert.deepEqual(readPolicyNamesFile(namesFile)!.policies, first.names().policies);
 });
 
+test('the policy file\'s pods addressed by CNI ADD keep their addresses across an engine restart (names file), Kubernetes\' do not', () => {
+  const dp = new FakeDp();
+  const namesFile = join(dir, 'cni.names.json');
+  const s = e2eState([np('x', 'deny', { podSelector: {} })]);
+  const ip = e2eIp('x', 'c');
+  s.pods.find((p) => p.namespace === 'x' && p.name === 'c')!.ips = [];
+  const first = new PolicyEngine(dp, quiet, { namesFile, rememberCniAddresses: true });
+  first.setState(s);
+  assert.ok(first.podAddressKnown('x', 'c', [ip]));
+  const ep = Object.values(readPolicyNamesFile(namesFile)!.endpoints).find((e) => e.pod === 'x/c')!;
+  assert.equal(ep.fromCni, true);
+  assert.equal(Object.values(readPolicyNamesFile(namesFile)!.endpoints).find((e) => e.pod === 'x/a')!.fromCni, undefined);
+  const restarted = new PolicyEngine(dp, quiet, { namesFile, rememberCniAddresses: true });
+  assert.equal(restarted.setState(structuredClone(s)).changed, 0);
+  assert.ok(dp.contents.endpoints.some((e) => e.ip === ip && e.isolatedIngress));
+  const k8s = new PolicyEngine(dp, quiet, { namesFile });
+  assert.ok(k8s.setState(structuredClone(s)).changed > 0);
+  assert.ok(!dp.contents.endpoints.some((e) => e.ip === ip));
+});
+
 test('when in doubt, deny: a state the maps cannot hold leaves every selected pod isolated with no rules, counted and logged', () => {
   const dp = new FakeDp();
   logged.length = 0;
