@@ -469,6 +469,8 @@ static __always_inline int enforce(struct __sk_buff *skb, const __u8 dir)
 	if (!syn) {
 		struct patu_pol_ct_val *ct = bpf_map_lookup_elem(&patu_pol_ct, &k);
 		if (ct && ct->expires_ns > now) {
+			if (ct->flags & PATU_POL_CT_DENIED)
+				return drop(&p, dir, PATU_POL_REASON_NO_RULE, ep_id, len);
 			if (p.kind == PK_L4)
 				ct_touch(ct, &p, now, 0);
 			policy = ct->policy;
@@ -480,6 +482,8 @@ static __always_inline int enforce(struct __sk_buff *skb, const __u8 dir)
 		};
 		ct = bpf_map_lookup_elem(&patu_pol_ct, &rk);
 		if (ct && ct->expires_ns > now) {
+			if (ct->flags & PATU_POL_CT_DENIED)
+				return drop(&p, dir, PATU_POL_REASON_NO_RULE, ep_id, len);
 			if (p.kind == PK_L4)
 				ct_touch(ct, &p, now, 1);
 			policy = ct->policy;

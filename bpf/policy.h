@@ -107,6 +107,10 @@ struct patu_pol_ct_key {
 #define PATU_POL_CT_SYN_SEEN    1
 #define PATU_POL_CT_ESTABLISHED 2
 #define PATU_POL_CT_CLOSING     4   /* FIN or RST seen */
+#define PATU_POL_CT_DENIED      8   /* tombstone (userspace: flushConntrack with tombstone): a flow a policy change
+                                     * denied; its packets, either way, drop until the entry expires or a SYN on the
+                                     * tuple is judged again. Without it a mid-stream packet of the side whose own
+                                     * policy is open would re-create an entry that admits the other side as replies. */
 
 struct patu_pol_ct_val {
 	__u64 expires_ns;    /* bpf_ktime_get_coarse_ns() deadline (CLOCK_MONOTONIC_COARSE); expired = unknown */

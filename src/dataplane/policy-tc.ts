@@ -36,6 +36,8 @@ import {
 export * from './policy-maps.js';
 
 const O_DIRECTORY = 0o200000;
+/** How long a tombstone keeps a denied flow's packets off (TCP gives up retransmitting well before). */
+const POL_TOMBSTONE_S = 6 * 3600;
 
 /** The desired contents do not fit a map: nothing was written. */
 export class PolicyCapacityError extends PatuError {
@@ -397,15 +399,33 @@ export class PolicyDataplane {
 
   // --- flows ----------------------------------------------------------------------------------
 
-  /** Deletes the conntrack entries pred picks (their next packets are judged again). Returns how many. */
-  flushConntrack(pred: (k: CtKey, v: CtVal) => boolean): number {
+  /**
+   * Deletes the conntrack entries pred picks (their next packets are judged again). Returns how many.
+   * With `tombstone`, the entries pred picks become tombstones instead (PATU_POL_CT_DENIED, 6 h): every
+   * packet of those flows, either way, is dropped until a SYN on the tuple is judged again; and
+   * tombstones pred no longer picks (the flow is allowed again) are deleted. That is the cut-off a
+   * policy change needs: deleted, a flow's mid-stream packet from the side whose own policy is open
+   * would re-create an entry admitting the other side's packets as replies.
+   */
+  flushConntrack(pred: (k: CtKey, v: CtVal) => boolean, opts: { tombstone?: boolean } = {}): number {
     const ct = this.map('patu_pol_ct');
     const doomed: CtKeyC[] = [];
+    const tombs: [CtKeyC, CtValC][] = [];
+    // CLOCK_MONOTONIC: the base of the kernel's coarse clock, never behind it.
+    const until = process.hrtime.bigint() + BigInt(POL_TOMBSTONE_S) * 1_000_000_000n;
     for (const [k, v] of ct.entriesBatch()) {
       const key: CtKey = { src: k.src, dst: k.dst, sport: k.sport, dport: k.dport, proto: k.proto, dir: dirName(k.dir), fragment: k.pad === 1 };
-      if (pred(key, { expiresNs: v.expiresNs, policy: v.policy, epId: v.epId, flags: v.flags })) doomed.push(k);
+      const denied = pred(key, { expiresNs: v.expiresNs, policy: v.policy, epId: v.epId, flags: v.flags });
+      if (!opts.tombstone) {
+        if (denied) doomed.push(k);
+      } else if (v.flags & POL.CT_DENIED) {
+        if (!denied) doomed.push(k);
+      } else if (denied) {
+        tombs.push([k, { ...v, flags: v.flags | POL.CT_DENIED, expiresNs: until }]);
+      }
     }
-    return ct.batchDelete(doomed);
+    ct.batchUpdate(tombs);
+    return tombs.length + ct.batchDelete(doomed);
   }
 
   /** Every conntrack entry (tests, `patu policy --ct`). */

@@ -471,3 +471,37 @@ test('open() after an upgrade that changed a map layout: the stale pinned map is
     d.close();
   }
 });
+
+test('a flow a policy change denies: plain flush lets the open side re-admit it mid-stream; a tombstone keeps it cut both ways until allowed again', { skip }, () => {
+  const d = PolicyDataplane.open({ pinRoot: scratch.pinRoot('tomb') });
+  try {
+    const allow: PolicyMapContents = {
+      endpoints: [{ ...ep('b', true, false), ifindex: 0 }], // B: ingress isolated, egress open
+      peers: PEERS,
+      rules: [{ epId: EP.b, peerClass: CLASS.a, dir: 'ingress', proto: 6, portFrom: 80, portTo: 80, policyId: 7 }],
+    };
+    const run = (hook: 'fromPod' | 'toPod', spec: Parameters<typeof craftFrame>[0]): number => d.testRun(hook, { data: craftFrame(spec) }).retval;
+    const a2b = (sport: number, flags: number) => ({ src: IP.a, dst: IP.b, proto: 6, sport, dport: 80, tcpFlags: flags });
+    const b2a = (dport: number) => ({ src: IP.b, dst: IP.a, proto: 6, sport: 80, dport, tcpFlags: 0x10 });
+    for (const tombstone of [false, true]) {
+      const port = tombstone ? 41000 : 40000;
+      d.sync(allow);
+      assert.equal(run('toPod', a2b(port, 0x02)), TC_ACT.UNSPEC, 'SYN allowed');
+      d.sync({ ...allow, rules: [] });
+      assert.equal(d.flushConntrack((k) => k.sport === port || k.dport === port, { tombstone }), 1);
+      // B (whose egress is open) speaks first, then A.
+      const fromB = run('fromPod', b2a(port));
+      const fromA = run('toPod', a2b(port, 0x10));
+      if (!tombstone) assert.deepEqual([fromB, fromA], [TC_ACT.UNSPEC, TC_ACT.UNSPEC], 'deleted: B re-creates an entry that admits A as its reply');
+      else assert.deepEqual([fromB, fromA], [TC_ACT.SHOT, TC_ACT.SHOT], 'tombstone: cut both ways');
+    }
+    assert.equal(run('toPod', a2b(41001, 0x02)), TC_ACT.SHOT, 'a new connection is judged: denied');
+    // Allowed again: the same predicate no longer picks it, the tombstone goes, the flow resumes.
+    d.sync(allow);
+    assert.equal(d.flushConntrack((k) => k.sport === 40000 || k.dport === 40000, { tombstone: true }), 2, "the other flow (denied) tombstoned, this one's tombstone removed");
+    assert.equal(run('toPod', a2b(41000, 0x10)), TC_ACT.UNSPEC);
+    assert.equal(run('fromPod', b2a(41000)), TC_ACT.UNSPEC);
+  } finally {
+    d.close();
+  }
+});
