@@ -32,13 +32,14 @@
 //   BENCH_POLICIES=0,100,1000 BENCH_RUNS=3 BENCH_SECONDS=3 BENCH_WHAT=testrun,patu,kube-router,latency,rss BENCH_REPEAT=200000
 //   BENCH_LATENCY_ROUNDS=25
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { Accel } from '../src/dataplane/accel.js';
 import { PolicyDataplane } from '../src/dataplane/policy-tc.js';
+import { policyNamesPath } from '../src/policy/names.js';
 import { withNetns } from '../src/kernel/netns.js';
 import { TestCluster, clusterSkipReason, freePort, reapStaleClusters } from '../test/helpers/k8s-cluster.js';
 import { Scratch } from '../test/helpers/kernel.js';
@@ -418,6 +419,7 @@ async function latencySection(ctx: ClusterCtx): Promise<void> {
   const probe = join(ROOT, 'build', 'bench', 'policy-probe');
   sh('cc', ['-O2', '-Wall', '-o', probe, join(ROOT, 'bench', 'policy-probe.c')]);
   const pin = scratch.pinRoot('lat');
+  scratch.defer('names file', () => rmSync(policyNamesPath(pin), { force: true }));
   const dir = join(ctx.tmp, 'agent-lat');
   mkdirSync(dir, { recursive: true });
   const kubeconfig = agentKubeconfig(ctx.cluster, dir);
@@ -506,6 +508,7 @@ async function agentRss(n: number, tmp: string): Promise<{ rssMiB: number; heapM
   })), ...benchPolicies(n)];
   writeFileSync(file, docs.map((d) => YAML.stringify(d)).join('---\n'));
   const pin = scratch.pinRoot(`agent${n}`);
+  scratch.defer('names file', () => rmSync(policyNamesPath(pin), { force: true }));
   const dir = join(tmp, `agent-${n}`);
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
