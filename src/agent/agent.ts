@@ -205,7 +205,10 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       }
       log.info({ pinRoot: opts.pinRoot }, 'network policy on (NetworkPolicies, Namespaces and every Pod are watched)');
     } else {
-      log.info({}, 'network policy off (--network-policy=off): NetworkPolicies are not enforced by patu');
+      // Off after a run with it on: the old programs would keep enforcing a state nothing updates any more.
+      const { policyPinned, teardownPolicy } = await import('../dataplane/policy-tc.js');
+      const detached = policyPinned(opts.pinRoot) ? teardownPolicy(opts.pinRoot) : 0;
+      log.info({ detached }, 'network policy off (--network-policy=off): NetworkPolicies are not enforced by patu');
     }
     const k8s = await startKubernetes({
       ...(policy ? { policy } : {}),

@@ -19,7 +19,8 @@ import { PEER_CLASS_HOST, type PolicyMapContents, type PolicyState } from './typ
 export interface PolicyDataplaneLike {
   sync(desired: PolicyMapContents): { changed: number };
   read(): PolicyMapContents;
-  flushConntrack(pred: (k: { src: string; dst: string; sport: number; dport: number; proto: number; dir: 'ingress' | 'egress'; fragment?: boolean }, v: unknown) => boolean): number;
+  /** With `tombstone`, denied flows are marked (every packet dropped, either way) rather than deleted. */
+  flushConntrack(pred: (k: { src: string; dst: string; sport: number; dport: number; proto: number; dir: 'ingress' | 'egress'; fragment?: boolean }, v: unknown) => boolean, opts?: { tombstone?: boolean }): number;
   evictSockets(pred: (flow: { src: string; dst: string; sport: number; dport: number }) => boolean): number;
   /** Counters of endpoints no longer programmed are dropped (the stats map is keyed by endpoint id). */
   pruneStats?(keepEpIds: ReadonlySet<number>): number;
@@ -255,7 +256,9 @@ export class PolicyEngine {
         flushed = this.dp.flushConntrack((k) => {
           known.add(`${k.proto} ${k.src} ${k.sport} ${k.dst} ${k.dport}`);
           return !judge(k.src, k.dst, k.proto, k.dport);
-        });
+          // Tombstones, not deletion: deleted, a mid-stream packet from the side whose own policy is
+          // open would re-create an entry that lets the other side's packets in as its replies.
+        }, { tombstone: true });
         // A socket sees its own end of a connection: the one the conntrack map knows as the
         // opener says which way it was opened; without an entry, either way denied cuts it.
         evicted = this.dp.evictSockets((f) => {
