@@ -4,8 +4,9 @@
 // entry and field (`services[2].ports[0].protocol: must be TCP or UDP`); a
 // watcher reloads on change and keeps the last good content when a new one is
 // bad, so a typo never unprograms anything.
-import { closeSync, constants as fsc, fstatSync, openSync, readSync, watch, type FSWatcher } from 'node:fs';
-import { basename, dirname, extname } from 'node:path';
+import { watch } from 'node:fs';
+import { extname } from 'node:path';
+import { FileWatcher, ReloadLoop, readConfigFile, type FileWatchOptions } from '../config-file.js';
 import { messageOf, PatuError } from '../errors.js';
 import { isIPv4 } from '../net/cidr.js';
 import {
@@ -316,165 +317,19 @@ export async function parseServicesText(text: string, file: string): Promise<Ser
  * never read: /dev/zero would be read forever), and at most MAX_SERVICES_FILE_BYTES.
  */
 export function readServicesFile(file: string): string {
-  let fd: number;
-  try {
-    fd = openSync(file, fsc.O_RDONLY | fsc.O_NONBLOCK); // close-on-exec: libuv sets it
-  } catch (e) {
-    throw new ServiceFileError(file, [`(read): ${messageOf(e)}`]);
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) {
-      const kind = st.isFIFO() ? 'a FIFO' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : 'not a regular file';
-      throw new ServiceFileError(file, [`(read): is ${kind}; a services file must be a regular file`]);
-    }
-    if (st.size > MAX_SERVICES_FILE_BYTES) {
-      throw new ServiceFileError(file, [`(read): ${st.size} bytes; a services file may hold at most ${MAX_SERVICES_FILE_BYTES}`]);
-    }
-    // Read at most one byte past the limit: the file may grow after fstat.
-    const buf = Buffer.allocUnsafe(Math.min(st.size, MAX_SERVICES_FILE_BYTES) + 1);
-    let n = 0;
-    for (;;) {
-      const got = readSync(fd, buf, n, buf.length - n, null);
-      if (got === 0) break;
-      n += got;
-      if (n === buf.length) {
-        if (n > MAX_SERVICES_FILE_BYTES) throw new ServiceFileError(file, [`(read): grew past ${MAX_SERVICES_FILE_BYTES} bytes while being read`]);
-        break; // it grew after fstat; what was there at fstat time plus one byte is read
-      }
-    }
-    return buf.toString('utf8', 0, n);
-  } catch (e) {
-    if (e instanceof ServiceFileError) throw e;
-    throw new ServiceFileError(file, [`(read): ${messageOf(e)}`]);
-  } finally {
-    closeSync(fd);
-  }
+  return readConfigFile(file, { what: 'services file', maxBytes: MAX_SERVICES_FILE_BYTES, fail: (problem) => new ServiceFileError(file, [problem]) });
 }
 
 export async function loadServicesFile(file: string): Promise<ServiceWithEndpoints[]> {
   return parseServicesText(readServicesFile(file), file);
 }
 
-export interface WatchOptions {
-  /** Called with each good content (also the first); may apply it to the dataplane. */
-  onChange: (items: ServiceWithEndpoints[]) => void | Promise<void>;
-  /** Called when the file is bad after it has settled; the last good content stays applied. */
-  onError: (err: Error) => void;
-  /**
-   * How long a bad read waits for another change before it is reported. An
-   * editor or `cp` may be caught mid-write: the follow-up event then reloads
-   * the complete file and no error is shown.
-   */
-  settleMs?: number;
-}
+export type WatchOptions = FileWatchOptions<ServiceWithEndpoints[]>;
 
-/**
- * What both watchers share: at most one reload loop at a time (events during a
- * reload make it go round once more), a bad result reported only after it has
- * stood for settleMs (an editor caught mid-write sends a follow-up event that
- * clears it), and close/settled. Subclasses say what one round of reloading is.
- */
-export abstract class ReloadLoop {
-  protected watcher: FSWatcher | undefined;
-  protected closed = false;
-  private running = false;
-  private errorTimer: NodeJS.Timeout | undefined;
-  /** Resolves when the current reload (if any) and the ones it triggered are done. */
-  private idle: Promise<void> = Promise.resolve();
-
-  constructor(private readonly reportError: (err: Error) => void, private readonly settleMs = 100) {}
-
-  /** Reloads until nothing is dirty; returns the error to report, if any. */
-  protected abstract drain(): Promise<Error | undefined>;
-
-  protected schedule(): void {
-    if (!this.closed && !this.running) this.idle = this.run();
-  }
-
-  /** A good reload: an error waiting to be reported is no longer true. */
-  protected clearPendingError(): void {
-    if (this.errorTimer) clearTimeout(this.errorTimer);
-    this.errorTimer = undefined;
-  }
-
-  private async run(): Promise<void> {
-    this.running = true;
-    let lastError: Error | undefined;
-    try {
-      lastError = await this.drain();
-    } finally {
-      this.running = false;
-    }
-    if (lastError && !this.closed) {
-      const err = lastError;
-      this.clearPendingError();
-      this.errorTimer = setTimeout(() => {
-        this.errorTimer = undefined;
-        if (!this.running && !this.closed) this.reportError(err);
-      }, this.settleMs);
-    }
-  }
-
-  /** Waits for reloads in progress (tests and benchmarks). */
-  async settled(): Promise<void> {
-    await this.idle;
-  }
-
-  close(): void {
-    this.closed = true;
-    this.watcher?.close();
-    this.clearPendingError();
-  }
-}
-
-/**
- * Watches a services file. Reloads at the first change event (no up-front
- * debounce: a single edit is applied as soon as it is visible) and coalesces
- * events that arrive during a reload into one more reload, so the last
- * applied content is never older than the last event. The directory is
- * watched, not the file, so editors that replace the file by rename are seen.
- */
-export class ServicesFileWatcher extends ReloadLoop {
-  private dirty = false;
-
-  constructor(readonly file: string, private readonly opts: WatchOptions) {
-    super((e) => opts.onError(e), opts.settleMs);
-  }
-
-  /** Loads once (throws if the initial file is bad), then watches. */
-  async start(): Promise<ServiceWithEndpoints[]> {
-    const items = await loadServicesFile(this.file);
-    await this.opts.onChange(items);
-    const name = basename(this.file);
-    this.watcher = watch(dirname(this.file), { persistent: true }, (_event, filename) => {
-      if (filename === null || filename.toString() === name) this.kick();
-    });
-    this.watcher.on('error', (e) => this.opts.onError(e));
-    return items;
-  }
-
-  private kick(): void {
-    if (this.closed) return;
-    this.dirty = true;
-    this.schedule();
-  }
-
-  /** The last read decides: a good one clears an earlier bad one. */
-  protected async drain(): Promise<Error | undefined> {
-    let lastError: Error | undefined;
-    while (this.dirty && !this.closed) {
-      this.dirty = false;
-      try {
-        const items = await loadServicesFile(this.file);
-        lastError = undefined;
-        this.clearPendingError();
-        await this.opts.onChange(items);
-      } catch (e) {
-        lastError = e instanceof Error ? e : new Error(messageOf(e));
-      }
-    }
-    return lastError;
+/** Watches a services file (config-file.ts: reload at the first event, coalesced, bad edits settle before they are reported). */
+export class ServicesFileWatcher extends FileWatcher<ServiceWithEndpoints[]> {
+  constructor(file: string, opts: WatchOptions) {
+    super(file, loadServicesFile, opts);
   }
 }
 
