@@ -31,7 +31,7 @@ function forAgent(env: Record<string, string | undefined>, stdin: string | Buffe
 }
 
 /** README "Errors follow the spec's codes": 1, 4, 6, 7, 11, 50, and patu's 100-103. */
-export const ERROR_TABLE = [1, 4, 6, 7, 11, 50, 100, 101, 102, 103];
+export const ERROR_TABLE = [1, 4, 6, 7, 11, 50, 100, 101, 102, 103, 104];
 /** An error answer is a short message: echoing a 300 KB field back is a log flood. */
 export const MAX_ANSWER = 16 * 1024;
 const STACK = /\n\s+at\s|\bat\s+\S+\s+\(?(file|node):|\.js:\d+:\d+|node:internal/;

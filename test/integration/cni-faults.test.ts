@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -152,13 +152,22 @@ function wedge(net: Flavour): { fifo: string; release(): void } {
   return {
     fifo,
     release() {
-      // A writer lets the blocked open() return; no reader: ENXIO, nothing was blocked.
+      // A blocked open() returns once a writer opens the FIFO; a reader then sees EOF
+      // once that writer closes. Move the FIFO aside first, so no new open() can block
+      // on it, then hold a writer on it for a second: a launcher that resolved the path
+      // just before the rename (it falls back to running the request itself the moment
+      // the agent goes) is caught too. A one-shot non-blocking writer raced with it.
+      const gone = `${fifo}.released`;
       try {
-        closeSync(openSync(fifo, fsc.O_WRONLY | fsc.O_NONBLOCK));
+        renameSync(fifo, gone);
       } catch {
-        /* nobody blocked on it */
+        return; // released already
       }
-      rmSync(fifo, { force: true });
+      const fd = openSync(gone, fsc.O_RDWR | fsc.O_NONBLOCK);
+      setTimeout(() => {
+        closeSync(fd);
+        rmSync(gone, { force: true });
+      }, 1_000);
     },
   };
 }
