@@ -65,4 +65,16 @@ export const DEFAULTS = {
    * pins: bpffs holds no regular files. tmpfs, like bpffs: both are gone after a reboot.
    */
   policyStateDir: '/run/patu/policy',
+  /**
+   * Split mode (`patu manager` + `patu agent --manager`): the name the manager's certificate
+   * carries and the agent checks, whatever address it dials (`patu certs generate --server-name`).
+   */
+  managerServerName: 'patu-manager',
+  /** How often the TLS directory is re-read for rotated files when no fs event came (src/rpc/tls.ts). */
+  tlsPollMs: 5000,
+  /** A change of the TLS files is acted on once they have stayed the same this long (cert and key written apart). */
+  tlsSettleMs: 250,
 } as const;
+
+/** The manager's TLS server name (see DEFAULTS.managerServerName). */
+export const DEFAULT_SERVER_NAME = DEFAULTS.managerServerName;
