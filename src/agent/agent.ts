@@ -8,16 +8,12 @@
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
 // breaks established connections; bin/patu falls back to running the plugin itself.
 import { hostname } from 'node:os';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { createLog } from './log.js';
-import { startCniServer } from './cni-server.js';
-import { clip } from './cni-wire.js';
+import { openNodeParts, type Closer, policyCniHook, serveUntilSignal, startCniServing, startHostPorts, startNodeAddresses, startNodePortTc } from './node.js';
 import { DEFAULTS } from '../defaults.js';
 import { libbpfLog } from '../kernel/bpf/log.js';
 // Types only: the Kubernetes side is loaded on demand, with --kubernetes.
 import type { KubernetesAgentOptions } from '../k8s/agent-k8s.js';
-import { messageOf } from '../errors.js';
 import { describeUdpDestroy } from '../dataplane/udp-destroy-report.js';
 
 export interface AgentOptions {
@@ -75,7 +71,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   const log = createLog({ level: opts.logLevel, base: { component: 'patu-agent' } });
   // libbpf's own warnings into the agent's log (the CLI pointed them at stderr).
   libbpfLog.sink = (text) => log.warn({ libbpf: text.trimEnd() }, 'libbpf');
-  const closers: (() => void | Promise<void>)[] = [];
+  const closers: Closer[] = [];
   if (opts.kubernetes && opts.servicesFile) {
     throw new Error('agent: --kubernetes and --services-file both program the same service maps; use one');
   }
@@ -94,43 +90,21 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     closers.push(() => health.close());
   }
 
-  const bpffs = opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs };
-  // Found once, here at the top: the layers below take the directory as a parameter.
-  // Serving CNI alone needs no cgroup, so a host without cgroup2 can still do that.
-  let cgroup = '';
+  // The node-local parts (src/agent/node.ts, shared with `patu manager`): the cgroup2
+  // attach point, acceleration, the one ServiceLb and its hostPorts partition.
   const hostPorts = opts.hostPorts ?? Boolean(opts.servicesFile || opts.kubernetes);
-  if (opts.accel || opts.servicesFile || opts.kubernetes || hostPorts) {
-    const { resolveCgroup } = await import('../kernel/cgroup.js');
-    try {
-      cgroup = resolveCgroup({ cgroup: opts.cgroup, under: opts.cgroupFs });
-    } catch (e) {
-      throw new Error(`agent: ${messageOf(e)} (--cgroup names the directory explicitly; --cgroup-fs where to look)`, { cause: e });
-    }
-    log.info({ cgroup, ...(opts.cgroup ? {} : { discovered: true }) }, 'cgroup2 attach point');
-  }
-
-  if (opts.accel) {
-    const { Accel } = await import('../dataplane/accel.js');
-    const accel = Accel.open({ pinRoot: opts.pinRoot, cgroupPath: cgroup, ...bpffs, log: (msg) => log.info({ cgroup }, msg) });
-    accel.enable();
-    const st = accel.status();
-    log.info({ cgroup, pods: st.pods.length, sockets: st.sockets }, 'socket acceleration on');
-  }
-
-  // One ServiceLb for every source of service map entries (the agent is their only
-  // writer): the services file or Kubernetes, and hostPorts in their own partition,
-  // registered before the main source's first resync so that resync leaves them alone.
-  let lb: import('../dataplane/service-lb.js').ServiceLb | undefined;
-  let pokeHostPorts = (): void => {};
-  let hostPortSink: import('../dataplane/service-lb.js').ServiceSinkLike | undefined;
-  if (opts.servicesFile || opts.kubernetes || hostPorts) {
-    const { ServiceLb } = await import('../dataplane/service-lb.js');
-    const { isHostPortRef } = await import('../hostport/desired.js');
-    lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: cgroup, ...bpffs });
-    for (const repair of lb.repairs) log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired');
-    // After a service apply the hostPorts resync: a port a service let go is served at once.
-    if (hostPorts) hostPortSink = lb.partition(isHostPortRef, () => pokeHostPorts());
-  }
+  const node = await openNodeParts({
+    log,
+    who: 'agent',
+    pinRoot: opts.pinRoot,
+    ...(opts.cgroup !== undefined ? { cgroup: opts.cgroup } : {}),
+    ...(opts.cgroupFs !== undefined ? { cgroupFs: opts.cgroupFs } : {}),
+    ...(opts.mountBpffs !== undefined ? { mountBpffs: opts.mountBpffs } : {}),
+    accel: opts.accel,
+    services: Boolean(opts.servicesFile || opts.kubernetes),
+    hostPorts,
+  });
+  const { bpffs, cgroup, lb } = node;
 
   if (opts.servicesFile) {
     // The standalone service source; the Kubernetes source feeds the same model.
@@ -246,140 +220,29 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   if (policyFileEngine) {
     // A pod the policy file names without an address (status.podIP) gets it from its CNI ADD (K8S_POD_NAMESPACE/NAME in CNI_ARGS).
     const engine = policyFileEngine;
-    const { cniPodOf } = await import('./cni-pod.js');
-    beforeAnswer = (req, stdout) => {
-      const pod = cniPodOf(req.env, stdout);
-      if (!pod) return;
-      const r = pod.command === 'DEL' ? engine.podAddressGone(pod.namespace, pod.name) : engine.podAddressKnown(pod.namespace, pod.name, pod.ips);
-      if (r) log.info({ pod: `${pod.namespace}/${pod.name}`, command: pod.command, ips: pod.ips, mapChanges: r.changed, ms: r.ms }, 'network policy: pod address from CNI');
-    };
+    beforeAnswer = await policyCniHook(() => engine, log);
   }
 
-  const nodeportDevices = (opts.nodeportDevices ?? []).map((d) => d.trim()).filter((d) => d !== '');
-  if (nodeportDevices.length === 0) {
-    // Off (the flag absent, or '' as the DaemonSet's ConfigMap says by default): links an
-    // earlier run pinned would go on translating without anyone to follow the uplinks.
-    if (existsSync(join(opts.pinRoot, 'links', 'nodeport'))) {
-      const { detachNodePortLinks } = await import('../dataplane/nodeport-tc.js');
-      const removed = detachNodePortLinks(opts.pinRoot);
-      if (removed.length) log.info({ links: removed }, 'nodeport tc path off: links of an earlier run detached');
-    }
-  } else {
-    // After the service source opened the maps (it repairs their pins first); the tc
-    // programs only read them. Checked here, before anything is loaded: a bad list names itself.
-    const { NodePortTc, parseDevices } = await import('../dataplane/nodeport-tc.js');
-    const devices = parseDevices(nodeportDevices, '--nodeport-devices');
-    if (!opts.servicesFile && !opts.kubernetes && !hostPortSink) log.warn({ devices }, 'nodeport tc path without a service source (--services-file or --kubernetes) or hostPorts: nothing will be translated');
-    const np = NodePortTc.open({
-      pinRoot: opts.pinRoot, devices, ...bpffs,
-      log: (msg, fields) => log.info(fields, msg),
-    });
-    np.watch({
-      pollMs: DEFAULTS.nodeportLinkPollMs,
-      resyncMs: DEFAULTS.nodeportResyncMs,
-      onError: (err) => log.error({ err: messageOf(err) }, 'nodeport tc: attaching to the uplinks failed; retried on the next link change or resync'),
-    });
-    log.info({ devices, attached: np.attachedDevices() }, 'nodeport tc path on');
-    // Closing releases fds only: the pinned links keep translating while the agent is away.
-    closers.push(() => np.close());
-  }
-
-  if (hostPortSink) {
-    const { hostPortsWatch } = await import('./hostports-watch.js');
-    const dataDir = opts.dataDir ?? DEFAULTS.dataDir;
-    if (!opts.servicesFile && !opts.kubernetes && lb) {
-      // hostPorts alone (before their first apply attaches the programs): nobody else keeps patu_node_addr, where hostPorts without a hostIP answer.
-      const { NodeAddressTracker } = await import('../dataplane/node-addrs.js');
-      const tracker = new NodeAddressTracker({
-        sink: lb,
-        pollMs: DEFAULTS.nodeAddrPollMs,
-        onChange: (c) => log.info(c, 'node addresses changed (hostPorts answer on these)'),
-        onError: (e) => log.error({ err: messageOf(e) }, 'reading node addresses failed; retrying'),
-      });
-      closers.push(() => tracker.close());
-    }
-    let last = -1;
-    const hp = hostPortsWatch({
-      dataDir,
-      sink: hostPortSink,
+  await startNodePortTc(node, { log, devices: opts.nodeportDevices, hasServiceSource: Boolean(opts.servicesFile || opts.kubernetes) });
+  if (node.hostPortSink) {
+    // hostPorts alone (before their first apply attaches the programs): nobody else keeps patu_node_addr, where hostPorts without a hostIP answer.
+    if (!opts.servicesFile && !opts.kubernetes && lb) await startNodeAddresses(node, { log, what: 'hostPorts' });
+    await startHostPorts(node, {
+      log,
+      ...(opts.dataDir !== undefined ? { dataDir: opts.dataDir } : {}),
       ...(opts.hostPortResyncMs !== undefined ? { resyncMs: opts.hostPortResyncMs } : {}),
-      onApplied: (stats, records) => {
-        metrics?.hostPortsProgrammed.set(records);
-        if (stats.ops > 0 || records !== last) log.info({ records, mapOps: stats.ops, ms: Math.round(stats.ms * 100) / 100 }, 'hostPorts programmed');
-        if (stats.attachedNow) log.info({ cgroup }, 'service programs attached');
-        const d = stats.udpDestroy && describeUdpDestroy(stats.udpDestroy);
-        if (d) log[d.level](d.fields, d.msg);
-        if (stats.udpDestroy) metrics?.udpSocketsDestroyed.inc(stats.udpDestroy.sockets);
-        last = records;
-      },
-      onConflict: (c) => {
-        metrics?.hostPortConflicts.inc({ kind: c.kind });
-        if (c.kind === 'service') log.error({ record: c.record, entry: c.key, heldBy: c.heldBy }, 'hostPort not served: a service holds the same address, port and protocol');
-        else log.error({ record: c.record, kept: c.keptName }, 'hostPort not served: another record claims the same port (written around the CNI plugin?)');
-      },
-      onBadRecord: (name, problem) => log.warn({ dir: `${dataDir}/_hostports`, file: name, problem }, 'ignoring a file that is not a hostPort record'),
-      onError: (e) => log.error({ err: e.message }, 'hostPorts: programming failed; retried at the next change or resync'),
-    });
-    pokeHostPorts = () => hp.poke();
-    log.info({ dir: `${dataDir}/_hostports` }, 'serving hostPorts');
-    closers.push(() => {
-      pokeHostPorts = () => {};
-      hp.close();
+      ...(metrics ? { metrics } : {}),
     });
   }
+  // Last: the sources above stop writing first (lb closes after every node part).
+  closers.push(...node.closers());
 
-  // Last: the sources above stop writing first.
-  if (lb) {
-    const opened = lb;
-    closers.push(() => opened.close());
-  }
-
-  const cni = await startCniServer({
+  const cni = await startCniServing({
+    log,
     socketPath: opts.cniSocket,
     ...(opts.requestTimeoutMs !== undefined ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
-    onProblem: (what, err) => log.error({ err: clip(messageOf(err), 1024) }, what),
-    ...(beforeAnswer ? { beforeAnswer: (req: import('./cni-wire.js').CniRequest, outcome: { stdout: string }) => beforeAnswer!(req, outcome.stdout) } : {}),
-    onRequest: (req, outcome, millis) => {
-      const result = outcome.dropped ? 'dropped' : outcome.timedOut ? 'timeout' : outcome.deferred ? 'deferred' : outcome.exitCode === 0 ? 'ok' : 'error';
-      metrics?.cniRequests.inc({ command: clip(req.env.CNI_COMMAND, 16) ?? 'unknown', result });
-      // Every string here comes from the client: clipped, so a log line stays a line.
-      log.info(
-        {
-          command: clip(req.env.CNI_COMMAND, 16),
-          containerId: clip(req.env.CNI_CONTAINERID, 128),
-          ifname: clip(req.env.CNI_IFNAME, 32),
-          exitCode: outcome.exitCode,
-          ...(outcome.deferred ? { deferred: 'IPAM lock busy: handed back to bin/patu' } : {}),
-          ...(outcome.dropped ? { dropped: outcome.dropped } : {}),
-          ...(outcome.timedOut ? { timedOut: true } : {}),
-          ms: Math.round(millis * 100) / 100,
-          ...(outcome.exitCode > 0 ? { error: clip(outcome.stdout.trim(), 2048) } : {}),
-          ...(outcome.warnings ? { warnings: outcome.warnings.map((w) => clip(w, 1024)) } : {}),
-        },
-        'cni request',
-      );
-      // The CNI answer carries no stack; this is where to find it (cause chain included).
-      if (outcome.error) log.debug({ command: req.env.CNI_COMMAND, containerId: req.env.CNI_CONTAINERID, err: outcome.error }, 'cni request failed');
-    },
+    ...(metrics ? { metrics } : {}),
+    ...(beforeAnswer ? { beforeAnswer } : {}),
   });
-  log.info({ socket: opts.cniSocket }, 'serving CNI requests');
-
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ signal }, 'shutting down (pinned eBPF state stays in place)');
-      // Closing the socket makes bin/patu fall back to running the plugin itself.
-      const closed = cni.close();
-      Promise.allSettled([...closers.map(async (close) => close()), closed]).then(() => resolve());
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
-  const stuck = cni.stuckThreads();
-  if (stuck > 0) {
-    // Node's exit would wait for these threads forever (blocked in system calls).
-    log.warn({ threads: stuck }, 'exiting with CNI worker threads stuck in system calls');
-    log.flush?.();
-    const { exitNow } = await import('../kernel/ffi/libc.js');
-    exitNow(0);
-  }
+  await serveUntilSignal({ log, cni, closers });
 }

@@ -44,6 +44,8 @@ export { decodeRequest, encodeResponse, type CniRequest } from './cni-wire.js';
 
 /** The agent waits this long for an IPAM lock before handing the request back. */
 export const AGENT_LOCK_WAIT_MS = 100;
+/** run()'s requests have no launcher to hand back to: they wait this long for the lock (then code 11). */
+export const API_LOCK_WAIT_MS = 5_000;
 
 /** What the agent did with a request, for logs and metrics. */
 export interface RequestOutcome extends WireOutcome {
@@ -80,15 +82,37 @@ export interface CniServerOptions {
 
 export interface CniServer {
   server: Server;
+  /**
+   * Runs one request as if it had come over the socket (same lanes, workers, deadline and
+   * beforeAnswer hook), for callers that reach the plugin another way: the manager's
+   * data-plane API (src/dataplane/local.ts). There is no launcher to hand a request back
+   * to, so a busy IPAM lock is waited for (up to API_LOCK_WAIT_MS) instead of deferred,
+   * and a worker that dies under the request answers code 100 instead of going silent.
+   * Rejects only once the server is closing.
+   */
+  run(req: CniRequest): Promise<RequestOutcome>;
   /** Stops accepting, answers nothing more, ends the workers. */
   close(): Promise<void>;
   /** Abandoned workers whose thread has not ended yet (blocked in a system call). */
   stuckThreads(): number;
 }
 
+/** Where a request's answer goes: the launcher's socket, or run()'s promise. */
+interface JobOutput {
+  /** Writes the start marker; err when the client has gone (the request is then dropped unstarted). */
+  start(cb: (err?: Error | null) => void): void;
+  answer(outcome: RequestOutcome): void;
+  /** Unanswered: the launcher runs it itself (deferred, worker died); run() answers `outcome` anyway. */
+  drop(outcome: RequestOutcome): void;
+  /** The server is closing with the request unanswered. */
+  abort(): void;
+}
+
 interface Job {
   req: CniRequest;
-  sock: Socket;
+  out: JobOutput;
+  /** From run(): wait for a busy lock rather than hand the request back. */
+  api?: boolean;
   received: number;
   /** The request's deadline, counted from its arrival (queued time included). */
   timer?: NodeJS.Timeout;
@@ -110,6 +134,17 @@ const OVERFLOW_LANE = '\0overflow';
 const RECEIVE_TIMEOUT_MS = 10_000;
 
 const WORKER_URL = new URL('./cni-worker.js', import.meta.url);
+
+/** The launcher's socket as a job's output (wire format: cni-wire.ts). */
+function socketOutput(sock: Socket): JobOutput {
+  return {
+    // The start marker doubles as the check that the launcher is still there.
+    start: (cb) => sock.write(STARTED, (err) => cb(err ?? (sock.destroyed ? new Error('socket destroyed') : undefined))),
+    answer: (outcome) => sock.end(encodeResponse(outcome)),
+    drop: () => sock.end(),
+    abort: () => sock.destroy(),
+  };
+}
 
 export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
   const timeoutMs = opts.requestTimeoutMs ?? DEFAULTS.agentRequestTimeoutMs;
@@ -165,8 +200,8 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
         problem(`before answering ${clip(job.req.env.CNI_COMMAND, 16)}`, err);
       }
     }
-    if (answer) job.sock.end(encodeResponse(outcome));
-    else job.sock.end();
+    if (answer) job.out.answer(outcome);
+    else job.out.drop(outcome);
     opts.onRequest?.(job.req, outcome, performance.now() - job.received);
   }
 
@@ -283,9 +318,9 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
     // The start marker doubles as the check that the launcher is still there.
     const s = ++seq;
     lane.running = { job, seq: s, posted: false };
-    job.sock.write(STARTED, (err) => {
+    job.out.start((err) => {
       if (lane.running?.seq !== s) return;
-      if (err || job.sock.destroyed) {
+      if (err) {
         lane.running = undefined;
         finish(job, { exitCode: -1, stdout: '', dropped: 'its launcher had gone' }, false);
         pump(lane);
@@ -298,7 +333,9 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
         return;
       }
       lane.running.posted = true;
-      const msg: WorkerRequest = { seq: s, env: job.req.env, stdin: job.req.stdin, lockTimeoutMs: AGENT_LOCK_WAIT_MS };
+      const msg: WorkerRequest = job.api
+        ? { seq: s, env: job.req.env, stdin: job.req.stdin, lockTimeoutMs: API_LOCK_WAIT_MS, defer: false }
+        : { seq: s, env: job.req.env, stdin: job.req.stdin, lockTimeoutMs: AGENT_LOCK_WAIT_MS, defer: true };
       workerFor(lane).postMessage(msg);
     });
   }
@@ -372,9 +409,24 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
     sock.on('end', () => {
       if (refused) return;
       sock.setTimeout(0); // from here on, the request's own deadline applies
-      submit({ req: reader.finish(), sock, received: performance.now() });
+      submit({ req: reader.finish(), out: socketOutput(sock), received: performance.now() });
     });
   });
+
+  function run(req: CniRequest): Promise<RequestOutcome> {
+    if (closing) return Promise.reject(new Error('the CNI server is closing'));
+    return new Promise((resolve, reject) => {
+      const out: JobOutput = {
+        start: (cb) => queueMicrotask(() => cb()),
+        answer: resolve,
+        drop: resolve,
+        abort: () => reject(new Error('the CNI server closed before the request was answered')),
+      };
+      // No launcher id: nothing to claim against.
+      const { id: _id, ...rest } = req;
+      submit({ req: rest, out, api: true, received: performance.now() });
+    });
+  }
 
   async function close(): Promise<void> {
     closing = true;
@@ -386,7 +438,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
       // Unanswered: the launchers run these themselves (agent down), unclaimed.
       for (const job of [...(lane.running ? [lane.running.job] : []), ...lane.queue]) {
         unclaim(job.req.id);
-        job.sock.destroy();
+        job.out.abort();
       }
       lane.queue = [];
       const w = lane.worker;
@@ -403,7 +455,7 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
     server.listen(opts.socketPath, () => {
       // Root only: whoever can talk to this socket can create and delete pod networking.
       chmodSync(opts.socketPath, 0o600);
-      resolve({ server, close, stuckThreads: () => live.size });
+      resolve({ server, close, run, stuckThreads: () => live.size });
     });
   });
 }

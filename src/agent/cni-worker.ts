@@ -13,6 +13,8 @@ export interface WorkerRequest {
   env: Record<string, string>;
   stdin: Uint8Array;
   lockTimeoutMs: number;
+  /** Hand the request back on a busy lock (the launcher runs it); false: wait lockTimeoutMs, then code 11. */
+  defer: boolean;
 }
 
 /** An error as plain data (it crosses postMessage): the message, stack and cause chain. */
@@ -64,7 +66,7 @@ const bridges = new BridgeCache();
 
 port.on('message', async (m: WorkerRequest) => {
   libbpfSaid = [];
-  const { error, warnings, ...rest } = await runPlugin(m.env, m.stdin, { lockTimeoutMs: m.lockTimeoutMs, deferOnBusyLock: true, bridges });
+  const { error, warnings, ...rest } = await runPlugin(m.env, m.stdin, { lockTimeoutMs: m.lockTimeoutMs, deferOnBusyLock: m.defer, bridges });
   const loggable = plain(error);
   const all = [...(warnings ?? []), ...libbpfSaid];
   port.postMessage({ type: 'done', seq: m.seq, outcome: { ...rest, ...(all.length ? { warnings: all } : {}), ...(loggable ? { error: loggable } : {}) } } satisfies WorkerReply);
