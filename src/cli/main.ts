@@ -241,6 +241,40 @@ export function buildProgram(): Command {
       });
     });
 
+  const certs = program
+    .command('certs')
+    .description('certificates for split mode (patu manager + patu agent --manager): mutual TLS 1.3');
+  const days = (name: string) => (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 36_500) throw new Error(`${name}: want whole days from 1 to 36500, got '${v}'`);
+    return n;
+  };
+  certs
+    .command('generate')
+    .description('make a CA (ca.crt, ca.key), a server certificate for the manager (server.crt, server.key: serverAuth only) and a client certificate for the agent (client.crt, client.key: clientAuth only), ECDSA P-256; keys written 0600')
+    .requiredOption('--dir <dir>', 'where to write them (created 0700 if missing)')
+    .option('--days <n>', 'validity of the server and client certificates', days('--days'), 365)
+    .option('--ca-days <n>', 'validity of a new CA', days('--ca-days'), 3650)
+    .option('--server-name <name>', 'the name in the server certificate that the agent checks, whatever address it dials', DEFAULTS.managerServerName)
+    .option('--san <name>', 'another server name: IP:<address> or DNS:<name> (a bare address is an IP); repeat for more', (v: string, prev: string[] | undefined) => [...(prev ?? []), ...v.split(',').filter((x) => x.trim() !== '')])
+    .option('--force', 'replace files that are already there (without it nothing is written if any is)')
+    .option('--keep-ca', 'sign with the ca.crt + ca.key already in --dir instead of making a new CA (rotation: with --force)')
+    .option('--json', 'print what was written as JSON')
+    .addHelpText(
+      'after',
+      '\nThe server certificate names --server-name, localhost, 127.0.0.1 and ::1, plus every --san.\n' +
+        'The manager reads ca.crt + server.crt + server.key, the agent ca.crt + client.crt + client.key\n' +
+        '(or, from a cert-manager Secret, ca.crt + tls.crt + tls.key). Both pick up new files without a restart.\n\n' +
+        'Examples:\n' +
+        '  patu certs generate --dir /etc/patu/tls\n' +
+        '  patu certs generate --dir /etc/patu/tls --san IP:10.0.0.5 --san DNS:manager.example --days 90\n' +
+        '  patu certs generate --dir /etc/patu/tls --keep-ca --force     # new leaves, same CA (rotation)\n',
+    )
+    .action(async (opts) => {
+      const { certsGenerate } = await import('./certs-command.js');
+      process.exitCode = await certsGenerate({ ...opts, san: opts.san ?? [] });
+    });
+
   program
     .command('install')
     .description('install patu on this host: files under --prefix, the CNI binary and conflist, the systemd unit (recorded for uninstall)')
