@@ -74,6 +74,13 @@ export const DEFAULTS = {
   tlsPollMs: 5000,
   /** A change of the TLS files is acted on once they have stayed the same this long (cert and key written apart). */
   tlsSettleMs: 250,
+  /** `patu agent --manager`: deadline of every call to the manager (a 1,000-pod policy state compiles in well under this). */
+  mirrorCallTimeoutMs: 15_000,
+  /** First retry after a failed call to the manager; doubled per failure (jittered) up to the max. */
+  mirrorBackoffMs: 100,
+  mirrorMaxBackoffMs: 5_000,
+  /** How often an idle agent asks the manager whether it still holds the agent's state (a restart while nothing changed). */
+  mirrorHeartbeatMs: 2_000,
 } as const;
 
 /** The manager's TLS server name (see DEFAULTS.managerServerName). */
