@@ -784,7 +784,7 @@ render() {
     -e "s%^  # k8s-service-host: .*%  k8s-service-host: \"$NODE_IP\"%; s%^  # k8s-service-port: .*%  k8s-service-port: \"$API_PORT\"%" \
     -e '/^[[:space:]]*#/d' "$f")
   # A manifest edit that no longer matches these lines must fail here, not deploy something half-rendered.
-  if [[ $name == patu ]]; then
+  if [[ $name == patu || $name == patu-split ]]; then
     local want
     for want in "cluster-cidr: \"$CLUSTER_CIDR\"" "service-cidr: \"$SERVICE_CIDR\"" "bridge: \"$BRIDGE\"" "k8s-service-port: \"$API_PORT\"" \
       "cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"" "k8s-service-host: \"$NODE_IP\"" "--pin-root=$PIN_ROOT" "--data-dir=$STATE/patu/ipam" "path: $NETNS_DIR"; do
@@ -794,13 +794,14 @@ render() {
   printf '%s\n' "$out"
 }
 
-# deploy: build the patu:dev image (scripts/image.sh), load it into this cluster's containerd, apply the manifest.
+# deploy: build the patu:dev image (scripts/image.sh), load it into this cluster's containerd, apply the manifest
+# (PATU_MANIFEST=patu-split: the split mode's, deploy/patu-split.yaml).
 deploy() {
   [[ -S $CTRD_SOCK ]] || die "no cluster in $STATE: run '$0 up --no-cni' first"
   [[ -f $REPO/build/image/patu-dev.tar && ${PATU_IMAGE_REBUILD:-1} == 0 ]] || bash "$REPO/scripts/image.sh" >&2
   ctr --address "$CTRD_SOCK" -n k8s.io images import "$REPO/build/image/patu-dev.tar" >>"$STATE/logs/images.log" 2>&1 \
     || { tail -5 "$STATE/logs/images.log" >&2; die "ctr images import patu-dev.tar failed"; }
-  render patu | kubectl_ apply -f - >&2
+  render "${PATU_MANIFEST:-patu}" | kubectl_ apply -f - >&2
   log "patu applied; waiting for its DaemonSet and the node to be Ready"
   kubectl_ -n kube-system rollout status ds/patu --timeout=120s >&2 || die "patu DaemonSet not ready"
   wait_for kubelet 60 node_ready || die "node $NODE not Ready after patu was deployed"
@@ -823,5 +824,5 @@ case ${1:-} in
   uplink-check) uplink_check ;;
   render) render "${2:-patu}" ;;
   deploy) deploy ;;
-  *) echo "usage: $0 up [--kube-proxy] [--no-cni] | deploy | dns | uplink-check | render [patu|patu-uninstall] | down | env | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--kube-proxy] [--no-cni] | deploy | dns | uplink-check | render [patu|patu-split|patu-uninstall] | down | env | status" >&2; exit 2 ;;
 esac
