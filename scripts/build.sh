@@ -4,7 +4,8 @@
 #      test fixtures test/bpf/*.c -> build/test/bpf/<name>.o (kept out of build/bpf,
 #      which `patu install` ships), and the benches' anchors bench/bpf/*.c -> build/bench/bpf/
 #      (not shipped either)
-#   2. TypeScript: src/, test/, bench/ -> dist/ (tsc, strict; fails on type errors)
+#   2. TypeScript: the data-plane API's types from proto/ (buf generate -> src/rpc/gen/), then
+#      src/, test/, bench/ -> dist/ (tsc, strict; fails on type errors)
 #   3. the CNI fast path bundle: dist/cni.cjs (esbuild, one file, loads fast), and the
 #      agent's: dist/agent/ (split at dynamic imports, less memory)
 #   4. bin/patu: the small C launcher (src/launcher/patu.c) that hands CNI requests to
@@ -40,6 +41,14 @@ done
 for obj in build/bpf/*.o; do
   [[ -f "bpf/$(basename "${obj%.o}").c" ]] || rm -f "$obj"
 done
+
+# The data-plane API's TypeScript (src/rpc/gen/, a build output: .gitignore'd) from proto/,
+# before tsc, which compiles it with the rest. Regenerated when missing or when a .proto or
+# buf.gen.yaml is newer than it; buf.gen.yaml's `clean` empties the directory first.
+gen=src/rpc/gen/patu/dataplane/v1/dataplane_pb.ts
+if [[ ! -f $gen || buf.gen.yaml -nt $gen || -n "$(find proto -name '*.proto' -newer "$gen" -print -quit)" ]]; then
+  npx --no-install buf generate
+fi
 
 npx --no-install tsc -p tsconfig.json
 
