@@ -81,6 +81,14 @@ export const DEFAULTS = {
   mirrorMaxBackoffMs: 5_000,
   /** How often an idle agent asks the manager whether it still holds the agent's state (a restart while nothing changed). */
   mirrorHeartbeatMs: 2_000,
+  /**
+   * Split mode: the deadline of one data-plane API call to the manager (src/rpc/client.ts) when the caller sets
+   * none (the agent's mirror sets mirrorCallTimeoutMs on each call; `patu status` and tools rely on this one). Below agentRequestTimeoutMs, so a CNI request the agent forwards is answered before
+   * its own deadline. A deadline that passes mid-apply does not stop the apply (the manager finishes it).
+   */
+  managerCallTimeoutMs: 15_000,
+  /** Split mode: the largest data-plane API message either side reads (a full resync of 10,000 services is ~2 MB). */
+  managerMaxMessageBytes: 16 * 1024 * 1024,
 } as const;
 
 /** The manager's TLS server name (see DEFAULTS.managerServerName). */
