@@ -113,7 +113,9 @@ async function makeCa(now: Date, days: number): Promise<{ cert: x509.X509Certifi
   const keys = await newKeys();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
-    name: 'CN=patu CA',
+    // A name of its own: OpenSSL finds issuers by name, and two CAs both called "patu CA" turn
+    // a foreign CA's certificate into a confusing SELF_SIGNED_CERT_IN_CHAIN instead of UNABLE_TO_VERIFY_LEAF_SIGNATURE.
+    name: `CN=patu CA ${randomBytes(4).toString('hex')}`,
     notBefore: new Date(now.getTime() - BACKDATE_MS),
     notAfter: new Date(now.getTime() + days * DAY_MS),
     keys,
