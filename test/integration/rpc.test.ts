@@ -1,12 +1,12 @@
 // The data-plane API's transport (src/rpc/server.ts + client.ts) over real mutual TLS, on a
 // unix socket and on tcp://127.0.0.1:0. The Dataplane behind the server is a recording fake
 // written here: what is under test is the wire (LocalDataplane has its own tests).
-// Certificates: the openssl CLI (ECDSA P-256 CA, serverAuth-only server, clientAuth-only client).
+// Certificates: src/rpc/certs.ts (`patu certs generate`: ECDSA P-256, serverAuth-only server, clientAuth-only client).
 // No root needed; everything is on loopback or in a temporary directory removed at the end.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, statSync, writeFileSync, cpSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect as tlsConnect } from 'node:tls';
@@ -19,6 +19,7 @@ import { startDataplaneServer, DataplaneServerError, type DataplaneServer } from
 import { connectDataplane, type RemoteDataplane } from '../../src/rpc/client.js';
 import { DataplaneRpcMetrics } from '../../src/rpc/metrics.js';
 import { clientTlsOptions, loadTlsDir, serverTlsOptions } from '../../src/rpc/tls.js';
+import { generateCerts, writeCertDir, type CertSet } from '../../src/rpc/certs.js';
 import { Registry } from '../../src/k8s/prom.js';
 import { e2eState, np } from '../helpers/policy-gen.js';
 
@@ -26,31 +27,12 @@ const scratch = scratchForTests('patu-rpc');
 const tmp = scratch.tmpDir('patu-rpc');
 const SERVER_NAME = 'patu-manager';
 
-// ---------------------------------------------------------------- certificates (openssl CLI)
+// ---------------------------------------------------------------- certificates (patu certs generate's code)
 
-function openssl(args: string[], cwd: string): void {
-  const r = spawnSync('openssl', args, { cwd, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
-}
-
-/** A CA and a server + client pair it signs, in patu's layout (ca.crt, server.*, client.*), keys 0600. */
-function makeCerts(dir: string, opts: { clientEku?: 'clientAuth' | 'serverAuth' } = {}): string {
-  mkdirSync(dir, { recursive: true });
-  const key = (name: string) => {
-    openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', `${name}.key`], dir);
-    chmodSync(join(dir, `${name}.key`), 0o600);
-  };
-  key('ca');
-  openssl(['req', '-x509', '-new', '-key', 'ca.key', '-subj', '/CN=patu-test-ca', '-days', '2', '-out', 'ca.crt',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
-  const leaf = (name: string, cn: string, ext: string) => {
-    key(name);
-    writeFileSync(join(dir, `${name}.ext`), ext);
-    openssl(['req', '-new', '-key', `${name}.key`, '-subj', `/CN=${cn}`, '-out', `${name}.csr`], dir);
-    openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '1', '-out', `${name}.crt`, '-extfile', `${name}.ext`], dir);
-  };
-  leaf('server', SERVER_NAME, `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:${SERVER_NAME},DNS:localhost,IP:127.0.0.1\n`);
-  leaf('client', 'patu-agent', `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=${opts.clientEku ?? 'clientAuth'}\n`);
+/** A set written in patu's layout (ca.*, server.*, client.*; keys 0600). */
+function writeSet(name: string, set: CertSet): string {
+  const dir = join(tmp, name);
+  writeCertDir(dir, set);
   return dir;
 }
 
@@ -134,15 +116,20 @@ async function codeOf(p: Promise<unknown>): Promise<{ code: DataplaneErrorCode; 
   assert.fail('the call succeeded');
 }
 
-const CERTS = makeCerts(join(tmp, 'certs'));
-const ROTATED = makeCerts(join(tmp, 'certs-rotated'));
-const FOREIGN = makeCerts(join(tmp, 'certs-foreign'));
+const base = await generateCerts({ serverName: SERVER_NAME });
+const rotated = await generateCerts({ serverName: SERVER_NAME });
+const foreign = await generateCerts({ serverName: SERVER_NAME });
+const CERTS = writeSet('certs', base);
+/** A new CA and new leaves: what a rotation to a new CA brings. */
+const ROTATED = writeSet('certs-rotated', rotated);
 /** The rotated client pair but the old CA: trusts only the old server certificate. */
-const MIXED = join(tmp, 'certs-mixed');
-mkdirSync(MIXED);
-for (const f of ['client.crt', 'client.key']) cpSync(join(ROTATED, f), join(MIXED, f));
-cpSync(join(CERTS, 'ca.crt'), join(MIXED, 'ca.crt'));
-chmodSync(join(MIXED, 'client.key'), 0o600);
+const MIXED = writeSet('certs-mixed', { ca: base.ca, server: rotated.server, client: rotated.client });
+/** Trusts our CA, presents a certificate of another CA. */
+const FOREIGN_CLIENT = writeSet('certs-foreign-client', { ca: base.ca, server: foreign.server, client: foreign.client });
+/** Our CA's server certificate (serverAuth only) presented as the client's. */
+const SERVER_AS_CLIENT = writeSet('certs-server-as-client', await generateCerts({ serverName: SERVER_NAME, ca: base.ca, serverCertAsClient: true }));
+/** Our CA's client certificate, expired yesterday. */
+const EXPIRED_CLIENT = writeSet('certs-expired-client', await generateCerts({ serverName: SERVER_NAME, ca: base.ca, expiredClient: true }));
 
 const service = (i: number) => ({
   key: `10.96.0.${i}:80/TCP`, ref: `default/s${i}`, vip: `10.96.0.${i}`, port: 80, protocol: 'TCP' as const, name: `default/s${i}:http`,
@@ -291,22 +278,9 @@ for (const kind of ['unix', 'tcp'] as const) {
       assert.deepEqual(await client.health(), { ok: true, problems: [] });
     });
 
-    test('refused clients: a foreign CA, a server certificate as client certificate, no certificate; logged without key material', async () => {
-      const SERVER_AS_CLIENT = join(tmp, `certs-server-as-client-${kind}`);
-      mkdirSync(SERVER_AS_CLIENT);
-      cpSync(join(CERTS, 'ca.crt'), join(SERVER_AS_CLIENT, 'ca.crt'));
-      cpSync(join(CERTS, 'server.crt'), join(SERVER_AS_CLIENT, 'client.crt'));
-      cpSync(join(CERTS, 'server.key'), join(SERVER_AS_CLIENT, 'client.key'));
-      chmodSync(join(SERVER_AS_CLIENT, 'client.key'), 0o600);
-      // The foreign client trusts our CA (so the failure is the server's verdict on its certificate).
-      const FOREIGN_CLIENT = join(tmp, `certs-foreign-client-${kind}`);
-      mkdirSync(FOREIGN_CLIENT);
-      cpSync(join(CERTS, 'ca.crt'), join(FOREIGN_CLIENT, 'ca.crt'));
-      for (const f of ['client.crt', 'client.key']) cpSync(join(FOREIGN, f), join(FOREIGN_CLIENT, f));
-      chmodSync(join(FOREIGN_CLIENT, 'client.key'), 0o600);
-
+    test('refused clients: a foreign CA, a server certificate as client certificate, an expired one, none; each logged with its reason, never key material', async () => {
       const before = lines.length;
-      for (const dir of [FOREIGN_CLIENT, SERVER_AS_CLIENT]) {
+      for (const dir of [FOREIGN_CLIENT, SERVER_AS_CLIENT, EXPIRED_CLIENT]) {
         const c = connectDataplane({ address: server.address, tls: clientTls(dir), log: recordingLog().log });
         try {
           { const r = await codeOf(c.health({ timeoutMs: 3000 })); assert.equal(r.code, 'unavailable', dir + r.message); }
@@ -321,9 +295,10 @@ for (const kind of ['unix', 'tcp'] as const) {
       } finally {
         await c.close();
       }
-      for (let i = 0; i < 50 && lines.slice(before).filter((l) => l.msg.includes('connection refused')).length < 3; i++) await sleep(20);
+      for (let i = 0; i < 50 && lines.slice(before).filter((l) => l.msg.includes('connection refused')).length < 4; i++) await sleep(20);
       const refused = lines.slice(before).filter((l) => l.msg.includes('connection refused')).map((l) => (l.fields as { reason: string }).reason);
-      assert.equal(refused.length, 3, JSON.stringify(refused));
+      assert.equal(refused.length, 4, JSON.stringify(refused));
+      assert.ok(refused.some((r) => /expired/.test(r)), JSON.stringify(refused));
       assert.ok(refused.some((r) => /foreign CA|not signed by our CA/.test(r)), JSON.stringify(refused));
       assert.ok(refused.some((r) => /clientAuth|INVALID_PURPOSE/.test(r)), JSON.stringify(refused));
       assert.ok(refused.some((r) => /no client certificate/.test(r)), JSON.stringify(refused));
