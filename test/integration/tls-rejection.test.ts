@@ -13,7 +13,9 @@
 //     client's request fails: gRPC UNAVAILABLE), and logs UNABLE_TO_VERIFY_LEAF_SIGNATURE /
 //     CERT_HAS_EXPIRED / INVALID_PURPOSE as the reason.
 // Each case asserts both sides: what the client saw and the reason the server logged, and
-// that no log line holds key material.
+// that no log line holds key material. The first tests use a bare server built from
+// src/rpc/tls.ts alone (the policy); the last runs the same cases through the manager's real
+// server (src/rpc/server.ts) and client (src/rpc/client.ts), where a refusal is gRPC UNAVAILABLE.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -26,6 +28,13 @@ import { join } from 'node:path';
 import { generateCerts, writeCertDir, type CertPair, type CertSet } from '../../src/rpc/certs.js';
 import { clientCertProblem, clientTlsOptions, loadTlsDir, serverTlsOptions, tlsClientErrorReason, watchTlsDir, type TlsFiles } from '../../src/rpc/tls.js';
 import { DEFAULT_SERVER_NAME } from '../../src/defaults.js';
+import { DataplaneError, type Dataplane } from '../../src/dataplane/api.js';
+import { startDataplaneServer } from '../../src/rpc/server.js';
+import { fromCallError } from '../../src/rpc/errors.js';
+import { connectDataplane, type RemoteDataplane } from '../../src/rpc/client.js';
+import { Dataplane as DataplaneService } from '../../src/rpc/gen/patu/dataplane/v1/dataplane_pb.js';
+import { Code, ConnectError, createClient } from '@connectrpc/connect';
+import { createGrpcTransport } from '@connectrpc/connect-node';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const OPENSSL = '/usr/bin/openssl';
@@ -363,4 +372,126 @@ test('rotation: new files in the directory are served without a restart; clients
   await logged(server, /tls reload failed.*server\.key is not the private key of/);
   assert.deepEqual(await h2Request(server.port, clientOpts(b.ca, c.client)), { ok: true, status: 200, body: 'ok' });
   assertNoKeyMaterial(server.logs, [a, b, c, d]);
+});
+
+// ------------------------------------------------ the same policy through the real data-plane server
+
+/** A Dataplane that answers Health and nothing else: what is under test is the door, not the house. */
+class HealthOnly implements Dataplane {
+  calls = 0;
+  async health() {
+    this.calls++;
+    return { ok: true, problems: [] };
+  }
+  private no(): never {
+    throw new DataplaneError('internal', 'not in this test');
+  }
+  async cni(): Promise<never> { this.no(); }
+  async applyServices(): Promise<never> { this.no(); }
+  async setAcceleration(): Promise<never> { this.no(); }
+  async setPodFlags(): Promise<never> { this.no(); }
+  async setNodeSettings(): Promise<never> { this.no(); }
+  async applyPolicy(): Promise<never> { this.no(); }
+  async status(): Promise<never> { this.no(); }
+  async close() {}
+}
+
+function recordingLog() {
+  const lines: string[] = [];
+  const at = (level: string) => (fields: object, msg: string) => void lines.push(JSON.stringify({ level, msg, ...fields }));
+  return { lines, log: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') } };
+}
+
+/** The DataplaneError code of a call (or 'ok'). */
+async function callCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'ok';
+  } catch (e) {
+    assert.ok(e instanceof DataplaneError, String(e));
+    return e.code;
+  }
+}
+
+test('through the manager\'s real server (src/rpc/server.ts) and client: every refusal is a gRPC UNAVAILABLE for the client and a logged reason for the manager', async (t) => {
+  const dir = scratchDir(t, 'real');
+  const good = await generateCerts();
+  writeCertDir(dir, good);
+  const foreign = await generateCerts();
+  const expired = await generateCerts({ ca: good.ca, expiredClient: true });
+  const noEku = noEkuClientCert(scratchDir(t, 'noeku2'), good.ca);
+  const impl = new HealthOnly();
+  const { lines, log } = recordingLog();
+  const server = await startDataplaneServer({ listen: 'tcp://127.0.0.1:0', tls: serverTlsOptions(loadTlsDir(dir, 'server')), impl, log });
+  t.after(() => server.close());
+  const clients: RemoteDataplane[] = [];
+  t.after(async () => { for (const c of clients) await c.close(); });
+  const client = (tlsOpts: ConnectionOptions) => {
+    const c = connectDataplane({ address: server.address, tls: tlsOpts, log: recordingLog().log, connectTimeoutMs: 10_000 });
+    clients.push(c);
+    return c;
+  };
+  const refused = (want: RegExp) => logged({ port: 0, logs: lines, close: async () => {} }, want);
+
+  assert.equal(await callCode(client(clientOpts(good.ca, good.client)).health({ timeoutMs: 15_000 })), 'ok');
+  assert.equal(impl.calls, 1);
+
+  const cases: { name: string; opts: ConnectionOptions; reason: RegExp }[] = [
+    { name: 'no client certificate', opts: clientOpts(good.ca, undefined), reason: /"reason":"no client certificate"/ },
+    { name: 'a foreign CA', opts: clientOpts(good.ca, foreign.client), reason: /foreign CA\) \[UNABLE_TO_VERIFY_LEAF_SIGNATURE\]/ },
+    { name: 'an expired certificate', opts: clientOpts(good.ca, expired.client), reason: /expired \[CERT_HAS_EXPIRED\]/ },
+    { name: 'a server certificate as the client\'s', opts: clientOpts(good.ca, good.server), reason: /\[INVALID_PURPOSE\]/ },
+    { name: 'a certificate without the clientAuth EKU', opts: clientOpts(good.ca, noEku), reason: /CN=no-eku .*has no clientAuth/ },
+    { name: 'TLS 1.2', opts: { ...clientOpts(good.ca, good.client), minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' }, reason: /"reason":"not TLS 1\.3"/ },
+  ];
+  for (const c of cases) {
+    await t.test(`${c.name}: UNAVAILABLE, reason logged, the implementation never called`, async () => {
+      assert.equal(await callCode(client(c.opts).health({ timeoutMs: 15_000 })), 'unavailable');
+      const line = await refused(c.reason);
+      assert.match(line, /"level":"warn".*connection refused/);
+      assert.equal(impl.calls, 1);
+    });
+  }
+
+  await t.test('plaintext: a gRPC client over h2c fails (its stream cancelled: UNAVAILABLE to the agent\'s client); "plaintext" logged', async () => {
+    const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` });
+    const plain = createClient(DataplaneService, transport);
+    await assert.rejects(plain.health({}, { timeoutMs: 15_000 }), (e: unknown) => {
+      assert.ok(e instanceof ConnectError, String(e));
+      assert.ok(e.code === Code.Canceled || e.code === Code.Unavailable, e.message);
+      assert.equal(fromCallError(e, 'Health').code, 'unavailable');
+      return true;
+    });
+    await refused(/plaintext/);
+    assert.equal(impl.calls, 1);
+  });
+
+  await t.test('openssl s_client: certificate_required without a certificate; nothing but a close with a foreign one', async () => {
+    const port = server.port!;
+    const none = await sClient(port, ['-servername', DEFAULT_SERVER_NAME, '-CAfile', join(dir, 'ca.crt')]);
+    assert.match(none.stderr, /tlsv13 alert certificate required/);
+    const d = scratchDir(t, 'sc2');
+    writeFileSync(join(d, 'c.crt'), foreign.client.cert);
+    writeFileSync(join(d, 'c.key'), foreign.client.key, { mode: 0o600 });
+    const f = await sClient(port, ['-servername', DEFAULT_SERVER_NAME, '-CAfile', join(dir, 'ca.crt'), '-cert', join(d, 'c.crt'), '-key', join(d, 'c.key')]);
+    assert.equal(f.stdout.length, 0);
+    const ok = await sClient(port, ['-servername', DEFAULT_SERVER_NAME, '-verify_hostname', DEFAULT_SERVER_NAME, '-CAfile', join(dir, 'ca.crt'), '-cert', join(dir, 'client.crt'), '-key', join(dir, 'client.key')]);
+    assert.ok(ok.stdout.length >= 9 && ok.stdout[3] === 0x04, `SETTINGS from the server; s_client: ${ok.stderr}`);
+  });
+
+  await t.test('rotation: the manager reloads the directory (setTls), a client with the new files gets in, one with the old CA does not', async () => {
+    const watcher = watchTlsDir(dir, () => server.setTls(serverTlsOptions(loadTlsDir(dir, 'server'))), { pollMs: 200, settleMs: 200 });
+    t.after(() => watcher.close());
+    const next = await generateCerts();
+    writeCertDir(dir, next, { force: true });
+    await refused(/TLS files reloaded/);
+    const rotated = client(clientOpts(good.ca, good.client));
+    assert.equal(await callCode(rotated.health({ timeoutMs: 15_000 })), 'unavailable', 'the old CA does not vouch for the new server certificate');
+    rotated.setTls(clientOpts(next.ca, next.client));
+    assert.equal(await callCode(rotated.health({ timeoutMs: 15_000 })), 'ok', 'the same client, reconnected with the new files');
+  });
+
+  await t.test('no log line holds key material', () => {
+    assertNoKeyMaterial(lines, [good, foreign, expired, { ca: good.ca, server: good.server, client: noEku }]);
+  });
 });
