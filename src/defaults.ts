@@ -47,6 +47,8 @@ export const DEFAULTS = {
   prefix: '/usr/lib/patu',
   /** /metrics, /healthz, /readyz of the agent in Kubernetes mode. */
   metricsAddr: '127.0.0.1:9464',
+  /** /metrics, /healthz, /readyz of `patu manager` (split mode; beside the agent's on the same host). */
+  managerMetricsAddr: '127.0.0.1:9465',
   /** How often the agent reads link notifications (RTM_NEWLINK/DELLINK) to attach the tc path to new uplinks. */
   nodeportLinkPollMs: 200,
   /** And how often it re-checks every uplink's tc links anyway (a pin removed by hand, a failed attach). */

@@ -241,6 +241,85 @@ export function buildProgram(): Command {
       });
     });
 
+  const cidrList = (flag: string) => (v: string, prev: string[] | undefined): string[] => {
+    const add = v.split(',').map((x) => x.trim()).filter((x) => x !== '');
+    if (add.length === 0) throw new Error(`${flag}: want one or more CIDRs (comma-separated or repeated), got '${v}'`);
+    return [...(prev ?? []), ...add];
+  };
+  program
+    .command('manager')
+    .description('split mode, the privileged half: own the node\'s data plane (eBPF programs and maps, pod links, the CNI socket) and serve the data-plane API over gRPC with mutual TLS to an unprivileged `patu agent --manager`')
+    .requiredOption('--listen <address>', 'where the API is served: unix:///run/patu/manager.sock or tcp://ADDR:PORT (mutual TLS on both)')
+    .requiredOption('--tls-dir <dir>', 'the manager\'s TLS files: ca.crt, server.crt, server.key (patu certs generate), or a cert-manager Secret\'s ca.crt, tls.crt, tls.key; re-read when they change')
+    .option('--service-cidr <cidr>', `service CIDR(s): every ClusterIP the agent programs must lie in one (the first is also refused when unanswered). Repeat or comma-separate. Default ${DEFAULTS.serviceCIDR}`, cidrList('--service-cidr'))
+    .option('--cluster-cidr <cidr>', `pod addresses of the cluster: backends, pod flags and pod subnets must lie in one. Repeat or comma-separate. Default ${DEFAULTS.clusterCIDR}`, cidrList('--cluster-cidr'))
+    .option('--external-cidr <cidr>', 'ranges externalIPs and LoadBalancer IPs may use as service addresses (default none: such services are refused, since an entry for any address captures every connection to it)', cidrList('--external-cidr'))
+    .option('--backend-cidr <cidr>', 'backends allowed outside the cluster CIDRs besides the node\'s own addresses: the node network, for host-network endpoints of other nodes (the apiserver behind `kubernetes`)', cidrList('--backend-cidr'))
+    .option('--netns-dirs <dirs>', 'comma-separated directories a CNI netns over the API must lie in (resolved, symlinks followed)', (v: string) => v.split(',').map((x) => x.trim()).filter((x) => x !== ''), ['/run/netns', '/var/run/netns'])
+    .option('--node-port-range <from-to>', 'ports a NodePort (every node address) entry may use', (v: string) => {
+      const m = /^(\d+)-(\d+)$/.exec(v.trim());
+      if (!m) throw new Error(`--node-port-range: want FROM-TO, got '${v}'`);
+      return [Number(m[1]), Number(m[2])] as [number, number];
+    }, [30000, 32767] as [number, number])
+    .option('--cni-socket <path>', 'unix socket bin/patu forwards CNI requests to (the manager answers the runtime in split mode)', DEFAULTS.agentSocket)
+    .option('--cni-conf-dir <dir>', `where a pod subnet from the agent writes ${DEFAULTS.conflistName} (empty: never)`, DEFAULTS.cniConfDir)
+    .option('--bridge <name>', 'the host bridge: in the conflist, and the only one a CNI call over the API may name', DEFAULTS.bridge)
+    .option('--data-dir <dir>', 'the IPAM state directory (hostPort records in <dir>/_hostports); the only one a CNI call over the API may name', DEFAULTS.dataDir)
+    .option('--no-masquerade', 'the conflist does not masquerade traffic leaving the cluster CIDR')
+    .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs (default: the root of the cgroup2 hierarchy)')
+    .option('--cgroup-fs <dir>', 'look for the cgroup2 root only at or below DIR (in a container: the host\'s /sys/fs/cgroup)')
+    .option('--nodeport-devices <list>', 'comma-separated uplinks where packets from outside the node are translated to services by tc (default: none)', (v: string) => v.split(','))
+    .option('--request-timeout <ms>', 'deadline of one CNI request', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 100 || n > 55_000) throw new Error(`--request-timeout: want whole milliseconds from 100 to 55000, got '${v}'`);
+      return n;
+    }, DEFAULTS.agentRequestTimeoutMs)
+    .option('--metrics-addr <host:port>', '/metrics, /healthz, /readyz (\'\' = off)', DEFAULTS.managerMetricsAddr)
+    .addOption(pinRoot)
+    .option('--log-level <level>', 'trace, debug, info, warn or error', DEFAULTS.logLevel)
+    .addHelpText(
+      'after',
+      '\nSplit mode runs patu as two processes instead of one (the default `patu agent`):\n' +
+        '  patu manager (root, privileged)   programs the kernel, answers the runtime\'s CNI requests,\n' +
+        '                                    and checks every request against the limits above;\n' +
+        '  patu agent --manager ADDR         watches Kubernetes (or local files) as a non-root user\n' +
+        '    --tls-dir DIR                   with no capabilities and pushes the desired state here.\n' +
+        'A compromised agent can then only ask for what the limits allow (README: threat model).\n' +
+        'Certificates: patu certs generate --dir DIR. Stop with SIGTERM: pinned eBPF state stays,\n' +
+        'and the last state the agent sent stays programmed if the agent goes away.\n\n' +
+        'Example:\n' +
+        '  patu certs generate --dir /etc/patu/tls\n' +
+        '  patu manager --listen unix:///run/patu/manager.sock --tls-dir /etc/patu/tls\n' +
+        '  patu agent --manager unix:///run/patu/manager.sock --tls-dir /etc/patu/tls --kubernetes\n',
+    )
+    .action(async (opts) => {
+      const { runManager } = await import('../manager/manager.js');
+      await runManager({
+        listen: opts.listen,
+        tlsDir: opts.tlsDir,
+        logLevel: opts.logLevel,
+        mountBpffs: fromEnv().mountBpffs,
+        pinRoot: opts.pinRoot,
+        cniSocket: opts.cniSocket,
+        cniConfDir: opts.cniConfDir,
+        serviceCidrs: opts.serviceCidr ?? [DEFAULTS.serviceCIDR],
+        clusterCidrs: opts.clusterCidr ?? [DEFAULTS.clusterCIDR],
+        externalCidrs: opts.externalCidr ?? [],
+        backendCidrs: opts.backendCidr ?? [],
+        netnsDirs: opts.netnsDirs,
+        nodePortRange: opts.nodePortRange,
+        bridge: opts.bridge,
+        dataDir: opts.dataDir,
+        masquerade: opts.masquerade !== false,
+        ...(opts.cgroup ? { cgroup: opts.cgroup } : {}),
+        ...(opts.cgroupFs ? { cgroupFs: opts.cgroupFs } : {}),
+        ...(opts.nodeportDevices ? { nodeportDevices: opts.nodeportDevices as string[] } : {}),
+        requestTimeoutMs: opts.requestTimeout,
+        metricsAddr: opts.metricsAddr,
+        version: packageVersion(),
+      });
+    });
+
   const certs = program
     .command('certs')
     .description('certificates for split mode (patu manager + patu agent --manager): mutual TLS 1.3');

@@ -141,12 +141,14 @@ export class Limits {
       this.ref(`refs[${i}]`, r);
       refs.add(r);
     });
-    const keys = new Set<string>();
+    // Two services wanting one entry is a conflict the data plane settles (one is left out);
+    // one service naming an entry twice is malformed.
+    const keys = new Map<string, string>();
     let backends = 0;
     c.ports.forEach((p, i) => {
       this.checkServicePort(p, `ports[${i}]`);
-      if (keys.has(p.key)) throw invalid(`ports[${i}].key ${p.key} appears twice`);
-      keys.add(p.key);
+      if (keys.get(p.key) === p.ref) throw invalid(`ports[${i}].key ${p.key} appears twice in ${p.ref}`);
+      keys.set(p.key, p.ref);
       if (!c.full && !refs.has(p.ref)) throw invalid(`ports[${i}].ref ${p.ref} is not among the delta's refs`);
       backends += p.backends.length;
     });
@@ -296,10 +298,10 @@ export class Limits {
     this.str('path', call.path, 4096, false);
     if (!((call.config as unknown) instanceof Uint8Array)) throw invalid('config must be bytes');
     if (call.config.length > 1 << 20) throw invalid(`config: ${call.config.length} bytes, at most 1 MiB`);
-    this.checkCniConfig(call.config);
     const needsNetns = call.command === 'ADD' || call.command === 'CHECK';
-    if (call.netns === '' && !needsNetns) return '';
-    return this.netns(call.netns, realpath);
+    const netns = call.netns === '' && !needsNetns ? '' : this.netns(call.netns, realpath);
+    this.checkCniConfig(call.config);
+    return netns;
   }
 
   /** The netns rule (header): absolute, no '..', and resolved (symlinks followed) under one of netnsDirs. */

@@ -46,7 +46,9 @@ test('services: VIPs inside the service CIDRs, NodePorts in the range, backends 
   refused(() => limits.checkServiceChange(change([port({ backends: ['10.200.0.5'] })])), /backends\[0\] .* must be IPv4:port/);
   refused(() => limits.checkServiceChange(change([port({ backends: ['10.200.0.5:0'] })])), /must be IPv4:port/);
   refused(() => limits.checkServiceChange(change([port({ key: '10.96.0.11:80/TCP' })])), /ports\[0\]\.key .* does not match/);
-  refused(() => limits.checkServiceChange(change([port(), port()])), /ports\[1\]\.key .* appears twice/);
+  refused(() => limits.checkServiceChange(change([port(), port()])), /ports\[1\]\.key .* appears twice in default\/web/);
+  // Two services wanting one entry: a conflict for the data plane to settle, not malformed.
+  limits.checkServiceChange(change([port(), port({ ref: 'default/other' })]));
   refused(() => limits.checkServiceChange(change([port({ ref: 'patu:hostport/tcp-any-80' })])), /ports\[0\]\.ref .* hostPort entries are the manager's own/);
   refused(() => limits.checkServiceChange(change([port({ port: 70000 })])), /ports\[0\]\.port 70000/);
   refused(() => limits.checkServiceChange(change([port({ protocol: 'SCTP' as 'TCP' })])), /ports\[0\]\.protocol "SCTP"/);
