@@ -1,11 +1,14 @@
 // The agent's services-file source (--services-file): programs a services file or
 // directory and keeps the maps in step with it while the agent runs. The one-shot
 // `patu services apply` is the CLI's (src/cli/services.ts); both feed ServiceLb.
-import { ServiceLb, type ApplyStats } from '../dataplane/service-lb.js';
+// Split mode (`patu agent --manager`): the same watcher feeds the agent's DataplaneMirror
+// (`sink`) and nothing of the kernel side is loaded: the manager keeps the node addresses
+// and the service CIDR is a node setting the agent hands it.
+import type { ApplyStats, ServiceLb, ServiceSinkLike } from '../dataplane/service-lb.js';
 import type { BpffsOptions } from '../kernel/bpf/pins.js';
 import { applyToModel, watchServices } from '../services/file-source.js';
 import { ServiceModel, type Conflict } from '../services/model.js';
-import { NodeAddressTracker } from '../dataplane/node-addrs.js';
+import type { NodeAddressTracker } from '../dataplane/node-addrs.js';
 
 export interface ServicesWatchOptions extends BpffsOptions {
   /** bpffs directory of the service maps and links. */
@@ -35,10 +38,16 @@ export interface ServicesWatchOptions extends BpffsOptions {
   nodeAddresses?: { netns?: string; pollMs?: number; onChange?: (c: { added: string[]; removed: string[]; addresses: string[] }) => void } | false;
   /** The agent's ServiceLb, shared with its hostPorts (not closed by close()); else one is opened here. */
   lb?: ServiceLb;
+  /**
+   * Split mode: program through this sink (the DataplaneMirror's) instead of a ServiceLb;
+   * no ServiceLb is opened, no node addresses tracked, serviceCidr not applied here.
+   */
+  sink?: ServiceSinkLike;
 }
 
 export interface ServicesWatchHandle {
-  readonly lb: ServiceLb;
+  /** Undefined in split mode (`sink`). */
+  readonly lb: ServiceLb | undefined;
   readonly model: ServiceModel;
   /** Stops watching and releases fds; programs and maps stay (pinned) and keep translating. */
   close(): void;
@@ -52,19 +61,25 @@ export interface ServicesWatchHandle {
  * services that changed. Throws if the initial source is invalid.
  */
 export async function servicesWatch(path: string, opts: ServicesWatchOptions): Promise<ServicesWatchHandle> {
-  const own = !opts.lb;
-  const lb = opts.lb ?? ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
-  if (own) for (const r of lb.repairs) opts.onRepair?.(r);
+  const own = !opts.lb && !opts.sink;
+  let lb = opts.lb;
+  if (own) {
+    const { ServiceLb } = await import('../dataplane/service-lb.js');
+    lb = ServiceLb.open({ pinRoot: opts.pinRoot, cgroupPath: opts.cgroupPath, ...(opts.mountBpffs === undefined ? {} : { mountBpffs: opts.mountBpffs }), ...(opts.objectPath ? { objectPath: opts.objectPath } : {}) });
+    for (const r of lb.repairs) opts.onRepair?.(r);
+  }
+  const sink: ServiceSinkLike = opts.sink ?? lb!;
   const close = (): void => {
-    if (own) lb.close();
+    if (own) lb?.close();
   };
   const model = new ServiceModel(opts.nodeName !== undefined ? { nodeName: opts.nodeName } : {});
   let tracker: NodeAddressTracker | undefined;
   try {
     // Before the first apply, which attaches the programs: they start with the whole configuration.
-    lb.configure({ serviceCidr: opts.serviceCidr ?? '' });
-    if (opts.nodeAddresses !== false) {
+    lb?.configure({ serviceCidr: opts.serviceCidr ?? '' });
+    if (lb && opts.nodeAddresses !== false) {
       const na = opts.nodeAddresses ?? {};
+      const { NodeAddressTracker } = await import('../dataplane/node-addrs.js');
       tracker = new NodeAddressTracker({
         sink: lb,
         ...(na.netns !== undefined ? { netns: na.netns } : {}),
@@ -77,12 +92,12 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
       onChange: (all, delta) => {
         applyToModel(model, all, delta);
         const changed = model.takeChanges();
-        const stats = delta ? lb.applyChanges(changed, model.desired(changed)) : lb.resync(model.desired());
+        const stats = delta ? sink.applyChanges(changed, model.desired(changed)) : sink.resync(model.desired());
         opts.onApplied?.(stats);
         // A service waiting for an entry that another one gave up in this change: its turn now.
         for (let i = 0; i < 8 && model.hasChanges; i++) {
           const next = model.takeChanges();
-          opts.onApplied?.(lb.applyChanges(next, model.desired(next)));
+          opts.onApplied?.(sink.applyChanges(next, model.desired(next)));
         }
         for (const c of model.conflicts()) opts.onConflict?.(c);
         if (opts.onHealthChecks) opts.onHealthChecks(model.refs().flatMap((r) => model.healthCheck(r) ?? []));

@@ -1,18 +1,36 @@
 // `patu agent --kubernetes`: the Kubernetes source wired to the data plane,
 // the pod registry, the CNI conflist and the health/metrics server.
+//
+// Two ways to the data plane:
+//   - in-process (the default): ServiceLb, the node address tracker, the pod registry and
+//     the conflist are this process's (loaded on demand: the split agent never loads them);
+//   - split (`patu agent --manager`, `remote` below): everything goes to the agent's
+//     DataplaneMirror, and the manager does the kernel's part: the service CIDR and the pod
+//     subnet become node settings (the manager writes the conflist), pod opt-outs become
+//     pod flags, and policy carries no node addresses (the manager fills in its own).
+//     healthCheckNodePorts are served here either way (unprivileged ports, and only this
+//     side knows the local endpoint counts).
 import { hostname } from 'node:os';
 import { DEFAULTS } from '../defaults.js';
-import { openPodRegistry, type PodRegistry } from '../dataplane/accel-registry.js';
-import { ServiceLb } from '../dataplane/service-lb.js';
-import { NodeAddressTracker } from '../dataplane/node-addrs.js';
+import type { PodRegistry } from '../dataplane/accel-registry.js';
+import type { ServiceLb } from '../dataplane/service-lb.js';
+import type { NodeAddressTracker } from '../dataplane/node-addrs.js';
+import type { NodeSettings } from '../dataplane/api.js';
 import { HealthCheckServer } from '../services/health-check.js';
 import { messageOf } from '../errors.js';
 import { describeUdpDestroy } from '../dataplane/udp-destroy-report.js';
-import { buildConflist, writeConflistIfChanged } from '../cni/conflist.js';
 import { loadClientConfig } from './kubeconfig.js';
 import type { AgentMetrics } from './metrics.js';
-import { K8sSource, type Logger } from './source.js';
+import { K8sSource, type Logger, type PodFlagSink, type ServiceSink } from './source.js';
 import { K8sPolicySource, type PolicyStateSink } from './policy-source.js';
+
+/** Split mode: where the source's output goes instead of the kernel (the agent's DataplaneMirror). */
+export interface RemoteDataplaneSinks {
+  services: ServiceSink;
+  pods: PodFlagSink;
+  /** Merged into what the data plane holds (an absent field keeps its value). */
+  setNodeSettings(s: NodeSettings): void;
+}
 
 export interface KubernetesAgentOptions {
   kubeconfig?: string;
@@ -35,8 +53,11 @@ export interface KubernetesAgentOptions {
   bridge?: string;
   dataDir?: string;
   masquerade?: boolean;
+  /** In-process only (ignored with `remote`). */
   pinRoot: string;
   cgroup: string;
+  /** Split mode: the data plane is the manager's, reached through these sinks (no kernel access here). */
+  remote?: RemoteDataplaneSinks;
   /** Compiled sock_lb.o (tests). */
   objectPath?: string;
   /** The agent's ServiceLb, shared with its hostPorts (not closed by close()); else one is opened here. */
@@ -60,15 +81,22 @@ export interface KubernetesAgent {
   source: K8sSource;
   /** With `policy`: the NetworkPolicy side (CNI ADD tells it new pods' addresses). */
   policy?: K8sPolicySource;
-  lb: ServiceLb;
+  /** In-process mode's ServiceLb (undefined in split mode). */
+  lb?: ServiceLb;
   close(): Promise<void>;
 }
 
 export async function startKubernetes(o: KubernetesAgentOptions): Promise<KubernetesAgent> {
+  if (o.remote) return startKubernetesRemote(o, o.remote);
   const cfg = loadClientConfig({ env: o.env, ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}) });
   const nodeName = o.nodeName;
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   const own = !o.lb;
+  // Loaded here, not at the top: the split agent (startKubernetesRemote) never loads the kernel side.
+  const { ServiceLb } = await import('../dataplane/service-lb.js');
+  const { NodeAddressTracker } = await import('../dataplane/node-addrs.js');
+  const { openPodRegistry } = await import('../dataplane/accel-registry.js');
+  const { buildConflist, writeConflistIfChanged } = await import('../cni/conflist.js');
   const lb = o.lb ?? ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
   if (own) for (const repair of lb.repairs) o.log.warn({ pinRoot: o.pinRoot, repair }, 'service map pins repaired');
   let tracker: NodeAddressTracker;
@@ -107,14 +135,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   }
   let registry: PodRegistry | undefined;
   const confDir = o.cniConfDir ?? DEFAULTS.cniConfDir;
-  const health = new HealthCheckServer({
-    ...(o.healthCheckHost !== undefined ? { host: o.healthCheckHost } : {}),
-    onError: (e) => {
-      o.metrics?.healthCheckErrors.inc();
-      o.log.error({ service: e.ref, port: e.port, reason: e.reason }, `${e.message}; the service is programmed, its health check is not served`);
-    },
-    onListening: (e) => o.log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
-  });
+  const health = healthCheckServer(o);
   let cidrOff = false;
   const source = new K8sSource({
     serviceCIDR: o.serviceCIDR ?? DEFAULTS.serviceCIDR,
@@ -181,6 +202,75 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
       tracker.close();
       registry?.close();
       if (own) lb.close();
+    },
+  };
+}
+
+function healthCheckServer(o: KubernetesAgentOptions): HealthCheckServer {
+  return new HealthCheckServer({
+    ...(o.healthCheckHost !== undefined ? { host: o.healthCheckHost } : {}),
+    onError: (e) => {
+      o.metrics?.healthCheckErrors.inc();
+      o.log.error({ service: e.ref, port: e.port, reason: e.reason }, `${e.message}; the service is programmed, its health check is not served`);
+    },
+    onListening: (e) => o.log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
+  });
+}
+
+/**
+ * Split mode: the same source, its output to the manager through `remote`. Nothing here
+ * touches the kernel or the host's files: no ServiceLb, no node address tracker (policy's
+ * node addresses stay empty: the manager uses its own view), no pod registry, no conflist.
+ */
+async function startKubernetesRemote(o: KubernetesAgentOptions, remote: RemoteDataplaneSinks): Promise<KubernetesAgent> {
+  const cfg = loadClientConfig({ env: o.env, ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}) });
+  const nodeName = o.nodeName;
+  const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
+  const serviceCIDR = o.serviceCIDR ?? DEFAULTS.serviceCIDR;
+  const policy = o.policy
+    ? new K8sPolicySource({
+      nodeName,
+      sink: o.policy,
+      log: o.log,
+      ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
+    })
+    : undefined;
+  // Before any service: the mirror pushes node settings first in every round.
+  remote.setNodeSettings({ clusterCidr: clusterCIDR, serviceCidr: serviceCIDR, serviceCidrOff: serviceCIDR === '' });
+  o.log.info({ serviceCIDR: serviceCIDR || 'none', clusterCIDR }, 'service and cluster CIDR handed to the data plane manager');
+  const health = healthCheckServer(o);
+  let cidrOff = false;
+  const source = new K8sSource({
+    serviceCIDR,
+    onOutsideServiceCidr: (ref, clusterIP) => {
+      if (cidrOff) return;
+      cidrOff = true;
+      remote.setNodeSettings({ serviceCidrOff: true });
+      o.log.error({ service: ref, clusterIP, serviceCIDR },
+        'service CIDR check switched off (manager): this ClusterIP is outside it, so it is not the cluster\'s range; set --service-cidr (ConfigMap service-cidr) to the apiserver\'s --service-cluster-ip-range');
+    },
+    onHealthChecks: (entries) => health.update(entries),
+    nodeName,
+    clusterCIDR,
+    sink: remote.services,
+    podFlags: remote.pods,
+    log: o.log,
+    ...(o.metrics ? { metrics: o.metrics } : {}),
+    ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
+    ...(o.resyncMs !== undefined ? { resyncMs: o.resyncMs } : {}),
+    ...(policy ? { policy } : {}),
+    // The manager writes the conflist (it owns the host's CNI conf dir).
+    onPodCidr: (cidr) => remote.setNodeSettings({ podCidr: cidr }),
+  });
+  source.start(cfg);
+  o.log.info({ apiserver: cfg.server, credentials: cfg.source, node: nodeName }, 'watching Kubernetes (data plane: the manager)');
+  return {
+    source,
+    ...(policy ? { policy } : {}),
+    close: async () => {
+      policy?.close();
+      await source.close();
+      await health.close();
     },
   };
 }

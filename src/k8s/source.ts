@@ -40,6 +40,17 @@ export interface ServiceSink {
   applyChanges(refs: ReadonlySet<string>, desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats;
 }
 
+/**
+ * Where pod acceleration opt-outs go instead of the pod registry (split mode: the agent's
+ * DataplaneMirror, which pushes them to the manager as pod flags).
+ */
+export interface PodFlagSink {
+  /** Sets (true) or reverts (false) a pod address's opt-out; whether that changed anything. */
+  setOptOut(ip: string, optOut: boolean): boolean;
+  /** The address is no longer this pod's: its flag is not to be re-sent. */
+  forget(ip: string): void;
+}
+
 export interface Logger {
   debug(o: object, msg: string): void;
   info(o: object, msg: string): void;
@@ -62,6 +73,8 @@ export interface K8sSourceOptions {
   sink?: ServiceSink;
   /** Opens the acceleration pod registry; undefined while acceleration was never set up. */
   podRegistry?: () => PodRegistry | undefined;
+  /** Instead of podRegistry (split mode): the opt-outs go here. */
+  podFlags?: PodFlagSink;
   /** At most one apply per this many ms while events keep coming (default 20 ms); a change after a quiet spell is applied at once. */
   coalesceMs?: number;
   /** While events keep coming the window doubles after each held-back apply, up to this (default 160 ms, at least coalesceMs). */
@@ -470,11 +483,21 @@ export class K8sSource {
 
   private forgetPodIp(key: string, ip: string): void {
     this.podIps.delete(key);
-    this.optedOut.delete(ip);
+    if (this.optedOut.delete(ip)) this.opts.podFlags?.forget(ip);
   }
 
   private setOptOut(ip: string, optOut: boolean): void {
     if (!optOut && !this.optedOut.has(ip)) return; // an opt-out from CNI_ARGS is not ours to undo
+    const flags = this.opts.podFlags;
+    if (flags) {
+      const changed = flags.setOptOut(ip, optOut);
+      if (optOut) this.optedOut.add(ip);
+      else this.optedOut.delete(ip);
+      if (!changed) return;
+      this.opts.metrics?.podAccelUpdates.inc();
+      this.log.info({ ip, optOut }, optOut ? 'pod opted out of acceleration (annotation patu.dev/accel=off; pushed to the manager)' : 'pod acceleration back on (annotation removed; pushed to the manager)');
+      return;
+    }
     const reg = this.opts.podRegistry?.();
     if (!reg) return;
     const cur = reg.lookup(ip);

@@ -311,15 +311,15 @@ test('servicesWatch: the first load is a full resync, later edits apply, program
   writeFileSync(file, 'services:\n  - { name: w, namespace: it, clusterIP: 10.96.77.8, ports: [{ port: 80, targetPort: 8080 }], endpoints: [{ ip: 10.77.0.4 }] }\n');
   const h = await servicesWatch(file, { pinRoot, cgroupPath: CG });
   try {
-    assert.deepEqual(h.lb.programmed().map((s) => s.name), ['it/w:80']);
-    assert.ok(h.lb.linksPinned());
+    assert.deepEqual(h.lb!.programmed().map((s) => s.name), ['it/w:80']);
+    assert.ok(h.lb!.linksPinned());
     const r = await runClient({ mode: 'tcp', host: '10.96.77.8', port: 80, count: 3 });
     assert.deepEqual(r.byBackend, { '10.77.0.4:8080': 3 });
     writeFileSync(file, 'services:\n  - { name: w, namespace: it, clusterIP: 10.96.77.8, ports: [{ port: 80, targetPort: 8080 }], endpoints: [{ ip: 10.77.0.3 }] }\n');
-    for (let i = 0; i < 200 && h.lb.programmed()[0]?.backends[0]?.ip !== '10.77.0.3'; i++) await new Promise((res) => setTimeout(res, 10));
-    assert.equal(h.lb.programmed()[0]?.backends[0]?.ip, '10.77.0.3');
+    for (let i = 0; i < 200 && h.lb!.programmed()[0]?.backends[0]?.ip !== '10.77.0.3'; i++) await new Promise((res) => setTimeout(res, 10));
+    assert.equal(h.lb!.programmed()[0]?.backends[0]?.ip, '10.77.0.3');
   } finally {
-    h.lb.detach();
+    h.lb!.detach();
     h.close();
   }
 });
