@@ -5,6 +5,8 @@
 //   - with --policy-file, watches a policy file and enforces its NetworkPolicies (src/policy),
 //   - or with --kubernetes, takes services, endpoints, pod opt-outs and the pod subnet
 //     from the apiserver (src/k8s), and serves /metrics, /healthz, /readyz.
+//   - or with --manager (split mode, src/agent/split.ts), does none of the kernel's part
+//     itself: the same sources feed `patu manager` over gRPC with mutual TLS.
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
 // breaks established connections; bin/patu falls back to running the plugin itself.
 import { hostname } from 'node:os';
@@ -14,6 +16,7 @@ import { DEFAULTS } from '../defaults.js';
 import { libbpfLog } from '../kernel/bpf/log.js';
 // Types only: the Kubernetes side is loaded on demand, with --kubernetes.
 import type { KubernetesAgentOptions } from '../k8s/agent-k8s.js';
+import type { SplitOptions } from './split.js';
 import { describeUdpDestroy } from '../dataplane/udp-destroy-report.js';
 
 export interface AgentOptions {
@@ -65,12 +68,31 @@ export interface AgentOptions {
    * policy). Ignored without --kubernetes.
    */
   networkPolicy?: boolean;
+  /** Split mode (--manager): the data plane is `patu manager`'s at this address; nothing of the kernel is opened here. */
+  manager?: SplitOptions;
+}
+
+/** Options that act on the kernel or the host: the manager's in split mode (named as the CLI spells them). */
+export function kernelOptionsGiven(opts: AgentOptions): string[] {
+  const given: string[] = [];
+  if ((opts.nodeportDevices ?? []).some((d) => d.trim() !== '')) given.push('--nodeport-devices');
+  if (opts.cgroup !== undefined) given.push('--cgroup');
+  if (opts.cgroupFs !== undefined) given.push('--cgroup-fs');
+  if (opts.hostPorts === true) given.push('--hostports');
+  return given;
 }
 
 export async function runAgent(opts: AgentOptions): Promise<void> {
   const log = createLog({ level: opts.logLevel, base: { component: 'patu-agent' } });
   // libbpf's own warnings into the agent's log (the CLI pointed them at stderr).
   libbpfLog.sink = (text) => log.warn({ libbpf: text.trimEnd() }, 'libbpf');
+  if (opts.manager) {
+    const refused = kernelOptionsGiven(opts);
+    if (refused.length) throw new Error(`agent: ${refused.join(', ')} ${refused.length > 1 ? 'act' : 'acts'} on the kernel, which is the manager's in split mode: give ${refused.length > 1 ? 'them' : 'it'} to \`patu manager\`, not to \`patu agent --manager\``);
+    // Dynamic: the default single process never loads gRPC or TLS code.
+    const { runSplitAgent } = await import('./split.js');
+    return runSplitAgent(opts, opts.manager, log);
+  }
   const closers: Closer[] = [];
   if (opts.kubernetes && opts.servicesFile) {
     throw new Error('agent: --kubernetes and --services-file both program the same service maps; use one');

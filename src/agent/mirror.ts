@@ -72,6 +72,13 @@ export interface PodFlagsSink {
 
 const TRANSIENT = new Set(['unavailable', 'deadline']);
 
+/** Two services' ports, in any order, are the same entries with the same backends. */
+function samePorts(a: readonly DesiredServicePort[], b: readonly DesiredServicePort[]): boolean {
+  if (a.length !== b.length) return false;
+  const key = (l: readonly DesiredServicePort[]) => l.map((p) => JSON.stringify(p)).sort().join('\n');
+  return key(a) === key(b);
+}
+
 const codeOf = (e: unknown): string | undefined => (e instanceof DataplaneError ? e.code : undefined);
 
 export class DataplaneMirror {
@@ -160,26 +167,38 @@ export class DataplaneMirror {
   private setServices(refs: ReadonlySet<string> | undefined, desired: ReadonlyMap<string, DesiredServicePort>): ApplyStats {
     const t0 = performance.now();
     if (refs === undefined) {
-      for (const ref of this.servicesByRef.keys()) this.dirtyRefs.add(ref);
+      // A resync from the source (the services file reloads whole on every edit): only the services
+      // that differ from what the mirror holds are sent, as a delta. The manager's state is known
+      // exactly through the session's generations; after anything that makes it unknown, the push is full anyway.
+      const next = new Map<string, DesiredServicePort[]>();
+      for (const d of desired.values()) {
+        let l = next.get(d.ref);
+        if (!l) next.set(d.ref, (l = []));
+        l.push(d);
+      }
+      for (const ref of new Set([...this.servicesByRef.keys(), ...next.keys()])) {
+        const a = this.servicesByRef.get(ref);
+        const b = next.get(ref);
+        if (!a || !b || !samePorts(a, b)) this.dirtyRefs.add(ref);
+      }
       this.servicesByRef.clear();
+      for (const [ref, l] of next) this.servicesByRef.set(ref, l);
     } else {
       for (const ref of refs) {
         this.servicesByRef.delete(ref);
         this.dirtyRefs.add(ref);
       }
+      for (const d of desired.values()) {
+        // A delta's `desired` holds only the changed services' ports; anything else in it is ignored, as ServiceLb does.
+        if (!refs.has(d.ref)) continue;
+        let l = this.servicesByRef.get(d.ref);
+        if (!l) this.servicesByRef.set(d.ref, (l = []));
+        l.push(d);
+      }
     }
-    for (const d of desired.values()) {
-      // A delta's `desired` holds only the changed services' ports; anything else in it is ignored, as ServiceLb does.
-      if (refs !== undefined && !refs.has(d.ref)) continue;
-      let l = this.servicesByRef.get(d.ref);
-      if (!l) this.servicesByRef.set(d.ref, (l = []));
-      l.push(d);
-      this.dirtyRefs.add(d.ref);
-    }
+    const first = !this.servicesHeld;
     this.servicesHeld = true;
-    // A resync from the source is a resync to the manager too: it may fix what a delta could not.
-    if (refs === undefined) this.full.add('services');
-    this.kick('services');
+    if (first || this.dirtyRefs.size > 0) this.kick('services');
     // Nothing is written here: the manager's answer (logged, onServicesApplied) has the map operations.
     return { ops: 0, services: this.servicesByRef.size, syscallBatches: 0, ms: performance.now() - t0, attachedNow: false };
   }

@@ -201,10 +201,24 @@ export function buildProgram(): Command {
     }, DEFAULTS.agentRequestTimeoutMs)
     .option('--metrics-addr <host:port>', `/metrics, /healthz, /readyz (default with --kubernetes: ${DEFAULTS.metricsAddr}; otherwise off)`)
     .option('--nodeport-devices <list>', 'comma-separated uplinks (names, or prefixes ending in \'*\') where packets from outside the node are translated to services by tc: NodePorts, externalIPs, LoadBalancer IPs (links that appear later and match are attached too). Default: none (off)', (v: string) => v.split(','))
+    .option('--manager <address>', 'split mode: the data plane is `patu manager`\'s at unix:///path or tcp://host:port; this agent serves no CNI socket and touches no kernel state (no root needed), it sends what its sources want over gRPC with mutual TLS')
+    .option('--tls-dir <dir>', 'with --manager: ca.crt + client.crt/client.key (patu certs generate) or a cert-manager Secret\'s ca.crt/tls.crt/tls.key; watched for rotation')
+    .option('--server-name <name>', `with --manager: the name the manager's certificate must carry (default ${DEFAULTS.managerServerName})`)
     .addOption(pinRoot)
     .option('--log-level <level>', 'trace, debug, info, warn or error', DEFAULTS.logLevel)
     .addHelpText('after', '\nLogs are JSON lines on stdout. Stop with SIGTERM: pinned eBPF state stays, so traffic keeps flowing.')
-    .action(async (opts) => {
+    .action(async (opts, cmd: Command) => {
+      if (opts.manager) {
+        if (!opts.tlsDir) throw new Error('agent: --manager needs --tls-dir (the client certificate, key and CA: patu certs generate)');
+        // What acts on the kernel or the host's files belongs to the manager: named, not silently ignored.
+        const kernelFlags: [string, string][] = [['nodeportDevices', '--nodeport-devices'], ['cgroup', '--cgroup'], ['cgroupFs', '--cgroup-fs'], ['cniSocket', '--cni-socket'],
+          ['pinRoot', '--pin-root'], ['cniConfDir', '--cni-conf-dir'], ['bridge', '--bridge'], ['dataDir', '--data-dir'], ['hostports', '--hostports/--no-hostports'],
+          ['masquerade', '--no-masquerade'], ['requestTimeout', '--request-timeout']];
+        const given = kernelFlags.filter(([k]) => cmd.getOptionValueSource(k) === 'cli').map(([, f]) => f);
+        if (given.length) throw new Error(`agent --manager: ${given.join(', ')} ${given.length > 1 ? 'belong' : 'belongs'} to the manager (the privileged side owns the kernel, the CNI socket and the host's files): pass ${given.length > 1 ? 'them' : 'it'} to \`patu manager\``);
+      } else if (opts.tlsDir || opts.serverName) {
+        throw new Error('agent: --tls-dir and --server-name are for split mode: add --manager ADDRESS');
+      }
       const { runAgent } = await import('../agent/agent.js');
       await runAgent({
         cniSocket: opts.cniSocket,
@@ -238,6 +252,7 @@ export function buildProgram(): Command {
         requestTimeoutMs: opts.requestTimeout,
         // commander: bare --network-policy is true, =on/=off parsed above, absent undefined (on with --kubernetes).
         ...(opts.networkPolicy !== undefined ? { networkPolicy: Boolean(opts.networkPolicy) } : {}),
+        ...(opts.manager ? { manager: { address: opts.manager, tlsDir: opts.tlsDir, ...(opts.serverName ? { serverName: opts.serverName } : {}) } } : {}),
       });
     });
 
