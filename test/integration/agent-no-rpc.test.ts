@@ -156,7 +156,8 @@ test('control: `patu agent --manager` loads http2, TLS and the API code', { skip
   }
   spawnSync(process.execPath, [join(bundle, 'index.js'), 'certs', 'generate', '--dir', join(dir, 'split-certs')]);
   // Nobody listens there: the agent keeps trying; what it loaded to try is the point.
-  const tr = await traced('split', [PATU_BIN, 'agent', '--manager', 'tcp://127.0.0.1:9', '--tls-dir', join(dir, 'split-certs'), '--cni-socket', join(dir, 'split.sock'), '--log-level', 'debug'], /manager|data-plane/i, 3000);
+  writeFileSync(join(dir, 'split-services.yaml'), 'services: []\n');
+  const tr = await traced('split', [PATU_BIN, 'agent', '--manager', 'tcp://127.0.0.1:9', '--tls-dir', join(dir, 'split-certs'), '--services-file', join(dir, 'split-services.yaml'), '--log-level', 'debug'], /data-plane API call failed/, 500);
   const found = splitCode(tr);
-  for (const want of ['NativeModule http2', 'NativeModule tls', '@connectrpc (grpc-status)']) assert.ok(found.includes(want), `${want} not seen; found: ${found.join(', ')}\n${tr.log}`);
+  for (const want of ['NativeModule http2', 'NativeModule tls', '@connectrpc (grpc-status)', '@bufbuild/protobuf', 'the generated API code']) assert.ok(found.includes(want), `${want} not seen; found: ${found.join(', ')}\n${tr.log}`);
 });
