@@ -270,12 +270,16 @@ export function buildProgram(): Command {
     .option('--cluster-cidr <cidr>', `pod addresses of the cluster: backends, pod flags and pod subnets must lie in one. Repeat or comma-separate. Default ${DEFAULTS.clusterCIDR}`, cidrList('--cluster-cidr'))
     .option('--external-cidr <cidr>', 'ranges externalIPs and LoadBalancer IPs may use as service addresses (default none: such services are refused, since an entry for any address captures every connection to it)', cidrList('--external-cidr'))
     .option('--backend-cidr <cidr>', 'backends allowed outside the cluster CIDRs besides the node\'s own addresses: the node network, for host-network endpoints of other nodes (the apiserver behind `kubernetes`)', cidrList('--backend-cidr'))
-    .option('--netns-dirs <dirs>', 'comma-separated directories a CNI netns over the API must lie in (resolved, symlinks followed)', (v: string) => v.split(',').map((x) => x.trim()).filter((x) => x !== ''), ['/run/netns', '/var/run/netns'])
-    .option('--node-port-range <from-to>', 'ports a NodePort (every node address) entry may use', (v: string) => {
-      const m = /^(\d+)-(\d+)$/.exec(v.trim());
-      if (!m) throw new Error(`--node-port-range: want FROM-TO, got '${v}'`);
-      return [Number(m[1]), Number(m[2])] as [number, number];
-    }, [30000, 32767] as [number, number])
+    .addOption(new Option('--netns-dirs <dirs>', 'comma-separated directories a CNI netns over the API must lie in (resolved, symlinks followed; /proc/<pid>/ns/net never)')
+      .argParser((v: string) => v.split(',').map((x) => x.trim()).filter((x) => x !== ''))
+      .default(['/run/netns', '/var/run/netns'], '/run/netns,/var/run/netns'))
+    .addOption(new Option('--node-port-range <from-to>', 'ports a NodePort (every node address) entry may use')
+      .argParser((v: string) => {
+        const m = /^(\d+)-(\d+)$/.exec(v.trim());
+        if (!m) throw new Error(`--node-port-range: want FROM-TO, got '${v}'`);
+        return [Number(m[1]), Number(m[2])] as [number, number];
+      })
+      .default([30000, 32767], '30000-32767'))
     .option('--cni-socket <path>', 'unix socket bin/patu forwards CNI requests to (the manager answers the runtime in split mode)', DEFAULTS.agentSocket)
     .option('--cni-conf-dir <dir>', `where a pod subnet from the agent writes ${DEFAULTS.conflistName} (empty: never)`, DEFAULTS.cniConfDir)
     .option('--bridge <name>', 'the host bridge: in the conflist, and the only one a CNI call over the API may name', DEFAULTS.bridge)
