@@ -124,6 +124,7 @@ export class DataplaneMirror {
   private pushSeq = 0;
   private disconnected: string | undefined;
   private pushedOnce = false;
+  private inStepLogged = false;
   /** Any call answered (a push, or the heartbeat's Status). */
   private answered = false;
   private idleWaiters: (() => void)[] = [];
@@ -315,6 +316,10 @@ export class DataplaneMirror {
     } finally {
       // A scheduled retry restarts the pump itself (kick() leaves it alone meanwhile).
       this.running = false;
+      if (this.pushedOnce && !this.inStepLogged && this.pending.size === 0 && !this.retryTimer) {
+        this.inStepLogged = true;
+        this.log?.info({ session: this.session }, 'data plane manager in step (everything asked for so far is pushed)');
+      }
       if (this.closed || (this.pending.size === 0 && !this.retryTimer)) {
         const w = this.idleWaiters;
         this.idleWaiters = [];

@@ -2,13 +2,16 @@
 // flavour covers): switching acceleration on, watching a services file into the
 // maps, keeping the last good state on a bad file, and leaving pinned state in
 // place across a restart. Needs root; uses its own cgroup, pins and socket.
+// Runs in both modes (test/helpers/agent-proc.ts): PATU_TEST_SPLIT=1 starts `patu manager`
+// + `patu agent --manager` instead, and the same assertions hold.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PATU_BIN, isRoot } from '../helpers/cni.js';
 import { scratchForTests } from '../helpers/kernel.js';
+import { MODE, startAgentProc, type AgentProc } from '../helpers/agent-proc.js';
 
 const scratch = scratchForTests('patu-test-agt');
 const pinRoot = scratch.pinRoot();
@@ -18,31 +21,33 @@ const socket = join(dir, 'agent.sock');
 const servicesFile = join(dir, 'services.yaml');
 const skip = !isRoot() ? 'needs root (eBPF, cgroups)' : !existsSync(PATU_BIN) ? `${PATU_BIN} not built (scripts/build.sh)` : false;
 
-let agent: ChildProcess | undefined;
+let agent: AgentProc | undefined;
 let log = '';
 
-function startAgent(): Promise<void> {
-  log = '';
-  agent = spawn(PATU_BIN, ['agent', '--cni-socket', socket, '--accel', '--services-file', servicesFile, '--cgroup', cgroup, '--pin-root', pinRoot], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+async function startAgent(): Promise<void> {
+  const a = startAgentProc(['--cni-socket', socket, '--accel', '--services-file', servicesFile, '--cgroup', cgroup, '--pin-root', pinRoot], {
+    dir,
+    // Split mode: the manager's limits must admit this file's backends.
+    managerArgs: ['--cluster-cidr', '10.0.0.0/8'],
   });
-  agent.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
-  agent.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
-  return waitFor(() => log.includes('serving CNI requests'), 10_000, 'agent start');
+  agent = a;
+  try {
+    await a.ready();
+  } finally {
+    log = a.log;
+  }
 }
 
 async function stopAgent(): Promise<void> {
   if (!agent) return;
-  const exited = new Promise((r) => agent!.once('exit', r));
-  agent.kill('SIGTERM');
-  await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
-  agent.kill('SIGKILL');
+  await agent.stop();
+  log = agent.log;
   agent = undefined;
 }
 
 async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while ((agent && (log = agent.log), !cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}; agent log:\n${log}`);
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -67,7 +72,7 @@ before(() => {
   writeFileSync(servicesFile, file('10.96.7.1', ['10.251.7.2', '10.251.7.3']));
 });
 
-test('agent: --accel and --services-file program the node; edits apply; a bad file keeps the last good state', { skip }, async () => {
+test(`agent (${MODE}): --accel and --services-file program the node; edits apply; a bad file keeps the last good state`, { skip }, async () => {
   await startAgent();
   let s = status();
   assert.equal(s.accel.enabled, true, 'acceleration switched on');
@@ -84,7 +89,7 @@ test('agent: --accel and --services-file program the node; edits apply; a bad fi
   assert.deepEqual(backendsOf(s, '10.96.7.1'), ['10.251.7.4:8080'], 'last good state stays programmed');
 });
 
-test('agent: stopping keeps pinned state; a restart reuses it without duplicate attachments', { skip }, async () => {
+test(`agent (${MODE}): stopping keeps pinned state; a restart reuses it without duplicate attachments`, { skip }, async () => {
   await stopAgent();
   let s = status();
   assert.equal(s.accel.attached, true, 'acceleration stays attached while the agent is down');
