@@ -55,12 +55,16 @@ export interface AgentProcOptions {
   /** Extra manager flags (split mode only): e.g. its limits, when the test's addresses are outside the defaults. */
   managerArgs?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Force a mode (default: PATU_TEST_SPLIT). */
+  split?: boolean;
 }
 
 export interface AgentProc {
   readonly split: boolean;
   /** Both processes' output, in arrival order. */
   readonly log: string;
+  /** Called after every chunk of output (the log has it by then). */
+  onOutput(f: () => void): void;
   /** The single agent, or the manager in split mode (the CNI socket's side). */
   readonly main: ChildProcess;
   /** Split mode: the unprivileged agent. */
@@ -74,6 +78,8 @@ export interface AgentProc {
   stop(): Promise<void>;
   /** Split mode: restart only the manager (same arguments), as after a kill. */
   restartManager(): ChildProcess;
+  /** Split mode: restart only the agent (same arguments), as after a kill. */
+  restartAgent(): ChildProcess;
 }
 
 /** Where the manager listens in split mode (a unix socket in the test's directory: no port to pick). */
@@ -108,12 +114,17 @@ const exitedName = (p: ChildProcess, name: string): string | undefined => (p.exi
 
 export function startAgentProc(args: readonly string[], o: AgentProcOptions): AgentProc {
   let log = '';
+  const listeners: (() => void)[] = [];
+  const append = (d: string): void => {
+    log += d;
+    for (const f of listeners) f();
+  };
   const procs: ChildProcess[] = [];
   const run = (argv: string[]): ChildProcess => {
     const [cmd, ...rest] = [...(o.wrap ?? []), PATU_BIN, ...argv];
     const p = spawn(cmd!, rest, { stdio: ['ignore', 'pipe', 'pipe'], ...(o.env ? { env: o.env } : {}) });
-    p.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
-    p.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+    p.stdout!.setEncoding('utf8').on('data', append);
+    p.stderr!.setEncoding('utf8').on('data', append);
     procs.push(p);
     return p;
   };
@@ -124,28 +135,34 @@ export function startAgentProc(args: readonly string[], o: AgentProcOptions): Ag
     await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
     p.kill('SIGKILL');
   };
-  if (!SPLIT) {
+  if (!(o.split ?? SPLIT)) {
     const main = run(['agent', ...args]);
     return {
       split: false,
       get log() { return log; },
       main,
+      onOutput: (f) => void listeners.push(f),
       ready: (ms = 20_000) => waitLog(() => log, [CNI_UP], ms, () => exitedName(main, 'patu agent')),
       stop: () => stopOne(main),
       restartManager: () => { throw new Error('restartManager: not in split mode'); },
+      restartAgent: () => { throw new Error('restartAgent: not in split mode'); },
     };
   }
   const tls = testCerts(o.dir);
   const sock = managerSocket(o.dir);
   const parts = splitAgentArgs(args);
-  const managerArgv = ['manager', '--listen', `unix://${sock}`, '--tls-dir', tls, '--metrics-addr', '', ...parts.manager, ...(o.managerArgs ?? [])];
+  // The manager always serves hostPorts: from the test's own data dir unless the test names one (never the host's).
+  const dataDir = parts.manager.some((a) => a.startsWith('--data-dir')) ? [] : ['--data-dir', join(o.dir, 'ipam')];
+  const managerArgv = ['manager', '--listen', `unix://${sock}`, '--tls-dir', tls, '--metrics-addr', '', ...dataDir, ...parts.manager, ...(o.managerArgs ?? [])];
   let main = run(managerArgv);
-  const agent = run(['agent', '--manager', `unix://${sock}`, '--tls-dir', tls, ...parts.agent]);
+  const agentArgv = ['agent', '--manager', `unix://${sock}`, '--tls-dir', tls, ...parts.agent];
+  let agent = run(agentArgv);
   return {
     split: true,
     get log() { return log; },
     get main() { return main; },
-    agent,
+    get agent() { return agent; },
+    onOutput: (f) => void listeners.push(f),
     ready: (ms = 30_000) => waitLog(() => log, [CNI_UP, IN_STEP], ms, () => exitedName(main, 'patu manager') ?? exitedName(agent, 'patu agent --manager')),
     // The agent first: the manager keeps serving CNI until the end, as a DaemonSet pod's containers stop together.
     stop: async () => {
@@ -153,5 +170,6 @@ export function startAgentProc(args: readonly string[], o: AgentProcOptions): Ag
       await stopOne(main);
     },
     restartManager: () => (main = run(managerArgv)),
+    restartAgent: () => (agent = run(agentArgv)),
   };
 }

@@ -31,11 +31,9 @@ async function startAgent(): Promise<void> {
     managerArgs: ['--cluster-cidr', '10.0.0.0/8'],
   });
   agent = a;
-  try {
-    await a.ready();
-  } finally {
-    log = a.log;
-  }
+  log = '';
+  a.onOutput(() => (log = a.log));
+  await a.ready();
 }
 
 async function stopAgent(): Promise<void> {
@@ -47,7 +45,7 @@ async function stopAgent(): Promise<void> {
 
 async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
-  while ((agent && (log = agent.log), !cond())) {
+  while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}; agent log:\n${log}`);
     await new Promise((r) => setTimeout(r, 50));
   }
