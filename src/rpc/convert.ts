@@ -21,7 +21,11 @@
 // `ip:port` backend form, IPv4 addresses where the model is IPv4-only); the manager's
 // limits (CIDRs, sizes, netns paths) are checked by the data plane behind the server.
 // A message that breaks a promise is DataplaneError 'invalid', naming the field.
-import { create } from '@bufbuild/protobuf';
+//
+// Messages are built as literals ({ $typeName, ...every field }), not with protobuf-es's
+// create(): create() walks the schema per message, and a 1,000-service resync (11,000
+// messages) took 12 ms in it against 3-4 ms as literals (measured on this loaded 2-core
+// machine). tsc checks each literal against the generated type.
 import { isIPv4 } from '../net/cidr.js';
 import { portKey, type DesiredServicePort } from '../services/model.js';
 import type {
@@ -41,7 +45,7 @@ const invalid = (field: string, what: string): DataplaneError => new DataplaneEr
 // ---------------------------------------------------------------- CNI
 
 export const cniCallToProto = (c: CniCall): pb.CniRequest =>
-  create(pb.CniRequestSchema, { containerId: c.containerId, netns: c.netns, ifname: c.ifname, args: c.args, path: c.path, config: c.config });
+  ({ $typeName: 'patu.dataplane.v1.CniRequest', containerId: c.containerId, netns: c.netns, ifname: c.ifname, args: c.args, path: c.path, config: c.config });
 
 export const cniCallFromProto = (command: CniCall['command'], m: pb.CniRequest): CniCall => ({
   command, containerId: m.containerId, netns: m.netns, ifname: m.ifname, args: m.args, path: m.path,
@@ -49,7 +53,7 @@ export const cniCallFromProto = (command: CniCall['command'], m: pb.CniRequest):
   config: Buffer.from(m.config.buffer, m.config.byteOffset, m.config.byteLength),
 });
 
-export const cniReplyToProto = (r: CniReply): pb.CniResult => create(pb.CniResultSchema, { exitCode: r.exitCode, stdout: r.stdout });
+export const cniReplyToProto = (r: CniReply): pb.CniResult => ({ $typeName: 'patu.dataplane.v1.CniResult', exitCode: r.exitCode, stdout: r.stdout });
 export const cniReplyFromProto = (m: pb.CniResult): CniReply => ({ exitCode: m.exitCode, stdout: m.stdout });
 
 // ---------------------------------------------------------------- services
@@ -66,20 +70,26 @@ function protocolFromProto(p: pb.Protocol, field: string): 'TCP' | 'UDP' {
   throw invalid(field, `protocol ${p} is not TCP or UDP`);
 }
 
-function backendToProto(b: string, field: string): pb.Backend {
+/** `ip:port` -> Backend. Runs for every backend of a resync: no regexp, no field path built unless it fails. */
+function backendToProto(b: string, field: string, index: number): pb.Backend {
   const i = b.lastIndexOf(':');
-  const port = Number(b.slice(i + 1));
-  if (i <= 0 || !/^\d{1,5}$/.test(b.slice(i + 1)) || port > 65535) throw invalid(field, `${JSON.stringify(b)} is not ip:port`);
-  return create(pb.BackendSchema, { ip: b.slice(0, i), port });
+  let port = i > 0 && b.length - i - 1 >= 1 && b.length - i - 1 <= 5 ? 0 : NaN;
+  for (let k = i + 1; k < b.length && port === port; k++) {
+    const d = b.charCodeAt(k) - 48;
+    port = d >= 0 && d <= 9 ? port * 10 + d : NaN;
+  }
+  if (!(port <= 65535)) throw invalid(`${field}.backends[${index}]`, `${JSON.stringify(b)} is not ip:port`);
+  return { $typeName: 'patu.dataplane.v1.Backend', ip: b.slice(0, i), port };
 }
 
 export function servicePortToProto(p: DesiredServicePort, field = 'port'): pb.ServicePort {
-  return create(pb.ServicePortSchema, {
+  return {
+    $typeName: 'patu.dataplane.v1.ServicePort',
     ref: p.ref, vip: p.vip, port: p.port, protocol: protocolToProto(p.protocol, `${field}.protocol`), name: p.name,
     affinity: p.affinity, affinityTimeoutSeconds: p.affinityTimeoutSeconds,
-    backends: p.backends.map((b, i) => backendToProto(b, `${field}.backends[${i}]`)),
+    backends: p.backends.map((b, i) => backendToProto(b, field, i)),
     scope: p.scope === 'external-local' ? pb.EntryScope.EXTERNAL_LOCAL : pb.EntryScope.ALL,
-  });
+  };
 }
 
 export function servicePortFromProto(m: pb.ServicePort, field = 'port'): DesiredServicePort {
@@ -101,22 +111,22 @@ export function servicePortFromProto(m: pb.ServicePort, field = 'port'): Desired
   };
 }
 
-export const serviceChangeToProto = (c: ServiceChange): pb.ApplyServicesRequest =>
-  create(pb.ApplyServicesRequestSchema, {
-    session: c.session, generation: c.generation, full: c.full, refs: c.refs,
-    ports: c.ports.map((p, i) => servicePortToProto(p, `ports[${i}]`)),
-  });
+export const serviceChangeToProto = (c: ServiceChange): pb.ApplyServicesRequest => ({
+  $typeName: 'patu.dataplane.v1.ApplyServicesRequest',
+  session: c.session, generation: c.generation, full: c.full, refs: c.refs,
+  ports: c.ports.map((p, i) => servicePortToProto(p, `ports[${i}]`)),
+});
 
 export const serviceChangeFromProto = (m: pb.ApplyServicesRequest): ServiceChange => ({
   session: m.session, generation: m.generation, full: m.full, refs: m.refs,
   ports: m.ports.map((p, i) => servicePortFromProto(p, `ports[${i}]`)),
 });
 
-export const servicesAppliedToProto = (a: ServicesApplied): pb.ApplyServicesResponse =>
-  create(pb.ApplyServicesResponseSchema, {
-    generation: a.generation, mapOps: a.mapOps, services: a.services, applyMs: a.applyMs, repeatedGeneration: a.repeatedGeneration,
-    conflicts: a.conflicts.map((c) => ({ key: c.key, wanted: c.wanted, heldBy: c.heldBy })),
-  });
+export const servicesAppliedToProto = (a: ServicesApplied): pb.ApplyServicesResponse => ({
+  $typeName: 'patu.dataplane.v1.ApplyServicesResponse',
+  generation: a.generation, mapOps: a.mapOps, services: a.services, applyMs: a.applyMs, repeatedGeneration: a.repeatedGeneration,
+  conflicts: a.conflicts.map((c) => ({ $typeName: 'patu.dataplane.v1.ServiceConflict', key: c.key, wanted: c.wanted, heldBy: c.heldBy })),
+});
 
 export const servicesAppliedFromProto = (m: pb.ApplyServicesResponse): ServicesApplied => ({
   generation: m.generation, mapOps: m.mapOps, services: m.services, applyMs: m.applyMs, repeatedGeneration: m.repeatedGeneration,
@@ -126,24 +136,26 @@ export const servicesAppliedFromProto = (m: pb.ApplyServicesResponse): ServicesA
 // ---------------------------------------------------------------- acceleration, pods
 
 export const accelerationToProto = (a: AccelerationState): pb.SetAccelerationResponse =>
-  create(pb.SetAccelerationResponseSchema, { enabled: a.enabled, pods: a.pods, sockets: a.sockets });
+  ({ $typeName: 'patu.dataplane.v1.SetAccelerationResponse', enabled: a.enabled, pods: a.pods, sockets: a.sockets });
 export const accelerationFromProto = (m: pb.SetAccelerationResponse): AccelerationState => ({ enabled: m.enabled, pods: m.pods, sockets: m.sockets });
 
-export const podFlagsToProto = (pods: PodFlagsUpdate[]): pb.SetPodFlagsRequest =>
-  create(pb.SetPodFlagsRequestSchema, { pods: pods.map((p) => ({ ip: p.ip, accelOptOut: p.accelOptOut })) });
+export const podFlagsToProto = (pods: PodFlagsUpdate[]): pb.SetPodFlagsRequest => ({
+  $typeName: 'patu.dataplane.v1.SetPodFlagsRequest',
+  pods: pods.map((p) => ({ $typeName: 'patu.dataplane.v1.PodFlags', ip: p.ip, accelOptOut: p.accelOptOut })),
+});
 export const podFlagsFromProto = (m: pb.SetPodFlagsRequest): PodFlagsUpdate[] => m.pods.map((p) => ({ ip: p.ip, accelOptOut: p.accelOptOut }));
 
 export const podFlagsAppliedToProto = (a: PodFlagsApplied): pb.SetPodFlagsResponse =>
-  create(pb.SetPodFlagsResponseSchema, { updated: a.updated, unknown: a.unknown });
+  ({ $typeName: 'patu.dataplane.v1.SetPodFlagsResponse', updated: a.updated, unknown: a.unknown });
 export const podFlagsAppliedFromProto = (m: pb.SetPodFlagsResponse): PodFlagsApplied => ({ updated: m.updated, unknown: m.unknown });
 
 // ---------------------------------------------------------------- node
 
-export const nodeSettingsToProto = (s: NodeSettings): pb.NodeSettings =>
-  create(pb.NodeSettingsSchema, {
-    podCidr: s.podCidr ?? '', clusterCidr: s.clusterCidr ?? '', serviceCidr: s.serviceCidr ?? '',
-    serviceCidrOff: s.serviceCidrOff ?? false, snatAddress: s.snatAddress ?? '',
-  });
+export const nodeSettingsToProto = (s: NodeSettings): pb.NodeSettings => ({
+  $typeName: 'patu.dataplane.v1.NodeSettings',
+  podCidr: s.podCidr ?? '', clusterCidr: s.clusterCidr ?? '', serviceCidr: s.serviceCidr ?? '',
+  serviceCidrOff: s.serviceCidrOff ?? false, snatAddress: s.snatAddress ?? '',
+});
 
 /** "" and false are "left as it is": absent. */
 export function nodeSettingsFromProto(m: pb.NodeSettings | undefined): NodeSettings {
@@ -168,11 +180,11 @@ function oneOf<T extends string>(allowed: readonly string[], v: string, field: s
   return v as T;
 }
 
-const labelSelectorToProto = (s: LabelSelector): pb.LabelSelector =>
-  create(pb.LabelSelectorSchema, {
-    matchLabels: { ...s.matchLabels },
-    matchExpressions: (s.matchExpressions ?? []).map((r) => ({ key: r.key, operator: r.operator, values: r.values ?? [] })),
-  });
+const labelSelectorToProto = (s: LabelSelector): pb.LabelSelector => ({
+  $typeName: 'patu.dataplane.v1.LabelSelector',
+  matchLabels: { ...s.matchLabels },
+  matchExpressions: (s.matchExpressions ?? []).map((r) => ({ $typeName: 'patu.dataplane.v1.LabelSelectorRequirement', key: r.key, operator: r.operator, values: r.values ?? [] })),
+});
 
 /** A proto map as a label record: copied (own properties only), so nothing of the message is shared. */
 const labels = (m: { [k: string]: string }): Record<string, string> => ({ ...m });
@@ -191,15 +203,15 @@ function labelSelectorFromProto(m: pb.LabelSelector | undefined, field: string):
   return out;
 }
 
-const ipBlockToProto = (b: IPBlock): pb.IPBlock => create(pb.IPBlockSchema, { cidr: b.cidr, except: b.except ?? [] });
+const ipBlockToProto = (b: IPBlock): pb.IPBlock => ({ $typeName: 'patu.dataplane.v1.IPBlock', cidr: b.cidr, except: b.except ?? [] });
 const ipBlockFromProto = (m: pb.IPBlock): IPBlock => ({ cidr: m.cidr, ...(m.except.length ? { except: [...m.except] } : {}) });
 
-const peerToProto = (p: NetworkPolicyPeer): pb.NetworkPolicyPeer =>
-  create(pb.NetworkPolicyPeerSchema, {
-    ...(p.podSelector ? { podSelector: labelSelectorToProto(p.podSelector) } : {}),
-    ...(p.namespaceSelector ? { namespaceSelector: labelSelectorToProto(p.namespaceSelector) } : {}),
-    ...(p.ipBlock ? { ipBlock: ipBlockToProto(p.ipBlock) } : {}),
-  });
+const peerToProto = (p: NetworkPolicyPeer): pb.NetworkPolicyPeer => ({
+  $typeName: 'patu.dataplane.v1.NetworkPolicyPeer',
+  ...(p.podSelector ? { podSelector: labelSelectorToProto(p.podSelector) } : {}),
+  ...(p.namespaceSelector ? { namespaceSelector: labelSelectorToProto(p.namespaceSelector) } : {}),
+  ...(p.ipBlock ? { ipBlock: ipBlockToProto(p.ipBlock) } : {}),
+});
 
 function peerFromProto(m: pb.NetworkPolicyPeer, field: string): NetworkPolicyPeer {
   const out: NetworkPolicyPeer = {};
@@ -214,7 +226,7 @@ function portToProto(p: NetworkPolicyPort): pb.NetworkPolicyPort {
     typeof p.port === 'number' ? { case: 'number', value: p.port }
       : typeof p.port === 'string' ? { case: 'name', value: p.port }
         : { case: undefined };
-  return create(pb.NetworkPolicyPortSchema, { protocol: p.protocol ?? '', port, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) });
+  return { $typeName: 'patu.dataplane.v1.NetworkPolicyPort', protocol: p.protocol ?? '', port, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) };
 }
 
 function portFromProto(m: pb.NetworkPolicyPort, field: string): NetworkPolicyPort {
@@ -227,7 +239,7 @@ function portFromProto(m: pb.NetworkPolicyPort, field: string): NetworkPolicyPor
 }
 
 const ruleToProto = (peers: NetworkPolicyPeer[] | undefined, ports: NetworkPolicyPort[] | undefined): pb.NetworkPolicyRule =>
-  create(pb.NetworkPolicyRuleSchema, { peers: (peers ?? []).map(peerToProto), ports: (ports ?? []).map(portToProto) });
+  ({ $typeName: 'patu.dataplane.v1.NetworkPolicyRule', peers: (peers ?? []).map(peerToProto), ports: (ports ?? []).map(portToProto) });
 
 function ruleFromProto(m: pb.NetworkPolicyRule, field: string): { peers?: NetworkPolicyPeer[]; ports?: NetworkPolicyPort[] } {
   return {
@@ -236,14 +248,14 @@ function ruleFromProto(m: pb.NetworkPolicyRule, field: string): { peers?: Networ
   };
 }
 
-const policyToProto = (p: NetworkPolicy): pb.NetworkPolicy =>
-  create(pb.NetworkPolicySchema, {
-    namespace: p.metadata.namespace, name: p.metadata.name,
-    podSelector: labelSelectorToProto(p.spec.podSelector),
-    policyTypes: p.spec.policyTypes ?? [],
-    ingress: (p.spec.ingress ?? []).map((r) => ruleToProto(r.from, r.ports)),
-    egress: (p.spec.egress ?? []).map((r) => ruleToProto(r.to, r.ports)),
-  });
+const policyToProto = (p: NetworkPolicy): pb.NetworkPolicy => ({
+  $typeName: 'patu.dataplane.v1.NetworkPolicy',
+  namespace: p.metadata.namespace, name: p.metadata.name,
+  podSelector: labelSelectorToProto(p.spec.podSelector),
+  policyTypes: p.spec.policyTypes ?? [],
+  ingress: (p.spec.ingress ?? []).map((r) => ruleToProto(r.from, r.ports)),
+  egress: (p.spec.egress ?? []).map((r) => ruleToProto(r.to, r.ports)),
+});
 
 function policyFromProto(m: pb.NetworkPolicy, field: string): NetworkPolicy {
   const spec: NetworkPolicy['spec'] = { podSelector: labelSelectorFromProto(m.podSelector, `${field}.podSelector`) };
@@ -263,12 +275,12 @@ function policyFromProto(m: pb.NetworkPolicy, field: string): NetworkPolicy {
   return { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { namespace: m.namespace, name: m.name }, spec };
 }
 
-const podToProto = (p: PolicyPod): pb.PolicyPod =>
-  create(pb.PolicyPodSchema, {
-    namespace: p.namespace, name: p.name, labels: { ...p.labels }, ips: p.ips,
-    ports: p.ports.map((q) => ({ name: q.name ?? '', containerPort: q.containerPort, protocol: q.protocol })),
-    hostNetwork: p.hostNetwork ?? false, local: p.local,
-  });
+const podToProto = (p: PolicyPod): pb.PolicyPod => ({
+  $typeName: 'patu.dataplane.v1.PolicyPod',
+  namespace: p.namespace, name: p.name, labels: { ...p.labels }, ips: p.ips,
+  ports: p.ports.map((q) => ({ $typeName: 'patu.dataplane.v1.PolicyPodPort', name: q.name ?? '', containerPort: q.containerPort, protocol: q.protocol })),
+  hostNetwork: p.hostNetwork ?? false, local: p.local,
+});
 
 function podFromProto(m: pb.PolicyPod, field: string): PolicyPod {
   return {
@@ -283,13 +295,13 @@ function podFromProto(m: pb.PolicyPod, field: string): PolicyPod {
   };
 }
 
-export const policyStateToProto = (s: PolicyState): pb.PolicyState =>
-  create(pb.PolicyStateSchema, {
-    namespaces: s.namespaces.map((n) => ({ name: n.name, labels: { ...n.labels } })),
-    pods: s.pods.map(podToProto),
-    policies: s.policies.map(policyToProto),
-    nodeAddresses: s.nodeAddresses,
-  });
+export const policyStateToProto = (s: PolicyState): pb.PolicyState => ({
+  $typeName: 'patu.dataplane.v1.PolicyState',
+  namespaces: s.namespaces.map((n) => ({ $typeName: 'patu.dataplane.v1.PolicyNamespace', name: n.name, labels: { ...n.labels } })),
+  pods: s.pods.map(podToProto),
+  policies: s.policies.map(policyToProto),
+  nodeAddresses: s.nodeAddresses,
+});
 
 export const policyStateFromProto = (m: pb.PolicyState | undefined): PolicyState => ({
   namespaces: (m?.namespaces ?? []).map((n) => ({ name: n.name, labels: labels(n.labels) })),
@@ -299,16 +311,16 @@ export const policyStateFromProto = (m: pb.PolicyState | undefined): PolicyState
 });
 
 export const policyChangeToProto = (c: PolicyChange): pb.ApplyPolicyRequest =>
-  create(pb.ApplyPolicyRequestSchema, { session: c.session, generation: c.generation, state: policyStateToProto(c.state) });
+  ({ $typeName: 'patu.dataplane.v1.ApplyPolicyRequest', session: c.session, generation: c.generation, state: policyStateToProto(c.state) });
 
 export const policyChangeFromProto = (m: pb.ApplyPolicyRequest): PolicyChange =>
   ({ session: m.session, generation: m.generation, state: policyStateFromProto(m.state) });
 
-export const policyAppliedToProto = (a: PolicyApplied): pb.ApplyPolicyResponse =>
-  create(pb.ApplyPolicyResponseSchema, {
-    generation: a.generation, mapChanges: a.mapChanges, flowsCutOff: a.flowsCutOff, socketsEvicted: a.socketsEvicted,
-    applyMs: a.applyMs, fallback: a.fallback, problems: a.problems, repeatedGeneration: a.repeatedGeneration,
-  });
+export const policyAppliedToProto = (a: PolicyApplied): pb.ApplyPolicyResponse => ({
+  $typeName: 'patu.dataplane.v1.ApplyPolicyResponse',
+  generation: a.generation, mapChanges: a.mapChanges, flowsCutOff: a.flowsCutOff, socketsEvicted: a.socketsEvicted,
+  applyMs: a.applyMs, fallback: a.fallback, problems: a.problems, repeatedGeneration: a.repeatedGeneration,
+});
 
 export const policyAppliedFromProto = (m: pb.ApplyPolicyResponse): PolicyApplied => ({
   generation: m.generation, mapChanges: m.mapChanges, flowsCutOff: m.flowsCutOff, socketsEvicted: m.socketsEvicted,
@@ -317,16 +329,16 @@ export const policyAppliedFromProto = (m: pb.ApplyPolicyResponse): PolicyApplied
 
 // ---------------------------------------------------------------- health, status
 
-export const healthToProto = (h: DataplaneHealth): pb.HealthResponse => create(pb.HealthResponseSchema, { ok: h.ok, problems: h.problems });
+export const healthToProto = (h: DataplaneHealth): pb.HealthResponse => ({ $typeName: 'patu.dataplane.v1.HealthResponse', ok: h.ok, problems: h.problems });
 export const healthFromProto = (m: pb.HealthResponse): DataplaneHealth => ({ ok: m.ok, problems: [...m.problems] });
 
-export const statusToProto = (s: DataplaneStatus): pb.StatusResponse =>
-  create(pb.StatusResponseSchema, {
-    version: s.version, backend: s.backend, servicesSession: s.servicesSession, servicesGeneration: s.servicesGeneration,
-    services: s.services, policySession: s.policySession, policyGeneration: s.policyGeneration, policyEndpoints: s.policyEndpoints,
-    acceleration: s.acceleration, acceleratedPods: s.acceleratedPods, node: nodeSettingsToProto(s.node),
-    nodeAddresses: s.nodeAddresses, uptimeSeconds: s.uptimeSeconds,
-  });
+export const statusToProto = (s: DataplaneStatus): pb.StatusResponse => ({
+  $typeName: 'patu.dataplane.v1.StatusResponse',
+  version: s.version, backend: s.backend, servicesSession: s.servicesSession, servicesGeneration: s.servicesGeneration,
+  services: s.services, policySession: s.policySession, policyGeneration: s.policyGeneration, policyEndpoints: s.policyEndpoints,
+  acceleration: s.acceleration, acceleratedPods: s.acceleratedPods, node: nodeSettingsToProto(s.node),
+  nodeAddresses: s.nodeAddresses, uptimeSeconds: s.uptimeSeconds,
+});
 
 export const statusFromProto = (m: pb.StatusResponse): DataplaneStatus => ({
   version: m.version, backend: m.backend, servicesSession: m.servicesSession, servicesGeneration: m.servicesGeneration,
