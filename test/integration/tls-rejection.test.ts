@@ -1,8 +1,8 @@
 // The manager's TLS policy against real connections (issue 13, "Mutual TLS, on TCP"): a
 // server built the way the manager builds its own (http2.createSecureServer with
 // serverTlsOptions, clientCertProblem on every accepted connection, tlsClientErrorReason on
-// every refused one) on loopback, and clients that should get in and clients that must not:
-// Node's tls/http2 and `openssl s_client`.
+// every refused one) on loopback, the real server on a unix socket too, and clients that
+// should get in and clients that must not: Node's tls/http2 and `openssl s_client`.
 //
 // What a refusal looks like in TLS 1.3 (client certificates are judged after the handshake):
 //   - no certificate: OpenSSL's alert certificate_required (116) on the client's first read;
@@ -185,9 +185,10 @@ async function tlsProbe(port: number, opts: ConnectionOptions): Promise<{ secure
 }
 
 /** openssl s_client offering h2; stdout is what the server sent (raw, -quiet), stderr its diagnostics. */
-async function sClient(port: number, args: string[]): Promise<{ stdout: Buffer; stderr: string }> {
+async function sClient(target: number | string, args: string[]): Promise<{ stdout: Buffer; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(OPENSSL, ['s_client', '-connect', `127.0.0.1:${port}`, '-alpn', 'h2', '-quiet', '-verify_return_error', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const where = typeof target === 'string' ? ['-unix', target] : ['-connect', `127.0.0.1:${target}`];
+    const p = spawn(OPENSSL, ['s_client', ...where, '-alpn', 'h2', '-quiet', '-verify_return_error', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     let err = '';
     const timer = setTimeout(() => p.kill('SIGKILL'), 8000);
@@ -413,8 +414,9 @@ async function callCode(p: Promise<unknown>): Promise<string> {
   }
 }
 
-test('through the manager\'s real server (src/rpc/server.ts) and client: every refusal is a gRPC UNAVAILABLE for the client and a logged reason for the manager', async (t) => {
+for (const kind of ['tcp', 'unix'] as const) test(`through the manager's real server (src/rpc/server.ts) and client, on ${kind}: every refusal is a gRPC UNAVAILABLE for the client and a logged reason for the manager`, async (t) => {
   const dir = scratchDir(t, 'real');
+  const sockPath = join(scratchDir(t, 'sock'), 'manager.sock');
   const good = await generateCerts();
   writeCertDir(dir, good);
   const foreign = await generateCerts();
@@ -422,7 +424,8 @@ test('through the manager\'s real server (src/rpc/server.ts) and client: every r
   const noEku = noEkuClientCert(scratchDir(t, 'noeku2'), good.ca);
   const impl = new HealthOnly();
   const { lines, log } = recordingLog();
-  const server = await startDataplaneServer({ listen: 'tcp://127.0.0.1:0', tls: serverTlsOptions(loadTlsDir(dir, 'server')), impl, log });
+  const server = await startDataplaneServer({ listen: kind === 'tcp' ? 'tcp://127.0.0.1:0' : `unix://${sockPath}`, tls: serverTlsOptions(loadTlsDir(dir, 'server')), impl, log });
+  const target = kind === 'tcp' ? server.port! : sockPath;
   t.after(() => server.close());
   const clients: RemoteDataplane[] = [];
   t.after(async () => { for (const c of clients) await c.close(); });
@@ -454,7 +457,9 @@ test('through the manager\'s real server (src/rpc/server.ts) and client: every r
   }
 
   await t.test('plaintext: a gRPC client over h2c fails (its stream cancelled: UNAVAILABLE to the agent\'s client); "plaintext" logged', async () => {
-    const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` });
+    const transport = kind === 'tcp'
+      ? createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` })
+      : createGrpcTransport({ baseUrl: 'http://localhost', nodeOptions: { createConnection: () => net.connect(sockPath) } });
     const plain = createClient(DataplaneService, transport);
     await assert.rejects(plain.health({}, { timeoutMs: 15_000 }), (e: unknown) => {
       assert.ok(e instanceof ConnectError, String(e));
@@ -467,7 +472,7 @@ test('through the manager\'s real server (src/rpc/server.ts) and client: every r
   });
 
   await t.test('openssl s_client: certificate_required without a certificate; nothing but a close with a foreign one', async () => {
-    const port = server.port!;
+    const port = target;
     const none = await sClient(port, ['-servername', DEFAULT_SERVER_NAME, '-CAfile', join(dir, 'ca.crt')]);
     assert.match(none.stderr, /tlsv13 alert certificate required/);
     const d = scratchDir(t, 'sc2');
