@@ -9,8 +9,9 @@
 //     the thread, by ESM or require() alike (node:http2, node:tls, the http2 binding...).
 // The chunks it loaded are then searched for the split mode's code: the generated API
 // descriptor, protobuf-es's and ConnectRPC's runtime, @peculiar/x509 and tsyringe.
+// With --kubernetes the apiserver client loads node:tls (HTTPS), and still none of the rest.
 // Controls (the same detector must see what is there): `patu certs generate` from the same
-// bundle loads x509; `patu agent --manager` (once wired) loads http2, TLS and the API code.
+// bundle loads x509; `patu agent --manager` loads http2, TLS and the API code.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -110,6 +111,7 @@ function splitCode(t: Trace): string[] {
     if (/["']grpc-status["']/i.test(text)) found.add('@connectrpc (grpc-status)');
     if (text.includes('X509CertificateGenerator')) found.add('@peculiar/x509');
     if (text.includes('tsyringe requires a reflect polyfill')) found.add('tsyringe');
+    if (text.includes('lets group or others read the private key')) found.add('src/rpc/tls.ts');
   }
   for (const m of ['NativeModule http2', 'Internal Binding http2', 'NativeModule tls', 'NativeModule _tls_wrap', 'Internal Binding tls_wrap']) {
     if (t.builtins.has(m)) found.add(m);
@@ -142,6 +144,23 @@ test('default single process: `patu agent --services-file --accel` serves and pr
   assert.deepEqual(splitCode(t), [], `chunks loaded: ${t.chunks.join(' ')}`);
 });
 
+test('default single process with --kubernetes (apiserver unreachable: the informers retry): node:tls for the apiserver, but no http2, gRPC, protobuf, x509 or split-mode TLS code', { skip }, async () => {
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, [
+    'apiVersion: v1', 'kind: Config',
+    'clusters: [{ name: c, cluster: { server: "https://127.0.0.1:9", insecure-skip-tls-verify: true } }]',
+    'users: [{ name: u, user: { token: "t" } }]',
+    'contexts: [{ name: x, context: { cluster: c, user: u } }]', 'current-context: x', '',
+  ].join('\n'));
+  const t = await traced('k8s', [PATU_BIN, 'agent', '--kubernetes', '--kubeconfig', kubeconfig, '--node-name', `norpc-${process.pid}`, '--cni-conf-dir', '',
+    '--cni-socket', join(dir, 'k8s.sock'), '--cgroup', cgroup, '--pin-root', pinRoot, '--data-dir', join(dir, 'ipam-k8s'), '--metrics-addr', '127.0.0.1:0'], /informer failed/, 1500);
+  assert.ok(t.chunks.some((c) => c.startsWith('agent-k8s')), `the Kubernetes source ran: ${t.chunks.join(' ')}`);
+  // The apiserver client is HTTPS: node:tls is expected here, and nothing else of the list.
+  const apiserverTls = new Set(['NativeModule tls', 'NativeModule _tls_wrap', 'Internal Binding tls_wrap']);
+  assert.ok(t.builtins.has('NativeModule tls'), 'the HTTPS client to the apiserver loaded node:tls (else this check proves nothing about the rest)');
+  assert.deepEqual(splitCode(t).filter((x) => !apiserverTls.has(x)), [], `chunks loaded: ${t.chunks.join(' ')}`);
+});
+
 test('control: the same detector sees x509 in `patu certs generate` run from the same bundle', { skip }, async () => {
   const t = await traced('certs', [process.execPath, join(bundle, 'index.js'), 'certs', 'generate', '--dir', join(dir, 'certs')], /wrote 6 files/, 0);
   const found = splitCode(t);
@@ -159,5 +178,5 @@ test('control: `patu agent --manager` loads http2, TLS and the API code', { skip
   writeFileSync(join(dir, 'split-services.yaml'), 'services: []\n');
   const tr = await traced('split', [PATU_BIN, 'agent', '--manager', 'tcp://127.0.0.1:9', '--tls-dir', join(dir, 'split-certs'), '--services-file', join(dir, 'split-services.yaml'), '--log-level', 'debug'], /data-plane API call failed/, 500);
   const found = splitCode(tr);
-  for (const want of ['NativeModule http2', 'NativeModule tls', '@connectrpc (grpc-status)', '@bufbuild/protobuf', 'the generated API code']) assert.ok(found.includes(want), `${want} not seen; found: ${found.join(', ')}\n${tr.log}`);
+  for (const want of ['NativeModule http2', 'NativeModule tls', '@connectrpc (grpc-status)', '@bufbuild/protobuf', 'the generated API code', 'src/rpc/tls.ts']) assert.ok(found.includes(want), `${want} not seen; found: ${found.join(', ')}\n${tr.log}`);
 });
