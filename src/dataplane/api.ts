@@ -56,6 +56,15 @@ export interface ServiceConflict {
   heldBy: string;
 }
 
+/** A service left out whole because its addresses break the data plane's limits (the rest was applied). */
+export interface RefusedService {
+  ref: string;
+  /** The entry (vip:port/proto) that broke them. */
+  key: string;
+  /** Names the field, as `ports[3].vip 8.8.8.8 is outside the service CIDRs 10.96.0.0/12`. */
+  reason: string;
+}
+
 export interface ServicesApplied {
   generation: bigint;
   mapOps: number;
@@ -65,6 +74,12 @@ export interface ServicesApplied {
   /** A retry of the last applied generation: nothing was written. */
   repeatedGeneration: boolean;
   conflicts: ServiceConflict[];
+  /**
+   * Services refused alone (absent: none). LocalDataplane fills it; the wire does not carry
+   * it yet (proposed: ApplyServicesResponse `repeated RefusedService refused = 7`, with
+   * src/rpc/convert.ts both ways), so over gRPC the manager's log is where they show.
+   */
+  refused?: RefusedService[];
 }
 
 export interface PodFlagsUpdate {

@@ -1,8 +1,16 @@
-// What the manager accepts from a client of the data-plane API (the threat model, README
-// "Split mode"): the agent parses the apiserver's input, so a compromised agent is assumed,
-// and every request is checked here before anything is written. A refusal is
+// What the manager accepts from a client of the data-plane API (the threat model,
+// docs/manager.md): the agent parses the apiserver's input, so a compromised agent is
+// assumed, and every request is checked here before anything is written. A refusal is
 // DataplaneError('invalid') with a message naming the field, as `ports[3].vip 8.8.8.8 is
 // outside the service CIDRs 10.96.0.0/12`; nothing of a refused request is applied.
+//
+// One exception, for availability: a service whose addresses break the range rules below
+// (VIP, NodePort range, backends, backends per port) is refused alone: checkServiceChange
+// returns it, the data plane leaves that service out whole (never half) and reports it,
+// and programs the rest. Those values come from cluster users (a Service's externalIPs, a
+// hand-written EndpointSlice), so refusing the whole push would let any user who may create
+// a Service stop every service update on the node. Malformed requests (what the agent's own
+// model never produces) and the request-wide bounds still refuse the whole request.
 //
 // The rules, and why:
 //   - Service VIPs: inside the service CIDR(s) the manager was started with; or 0.0.0.0, the
@@ -37,7 +45,7 @@ import { messageOf } from '../errors.js';
 import { isHostPortRef } from '../hostport/desired.js';
 import { portKey, type DesiredServicePort } from '../services/model.js';
 import type { PolicyState } from '../policy/types.js';
-import { DataplaneError, type CniCall, type NodeSettings, type PodFlagsUpdate, type ServiceChange } from './api.js';
+import { DataplaneError, type CniCall, type NodeSettings, type PodFlagsUpdate, type RefusedService, type ServiceChange } from './api.js';
 
 export interface ManagerLimits {
   /** --service-cidr: every ClusterIP VIP lies in one of these. */
@@ -70,6 +78,7 @@ export interface ManagerLimits {
 
 export const DEFAULT_NETNS_DIRS = ['/run/netns', '/var/run/netns'] as const;
 
+
 /** Limits with patu's defaults; the manager's flags override them. */
 export function defaultLimits(o: Partial<ManagerLimits> = {}): ManagerLimits {
   return {
@@ -87,12 +96,22 @@ export function defaultLimits(o: Partial<ManagerLimits> = {}): ManagerLimits {
     maxServicePorts: 65536,
     maxBackendsPerPort: 16384,
     maxBackends: 262144,
-    maxPolicyObjects: 10000,
-    maxPolicyPods: 100000,
+    // A large cluster's whole policy state (every pod of the cluster is a possible peer); the
+    // 16 MiB message limit of the API binds before these do.
+    maxPolicyObjects: 50000,
+    maxPolicyPods: 200000,
     maxPodFlags: 65536,
     maxString: 1024,
     ...o,
   };
+}
+
+/** `ip:port` of a backend, or undefined when it is not IPv4:port with a port of 1-65535. */
+function backendOf(b: unknown): { ip: string; port: number } | undefined {
+  const m = typeof b === 'string' ? /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(b) : null;
+  const ip = m?.[1];
+  const port = Number(m?.[2]);
+  return m && isIPv4(ip) && port >= 1 && port <= 65535 ? { ip, port } : undefined;
 }
 
 const invalid = (msg: string, cause?: unknown): DataplaneError =>
@@ -128,8 +147,11 @@ export class Limits {
 
   // ---------------------------------------------------------------- services
 
-  /** Throws DataplaneError('invalid') naming the first field outside the limits. */
-  checkServiceChange(c: ServiceChange): void {
+  /**
+   * Throws DataplaneError('invalid') naming the first field of a malformed or oversized
+   * request; returns the services refused alone (see the header), one entry per ref.
+   */
+  checkServiceChange(c: ServiceChange): RefusedService[] {
     this.str('session', c.session, 128, true);
     if (typeof c.generation !== 'bigint' || c.generation < 0n) throw invalid(`generation ${String(c.generation)} must be a non-negative integer`);
     if (!Array.isArray(c.ports)) throw invalid('ports must be a list');
@@ -145,16 +167,22 @@ export class Limits {
     // one service naming an entry twice is malformed.
     const keys = new Map<string, string>();
     let backends = 0;
+    const refused = new Map<string, RefusedService>();
     c.ports.forEach((p, i) => {
       this.checkServicePort(p, `ports[${i}]`);
       if (keys.get(p.key) === p.ref) throw invalid(`ports[${i}].key ${p.key} appears twice in ${p.ref}`);
       keys.set(p.key, p.ref);
       if (!c.full && !refs.has(p.ref)) throw invalid(`ports[${i}].ref ${p.ref} is not among the delta's refs`);
       backends += p.backends.length;
+      if (refused.has(p.ref)) return;
+      const reason = this.servicePortProblem(p, `ports[${i}]`);
+      if (reason) refused.set(p.ref, { ref: p.ref, key: p.key, reason });
     });
     if (backends > this.l.maxBackends) throw invalid(`ports: ${backends} backends in all, at most ${this.l.maxBackends}`);
+    return [...refused.values()];
   }
 
+  /** The shape of one entry (what the agent's model always gets right): throws when malformed. */
   checkServicePort(p: DesiredServicePort, at: string): void {
     this.ref(`${at}.ref`, p.ref);
     this.str(`${at}.name`, p.name, this.l.maxString, false);
@@ -167,31 +195,37 @@ export class Limits {
     }
     const key = portKey(p.vip, p.port, p.protocol, p.scope);
     if (p.key !== key) throw invalid(`${at}.key ${JSON.stringify(String(p.key).slice(0, 128))} does not match its fields (${key})`);
-    this.checkVip(p.vip, p.port, `${at}.vip`);
     if (!Array.isArray(p.backends)) throw invalid(`${at}.backends must be a list`);
-    if (p.backends.length > this.l.maxBackendsPerPort) throw invalid(`${at}.backends: ${p.backends.length} entries, at most ${this.l.maxBackendsPerPort}`);
-    let node: Set<string> | undefined;
     p.backends.forEach((b, j) => {
-      const m = typeof b === 'string' ? /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(b) : null;
-      const ip = m?.[1];
-      const port = Number(m?.[2]);
-      if (!m || !isIPv4(ip) || port < 1 || port > 65535) throw invalid(`${at}.backends[${j}] ${JSON.stringify(String(b).slice(0, 64))} must be IPv4:port`);
-      if (this.cluster.some((c) => contains(c, ip)) || this.backend.some((c) => contains(c, ip))) return;
-      node ??= new Set(this.l.nodeAddresses().filter((a) => !a.startsWith('127.')));
-      if (node.has(ip)) return;
-      throw invalid(`${at}.backends[${j}] ${ip} is outside the cluster CIDRs ${this.l.clusterCidrs.join(', ')}${this.l.backendCidrs.length ? ` and the backend CIDRs ${this.l.backendCidrs.join(', ')}` : ''} and is not a node address`);
+      if (!backendOf(b)) throw invalid(`${at}.backends[${j}] ${JSON.stringify(String(b).slice(0, 64))} must be IPv4:port`);
     });
   }
 
+  /** Why a well-formed entry's addresses break the limits (the service is then refused alone), or undefined. */
+  servicePortProblem(p: DesiredServicePort, at: string): string | undefined {
+    const vip = this.vipProblem(p.vip, p.port, `${at}.vip`);
+    if (vip) return vip;
+    if (p.backends.length > this.l.maxBackendsPerPort) return `${at}.backends: ${p.backends.length} entries, at most ${this.l.maxBackendsPerPort}`;
+    let node: Set<string> | undefined;
+    for (const [j, b] of p.backends.entries()) {
+      const ip = backendOf(b)!.ip;
+      if (this.cluster.some((c) => contains(c, ip)) || this.backend.some((c) => contains(c, ip))) continue;
+      node ??= new Set(this.l.nodeAddresses().filter((a) => !a.startsWith('127.')));
+      if (node.has(ip)) continue;
+      return `${at}.backends[${j}] ${ip} is outside the cluster CIDRs ${this.l.clusterCidrs.join(', ')}${this.l.backendCidrs.length ? ` and the backend CIDRs ${this.l.backendCidrs.join(', ')}` : ''} and is not a node address`;
+    }
+    return undefined;
+  }
+
   /** The VIP rule (header). */
-  checkVip(vip: string, port: number, at: string): void {
+  vipProblem(vip: string, port: number, at: string): string | undefined {
     if (vip === '0.0.0.0') {
       const [lo, hi] = this.l.nodePortRange;
-      if (port < lo || port > hi) throw invalid(`${at} 0.0.0.0 (NodePort, every node address) on port ${port}: outside the NodePort range ${lo}-${hi}`);
-      return;
+      if (port < lo || port > hi) return `${at} 0.0.0.0 (NodePort, every node address) on port ${port}: outside the NodePort range ${lo}-${hi}`;
+      return undefined;
     }
-    if (this.service.some((c) => contains(c, vip)) || this.external.some((c) => contains(c, vip))) return;
-    throw invalid(`${at} ${vip} is outside the service CIDRs ${this.l.serviceCidrs.join(', ') || '(none)'}${this.l.externalCidrs.length ? ` and the external CIDRs ${this.l.externalCidrs.join(', ')}` : ' (externalIPs and LoadBalancer IPs need --external-cidr)'}`);
+    if (this.service.some((c) => contains(c, vip)) || this.external.some((c) => contains(c, vip))) return undefined;
+    return `${at} ${vip} is outside the service CIDRs ${this.l.serviceCidrs.join(', ') || '(none)'}${this.l.externalCidrs.length ? ` and the external CIDRs ${this.l.externalCidrs.join(', ')}` : ' (externalIPs and LoadBalancer IPs need --external-cidr)'}`;
   }
 
   // ---------------------------------------------------------------- pods, node

@@ -17,6 +17,9 @@
 // so a deadline never interrupts an apply and nothing is half-programmed. A kernel failure
 // mid-write ('internal') forgets the session's generation: the next delta gets 'resync'.
 //
+// A service whose addresses break the limits (limits.ts: VIP, NodePort range, backends) is
+// left out whole and reported in `refused`; the rest of the change is applied.
+//
 // Two services claiming one entry (vip:port/proto): the one programmed keeps it, the other
 // is left out whole (never half), reported in `conflicts`, and programmed once the entry is
 // free (the agent's ServiceModel settles this before sending; this is the manager's guard).
@@ -159,7 +162,8 @@ export class LocalDataplane implements Dataplane {
 
   async applyServices(change: ServiceChange): Promise<ServicesApplied> {
     this.open();
-    this.o.limits.checkServiceChange(change);
+    // Malformed or oversized: thrown (nothing applied). Services whose addresses break the limits: left out alone.
+    const refused = this.o.limits.checkServiceChange(change);
     const cur = this.services;
     if (!change.full) {
       if (!cur || cur.session !== change.session) {
@@ -171,7 +175,7 @@ export class LocalDataplane implements Dataplane {
       }
     }
     const t0 = performance.now();
-    const plan = this.plan(change);
+    const plan = this.plan(change, new Set(refused.map((r) => r.ref)));
     const lb = this.o.lb;
     let stats: ApplyStats;
     try {
@@ -189,6 +193,7 @@ export class LocalDataplane implements Dataplane {
     }
     for (const r of plan.accepted) this.leftOut.delete(r);
     if (change.full) this.leftOut.clear();
+    for (const r of refused) this.leftOut.delete(r.ref);
     for (const [r, ports] of plan.leftOut) this.leftOut.set(r, ports);
     if (this.lastError?.what === 'services') this.lastError = undefined;
     const answer: ServicesApplied = {
@@ -198,12 +203,14 @@ export class LocalDataplane implements Dataplane {
       applyMs: round(performance.now() - t0),
       repeatedGeneration: false,
       conflicts: plan.conflicts,
+      ...(refused.length ? { refused } : {}),
     };
     this.services = { session: change.session, generation: change.generation, last: answer };
     if (stats.attachedNow) this.o.log.info({ cgroup: lb.cgroupPath }, 'service programs attached');
     const d = stats.udpDestroy && describeUdpDestroy(stats.udpDestroy);
     if (d) this.o.log[d.level](d.fields, d.msg);
     for (const c of plan.conflicts) this.o.log.warn({ service: c.wanted, entry: c.key, heldBy: c.heldBy }, `service not programmed: ${c.key} is already used by ${c.heldBy}`);
+    for (const r of refused) this.o.log.warn({ service: r.ref, entry: r.key, reason: r.reason }, 'service not programmed: outside the manager\'s limits');
     this.o.onServicesApplied?.(stats);
     return answer;
   }
@@ -214,10 +221,11 @@ export class LocalDataplane implements Dataplane {
    * first (a holder keeps its entry). Delta: the changed refs, then the left-out ones (an
    * entry may have been freed), against the programmed refs that do not change.
    */
-  private plan(change: ServiceChange): { desired: Map<string, DesiredServicePort>; refs: Set<string>; accepted: string[]; leftOut: Map<string, DesiredServicePort[]>; conflicts: ServiceConflict[] } {
+  private plan(change: ServiceChange, refused: ReadonlySet<string>): { desired: Map<string, DesiredServicePort>; refs: Set<string>; accepted: string[]; leftOut: Map<string, DesiredServicePort[]>; conflicts: ServiceConflict[] } {
     const state = this.o.lb.programmedState;
     const byRef = new Map<string, DesiredServicePort[]>();
     for (const p of change.ports) {
+      if (refused.has(p.ref)) continue; // left out whole: a delta removes what it had
       const l = byRef.get(p.ref);
       if (l) l.push(p);
       else byRef.set(p.ref, [p]);

@@ -187,16 +187,38 @@ test('in-process: a change the maps cannot hold is refused as capacity and write
   await dp.applyServices(change('s3', 3, true, [web]));
 });
 
-test('in-process: every limit refused with its field named, nothing written', { skip }, async () => {
+test('in-process: a service whose addresses break the limits is left out whole and reported; the rest is applied', { skip }, async () => {
+  const ok = port('it/ok', '10.96.78.5', 80, [`${BACKENDS[0]}:8080`]);
+  const d = await dp.applyServices(change('s3', 4, false, [
+    port('it/x', '8.8.8.8', 53, [`${BACKENDS[0]}:53`]),
+    port('it/y', '10.96.78.6', 80, [`${BACKENDS[0]}:8080`, '1.2.3.4:80']),
+    port('it/z', '0.0.0.0', 22, [`${BACKENDS[0]}:22`]),
+    ok,
+  ], ['it/x', 'it/y', 'it/z', 'it/ok']));
+  assert.deepEqual(d.refused?.map((r) => [r.ref, r.key]), [['it/x', '8.8.8.8:53/TCP'], ['it/y', '10.96.78.6:80/TCP'], ['it/z', '0.0.0.0:22/TCP']]);
+  assert.match(d.refused![0]!.reason, /^ports\[0\]\.vip 8\.8\.8\.8 is outside the service CIDRs 10\.96\.0\.0\/12/);
+  assert.match(d.refused![1]!.reason, /^ports\[1\]\.backends\[1\] 1\.2\.3\.4 is outside the cluster CIDRs 10\.202\.0\.0\/16/);
+  assert.match(d.refused![2]!.reason, /^ports\[2\]\.vip 0\.0\.0\.0 .*port 22: outside the NodePort range 30000-32767/);
+  const now = programmed(PIN_A);
+  assert.match(now, /10\.96\.78\.5:80\/TCP/, 'the rest of the change is applied');
+  assert.doesNotMatch(now, /8\.8\.8\.8|10\.96\.78\.6|0\.0\.0\.0:22\//, 'nothing of a refused service');
+  const r = await runClient(children, { mode: 'tcp', host: '10.96.78.5', port: 80, count: 5 }, { netns: NODE, cgroup: CG_A });
+  assert.equal(r.ok, 5);
+  // A programmed service updated to an address outside the limits goes whole (never half, never stale).
+  const d2 = await dp.applyServices(change('s3', 5, false, [{ ...ok, key: portKey('10.96.78.5', 80, 'TCP'), backends: ['9.9.9.9:80'] }], ['it/ok']));
+  assert.equal(d2.refused?.[0]?.ref, 'it/ok');
+  assert.doesNotMatch(programmed(PIN_A), /10\.96\.78\.5/);
+});
+
+test('in-process: every malformed or oversized request refused whole with its field named, nothing written', { skip }, async () => {
   const before = programmed(PIN_A);
   assert.match(before, /10\.96\.78\.1:80\/TCP/, 'something is programmed to compare against');
   const st0 = await dp.status();
   const cases: [string, Promise<unknown>, RegExp][] = [
-    ['VIP outside', dp.applyServices(change('s3', 4, false, [port('it/x', '8.8.8.8', 53, [])], ['it/x'])), /^ports\[0\]\.vip 8\.8\.8\.8 is outside the service CIDRs 10\.96\.0\.0\/12/],
-    ['backend outside', dp.applyServices(change('s3', 4, true, [web, port('it/x', '10.96.78.9', 80, ['10.202.0.1:80', '1.2.3.4:80'])])), /^ports\[1\]\.backends\[1\] 1\.2\.3\.4 is outside the cluster CIDRs 10\.202\.0\.0\/16/],
-    ['NodePort outside the range', dp.applyServices(change('s3', 4, true, [port('it/x', '0.0.0.0', 22, ['10.202.0.1:22'])])), /^ports\[0\]\.vip 0\.0\.0\.0 .*port 22: outside the NodePort range 30000-32767/],
-    ['too many ports', dp.applyServices(change('s3', 4, true, Array.from({ length: 65_537 }, (_, i) => port('it/many', i < 65_535 ? VIP : '10.96.78.4', (i % 65_535) + 1, [])))), /^ports: 65537 entries, at most 65536/],
-    ['a hostPort ref', dp.applyServices(change('s3', 4, true, [port('patu:hostport/tcp-any-30081', '0.0.0.0', 30081, ['10.202.0.1:80'])])), /^ports\[0\]\.ref .*hostPort entries are the manager's own/],
+    ['a backend that is not IPv4:port', dp.applyServices(change('s3', 6, true, [web, port('it/x', '10.96.78.9', 80, ['10.202.0.1:80', '10.202.0.2'])])), /^ports\[1\]\.backends\[1\] "10\.202\.0\.2" must be IPv4:port/],
+    ['a key that does not match', dp.applyServices(change('s3', 6, true, [{ ...web, key: '10.96.99.99:80/TCP' }])), /^ports\[0\]\.key "10\.96\.99\.99:80\/TCP" does not match its fields/],
+    ['too many ports', dp.applyServices(change('s3', 6, true, Array.from({ length: 65_537 }, (_, i) => port('it/many', i < 65_535 ? VIP : '10.96.78.4', (i % 65_535) + 1, [])))), /^ports: 65537 entries, at most 65536/],
+    ['a hostPort ref', dp.applyServices(change('s3', 6, true, [port('patu:hostport/tcp-any-30081', '0.0.0.0', 30081, ['10.202.0.1:80'])])), /^ports\[0\]\.ref .*hostPort entries are the manager's own/],
     ['netns outside the dirs', dp.cni({ command: 'ADD', containerId: 'x1', netns: '/proc/1/ns/net', ifname: 'eth0', args: '', path: '', config: Buffer.from(JSON.stringify({ cniVersion: '1.0.0', name: 'n', type: 'patu', bridge: 'mgrnobr', pinRoot: PIN_A, ipam: { dataDir: join(DIR, 'a', 'ipam') } })) }), /^netns "\/proc\/1\/ns\/net" is not directly under the netns directories/],
     ['netns with ..', dp.cni({ command: 'ADD', containerId: 'x1', netns: '/run/netns/../../proc/1/ns/net', ifname: 'eth0', args: '', path: '', config: Buffer.from('{}') }), /^netns .* without '\.\.'/],
     ['plugin pointed at other state', dp.cni({ command: 'DEL', containerId: 'x1', netns: '', ifname: 'eth0', args: '', path: '', config: Buffer.from(JSON.stringify({ cniVersion: '1.0.0', name: 'n', type: 'patu', bridge: 'mgrnobr', pinRoot: PIN_A, ipam: { dataDir: '/etc' } })) }), /^config\.ipam\.dataDir "\/etc" is not the manager's/],
@@ -263,7 +285,7 @@ test('in-process: policy, node settings, acceleration and pod flags', { skip }, 
 test('in-process: close leaves the programmed state pinned', { skip }, async () => {
   const before = programmed(PIN_A);
   await md!.close();
-  await refused(dp.status().then(() => dp.applyServices(change('s3', 4, true, [web]))), 'unavailable', /stopping/);
+  await refused(dp.status().then(() => dp.applyServices(change('s3', 9, true, [web]))), 'unavailable', /stopping/);
   assert.equal(programmed(PIN_A), before);
   md!.parts.lb!.detach();
   md = undefined;
@@ -326,8 +348,14 @@ test('patu manager over the wire: generations, resync and limits keep their code
   assert.equal(rep.mapOps, d.mapOps);
   await refused(c.applyServices(change('w1', 5, false, [], ['it/web'])), 'resync', /does not continue generation 2/);
   const before = programmed(PIN_B);
-  await refused(c.applyServices(change('w1', 3, false, [port('it/x', '8.8.8.8', 53, [])], ['it/x'])), 'invalid', /ports\[0\]\.vip 8\.8\.8\.8 is outside the service CIDRs/);
+  await refused(c.applyServices(change('w1', 3, false, [port('patu:hostport/tcp-any-30090', '0.0.0.0', 30090, [])], ['patu:hostport/tcp-any-30090'])), 'invalid', /refs\[0\] .*hostPort entries are the manager's own/);
   assert.equal(programmed(PIN_B), before);
+  // A service outside the limits is left out alone; the change goes on.
+  const alone = await c.applyServices(change('w1', 3, false, [port('it/x', '8.8.8.8', 53, [`${BACKENDS[0]}:53`]), extra], ['it/x', 'it/extra']));
+  assert.equal(alone.generation, 3n);
+  const after = programmed(PIN_B);
+  assert.match(after, /10\.96\.78\.2:80\/TCP/);
+  assert.doesNotMatch(after, /8\.8\.8\.8/);
 });
 
 function launcher(command: string, conf: object, o: { containerId: string; netns?: string; args?: string }): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -22,6 +22,15 @@ const port = (o: Partial<DesiredServicePort> = {}): DesiredServicePort => {
 };
 const change = (ports: DesiredServicePort[], o: Partial<ServiceChange> = {}): ServiceChange => ({ session: 's1', generation: 1n, full: true, refs: [], ports, ...o });
 
+/** Asserts the change passes as a request and refuses exactly these services alone, for these reasons. */
+function alone(refusals: { ref: string; key: string; reason: string }[], want: [string, RegExp][]): void {
+  assert.equal(refusals.length, want.length, JSON.stringify(refusals));
+  want.forEach(([ref, msg], i) => {
+    assert.equal(refusals[i]!.ref, ref);
+    assert.match(refusals[i]!.reason, msg);
+  });
+}
+
 /** Asserts a DataplaneError('invalid') whose message matches. */
 function refused(fn: () => unknown, msg: RegExp): void {
   assert.throws(fn, (e: unknown) => {
@@ -32,17 +41,18 @@ function refused(fn: () => unknown, msg: RegExp): void {
   });
 }
 
-test('services: VIPs inside the service CIDRs, NodePorts in the range, backends in the cluster CIDRs or node addresses', () => {
-  limits.checkServiceChange(change([
+test('services: VIPs inside the service CIDRs, NodePorts in the range, backends in the cluster CIDRs or node addresses (else the service alone is refused); malformed requests refused whole', () => {
+  alone(limits.checkServiceChange(change([
     port(),
     port({ vip: '0.0.0.0', port: 30080, backends: ['10.200.0.5:8080', '192.168.1.10:6443'] }),
     port({ vip: '10.96.0.10', port: 80, scope: 'external-local' }),
-  ]));
-  refused(() => limits.checkServiceChange(change([port(), port({ vip: '8.8.8.8' })])), /^ports\[1\]\.vip 8\.8\.8\.8 is outside the service CIDRs 10\.96\.0\.0\/12/);
-  refused(() => limits.checkServiceChange(change([port({ vip: '0.0.0.0', port: 22 })])), /ports\[0\]\.vip 0\.0\.0\.0 .* port 22: outside the NodePort range 30000-32767/);
-  refused(() => limits.checkServiceChange(change([port({ backends: ['10.200.0.5:80', '1.2.3.4:80'] })])), /^ports\[0\]\.backends\[1\] 1\.2\.3\.4 is outside the cluster CIDRs 10\.200\.0\.0\/16/);
+  ])), []);
+  // Addresses that break the limits refuse their service alone (its first problem), the request passes.
+  alone(limits.checkServiceChange(change([port(), port({ ref: 'default/ext', vip: '8.8.8.8' })])), [['default/ext', /^ports\[1\]\.vip 8\.8\.8\.8 is outside the service CIDRs 10\.96\.0\.0\/12/]]);
+  alone(limits.checkServiceChange(change([port({ vip: '0.0.0.0', port: 22 })])), [['default/web', /ports\[0\]\.vip 0\.0\.0\.0 .* port 22: outside the NodePort range 30000-32767/]]);
+  alone(limits.checkServiceChange(change([port({ backends: ['10.200.0.5:80', '1.2.3.4:80'] }), port({ port: 81, vip: '9.9.9.9' })])), [['default/web', /^ports\[0\]\.backends\[1\] 1\.2\.3\.4 is outside the cluster CIDRs 10\.200\.0\.0\/16/]]);
   // Loopback is a node address, never a backend.
-  refused(() => limits.checkServiceChange(change([port({ backends: ['127.0.0.1:80'] })])), /backends\[0\] 127\.0\.0\.1/);
+  alone(limits.checkServiceChange(change([port({ backends: ['127.0.0.1:80'] })])), [['default/web', /backends\[0\] 127\.0\.0\.1/]]);
   refused(() => limits.checkServiceChange(change([port({ backends: ['10.200.0.5'] })])), /backends\[0\] .* must be IPv4:port/);
   refused(() => limits.checkServiceChange(change([port({ backends: ['10.200.0.5:0'] })])), /must be IPv4:port/);
   refused(() => limits.checkServiceChange(change([port({ key: '10.96.0.11:80/TCP' })])), /ports\[0\]\.key .* does not match/);
@@ -60,17 +70,18 @@ test('services: VIPs inside the service CIDRs, NodePorts in the range, backends 
 });
 
 test('services: externalIPs and LoadBalancer IPs only inside --external-cidr; extra backend CIDRs', () => {
-  refused(() => limits.checkServiceChange(change([port({ vip: '192.168.1.10' })])), /outside the service CIDRs .*need --external-cidr/);
+  alone(limits.checkServiceChange(change([port({ vip: '192.168.1.10' })])), [['default/web', /outside the service CIDRs .*need --external-cidr/]]);
   const wider = new Limits(defaultLimits({ externalCidrs: ['203.0.113.0/24'], backendCidrs: ['192.168.0.0/16'] }));
-  wider.checkServiceChange(change([port({ vip: '203.0.113.7', backends: ['192.168.5.5:6443'] })]));
-  refused(() => wider.checkServiceChange(change([port({ vip: '203.0.114.7' })])), /and the external CIDRs 203\.0\.113\.0\/24/);
+  alone(wider.checkServiceChange(change([port({ vip: '203.0.113.7', backends: ['192.168.5.5:6443'] })])), []);
+  alone(wider.checkServiceChange(change([port({ vip: '203.0.114.7' })])), [['default/web', /and the external CIDRs 203\.0\.113\.0\/24/]]);
 });
 
 test('services: counts bounded', () => {
   const small = new Limits(defaultLimits({ maxServicePorts: 2, maxBackendsPerPort: 2, maxBackends: 3 }));
   const ports = [1, 2, 3].map((i) => port({ port: i }));
   refused(() => small.checkServiceChange(change(ports)), /^ports: 3 entries, at most 2/);
-  refused(() => small.checkServiceChange(change([port({ backends: ['10.200.0.1:1', '10.200.0.2:1', '10.200.0.3:1'] })])), /ports\[0\]\.backends: 3 entries, at most 2/);
+  // A service with more endpoints than the limit is refused alone (a big Deployment must not stop the others).
+  alone(small.checkServiceChange(change([port({ backends: ['10.200.0.1:1', '10.200.0.2:1', '10.200.0.3:1'] })])), [['default/web', /ports\[0\]\.backends: 3 entries, at most 2/]]);
   refused(() => small.checkServiceChange(change([port({ port: 1, backends: ['10.200.0.1:1', '10.200.0.2:1'] }), port({ port: 2, backends: ['10.200.0.1:1', '10.200.0.2:1'] })])), /^ports: 4 backends in all, at most 3/);
 });
 
