@@ -8,11 +8,13 @@
 //      no gRPC loaded), the split's agent side (client) and manager side (server), and Node's floor.
 // Rounds interleave the three paths so machine noise hits all alike.
 //
-// The data plane behind both paths is the same class. Until LocalDataplane
-// (src/dataplane/local.ts) is on main, it is MapDataplane below: the session/generation
-// rules on a Map, no kernel maps; so the numbers are the API's cost (conversion, protobuf,
-// HTTP/2, TLS, the process hop), not the map writes, which are the same in both modes.
-// No root needed; traffic only on loopback and a unix socket in a temporary directory.
+// The data plane behind both paths is the same class, MapDataplane below: the
+// session/generation rules on a Map, no kernel maps; so the numbers are the API's own cost
+// (conversion, protobuf, ConnectRPC, HTTP/2, TLS, the process hop), split from what the
+// transport alone costs (the h2+tls floor: the same request bytes, no RPC framework) and
+// with each side's CPU per call, which load inflates less than latency. The same calls with
+// LocalDataplane (the real maps) and a real `patu manager` are bench/manager-api.ts (root).
+// No root needed here; traffic only on loopback and unix sockets in a temporary directory.
 //
 //   bash scripts/build.sh && node dist/bench/split.js
 //   SPLIT_CHANGES=2000 SPLIT_RESYNCS=20 SPLIT_SERVICES=1000 node dist/bench/split.js

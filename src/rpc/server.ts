@@ -62,7 +62,7 @@ export interface DataplaneServer {
   /** The address served, with the port a tcp://...:0 listen got. */
   readonly address: string;
   readonly port?: number;
-  /** Rotation: new connections use these (existing ones keep theirs until they reconnect). */
+  /** Rotation: new connections use these; existing ones are closed gracefully (GOAWAY) so they reconnect with them. */
   setTls(tls: TlsOptions): void;
   /** Stops accepting, lets calls in flight finish (up to closeGraceMs), closes every connection. */
   close(): Promise<void>;
@@ -179,7 +179,11 @@ export async function startDataplaneServer(o: DataplaneServerOptions): Promise<D
     ...(port !== undefined ? { port } : {}),
     setTls(tls: TlsOptions): void {
       server.setSecureContext(tls);
-      log.info({}, 'data-plane API: TLS files reloaded; new connections use them');
+      // Connections made with the old files are judged again under the new ones: each gets a GOAWAY (calls in
+      // flight finish; the client's next call opens a new connection and handshakes with the new files). A client
+      // whose certificate the new CA does not sign is cut off here, not whenever it happens to reconnect.
+      for (const s of sessions) s.close();
+      log.info({ connections: sessions.size }, 'data-plane API: TLS files reloaded; connections re-establish with them');
     },
     close(): Promise<void> {
       closing ??= (async () => {
