@@ -18,17 +18,28 @@ if [[ ${#files[@]} -eq 0 ]]; then
 fi
 # A CNI plugin must not inherit NODE_EXTRA_CA_CERTS (it adds ~50 ms to every start).
 unset NODE_EXTRA_CA_CERTS
-# Split mode (issue 13): the files whose agent covers the services file, the policy file and
-# CNI through the socket run a second time as `patu manager` + `patu agent --manager`
-# (test/helpers/agent-proc.ts reads PATU_TEST_SPLIT). Kept to these: ~1 min more.
-split=()
+# Split mode (issue 13): the tests that cover the services file, the policy file, CNI through
+# the socket and the Kubernetes source's services run a second time with PATU_TEST_SPLIT=1:
+# `patu manager` + `patu agent --manager` (test/helpers/agent-proc.ts), or the source feeding
+# the agent's mirror -> gRPC -> LocalDataplane (test/helpers/service-sink.ts). Kept to these
+# (~3 min more): agent and policy-file whole, of k8s-apiserver the test whose title names the mode.
+split=() k8s=()
 for f in "${files[@]}"; do
-  case $f in */integration/agent.test.js | */integration/policy-file.test.js) split+=("$f") ;; esac
+  case $f in
+    */integration/agent.test.js | */integration/policy-file.test.js) split+=("$f") ;;
+    */integration/k8s-apiserver.test.js) k8s+=("$f") ;;
+  esac
 done
 rc=0
 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || rc=$?
-if [[ ${#split[@]} -gt 0 && ${PATU_TEST_SPLIT:-} != 1 ]]; then
-  echo "test: again in split mode (PATU_TEST_SPLIT=1): ${split[*]}"
-  PATU_TEST_SPLIT=1 node --test --test-concurrency=1 --test-reporter=spec "${split[@]}" || rc=$?
+if [[ ${PATU_TEST_SPLIT:-} != 1 ]]; then
+  if [[ ${#split[@]} -gt 0 ]]; then
+    echo "test: again in split mode (PATU_TEST_SPLIT=1): ${split[*]}"
+    PATU_TEST_SPLIT=1 node --test --test-concurrency=1 --test-reporter=spec "${split[@]}" || rc=$?
+  fi
+  if [[ ${#k8s[@]} -gt 0 ]]; then
+    echo "test: again in split mode (PATU_TEST_SPLIT=1): ${k8s[*]} (the tests that name the mode)"
+    PATU_TEST_SPLIT=1 node --test --test-concurrency=1 --test-reporter=spec --test-name-pattern='split \(patu manager' "${k8s[@]}" || rc=$?
+  fi
 fi
 exit $rc
