@@ -93,8 +93,8 @@ export interface LocalDataplaneOptions {
   /** Where the CNI conflist goes on a podCidr ('' = not written) and what it tells the plugin. */
   conflist: { dir: string; clusterCidr: string; bridge?: string; dataDir?: string; masquerade?: boolean };
   version: string;
-  /** After each services apply (the manager's metrics). */
-  onServicesApplied?: (stats: ApplyStats) => void;
+  /** After each services apply (the manager's metrics): what ServiceLb did, and the entries programmed now. */
+  onServicesApplied?: (stats: ApplyStats, full: boolean, programmed: number) => void;
 }
 
 interface Session {
@@ -211,7 +211,7 @@ export class LocalDataplane implements Dataplane {
     if (d) this.o.log[d.level](d.fields, d.msg);
     for (const c of plan.conflicts) this.o.log.warn({ service: c.wanted, entry: c.key, heldBy: c.heldBy }, `service not programmed: ${c.key} is already used by ${c.heldBy}`);
     for (const r of refused) this.o.log.warn({ service: r.ref, entry: r.key, reason: r.reason }, 'service not programmed: outside the manager\'s limits');
-    this.o.onServicesApplied?.(stats);
+    this.o.onServicesApplied?.(stats, change.full, answer.services);
     return answer;
   }
 

@@ -168,8 +168,13 @@ export async function openManagerDataplane(o: ManagerDataplaneOptions): Promise<
       version: o.version,
       ...(o.metrics
         ? {
-          onServicesApplied: (stats) => {
-            if (stats.udpDestroy) o.metrics?.udpSocketsDestroyed.inc(stats.udpDestroy.sockets);
+          onServicesApplied: (stats, full, programmed) => {
+            const m = o.metrics!;
+            m.applySeconds.observe({ kind: full ? 'resync' : 'delta' }, stats.ms / 1000);
+            m.mapOps.inc(stats.ops);
+            // Every entry in the maps (hostPorts' too): what this node answers on.
+            m.servicePortsProgrammed.set(programmed);
+            if (stats.udpDestroy) m.udpSocketsDestroyed.inc(stats.udpDestroy.sockets);
           },
         }
         : {}),

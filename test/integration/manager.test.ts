@@ -424,6 +424,8 @@ test('patu manager: /metrics counts the API calls per method', { skip }, async (
   assert.match(text, /patu_dataplane_rpc_calls_total\{side="server",method="ApplyServices",code="resync"\} [1-9]/);
   assert.match(text, /patu_dataplane_rpc_calls_total\{side="server",method="ApplyServices",code="invalid"\} [1-9]/);
   assert.match(text, /patu_cni_requests_total\{command="ADD",result="ok"\} [1-9]/);
+  assert.match(text, /patu_service_ports_programmed [1-9]/);
+  assert.match(text, /patu_service_apply_duration_seconds_count\{kind="delta"\} [1-9]/);
   assert.equal(execFileSync('nsenter', [`--net=/run/netns/${NODE}`, 'curl', '-sf', 'http://127.0.0.1:19465/readyz'], { encoding: 'utf8' }), 'ok\n');
 });
 
