@@ -89,6 +89,14 @@ export const DEFAULTS = {
    * its own deadline. A deadline that passes mid-apply does not stop the apply (the manager finishes it).
    */
   managerCallTimeoutMs: 15_000,
+  /**
+   * Split mode: the agent's connection to the manager is checked with an HTTP/2 PING after this long without
+   * an answer (a call waiting, or the first call after an idle spell); no reply within managerPingTimeoutMs
+   * drops it and the next call connects anew. Finds a manager that vanished without closing the connection
+   * (host down, a network partition) in seconds instead of one call deadline after another.
+   */
+  managerPingIntervalMs: 10_000,
+  managerPingTimeoutMs: 5_000,
   /** Split mode: the largest data-plane API message either side reads (a full resync of 10,000 services is ~2 MB). */
   managerMaxMessageBytes: 16 * 1024 * 1024,
 } as const;

@@ -10,6 +10,8 @@
 //     'unavailable' for anything on the way (refused, reset, TLS refused, socket missing).
 //   - One HTTP/2 connection, opened on the first call and re-opened on the next call after it
 //     broke (a manager restart answers 'unavailable' once, then works without a new client).
+//     A connection that stops answering (the manager's host gone without a FIN) is found by
+//     HTTP/2 PINGs (DEFAULTS.managerPingIntervalMs) and dropped the same way.
 //   - setTls(): certificate rotation. Later calls go through a new connection with the new
 //     files; the old connection is closed once its calls in flight are done.
 //   - unix:// addresses: TLS over the unix socket (tls.connect({ path })), as on TCP.
@@ -44,6 +46,9 @@ export interface RemoteDataplaneOptions {
   connectTimeoutMs?: number;
   /** The largest answer read (default DEFAULTS.managerMaxMessageBytes). */
   readMaxBytes?: number;
+  /** HTTP/2 PING keepalive (default DEFAULTS.managerPingIntervalMs / managerPingTimeoutMs). */
+  pingIntervalMs?: number;
+  pingTimeoutMs?: number;
 }
 
 /** One connection's worth of client: replaced whole by setTls. */
@@ -72,7 +77,11 @@ export class RemoteDataplane implements Dataplane {
       tlsConnect({ ...tls, ALPNProtocols: ['h2'], ...(t.kind === 'unix' ? { path: t.path } : { host: t.host, port: t.port }) });
     const baseUrl = t.kind === 'unix' ? 'https://localhost' : `https://${t.host.includes(':') ? `[${t.host}]` : t.host}:${t.port}`;
     const nodeOptions: SecureClientSessionOptions = { createConnection };
-    const manager = new Http2SessionManager(baseUrl, { connectTimeoutMs: this.o.connectTimeoutMs ?? 5000 }, nodeOptions);
+    const manager = new Http2SessionManager(baseUrl, {
+      connectTimeoutMs: this.o.connectTimeoutMs ?? 5000,
+      pingIntervalMs: this.o.pingIntervalMs ?? DEFAULTS.managerPingIntervalMs,
+      pingTimeoutMs: this.o.pingTimeoutMs ?? DEFAULTS.managerPingTimeoutMs,
+    }, nodeOptions);
     const transport = createGrpcTransport({
       baseUrl,
       sessionManager: manager,

@@ -382,6 +382,48 @@ describe('unix socket', () => {
   });
 });
 
+test('a connection that stops answering (no FIN: host gone, partition) is dropped by PING; the next call connects anew', async () => {
+  const net = await import('node:net');
+  const { log } = recordingLog();
+  const server = await startDataplaneServer({ listen: 'tcp://127.0.0.1:0', tls: serverTls(CERTS), impl: new RecordingDataplane(), log });
+  // A TCP proxy that can black-hole the connections it has: bytes are dropped, sockets stay open.
+  const conns: { c: import('node:net').Socket; u: import('node:net').Socket; dead: boolean }[] = [];
+  const proxy = net.createServer((c) => {
+    const u = net.connect(server.port!, '127.0.0.1');
+    const conn = { c, u, dead: false };
+    conns.push(conn);
+    c.on('data', (d) => void (conn.dead || u.write(d)));
+    u.on('data', (d) => void (conn.dead || c.write(d)));
+    const end = () => {
+      c.destroy();
+      u.destroy();
+    };
+    for (const s of [c, u]) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  const port = (proxy.address() as import('node:net').AddressInfo).port;
+  const client = connectDataplane({ address: `tcp://127.0.0.1:${port}`, tls: clientTls(CERTS), log, pingIntervalMs: 300, pingTimeoutMs: 300 });
+  try {
+    assert.equal((await client.health()).ok, true);
+    assert.equal(conns.length, 1);
+    for (const c of conns) c.dead = true;
+    const t0 = performance.now();
+    const stuck = await codeOf(client.health({ timeoutMs: 20_000 }));
+    assert.equal(stuck.code, 'unavailable', stuck.message);
+    assert.ok(performance.now() - t0 < 10_000, `dropped after ${Math.round(performance.now() - t0)} ms, long before the 20 s deadline`);
+    assert.deepEqual(await client.health(), { ok: true, problems: [] });
+    assert.equal(conns.length, 2, 'the call went through a new connection');
+  } finally {
+    await client.close();
+    for (const c of conns) c.c.destroy();
+    await new Promise((r) => proxy.close(r));
+    await server.close();
+  }
+});
+
 test('address errors name the address', async () => {
   const { log } = recordingLog();
   await assert.rejects(startDataplaneServer({ listen: 'unix://relative.sock', tls: serverTls(CERTS), impl: new RecordingDataplane(), log }), /must be absolute/);
