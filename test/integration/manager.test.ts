@@ -314,9 +314,8 @@ async function connect(): Promise<Dataplane> {
   return connectDataplane({ address: `unix://${MSOCK()}`, tls: clientTlsOptions(loadTlsDir(TLS(), 'client'), 'patu-manager'), log: quiet, defaultTimeoutMs: 20_000 });
 }
 
-test('patu manager: starts with mutual TLS on a unix socket and answers Status', { skip }, async () => {
-  const { generateCerts, writeCertDir } = await import('../../src/rpc/certs.js');
-  writeCertDir(TLS(), await generateCerts());
+async function startManager(): Promise<ChildProcess> {
+  managerLog = '';
   // nsenter, not `ip netns exec` (which mounts a fresh /sys, hiding bpffs and cgroup2).
   manager = spawn('nsenter', [`--net=/run/netns/${NODE}`, PATU_BIN, 'manager',
     '--listen', `unix://${MSOCK()}`, '--tls-dir', TLS(), '--pin-root', PIN_B, '--cgroup', CG_B, '--bridge', BR,
@@ -329,6 +328,13 @@ test('patu manager: starts with mutual TLS on a unix socket and answers Status',
   scratch.defer('manager process', () => void m.kill('SIGKILL'));
   await waitFor(() => managerLog.includes('serving the data-plane API') || m.exitCode !== null, 30_000, () => `manager start:\n${managerLog}`);
   assert.equal(m.exitCode, null, managerLog);
+  return m;
+}
+
+test('patu manager: starts with mutual TLS on a unix socket and answers Status', { skip }, async () => {
+  const { generateCerts, writeCertDir } = await import('../../src/rpc/certs.js');
+  writeCertDir(TLS(), await generateCerts());
+  await startManager();
   client = await connect();
   const st = await client.status();
   assert.equal(st.backend, 'ebpf');
@@ -455,4 +461,23 @@ test('patu manager: the agent goes away, the manager keeps the last state; SIGTE
   // Still translating with nobody running.
   const r = await runClient(children, { mode: 'tcp', host: VIP, port: 80, count: 10 }, { netns: NODE, cgroup: CG_B });
   assert.equal(r.ok, 10);
+});
+
+test('patu manager restarted on the same pins: the agent\'s full resync of the same state writes nothing', { skip }, async () => {
+  const before = programmed(PIN_B);
+  await startManager();
+  const c = await connect();
+  try {
+    const st = await c.status();
+    assert.equal(st.servicesSession, '', 'a restarted manager holds no session: the agent re-sends everything');
+    const f = await c.applyServices(change('w2', 1, true, [web, extra]));
+    assert.equal(f.mapOps, 0, 'the maps already held it');
+    assert.equal(programmed(PIN_B), before);
+  } finally {
+    await c.close();
+  }
+  const m = manager!;
+  const exited = new Promise((r) => m.once('exit', r));
+  m.kill('SIGTERM');
+  await exited;
 });
