@@ -345,7 +345,9 @@ export class DataplaneMirror {
     if (code === undefined || TRANSIENT.has(code)) {
       const was = this.disconnected;
       this.disconnected = messageOf(e);
-      if (was === undefined) this.log?.error({ kind, err: this.disconnected }, 'data plane manager unreachable; retrying with backoff (pinned state keeps forwarding)');
+      // Before the first answer this is the usual start (the manager's container starts beside the agent's): not an error yet.
+      if (was === undefined && !this.answered) this.log?.info({ kind, err: this.disconnected }, 'waiting for the data plane manager (unreachable); retrying with backoff');
+      else if (was === undefined) this.log?.error({ kind, err: this.disconnected }, 'data plane manager unreachable; retrying with backoff (pinned state keeps forwarding)');
       else this.log?.debug({ kind, err: this.disconnected, failures: this.failures }, 'data plane manager still unreachable');
     } else {
       // Answered, but refused (invalid, capacity, internal): the manager kept its last state. Retried as a whole.

@@ -1,0 +1,170 @@
+// deploy/patu-split.yaml on a real single-node cluster (scripts/k8s/cluster.sh up --no-cni, then
+// `PATU_MANIFEST=patu-split cluster.sh deploy`: the manifest as shipped, host paths rendered):
+//   - both containers ready; the agent runs as uid 65532 with no capability (CapEff and CapBnd 0, no new
+//     privileges, a seccomp filter), holds no bpf object and mounts no host path; the manager wrote the
+//     conflist with the Node's podCIDR (the agent sent it as a node setting);
+//   - a Deployment behind a ClusterIP Service with a client connecting every 50 ms: scaling up and down,
+//     and the DaemonSet pod deleted (manager and agent restarted together) mid-traffic: no failed connect;
+//     the new agent's first push rewrites nothing (the manager answers mapOps 0).
+// Needs root, the Kubernetes binaries and podman (as test/e2e/k8s-patu.test.ts; skips saying so).
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../helpers/cni.js';
+import { TEST_IMAGE, TestCluster, clusterSkipReason, freePort, reapStaleClusters, until } from '../helpers/k8s-cluster.js';
+
+const skip = clusterSkipReason() ?? (spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).status !== 0 ? 'podman not installed (scripts/image.sh needs it)' : undefined);
+const cluster = new TestCluster(process.pid, { PATU_MANIFEST: 'patu-split' });
+const { state: STATE, cgroup: CGROUP, podCIDR: POD_CIDR } = cluster.names;
+const PIN_ROOT = `/sys/fs/bpf/patu-test-${CGROUP}`;
+const CONFLIST = join(STATE, 'cni', 'net.d', '10-patu.conflist');
+const NS = 'default';
+
+const WEB = {
+  apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'web', namespace: NS },
+  spec: {
+    replicas: 2, selector: { matchLabels: { app: 'web' } },
+    template: {
+      metadata: { labels: { app: 'web' } },
+      spec: {
+        terminationGracePeriodSeconds: 10,
+        containers: [{
+          name: 'httpd', image: TEST_IMAGE, imagePullPolicy: 'Never',
+          command: ['sh', '-c', 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www'],
+          readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 },
+          lifecycle: { preStop: { exec: { command: ['sleep', '3'] } } },
+        }],
+      },
+    },
+  },
+};
+const SERVICE = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: NS }, spec: { selector: { app: 'web' }, ports: [{ port: 80, targetPort: 8080 }] } };
+const CLIENT = {
+  apiVersion: 'v1', kind: 'Pod', metadata: { name: 'client', namespace: NS },
+  spec: {
+    terminationGracePeriodSeconds: 1,
+    containers: [{
+      name: 'client', image: TEST_IMAGE, imagePullPolicy: 'Never',
+      command: ['sh', '-c', 'i=0; while true; do i=$((i+1)); r=$(timeout 3 wget -q -O - "http://$WEB_SERVICE_HOST:$WEB_SERVICE_PORT/" 2>&1) && echo "ok $i $r" || echo "fail $i $r"; sleep 0.05; done'],
+    }],
+  },
+};
+
+interface Attempt { ok: boolean; n: number; what: string }
+function attempts(): Attempt[] {
+  const r = cluster.kubectl(['logs', '-n', NS, 'client']);
+  if (!r.ok) throw new Error(r.detail);
+  return r.stdout.split('\n').flatMap((l) => {
+    const m = /^(ok|fail) (\d+) ?(.*)$/.exec(l);
+    return m ? [{ ok: m[1] === 'ok', n: Number(m[2]), what: m[3]!.trim() }] : [];
+  });
+}
+const failures = (since: number) => attempts().filter((a) => a.n > since && !a.ok);
+const lastAttempt = () => attempts().at(-1)?.n ?? 0;
+
+function programmedBackends(): string[] {
+  const r = spawnSync(join(REPO_ROOT, 'bin', 'patu'), ['services', 'list', '--json', '--pin-root', PIN_ROOT], { encoding: 'utf8', timeout: 20_000 });
+  if (r.status !== 0) throw new Error(`patu services list: ${r.stderr}`);
+  const s = (JSON.parse(r.stdout) as { services: { name: string; backends: { ip: string; port: number }[] }[] }).services;
+  return (s.find((x) => x.name === `${NS}/web:80`)?.backends ?? []).map((b) => `${b.ip}:${b.port}`).sort();
+}
+
+function webPods(): { name: string; ip: string; ready: boolean; deleting: boolean }[] {
+  return (JSON.parse(cluster.must(['get', 'pods', '-n', NS, '-l', 'app=web', '-o', 'json'])).items as any[]).map((p) => ({
+    name: p.metadata.name, ip: p.status.podIP ?? '', deleting: Boolean(p.metadata.deletionTimestamp),
+    ready: (p.status.conditions ?? []).some((c: any) => c.type === 'Ready' && c.status === 'True'),
+  }));
+}
+
+async function scaleTo(n: number): Promise<void> {
+  cluster.must(['scale', '-n', NS, 'deployment/web', `--replicas=${n}`]);
+  await until(`${n} ready web pods, programmed as the Service's backends`, 120_000, () => {
+    const pods = webPods();
+    if (pods.length !== n || !pods.every((p) => p.ready && !p.deleting)) return undefined;
+    return JSON.stringify(programmedBackends()) === JSON.stringify(pods.map((p) => `${p.ip}:8080`).sort()) ? true : undefined;
+  });
+}
+
+const patuPod = (): { name: string; uid: string; ready: boolean } | undefined => {
+  const live = (JSON.parse(cluster.must(['get', 'pods', '-n', 'kube-system', '-l', 'app.kubernetes.io/name=patu', '-o', 'json'])).items as any[]).filter((p) => !p.metadata.deletionTimestamp);
+  if (live.length !== 1) return undefined;
+  const p = live[0];
+  return { name: p.metadata.name, uid: p.metadata.uid, ready: (p.status.conditions ?? []).some((c: any) => c.type === 'Ready' && c.status === 'True') };
+};
+
+/** The split agent's process on this machine (its command line names the manager). */
+function agentPid(): number {
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (cmd.includes('agent') && cmd.some((a) => a === '--manager=tcp://127.0.0.1:9466') && cmd.some((a) => a === `--metrics-addr=127.0.0.1:${cluster.env.PATU_K8S_METRICS_PORT}`)) return Number(d);
+    } catch { /* gone */ }
+  }
+  throw new Error('no split agent process found');
+}
+
+describe('patu from deploy/patu-split.yaml on a real cluster: an unprivileged agent, services, scaling, restart', { skip: skip ?? false }, () => {
+  before(async () => {
+    reapStaleClusters();
+    cluster.env.PATU_K8S_METRICS_PORT = String(await freePort());
+    await cluster.up(['--no-cni']);
+  });
+  after(() => {
+    const d = cluster.down();
+    if (!d.ok) console.error(`cluster.sh down failed: ${d.detail}`);
+  });
+
+  test('the split manifest installs patu: both containers ready, the agent without privileges, the conflist from the Node\'s podCIDR', () => {
+    const d = cluster.script(['deploy'], 300_000);
+    assert.ok(d.ok, `cluster.sh deploy (patu-split): ${d.detail}${cluster.logTail('kubelet')}`);
+    const pod = patuPod()!;
+    const statuses = JSON.parse(cluster.must(['get', 'pod', '-n', 'kube-system', pod.name, '-o', 'json'])).status.containerStatuses as any[];
+    assert.deepEqual(statuses.map((s) => [s.name, s.ready]).sort(), [['agent', true], ['manager', true]]);
+    assert.equal(JSON.parse(readFileSync(CONFLIST, 'utf8')).plugins[0].podCIDR, POD_CIDR, 'the manager wrote the conflist with the podCIDR the agent sent');
+
+    const pid = agentPid();
+    const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+    assert.match(st, /^Uid:\s+65532\s+65532\s+65532\s+65532$/m);
+    assert.match(st, /^CapEff:\s+0+$/m);
+    assert.match(st, /^CapBnd:\s+0+$/m);
+    assert.match(st, /^NoNewPrivs:\s+1$/m);
+    assert.match(st, /^Seccomp:\s+2$/m);
+    const fds = readdirSync(`/proc/${pid}/fd`).map((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return ''; } });
+    assert.deepEqual(fds.filter((l) => /bpf/.test(l)), [], 'the agent holds no bpf object');
+    const mounts = readFileSync(`/proc/${pid}/mountinfo`, 'utf8');
+    assert.doesNotMatch(mounts, / \/sys\/fs\/bpf /, 'no bpffs in the agent\'s mounts');
+    const log = cluster.must(['logs', '-n', 'kube-system', pod.name, '-c', 'agent']);
+    assert.match(log, /"credentials":"serviceaccount /, 'the agent uses the projected ServiceAccount token');
+    assert.match(log, /data plane manager in step/);
+  });
+
+  test('a Service under scaling and a restart of the DaemonSet pod: no failed connect; the new agent rewrites nothing', async () => {
+    cluster.must(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [WEB, SERVICE] }));
+    await scaleTo(2);
+    cluster.must(['apply', '-f', '-'], JSON.stringify(CLIENT));
+    await until('client answering', 120_000, () => (attempts().some((a) => a.ok) ? true : undefined));
+    const mark = lastAttempt();
+    await scaleTo(4);
+    await scaleTo(1);
+    const old = patuPod()!;
+    cluster.must(['delete', 'pod', '-n', 'kube-system', old.name, '--wait=true']);
+    const fresh = await until('a new, ready patu pod', 120_000, () => {
+      const p = patuPod();
+      return p && p.uid !== old.uid && p.ready ? p : undefined;
+    });
+    await scaleTo(3);
+    await until('more attempts', 60_000, () => (lastAttempt() > mark + 200 ? true : undefined));
+    assert.deepEqual(failures(mark), [], 'failed connects while scaling and across the restart');
+    const log = await until('the new agent\'s first push answered', 60_000, () => {
+      const l = cluster.must(['logs', '-n', 'kube-system', fresh.name, '-c', 'agent']);
+      return /services programmed \(manager\)/.test(l) ? l : undefined;
+    });
+    const first = JSON.parse(log.split('\n').find((l) => l.includes('services programmed (manager)'))!) as { kind: string; mapOps: number; services: number };
+    assert.equal(first.kind, 'resync');
+    assert.ok(first.services >= 2, JSON.stringify(first));
+    assert.equal(first.mapOps, 0, 'the restarted pair found the maps as they should be');
+  });
+});
