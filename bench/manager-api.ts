@@ -112,7 +112,7 @@ async function main(): Promise<void> {
   const mcni = join(dir, 'manager-cni.sock');
   const manager = await startProc(node, ['manager', '--listen', `unix://${msock}`, '--tls-dir', tls, '--pin-root', pinB, '--cgroup', cgB, '--bridge', 'bmgbr',
     '--data-dir', join(dir, 'b-ipam'), '--cni-conf-dir', '', '--cni-socket', mcni, '--service-cidr', '10.96.0.0/12', '--cluster-cidr', '10.202.0.0/16,10.203.0.0/16',
-    '--metrics-addr', '', '--log-level', 'info'], 'serving the data-plane API');
+    '--metrics-addr', '127.0.0.1:19466', '--log-level', 'info'], 'serving the data-plane API');
   // The default mode's CNI side: a plain agent.
   const acni = join(dir, 'agent-cni.sock');
   const agent = await startProc(node, ['agent', '--cni-socket', acni, '--pin-root', pinC, '--no-hostports', '--log-level', 'info'], 'serving CNI requests');
@@ -162,6 +162,17 @@ async function main(): Promise<void> {
   for (const [name] of sides) {
     console.log(`  ${name.padEnd(26)} ${f2(pct(status[name]!, 50)).padStart(10)} ${f2(pct(change[name]!, 50)).padStart(10)} ${f2(pct(change[name]!, 99)).padStart(10)} ${f2(pct(resync[name]!, 50)).padStart(10)} ${f2(Math.max(...resync[name]!)).padStart(10)}`);
   }
+  // The manager's own view (its rpc histogram: the data plane's work, from request decoded to answer built).
+  const metrics = spawnSync('nsenter', [`--net=/run/netns/${node}`, 'curl', '-sf', 'http://127.0.0.1:19466/metrics'], { encoding: 'utf8' }).stdout;
+  // p50 from the cumulative buckets: the bucket bound the median call stays under.
+  const serverP50 = (method: string): string => {
+    const re = new RegExp(`patu_dataplane_rpc_duration_seconds_bucket\\{side="server",method="${method}",le="([^"]+)"\\} (\\S+)`, 'g');
+    const buckets = [...metrics.matchAll(re)].map((m) => [Number(m[1]), Number(m[2])] as const);
+    const total = buckets.at(-1)?.[1] ?? 0;
+    const at = buckets.find(([, n]) => n >= total / 2);
+    return at ? `<= ${f2(at[0] * 1000)}` : '?';
+  };
+  console.log(`  in the manager (its rpc histogram, from decoded request to answer): p50 Status ${serverP50('Status')} ms, ApplyServices ${serverP50('ApplyServices')} ms`);
   const [a, b] = sides.map(([n]) => n) as [string, string];
   console.log(`  split adds: change p50 +${f2(pct(change[b]!, 50) - pct(change[a]!, 50))} ms, p99 +${f2(pct(change[b]!, 99) - pct(change[a]!, 99))} ms; resync median +${f2(pct(resync[b]!, 50) - pct(resync[a]!, 50))} ms`);
 
