@@ -9,11 +9,9 @@
 //     matchLabels/matchExpressions, ipBlock.except, a requirement's values,
 //     policyTypes): the same meaning in networking.k8s.io/v1 (empty rule peers = every
 //     peer, empty ports = every port, {} selector = everything). Decoded as absent.
-//   - NodeSettings' strings: "" is absent ("unchanged"), and serviceCidrOff false is
-//     absent, as the proto says. So `snatAddress: ''` and `serviceCidrOff: false` are
-//     not expressible over the wire: they mean "leave it as it is" there.
 //   - hostNetwork false and an absent one; a pod port's name "" and an absent one.
-// What the wire keeps: a peer's podSelector/namespaceSelector/ipBlock presence
+// What the wire keeps: NodeSettings' presence (absent = leave it; `serviceCidrOff: false`
+// and `snatAddress: ''` are values), a peer's podSelector/namespaceSelector/ipBlock presence
 // (`optional` messages: {podSelector: {}} selects every pod of the policy's namespace,
 // an absent one does not), a port's number-or-name (oneof) and endPort presence.
 //
@@ -151,21 +149,19 @@ export const podFlagsAppliedFromProto = (m: pb.SetPodFlagsResponse): PodFlagsApp
 
 // ---------------------------------------------------------------- node
 
-export const nodeSettingsToProto = (s: NodeSettings): pb.NodeSettings => ({
-  $typeName: 'patu.dataplane.v1.NodeSettings',
-  podCidr: s.podCidr ?? '', clusterCidr: s.clusterCidr ?? '', serviceCidr: s.serviceCidr ?? '',
-  serviceCidrOff: s.serviceCidrOff ?? false, snatAddress: s.snatAddress ?? '',
-});
+const NODE_FIELDS = ['podCidr', 'clusterCidr', 'serviceCidr', 'serviceCidrOff', 'snatAddress'] as const;
 
-/** "" and false are "left as it is": absent. */
+/** Every field keeps its presence: absent is "leave it", present is set (false and "" too). */
+export function nodeSettingsToProto(s: NodeSettings): pb.NodeSettings {
+  const m: pb.NodeSettings = { $typeName: 'patu.dataplane.v1.NodeSettings' };
+  for (const k of NODE_FIELDS) if (s[k] !== undefined) (m as Record<string, unknown>)[k] = s[k];
+  return m;
+}
+
 export function nodeSettingsFromProto(m: pb.NodeSettings | undefined): NodeSettings {
   const out: NodeSettings = {};
   if (!m) return out;
-  if (m.podCidr) out.podCidr = m.podCidr;
-  if (m.clusterCidr) out.clusterCidr = m.clusterCidr;
-  if (m.serviceCidr) out.serviceCidr = m.serviceCidr;
-  if (m.serviceCidrOff) out.serviceCidrOff = true;
-  if (m.snatAddress) out.snatAddress = m.snatAddress;
+  for (const k of NODE_FIELDS) if (m[k] !== undefined) (out as Record<string, unknown>)[k] = m[k];
   return out;
 }
 

@@ -183,6 +183,9 @@ for (const kind of ['unix', 'tcp'] as const) {
       assert.deepEqual(impl.calls.at(-1), { method: 'setPodFlags', args: [flags] });
       assert.deepEqual(await client.setNodeSettings({ podCidr: '10.200.3.0/24', serviceCidrOff: true }), { conflistWritten: true });
       assert.deepEqual(impl.calls.at(-1), { method: 'setNodeSettings', args: [{ podCidr: '10.200.3.0/24', serviceCidrOff: true }] });
+      // false and "" are values (check back on, the uplink's address), not "unchanged".
+      await client.setNodeSettings({ serviceCidr: '10.96.0.0/12', serviceCidrOff: false, snatAddress: '' });
+      assert.deepEqual(impl.calls.at(-1), { method: 'setNodeSettings', args: [{ serviceCidr: '10.96.0.0/12', serviceCidrOff: false, snatAddress: '' }] });
 
       const state = e2eState([np('x', 'allow-80', { podSelector: { matchLabels: { pod: 'a' } }, ingress: [{ from: [{ namespaceSelector: {} }], ports: [{ port: 'serve-80-tcp' }, { protocol: 'UDP', port: 80, endPort: 81 }] }] })]);
       const pol = await client.applyPolicy({ session: 'p1', generation: 9n, state });
@@ -201,7 +204,8 @@ for (const kind of ['unix', 'tcp'] as const) {
       const text = await registry.metrics();
       for (const side of ['server', 'client']) {
         for (const m of ['CniAdd', 'CniDel', 'CniCheck', 'CniStatus', 'ApplyServices', 'SetAcceleration', 'SetPodFlags', 'SetNodeSettings', 'ApplyPolicy', 'Health', 'Status']) {
-          assert.match(text, new RegExp(`patu_dataplane_rpc_calls_total\\{side="${side}",method="${m}",code="ok"\\} 1\\n`), `${side} ${m}`);
+          const n = m === 'SetNodeSettings' ? 2 : 1;
+          assert.match(text, new RegExp(`patu_dataplane_rpc_calls_total\\{side="${side}",method="${m}",code="ok"\\} ${n}\\n`), `${side} ${m}`);
         }
       }
       assert.match(text, /patu_dataplane_rpc_duration_seconds_count\{side="client",method="ApplyServices"\} 1\n/);

@@ -125,13 +125,15 @@ test('PolicyState: the Netpol e2e model with every peer and port form keeps each
   assert.equal(tcp('10.200.1.10', '10.200.2.11', 80), false);
 });
 
-test('NodeSettings: absent stays absent, "" and false read back as absent (left as it is), values survive', () => {
+test('NodeSettings: absent stays absent (left as it is), every present value survives, "" and false included', () => {
   const rt = (s: Parameters<typeof cv.nodeSettingsToProto>[0]) => cv.nodeSettingsFromProto(wire(pb.NodeSettingsSchema, cv.nodeSettingsToProto(s)));
   assert.deepEqual(rt({}), {});
   assert.deepEqual(rt({ podCidr: '10.200.3.0/24' }), { podCidr: '10.200.3.0/24' });
   const all = { podCidr: '10.200.3.0/24', clusterCidr: '10.200.0.0/16', serviceCidr: '10.96.0.0/12', serviceCidrOff: true, snatAddress: '192.168.1.5' };
   assert.deepEqual(rt(all), all);
-  assert.deepEqual(rt({ snatAddress: '', serviceCidrOff: false }), {});
+  // false switches the service CIDR check back on; "" goes back to the uplink's SNAT address: neither is "unchanged".
+  assert.deepEqual(rt({ snatAddress: '', serviceCidrOff: false }), { snatAddress: '', serviceCidrOff: false });
+  assert.deepEqual(rt({ serviceCidr: '10.96.0.0/12', serviceCidrOff: false }), { serviceCidr: '10.96.0.0/12', serviceCidrOff: false });
   assert.deepEqual(cv.nodeSettingsFromProto(undefined), {});
 });
 
