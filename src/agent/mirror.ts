@@ -26,7 +26,7 @@ import type { DesiredServicePort } from '../services/model.js';
 import type { PolicyState } from '../policy/types.js';
 import {
   DataplaneError,
-  type Dataplane, type DataplaneStatus, type NodeSettings, type PolicyApplied, type ServicesApplied,
+  type Dataplane, type DataplaneStatus, type NodeSettings, type PolicyApplied, type RefusedService, type ServicesApplied,
 } from '../dataplane/api.js';
 
 export interface MirrorLog {
@@ -52,6 +52,8 @@ export interface DataplaneMirrorOptions {
   random?: () => number;
   /** After every answered services push (metrics). */
   onServicesApplied?: (r: ServicesApplied, full: boolean) => void;
+  /** A service the manager refused (outside its limits), once per change of its refusal (metrics). */
+  onServiceRefused?: (r: RefusedService) => void;
   /** After every answered policy push (metrics). */
   onPolicyApplied?: (r: PolicyApplied) => void;
   /** After every failed call. */
@@ -130,6 +132,8 @@ export class DataplaneMirror {
   private idleWaiters: (() => void)[] = [];
   /** Conflicts last logged (key -> wanted), so a lasting one is logged once. */
   private conflictsLogged = new Map<string, string>();
+  /** Services the manager refused, as last logged (ref -> key + reason): logged once per change, not per push. */
+  private refusedLogged = new Map<string, string>();
 
   readonly services: ServiceSinkLike;
   readonly policy: { setState(state: PolicyState): void };
@@ -464,6 +468,25 @@ export class DataplaneMirror {
         'services programmed (manager)');
     }
     this.logConflicts(r);
+    this.logRefused(r, full, refs);
+  }
+
+  /**
+   * Services the manager left out because they break its limits: warned once each, again only when
+   * the refusal changes (another entry or reason). A full answer is the whole list; a delta's speaks
+   * for the refs it changed only, so the others keep their last state.
+   */
+  private logRefused(r: ServicesApplied, full: boolean, refs: readonly string[]): void {
+    const now = full ? new Map<string, string>() : new Map(this.refusedLogged);
+    if (!full) for (const ref of refs) now.delete(ref);
+    for (const x of r.refused ?? []) {
+      const sig = `${x.key}\n${x.reason}`;
+      now.set(x.ref, sig);
+      if (this.refusedLogged.get(x.ref) === sig) continue;
+      this.log?.warn({ service: x.ref, entry: x.key, reason: x.reason }, 'service not programmed: the data plane manager refused it (outside its limits); the rest is applied');
+      this.opts.onServiceRefused?.(x);
+    }
+    this.refusedLogged = now;
   }
 
   private logConflicts(r: ServicesApplied): void {

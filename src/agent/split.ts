@@ -60,6 +60,8 @@ export async function runSplitAgent(opts: AgentOptions, split: SplitOptions, log
       m?.mapOps.inc(r.mapOps);
       m?.applySeconds.observe({ kind: full ? 'resync' : 'delta' }, r.applyMs / 1000);
     },
+    // Bad input, as the in-process sources count theirs (a ClusterIP outside the service CIDR, a bad address).
+    onServiceRefused: () => m?.serviceInputErrors.inc({ reason: 'managerLimits' }),
     onPolicyApplied: (r) => {
       if (r.problems.length) m?.policyApplyErrors.inc({ reason: 'manager' }, r.problems.length);
       if (r.fallback) m?.policyApplyErrors.inc({ reason: 'fallback' });

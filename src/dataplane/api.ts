@@ -75,9 +75,8 @@ export interface ServicesApplied {
   repeatedGeneration: boolean;
   conflicts: ServiceConflict[];
   /**
-   * Services refused alone (absent: none). LocalDataplane fills it; the wire does not carry
-   * it yet (proposed: ApplyServicesResponse `repeated RefusedService refused = 7`, with
-   * src/rpc/convert.ts both ways), so over gRPC the manager's log is where they show.
+   * Services refused alone (absent: none). LocalDataplane fills it; on the wire it is
+   * ApplyServicesResponse.refused (7), decoded back as absent when empty.
    */
   refused?: RefusedService[];
 }

@@ -10,6 +10,7 @@
 //     policyTypes): the same meaning in networking.k8s.io/v1 (empty rule peers = every
 //     peer, empty ports = every port, {} selector = everything). Decoded as absent.
 //   - hostNetwork false and an absent one; a pod port's name "" and an absent one.
+//   - ServicesApplied.refused absent and empty (decoded as absent).
 // What the wire keeps: NodeSettings' presence (absent = leave it; `serviceCidrOff: false`
 // and `snatAddress: ''` are values), a peer's podSelector/namespaceSelector/ipBlock presence
 // (`optional` messages: {podSelector: {}} selects every pod of the policy's namespace,
@@ -124,11 +125,14 @@ export const servicesAppliedToProto = (a: ServicesApplied): pb.ApplyServicesResp
   $typeName: 'patu.dataplane.v1.ApplyServicesResponse',
   generation: a.generation, mapOps: a.mapOps, services: a.services, applyMs: a.applyMs, repeatedGeneration: a.repeatedGeneration,
   conflicts: a.conflicts.map((c) => ({ $typeName: 'patu.dataplane.v1.ServiceConflict', key: c.key, wanted: c.wanted, heldBy: c.heldBy })),
+  refused: (a.refused ?? []).map((r) => ({ $typeName: 'patu.dataplane.v1.RefusedService', ref: r.ref, key: r.key, reason: r.reason })),
 });
 
 export const servicesAppliedFromProto = (m: pb.ApplyServicesResponse): ServicesApplied => ({
   generation: m.generation, mapOps: m.mapOps, services: m.services, applyMs: m.applyMs, repeatedGeneration: m.repeatedGeneration,
   conflicts: m.conflicts.map((c) => ({ key: c.key, wanted: c.wanted, heldBy: c.heldBy })),
+  // Absent when empty, as LocalDataplane answers.
+  ...(m.refused.length ? { refused: m.refused.map((r) => ({ ref: r.ref, key: r.key, reason: r.reason })) } : {}),
 });
 
 // ---------------------------------------------------------------- acceleration, pods

@@ -359,6 +359,9 @@ test('patu manager over the wire: generations, resync and limits keep their code
   // A service outside the limits is left out alone; the change goes on.
   const alone = await c.applyServices(change('w1', 3, false, [port('it/x', '8.8.8.8', 53, [`${BACKENDS[0]}:53`]), extra], ['it/x', 'it/extra']));
   assert.equal(alone.generation, 3n);
+  // The answer names it through the real server (ApplyServicesResponse.refused), as in-process.
+  assert.deepEqual(alone.refused?.map((x) => [x.ref, x.key]), [['it/x', '8.8.8.8:53/TCP']]);
+  assert.match(alone.refused![0]!.reason, /^ports\[0\]\.vip 8\.8\.8\.8 is outside the service CIDRs/);
   const after = programmed(PIN_B);
   assert.match(after, /10\.96\.78\.2:80\/TCP/);
   assert.doesNotMatch(after, /8\.8\.8\.8/);

@@ -306,3 +306,41 @@ test('mirror (property check can fail): a data plane that drops a delta silently
     await m.close();
   }
 });
+
+test('mirror: a service the manager refuses (outside its limits) is warned once per change of its refusal, naming ref, entry and reason', async (t) => {
+  const dp = new FakeDataplane();
+  const real = dp.applyServices.bind(dp);
+  // A manager whose limits refuse any VIP outside 10.96.0.0/16: left out, the rest applied.
+  dp.applyServices = async (c, o) => {
+    const bad = c.ports.filter((p) => !p.vip.startsWith('10.96.'));
+    const r = await real({ ...c, ports: c.ports.filter((p) => !bad.includes(p)) }, o);
+    const refused = bad.map((p) => ({ ref: p.ref, key: p.key, reason: `vip ${p.vip} is outside the service CIDRs` }));
+    return { ...r, ...(refused.length ? { refused } : {}) };
+  };
+  const log = recordingLog();
+  const counted: string[] = [];
+  const m = new DataplaneMirror({ dataplane: dp, heartbeatMs: 0, backoffMs: 1, log, onServiceRefused: (r) => counted.push(r.ref) });
+  t.after(() => m.close());
+  const warned = () => log.lines.filter((l) => l.level === 'warn' && /refused it/.test(l.msg)).map((l) => `${l.o.service} ${l.o.entry} ${l.o.reason}`);
+  m.services.resync(byKey([port('a/ok', 1, 1), port('a/bad', 0, 1, '8.8.8.8')]));
+  await m.idle();
+  assert.deepEqual(warned(), ['a/bad 8.8.8.8:80/TCP vip 8.8.8.8 is outside the service CIDRs']);
+  assert.deepEqual([...dp.services.keys()], ['10.96.0.1:80/TCP'], 'the rest applied');
+  // Other changes, a delta and a full push after a failure: the lasting refusal is not logged again.
+  m.services.applyChanges(new Set(['a/ok']), byKey([port('a/ok', 1, 2)]));
+  await m.idle();
+  dp.failNext.push('after' as FailMode);
+  m.services.applyChanges(new Set(['a/ok']), byKey([port('a/ok', 1, 3)]));
+  await m.idle();
+  assert.ok(dp.calls.filter((c) => c.method === 'applyServices' && c.full).length >= 2, 'a full push re-sent the refused service');
+  assert.equal(warned().length, 1, 'once per change, not per push');
+  // The refusal changes (another address): logged again; the service fixed then broken again: logged again.
+  m.services.applyChanges(new Set(['a/bad']), byKey([port('a/bad', 0, 1, '9.9.9.9')]));
+  await m.idle();
+  m.services.applyChanges(new Set(['a/bad']), byKey([port('a/bad', 7, 1)]));
+  await m.idle();
+  m.services.applyChanges(new Set(['a/bad']), byKey([port('a/bad', 0, 1, '9.9.9.9')]));
+  await m.idle();
+  assert.deepEqual(warned().slice(1), ['a/bad 9.9.9.9:80/TCP vip 9.9.9.9 is outside the service CIDRs', 'a/bad 9.9.9.9:80/TCP vip 9.9.9.9 is outside the service CIDRs']);
+  assert.deepEqual(counted, ['a/bad', 'a/bad', 'a/bad'], 'counted as often as logged');
+});

@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import { fromBinary, toBinary, create, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
 import * as pb from '../../src/rpc/gen/patu/dataplane/v1/dataplane_pb.js';
 import * as cv from '../../src/rpc/convert.js';
-import { DataplaneError, type ServiceChange } from '../../src/dataplane/api.js';
+import { DataplaneError, type ServiceChange, type ServicesApplied } from '../../src/dataplane/api.js';
 import { portKey, type DesiredServicePort } from '../../src/services/model.js';
 import type { PolicyState } from '../../src/policy/types.js';
 import { Evaluator } from '../../src/policy/evaluate.js';
@@ -75,6 +75,25 @@ test('DesiredServicePort: every generated one survives the wire exactly (key reb
 
 test('ServiceChange: session, 64-bit generation, full, refs and ports survive the wire exactly', () => {
   fc.assert(fc.property(serviceChangeArb, (c) => assert.deepEqual(serviceChangeRoundTrip(c), c)), { numRuns: 200 });
+});
+
+const servicesAppliedArb: fc.Arbitrary<ServicesApplied> = fc.record({
+  generation: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+  mapOps: fc.nat(0xffffffff),
+  services: fc.nat(0xffffffff),
+  applyMs: fc.double({ noNaN: true, noDefaultInfinity: true }),
+  repeatedGeneration: fc.boolean(),
+  conflicts: fc.array(fc.record({ key: fc.string(), wanted: fc.string(), heldBy: fc.string() }).map((c) => ({ ...c })), { maxLength: 3 }),
+  refused: fc.option(fc.array(fc.record({ ref: fc.string(), key: fc.string(), reason: fc.string() }).map((r) => ({ ...r })), { minLength: 1, maxLength: 4 }), { nil: undefined }),
+}).map(({ refused, ...a }) => ({ ...a, ...(refused ? { refused } : {}) }));
+
+test('ServicesApplied: every field survives the wire, the services refused alone included (absent stays absent)', () => {
+  fc.assert(fc.property(servicesAppliedArb, (a) => {
+    assert.deepEqual(cv.servicesAppliedFromProto(wire(pb.ApplyServicesResponseSchema, cv.servicesAppliedToProto(a))), a);
+  }), { numRuns: 200 });
+  // An empty list is absent on the wire: decoded as absent, as LocalDataplane answers when none is refused.
+  const none = { generation: 1n, mapOps: 0, services: 0, applyMs: 0, repeatedGeneration: false, conflicts: [], refused: [] };
+  assert.equal(cv.servicesAppliedFromProto(wire(pb.ApplyServicesResponseSchema, cv.servicesAppliedToProto(none))).refused, undefined);
 });
 
 test('PolicyState: generated states survive the wire up to absent-vs-empty, are a fixed point after one trip, and every flow gets the same verdict', () => {
