@@ -71,7 +71,8 @@ fi
 # modules (fewer module records and sources; zod's locales and pino-free logging shaken out).
 # Split at every dynamic import(), so what its flags do not ask for (the Kubernetes source,
 # /metrics, the services file and its YAML parser, the CLI's other commands) stays on disk.
-# bin/patu runs dist/agent/index.js for `patu agent`; its CNI worker threads run
+# bin/patu runs dist/agent/index.js for `patu agent` and `patu manager` (its code is a chunk
+# behind a dynamic import, like the agent's); their CNI worker threads run
 # dist/agent/cni-worker.js (the server names it relative to its own module). Paths to package.json and build/bpf are
 # found by walking up (src/home.ts), so the bundle's depth does not matter. Names are kept (no
 # identifier minification) so stack traces in the agent's logs stay readable. Built aside and

@@ -257,14 +257,16 @@ fail:
 int main(int argc, char **argv) {
   const char *command = getenv("CNI_COMMAND");
   if (!command || !*command) {
-    /* The agent lives for months on small nodes: a 1 MB young generation instead of V8's
-       16 MB keeps its RSS at 1,000 services at kube-proxy's (bench/k8s-proxy.ts: 87.9 ->
-       74.2 MB) for a little more GC work. Short CLI runs keep V8's default. */
-    int agent = argc > 1 && strcmp(argv[1], "agent") == 0;
-    /* The agent runs from its bundle (scripts/build.sh: less RSS than the module tree); a
-       tree built without it still runs the CLI's modules. */
-    exec_node(agent && has_script("dist/agent/index.js") ? "dist/agent/index.js" : "dist/src/cli/index.js",
-              agent ? "--max-semi-space-size=1" : NULL, argc, argv);
+    /* The agent and split mode's manager live for months on small nodes: a 1 MB young
+       generation instead of V8's 16 MB keeps the agent's RSS at 1,000 services at kube-proxy's
+       (bench/k8s-proxy.ts: 87.9 -> 74.2 MB) for a little more GC work. Short CLI runs keep
+       V8's default. */
+    int daemon = argc > 1 && (strcmp(argv[1], "agent") == 0 || strcmp(argv[1], "manager") == 0);
+    /* Both run from the agent's bundle (scripts/build.sh: less RSS than the module tree; the
+       manager's code is a chunk behind a dynamic import, which the default agent never
+       loads); a tree built without it still runs the CLI's modules. */
+    exec_node(daemon && has_script("dist/agent/index.js") ? "dist/agent/index.js" : "dist/src/cli/index.js",
+              daemon ? "--max-semi-space-size=1" : NULL, argc, argv);
   }
 
   /* Read stdin once: it goes either to the agent or, through a pipe, to Node. */
