@@ -102,6 +102,8 @@ export class DataplaneMirror {
   private readonly podFlags = new Map<string, boolean>();
   private readonly dirtyPods = new Set<string>();
   private policyState: PolicyState | undefined;
+  /** The policy source's pods may take addresses CNI ADD gave them in an earlier run (the policy file's: PolicyChange.rememberCniAddresses). */
+  private policyRemember = false;
 
   // ---- what the pump owes the manager
   private readonly pending = new Set<PushKind>();
@@ -136,7 +138,7 @@ export class DataplaneMirror {
   private refusedLogged = new Map<string, string>();
 
   readonly services: ServiceSinkLike;
-  readonly policy: { setState(state: PolicyState): void };
+  readonly policy: { setState(state: PolicyState, opts?: { rememberCniAddresses?: boolean }): void };
   readonly pods: PodFlagsSink;
 
   constructor(opts: DataplaneMirrorOptions) {
@@ -152,7 +154,7 @@ export class DataplaneMirror {
       resync: (desired) => this.setServices(undefined, desired),
       applyChanges: (refs, desired) => this.setServices(refs, desired),
     };
-    this.policy = { setState: (s) => this.setPolicy(s) };
+    this.policy = { setState: (s, o) => this.setPolicy(s, o?.rememberCniAddresses === true) };
     this.pods = {
       setOptOut: (ip, optOut) => this.setPodOptOut(ip, optOut),
       forget: (ip) => {
@@ -208,8 +210,9 @@ export class DataplaneMirror {
     return { ops: 0, services: this.servicesByRef.size, syscallBatches: 0, ms: performance.now() - t0, attachedNow: false };
   }
 
-  private setPolicy(state: PolicyState): void {
+  private setPolicy(state: PolicyState, remember: boolean): void {
     this.policyState = state;
+    this.policyRemember = remember;
     this.kick('policy');
   }
 
@@ -432,7 +435,7 @@ export class DataplaneMirror {
         const state = this.policyState;
         if (!state) return;
         const generation = ++this.policyGen;
-        const r = await this.dp.applyPolicy({ session: this.session, generation, state }, opts);
+        const r = await this.dp.applyPolicy({ session: this.session, generation, state, ...(this.policyRemember ? { rememberCniAddresses: true } : {}) }, opts);
         this.full.delete(kind);
         this.ackedPolicyGen = r.generation;
         this.opts.onPolicyApplied?.(r);

@@ -6,14 +6,16 @@
 // good state stays, as in-process.
 //
 // Pods the file names without an address get it from their CNI ADD, which the manager
-// serves in split mode: that is the manager's engine's to remember, not this side's.
+// serves in split mode: that is the manager's engine's to remember, not this side's. The
+// state asks it to (rememberCniAddresses), so a restarted manager applies the addresses it
+// learned before, as the single process does (policy-watch.ts); Kubernetes states never ask.
 import { PolicyFileWatcher, loadPolicyFile } from '../policy/file-source.js';
 import type { PolicyState } from '../policy/types.js';
 import type { MirrorLog } from './mirror.js';
 
 export interface PolicyFileRemoteOptions {
   /** Where the state goes (DataplaneMirror.policy). */
-  sink: { setState(state: PolicyState): void };
+  sink: { setState(state: PolicyState, opts?: { rememberCniAddresses?: boolean }): void };
   log: MirrorLog;
   /** How long a bad read waits for a follow-up write before it is reported. */
   settleMs?: number;
@@ -31,7 +33,7 @@ export async function policyFileToSink(file: string, o: PolicyFileRemoteOptions)
   const watcher = new PolicyFileWatcher(file, {
     onChange: (s) => {
       policies = s.policies.length;
-      o.sink.setState({ ...s, nodeAddresses: [] });
+      o.sink.setState({ ...s, nodeAddresses: [] }, { rememberCniAddresses: true });
     },
     onError: (e) => o.log.error({ file, err: e.message }, 'policy file rejected; the last good state stays enforced'),
     ...(o.settleMs !== undefined ? { settleMs: o.settleMs } : {}),

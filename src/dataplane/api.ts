@@ -105,6 +105,12 @@ export interface PolicyChange {
   session: string;
   generation: bigint;
   state: PolicyState;
+  /**
+   * Pods the state names without an address take the one CNI ADD gave them, also in an earlier
+   * run of the data plane (the policy file, whose pods have no status.podIP). Never for
+   * Kubernetes: an address learned before a restart may be another pod's by now. Absent: false.
+   */
+  rememberCniAddresses?: boolean;
 }
 
 export interface PolicyApplied {

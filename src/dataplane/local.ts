@@ -67,7 +67,7 @@ export interface CniRunner {
 /** The policy engine as LocalDataplane uses it (src/agent/policy-engine.ts openPolicyEngine gives it). */
 export interface PolicyEngineHandle {
   engine: {
-    setState(state: PolicyState): PolicyApplyResult;
+    setState(state: PolicyState, opts?: { rememberCniAddresses?: boolean }): PolicyApplyResult;
     names(): { endpoints: Record<string, unknown> };
     lastError: string | undefined;
   };
@@ -115,6 +115,8 @@ export class LocalDataplane implements Dataplane {
   private node: NodeSettings = {};
   /** The last policy state as sent (node addresses filled in when it had none). */
   private policyState: PolicyState | undefined;
+  /** Whether that state takes the addresses an earlier run learned from CNI ADD (PolicyChange.rememberCniAddresses). */
+  private policyRemember = false;
   private registry: PodRegistry | undefined;
   private lastError: { what: string; message: string } | undefined;
   private closed = false;
@@ -383,13 +385,15 @@ export class LocalDataplane implements Dataplane {
     const state = given.nodeAddresses.length ? given : { ...given, nodeAddresses: this.policyNodeAddresses() };
     let r: PolicyApplyResult;
     try {
-      r = pe.engine.setState(state);
+      // Learned addresses are the policy file's (pods without status.podIP); never Kubernetes' (an old one may be another pod's now).
+      r = pe.engine.setState(state, { rememberCniAddresses: change.rememberCniAddresses === true });
     } catch (e) {
       this.policySession = undefined;
       this.fail('policy', e);
       throw new DataplaneError('internal', `policy apply: ${messageOf(e)}`, { cause: e });
     }
     this.policyState = given;
+    this.policyRemember = change.rememberCniAddresses === true;
     const answer: PolicyApplied = {
       generation: change.generation,
       mapChanges: r.changed,
@@ -416,7 +420,7 @@ export class LocalDataplane implements Dataplane {
     const st = this.policyState;
     if (this.closed || !st || st.nodeAddresses.length || !this.o.policyOpen()) return;
     try {
-      const r = this.o.policy().engine.setState({ ...st, nodeAddresses: this.policyNodeAddresses() });
+      const r = this.o.policy().engine.setState({ ...st, nodeAddresses: this.policyNodeAddresses() }, { rememberCniAddresses: this.policyRemember });
       this.o.log.info({ mapChanges: r.changed, ms: round(r.ms) }, 'network policy: node addresses changed (always allowed to and from pods)');
     } catch (e) {
       this.fail('policy', e);

@@ -38,10 +38,16 @@ export interface PolicyEngineOptions {
   /** Or the names file itself (tests); '' = none. */
   namesFile?: string;
   /**
-   * At start, take the addresses CNI ADD told an earlier run from the names file (pods the
-   * source names without an address: the policy file). Not for Kubernetes, whose pods carry
-   * their addresses: there an old address could be another pod's by now.
+   * Apply the addresses CNI ADD told an earlier run (the names file keeps them, whatever this
+   * says) to pods the source names without one: the policy file's. Not for Kubernetes, whose
+   * pods carry their addresses: there an old address could be another pod's by now. The
+   * default of every state; setState's own flag overrides it (the manager serves both sources).
    */
+  rememberCniAddresses?: boolean;
+}
+
+export interface SetStateOptions {
+  /** This state takes the addresses an earlier run learned from CNI ADD (default: the engine's option). */
   rememberCniAddresses?: boolean;
 }
 
@@ -83,6 +89,14 @@ export class PolicyEngine {
   private state: PolicyState = this.source;
   /** Addresses the CNI ADD hook told us before the source did: ns/name -> ips. */
   private readonly learned = new Map<string, string[]>();
+  /**
+   * What CNI ADD told an earlier run (the names file's fromCni entries): ns/name -> ips. Applied only
+   * while the current state asks for it (`remember`); a new ADD for the pod replaces it.
+   */
+  private readonly remembered = new Map<string, string[]>();
+  private readonly rememberDefault: boolean;
+  /** Whether the current state takes `remembered` (its own flag, or the engine's default). */
+  private remember: boolean;
   /** What the last successful sync wrote (unset after a failure or the fallback). */
   private lastSynced: PolicyMapContents | undefined;
   private lastNames: PolicyNames = { version: 1, policies: {}, endpoints: {}, classes: {} };
@@ -93,6 +107,7 @@ export class PolicyEngine {
 
   constructor(private readonly dp: PolicyDataplaneLike, private readonly log: PolicyLog, opts: PolicyEngineOptions = {}) {
     this.namesFile = opts.namesFile ?? (opts.pinRoot ? policyNamesPath(opts.pinRoot) : '');
+    this.rememberDefault = this.remember = opts.rememberCniAddresses === true;
     // A restart: take over the numbers in the maps and the names file, so the same state
     // compiles to the same contents and the first sync writes nothing.
     let names: PolicyNames | null = null;
@@ -108,8 +123,11 @@ export class PolicyEngine {
     }
     if (names) {
       this.lastNames = names;
-      if (opts.rememberCniAddresses) {
-        for (const e of Object.values(names.endpoints)) if (e.fromCni && e.ips.length) this.learned.set(e.pod, [...e.ips]);
+      // Always read: whether they apply is each state's to say.
+      for (const e of Object.values(names.endpoints)) {
+        if (!e.fromCni || !e.ips.length) continue;
+        const had = this.remembered.get(e.pod) ?? [];
+        this.remembered.set(e.pod, [...had, ...e.ips.filter((ip) => !had.includes(ip))]);
       }
     }
   }
@@ -125,14 +143,15 @@ export class PolicyEngine {
   }
 
   /** A new state from the source: applied at once (compile, sync, names, flush). */
-  setState(state: PolicyState): PolicyApplyResult {
+  setState(state: PolicyState, opts: SetStateOptions = {}): PolicyApplyResult {
     const before = this.source;
     this.source = state;
+    this.remember = opts.rememberCniAddresses ?? this.rememberDefault;
     // Pods the source had and no longer has: what CNI ADD said of them is forgotten
     // (a pod the source has not seen yet keeps it: its ADD came first).
     const had = new Set(before.pods.map((p) => `${p.namespace}/${p.name}`));
     const has = new Set(state.pods.map((p) => `${p.namespace}/${p.name}`));
-    for (const ref of [...this.learned.keys()]) if (had.has(ref) && !has.has(ref)) this.learned.delete(ref);
+    for (const m of [this.learned, this.remembered]) for (const ref of [...m.keys()]) if (had.has(ref) && !has.has(ref)) m.delete(ref);
     this.state = this.withLearned(state);
     return this.apply();
   }
@@ -151,8 +170,9 @@ export class PolicyEngine {
     const src = this.source.pods.find((p) => p.namespace === namespace && p.name === name);
     if (src?.hostNetwork) return false;
     if (src && src.ips.some((ip) => !ip.includes(':'))) return false; // the source knows it
-    const had = this.learned.get(ref);
+    const had = this.learned.get(ref) ?? (this.remember ? this.remembered.get(ref) : undefined);
     this.learned.set(ref, v4);
+    this.remembered.delete(ref); // this run's ADD replaces an earlier run's
     if (!src) return false;
     if (had && had.length === v4.length && had.every((ip) => v4.includes(ip))) return false; // told already
     this.state = this.withLearned(this.source);
@@ -165,7 +185,10 @@ export class PolicyEngine {
    */
   podAddressGone(namespace: string, name: string): PolicyApplyResult | false {
     const ref = `${namespace}/${name}`;
-    if (!this.learned.delete(ref)) return false;
+    const wasApplied = this.learned.has(ref) || (this.remember && this.remembered.has(ref));
+    this.learned.delete(ref);
+    this.remembered.delete(ref);
+    if (!wasApplied) return false;
     if (!this.source.pods.some((p) => p.namespace === namespace && p.name === name)) return false;
     this.state = this.withLearned(this.source);
     return this.apply();
@@ -173,18 +196,24 @@ export class PolicyEngine {
 
   /** The source's state with the addresses CNI ADD told for pods the source has none for. */
   private withLearned(state: PolicyState): PolicyState {
-    if (this.learned.size === 0) return state;
+    if (this.learned.size === 0 && (!this.remember || this.remembered.size === 0)) return state;
     const pods = state.pods.map((p) => {
       const ref = `${p.namespace}/${p.name}`;
-      const ips = this.learned.get(ref);
+      const ips = this.learnedFor(ref);
       if (!ips) return p;
       if (p.hostNetwork || p.ips.some((ip) => !ip.includes(':'))) {
         this.learned.delete(ref); // the source caught up
+        this.remembered.delete(ref);
         return p;
       }
       return { ...p, ips: [...p.ips, ...ips], local: true };
     });
     return { ...state, pods };
+  }
+
+  /** The CNI addresses in effect for a pod: this run's, else (when the state asks) an earlier run's. */
+  private learnedFor(ref: string): string[] | undefined {
+    return this.learned.get(ref) ?? (this.remember ? this.remembered.get(ref) : undefined);
   }
 
   private apply(): PolicyApplyResult {
@@ -326,7 +355,7 @@ export class PolicyEngine {
     for (const [id, r] of c.policyIds) names.policies[id] = `${r.namespace}/${r.name}`;
     for (const [id, e] of c.endpointInfo) {
       const pod = `${e.namespace}/${e.name}`;
-      names.endpoints[id] = { pod, ips: [e.ip], ingress: e.ingress, egress: e.egress, ...(this.learned.get(pod)?.includes(e.ip) ? { fromCni: true } : {}) };
+      names.endpoints[id] = { pod, ips: [e.ip], ingress: e.ingress, egress: e.egress, ...(this.learnedFor(pod)?.includes(e.ip) ? { fromCni: true } : {}) };
     }
     for (const [id, m] of c.classMembers) names.classes[id] = m;
     this.lastNames = names;

@@ -340,12 +340,10 @@ test('CNI ADD of a pod the file names without an address: enforced before the AD
   ]);
 });
 
-// Split mode, known gap (todo: runs and reports, does not fail the run): the restarted
-// manager's policy engine does not take back the addresses CNI ADD gave pods the file
-// names without one (src/manager/manager.ts opens it without rememberCniAddresses), so
-// c->d is allowed after the restart until d's next ADD.
-const RESTART_TODO = SPLIT ? 'split mode: CNI-learned addresses are not remembered across a manager restart (manager.ts: openPolicyEngine without rememberCniAddresses)' : false;
-test('an agent restart keeps enforcement with no gap and rewrites nothing', { skip, todo: RESTART_TODO }, async () => {
+// Split mode: the restarted manager's engine takes back the addresses CNI ADD gave pods the file
+// names without one because the file's state asks for it (ApplyPolicyRequest.remember_cni_addresses);
+// without that, c->d is allowed after the restart until d's next ADD.
+test('an agent restart keeps enforcement with no gap and rewrites nothing', { skip }, async () => {
   await applyPolicies(policy('back', 'only-a', `
 podSelector: {}
 ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: web } } }] }]`));

@@ -187,6 +187,27 @@ test('the policy file\'s pods addressed by CNI ADD keep their addresses across a
   assert.ok(!dp.contents.endpoints.some((e) => e.ip === ip));
 });
 
+test('the manager\'s engine (no engine-wide option): learned addresses are recorded always, and an earlier run\'s apply only to states that ask', () => {
+  const dp = new FakeDp();
+  const namesFile = join(dir, 'cni-per-state.names.json');
+  const s = e2eState([np('x', 'deny', { podSelector: {} })]);
+  const ip = e2eIp('x', 'c');
+  s.pods.find((p) => p.namespace === 'x' && p.name === 'c')!.ips = [];
+  // A Kubernetes-like state (no flag): the ADD applies within the run and is recorded as learned.
+  const first = new PolicyEngine(dp, quiet, { namesFile });
+  first.setState(s);
+  assert.ok(first.podAddressKnown('x', 'c', [ip]));
+  assert.equal(Object.values(readPolicyNamesFile(namesFile)!.endpoints).find((e) => e.pod === 'x/c')!.fromCni, true);
+  // Restarted: a state that asks takes the address back (nothing to write); one that does not, drops it.
+  const asks = new PolicyEngine(dp, quiet, { namesFile });
+  assert.equal(asks.setState(structuredClone(s), { rememberCniAddresses: true }).changed, 0);
+  assert.ok(dp.contents.endpoints.some((e) => e.ip === ip && e.isolatedIngress));
+  assert.equal(Object.values(readPolicyNamesFile(namesFile)!.endpoints).find((e) => e.pod === 'x/c')!.fromCni, true, 'still recorded as learned');
+  const other = new PolicyEngine(dp, quiet, { namesFile });
+  assert.ok(other.setState(structuredClone(s)).changed > 0);
+  assert.ok(!dp.contents.endpoints.some((e) => e.ip === ip), 'an old address is never applied to a state that does not ask');
+});
+
 test('when in doubt, deny: a state the maps cannot hold leaves every selected pod isolated with no rules, counted and logged', () => {
   const dp = new FakeDp();
   logged.length = 0;

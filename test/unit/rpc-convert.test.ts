@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import { fromBinary, toBinary, create, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
 import * as pb from '../../src/rpc/gen/patu/dataplane/v1/dataplane_pb.js';
 import * as cv from '../../src/rpc/convert.js';
-import { DataplaneError, type ServiceChange, type ServicesApplied } from '../../src/dataplane/api.js';
+import { DataplaneError, type PolicyChange, type ServiceChange, type ServicesApplied } from '../../src/dataplane/api.js';
 import { portKey, type DesiredServicePort } from '../../src/services/model.js';
 import type { PolicyState } from '../../src/policy/types.js';
 import { Evaluator } from '../../src/policy/evaluate.js';
@@ -142,6 +142,14 @@ test('PolicyState: the Netpol e2e model with every peer and port form keeps each
   const tcp = (src: string, dst: string, dport: number) => ev.verdict({ src, dst, proto: 6, dport }).allowed;
   assert.equal(tcp('10.200.2.10', '10.200.1.11', 12345), true);
   assert.equal(tcp('10.200.1.10', '10.200.2.11', 80), false);
+});
+
+test('PolicyChange: rememberCniAddresses survives the wire; false reads as absent', () => {
+  const rt = (c: PolicyChange): PolicyChange => cv.policyChangeFromProto(wire(pb.ApplyPolicyRequestSchema, cv.policyChangeToProto(c)));
+  const state: PolicyState = { namespaces: [], pods: [], policies: [], nodeAddresses: [] };
+  assert.deepEqual(rt({ session: 's', generation: 3n, state, rememberCniAddresses: true }), { session: 's', generation: 3n, state, rememberCniAddresses: true });
+  assert.deepEqual(rt({ session: 's', generation: 3n, state, rememberCniAddresses: false }), { session: 's', generation: 3n, state });
+  assert.deepEqual(rt({ session: 's', generation: 3n, state }), { session: 's', generation: 3n, state });
 });
 
 test('NodeSettings: absent stays absent (left as it is), every present value survives, "" and false included', () => {
