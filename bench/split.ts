@@ -1,82 +1,85 @@
-// Split mode's cost: the data-plane API called in-process against the same calls over gRPC
-// with mutual TLS (src/rpc/server.ts + client.ts) to a server in ANOTHER process, on a unix
-// socket and on TCP loopback, in one run:
-//   1. one service change (a delta naming one service: 1 port, 10 backends): p50/p99 of the
-//      call as the agent sees it, and what the split adds (target: <= 1 ms p50, <= 3 ms p99);
-//   2. a full resync of 1,000 services (10 backends each): time per resync;
-//   3. RSS of each process after the same workload: the single process (data plane in-process,
-//      no gRPC loaded), the split's agent side (client) and manager side (server), and Node's floor.
-// Rounds interleave the three paths so machine noise hits all alike.
-//
-// The data plane behind both paths is the same class, MapDataplane below: the
-// session/generation rules on a Map, no kernel maps; so the numbers are the API's own cost
-// (conversion, protobuf, ConnectRPC, HTTP/2, TLS, the process hop), split from what the
-// transport alone costs (the h2+tls floor: the same request bytes, no RPC framework) and
-// with each side's CPU per call, which load inflates less than latency. The same calls with
-// LocalDataplane (the real maps) and a real `patu manager` are bench/manager-api.ts (root).
-// No root needed here; traffic only on loopback and unix sockets in a temporary directory.
+// Split mode's cost (issue 13's Benchmark), in-process against split in ONE run, interleaved
+// so machine noise hits every side alike (needs root):
+//   1. service change to map, API level: one service's backends through the data-plane API
+//      (a direct Dataplane.applyServices call, what the agent's services source ends in; the
+//      services-file edit and its watch before it are the same code in both modes, not timed):
+//        in-process  LocalDataplane (real maps) in this process, as `patu agent` does;
+//        split       a real `patu manager` (bin/patu, its LocalDataplane) over gRPC + mTLS, unix socket;
+//      and two references, same run, that say where the split's extra time goes:
+//        gRPC ref    the same client/server code (ConnectRPC, HTTP/2, TLS 1.3, another process) to
+//                    a data plane that only keeps a Map: the framework + transport, no maps;
+//        h2+tls ref  the same request bytes on HTTP/2 + TLS to a server answering a fixed message,
+//                    no RPC framework: the transport's own cost;
+//   2. a full resync of N (1,000) services, the same four sides;
+//   3. CNI ADD/DEL through bin/patu as a runtime runs it, answered by `patu agent` (default) vs
+//      `patu manager` (split: it serves the launcher's socket with the same code);
+//   4. RSS, same services file of N services: the single `patu agent`, and split's `patu manager`
+//      and `patu agent --manager`, each and both together (each side started, in step, settled).
 //
 //   bash scripts/build.sh && node dist/bench/split.js
-//   SPLIT_CHANGES=2000 SPLIT_RESYNCS=20 SPLIT_SERVICES=1000 node dist/bench/split.js
-import { fork, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+//   SPLIT_CHANGES=1000 SPLIT_WARMUP=300 SPLIT_SERVICES=1000 SPLIT_RESYNCS=5 SPLIT_PODS=40 SPLIT_SETTLE_MS=3000 node dist/bench/split.js
+//
+// Everything runs in a netns, cgroups and pin roots of its own (test/helpers/kernel.ts Scratch,
+// removed at the end and on Ctrl-C); the service addresses are never connected to. The processes
+// under test are started through bin/patu, so they run with the launcher's bundle and V8 flags.
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Scratch } from '../test/helpers/kernel.js';
+import { PATU_BIN, isRoot } from '../test/helpers/cni.js';
+import { startAgentProc } from '../test/helpers/agent-proc.js';
+import { openManagerDataplane } from '../src/manager/manager.js';
+import { createLog } from '../src/agent/log.js';
+import { portKey, type DesiredServicePort } from '../src/services/model.js';
 import {
-  DataplaneError, type CallOptions, type Dataplane, type DataplaneStatus, type ServiceChange, type ServicesApplied,
+  DataplaneError, type Dataplane, type DataplaneStatus, type ServiceChange, type ServicesApplied,
 } from '../src/dataplane/api.js';
-import type { DesiredServicePort } from '../src/services/model.js';
 
-const CHANGES = Number(process.env.SPLIT_CHANGES ?? 2000);
-const RESYNCS = Number(process.env.SPLIT_RESYNCS ?? 20);
+const CHANGES = Number(process.env.SPLIT_CHANGES ?? 1000);
+const WARMUP = Number(process.env.SPLIT_WARMUP ?? 300);
 const SERVICES = Number(process.env.SPLIT_SERVICES ?? 1000);
-const BACKENDS = 10;
+const RESYNCS = Number(process.env.SPLIT_RESYNCS ?? 5);
+const PODS = Number(process.env.SPLIT_PODS ?? 40);
+const SETTLE_MS = Number(process.env.SPLIT_SETTLE_MS ?? 3000);
 const SELF = fileURLToPath(import.meta.url);
-const role = process.argv[2] ?? 'main';
-
-const quietLog = { debug() {}, info() {}, warn(f: object, m: string) { console.error('warn', m, JSON.stringify(f)); }, error(f: object, m: string) { console.error('error', m, JSON.stringify(f)); } };
-const rssMiB = (): number => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? NaN) / 1024;
+const quiet = createLog({ level: 'fatal' });
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const pct = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 };
-const f3 = (n: number): string => n.toFixed(3);
+const f2 = (n: number): string => n.toFixed(2);
+/** A difference, signed. */
+const d2 = (n: number): string => `${n < 0 ? '' : '+'}${f2(n)}`;
+const rssMiB = (pid: number | 'self'): number => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+const loadavg = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
-// ---------------------------------------------------------------- the data plane both paths call
+const svcPort = (i: number, set: number): DesiredServicePort => {
+  const vip = `10.96.${(i >> 8) & 255}.${i & 255}`;
+  return {
+    key: portKey(vip, 80, 'TCP'), ref: `bench/s${i}`, vip, port: 80, protocol: 'TCP', name: `bench/s${i}:80`, affinity: false, affinityTimeoutSeconds: 0,
+    backends: [1, 2, 3].map((b) => `10.202.${(i >> 8) & 255}.${(i & 255)}:${8000 + b + set * 10}`),
+  };
+};
 
-/** The API's rules for services (full resync, deltas continuing the session's generation, repeats) on a Map. */
+// ---------------------------------------------------------------- the references' server (a child process)
+
+/** The API's session/generation rules on a Map, no kernel: what the gRPC reference serves. */
 class MapDataplane implements Dataplane {
   private readonly entries = new Map<string, DesiredServicePort>();
   private session = '';
-  private generation = -1n;
-  private last: ServicesApplied | undefined;
+  private generation = 0n;
 
   async applyServices(c: ServiceChange): Promise<ServicesApplied> {
     const t0 = performance.now();
-    if (c.session === this.session && c.generation === this.generation && this.last) return { ...this.last, repeatedGeneration: true };
     if (!c.full && (c.session !== this.session || c.generation !== this.generation + 1n)) throw new DataplaneError('resync', `generation ${c.generation} does not continue ${this.generation}`);
-    let ops = 0;
-    if (c.full) {
-      ops += this.entries.size;
-      this.entries.clear();
-    } else {
-      const refs = new Set(c.refs);
-      for (const [k, p] of this.entries) {
-        if (refs.has(p.ref)) {
-          this.entries.delete(k);
-          ops++;
-        }
-      }
-    }
-    for (const p of c.ports) {
-      this.entries.set(p.key, p);
-      ops += 1 + p.backends.length;
-    }
+    if (c.full) this.entries.clear();
+    else for (const [k, p] of this.entries) if (c.refs.includes(p.ref)) this.entries.delete(k);
+    for (const p of c.ports) this.entries.set(p.key, p);
     this.session = c.session;
     this.generation = c.generation;
-    this.last = { generation: c.generation, mapOps: ops, services: this.entries.size, applyMs: performance.now() - t0, repeatedGeneration: false, conflicts: [] };
-    return this.last;
+    return { generation: c.generation, mapOps: c.ports.length, services: this.entries.size, applyMs: performance.now() - t0, repeatedGeneration: false, conflicts: [] };
   }
   async cni(): Promise<never> { throw new DataplaneError('unavailable', 'not in this bench'); }
   async setAcceleration(enabled: boolean) { return { enabled, pods: 0, sockets: 0 }; }
@@ -86,57 +89,43 @@ class MapDataplane implements Dataplane {
   async health() { return { ok: true, problems: [] }; }
   async status(): Promise<DataplaneStatus> {
     return {
-      version: 'bench', backend: 'map', servicesSession: this.session, servicesGeneration: this.generation < 0n ? 0n : this.generation, services: this.entries.size,
+      version: 'bench', backend: 'map', servicesSession: this.session, servicesGeneration: this.generation, services: this.entries.size,
       policySession: '', policyGeneration: 0n, policyEndpoints: 0, acceleration: false, acceleratedPods: 0, node: {}, nodeAddresses: [], uptimeSeconds: 0,
     };
   }
   async close() {}
 }
 
-// ---------------------------------------------------------------- the workload
-
-const vip = (i: number): string => `10.96.${(i >> 8) & 255}.${i & 255}`;
-function port(i: number, salt = 0): DesiredServicePort {
-  const v = vip(i + 1);
-  const backends = Array.from({ length: BACKENDS }, (_, b) => `10.200.${(b + salt) & 255}.${(i % 250) + 1}:8080`).sort();
-  return { key: `${v}:80/TCP`, ref: `bench/s${i}`, vip: v, port: 80, protocol: 'TCP', name: `bench/s${i}:http`, affinity: false, affinityTimeoutSeconds: 0, backends };
-}
-const allPorts = (n: number): DesiredServicePort[] => Array.from({ length: n }, (_, i) => port(i));
-
-/** One path to a data plane, its own session: full resync first, then deltas. */
-class Path {
-  private gen = 0n;
-  readonly session: string;
-  constructor(readonly name: string, readonly dp: Dataplane) {
-    this.session = `${name}-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  }
-  resync(ports: DesiredServicePort[], opts?: CallOptions) {
-    return this.dp.applyServices({ session: this.session, generation: ++this.gen, full: true, refs: [], ports }, opts);
-  }
-  change(i: number) {
-    const s = i % SERVICES;
-    return this.dp.applyServices({ session: this.session, generation: ++this.gen, full: false, refs: [`bench/s${s}`], ports: [port(s, i)] });
-  }
+async function tlsFor(dir: string) {
+  const { clientTlsOptions, loadTlsDir, serverTlsOptions } = await import('../src/rpc/tls.js');
+  return { server: () => serverTlsOptions(loadTlsDir(dir, 'server')), client: () => clientTlsOptions(loadTlsDir(dir, 'client'), 'patu-manager') };
 }
 
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t0 = performance.now();
-  await fn();
-  return performance.now() - t0;
+/** Child role: the gRPC reference (MapDataplane) and the h2+tls reference, on unix sockets in dir. */
+async function serveReferences(dir: string): Promise<void> {
+  const { startDataplaneServer } = await import('../src/rpc/server.js');
+  const { createSecureServer } = await import('node:http2');
+  const tls = await tlsFor(join(dir, 'tls'));
+  const grpc = await startDataplaneServer({ listen: `unix://${join(dir, 'ref-grpc.sock')}`, tls: tls.server(), impl: new MapDataplane(), log: quiet });
+  const answer = Buffer.from([0, 0, 0, 0, 4, 8, 1, 16, 1]); // gRPC-framed ApplyServicesResponse{generation: 1, map_ops: 1}
+  const raw = createSecureServer({ ...tls.server(), allowHTTP1: false }, (req, res) => {
+    req.on('data', () => {});
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/grpc+proto' });
+      res.addTrailers({ 'grpc-status': '0' });
+      res.end(answer);
+    });
+  });
+  await new Promise<void>((r) => raw.listen(join(dir, 'ref-h2.sock'), r));
+  process.on('message', (m: string) => {
+    if (m === 'rss') process.send!({ rss: rssMiB('self') });
+    if (m === 'stop') void Promise.all([grpc.close(), new Promise((r) => raw.close(r))]).then(() => process.exit(0));
+  });
+  process.send!({ ready: true });
 }
 
-/** What every RSS child runs: one resync, CHANGES deltas, one more resync. */
-async function workload(p: Path): Promise<void> {
-  await p.resync(allPorts(SERVICES));
-  for (let i = 0; i < CHANGES; i++) await p.change(i);
-  await p.resync(allPorts(SERVICES));
-}
-
-/**
- * The floor of any RPC over this transport: the same request bytes (the ApplyServicesRequest the client would send,
- * gRPC-framed) on HTTP/2 + TLS to a server that answers a fixed message. Only applyServices, for the bench.
- */
-async function rawFloor(path: string, tlsOpts: import('node:tls').ConnectionOptions): Promise<Dataplane> {
+/** The h2+tls reference's client: applyServices sends the request the gRPC client would (protobuf, gRPC-framed), nothing else. */
+async function rawH2Dataplane(path: string, tlsOpts: import('node:tls').ConnectionOptions): Promise<Dataplane> {
   const { connect: h2connect } = await import('node:http2');
   const { connect: tlsConnect } = await import('node:tls');
   const { toBinary } = await import('@bufbuild/protobuf');
@@ -159,197 +148,247 @@ async function rawFloor(path: string, tlsOpts: import('node:tls').ConnectionOpti
   return dp;
 }
 
-// ---------------------------------------------------------------- child roles
+// ---------------------------------------------------------------- processes under test
 
-interface Msg { type: string; [k: string]: unknown }
-const send = (m: Msg): void => void process.send!(m);
-/** The last message of a child that measured itself. */
-const sendAndExit = (m: Msg): void => void process.send!(m, () => process.exit(0));
+const scratch = new Scratch('patu-bench-split');
 
-async function certsIn(dir: string) {
-  const { clientTlsOptions, loadTlsDir, serverTlsOptions } = await import('../src/rpc/tls.js');
-  return { server: () => serverTlsOptions(loadTlsDir(dir, 'server')), client: () => clientTlsOptions(loadTlsDir(dir, 'client'), 'patu-manager') };
+interface Proc {
+  child: ChildProcess;
+  log: () => string;
 }
 
-async function serve(dir: string): Promise<void> {
-  const { startDataplaneServer } = await import('../src/rpc/server.js');
-  const tls = await certsIn(dir);
-  // A data plane per listener: each remembers one agent's session, as a manager does.
-  const unix = await startDataplaneServer({ listen: `unix://${join(dir, 'manager.sock')}`, tls: tls.server(), impl: new MapDataplane(), log: quietLog });
-  const tcp = await startDataplaneServer({ listen: 'tcp://127.0.0.1:0', tls: tls.server(), impl: new MapDataplane(), log: quietLog });
-  // The floor: HTTP/2 + the same TLS on a unix socket, a fixed gRPC-framed answer, no RPC framework.
-  const { createSecureServer } = await import('node:http2');
-  const answer = Buffer.from([0, 0, 0, 0, 4, 8, 1, 16, 1]); // ApplyServicesResponse{generation: 1, map_ops: 1}
-  const raw = createSecureServer({ ...tls.server(), allowHTTP1: false }, (req, res) => {
-    req.on('data', () => {});
-    req.on('end', () => {
-      res.writeHead(200, { 'content-type': 'application/grpc+proto' });
-      res.addTrailers({ 'grpc-status': '0' });
-      res.end(answer);
-    });
-  });
-  const rawPath = join(dir, 'raw.sock');
-  await new Promise<void>((r) => raw.listen(rawPath, r));
-  process.on('message', (m: Msg) => {
-    if (m.type === 'rss') send({ type: 'rss', rss: rssMiB() });
-    if (m.type === 'cpu') {
-      const c = process.cpuUsage();
-      send({ type: 'cpu', us: c.user + c.system });
-    }
-    if (m.type === 'stop') void Promise.all([unix.close(), tcp.close(), new Promise((r) => raw.close(r))]).then(() => process.exit(0));
-  });
-  send({ type: 'ready', unix: unix.address, tcp: tcp.address, raw: rawPath });
+async function startPatu(node: string, args: string[], ready: string): Promise<Proc> {
+  // nsenter, not `ip netns exec` (which mounts a fresh /sys, hiding bpffs and cgroup2); it execs
+  // bin/patu, which execs node: the child's pid is the process measured.
+  const child = spawn('nsenter', [`--net=/run/netns/${node}`, PATU_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (log = (log + d).slice(-200_000)));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log = (log + d).slice(-200_000)));
+  scratch.defer(`patu ${args[0]}`, () => void child.kill('SIGKILL'));
+  const end = Date.now() + 60_000;
+  while (!log.includes(ready)) {
+    if (child.exitCode !== null || Date.now() > end) throw new Error(`patu ${args[0]} did not start: ${log.slice(-2000)}`);
+    await sleep(50);
+  }
+  return { child, log: () => log };
 }
 
-async function rssClient(dir: string, address: string): Promise<void> {
-  const { connectDataplane } = await import('../src/rpc/client.js');
-  const tls = await certsIn(dir);
-  const dp = connectDataplane({ address, tls: tls.client(), log: quietLog });
-  await workload(new Path('rss-client', dp));
-  const rss = rssMiB();
-  await dp.close();
-  sendAndExit({ type: 'rss', rss });
-}
-
-async function rssInproc(): Promise<void> {
-  await workload(new Path('rss-inproc', new MapDataplane()));
-  sendAndExit({ type: 'rss', rss: rssMiB() });
-}
-
-function child(args: string[]): { proc: ChildProcess; next: (type: string) => Promise<Msg> } {
-  // bin/patu starts the agent with --max-semi-space-size=1 (a smaller young generation: less RSS); every process here gets it.
-  const proc = fork(SELF, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: ['--max-semi-space-size=1'] });
-  const queue: Msg[] = [];
-  const waiters: { type: string; resolve: (m: Msg) => void }[] = [];
-  proc.on('message', (m: Msg) => {
-    const w = waiters.findIndex((x) => x.type === m.type);
-    if (w >= 0) waiters.splice(w, 1)[0]!.resolve(m);
-    else queue.push(m);
-  });
-  const next = (type: string) => new Promise<Msg>((resolve, reject) => {
-    const q = queue.findIndex((x) => x.type === type);
-    if (q >= 0) return resolve(queue.splice(q, 1)[0]!);
-    waiters.push({ type, resolve });
-    proc.once('exit', (code) => reject(new Error(`child ${args[0]} exited (${code}) before '${type}'`)));
-  });
-  return { proc, next };
+/** bin/patu as a runtime runs it (spawn, stdin, wait), in the node netns; the socket says who answers. */
+function launcher(node: string, socket: string, command: string, conf: object, containerId: string, netns: string): Promise<{ ms: number; code: number | null; out: string }> {
+  const env: Record<string, string> = {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    CNI_COMMAND: command, CNI_CONTAINERID: containerId, CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_NETNS: netns,
+    PATU_AGENT_SOCKET: socket,
+  };
+  const t0 = performance.now();
+  const p = spawn('nsenter', [`--net=/run/netns/${node}`, PATU_BIN], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  p.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  p.stderr!.resume();
+  p.stdin!.end(JSON.stringify(conf));
+  return new Promise((resolve) => p.on('close', (code) => resolve({ ms: performance.now() - t0, code, out })));
 }
 
 // ---------------------------------------------------------------- main
 
 async function main(): Promise<void> {
+  if (!isRoot()) throw new Error('bench/split: needs root (netns, cgroups, BPF programs)');
   const started = performance.now();
-  const dir = mkdtempSync(join(tmpdir(), 'patu-bench-split-'));
-  const children: ChildProcess[] = [];
-  try {
-    const { generateCerts, writeCertDir } = await import('../src/rpc/certs.js');
-    writeCertDir(dir, await generateCerts());
-    const load = spawnSync('cat', ['/proc/loadavg'], { encoding: 'utf8' }).stdout.trim().split(' ').slice(0, 3).join(' ');
-    console.log(`# patu split-mode benchmark (${new Date().toISOString()}, node ${process.version}, load ${load})`);
-    console.log('# data plane: MapDataplane (the API\'s session/generation rules on a Map; no kernel maps): the API\'s own cost');
-    console.log(`# ${CHANGES} single-service changes and ${RESYNCS} resyncs of ${SERVICES} services (${BACKENDS} backends each), interleaved: in-process | unix socket | TCP loopback; server in another process, mutual TLS 1.3\n`);
+  const dir = scratch.tmpDir('patu-bench-split');
+  const node = scratch.netns(scratch.name('node'));
+  const [pinA, pinB, pinC] = ['a', 'b', 'c'].map((s) => scratch.pinRoot(s)) as [string, string, string];
+  const { generateCerts, writeCertDir } = await import('../src/rpc/certs.js');
+  const tlsDir = join(dir, 'tls');
+  writeCertDir(tlsDir, await generateCerts());
+  const tls = await tlsFor(tlsDir);
+  console.log(`# patu split-mode benchmark: ${new Date().toISOString()}, node ${process.version}, ${spawnSync('nproc', { encoding: 'utf8' }).stdout.trim()} CPUs, load ${loadavg()}`);
+  console.log(`# ${SERVICES} services x 1 port x 3 backends; ${CHANGES} changes (after ${WARMUP} warm-up), ${RESYNCS} resyncs, ${PODS} pods per side; sides interleaved`);
 
-    const server = child(['serve', dir]);
-    children.push(server.proc);
-    const ready = await server.next('ready');
-    const { connectDataplane } = await import('../src/rpc/client.js');
-    const { Registry } = await import('../src/k8s/prom.js');
-    const { DataplaneRpcMetrics } = await import('../src/rpc/metrics.js');
-    const metrics = new DataplaneRpcMetrics(new Registry());
-    const tls = await certsIn(dir);
-    const paths = [
-      new Path('in-process', new MapDataplane()),
-      new Path('h2+tls floor', await rawFloor(ready.raw as string, tls.client())),
-      new Path('unix', connectDataplane({ address: ready.unix as string, tls: tls.client(), log: quietLog, metrics })),
-      new Path('tcp', connectDataplane({ address: ready.tcp as string, tls: tls.client(), log: quietLog, metrics })),
-    ];
+  // In-process: the manager's data plane in this process (what the default mode's agent does to the maps).
+  const md = await openManagerDataplane({
+    log: quiet, pinRoot: pinA, cgroup: scratch.cgroup('a'), cniSocket: join(dir, 'a-cni.sock'), serviceCidrs: ['10.96.0.0/12'], clusterCidrs: ['10.202.0.0/16'],
+    bridge: 'bspnone', dataDir: join(dir, 'a-ipam'), cniConfDir: '', nodeNetns: `/run/netns/${node}`, version: 'bench',
+  });
+  scratch.defer('in-process data plane', async () => {
+    md.parts.lb?.detach();
+    await md.close();
+  });
+  // Split: a real manager (bin/patu) over mutual TLS.
+  const msock = join(dir, 'manager.sock');
+  const mcni = join(dir, 'manager-cni.sock');
+  const manager = await startPatu(node, ['manager', '--listen', `unix://${msock}`, '--tls-dir', tlsDir, '--pin-root', pinB, '--cgroup', scratch.cgroup('b'), '--bridge', 'bspbr',
+    '--data-dir', join(dir, 'b-ipam'), '--cni-conf-dir', '', '--cni-socket', mcni, '--service-cidr', '10.96.0.0/12', '--cluster-cidr', '10.202.0.0/16,10.203.0.0/16',
+    '--metrics-addr', '127.0.0.1:19467', '--log-level', 'info'], 'serving the data-plane API');
+  // The default mode's CNI side: a plain agent.
+  const acni = join(dir, 'agent-cni.sock');
+  const agent = await startPatu(node, ['agent', '--cni-socket', acni, '--pin-root', pinC, '--no-hostports', '--log-level', 'info'], 'serving CNI requests');
+  // The references' server: another process, as bin/patu runs the agent (--max-semi-space-size=1).
+  const ref = fork(SELF, ['ref', dir], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: ['--max-semi-space-size=1'] });
+  scratch.defer('reference server', () => void ref.kill('SIGKILL'));
+  const refMsg = (): Promise<{ ready?: boolean; rss?: number }> => new Promise((resolve, reject) => {
+    ref.once('message', resolve);
+    ref.once('exit', (c) => reject(new Error(`reference server exited (${c})`)));
+  });
+  await refMsg();
 
-    // Warm-up (JIT, connection, TLS handshake): not measured.
-    for (const p of paths) await p.resync(allPorts(SERVICES));
-    for (let i = 0; i < 200; i++) for (const p of paths) await p.change(i);
+  const { connectDataplane } = await import('../src/rpc/client.js');
+  const grpcTo = (sock: string) => connectDataplane({ address: `unix://${sock}`, tls: tls.client(), log: quiet, defaultTimeoutMs: 60_000 });
+  const remote = grpcTo(msock);
+  const grpcRef = grpcTo(join(dir, 'ref-grpc.sock'));
+  const h2Ref = await rawH2Dataplane(join(dir, 'ref-h2.sock'), tls.client());
+  for (const c of [remote, grpcRef, h2Ref]) scratch.defer('client', () => c.close());
+  const sides: [string, Dataplane][] = [
+    ['in-process (LocalDataplane)', md.dataplane],
+    ['split (patu manager)', remote],
+    ['ref: gRPC+mTLS, Map', grpcRef],
+    ['ref: h2+TLS, no framework', h2Ref],
+  ];
+  const gen = new Map<string, bigint>(sides.map(([n]) => [n, 0n]));
+  const apply = async (name: string, dp: Dataplane, c: Omit<ServiceChange, 'session' | 'generation'>): Promise<number> => {
+    const g = gen.get(name)! + 1n;
+    gen.set(name, g);
+    const t0 = performance.now();
+    await dp.applyServices({ session: 'bench', generation: g, ...c });
+    return performance.now() - t0;
+  };
+  /** The sides in a rotating order, so none is always first after an idle moment. */
+  const rotated = (i: number): [string, Dataplane][] => sides.map((_, k) => sides[(k + i) % sides.length]!);
 
-    // 1. single service changes
-    const lat = paths.map(() => [] as number[]);
-    for (let i = 0; i < CHANGES; i++) {
-      for (let k = 0; k < paths.length; k++) lat[k]!.push(await timed(() => paths[k]!.change(i)));
-    }
-    console.log('single service change (delta: 1 service, 1 port, 10 backends), call -> answer, ms');
-    console.log('path           p50     p90     p99     max     adds to in-process p50 / p99');
-    paths.forEach((p, k) => {
-      const l = lat[k]!;
-      const add = k === 0 ? '' : `${f3(pct(l, 50) - pct(lat[0]!, 50))} / ${f3(pct(l, 99) - pct(lat[0]!, 99))}${k >= 2 ? '  (target <= 1 / <= 3)' : '  (no RPC framework: the transport\'s own cost)'}`;
-      console.log(`${p.name.padEnd(13)} ${f3(pct(l, 50)).padStart(6)}  ${f3(pct(l, 90)).padStart(6)}  ${f3(pct(l, 99)).padStart(6)}  ${f3(Math.max(...l)).padStart(6)}     ${add}`);
-    });
-
-    // 1b. CPU per change on each side, in blocks (not interleaved: each side's CPU counter covers one path only)
-    const serverCpu = async (): Promise<number> => {
-      server.proc.send({ type: 'cpu' });
-      return (await server.next('cpu')).us as number;
-    };
-    const BLOCK = Math.max(200, Math.floor(CHANGES / 4));
-    const cpuRows: string[] = [];
-    for (const [k, p] of paths.entries()) {
-      const s0 = await serverCpu();
-      const c0 = process.cpuUsage();
-      for (let i = 0; i < BLOCK; i++) await p.change(CHANGES + i);
-      const c = process.cpuUsage(c0);
-      const sv = k === 0 ? 0 : ((await serverCpu()) - s0) / BLOCK;
-      cpuRows.push(`${p.name.padEnd(13)} ${(((c.user + c.system) / BLOCK) / 1000).toFixed(3).padStart(7)}  ${(sv / 1000).toFixed(3).padStart(7)}`);
-    }
-    console.log(`\nCPU per single service change (${BLOCK} in a row per path), ms: what the load cannot inflate as much as latency`);
-    console.log('path          caller   server');
-    for (const r of cpuRows) console.log(r);
-
-    // 2. full resyncs
-    const all = allPorts(SERVICES);
-    const { ApplyServicesRequestSchema } = await import('../src/rpc/gen/patu/dataplane/v1/dataplane_pb.js');
-    const { serviceChangeToProto } = await import('../src/rpc/convert.js');
-    const { toBinary } = await import('@bufbuild/protobuf');
-    const wireBytes = (n: number) => toBinary(ApplyServicesRequestSchema, serviceChangeToProto({ session: 's', generation: 1n, full: true, refs: [], ports: allPorts(n) })).length;
-    const res = paths.map(() => [] as number[]);
-    for (let r = 0; r < RESYNCS; r++) {
-      for (let k = 0; k < paths.length; k++) res[k]!.push(await timed(() => paths[k]!.resync(all)));
-    }
-    console.log(`\nfull resync of ${SERVICES} services (${(wireBytes(SERVICES) / 1024).toFixed(0)} KiB on the wire; 10,000 services: ${(wireBytes(10_000) / 1048576).toFixed(1)} MiB), ms`);
-    console.log('path           p50      max      vs in-process (p50)');
-    res.forEach((l, k) => {
-      console.log(`${paths[k]!.name.padEnd(13)} ${f3(pct(l, 50)).padStart(7)}  ${f3(Math.max(...l)).padStart(7)}  ${k === 0 ? '' : `+${f3(pct(l, 50) - pct(res[0]!, 50))} ms, ${(pct(l, 50) / pct(res[0]!, 50)).toFixed(1)}x`}`);
-    });
-    for (const p of paths.slice(1)) await p.dp.close();
-
-    // 3. RSS, each process after the same workload (1 resync + changes + 1 resync)
-    const floor = child(['floor']);
-    children.push(floor.proc);
-    const floorRss = (await floor.next('rss')).rss as number;
-    const inproc = child(['inproc']);
-    children.push(inproc.proc);
-    const inprocRss = (await inproc.next('rss')).rss as number;
-    const client = child(['client', dir, ready.unix as string]);
-    children.push(client.proc);
-    const clientRss = (await client.next('rss')).rss as number;
-    server.proc.send({ type: 'rss' });
-    const serverRss = (await server.next('rss')).rss as number;
-    console.log(`\nRSS (MiB; node --max-semi-space-size=1 as bin/patu runs the agent), each process after the workload (1 resync, ${CHANGES} changes, 1 resync):`);
-    console.log(`  node floor (idle, nothing loaded)          ${floorRss.toFixed(1)}`);
-    console.log(`  single process: the API in-process         ${inprocRss.toFixed(1)}`);
-    console.log(`  split, agent side: the same over the client ${clientRss.toFixed(1)}  (+${(clientRss - inprocRss).toFixed(1)} for the gRPC/TLS client)`);
-    console.log(`  split, manager side: the server            ${serverRss.toFixed(1)}  (served this whole bench; +${(serverRss - floorRss).toFixed(1)} over the floor)`);
-    console.log(`  split, both processes                      ${(clientRss + serverRss).toFixed(1)}  (${((clientRss + serverRss) / inprocRss).toFixed(2)}x the single process)`);
-    console.log(`\nbench wall time ${((performance.now() - started) / 1000).toFixed(1)} s`);
-    server.proc.send({ type: 'stop' });
-    await new Promise((r) => server.proc.once('exit', r));
-  } finally {
-    for (const c of children) if (c.exitCode === null) c.kill();
-    rmSync(dir, { recursive: true, force: true });
+  // 2. Full resyncs, alternating two backend sets so every round rewrites them all (first: the initial state).
+  const resync: Record<string, number[]> = {};
+  for (let r = 0; r < RESYNCS; r++) {
+    const ports = Array.from({ length: SERVICES }, (_, i) => svcPort(i, r % 2));
+    for (const [name, dp] of rotated(r)) (resync[name] ??= []).push(await apply(name, dp, { full: true, refs: [], ports }));
   }
+  // Warm-up (JIT, HTTP/2 and TLS buffers), not recorded: a process's first few hundred calls cost several times a warm one.
+  for (let i = 0; i < WARMUP; i++) {
+    const p = svcPort(SERVICES - 1 - (i % 10), i % 2 ? 4 : 5);
+    for (const [name, dp] of rotated(i)) await apply(name, dp, { full: false, refs: [p.ref], ports: [p] });
+  }
+  // 1. One service's backends, flipped back and forth.
+  const change: Record<string, number[]> = {};
+  for (let i = 0; i < CHANGES; i++) {
+    const p = svcPort(i % SERVICES, (i + 1) % 2 === 0 ? 2 : 3);
+    for (const [name, dp] of rotated(i)) (change[name] ??= []).push(await apply(name, dp, { full: false, refs: [p.ref], ports: [p] }));
+  }
+  // A call that does no work on either side (in-process and the real manager only).
+  const status: Record<string, number[]> = {};
+  for (let i = 0; i < CHANGES; i++) {
+    for (const [name, dp] of rotated(i).filter(([n]) => !n.startsWith('ref'))) {
+      const t0 = performance.now();
+      await dp.status();
+      (status[name] ??= []).push(performance.now() - t0);
+    }
+  }
+  const base = sides[0]![0];
+  const adds = (xs: Record<string, number[]>, name: string, p: number): string => (name === base ? '' : d2(pct(xs[name]!, p) - pct(xs[base]!, p)));
+  console.log('\n## 1. service change to map, API level (ms, the awaited Dataplane.applyServices: one service, 3 backends)');
+  console.log(`  ${'side'.padEnd(28)} ${'p50'.padStart(7)} ${'p99'.padStart(7)} ${'max'.padStart(7)} ${'adds p50'.padStart(9)} ${'adds p99'.padStart(9)}   Status p50`);
+  for (const [name] of sides) {
+    const c = change[name]!;
+    console.log(`  ${name.padEnd(28)} ${f2(pct(c, 50)).padStart(7)} ${f2(pct(c, 99)).padStart(7)} ${f2(Math.max(...c)).padStart(7)} ${adds(change, name, 50).padStart(9)} ${adds(change, name, 99).padStart(9)}   ${status[name] ? f2(pct(status[name]!, 50)) : '-'}`);
+  }
+  // The manager's own view (its rpc histogram: from request decoded to answer built), p50 bucket bound.
+  const metrics = spawnSync('nsenter', [`--net=/run/netns/${node}`, 'curl', '-sf', 'http://127.0.0.1:19467/metrics'], { encoding: 'utf8' }).stdout ?? '';
+  const serverP50 = (method: string): string => {
+    const re = new RegExp(`patu_dataplane_rpc_duration_seconds_bucket\\{side="server",method="${method}",le="([^"]+)"\\} (\\S+)`, 'g');
+    const buckets = [...metrics.matchAll(re)].map((m) => [Number(m[1]), Number(m[2])] as const);
+    const total = buckets.at(-1)?.[1] ?? 0;
+    const at = buckets.find(([, n]) => n >= total / 2);
+    return at ? `<= ${f2(at[0] * 1000)}` : '?';
+  };
+  const split = sides[1]![0];
+  console.log(`  inside the manager (its rpc histogram, decoded request to answer): ApplyServices p50 ${serverP50('ApplyServices')} ms, Status p50 ${serverP50('Status')} ms`);
+  console.log(`  split adds p50 ${d2(pct(change[split]!, 50) - pct(change[base]!, 50))} / p99 ${d2(pct(change[split]!, 99) - pct(change[base]!, 99))} ms (target <= 1 / <= 3); of the p50: transport alone (h2+TLS ref) ${d2(pct(change[sides[3]![0]]!, 50) - pct(change[base]!, 50))}, with the RPC framework (gRPC ref) ${d2(pct(change[sides[2]![0]]!, 50) - pct(change[base]!, 50))}`);
+
+  console.log(`\n## 2. full resync of ${SERVICES} services (ms, ${RESYNCS} rounds; the first programs the maps from empty)`);
+  console.log(`  ${'side'.padEnd(28)} ${'median'.padStart(8)} ${'max'.padStart(8)} ${'adds'.padStart(8)}`);
+  for (const [name] of sides) {
+    const r = resync[name]!;
+    console.log(`  ${name.padEnd(28)} ${f2(pct(r, 50)).padStart(8)} ${f2(Math.max(...r)).padStart(8)} ${adds(resync, name, 50).padStart(8)}`);
+  }
+  for (const c of [remote, grpcRef, h2Ref]) await c.close();
+
+  // 3. CNI ADD/DEL through the launcher: agent vs manager, interleaved.
+  const conf = (br: string, subnet: string) => ({ cniVersion: '1.1.0', name: br, type: 'patu', bridge: br, clusterCIDR: '10.203.0.0/16', masquerade: false, ipam: { ranges: [[{ subnet }]], dataDir: join(dir, `${br}-ipam`) } });
+  const targets = [
+    { name: 'patu agent (default)', socket: acni, conf: { ...conf('bsagbr', '10.203.1.0/24'), pinRoot: pinC } },
+    { name: 'patu manager (split)', socket: mcni, conf: { ...conf('bspbr', '10.203.2.0/24'), pinRoot: pinB } },
+  ];
+  const add: Record<string, number[]> = {};
+  const del: Record<string, number[]> = {};
+  for (let i = 0; i < PODS; i++) {
+    for (const t of i % 2 ? [...targets].reverse() : targets) {
+      const ns = `${scratch.name('p')}-${t.name[5]}${i}`;
+      spawnSync('ip', ['netns', 'add', ns]);
+      scratch.defer(`netns ${ns}`, () => void spawnSync('ip', ['netns', 'del', ns]));
+      const r = await launcher(node, t.socket, 'ADD', t.conf, `b-${ns}`, `/run/netns/${ns}`);
+      if (r.code !== 0) throw new Error(`${t.name} ADD: ${r.out}`);
+      (add[t.name] ??= []).push(r.ms);
+      const d = await launcher(node, t.socket, 'DEL', t.conf, `b-${ns}`, `/run/netns/${ns}`);
+      if (d.code !== 0) throw new Error(`${t.name} DEL: ${d.out}`);
+      (del[t.name] ??= []).push(d.ms);
+      spawnSync('ip', ['netns', 'del', ns]);
+    }
+  }
+  const served = (p: Proc): number => (p.log().match(/"msg":"cni request"/g) ?? []).length;
+  const [ta, tm] = targets.map((t) => t.name) as [string, string];
+  console.log(`\n## 3. CNI through bin/patu (ms, spawn to exit; the pod netns made outside the timing), ${PODS} pods per side`);
+  console.log(`  ${'answered by'.padEnd(28)} ${'ADD p50'.padStart(8)} ${'ADD p99'.padStart(8)} ${'DEL p50'.padStart(8)} ${'DEL p99'.padStart(8)}`);
+  for (const t of targets) console.log(`  ${t.name.padEnd(28)} ${f2(pct(add[t.name]!, 50)).padStart(8)} ${f2(pct(add[t.name]!, 99)).padStart(8)} ${f2(pct(del[t.name]!, 50)).padStart(8)} ${f2(pct(del[t.name]!, 99)).padStart(8)}`);
+  console.log(`  split adds: ADD p50 ${d2(pct(add[tm]!, 50) - pct(add[ta]!, 50))} ms, p99 ${d2(pct(add[tm]!, 99) - pct(add[ta]!, 99))} ms (target <= 1 / <= 3; served: agent ${served(agent)}, manager ${served(manager)} requests)`);
+  const afterApi = { manager: rssMiB(manager.child.pid!), agent: rssMiB(agent.child.pid!) };
+  ref.send('rss');
+  const refRss = (await refMsg()).rss!;
+  ref.send('stop');
+  for (const p of [manager, agent]) {
+    p.child.kill('SIGTERM');
+    await Promise.race([new Promise((r) => p.child.once('exit', r)), sleep(5000)]);
+  }
+
+  // 4. RSS: the same services file, the single process against split's two, each in step and settled.
+  const file = join(dir, 'services.yaml');
+  const lines = ['services:'];
+  for (let i = 0; i < SERVICES; i++) {
+    const ip = (n: number) => `10.244.${n + Math.floor(i / 250)}.${(i % 250) + 1}`;
+    lines.push(`  - { name: s${i}, namespace: bench, clusterIP: 10.96.${130 + Math.floor(i / 250)}.${(i % 250) + 1}, ports: [{ port: 80, targetPort: 8080 }], endpoints: [{ ip: ${ip(0)} }, { ip: ${ip(100)} }] }`);
+  }
+  writeFileSync(file, `${lines.join('\n')}\n`);
+  const rows: string[] = [];
+  for (const split of [false, true]) {
+    const d = scratch.tmpDir(split ? 'rss-split' : 'rss-single');
+    const p = startAgentProc(['--cni-socket', join(d, 'cni.sock'), '--services-file', file, '--cgroup', scratch.cgroup(split ? 'rss-split' : 'rss-single'),
+      '--pin-root', scratch.pinRoot(split ? 'rss-split' : 'rss-single'), '--data-dir', join(d, 'ipam')], { dir: d, split, managerArgs: ['--cluster-cidr', '10.244.0.0/16'] });
+    try {
+      await p.ready(120_000);
+      await sleep(SETTLE_MS);
+      if (split) {
+        const m = rssMiB(p.main.pid!);
+        const a = rssMiB(p.agent!.pid!);
+        rows.push(`  split: patu manager                ${m.toFixed(1)}`, `  split: patu agent --manager        ${a.toFixed(1)}`, `  split: both                        ${(m + a).toFixed(1)}`);
+      } else {
+        rows.push(`  single: patu agent                 ${rssMiB(p.main.pid!).toFixed(1)}`);
+      }
+    } finally {
+      await p.stop();
+    }
+  }
+  console.log(`\n## 4. RSS (MiB), ${SERVICES} services from a services file (2 backends each), ${SETTLE_MS} ms after in step; started by bin/patu`);
+  for (const r of rows) console.log(r);
+  console.log(`  after sections 1-3: patu manager ${afterApi.manager.toFixed(1)}, patu agent (CNI only) ${afterApi.agent.toFixed(1)}, the references' server (node, no bundle) ${refRss.toFixed(1)}`);
+  console.log(`\n# wall time ${((performance.now() - started) / 1000).toFixed(0)} s, load at the end ${loadavg()}`);
 }
 
-const run = role === 'serve' ? serve(process.argv[3]!)
-  : role === 'client' ? rssClient(process.argv[3]!, process.argv[4]!)
-    : role === 'inproc' ? rssInproc()
-      : role === 'floor' ? Promise.resolve(sendAndExit({ type: 'rss', rss: rssMiB() }))
-        : main();
-run.catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+if (process.argv[2] === 'ref') {
+  serveReferences(process.argv[3]!).catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+} else {
+  scratch.cleanupOnSignals();
+  main().then(() => scratch.cleanup(), async (e) => {
+    console.error(e);
+    await scratch.cleanup();
+    process.exitCode = 1;
+  });
+}

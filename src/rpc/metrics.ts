@@ -1,7 +1,7 @@
 // The data-plane API's metrics, on both sides of the wire: calls, errors (by code) and
 // latency per method, and the connections the server refused. Made on a Registry the
 // caller owns (the manager's or the agent's /metrics), so this module starts no server
-// and several sides can live in one process (tests, bench/split.ts).
+// and several sides can live in one process (tests).
 import { Counter, Histogram, type Registry } from '../k8s/prom.js';
 
 export type RpcSide = 'server' | 'client';
