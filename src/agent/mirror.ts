@@ -102,6 +102,8 @@ export class DataplaneMirror {
   private readonly podFlags = new Map<string, boolean>();
   private readonly dirtyPods = new Set<string>();
   private policyState: PolicyState | undefined;
+  /** Policy is off (--network-policy=off): the manager is told to stop enforcing, instead of a state. */
+  private policyOffWanted = false;
   /** The policy source's pods may take addresses CNI ADD gave them in an earlier run (the policy file's: PolicyChange.rememberCniAddresses). */
   private policyRemember = false;
 
@@ -213,6 +215,7 @@ export class DataplaneMirror {
   private setPolicy(state: PolicyState, remember: boolean): void {
     this.policyState = state;
     this.policyRemember = remember;
+    this.policyOffWanted = false;
     this.kick('policy');
   }
 
@@ -223,6 +226,17 @@ export class DataplaneMirror {
     this.dirtyPods.add(ip);
     this.kick('podFlags');
     return true;
+  }
+
+  /**
+   * Policy off on this node: the manager detaches and unpins its policy programs (as the default agent
+   * does at start), so a state from an earlier run is not enforced with nothing updating it. Re-sent
+   * like a state (a restarted manager, a failure); a later setState turns it back into a state.
+   */
+  setPolicyOff(): void {
+    this.policyState = undefined;
+    this.policyOffWanted = true;
+    this.kick('policy');
   }
 
   /** Node settings: merged into what the mirror holds (an absent field keeps its value). */
@@ -384,7 +398,7 @@ export class DataplaneMirror {
       case 'acceleration': return this.accel !== undefined;
       case 'services': return this.servicesHeld;
       case 'podFlags': return this.podFlags.size > 0 || this.dirtyPods.size > 0;
-      case 'policy': return this.policyState !== undefined;
+      case 'policy': return this.policyState !== undefined || this.policyOffWanted;
     }
   }
 
@@ -432,13 +446,18 @@ export class DataplaneMirror {
         return;
       }
       case 'policy': {
-        const state = this.policyState;
+        const off = this.policyOffWanted;
+        const state = off ? { namespaces: [], pods: [], policies: [], nodeAddresses: [] } : this.policyState;
         if (!state) return;
         const generation = ++this.policyGen;
-        const r = await this.dp.applyPolicy({ session: this.session, generation, state, ...(this.policyRemember ? { rememberCniAddresses: true } : {}) }, opts);
+        const r = await this.dp.applyPolicy({ session: this.session, generation, state, ...(off ? { enforcementOff: true } : this.policyRemember ? { rememberCniAddresses: true } : {}) }, opts);
         this.full.delete(kind);
         this.ackedPolicyGen = r.generation;
         this.opts.onPolicyApplied?.(r);
+        if (off) {
+          this.log?.info({ generation: String(r.generation) }, 'network policy off: the data plane manager stopped enforcing (programs detached)');
+          return;
+        }
         if (r.mapChanges || r.flowsCutOff || r.socketsEvicted) {
           this.log?.info({ generation: String(r.generation), mapChanges: r.mapChanges, flowsCutOff: r.flowsCutOff, socketsEvicted: r.socketsEvicted, ms: r.applyMs }, 'network policy programmed (manager)');
         }
@@ -537,7 +556,7 @@ export class DataplaneMirror {
       const restarted = st.uptimeSeconds < this.lastUptime;
       this.lastUptime = st.uptimeSeconds;
       const lostServices = this.servicesHeld && this.ackedServicesGen !== undefined && (st.servicesSession !== this.session || st.servicesGeneration !== this.ackedServicesGen);
-      const lostPolicy = this.policyState !== undefined && this.ackedPolicyGen !== undefined && (st.policySession !== this.session || st.policyGeneration !== this.ackedPolicyGen);
+      const lostPolicy = this.has('policy') && this.ackedPolicyGen !== undefined && (st.policySession !== this.session || st.policyGeneration !== this.ackedPolicyGen);
       // Acceleration and node settings carry no session: the manager's own view says whether they are ours.
       const lostAccel = this.accel !== undefined && this.ackedAccel && st.acceleration !== this.accel;
       const nodeDiff = this.ackedNode ? this.nodeDiffers(st.node) : undefined;

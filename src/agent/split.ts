@@ -116,7 +116,11 @@ export async function runSplitAgent(opts: AgentOptions, split: SplitOptions, log
   if (opts.kubernetes) {
     const { startKubernetes, resolveNodeName } = await import('../k8s/agent-k8s.js');
     const policyOn = opts.networkPolicy ?? true;
-    if (!policyOn) log.info({}, 'network policy off (--network-policy=off): no policy state is sent; the manager keeps what it enforces');
+    if (!policyOn) {
+      // As the default agent's teardown at start: a state from a run with policy on must not stay enforced with nothing updating it.
+      mirror.setPolicyOff();
+      log.info({}, 'network policy off (--network-policy=off): the manager is told to stop enforcing (detach and unpin its policy programs)');
+    }
     const k8s = await startKubernetes({
       ...opts.kubernetes,
       ...(policyOn ? { policy: mirror.policy } : {}),

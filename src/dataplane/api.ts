@@ -111,6 +111,8 @@ export interface PolicyChange {
    * Kubernetes: an address learned before a restart may be another pod's by now. Absent: false.
    */
   rememberCniAddresses?: boolean;
+  /** Policy is off: stop enforcing (detach and unpin the policy programs); `state` is ignored. Absent: false. */
+  enforcementOff?: boolean;
 }
 
 export interface PolicyApplied {

@@ -88,6 +88,8 @@ export interface LocalDataplaneOptions {
   policy: () => PolicyEngineHandle;
   /** Whether the policy engine is open (status, health, the CNI hook). */
   policyOpen: () => boolean;
+  /** Policy off: closes the engine, detaches the policy programs from every link and unpins them; how many were detached. */
+  policyOff: () => number;
   /** The node's addresses now (the manager's NodeAddressTracker). */
   nodeAddresses: () => string[];
   /** Where the CNI conflist goes on a podCidr ('' = not written) and what it tells the plugin. */
@@ -374,6 +376,7 @@ export class LocalDataplane implements Dataplane {
     const cur = this.policySession;
     // Every call is a whole state: only a repeat of the last is special (nothing written).
     if (cur && cur.session === change.session && cur.generation === change.generation) return { ...cur.last, repeatedGeneration: true };
+    if (change.enforcementOff) return this.policyOff(change);
     let pe: PolicyEngineHandle;
     try {
       pe = this.o.policy();
@@ -407,6 +410,28 @@ export class LocalDataplane implements Dataplane {
     this.policySession = { session: change.session, generation: change.generation, last: answer };
     if (r.changed || r.flushed || r.evicted) this.o.log.info({ mapChanges: r.changed, flowsCutOff: r.flushed, socketsEvicted: r.evicted, ms: answer.applyMs }, 'network policy programmed');
     if (r.fallback) this.o.log.error({ problems: answer.problems.slice(0, 10) }, 'network policy could not be programmed whole: isolated pods deny everything (fallback)');
+    return answer;
+  }
+
+  /** Policy off (the agent's --network-policy=off): nothing enforces a state nobody updates any more. */
+  private policyOff(change: PolicyChange): PolicyApplied {
+    const t0 = performance.now();
+    let detached: number;
+    try {
+      detached = this.o.policyOff();
+    } catch (e) {
+      this.policySession = undefined;
+      this.fail('policy', e);
+      throw new DataplaneError('internal', `policy off: detaching the policy programs: ${messageOf(e)}`, { cause: e });
+    }
+    this.policyState = undefined;
+    this.policyRemember = false;
+    const answer: PolicyApplied = {
+      generation: change.generation, mapChanges: 0, flowsCutOff: 0, socketsEvicted: 0, applyMs: round(performance.now() - t0),
+      fallback: false, problems: [], repeatedGeneration: false,
+    };
+    this.policySession = { session: change.session, generation: change.generation, last: answer };
+    this.o.log.info({ detached }, 'network policy off (the agent\'s --network-policy=off): policy programs detached and unpinned');
     return answer;
   }
 

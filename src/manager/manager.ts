@@ -126,7 +126,7 @@ export async function openManagerDataplane(o: ManagerDataplaneOptions): Promise<
     // hook then puts new pods under the policies at once); otherwise opened by the first ApplyPolicy.
     let policy: AgentPolicyEngine | undefined;
     const { openPolicyEngine } = await import('../agent/policy-engine.js');
-    const { policyPinned } = await import('../dataplane/policy-tc.js');
+    const { policyPinned, teardownPolicy } = await import('../dataplane/policy-tc.js');
     const openPolicy = (): AgentPolicyEngine => {
       if (!policy) {
         policy = openPolicyEngine({ pinRoot: o.pinRoot, log, ...parts.bpffs, ...(o.bridge ? { bridges: [o.bridge] } : {}) });
@@ -157,6 +157,12 @@ export async function openManagerDataplane(o: ManagerDataplaneOptions): Promise<
       accel: () => (accel ??= Accel.open({ pinRoot: o.pinRoot, cgroupPath: parts.cgroup, ...parts.bpffs, log: (msg) => log.info({ cgroup: parts.cgroup }, msg) })),
       policy: openPolicy,
       policyOpen: () => policy !== undefined,
+      policyOff: () => {
+        // Closed first (the CNI hook then has no engine), then every patu_pol_* program detached and the pins removed: as the default agent does.
+        policy?.close();
+        policy = undefined;
+        return policyPinned(o.pinRoot) ? teardownPolicy(o.pinRoot) : 0;
+      },
       nodeAddresses: nodeAddrs,
       conflist: {
         dir: o.cniConfDir ?? DEFAULTS.cniConfDir,

@@ -11,7 +11,7 @@
 //     peer, empty ports = every port, {} selector = everything). Decoded as absent.
 //   - hostNetwork false and an absent one; a pod port's name "" and an absent one.
 //   - ServicesApplied.refused absent and empty (decoded as absent); PolicyChange.rememberCniAddresses
-//     false and absent (decoded as absent).
+//     and enforcementOff false and absent (decoded as absent).
 // What the wire keeps: NodeSettings' presence (absent = leave it; `serviceCidrOff: false`
 // and `snatAddress: ''` are values), a peer's podSelector/namespaceSelector/ipBlock presence
 // (`optional` messages: {podSelector: {}} selects every pod of the policy's namespace,
@@ -313,13 +313,14 @@ export const policyStateFromProto = (m: pb.PolicyState | undefined): PolicyState
 
 export const policyChangeToProto = (c: PolicyChange): pb.ApplyPolicyRequest => ({
   $typeName: 'patu.dataplane.v1.ApplyPolicyRequest', session: c.session, generation: c.generation, state: policyStateToProto(c.state),
-  rememberCniAddresses: c.rememberCniAddresses === true,
+  rememberCniAddresses: c.rememberCniAddresses === true, enforcementOff: c.enforcementOff === true,
 });
 
 /** rememberCniAddresses: false on the wire reads as absent (the default). */
 export const policyChangeFromProto = (m: pb.ApplyPolicyRequest): PolicyChange => ({
   session: m.session, generation: m.generation, state: policyStateFromProto(m.state),
   ...(m.rememberCniAddresses ? { rememberCniAddresses: true } : {}),
+  ...(m.enforcementOff ? { enforcementOff: true } : {}),
 });
 
 export const policyAppliedToProto = (a: PolicyApplied): pb.ApplyPolicyResponse => ({

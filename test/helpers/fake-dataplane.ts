@@ -33,6 +33,9 @@ export class FakeDataplane implements Dataplane {
   acceleration: boolean | undefined;
   readonly podFlags = new Map<string, boolean>();
   policy: PolicyState | undefined;
+  /** The last policy call said enforcement off / asked for CNI-learned addresses. */
+  policyOff = false;
+  remembered = false;
   policySession = '';
   policyGeneration = 0n;
   /** Failures the next calls take, in order (one per call). */
@@ -145,6 +148,8 @@ export class FakeDataplane implements Dataplane {
         return { generation: this.policyGeneration, mapChanges: 0, flowsCutOff: 0, socketsEvicted: 0, applyMs: 0, fallback: false, problems: [], repeatedGeneration: true };
       }
       this.policy = c.state;
+      this.policyOff = c.enforcementOff === true;
+      this.remembered = c.rememberCniAddresses === true;
       this.policySession = c.session;
       this.policyGeneration = c.generation;
       return { generation: c.generation, mapChanges: 1, flowsCutOff: 0, socketsEvicted: 0, applyMs: 0.1, fallback: false, problems: [], repeatedGeneration: false };

@@ -54,6 +54,7 @@ export async function openServiceSink(o: { pinRoot: string; dir: string; cluster
     accel: unavailable('acceleration'),
     policy: unavailable('policy'),
     policyOpen: () => false,
+    policyOff: () => 0,
     nodeAddresses: () => [],
     conflist: { dir: '', clusterCidr: (o.clusterCidrs ?? [DEFAULTS.clusterCIDR])[0]! },
     version: 'test',

@@ -27,6 +27,9 @@ import { portKey, type DesiredServicePort } from '../../src/services/model.js';
 import { readProgrammed } from '../../src/dataplane/service-lb.js';
 import { policyNamesPath, readPolicyNames } from '../../src/policy/names.js';
 import { createLog } from '../../src/agent/log.js';
+import { withNetns } from '../../src/kernel/netns.js';
+import { Rtnl } from '../../src/kernel/netlink/rtnl.js';
+import { tcxQuery } from '../../src/kernel/bpf/tcx.js';
 import type { PolicyState } from '../../src/policy/types.js';
 
 const skip = !isRoot() ? 'needs root (netns, cgroups, BPF programs)' : !existsSync(PATU_BIN) ? `${PATU_BIN} not built (scripts/build.sh)` : false;
@@ -425,6 +428,48 @@ test('patu manager: CNI ADD/DEL over the API and through the launcher; a new pod
   assert.doesNotMatch(execFileSync('ip', ['-n', p1, 'link'], { encoding: 'utf8' }), /eth0/);
   const del2 = await launcher('DEL', conf, { containerId: 'mgr-p2', netns: `/run/netns/${p2}` });
   assert.equal(del2.code, 0, del2.stdout);
+});
+
+test('patu manager: policy off (the agent\'s --network-policy=off) detaches and unpins the policy programs; a later state brings them back', { skip }, async () => {
+  const c = client!;
+  const conf = {
+    cniVersion: '1.1.0', name: 'mgrnet', type: 'patu', bridge: BR, clusterCIDR: CLUSTER_CIDR, masquerade: false, pinRoot: PIN_B,
+    ipam: { ranges: [[{ subnet: '10.202.7.0/24' }]], dataDir: join(DIR, 'b', 'ipam') },
+  };
+  await c.applyPolicy({ session: 'w1', generation: 2n, state: policyState([]) });
+  const p3 = scratch.netns(scratch.name('p3'));
+  const cni = (command: 'ADD' | 'DEL') => c.cni({ command, containerId: 'mgr-p3', netns: `/run/netns/${p3}`, ifname: 'eth0', args: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=it;K8S_POD_NAME=p1', path: '/opt/cni/bin', config: Buffer.from(JSON.stringify(conf)) });
+  scratch.defer('pod p3', async () => void (await cni('DEL').catch(() => undefined)));
+  const add = await cni('ADD');
+  assert.equal(add.exitCode, 0, add.stdout);
+  // Every link of the node netns, both tcx directions (this bpftool predates tcx listings).
+  const polProgs = (): string[] => withNetns(`/run/netns/${NODE}`, () => {
+    const rtnl = Rtnl.open();
+    try {
+      return rtnl.listLinks().flatMap((l) => (['ingress', 'egress'] as const).flatMap((dir) => tcxQuery(l.index, dir).filter((p) => p.name.startsWith('patu_pol_')).map((p) => `${l.name} ${dir} ${p.name}`)));
+    } finally {
+      rtnl.close();
+    }
+  });
+  assert.ok(polProgs().length >= 2, 'the pod\'s veth carries the policy programs');
+  assert.ok(existsSync(join(PIN_B, 'policy')), 'policy pinned');
+
+  const off = await c.applyPolicy({ session: 'w1', generation: 3n, state: policyState([]), enforcementOff: true });
+  assert.equal(off.generation, 3n);
+  assert.deepEqual(polProgs(), [], 'no policy program attached to any link of the node');
+  assert.equal(existsSync(join(PIN_B, 'policy')), false, 'the policy pins are gone');
+  assert.match(managerLog, /"detached":[1-9].*policy programs detached and unpinned/);
+  const st = await c.status();
+  assert.equal(st.policyGeneration, 3n);
+  assert.equal(st.policyEndpoints, 0);
+  const rep = await c.applyPolicy({ session: 'w1', generation: 3n, state: policyState([]), enforcementOff: true });
+  assert.equal(rep.repeatedGeneration, true);
+
+  // Turned back on: opened afresh, attached to the existing veths, enforcing again.
+  const on = await c.applyPolicy({ session: 'w1', generation: 4n, state: policyState([]) });
+  assert.equal(on.fallback, false);
+  assert.ok(polProgs().length >= 2, 'attached again');
+  assert.equal((await cni('DEL')).exitCode, 0);
 });
 
 test('patu manager: /metrics counts the API calls per method', { skip }, async () => {

@@ -344,3 +344,26 @@ test('mirror: a service the manager refuses (outside its limits) is warned once 
   assert.deepEqual(warned().slice(1), ['a/bad 9.9.9.9:80/TCP vip 9.9.9.9 is outside the service CIDRs', 'a/bad 9.9.9.9:80/TCP vip 9.9.9.9 is outside the service CIDRs']);
   assert.deepEqual(counted, ['a/bad', 'a/bad', 'a/bad'], 'counted as often as logged');
 });
+
+test('mirror: policy off is pushed as enforcementOff (state ignored), re-sent whole after a restarted manager, and a later state replaces it', async (t) => {
+  const dp = new FakeDataplane();
+  const m = new DataplaneMirror({ dataplane: dp, heartbeatMs: 20, backoffMs: 1 });
+  t.after(() => m.close());
+  m.setPolicyOff();
+  await m.idle();
+  assert.equal(dp.policyOff, true);
+  assert.equal(m.notReady(), undefined);
+  dp.restart();
+  assert.equal(dp.policyOff, true, 'the fake keeps the flag until the next call');
+  dp.policyOff = false;
+  const calls = dp.calls.length;
+  for (let i = 0; i < 100 && dp.calls.length === calls; i++) await sleep(10);
+  await m.idle();
+  assert.equal(dp.policyOff, true, 'the heartbeat noticed the restart and told it again');
+  assert.equal(dp.policySession, m.session);
+  m.policy.setState(policy(1), { rememberCniAddresses: true });
+  await m.idle();
+  assert.equal(dp.policyOff, false);
+  assert.equal(dp.remembered, true);
+  assert.deepEqual(dp.policy, policy(1));
+});
