@@ -76,8 +76,6 @@ export const DEFAULTS = {
   tlsPollMs: 5000,
   /** A change of the TLS files is acted on once they have stayed the same this long (cert and key written apart). */
   tlsSettleMs: 250,
-  /** `patu agent --manager`: deadline of every call to the manager (a 1,000-pod policy state compiles in well under this). */
-  mirrorCallTimeoutMs: 15_000,
   /** First retry after a failed call to the manager; doubled per failure (jittered) up to the max. */
   mirrorBackoffMs: 100,
   mirrorMaxBackoffMs: 5_000,
@@ -85,7 +83,7 @@ export const DEFAULTS = {
   mirrorHeartbeatMs: 2_000,
   /**
    * Split mode: the deadline of one data-plane API call to the manager (src/rpc/client.ts) when the caller sets
-   * none (the agent's mirror sets mirrorCallTimeoutMs on each call; `patu status` and tools rely on this one). Below agentRequestTimeoutMs, so a CNI request the agent forwards is answered before
+   * none: the agent's mirror, `patu status` and tools all rely on this one (a 1,000-pod policy state compiles in well under it). Below agentRequestTimeoutMs, so a CNI request the agent forwards is answered before
    * its own deadline. A deadline that passes mid-apply does not stop the apply (the manager finishes it).
    */
   managerCallTimeoutMs: 15_000,

@@ -41,7 +41,7 @@ export interface DataplaneMirrorOptions {
   log?: MirrorLog;
   /** The services/policy session (default: a random UUID). */
   session?: string;
-  /** Deadline of every call (default DEFAULTS.mirrorCallTimeoutMs). */
+  /** Deadline of every call (default: none set here, so the Dataplane's own applies: the gRPC client's DEFAULTS.managerCallTimeoutMs). */
   callTimeoutMs?: number;
   /** First retry delay after a failure, doubled per failure up to maxBackoffMs (defaults DEFAULTS.mirrorBackoff*). */
   backoffMs?: number;
@@ -88,7 +88,8 @@ export class DataplaneMirror {
   private readonly opts: DataplaneMirrorOptions;
   private readonly dp: Dataplane;
   private readonly log: MirrorLog | undefined;
-  private readonly timeoutMs: number;
+  /** Per-call options: a deadline only when one was given (else the client's default). */
+  private readonly callOpts: { timeoutMs?: number };
   private readonly backoffMs: number;
   private readonly maxBackoffMs: number;
   private readonly random: () => number;
@@ -147,7 +148,7 @@ export class DataplaneMirror {
     this.dp = opts.dataplane;
     this.log = opts.log;
     this.session = opts.session ?? randomUUID();
-    this.timeoutMs = opts.callTimeoutMs ?? DEFAULTS.mirrorCallTimeoutMs;
+    this.callOpts = opts.callTimeoutMs !== undefined ? { timeoutMs: opts.callTimeoutMs } : {};
     this.backoffMs = opts.backoffMs ?? DEFAULTS.mirrorBackoffMs;
     this.maxBackoffMs = Math.max(this.backoffMs, opts.maxBackoffMs ?? DEFAULTS.mirrorMaxBackoffMs);
     this.random = opts.random ?? Math.random;
@@ -404,7 +405,7 @@ export class DataplaneMirror {
 
   private async push(kind: PushKind): Promise<void> {
     this.pushSeq++;
-    const opts = { timeoutMs: this.timeoutMs };
+    const opts = this.callOpts;
     const full = this.full.has(kind);
     switch (kind) {
       case 'node': {
@@ -477,7 +478,7 @@ export class DataplaneMirror {
     const generation = ++this.servicesGen;
     let r: ServicesApplied;
     try {
-      r = await this.dp.applyServices({ session: this.session, generation, full, refs, ports }, { timeoutMs: this.timeoutMs });
+      r = await this.dp.applyServices({ session: this.session, generation, full, refs, ports }, this.callOpts);
     } catch (e) {
       for (const ref of taken) this.dirtyRefs.add(ref);
       throw e;
@@ -539,7 +540,7 @@ export class DataplaneMirror {
     try {
       let st: DataplaneStatus;
       try {
-        st = await this.dp.status({ timeoutMs: this.timeoutMs });
+        st = await this.dp.status(this.callOpts);
       } catch (e) {
         if (this.closed || this.running) return;
         this.failed('node', e);

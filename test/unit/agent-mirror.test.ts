@@ -367,3 +367,24 @@ test('mirror: policy off is pushed as enforcementOff (state ignored), re-sent wh
   assert.equal(dp.remembered, true);
   assert.deepEqual(dp.policy, policy(1));
 });
+
+test('mirror: sets no deadline of its own unless given one, so the client\'s default (DEFAULTS.managerCallTimeoutMs) is the one deadline', async () => {
+  for (const given of [undefined, 250]) {
+    const dp = new FakeDataplane();
+    const seen: (number | undefined)[] = [];
+    const apply = dp.applyServices.bind(dp);
+    const status = dp.status.bind(dp);
+    dp.applyServices = (c, o) => (seen.push(o?.timeoutMs), apply(c, o));
+    dp.status = (o) => (seen.push(o?.timeoutMs), status(o));
+    const m = new DataplaneMirror({ dataplane: dp, heartbeatMs: 10, ...(given !== undefined ? { callTimeoutMs: given } : {}) });
+    try {
+      m.services.resync(byKey([port('a/x', 1, 1)]));
+      await m.idle();
+      for (let i = 0; i < 100 && seen.length < 2; i++) await sleep(10);
+    } finally {
+      await m.close();
+    }
+    assert.ok(seen.length >= 2, 'a push and a heartbeat');
+    assert.deepEqual(new Set(seen), new Set([given]), `callTimeoutMs ${String(given)}`);
+  }
+});
