@@ -9,7 +9,6 @@
 //     itself: the same sources feed `patu manager` over gRPC with mutual TLS.
 // State lives in pinned eBPF objects, so stopping or restarting the agent never
 // breaks established connections; bin/patu falls back to running the plugin itself.
-import { hostname } from 'node:os';
 import { createLog } from './log.js';
 import { openNodeParts, type Closer, policyCniHook, serveUntilSignal, startCniServing, startHostPorts, startNodeAddresses, startNodePortTc } from './node.js';
 import { DEFAULTS } from '../defaults.js';
@@ -130,24 +129,14 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
 
   if (opts.servicesFile) {
     // The standalone service source; the Kubernetes source feeds the same model.
-    const { servicesWatch } = await import('./services-watch.js');
-    const { HealthCheckServer } = await import('../services/health-check.js');
-    const health = new HealthCheckServer({
-      onError: (e) => log.error({ service: e.ref, port: e.port, reason: e.reason }, `${e.message}; the service is programmed, its health check is not served`),
-      onListening: (e) => log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
-    });
-    closers.push(() => health.close());
+    const { startServicesFile } = await import('./services-watch.js');
     const file = opts.servicesFile;
-    const watch = await servicesWatch(file, {
+    closers.push(await startServicesFile(file, log, {
       pinRoot: opts.pinRoot,
       cgroupPath: cgroup,
       ...(lb ? { lb } : {}),
       ...bpffs,
       ...(opts.serviceCidr !== undefined ? { serviceCidr: opts.serviceCidr } : {}),
-      // As with --kubernetes: NODE_NAME, else the hostname (endpoints' nodeName in the file say "local").
-      nodeName: process.env.NODE_NAME || hostname(),
-      onHealthChecks: (entries) => health.update(entries),
-      onConflict: (c) => log.error({ file, service: c.ref, entry: c.key, holder: c.holder }, `service not programmed: ${c.key} is already used by ${c.holder}`),
       nodeAddresses: { onChange: (c) => log.info(c, 'node addresses changed (NodePorts answer on these)') },
       onApplied: (stats) => {
         log.info({ file, services: stats.services, mapOps: stats.ops, ms: stats.ms }, 'services programmed');
@@ -155,9 +144,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
         if (d) log[d.level](d.fields, d.msg);
       },
       onRepair: (repair) => log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired'),
-      onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
-    });
-    closers.push(() => watch.close());
+    }));
   }
 
   let policyFileEngine: import('../policy/engine.js').PolicyEngine | undefined;

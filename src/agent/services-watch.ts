@@ -4,11 +4,13 @@
 // Split mode (`patu agent --manager`): the same watcher feeds the agent's DataplaneMirror
 // (`sink`) and nothing of the kernel side is loaded: the manager keeps the node addresses
 // and the service CIDR is a node setting the agent hands it.
+import { hostname } from 'node:os';
 import type { ApplyStats, ServiceLb, ServiceSinkLike } from '../dataplane/service-lb.js';
 import type { BpffsOptions } from '../kernel/bpf/pins.js';
 import { applyToModel, watchServices } from '../services/file-source.js';
 import { ServiceModel, type Conflict } from '../services/model.js';
 import type { NodeAddressTracker } from '../dataplane/node-addrs.js';
+import type { Log } from './log.js';
 
 export interface ServicesWatchOptions extends BpffsOptions {
   /** bpffs directory of the service maps and links. */
@@ -120,4 +122,36 @@ export async function servicesWatch(path: string, opts: ServicesWatchOptions): P
     close();
     throw e;
   }
+}
+
+/**
+ * `--services-file` as both agents run it (the single process and split mode's): the
+ * watcher, the healthCheckNodePort servers it asks for (they stay in the agent in split
+ * mode: unprivileged listeners in the NodePort range), and the log lines every mode shares.
+ * `extra` carries the mode's own options (ServiceLb and pins, or the mirror's sink).
+ */
+export async function startServicesFile(file: string, log: Log, extra: Omit<ServicesWatchOptions, 'onHealthChecks' | 'onConflict' | 'onError' | 'nodeName'>): Promise<() => Promise<void>> {
+  const { HealthCheckServer } = await import('../services/health-check.js');
+  const health = new HealthCheckServer({
+    onError: (e) => log.error({ service: e.ref, port: e.port, reason: e.reason }, `${e.message}; the service is programmed, its health check is not served`),
+    onListening: (e) => log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
+  });
+  let watch: ServicesWatchHandle;
+  try {
+    watch = await servicesWatch(file, {
+      ...extra,
+      // As with --kubernetes: NODE_NAME, else the hostname (endpoints' nodeName in the file say "local").
+      nodeName: process.env.NODE_NAME || hostname(),
+      onHealthChecks: (entries) => health.update(entries),
+      onConflict: (c) => log.error({ file, service: c.ref, entry: c.key, holder: c.holder }, `service not programmed: ${c.key} is already used by ${c.holder}`),
+      onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
+    });
+  } catch (e) {
+    await health.close();
+    throw e;
+  }
+  return async () => {
+    watch.close();
+    await health.close();
+  };
 }

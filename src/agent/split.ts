@@ -9,7 +9,6 @@
 // Certificates: the client's pair and CA are read from --tls-dir (patu's layout or a
 // cert-manager Secret's) and watched: new files are used for the next connection, without
 // a restart.
-import { hostname } from 'node:os';
 import { DEFAULTS } from '../defaults.js';
 import { messageOf } from '../errors.js';
 import type { Log } from './log.js';
@@ -87,24 +86,8 @@ export async function runSplitAgent(opts: AgentOptions, split: SplitOptions, log
   if (opts.servicesFile) {
     // The service CIDR is the manager's to apply: named, it is sent; absent, the check is off (as in-process).
     mirror.setNodeSettings(opts.serviceCidr ? { serviceCidr: opts.serviceCidr, serviceCidrOff: false } : { serviceCidrOff: true });
-    const { servicesWatch } = await import('./services-watch.js');
-    const { HealthCheckServer } = await import('../services/health-check.js');
-    const health = new HealthCheckServer({
-      onError: (e) => log.error({ service: e.ref, port: e.port, reason: e.reason }, `${e.message}; the service is programmed, its health check is not served`),
-      onListening: (e) => log.info({ service: e.ref, port: e.port }, 'serving healthCheckNodePort'),
-    });
-    closers.push(() => health.close());
-    const file = opts.servicesFile;
-    const watch = await servicesWatch(file, {
-      pinRoot: '',
-      cgroupPath: '',
-      sink: mirror.services,
-      nodeName: process.env.NODE_NAME || hostname(),
-      onHealthChecks: (entries) => health.update(entries),
-      onConflict: (c) => log.error({ file, service: c.ref, entry: c.key, holder: c.holder }, `service not programmed: ${c.key} is already used by ${c.holder}`),
-      onError: (err) => log.error({ file, err: err.message }, 'services file rejected; the last good state stays programmed'),
-    });
-    closers.push(() => watch.close());
+    const { startServicesFile } = await import('./services-watch.js');
+    closers.push(await startServicesFile(opts.servicesFile, log, { pinRoot: '', cgroupPath: '', sink: mirror.services }));
   }
 
   if (opts.policyFile) {

@@ -74,6 +74,18 @@ export interface KubernetesAgentOptions {
   policy?: PolicyStateSink;
 }
 
+/** The NetworkPolicy side of the Kubernetes source, when the agent enforces policy (o.policy). */
+function policySourceOf(o: KubernetesAgentOptions, nodeName: string): K8sPolicySource | undefined {
+  return o.policy
+    ? new K8sPolicySource({
+      nodeName,
+      sink: o.policy,
+      log: o.log,
+      ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
+    })
+    : undefined;
+}
+
 /** --node-name, else NODE_NAME (the DaemonSet sets it from spec.nodeName), else the hostname. */
 export const resolveNodeName = (flag: string | undefined, env: NodeJS.ProcessEnv): string => flag || env.NODE_NAME || hostname();
 
@@ -100,14 +112,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   const lb = o.lb ?? ServiceLb.open({ pinRoot: o.pinRoot, cgroupPath: o.cgroup, ...(o.mountBpffs === undefined ? {} : { mountBpffs: o.mountBpffs }), ...(o.objectPath ? { objectPath: o.objectPath } : {}) });
   if (own) for (const repair of lb.repairs) o.log.warn({ pinRoot: o.pinRoot, repair }, 'service map pins repaired');
   let tracker: NodeAddressTracker;
-  const policy = o.policy
-    ? new K8sPolicySource({
-      nodeName,
-      sink: o.policy,
-      log: o.log,
-      ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
-    })
-    : undefined;
+  const policy = policySourceOf(o, nodeName);
   try {
     // Before the first apply (which attaches the programs), so they start fully configured.
     const serviceCIDR = o.serviceCIDR ?? DEFAULTS.serviceCIDR;
@@ -227,14 +232,7 @@ async function startKubernetesRemote(o: KubernetesAgentOptions, remote: RemoteDa
   const nodeName = o.nodeName;
   const clusterCIDR = o.clusterCIDR ?? DEFAULTS.clusterCIDR;
   const serviceCIDR = o.serviceCIDR ?? DEFAULTS.serviceCIDR;
-  const policy = o.policy
-    ? new K8sPolicySource({
-      nodeName,
-      sink: o.policy,
-      log: o.log,
-      ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
-    })
-    : undefined;
+  const policy = policySourceOf(o, nodeName);
   // Before any service: the mirror pushes node settings first in every round.
   remote.setNodeSettings({ clusterCidr: clusterCIDR, serviceCidr: serviceCIDR, serviceCidrOff: serviceCIDR === '' });
   o.log.info({ serviceCIDR: serviceCIDR || 'none', clusterCIDR }, 'service and cluster CIDR handed to the data plane manager');

@@ -6,19 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
-import type { Command } from 'commander';
 import { REPO_ROOT } from '../helpers/cni.js';
+import { cliOptions as options, flagsOf, loadManifest as load, type Doc } from '../helpers/manifests.js';
 import { buildProgram } from '../../src/cli/main.js';
 
-type Doc = Record<string, any>;
-
-function load(name: string): Doc[] {
-  const text = readFileSync(join(REPO_ROOT, 'deploy', name), 'utf8');
-  const docs = parseAllDocuments(text);
-  for (const d of docs) assert.deepEqual(d.errors.map(String), [], `${name}: YAML errors`);
-  return docs.map((d) => d.toJS() as Doc).filter((d) => d !== null);
-}
 
 const ALLOWED: Record<string, string[]> = {
   '/services': ['get', 'list', 'watch'],
@@ -69,13 +60,7 @@ test('patu.yaml: RBAC grants get/list/watch on services, endpointslices, pods, n
   assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: 'patu', namespace: 'kube-system' }]);
 });
 
-function options(cmd: Command): Set<string> {
-  return new Set(cmd.options.flatMap((o) => [o.long, o.short].filter((x): x is string => Boolean(x))));
-}
 
-function flagsOf(args: string[]): string[] {
-  return args.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]!);
-}
 
 test('patu.yaml: the DaemonSet runs install --cni-only then agent --kubernetes --accel with host networking and the host mounts', () => {
   const ds = load('patu.yaml').find((d) => d.kind === 'DaemonSet')!;
