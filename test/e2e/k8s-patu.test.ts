@@ -21,6 +21,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { REPO_ROOT } from '../helpers/cni.js';
+import { ServiceClientLog, serviceClientPod } from '../helpers/svc-client.js';
 import { TEST_IMAGE, TestCluster, clusterSkipReason, freePort, inCidr, reapStaleClusters, until } from '../helpers/k8s-cluster.js';
 
 const skip = clusterSkipReason() ?? (spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).status !== 0 ? 'podman not installed (scripts/image.sh needs it)' : undefined);
@@ -62,42 +63,14 @@ const SERVICE = {
   metadata: { name: 'web', namespace: NS },
   spec: { selector: { app: 'web' }, ports: [{ port: 80, targetPort: 8080 }] },
 };
-// One connect per line: "ok <n> <backend pod>" or "fail <n> <error>". busybox wget's own -T crashes
-// (busybox 1.35), so timeout(1) bounds each attempt. WEB_SERVICE_HOST/PORT come from kubelet: the Service
-// exists before the client.
-const CLIENT = {
-  apiVersion: 'v1',
-  kind: 'Pod',
-  // Opted out of socket acceleration: the agent flags its address in the pod map.
-  metadata: { name: 'client', namespace: NS, annotations: { 'patu.dev/accel': 'off' } },
-  spec: {
-    terminationGracePeriodSeconds: 1,
-    containers: [{
-      name: 'client',
-      image: TEST_IMAGE,
-      imagePullPolicy: 'Never',
-      command: ['sh', '-c', 'i=0; while true; do i=$((i+1)); r=$(timeout 3 wget -q -O - "http://$WEB_SERVICE_HOST:$WEB_SERVICE_PORT/" 2>&1) && echo "ok $i $r" || echo "fail $i $r"; sleep 0.05; done'],
-    }],
-  },
-};
-
-interface Attempt { ok: boolean; n: number; what: string }
-/** The client's attempts so far (kubectl logs keeps them all: the pod never restarts). */
-function attempts(): Attempt[] {
-  const r = cluster.kubectl(['logs', '-n', NS, 'client']);
-  if (!r.ok) throw new Error(r.detail);
-  return r.stdout.split('\n').flatMap((l) => {
-    const m = /^(ok|fail) (\d+) ?(.*)$/.exec(l);
-    return m ? [{ ok: m[1] === 'ok', n: Number(m[2]), what: m[3]!.trim() }] : [];
-  });
-}
-const failures = (since: number) => attempts().filter((a) => a.n > since && !a.ok);
-const lastAttempt = () => attempts().at(-1)?.n ?? 0;
-const byBackend = (since: number) => {
-  const c: Record<string, number> = {};
-  for (const a of attempts()) if (a.n > since && a.ok) c[a.what] = (c[a.what] ?? 0) + 1;
-  return c;
-};
+// The client (test/helpers/svc-client.ts) logs one line per connect; the Service exists before it.
+// Opted out of socket acceleration: the agent flags its address in the pod map.
+const CLIENT = serviceClientPod(NS, { 'patu.dev/accel': 'off' });
+const client = new ServiceClientLog(cluster, NS);
+const attempts = () => client.attempts();
+const failures = (since: number) => client.failures(since);
+const lastAttempt = () => client.lastAttempt();
+const byBackend = (since: number) => client.byBackend(since);
 
 interface PodInfo { name: string; ip: string; ready: boolean; deleting: boolean }
 function webPods(): PodInfo[] {

@@ -13,6 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../helpers/cni.js';
+import { ServiceClientLog, serviceClientPod } from '../helpers/svc-client.js';
 import { TEST_IMAGE, TestCluster, clusterSkipReason, freePort, reapStaleClusters, until } from '../helpers/k8s-cluster.js';
 
 const skip = clusterSkipReason() ?? (spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).status !== 0 ? 'podman not installed (scripts/image.sh needs it)' : undefined);
@@ -41,28 +42,11 @@ const WEB = {
   },
 };
 const SERVICE = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: NS }, spec: { selector: { app: 'web' }, ports: [{ port: 80, targetPort: 8080 }] } };
-const CLIENT = {
-  apiVersion: 'v1', kind: 'Pod', metadata: { name: 'client', namespace: NS },
-  spec: {
-    terminationGracePeriodSeconds: 1,
-    containers: [{
-      name: 'client', image: TEST_IMAGE, imagePullPolicy: 'Never',
-      command: ['sh', '-c', 'i=0; while true; do i=$((i+1)); r=$(timeout 3 wget -q -O - "http://$WEB_SERVICE_HOST:$WEB_SERVICE_PORT/" 2>&1) && echo "ok $i $r" || echo "fail $i $r"; sleep 0.05; done'],
-    }],
-  },
-};
-
-interface Attempt { ok: boolean; n: number; what: string }
-function attempts(): Attempt[] {
-  const r = cluster.kubectl(['logs', '-n', NS, 'client']);
-  if (!r.ok) throw new Error(r.detail);
-  return r.stdout.split('\n').flatMap((l) => {
-    const m = /^(ok|fail) (\d+) ?(.*)$/.exec(l);
-    return m ? [{ ok: m[1] === 'ok', n: Number(m[2]), what: m[3]!.trim() }] : [];
-  });
-}
-const failures = (since: number) => attempts().filter((a) => a.n > since && !a.ok);
-const lastAttempt = () => attempts().at(-1)?.n ?? 0;
+const CLIENT = serviceClientPod(NS);
+const client = new ServiceClientLog(cluster, NS);
+const attempts = () => client.attempts();
+const failures = (since: number) => client.failures(since);
+const lastAttempt = () => client.lastAttempt();
 
 function programmedBackends(): string[] {
   const r = spawnSync(join(REPO_ROOT, 'bin', 'patu'), ['services', 'list', '--json', '--pin-root', PIN_ROOT], { encoding: 'utf8', timeout: 20_000 });

@@ -9,6 +9,7 @@
 // choices can be replayed; timing on a loaded machine still varies.
 import type { Scratch } from '../helpers/kernel.js';
 import { FuzzNode, type ExecOutcome, type Flavour } from './node.js';
+import { seededRandom } from '../helpers/random.js';
 
 export interface StormResult {
   cycles: number;
@@ -22,16 +23,6 @@ export interface StormResult {
   ms: number;
 }
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -41,7 +32,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  */
 export async function killStorm(scratch: Scratch, o: { cycles: number; seed: number; pods?: number; log?: (s: string) => void; deadline?: number; minLeftovers?: number }): Promise<StormResult> {
   const t0 = performance.now();
-  const rnd = prng(o.seed);
+  const rnd = seededRandom(o.seed);
   const node = await FuzzNode.create(scratch, { tag: 'storm', agent: true, pods: o.pods ?? 6 });
   const res: StormResult = { cycles: 0, pluginKills: 0, agentKills: 0, adds: 0, dels: 0, gcRemoved: 0, problems: [], ms: 0 };
   const conf = Buffer.from(JSON.stringify(node.base));

@@ -16,6 +16,7 @@ import { PATU_BIN, isRoot } from '../helpers/cni.js';
 import { scratchForTests } from '../helpers/kernel.js';
 import { startAgentProc, type AgentProc } from '../helpers/agent-proc.js';
 import { readProgrammed } from '../../src/dataplane/service-lb.js';
+import { seededRandom } from '../helpers/random.js';
 
 const skip = !isRoot() ? 'needs root (eBPF, cgroups)' : !existsSync(PATU_BIN) ? `${PATU_BIN} not built (scripts/build.sh)` : false;
 const scratch = scratchForTests('patu-test-splitf');
@@ -25,17 +26,6 @@ const SEED = Number(process.env.PATU_TEST_SEED ?? Date.now() % 1_000_000);
 const SERVICES = 24;
 const EDITS = 60;
 
-/** mulberry32: the same seed, the same edits. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Desired = Map<string, string[]>;
 
@@ -97,7 +87,7 @@ test(`split faults: kill -9 of the manager under service churn; after its restar
   const pin = scratch.pinRoot();
   const cg = scratch.cgroup();
   scratch.defer('split processes', async () => { await proc?.stop(); });
-  const r = rng(SEED);
+  const r = seededRandom(SEED);
   let last = randomFile(r);
   writeFile(last.text);
   const p = start(pin, cg);
@@ -134,7 +124,7 @@ test(`split faults: the agent killed, the manager keeps the last state; a new ag
   const pin = scratch.pinRoot('agentkill');
   const cg = scratch.cgroup('agentkill');
   await proc?.stop();
-  const r = rng(SEED + 1);
+  const r = seededRandom(SEED + 1);
   const first = randomFile(r);
   writeFile(first.text);
   const p = start(pin, cg);
