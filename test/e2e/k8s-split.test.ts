@@ -10,11 +10,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import net from 'node:net';
+import tls, { type ConnectionOptions } from 'node:tls';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../helpers/cni.js';
 import { ServiceClientLog, serviceClientPod } from '../helpers/svc-client.js';
 import { TEST_IMAGE, TestCluster, clusterSkipReason, freePort, reapStaleClusters, until } from '../helpers/k8s-cluster.js';
+import { generateCerts } from '../../src/rpc/certs.js';
 
 const skip = clusterSkipReason() ?? (spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).status !== 0 ? 'podman not installed (scripts/image.sh needs it)' : undefined);
 const cluster = new TestCluster(process.pid, { PATU_MANIFEST: 'patu-split' });
@@ -90,6 +93,35 @@ function agentPid(): number {
   throw new Error('no split agent process found');
 }
 
+/** The manager's process on this machine (its command line names this cluster's pin root). */
+function managerPid(): number {
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (cmd.includes('manager') && cmd.includes(`--pin-root=${PIN_ROOT}`)) return Number(d);
+    } catch { /* gone */ }
+  }
+  throw new Error('no manager process found');
+}
+
+/** A TLS connection to the manager's API offering h2: did the handshake finish, the client's error, bytes the manager sent. */
+function probeManager(opts: ConnectionOptions): Promise<{ secure: boolean; error?: string; bytes: number }> {
+  return new Promise((resolve) => {
+    let secure = false;
+    let bytes = 0;
+    let error: string | undefined;
+    const s = tls.connect({ ...opts, host: '127.0.0.1', port: 9466, ALPNProtocols: ['h2'] }, () => {
+      secure = true;
+      s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00');
+    });
+    const timer = setTimeout(() => s.destroy(), 10_000);
+    s.on('data', (d: Buffer) => { bytes += d.length; s.destroy(); });
+    s.on('error', (e: NodeJS.ErrnoException) => { error ??= e.code ?? e.message; });
+    s.on('close', () => { clearTimeout(timer); resolve({ secure, ...(error ? { error } : {}), bytes }); });
+  });
+}
+
 describe('patu from deploy/patu-split.yaml on a real cluster: an unprivileged agent, services, scaling, restart', { skip: skip ?? false }, () => {
   before(async () => {
     reapStaleClusters();
@@ -150,5 +182,42 @@ describe('patu from deploy/patu-split.yaml on a real cluster: an unprivileged ag
     assert.equal(first.kind, 'resync');
     assert.ok(first.services >= 2, JSON.stringify(first));
     assert.equal(first.mapOps, 0, 'the restarted pair found the maps as they should be');
+  });
+  test('mutual TLS on the node: each container holds only its own key (no CA key anywhere); the manager refuses plaintext, no certificate and a foreign CA, logging why', async () => {
+    const agent = agentPid();
+    const manager = managerPid();
+    const files = (pid: number) => readdirSync(`/proc/${pid}/root/tls`).filter((n) => !n.startsWith('..')).sort();
+    assert.deepEqual(files(agent), ['ca.crt', 'client.crt', 'client.key'], 'the agent sees its own pair and the CA certificate only');
+    assert.deepEqual(files(manager), ['ca.crt', 'server.crt', 'server.key'], 'the manager sees its own pair and the CA certificate only');
+    const key = statSync(`/proc/${agent}/root/tls/client.key`);
+    assert.equal(key.mode & 0o777, 0o600);
+    assert.equal(key.uid, 65532, 'the agent\'s key belongs to the agent\'s user');
+    const read = (pid: number, f: string) => readFileSync(`/proc/${pid}/root/tls/${f}`);
+    const ca = read(manager, 'ca.crt');
+    const base = { ca, servername: 'patu-manager', minVersion: 'TLSv1.3' as const };
+
+    // the agent's own files get in (so the refusals below are about the certificate, not the path)
+    const good = await probeManager({ ...base, cert: read(agent, 'client.crt'), key: read(agent, 'client.key') });
+    assert.ok(good.secure && good.bytes > 0, `the agent's certificate is answered: ${JSON.stringify(good)}`);
+    const none = await probeManager(base);
+    assert.equal(none.error, 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED');
+    const foreign = await generateCerts();
+    const f = await probeManager({ ...base, cert: foreign.client.cert, key: foreign.client.key });
+    assert.ok(f.secure && f.bytes === 0, `a foreign CA's certificate: closed after the handshake, not one byte: ${JSON.stringify(f)}`);
+    const plain = await new Promise<number>((resolve) => {
+      let n = 0;
+      const c = net.connect(9466, '127.0.0.1', () => c.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+      c.on('data', (d) => { n += d.length; });
+      c.on('error', () => {});
+      c.on('close', () => resolve(n));
+    });
+    assert.equal(plain, 0, 'plaintext gets nothing');
+
+    const log = await until('the refusals in the manager\'s log', 30_000, () => {
+      const l = cluster.must(['logs', '-n', 'kube-system', patuPod()!.name, '-c', 'manager']);
+      const refused = l.split('\n').filter((x) => x.includes('connection refused'));
+      return ['no client certificate', 'a foreign CA', 'plaintext'].every((r) => refused.some((x) => x.includes(r))) ? l : undefined;
+    });
+    assert.doesNotMatch(log, /PRIVATE KEY|BEGIN CERTIFICATE/, 'no certificate or key bytes in the manager\'s log');
   });
 });
