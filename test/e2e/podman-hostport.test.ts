@@ -8,26 +8,18 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { isRoot, patuFlavour, REFERENCE_DIR, type Flavour } from '../helpers/cni.js';
+import { patuFlavour, type Flavour } from '../helpers/cni.js';
+import { busyboxPath, PodmanSandbox, podmanSkipReason, ULIMITS } from '../helpers/podman.js';
 import { scratchForTests } from '../helpers/kernel.js';
 import { readProgrammed } from '../../src/dataplane/service-lb.js';
 import { HOSTPORT_DIR } from '../../src/hostport/records.js';
 
-const podmanPath = spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).stdout.trim();
-const busyboxPath = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p));
-const skip = !isRoot()
-  ? 'needs root: podman with the CNI backend, eBPF, cgroups'
-  : !podmanPath
-    ? 'podman is not installed (apt-get install podman runc)'
-    : !busyboxPath
-      ? 'busybox-static is not installed (needed to build the image without a registry)'
-      : (patuFlavour().skipReason() ?? false);
+const skip = podmanSkipReason('podman with the CNI backend, eBPF, cgroups') ?? patuFlavour().skipReason() ?? false;
 
 const scratch = scratchForTests('patu-test-hostport-podman');
 const HP = 45000 + (process.pid % 2000);
-const ULIMITS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
 let f: Flavour;
 let dir = '';
 let CG = '';
@@ -37,16 +29,10 @@ let log = '';
 const image = `localhost/hpbb-${process.pid}:latest`;
 const name = `hpsrv-${process.pid}`;
 
-function podman(args: string[], timeoutMs = 60_000) {
-  const r = spawnSync(podmanPath, ['--root', join(dir, 'root'), '--runroot', join(dir, 'runroot'), '--storage-driver', 'vfs', ...args], {
-    encoding: 'utf8',
-    timeout: timeoutMs,
-    // podman hands its environment to the plugins (libcni): bin/patu then forwards to this test's agent.
-    env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CONTAINERS_CONF: join(dir, 'containers.conf'), HOME: dir, PATU_AGENT_SOCKET: join(dir, 'agent.sock') },
-  });
-  return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '', what: `podman ${args.join(' ')}` };
-}
-const show = (r: ReturnType<typeof podman>) => `${r.what} exited ${r.status}: ${r.stderr.trim()} ${r.stdout.trim()}`.slice(0, 2000);
+// podman hands its environment to the plugins (libcni): bin/patu then forwards to this test's agent.
+let sandbox: PodmanSandbox;
+const podman = (args: string[], timeoutMs?: number) => sandbox.run(args, timeoutMs);
+const show = PodmanSandbox.show;
 const records = (): string[] => {
   const d = join(f.dataDir, HOSTPORT_DIR);
   return existsSync(d) ? readdirSync(d).filter((n) => n !== 'lock') : [];
@@ -84,26 +70,12 @@ before(async () => {
   });
   assert.ok(await waitFor(() => log.includes('serving CNI requests'), 15_000), `agent start: ${log}`);
 
-  mkdirSync(join(dir, 'net.d'));
-  mkdirSync(join(dir, 'plugins'));
-  symlinkSync(f.bin, join(dir, 'plugins', 'patu'));
-  writeFileSync(join(dir, 'containers.conf'), [
-    '[network]', 'network_backend = "cni"', `cni_plugin_dirs = ["${join(dir, 'plugins')}", "${REFERENCE_DIR}"]`,
-    `network_config_dir = "${join(dir, 'net.d')}"`, '[engine]', 'runtime = "runc"', '',
-  ].join('\n'));
-  // What patu's own conflist declares (src/cni/conflist.ts); podman 4.3's libcni speaks up to 1.0.0.
+  sandbox = new PodmanSandbox(dir, { PATU_AGENT_SOCKET: join(dir, 'agent.sock') });
+  // What patu's own conflist declares (src/cni/conflist.ts).
   const list = f.conflist();
   list.plugins[0] = { ...list.plugins[0], capabilities: { portMappings: true } };
-  writeFileSync(join(dir, 'net.d', `${f.netName}.conflist`), JSON.stringify({ ...list, cniVersion: '1.0.0' }));
-  const rootfs = join(dir, 'rootfs');
-  for (const d of ['bin', 'etc', 'tmp', 'www']) mkdirSync(join(rootfs, d), { recursive: true });
-  copyFileSync(busyboxPath!, join(rootfs, 'bin', 'busybox'));
-  spawnSync('chmod', ['755', join(rootfs, 'bin', 'busybox')]);
-  for (const a of ['sh', 'httpd']) symlinkSync('busybox', join(rootfs, 'bin', a));
-  writeFileSync(join(rootfs, 'www', 'index.html'), `hello from ${name}\n`);
-  assert.equal(spawnSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']).status, 0, 'tar of the busybox rootfs');
-  const imp = podman(['import', join(dir, 'rootfs.tar'), image]);
-  assert.equal(imp.status, 0, show(imp));
+  sandbox.configure(f.bin, f.netName, list);
+  sandbox.importBusybox(image, ['sh', 'httpd'], { 'index.html': `hello from ${name}\n` });
   scratch.defer('podman state', () => {
     podman(['rm', '-f', '-t', '0', name]);
     podman(['rmi', '-f', image]);

@@ -9,23 +9,15 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { isRoot, patuFlavour, REFERENCE_DIR, type Flavour } from '../helpers/cni.js';
+import { patuFlavour, type Flavour } from '../helpers/cni.js';
+import { PodmanSandbox, podmanSkipReason, ULIMITS } from '../helpers/podman.js';
 import { scratchForTests } from '../helpers/kernel.js';
 
-const podmanPath = spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).stdout.trim();
-const busyboxPath = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p));
-const skip = !isRoot()
-  ? 'needs root: podman with the CNI backend, eBPF'
-  : !podmanPath
-    ? 'podman is not installed (apt-get install podman runc)'
-    : !busyboxPath
-      ? 'busybox-static is not installed (needed to build the image without a registry)'
-      : (patuFlavour().skipReason() ?? false);
+const skip = podmanSkipReason('podman with the CNI backend, eBPF') ?? patuFlavour().skipReason() ?? false;
 
 const scratch = scratchForTests('patu-test-policy-podman');
-const ULIMITS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
 const names = { web: `polweb-${process.pid}`, front: `polfront-${process.pid}`, other: `polother-${process.pid}` };
 const image = `localhost/polbb-${process.pid}:latest`;
 let f: Flavour;
@@ -35,15 +27,9 @@ let agent: ChildProcess | undefined;
 let log = '';
 const ip: Record<keyof typeof names, string> = { web: '', front: '', other: '' };
 
-function podman(args: string[], timeoutMs = 60_000) {
-  const r = spawnSync(podmanPath, ['--root', join(dir, 'root'), '--runroot', join(dir, 'runroot'), '--storage-driver', 'vfs', ...args], {
-    encoding: 'utf8',
-    timeout: timeoutMs,
-    env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CONTAINERS_CONF: join(dir, 'containers.conf'), HOME: dir },
-  });
-  return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '', what: `podman ${args.join(' ')}` };
-}
-const show = (r: ReturnType<typeof podman>) => `${r.what} exited ${r.status}: ${r.stderr.trim()} ${r.stdout.trim()}`.slice(0, 2000);
+let sandbox: PodmanSandbox;
+const podman = (args: string[], timeoutMs?: number) => sandbox.run(args, timeoutMs);
+const show = PodmanSandbox.show;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** One HTTP/1.0 GET from a client container to the web server (busybox wget crashes in this static build; nc speaks HTTP). */
@@ -88,23 +74,9 @@ before(async () => {
   scratch.defer('test network', () => f.destroy());
   dir = scratch.tmpDir('patu-pol-podman');
   policyFile = join(dir, 'policy.yaml');
-  mkdirSync(join(dir, 'net.d'));
-  mkdirSync(join(dir, 'plugins'));
-  symlinkSync(f.bin, join(dir, 'plugins', 'patu'));
-  writeFileSync(join(dir, 'containers.conf'), [
-    '[network]', 'network_backend = "cni"', `cni_plugin_dirs = ["${join(dir, 'plugins')}", "${REFERENCE_DIR}"]`,
-    `network_config_dir = "${join(dir, 'net.d')}"`, '[engine]', 'runtime = "runc"', '',
-  ].join('\n'));
-  writeFileSync(join(dir, 'net.d', `${f.netName}.conflist`), JSON.stringify({ ...f.conflist(), cniVersion: '1.0.0' }));
-  const rootfs = join(dir, 'rootfs');
-  for (const d of ['bin', 'etc', 'tmp', 'www']) mkdirSync(join(rootfs, d), { recursive: true });
-  copyFileSync(busyboxPath!, join(rootfs, 'bin', 'busybox'));
-  spawnSync('chmod', ['755', join(rootfs, 'bin', 'busybox')]);
-  for (const a of ['sh', 'nc', 'httpd', 'printf', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', a));
-  writeFileSync(join(rootfs, 'www', 'index.html'), `hello from ${names.web}\n`);
-  assert.equal(spawnSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']).status, 0, 'tar of the busybox rootfs');
-  const imp = podman(['import', join(dir, 'rootfs.tar'), image]);
-  assert.equal(imp.status, 0, show(imp));
+  sandbox = new PodmanSandbox(dir);
+  sandbox.configure(f.bin, f.netName, f.conflist());
+  sandbox.importBusybox(image, ['sh', 'nc', 'httpd', 'printf', 'sleep'], { 'index.html': `hello from ${names.web}\n` });
   scratch.defer('podman state', () => {
     for (const n of Object.values(names)) podman(['rm', '-f', '-t', '0', n]);
     podman(['rmi', '-f', image]);

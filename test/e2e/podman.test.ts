@@ -12,7 +12,6 @@ import { join } from 'node:path';
 import {
   diffSnapshots,
   ipamRecords,
-  isRoot,
   patuAgentFlavour,
   patuFlavour,
   referenceFlavour,
@@ -20,16 +19,9 @@ import {
   snapshotHost,
   type Flavour,
 } from '../helpers/cni.js';
+import { busyboxPath, podmanPath, podmanSkipReason, ULIMITS } from '../helpers/podman.js';
 
-const podmanPath = spawnSync('sh', ['-c', 'command -v podman'], { encoding: 'utf8' }).stdout.trim();
-const busyboxPath = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p));
-const skipAll = !isRoot()
-  ? 'needs root: podman with the CNI backend creates netns, veths and bridges'
-  : !podmanPath
-    ? 'podman is not installed (apt-get install podman runc)'
-    : !busyboxPath
-      ? 'busybox-static is not installed (needed to build the image without a registry)'
-      : undefined;
+const skipAll = podmanSkipReason('podman with the CNI backend creates netns, veths and bridges');
 
 const wanted = (process.env.CNI_SUITE_FLAVOURS ?? 'reference,patu,patu-agent').split(',');
 // patu-agent: podman passes its environment on to plugins (libcni), so
@@ -37,7 +29,6 @@ const wanted = (process.env.CNI_SUITE_FLAVOURS ?? 'reference,patu,patu-agent').s
 const makers = skipAll ? [] : [referenceFlavour, patuFlavour, patuAgentFlavour];
 if (skipAll) test('podman e2e', { skip: skipAll }, () => {});
 
-const ULIMITS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
 
 for (const make of makers) {
   const f: Flavour = make();
