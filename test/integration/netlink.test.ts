@@ -342,3 +342,50 @@ test('errors name the link: EEXIST on duplicates, ENODEV on unknown indexes; loo
     node.close();
   }
 });
+
+test('policy rules: from/to, tables above 255 (FRA_TABLE), priority; list, EEXIST, delete', { skip }, () => {
+  const node = Rtnl.openInNetns(paths[NODE]!);
+  try {
+    const before = node.listRules({ family: 4 }).length;
+    node.addRule({ from: '10.210.0.0/24', table: 100, priority: 1000 });
+    node.addRule({ from: '10.210.0.5/24', to: '10.211.0.0/16', table: 70000, priority: 1001 }); // host bits masked off
+    node.addRule({ from: 'fd00:210::/64', table: 100, priority: 1000 });
+    const v4 = node.listRules({ family: 4 });
+    assert.equal(v4.length, before + 2);
+    assert.deepEqual(v4.find((r) => r.priority === 1000), { table: 100, family: 4, action: 1, from: '10.210.0.0/24', priority: 1000, protocol: 0 });
+    assert.deepEqual(v4.find((r) => r.priority === 1001), { table: 70000, family: 4, action: 1, from: '10.210.0.0/24', to: '10.211.0.0/16', priority: 1001, protocol: 0 });
+    assert.ok(node.listRules({ family: 6 }).some((r) => r.from === 'fd00:210::/64' && r.table === 100));
+    const shown = nsRun(NODE, ['ip', 'rule', 'show']).out;
+    assert.match(shown, /1000:\s+from 10\.210\.0\.0\/24 lookup 100/);
+    assert.match(shown, /1001:\s+from 10\.210\.0\.0\/24 to 10\.211\.0\.0\/16 lookup 70000/);
+    expectErr(() => node.addRule({ from: '10.210.0.0/24', table: 100, priority: 1000 }), 'EEXIST', /rule pref 1000 from 10\.210\.0\.0\/24 table 100/);
+    assert.throws(() => node.addRule({ from: '10.0.0.0/8', to: 'fd00::/8', table: 100 }), /mixed address families/);
+    assert.throws(() => node.addRule({ table: 0 }), /rule table 0/);
+    node.deleteRule({ from: '10.210.0.0/24', to: '10.211.0.0/16', table: 70000, priority: 1001 });
+    node.deleteRule({ from: '10.210.0.0/24', table: 100, priority: 1000 });
+    node.deleteRule({ from: 'fd00:210::/64', table: 100, priority: 1000 });
+    expectErr(() => node.deleteRule({ from: '10.210.0.0/24', table: 100, priority: 1000 }), 'ENOENT', /deleting rule/);
+    assert.equal(node.listRules({ family: 4 }).length, before, 'main, local and default rules untouched');
+  } finally {
+    node.close();
+  }
+});
+
+test('ifalias: set, read back into LinkInfo.alias, cleared with an empty string', { skip }, () => {
+  const node = Rtnl.openInNetns(paths[NODE]!);
+  try {
+    node.createBridge('alias0');
+    const idx = node.linkByName('alias0')!.index;
+    assert.equal(node.linkByName('alias0')!.alias, undefined);
+    node.setAlias(idx, 'patu-podnet-bridge field');
+    assert.equal(node.linkByName('alias0')!.alias, 'patu-podnet-bridge field');
+    assert.equal(node.listLinks().find((l) => l.index === idx)!.alias, 'patu-podnet-bridge field');
+    assert.match(nsRun(NODE, ['ip', 'link', 'show', 'alias0']).out, /alias patu-podnet-bridge field/);
+    assert.throws(() => node.setAlias(idx, 'x'.repeat(256)), /at most 255/);
+    node.setAlias(idx, '');
+    assert.equal(node.linkByName('alias0')!.alias, undefined);
+    node.deleteLink(idx);
+  } finally {
+    node.close();
+  }
+});

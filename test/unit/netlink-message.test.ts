@@ -7,6 +7,7 @@ import {
   attr, attrU8, attrU16, attrU32, attrStr, attrNested, parseAttrs, AttrMap, align4,
   encodeMsg, parseMsgs, parseErrorPayload, NetlinkError,
   encodeIfInfo, decodeIfInfo, encodeIfAddr, decodeIfAddr, encodeRtMsg, decodeRtMsg, encodeNdMsg, decodeNdMsg,
+  encodeFibRuleHdr, decodeFibRuleHdr, FIBRULEHDR_LEN, FR_ACT_TO_TBL,
   ipToBytes, bytesToIp, toNlPrefix, maskBytes, macToBytes, bytesToMac,
   NLMSG_ERROR, NLMSG_DONE, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS, NLA_F_NESTED,
   RTM_NEWLINK, NLM_F_REQUEST, NLM_F_ACK, NLM_F_MULTI, IFLA_IFNAME, IFLA_LINKINFO, IFLA_INFO_KIND,
@@ -85,6 +86,15 @@ test('fixed headers round trip', () => {
   assert.deepEqual(decodeNdMsg(encodeNdMsg({ family: 2, index: 5, state: 0x80, flags: 0, type: 0 })),
     { family: 2, index: 5, state: 0x80, flags: 0, type: 0 });
   assert.throws(() => decodeRtMsg(Buffer.alloc(5)), /rtmsg: 5 bytes, need 12/);
+});
+
+test('fib_rule_hdr: 12 bytes, the action in byte 7 after two reserved bytes, round trips', () => {
+  const h = { family: 2, dstLen: 16, srcLen: 24, tos: 0, table: 100, action: FR_ACT_TO_TBL, flags: 0 };
+  const b = encodeFibRuleHdr(h);
+  assert.equal(b.length, FIBRULEHDR_LEN);
+  assert.deepEqual([...b.subarray(0, 8)], [2, 16, 24, 0, 100, 0, 0, 1]);
+  assert.deepEqual(decodeFibRuleHdr(b), h);
+  assert.throws(() => decodeFibRuleHdr(Buffer.alloc(8)), /fib_rule_hdr: 8 bytes, need 12/);
 });
 
 // Builds an NLMSG_ERROR the way the kernel does (net/netlink/af_netlink.c, netlink_ack).

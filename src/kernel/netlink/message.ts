@@ -48,6 +48,9 @@ export const RTM_GETROUTE = 26;
 export const RTM_NEWNEIGH = 28;
 export const RTM_DELNEIGH = 29;
 export const RTM_GETNEIGH = 30;
+export const RTM_NEWRULE = 32;
+export const RTM_DELRULE = 33;
+export const RTM_GETRULE = 34;
 
 export const AF_UNSPEC = 0;
 export const AF_INET = 2;
@@ -66,6 +69,9 @@ export const IFLA_IFNAME = 3;
 export const IFLA_MTU = 4;
 export const IFLA_LINK = 5;
 export const IFLA_MASTER = 10;
+/** The link's description (`ip link set x alias ...`): a string of at most IFALIASZ - 1 = 255 bytes. */
+export const IFLA_IFALIAS = 20;
+export const IFALIASZ = 256;
 export const IFLA_PROTINFO = 12;
 export const IFLA_LINKINFO = 18;
 export const IFLA_NET_NS_PID = 19;
@@ -118,6 +124,14 @@ export const RTPROT_KERNEL = 2;
 export const RTPROT_BOOT = 3;
 export const RTPROT_STATIC = 4;
 
+// fib_rule_hdr's attributes (linux/fib_rules.h).
+export const FRA_DST = 1;
+export const FRA_SRC = 2;
+export const FRA_PRIORITY = 6;
+export const FRA_TABLE = 15;
+export const FRA_PROTOCOL = 21;
+export const FR_ACT_TO_TBL = 1;
+
 export const RTN_UNSPEC = 0;
 export const RTN_UNICAST = 1;
 export const RTN_LOCAL = 2;
@@ -144,6 +158,7 @@ export const IFINFOMSG_LEN = 16;
 export const IFADDRMSG_LEN = 8;
 export const RTMSG_LEN = 12;
 export const NDMSG_LEN = 12;
+export const FIBRULEHDR_LEN = 12;
 
 export const align4 = (n: number): number => (n + 3) & ~3;
 
@@ -152,7 +167,8 @@ const msgTypeNames: Record<number, string> = {
   [RTM_SETLINK]: 'RTM_SETLINK', [RTM_NEWADDR]: 'RTM_NEWADDR', [RTM_DELADDR]: 'RTM_DELADDR',
   [RTM_GETADDR]: 'RTM_GETADDR', [RTM_NEWROUTE]: 'RTM_NEWROUTE', [RTM_DELROUTE]: 'RTM_DELROUTE',
   [RTM_GETROUTE]: 'RTM_GETROUTE', [RTM_NEWNEIGH]: 'RTM_NEWNEIGH', [RTM_DELNEIGH]: 'RTM_DELNEIGH',
-  [RTM_GETNEIGH]: 'RTM_GETNEIGH',
+  [RTM_GETNEIGH]: 'RTM_GETNEIGH', [RTM_NEWRULE]: 'RTM_NEWRULE', [RTM_DELRULE]: 'RTM_DELRULE',
+  [RTM_GETRULE]: 'RTM_GETRULE',
 };
 export const msgTypeName = (t: number): string => msgTypeNames[t] ?? `nlmsg type ${t}`;
 
@@ -398,6 +414,36 @@ export function encodeNdMsg(m: Partial<NdMsg>): Buffer {
 export function decodeNdMsg(b: Buffer): NdMsg {
   need(b, NDMSG_LEN, 'ndmsg');
   return { family: b.readUInt8(0), index: b.readInt32LE(4), state: b.readUInt16LE(8), flags: b.readUInt8(10), type: b.readUInt8(11) };
+}
+
+/** struct fib_rule_hdr: a policy rule's fixed header (the table byte holds ids < 256 only; FRA_TABLE any). */
+export interface FibRuleHdr {
+  family: number;
+  dstLen: number;
+  srcLen: number;
+  tos: number;
+  table: number;
+  action: number;
+  flags: number;
+}
+export function encodeFibRuleHdr(m: Partial<FibRuleHdr>): Buffer {
+  const b = Buffer.alloc(FIBRULEHDR_LEN);
+  b.writeUInt8(m.family ?? AF_UNSPEC, 0);
+  b.writeUInt8(m.dstLen ?? 0, 1);
+  b.writeUInt8(m.srcLen ?? 0, 2);
+  b.writeUInt8(m.tos ?? 0, 3);
+  b.writeUInt8(m.table ?? 0, 4);
+  // bytes 5, 6: reserved
+  b.writeUInt8(m.action ?? 0, 7);
+  b.writeUInt32LE((m.flags ?? 0) >>> 0, 8);
+  return b;
+}
+export function decodeFibRuleHdr(b: Buffer): FibRuleHdr {
+  need(b, FIBRULEHDR_LEN, 'fib_rule_hdr');
+  return {
+    family: b.readUInt8(0), dstLen: b.readUInt8(1), srcLen: b.readUInt8(2), tos: b.readUInt8(3),
+    table: b.readUInt8(4), action: b.readUInt8(7), flags: b.readUInt32LE(8),
+  };
 }
 
 function need(b: Buffer, n: number, what: string): void {

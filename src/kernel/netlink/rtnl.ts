@@ -11,7 +11,9 @@ import {
   encodeIfInfo, decodeIfInfo, encodeIfAddr, decodeIfAddr, encodeRtMsg, decodeRtMsg, encodeNdMsg, decodeNdMsg,
   toNlPrefix, ipToBytes, bytesToIp, maskBytes, familyToAf, afToFamily, macToBytes, bytesToMac,
   RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR,
-  RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH,
+  RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH, RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE,
+  encodeFibRuleHdr, decodeFibRuleHdr, FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE, FRA_PROTOCOL, FR_ACT_TO_TBL,
+  IFLA_IFALIAS, IFALIASZ,
   NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_DUMP, NLM_F_ECHO,
   AF_UNSPEC, AF_INET, AF_INET6, AF_BRIDGE, IFF_UP,
   IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD,
@@ -45,6 +47,8 @@ export interface LinkInfo {
   slaveKind?: string;
   /** Bridge port hairpin mode (IFLA_BRPORT_MODE), only present on bridge ports. */
   hairpin?: boolean;
+  /** IFLA_IFALIAS (`ip link set x alias ...`), when the link has one. */
+  alias?: string;
 }
 
 export interface AddressInfo {
@@ -73,6 +77,24 @@ export interface Route {
   family?: Family;
   /** RTN_* route type, reported by listRoutes. */
   type?: number;
+}
+
+/** A policy routing rule (`ip rule`): traffic matching from/to looks up `table`. */
+export interface Rule {
+  /** Source CIDR matched (absent: any). */
+  from?: string;
+  /** Destination CIDR matched (absent: any). */
+  to?: string;
+  /** Table looked up (any id: FRA_TABLE carries ids above 255). */
+  table: number;
+  /** FRA_PRIORITY (`pref`); the kernel picks one below the lowest when absent on add. */
+  priority?: number;
+  /** Needed only without from/to: which family's rule (default 4). */
+  family?: Family;
+  /** FRA_PROTOCOL: who made the rule (RTPROT_*), kept as-is by the kernel. */
+  protocol?: number;
+  /** FR_ACT_* as listRules reports it (1: to table). */
+  action?: number;
 }
 
 export interface Neighbour {
@@ -250,6 +272,16 @@ export class Rtnl {
     this.onLink(index, `setting hairpin ${on ? 'on' : 'off'} on bridge port`, () => this.sock.request(RTM_SETLINK, 0, body, { op: 'RTM_SETLINK', object: '' }));
   }
 
+  /**
+   * Sets the link's IFLA_IFALIAS ('' removes it). The kernel ignores an alias given in
+   * RTM_NEWLINK, so marking a new link is always this separate request.
+   */
+  setAlias(index: number, alias: string): void {
+    if (Buffer.byteLength(alias) >= IFALIASZ) throw new Error(`link alias of ${Buffer.byteLength(alias)} bytes: at most ${IFALIASZ - 1}`);
+    // Not attrStr: the kernel stores the payload's length as given, NUL included.
+    this.setLink(index, [encodeIfInfo({ index }), attr(IFLA_IFALIAS, Buffer.from(alias, 'utf8'))], 'setting the alias of');
+  }
+
   deleteLink(index: number): void {
     this.onLink(index, 'deleting', () => this.sock.request(RTM_DELLINK, 0, [encodeIfInfo({ index })], { object: '' }));
   }
@@ -408,6 +440,60 @@ export class Rtnl {
     return out;
   }
 
+  // ------------------------------------------------------------------ policy rules
+
+  /** Adds a rule; EEXIST when an identical one exists (NLM_F_EXCL). */
+  addRule(r: Rule): void {
+    this.ruleRequest(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, r, 'adding');
+  }
+
+  /** Deletes the first rule matching every field given; ENOENT when none does. */
+  deleteRule(r: Rule): void {
+    this.ruleRequest(RTM_DELRULE, 0, r, 'deleting');
+  }
+
+  private ruleRequest(type: number, flags: number, r: Rule, what: string): void {
+    const from = r.from !== undefined ? toNlPrefix(r.from) : undefined;
+    const to = r.to !== undefined ? toNlPrefix(r.to) : undefined;
+    const family = from?.family ?? to?.family ?? r.family ?? 4;
+    if ((from && from.family !== family) || (to && to.family !== family)) throw new Error(`rule from ${r.from} to ${r.to}: mixed address families`);
+    if (!Number.isInteger(r.table) || r.table <= 0 || r.table > 0xffffffff) throw new Error(`rule table ${r.table}: want 1 to 2^32-1`);
+    const body = [encodeFibRuleHdr({
+      family: familyToAf(family), srcLen: from?.prefixLen ?? 0, dstLen: to?.prefixLen ?? 0,
+      table: r.table < 256 ? r.table : 0, action: FR_ACT_TO_TBL,
+    })];
+    body.push(attrU32(FRA_TABLE, r.table));
+    if (from && from.prefixLen > 0) body.push(attr(FRA_SRC, maskBytes(from.bytes, from.prefixLen)));
+    if (to && to.prefixLen > 0) body.push(attr(FRA_DST, maskBytes(to.bytes, to.prefixLen)));
+    if (r.priority !== undefined) body.push(attrU32(FRA_PRIORITY, r.priority));
+    if (r.protocol !== undefined) body.push(attrU8(FRA_PROTOCOL, r.protocol));
+    this.sock.request(type, flags, body, { object: `${what} rule ${describeRule(r)}` });
+  }
+
+  /** Every rule of both families (or one), as `ip rule` lists them. */
+  listRules(filter: { family?: Family } = {}): Rule[] {
+    const af = filter.family ? familyToAf(filter.family) : AF_UNSPEC;
+    const msgs = this.sock.request(RTM_GETRULE, NLM_F_DUMP, [encodeFibRuleHdr({ family: af })], { object: 'rules (dump)' });
+    const out: Rule[] = [];
+    for (const m of msgs) {
+      if (m.type !== RTM_NEWRULE) continue;
+      const h = decodeFibRuleHdr(m.payload);
+      if (h.family !== AF_INET && h.family !== AF_INET6) continue;
+      const a = AttrMap.parse(m.payload, 12);
+      const r: Rule = { table: a.u32(FRA_TABLE) ?? h.table, family: afToFamily(h.family), action: h.action };
+      const src = a.get(FRA_SRC);
+      if (src && h.srcLen > 0) r.from = `${bytesToIp(src)}/${h.srcLen}`;
+      const dst = a.get(FRA_DST);
+      if (dst && h.dstLen > 0) r.to = `${bytesToIp(dst)}/${h.dstLen}`;
+      const prio = a.u32(FRA_PRIORITY);
+      if (prio !== undefined) r.priority = prio;
+      const proto = a.u8(FRA_PROTOCOL);
+      if (proto !== undefined) r.protocol = proto;
+      out.push(r);
+    }
+    return out;
+  }
+
   // ------------------------------------------------------------------ neighbours
 
   /** A static neighbour entry (reachable, or permanent: never expires, never probed). */
@@ -445,6 +531,9 @@ export class Rtnl {
   }
 }
 
+const describeRule = (r: Rule): string =>
+  `${r.priority !== undefined ? `pref ${r.priority} ` : ''}from ${r.from ?? 'all'}${r.to ? ` to ${r.to}` : ''} table ${r.table}`;
+
 function sameFamily(ip: string, family: Family, what: string): Buffer {
   const b = ipToBytes(ip);
   if ((b.length === 4 ? 4 : 6) !== family) throw new Error(`route ${what} ${ip} is not IPv${family} like the destination`);
@@ -469,6 +558,8 @@ function parseLink(m: NlMsg): LinkInfo {
   if (link !== undefined && link !== h.index && link !== 0) l.linkIndex = link;
   const nsid = a.s32(IFLA_LINK_NETNSID);
   if (nsid !== undefined) l.linkNetnsId = nsid;
+  const alias = a.str(IFLA_IFALIAS);
+  if (alias) l.alias = alias;
   const li = a.nested(IFLA_LINKINFO);
   if (li) {
     const kind = li.str(IFLA_INFO_KIND);
