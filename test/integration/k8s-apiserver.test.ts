@@ -4,23 +4,19 @@
 // that writes nothing; and the informer itself: watches the apiserver ends are
 // resumed without a relist, bookmarks arrive, and a resourceVersion compacted away
 // while the apiserver was down (410) leads to one relist that reports what changed. Needs root (BPF maps, never attached here: no program
-// runs) and the binaries: kube-apiserver from $PATU_K8S_BIN_DIR (default
-// ~/.cache/patu/k8s/bin, where scripts/k8s builds it), etcd from there or PATH.
-// Skips, saying which, when any is missing. Creates: a temp dir, etcd and
-// apiserver on loopback ports, pins under /sys/fs/bpf/patu-test-k8sapi-<pid>/.
+// runs) and the binaries (test/helpers/apiserver.ts: kube-apiserver from scripts/k8s's
+// cache, etcd from there or PATH). Skips, saying which, when any is missing. Creates: a
+// temp dir, etcd and apiserver on loopback ports, pins under /sys/fs/bpf/patu-test-k8sapi-<pid>/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
-import { request } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ServiceLb } from '../../src/dataplane/service-lb.js';
 import { K8sSource } from '../../src/k8s/source.js';
 import { openServiceSink } from '../helpers/service-sink.js';
 import { MODE } from '../helpers/agent-proc.js';
+import { BareApiserver, apiserverSkipReason, until, type ApiResponse } from '../helpers/apiserver.js';
 import { kubeconfigFile } from '../../src/k8s/kubeconfig.js';
 import { AgentMetrics } from '../../src/k8s/metrics.js';
 import { startInformer } from '../../src/k8s/informers.js';
@@ -28,111 +24,25 @@ import { slimService, type K8sService } from '../../src/k8s/convert.js';
 import { K8sPolicySource } from '../../src/k8s/policy-source.js';
 import type { PolicyState } from '../../src/policy/types.js';
 
-const BIN = process.env.PATU_K8S_BIN_DIR ?? join(process.env.PATU_K8S_CACHE ?? '/var/cache/patu/k8s', 'bin');
-const which = (name: string): string | undefined => {
-  if (existsSync(join(BIN, name))) return join(BIN, name);
-  const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
-  return r.status === 0 ? r.stdout.trim() : undefined;
-};
-const APISERVER = existsSync(join(BIN, 'kube-apiserver')) ? join(BIN, 'kube-apiserver') : undefined;
-const ETCD = which('etcd');
-const skip = process.getuid?.() !== 0 ? 'needs root (BPF maps)'
-  : !APISERVER ? `no kube-apiserver in ${BIN} (set PATU_K8S_BIN_DIR, or build it with scripts/k8s)`
-    : !ETCD ? `no etcd in ${BIN} or PATH (apt-get install etcd-server)`
-      : !which('openssl') ? 'no openssl (for the service-account key)' : false;
+const skip = process.getuid?.() !== 0 ? 'needs root (BPF maps)' : (apiserverSkipReason() ?? false);
 
 const PIN = `/sys/fs/bpf/patu-test-k8sapi-${process.pid}`;
-const ADMIN_TOKEN = `admin-${process.pid}-${Math.random().toString(36).slice(2)}`;
-const AGENT_TOKEN = `agent-${process.pid}-${Math.random().toString(36).slice(2)}`;
 const NODE = `patu-it-node-${process.pid}`;
+let server: BareApiserver | undefined;
+/** The temp dir the apiserver lives in (the agent's kubeconfig is written there). */
 let tmp = '';
-let etcd: ChildProcess | undefined;
-let apiserver: ChildProcess | undefined;
-let apiPort = 0;
 let etcdPort = 0;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-function api(method: string, path: string, body?: unknown, token = ADMIN_TOKEN): Promise<{ status: number; json: any }> {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const r = request({ host: '127.0.0.1', port: apiPort, path, method, rejectUnauthorized: false, timeout: 10_000,
-      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json', ...(data ? { 'Content-Length': Buffer.byteLength(data) } : {}) } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        let json: unknown = text;
-        try { json = JSON.parse(text); } catch { /* plain text (readyz) */ }
-        resolve({ status: res.statusCode ?? 0, json });
-      });
-    });
-    r.on('error', reject);
-    r.on('timeout', () => r.destroy(new Error(`${method} ${path}: timeout`)));
-    if (data) r.write(data);
-    r.end();
-  });
-}
-
-async function must(method: string, path: string, body?: unknown): Promise<any> {
-  const r = await api(method, path, body);
-  if (r.status >= 300) throw new Error(`${method} ${path}: HTTP ${r.status}: ${JSON.stringify(r.json).slice(0, 400)}`);
-  return r.json;
-}
-
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      if (await cond()) return;
-    } catch { /* not yet */ }
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for: ${what}`);
-    await sleep(50);
-  }
-}
-
-async function startApiserver(): Promise<void> {
-  apiserver = spawn(APISERVER!, [
-    `--etcd-servers=http://127.0.0.1:${etcdPort}`, `--secure-port=${apiPort}`, '--bind-address=127.0.0.1',
-    `--cert-dir=${join(tmp, 'certs')}`, `--token-auth-file=${join(tmp, 'tokens.csv')}`, '--authorization-mode=RBAC',
-    '--service-account-issuer=https://kubernetes.default.svc', `--service-account-key-file=${join(tmp, 'sa.key')}`,
-    `--service-account-signing-key-file=${join(tmp, 'sa.key')}`, '--service-cluster-ip-range=10.96.0.0/16',
-    '--enable-priority-and-fairness=false', '--v=0',
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  apiserver.stderr!.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-4000); });
-  await until('kube-apiserver /readyz', async () => {
-    if (apiserver?.exitCode !== null) throw Object.assign(new Error(`kube-apiserver exited: ${err}`), { fatal: true });
-    return (await api('GET', '/readyz')).status === 200;
-  }, 60_000).catch((e) => { throw new Error(`${e.message}\n${err}`); });
-}
-
-async function stopApiserver(): Promise<void> {
-  if (!apiserver || apiserver.exitCode !== null) return;
-  const p = apiserver;
-  await new Promise<void>((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
-}
+const api = (method: string, path: string, body?: unknown): Promise<ApiResponse> => server!.api(method, path, body);
+const must = (method: string, path: string, body?: unknown): Promise<any> => server!.must(method, path, body);
+const startApiserver = (): Promise<void> => server!.startApiserver();
+const stopApiserver = (): Promise<void> => server!.stopApiserver();
 
 before(async () => {
   if (skip) return;
-  tmp = mkdtempSync(join(tmpdir(), 'patu-k8sapi-'));
-  etcdPort = await freePort();
-  apiPort = await freePort();
-  const peer = await freePort();
-  writeFileSync(join(tmp, 'tokens.csv'), `${ADMIN_TOKEN},patu-it-admin,1,"system:masters"\n${AGENT_TOKEN},patu-it-agent,2,\n`);
-  const k = spawnSync('openssl', ['genrsa', '-out', join(tmp, 'sa.key'), '2048'], { encoding: 'utf8' });
-  if (k.status !== 0) throw new Error(`openssl genrsa: ${k.stderr}`);
-  etcd = spawn(ETCD!, [`--data-dir=${join(tmp, 'etcd')}`, `--listen-client-urls=http://127.0.0.1:${etcdPort}`,
-    `--advertise-client-urls=http://127.0.0.1:${etcdPort}`, `--listen-peer-urls=http://127.0.0.1:${peer}`,
-    `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`, `--initial-cluster=default=http://127.0.0.1:${peer}`], { stdio: 'ignore' });
-  await startApiserver();
+  server = await BareApiserver.start([{ name: 'patu-it-agent' }]);
+  tmp = server.dir;
+  etcdPort = server.etcdPort;
   // The agent's permissions: what deploy/patu.yaml must grant, nothing more.
   await must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', {
     metadata: { name: `patu-it-${process.pid}` },
@@ -147,19 +57,12 @@ before(async () => {
     roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `patu-it-${process.pid}` },
     subjects: [{ kind: 'User', name: 'patu-it-agent', apiGroup: 'rbac.authorization.k8s.io' }],
   });
-  writeFileSync(join(tmp, 'kubeconfig'), [
-    'apiVersion: v1', 'kind: Config', 'current-context: it',
-    `clusters: [{name: it, cluster: {server: "https://127.0.0.1:${apiPort}", insecure-skip-tls-verify: true}}]`,
-    `users: [{name: agent, user: {token: "${AGENT_TOKEN}"}}]`,
-    'contexts: [{name: it, context: {cluster: it, user: agent}}]', '',
-  ].join('\n'));
+  server.kubeconfig(server.tokens.get('patu-it-agent'), 'kubeconfig');
   await must('POST', '/api/v1/nodes', { metadata: { name: NODE }, spec: { podCIDR: '10.244.7.0/24' } });
 });
 
 after(async () => {
-  await stopApiserver();
-  if (etcd && etcd.exitCode === null) etcd.kill('SIGTERM');
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
+  await server?.stop();
   if (existsSync(PIN)) rmSync(PIN, { recursive: true, force: true });
 });
 
