@@ -38,6 +38,12 @@ export const DEFAULTS = {
    * the agent always answers before the launcher gives up on it.
    */
   agentRequestTimeoutMs: 20_000,
+  /**
+   * How long a successful ADD's answer waits for the agent's own work on the pod (its
+   * extra interfaces: src/k8s/podnet-source.ts); then it is answered anyway and the
+   * reconciler finishes (the pod starts without them for a moment rather than not at all).
+   */
+  beforeAnswerTimeoutMs: 5_000,
   /** Where container runtimes look for plugins and read network configs (containerd, CRI-O). */
   cniBinDir: '/opt/cni/bin',
   cniConfDir: '/etc/cni/net.d',

@@ -10,6 +10,12 @@ export interface CniPod {
   name: string;
   /** ADD: the IPv4 addresses of the result (without prefix length); DEL: empty. */
   ips: string[];
+  /** K8S_POD_UID when the runtime passed it (containerd and CRI-O do). */
+  uid?: string;
+  /** CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME: the sandbox (pod network configuration needs it). */
+  containerId: string;
+  netns: string;
+  ifname: string;
 }
 
 /** CNI_ARGS "K=V;K2=V2" read leniently (the plugin validates it; this only looks for two keys). */
@@ -30,7 +36,9 @@ export function cniPodOf(env: Record<string, string | undefined>, stdout: string
   const namespace = args.get('K8S_POD_NAMESPACE');
   const name = args.get('K8S_POD_NAME');
   if (!namespace || !name) return undefined;
-  if (command === 'DEL') return { command, namespace, name, ips: [] };
+  const uid = args.get('K8S_POD_UID');
+  const sandbox = { ...(uid ? { uid } : {}), containerId: env.CNI_CONTAINERID ?? '', netns: env.CNI_NETNS ?? '', ifname: env.CNI_IFNAME ?? '' };
+  if (command === 'DEL') return { command, namespace, name, ips: [], ...sandbox };
   let result: { ips?: { address?: unknown }[] };
   try {
     result = JSON.parse(stdout) as typeof result;
@@ -42,5 +50,5 @@ export function cniPodOf(env: Record<string, string | undefined>, stdout: string
     const addr = typeof ip?.address === 'string' ? ip.address.split('/')[0] : undefined;
     if (isIPv4(addr) && !ips.includes(addr)) ips.push(addr);
   }
-  return ips.length ? { command, namespace, name, ips } : undefined;
+  return ips.length ? { command, namespace, name, ips, ...sandbox } : undefined;
 }

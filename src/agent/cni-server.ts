@@ -75,9 +75,14 @@ export interface CniServerOptions {
    * Called on this (the main) thread with a request that succeeded, just before its answer
    * is written: the runtime hears of the pod's address only after this returns (the agent
    * puts a new pod under its network policies here). Must not throw (a throw is reported
-   * through onProblem and the answer still goes out).
+   * through onProblem and the answer still goes out). May return a promise (the agent makes
+   * a pod's extra interfaces here: src/k8s/podnet-source.ts): the answer waits for it, at
+   * most beforeAnswerTimeoutMs, then goes out anyway (the hook's work goes on behind it).
+   * The lane is not held meanwhile: the network's next request runs.
    */
-  beforeAnswer?: (req: CniRequest, outcome: RequestOutcome) => void;
+  beforeAnswer?: (req: CniRequest, outcome: RequestOutcome) => void | Promise<void>;
+  /** Bound of an asynchronous beforeAnswer (default DEFAULTS.beforeAnswerTimeoutMs). */
+  beforeAnswerTimeoutMs?: number;
 }
 
 export interface CniServer {
@@ -193,16 +198,36 @@ export function startCniServer(opts: CniServerOptions): Promise<CniServer> {
 
   function finish(job: Job, outcome: RequestOutcome, answer: boolean): void {
     clearTimeout(job.timer);
+    const deliver = (): void => {
+      if (answer) job.out.answer(outcome);
+      else job.out.drop(outcome);
+      opts.onRequest?.(job.req, outcome, performance.now() - job.received);
+    };
     if (answer && outcome.exitCode === 0 && opts.beforeAnswer) {
+      const what = `before answering ${clip(job.req.env.CNI_COMMAND, 16)}`;
+      let pending: void | Promise<void> = undefined;
       try {
-        opts.beforeAnswer(job.req, outcome);
+        pending = opts.beforeAnswer(job.req, outcome);
       } catch (err) {
-        problem(`before answering ${clip(job.req.env.CNI_COMMAND, 16)}`, err);
+        problem(what, err);
+      }
+      if (pending && typeof pending.then === 'function') {
+        const bound = opts.beforeAnswerTimeoutMs ?? DEFAULTS.beforeAnswerTimeoutMs;
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<void>((resolve) => {
+          timer = setTimeout(() => {
+            problem(`${what}: the agent's hook was still busy after ${bound} ms; answered anyway (it finishes behind the answer)`);
+            resolve();
+          }, bound);
+        });
+        void Promise.race([pending.catch((err: unknown) => problem(what, err)), late]).then(() => {
+          clearTimeout(timer);
+          deliver();
+        });
+        return;
       }
     }
-    if (answer) job.out.answer(outcome);
-    else job.out.drop(outcome);
-    opts.onRequest?.(job.req, outcome, performance.now() - job.received);
+    deliver();
   }
 
   function workerFor(lane: Lane): Worker {

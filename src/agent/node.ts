@@ -237,7 +237,7 @@ export interface CniServingOptions {
    * On the main thread, for a request that succeeded, before its answer goes out (the
    * policy engine learns a new pod's address here). Must not throw.
    */
-  beforeAnswer?: (req: CniRequest, stdout: string) => void;
+  beforeAnswer?: (req: CniRequest, stdout: string) => void | Promise<void>;
 }
 
 /** The CNI socket bin/patu forwards to (src/agent/cni-server.ts), with the request log and metrics. */

@@ -34,7 +34,7 @@ export class ApiError extends Error {
 }
 
 /** The message of an apiserver Status body, else the start of the body. */
-function statusMessage(body: string): string {
+export function statusMessage(body: string): string {
   try {
     const m = (JSON.parse(body) as { message?: string }).message;
     if (m) return m;

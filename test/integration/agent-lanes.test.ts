@@ -143,3 +143,30 @@ test('beforeAnswer runs on the main thread before a successful answer is written
   assert.deepEqual(seen, ['VERSION 0 answered=false', 'VERSION 0 answered=true']);
   assert.deepEqual(problems, ['before answering VERSION']);
 });
+
+test('an asynchronous beforeAnswer: the answer waits for it, and goes out at its bound when it does not finish', { skip }, async () => {
+  const socket = join(dir, 'd.sock');
+  const problems: string[] = [];
+  const server = await startCniServer({
+    socketPath: socket,
+    beforeAnswerTimeoutMs: 300,
+    onProblem: (what) => problems.push(what),
+    beforeAnswer: (req) => {
+      if (req.env.CNI_ARGS === 'HANG=1') return new Promise<void>(() => {}); // never settles
+      if (req.env.CNI_ARGS === 'REJECT=1') return Promise.reject(new Error('hook failed'));
+      return new Promise<void>((r) => setTimeout(r, 100));
+    },
+  });
+  servers.push(server);
+  const ok = await request(socket, { CNI_COMMAND: 'VERSION' }, { cniVersion: '1.1.0' });
+  assert.equal(ok.code, '0');
+  assert.ok(ok.ms >= 95, `waited for the hook (${ok.ms} ms)`);
+  const hung = await request(socket, { CNI_COMMAND: 'VERSION', CNI_ARGS: 'HANG=1' }, { cniVersion: '1.1.0' });
+  assert.equal(hung.code, '0', 'answered at the bound');
+  assert.ok(hung.ms >= 295 && hung.ms < 3_000, `${hung.ms} ms`);
+  const rej = await request(socket, { CNI_COMMAND: 'VERSION', CNI_ARGS: 'REJECT=1' }, { cniVersion: '1.1.0' });
+  assert.equal(rej.code, '0', 'a rejected hook does not fail the answer');
+  assert.equal(problems.length, 2);
+  assert.match(problems[0]!, /still busy after 300 ms/);
+  assert.equal(problems[1], 'before answering VERSION');
+});

@@ -179,10 +179,11 @@ test('K8sPolicySource: CNI ADD addresses are applied at once, kept until the sta
 });
 
 test('cniPodOf: the pod and addresses of a successful ADD from CNI_ARGS and the result', () => {
-  const env = { CNI_COMMAND: 'ADD', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_INFRA_CONTAINER_ID=abc' };
+  const env = { CNI_COMMAND: 'ADD', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1', CNI_CONTAINERID: 'abc', CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0' };
   const out = JSON.stringify({ cniVersion: '1.0.0', ips: [{ address: '10.1.0.7/24', gateway: '10.1.0.1' }, { address: 'fd00::7/64' }] });
-  assert.deepEqual(cniPodOf(env, out), { command: 'ADD', namespace: 'x', name: 'a', ips: ['10.1.0.7'] });
-  assert.deepEqual(cniPodOf({ ...env, CNI_COMMAND: 'DEL' }, ''), { command: 'DEL', namespace: 'x', name: 'a', ips: [] });
+  const sandbox = { uid: 'u-1', containerId: 'abc', netns: '/run/netns/x', ifname: 'eth0' };
+  assert.deepEqual(cniPodOf(env, out), { command: 'ADD', namespace: 'x', name: 'a', ips: ['10.1.0.7'], ...sandbox });
+  assert.deepEqual(cniPodOf({ ...env, CNI_COMMAND: 'DEL' }, ''), { command: 'DEL', namespace: 'x', name: 'a', ips: [], ...sandbox });
   assert.equal(cniPodOf({ CNI_COMMAND: 'ADD', CNI_ARGS: 'PATU_ACCEL=off' }, out), undefined, 'not a Kubernetes pod (podman)');
   assert.equal(cniPodOf({ ...env, CNI_COMMAND: 'CHECK' }, out), undefined);
   assert.equal(cniPodOf(env, 'not json'), undefined);
