@@ -135,7 +135,9 @@ async function main(): Promise<void> {
         s.netnsAdd.push(performance.now() - t0);
         const id = `${ns}-ctr`;
         live.push({ f, ns, id });
-        const r = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: id, netns: path, env: f.env });
+        // What kubelet passes: patu records the pod (issue 12), the reference plugins ignore it.
+        const args = `IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=${ns};K8S_POD_UID=00000000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+        const r = await execPlugin(f.bin, 'ADD', f.netconf(), { containerId: id, netns: path, env: f.env, args });
         if (r.code !== 0) throw new Error(`${f.id} ADD of pod ${i} failed: ${show(r)}`);
         s.add.push(r.ms);
       }

@@ -1,6 +1,7 @@
 // The CNI layer's view of IPAM: one network's allocator and store, opened from the
 // netconf. Keeps the commands free of IPAM plumbing.
 import type { NetConf } from './netconf.js';
+import type { CniEnv } from './env.js';
 import {
   allocate,
   allocatableCount,
@@ -13,11 +14,31 @@ import {
   type Allocation,
   type IpamConfig,
   type Owner,
+  type RecordMeta,
 } from '../ipam/index.js';
+
+const oneLine = (v: string | undefined): v is string => v !== undefined && v !== '' && !/[\r\n\0]/.test(v);
+
+/**
+ * What an ADD's records say beyond the owner: CNI_NETNS and the pod from CNI_ARGS
+ * (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID; some runtimes leave out the UID: then
+ * blank). A runtime that names no pod (podman) gets the netns only; a value that would
+ * break the record's line format is left out rather than failing the ADD.
+ */
+export function recordMetaOf(env: Pick<CniEnv, 'netns' | 'args'>): RecordMeta {
+  const meta: RecordMeta = {};
+  if (oneLine(env.netns)) meta.netns = env.netns;
+  const { K8S_POD_NAMESPACE: namespace, K8S_POD_NAME: name, K8S_POD_UID: uid } = env.args;
+  if (oneLine(namespace) && !namespace.includes('/') && oneLine(name) && (uid === undefined || !/[\r\n\0]/.test(uid))) {
+    meta.pod = { namespace, name, uid: uid ?? '' };
+  }
+  return meta;
+}
 
 export interface NetworkIpam {
   config: IpamConfig;
-  allocate(containerId: string, ifname: string, requestedIps: string[]): Allocation[];
+  /** `meta` (recordMetaOf) goes into the records: which netns and pod the addresses belong to. */
+  allocate(containerId: string, ifname: string, requestedIps: string[], meta?: RecordMeta): Allocation[];
   /** Releases and returns the bare addresses the owner held. */
   release(containerId: string, ifname: string): string[];
   addressesOf(containerId: string, ifname: string): string[];
@@ -45,7 +66,7 @@ export function ipamFor(conf: NetConf, opts: IpamOpenOptions = {}): NetworkIpam 
   const store = IpamStore.open(config.dataDir, conf.name, lockTimeoutMs !== undefined ? { lockTimeoutMs } : {});
   return {
     config,
-    allocate: (containerId, ifname, ips) => allocate(config, store, containerId, ifname, { ips }),
+    allocate: (containerId, ifname, ips, meta) => allocate(config, store, containerId, ifname, meta ? { ips, meta } : { ips }),
     release: (containerId, ifname) => release(config, store, containerId, ifname),
     addressesOf: (containerId, ifname) => addressesOf(store, containerId, ifname),
     gc: (valid) => gc(config, store, valid),

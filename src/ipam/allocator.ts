@@ -5,7 +5,7 @@
 import { bigIntToIp, canonicalIp, parseCidr, parseIp, type Family } from '../net/cidr.js';
 import { messageOf, PatuError } from '../errors.js';
 import { allocatableCount, IpamConfigError, type IpamConfig, type IpamRange, type IpamRangeSet } from './config.js';
-import type { Store } from './backend.js';
+import type { RecordMeta, Store } from './backend.js';
 
 export interface Allocation {
   version: '4' | '6';
@@ -146,14 +146,15 @@ function placeRequested(cfg: IpamConfig, ips: string[]): Map<number, { r: IpamRa
  * One address per range set for containerId/ifname. Idempotent: addresses the
  * owner already holds are returned as they are. `requested.ips` (runtimeConfig
  * "ips") pins the address of the set each one falls in; all of them are honoured or
- * the call fails and reserves nothing.
+ * the call fails and reserves nothing. `requested.meta` (netns, pod) goes into new
+ * records; an address the owner already holds keeps the record it has.
  */
 export function allocate(
   cfg: IpamConfig,
   store: Store,
   containerId: string,
   ifname: string,
-  requested: { ips?: string[] } = {},
+  requested: { ips?: string[]; meta?: RecordMeta } = {},
 ): Allocation[] {
   checkOwner(containerId, ifname);
   const wanted = placeRequested(cfg, requested.ips ?? []);
@@ -198,7 +199,7 @@ export function allocate(
           if (!pick) throw new IpamExhaustedError(i, set, allocatableCount(cfg, i));
         }
         const text = bigIntToIp(pick.v, set.family);
-        if (!store.reserve(text, containerId, ifname)) {
+        if (!store.reserve(text, containerId, ifname, requested.meta)) {
           // Only a writer that ignores the lock can get here.
           throw new IpamUnavailableError(`address ${text} was taken while the lock of ${store.location} was held`);
         }

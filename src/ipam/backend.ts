@@ -8,6 +8,24 @@ export interface Reservation {
   ip: string;
   containerId: string;
   ifname: string;
+  /** The CNI ADD's CNI_NETNS, when the record holds it (records written before issue 12 do not). */
+  netns?: string;
+  /** The Kubernetes pod (K8S_POD_* of CNI_ARGS), when the runtime said and the record holds it. */
+  pod?: RecordPod;
+}
+
+/** The pod behind an attachment, as the runtime's CNI_ARGS name it. */
+export interface RecordPod {
+  namespace: string;
+  name: string;
+  /** K8S_POD_UID; '' when the runtime does not pass it. */
+  uid: string;
+}
+
+/** What a record says beyond its owner (containerId, ifname): where the attachment lives and whose it is. */
+export interface RecordMeta {
+  netns?: string;
+  pod?: RecordPod;
 }
 
 export interface Store {
@@ -29,8 +47,8 @@ export interface Store {
    * ADD a second address, which DEL or GC release.
    */
   findByOwnerIndexed(containerId: string, ifname: string): string[];
-  /** Records ip for the owner; false when it is already held (by anyone). Under the lock. */
-  reserve(ip: string, containerId: string, ifname: string): boolean;
+  /** Records ip for the owner (with `meta` when given); false when it is already held (by anyone). Under the lock. */
+  reserve(ip: string, containerId: string, ifname: string, meta?: RecordMeta): boolean;
   /** Forgets ip; whether it was held. Under the lock. */
   release(ip: string): boolean;
   /** Releases everything the owner holds and returns it. Under the lock. */

@@ -2,7 +2,9 @@
 //
 //   <dataDir>/<network>/
 //     lock                    flock(LOCK_EX) serialises every state change
-//     10.200.0.2              one file per address held: "<containerID>\n<ifname>"
+//     10.200.0.2              one file per address held: "<containerID>\n<ifname>", then
+//                             (patu >= issue 12, when known) "netns=<CNI_NETNS>",
+//                             "pod=<namespace>/<name>" and "uid=<K8S_POD_UID>" lines
 //     fd00:200::2
 //     last_reserved_ip.0      round-robin cursor of range set 0 (a hint, rewritten in place)
 //     .tmp.<ip>.<pid>.<rnd>   a record being written; only ever seen after a crash
@@ -15,6 +17,15 @@
 // under the lock. DEL and GC still read every record, so a marker lost to a crash
 // between link and marker creation can only cost a retried ADD a second address,
 // which that pod's DEL (or GC) releases.
+//
+// Records: the first two lines are host-local's (its disk backend writes the id, a line
+// break and the ifname), so tools that read host-local records keep working. The lines
+// after them are `key=value`; readers skip keys they do not know and lines without '=', so
+// later fields can be added, and two-line records of older patu versions (or host-local)
+// read as records without a netns or pod. These lines tell the agent which pod a sandbox
+// belongs to and where its netns is (src/podnet/sandboxes.ts), so it can add extra
+// interfaces to running pods (issue 12). A pod started before patu wrote them is found
+// again on its next ADD (a sandbox restart writes a new record), not through CRI.
 //
 // Crash safety: a record is written to a temp file, then hard-linked to its final
 // name. link(2) is atomic and fails with EEXIST, so the final name either does not
@@ -37,12 +48,14 @@ import { sha256Hex } from '../sha256.js';
 import { basename, dirname, join } from 'node:path';
 import { unsafePathProblem } from '../safe-path.js';
 import { IpamConfigError } from './config.js';
-import type { Reservation, Store } from './backend.js';
+import type { RecordMeta, Reservation, Store } from './backend.js';
 import { flock, open as libcOpen, close as libcClose, O_CREAT, O_RDWR, LOCK_EX, LOCK_NB, LOCK_UN, SysError } from '../kernel/ffi/libc.js';
 import { canonicalIp, parseIp } from '../net/cidr.js';
 import { errnoOf, messageOf, PatuError } from '../errors.js';
 
-export type { Reservation } from './backend.js';
+export type { Reservation, RecordMeta, RecordPod } from './backend.js';
+/** The owner and what else a record says: the sandbox behind an address (src/podnet/types.ts PodSandbox). */
+export type RecordOwner = Omit<Reservation, 'ip'>;
 
 export class IpamLockTimeoutError extends PatuError {
   readonly code = 'IPAM_LOCK_TIMEOUT';
@@ -108,7 +121,7 @@ const sleepMs = (ms: number): void => {
   Atomics.wait(sleeper, 0, 0, ms);
 };
 
-// A record is "<containerID>\n<ifname>": container ids are at most a few hundred bytes.
+// A record is "<containerID>\n<ifname>" plus a few key=value lines: well under this.
 const readBuf = Buffer.alloc(4096);
 
 export const OWNER_PREFIX = '.owner.';
@@ -118,6 +131,45 @@ const ownerKey = (containerId: string, ifname: string): string =>
 const markerName = (key: string, ip: string): string => `${OWNER_PREFIX}${key}.${ip}`;
 
 const validOwnerPart = (v: string): boolean => v.length > 0 && !/[\r\n\0]/.test(v);
+const oneLine = (v: string): boolean => !/[\r\n\0]/.test(v);
+
+/** The lines after the owner's two (see the header). Throws on a value that would break the line format. */
+export function encodeRecordMeta(meta: RecordMeta | undefined): string {
+  if (!meta) return '';
+  let out = '';
+  if (meta.netns !== undefined) {
+    if (!validOwnerPart(meta.netns)) throw new Error(`IPAM store: netns ${JSON.stringify(meta.netns)} is empty or holds a line break`);
+    out += `\nnetns=${meta.netns}`;
+  }
+  if (meta.pod) {
+    const { namespace, name, uid } = meta.pod;
+    if (!validOwnerPart(namespace) || !validOwnerPart(name) || namespace.includes('/') || !oneLine(uid)) {
+      throw new Error(`IPAM store: pod ${JSON.stringify(`${namespace}/${name}`)} (uid ${JSON.stringify(uid)}): namespace and name must be non-empty, one line, and the namespace without '/'`);
+    }
+    out += `\npod=${namespace}/${name}\nuid=${uid}`;
+  }
+  return out;
+}
+
+/** A record's text as its owner and meta; tolerant of host-local's "\r\n", missing and unknown lines. */
+export function decodeRecord(text: string): RecordOwner {
+  const lines = text.split(/\r?\n/);
+  const out: RecordOwner = { containerId: (lines[0] ?? '').trim(), ifname: (lines[1] ?? '').trim() };
+  let pod: string | undefined;
+  let uid = '';
+  for (const line of lines.slice(2)) {
+    const eq = line.indexOf('=');
+    if (eq <= 0) continue;
+    const key = line.slice(0, eq);
+    const value = line.slice(eq + 1);
+    if (key === 'netns' && value) out.netns = value;
+    else if (key === 'pod') pod = value;
+    else if (key === 'uid') uid = value.trim();
+  }
+  const slash = pod?.indexOf('/') ?? -1;
+  if (pod && slash > 0 && slash < pod.length - 1) out.pod = { namespace: pod.slice(0, slash), name: pod.slice(slash + 1), uid };
+  return out;
+}
 
 /**
  * The configured dataDir passed the path rule (config.ts); a symlink on the way must
@@ -251,18 +303,19 @@ export class IpamStore implements Store {
    * Records `ip` as held by containerId/ifname. Returns false if the address is
    * already held (by anyone). Call with the lock held.
    */
-  reserve(ip: string, containerId: string, ifname: string): boolean {
+  reserve(ip: string, containerId: string, ifname: string, meta?: RecordMeta): boolean {
     if (!validOwnerPart(containerId)) throw new Error(`IPAM store: container id ${JSON.stringify(containerId)} is empty or holds a line break`);
     if (!validOwnerPart(ifname)) throw new Error(`IPAM store: ifname ${JSON.stringify(ifname)} is empty or holds a line break`);
-    if (Buffer.byteLength(containerId) + Buffer.byteLength(ifname) + 1 > readBuf.length) {
-      throw new Error(`IPAM store: container id + ifname exceed ${readBuf.length} bytes`);
+    const record = `${containerId}\n${ifname}${encodeRecordMeta(meta)}`;
+    if (Buffer.byteLength(record) > readBuf.length) {
+      throw new Error(`IPAM store: record of ${containerId}/${ifname} (with netns and pod) exceeds ${readBuf.length} bytes`);
     }
     const name = canonicalIp(ip);
     const final = join(this.dir, name);
     const tmp = join(this.dir, `${TEMP_PREFIX}${name}.${process.pid}.${Math.random().toString(36).slice(2, 8)}`);
     const fd = fs.openSync(tmp, 'wx', FILE_MODE);
     try {
-      fs.writeSync(fd, `${containerId}\n${ifname}`);
+      fs.writeSync(fd, record);
       if (this.durable) fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
@@ -282,11 +335,15 @@ export class IpamStore implements Store {
 
   /** The owner a record names, or undefined when there is no such record. */
   ownerOf(ip: string): { containerId: string; ifname: string } | undefined {
+    const r = this.recordOf(ip);
+    return r && { containerId: r.containerId, ifname: r.ifname };
+  }
+
+  /** Everything a record says (owner, netns, pod), or undefined when there is no such record. */
+  recordOf(ip: string): RecordOwner | undefined {
     const text = this.readRecord(canonicalIp(ip));
-    if (text === undefined) return undefined;
     // host-local writes "\r\n" between the two; older host-local wrote the id only.
-    const [cid = '', ifn = ''] = text.split(/\r?\n/);
-    return { containerId: cid.trim(), ifname: ifn.trim() };
+    return text === undefined ? undefined : decodeRecord(text);
   }
 
   /**
@@ -356,9 +413,9 @@ export class IpamStore implements Store {
   list(): Reservation[] {
     const out: Reservation[] = [];
     for (const ip of this.names().ips) {
-      const owner = this.ownerOf(ip);
-      if (owner === undefined) continue; // released by a locked writer meanwhile
-      out.push({ ip, ...owner });
+      const rec = this.recordOf(ip);
+      if (rec === undefined) continue; // released by a locked writer meanwhile
+      out.push({ ip, ...rec });
     }
     return out;
   }

@@ -6,7 +6,7 @@ import type { CniEnv } from '../env.js';
 import { portMappingsOf, type NetConf } from '../netconf.js';
 import type { CniResult } from '../spec.js';
 import { invalidConfig, toCniError } from '../errors.js';
-import { ipamFor, type IpamOpenOptions } from '../ipam.js';
+import { ipamFor, recordMetaOf, type IpamOpenOptions } from '../ipam.js';
 import { Rtnl } from '../../kernel/netlink/rtnl.js';
 import { attachPod, detachPod, ensureBridge, ForeignLinkError, type BridgeCache, type EnsuredBridge } from '../../dataplane/bridge.js';
 import { ensureMasqueradeInPlace } from '../../dataplane/masquerade.js';
@@ -27,7 +27,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
   const ipam = ipamFor(conf, opts);
   const allocations = (() => {
     try {
-      return ipam.allocate(env.containerId, env.ifname, conf.requestedIps);
+      return ipam.allocate(env.containerId, env.ifname, conf.requestedIps, recordMetaOf(env));
     } catch (err) {
       throw toCniError(err, 'allocating an address');
     }
