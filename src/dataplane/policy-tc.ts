@@ -19,8 +19,7 @@ import { RingBufferReader } from '../kernel/bpf/ringbuf.js';
 import { tcxAttach, tcxDetachId, tcxQuery, type TcxDirection } from '../kernel/bpf/tcx.js';
 import { testRun, type TestRunOptions, type TestRunResult } from '../kernel/bpf/test-run.js';
 import { progInfoByFd } from '../kernel/bpf/introspect.js';
-import { assertPinRoot, ensurePinDir, type BpffsOptions } from '../kernel/bpf/pins.js';
-import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
+import { assertPinRoot, ensurePinDir, withPinDirLock, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { PatuError } from '../errors.js';
 import { bpfObjectPath } from '../home.js';
@@ -35,7 +34,6 @@ import {
 
 export * from './policy-maps.js';
 
-const O_DIRECTORY = 0o200000;
 /** How long a tombstone keeps a denied flow's packets off (TCP gives up retransmitting well before). */
 const POL_TOMBSTONE_S = 6 * 3600;
 
@@ -66,16 +64,6 @@ export interface PolicyOpenOptions extends BpffsOptions {
 type Hook = 'fromPod' | 'toPod';
 const HOOK_DIR: Record<Hook, TcxDirection> = { fromPod: 'ingress', toPod: 'egress' };
 
-function withLock<T>(dir: string, fn: () => T): T {
-  const fd = openFd(dir, O_RDONLY | O_DIRECTORY);
-  try {
-    flock(fd, LOCK_EX, dir);
-    return fn();
-  } finally {
-    try { flock(fd, LOCK_UN, dir); } finally { closeFd(fd); }
-  }
-}
-
 type MapName = keyof typeof POLICY_MAP_CODECS;
 type TypedOf<N extends MapName> = TypedMap<
   ReturnType<(typeof POLICY_MAP_CODECS)[N]['key']['decode']>,
@@ -105,7 +93,7 @@ export class PolicyDataplane {
     const pins = policyPins(root);
     ensurePinDir(pins.dir);
     const objectPath = opts.objectDir ? join(opts.objectDir, 'policy.o') : bpfObjectPath('policy');
-    return withLock(pins.dir, () => {
+    return withPinDirLock(pins.dir, () => {
       const mapPins = Object.keys(POLICY_MAP_CODECS).map((n) => join(pins.dir, n)).concat(pins.events);
       const have = [pins.progFromPod, pins.progToPod, ...mapPins].every((p) => existsSync(p));
       let load = !have || opts.reload === true;
@@ -235,7 +223,7 @@ export class PolicyDataplane {
       }
     }
 
-    return withLock(this.pins.dir, () => {
+    return withPinDirLock(this.pins.dir, () => {
       const epMap = this.map('patu_pol_ep');
       const devMap = this.map('patu_pol_dev');
       const peerMap = this.map('patu_pol_peer');
@@ -462,7 +450,7 @@ export class PolicyDataplane {
   /** Drop events (and with allows, new-flow allows) into the ring buffer; off: the programs submit nothing. */
   setMonitor(on: boolean, allows = false): void {
     const cfg = this.map('patu_pol_cfg');
-    withLock(this.pins.dir, () => {
+    withPinDirLock(this.pins.dir, () => {
       const cur = cfg.lookup(0);
       const v: CfgC = { monitor: on ? 1 : 0, monitorAllow: on && allows ? 1 : 0, generation: cur?.generation ?? 0, pad: 0 };
       cfg.update(0, v);

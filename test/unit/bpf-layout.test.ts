@@ -13,6 +13,7 @@ import { ACCEL_MAP_CODECS } from '../../src/dataplane/accel-maps.js';
 import { SOCK_DESTROY_MAP_CODECS } from '../../src/dataplane/udp-destroy.js';
 import { NODEPORT_MAP_CODECS } from '../../src/dataplane/nodeport-tc.js';
 import { POLICY_MAP_CODECS, eventC } from '../../src/dataplane/policy-maps.js';
+import { VLAN_MAP_CODECS } from '../../src/dataplane/vlan-tc.js';
 
 const obj = (rel: string): string => fileURLToPath(new URL(`../../../build/${rel}`, import.meta.url));
 const SOCK_LB = obj('bpf/sock_lb.o');
@@ -20,8 +21,9 @@ const ACCEL = obj('bpf/accel.o');
 const SOCK_DESTROY = obj('bpf/sock_destroy.o');
 const NODEPORT = obj('bpf/nodeport.o');
 const POLICY = obj('bpf/policy.o');
+const VLAN = obj('bpf/vlan.o');
 const FIXTURE = obj('test/bpf/test_maps.o');
-const built = [SOCK_LB, ACCEL, SOCK_DESTROY, NODEPORT, POLICY, FIXTURE].every(existsSync);
+const built = [SOCK_LB, ACCEL, SOCK_DESTROY, NODEPORT, POLICY, VLAN, FIXTURE].every(existsSync);
 const skip = built ? false : 'needs the eBPF objects: run scripts/build.sh';
 
 type Codecs = Record<string, { key: Codec<unknown>; value: Codec<unknown> }>;
@@ -64,6 +66,10 @@ test('nodeport (tc) maps, its own and the service maps it shares by pin: every c
 
 test('policy maps: every codec matches the C layout field by field (the ring buffer has no key/value types)', { skip }, () => {
   check(POLICY, POLICY_MAP_CODECS as Codecs, []);
+});
+
+test('vlan maps (bpf/vlan.h): every codec matches the C layout field by field', { skip }, () => {
+  check(VLAN, VLAN_MAP_CODECS as Codecs, []);
 });
 
 test('policy ring buffer records: the event codec is struct patu_pol_event (not in BTF: no map names it), field by field', () => {

@@ -2,7 +2,7 @@
 // that can only ever touch a directory under /sys/fs/bpf (never bpffs itself).
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, type Stats } from 'node:fs';
 import { join, relative, resolve, sep } from 'node:path';
-import { mount } from '../ffi/libc.js';
+import { mount, open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../ffi/libc.js';
 import { DEFAULTS } from '../../defaults.js';
 import { errnoOf } from '../../errors.js';
 
@@ -131,4 +131,21 @@ export function removePins(root: string = DEFAULTS.pinRoot): void {
     return;
   }
   rmSync(abs, { recursive: true, force: true });
+}
+
+const O_DIRECTORY = 0o200000;
+
+/**
+ * Runs fn holding flock(LOCK_EX) on a pin directory: the writers of one set of
+ * pins (the agent, CNI workers, the CLI) take turns at loading, pinning and
+ * programming what is under it.
+ */
+export function withPinDirLock<T>(dir: string, fn: () => T): T {
+  const fd = openFd(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    flock(fd, LOCK_EX, dir);
+    return fn();
+  } finally {
+    try { flock(fd, LOCK_UN, dir); } finally { closeFd(fd); }
+  }
 }

@@ -12,6 +12,8 @@ const typeOf = (d: TcxDirection): number => (d === 'ingress' ? AttachType.TCX_IN
 
 /** BPF_F_REPLACE: attr.replace_bpf_fd names the program to swap out in place. */
 const BPF_F_REPLACE = 1 << 2;
+/** BPF_F_BEFORE with no relative program: at the head of the chain (bpf_mprog). */
+const BPF_F_BEFORE = 1 << 3;
 const ENOENT = 2;
 const ENODEV = 19;
 
@@ -56,19 +58,20 @@ function attachOpts(flags: number, replaceFd: number): Buffer {
 }
 
 /**
- * Attaches progFd to ifindex (appended to the chain), or, with replaceId, swaps
- * that attached program for progFd in place (no moment without either).
- * Returns false when progFd was attached there already (EEXIST).
+ * Attaches progFd to ifindex (appended to the chain; with `first`, ahead of every
+ * program already there), or, with replaceId, swaps that attached program for
+ * progFd in place (no moment without either). Returns false when progFd was
+ * attached there already (EEXIST).
  */
-export function tcxAttach(progFd: number, ifindex: number, dir: TcxDirection, replaceId?: number): boolean {
+export function tcxAttach(progFd: number, ifindex: number, dir: TcxDirection, replaceId?: number, opts: { first?: boolean } = {}): boolean {
   let replaceFd = -1;
   if (replaceId !== undefined) {
     replaceFd = raw.bpf_prog_get_fd_by_id(replaceId) as number;
     if (replaceFd < 0) throw new BpfError('bpf_prog_get_fd_by_id', -replaceFd, { program: `id ${replaceId}` });
   }
   try {
-    const opts = replaceFd >= 0 ? attachOpts(BPF_F_REPLACE, replaceFd) : null;
-    const rc = raw.bpf_prog_attach_opts(progFd, ifindex, typeOf(dir), opts) as number;
+    const o = replaceFd >= 0 ? attachOpts(BPF_F_REPLACE, replaceFd) : opts.first ? attachOpts(BPF_F_BEFORE, 0) : null;
+    const rc = raw.bpf_prog_attach_opts(progFd, ifindex, typeOf(dir), o) as number;
     if (rc === -17 /* EEXIST */) return false;
     if (rc < 0) throw new BpfError(`bpf_prog_attach(tcx ${dir})`, -rc, { path: `ifindex ${ifindex}` });
     return true;
