@@ -210,6 +210,8 @@ export interface NodeNetwork {
   generation: number;
   /** metadata.deletionTimestamp is set. */
   deleting: boolean;
+  /** metadata.creationTimestamp (RFC 3339): the older of two conflicting networks keeps its subnet. */
+  creationTimestamp?: string;
   spec: NodeNetworkSpec;
 }
 
@@ -218,6 +220,8 @@ export interface PodNetworkConfig extends ObjectRef {
   uid: string;
   generation: number;
   deleting: boolean;
+  /** metadata.creationTimestamp (RFC 3339): of two configs asking one pod for the same interface name, the older keeps it. */
+  creationTimestamp?: string;
   spec: PodNetworkConfigSpec;
 }
 
