@@ -9,6 +9,7 @@ import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName } from '../../dataplane/names.js';
 import { unregisterPodFromAccel, type Warn } from '../register-accel.js';
 import { releaseHostPorts } from '../hostports.js';
+import { openPodNetApplier } from '../../podnet/apply.js';
 
 export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const ipam = ipamFor(conf, opts);
@@ -27,6 +28,16 @@ export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions &
     released = ipam.release(env.containerId, env.ifname);
   } catch (err) {
     throw toCniError(err, `releasing the addresses of ${env.containerId}/${env.ifname}`);
+  }
+  // The container's extra interfaces (issue 12): their veths and pool records, here in
+  // the DEL itself so a pod deletion leaves nothing even when the agent is down.
+  const podnet = openPodNetApplier({ dataDir: ipam.config.dataDir, ...(opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: opts.lockTimeoutMs } : {}) });
+  try {
+    podnet.release(env.containerId, env.netns || undefined);
+  } catch (err) {
+    throw toCniError(err, `removing the extra interfaces of ${env.containerId}`);
+  } finally {
+    podnet.close();
   }
   try {
     releaseHostPorts(conf, env, ipam.config.dataDir, opts);

@@ -9,6 +9,7 @@ import { detachPod } from '../../dataplane/bridge.js';
 import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
 import { sweepAccelRegistry, unregisterPodFromAccel, type Warn } from '../register-accel.js';
 import { gcHostPorts } from '../hostports.js';
+import { openPodNetApplier } from '../../podnet/apply.js';
 
 export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const valid = conf.validAttachments;
@@ -24,6 +25,16 @@ export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn
     gcHostPorts(conf, ipam.config.dataDir, valid.map((v) => ({ containerId: v.containerID, ifname: v.ifname })), opts);
   } catch (err) {
     throw toCniError(err, 'removing stale hostPort records');
+  }
+  // The extra interfaces' pools (issue 12) like the main one: records and host veths of
+  // containers with no valid attachment go.
+  const podnet = openPodNetApplier({ dataDir: ipam.config.dataDir, ...(opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: opts.lockTimeoutMs } : {}) });
+  try {
+    podnet.gc(new Set(valid.map((v) => v.containerID)));
+  } catch (err) {
+    throw toCniError(err, 'removing stale extra interfaces');
+  } finally {
+    podnet.close();
   }
   const warn = opts.warn ?? (() => {});
   await unregisterPodFromAccel(conf, released, warn);
