@@ -36,6 +36,7 @@ import {
   type AppliedInterface, type CleanupReport, type DesiredInterface, type InterfaceResult, type PodNetApplier,
   type PodSandbox, type Reason, type ResolvedNetwork, type RuleSpec, type RouteSpec,
 } from './types.js';
+import { ensureVlanTrunk, listVlanTrunks, removeVlanTrunk, type VlanEnv } from './vlan.js';
 import { bridgeAlias, derivedMac, hostAlias, parseAlias, podAlias, podnetVethName, PODNET_POOL_DIR, PODNET_RTPROT } from './names.js';
 
 /** Something the applier could not do; `reason` is what a status condition says. */
@@ -46,10 +47,21 @@ export class PodNetApplyError extends PatuError {
   }
 }
 
-/** The VLAN trunk of a VLAN network (src/podnet/vlan.ts), injectable for tests. */
+/** The VLAN trunk of a VLAN network: src/podnet/vlan.ts by default, injectable for tests. */
 export interface VlanTrunkOps {
   ensure(host: Rtnl, o: { network: string; link: string; id: number; bridge: string; mtu: number }): void;
   remove(host: Rtnl, o: { network: string; link: string; id: number }): void;
+  /** The trunks the kernel has (pruneNetworks after a restart); optional. */
+  list?(host: Rtnl): { network: string; link: string | null; id: number }[];
+}
+
+/** vlan.ts's functions with the node's pin root (VlanEnv). */
+export function vlanTrunkOps(env: VlanEnv = {}): VlanTrunkOps {
+  return {
+    ensure: (host, o) => ensureVlanTrunk(host, o, env),
+    remove: (host, o) => removeVlanTrunk(host, o, env),
+    list: (host) => listVlanTrunks(host, env),
+  };
 }
 
 export interface PodNetApplierOptions {
@@ -57,7 +69,7 @@ export interface PodNetApplierOptions {
   dataDir: string;
   /** How long a pool's lock is waited for (default: the store's). */
   lockTimeoutMs?: number;
-  /** VLAN trunks; without it a VLAN network fails ensureNetwork (applyFailed) and bridge networks work. */
+  /** VLAN trunks (default: vlanTrunkOps(), i.e. src/podnet/vlan.ts with the default pin root). */
   vlan?: VlanTrunkOps;
 }
 
@@ -135,8 +147,11 @@ class Applier implements OpenedPodNetApplier {
   private readonly networks = new Map<string, ResolvedNetwork>();
   private readonly pools = new Map<string, Pool>();
 
+  private readonly vlan: VlanTrunkOps;
+
   constructor(private readonly opts: PodNetApplierOptions) {
     this.root = join(opts.dataDir, PODNET_POOL_DIR);
+    this.vlan = opts.vlan ?? vlanTrunkOps();
   }
 
   close(): void {
@@ -235,8 +250,7 @@ class Applier implements OpenedPodNetApplier {
       if (!link.up) this.host.setUp(link.index);
     }
     if (net.vlan) {
-      if (!this.opts.vlan) throw new PodNetApplyError(REASONS.applyFailed, `network '${net.name}': VLAN trunks are not available in this build (src/podnet/vlan.ts not wired)`);
-      this.opts.vlan.ensure(this.host, { network: net.name, link: net.vlan.link, id: net.vlan.id, bridge: net.bridge, mtu: net.mtu });
+      this.vlan.ensure(this.host, { network: net.name, link: net.vlan.link, id: net.vlan.id, bridge: net.bridge, mtu: net.mtu });
     }
     this.rememberNetwork(net);
     this.ensured.set(net.name, { key, index: link.index, mtu: link.mtu });
@@ -271,13 +285,24 @@ class Applier implements OpenedPodNetApplier {
 
   pruneNetworks(inUse: ReadonlySet<string>): CleanupReport {
     const report = emptyReport();
+    // Trunks first (their bridge end is a port, which keeps a bridge), found in the kernel
+    // and in what ensureNetwork remembered, so a restart does not forget one.
+    const trunks = new Map<string, { link: string; id: number }>();
+    for (const t of this.vlan.list?.(this.host) ?? []) {
+      const link = t.link ?? this.networkOf(t.network)?.vlan?.link;
+      if (!inUse.has(t.network) && link) trunks.set(`${t.network}\n${t.id}`, { link, id: t.id });
+    }
+    for (const name of this.poolNames()) {
+      const v = this.networkOf(name)?.vlan;
+      if (!inUse.has(name) && v) trunks.set(`${name}\n${v.id}`, v);
+    }
+    for (const [key, t] of trunks) {
+      const network = key.split('\n')[0]!;
+      this.vlan.remove(this.host, { network, link: t.link, id: t.id });
+      report.links.push(`trunk:${network}/${t.link}.${t.id}`);
+    }
     for (const name of this.poolNames()) {
       if (inUse.has(name)) continue;
-      const net = this.networkOf(name);
-      if (net?.vlan && this.opts.vlan) {
-        this.opts.vlan.remove(this.host, { network: name, link: net.vlan.link, id: net.vlan.id });
-        report.links.push(`trunk of ${name}`);
-      }
       const store = this.openStore(name);
       const empty = store.withLock(() => store.heldIps().length === 0);
       store.close();

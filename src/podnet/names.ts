@@ -20,18 +20,11 @@ export function podnetVethName(containerId: string, ifname: string): string {
 }
 export const isPodnetVethName = (name: string): boolean => /^pn[0-9a-f]{13}$/.test(name);
 
-/** The default bridge of a VLAN network without one: 'pv<id>-' + hex of the network name, <= 15 bytes. */
-export function vlanBridgeName(network: string, id: number): string {
-  const head = `pv${id}-`;
-  return head + sha256Hex(`podnet-vlan/${network}`).slice(0, 15 - head.length);
-}
-
 export const hostAlias = (containerId: string, ifname: string, network: string): string =>
   `${PODNET_ALIAS_PREFIX} ${containerId} ${ifname} ${network}`;
 export const podAlias = (network: string, config: ObjectRef): string =>
   `${PODNET_ALIAS_PREFIX} ${network} ${config.namespace}/${config.name}`;
 export const bridgeAlias = (network: string): string => `${PODNET_ALIAS_PREFIX}-bridge ${network}`;
-export const trunkAlias = (network: string): string => `${PODNET_ALIAS_PREFIX}-trunk ${network}`;
 
 export type PodnetAlias =
   | { kind: 'host'; containerId: string; ifname: string; network: string }

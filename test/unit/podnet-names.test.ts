@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { bridgeAlias, derivedMac, hostAlias, isPodnetVethName, parseAlias, podAlias, podnetVethName, trunkAlias, vlanBridgeName } from '../../src/podnet/names.js';
+import { bridgeAlias, derivedMac, hostAlias, isPodnetVethName, parseAlias, podAlias, podnetVethName } from '../../src/podnet/names.js';
+import { trunkAlias } from '../../src/podnet/vlan.js';
 import { hostVethName, isPatuVethName } from '../../src/dataplane/names.js';
 
 test('host veth names: 15 bytes, deterministic, never the primary network\'s', () => {
@@ -16,14 +17,6 @@ test('host veth names: 15 bytes, deterministic, never the primary network\'s', (
     assert.notEqual(name, hostVethName(cid, ifn));
   }));
   assert.notEqual(podnetVethName('c', 'net1'), podnetVethName('c', 'net2'));
-});
-
-test('VLAN bridge names fit IFNAMSIZ for every id', () => {
-  for (const id of [1, 100, 4094]) {
-    const b = vlanBridgeName('field-network', id);
-    assert.ok(b.length <= 15 && b.startsWith(`pv${id}-`), b);
-  }
-  assert.notEqual(vlanBridgeName('a', 100), vlanBridgeName('b', 100));
 });
 
 test('aliases round trip; anything else is not patu\'s', () => {
