@@ -67,6 +67,11 @@ export interface AgentOptions {
    * policy). Ignored without --kubernetes.
    */
   networkPolicy?: boolean;
+  /**
+   * Pod network configuration from NodeNetworks and PodNetworkConfigs (--pod-networks):
+   * default on with --kubernetes; ignored without it.
+   */
+  podNetworks?: boolean;
   /** Split mode (--manager): the data plane is `patu manager`'s at this address; nothing of the kernel is opened here. */
   manager?: SplitOptions;
 }
@@ -173,7 +178,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   }
 
   // CNI requests for Kubernetes pods: a successful ADD puts the pod under its policies before it is answered.
-  let beforeAnswer: ((req: import('./cni-wire.js').CniRequest, stdout: string) => void) | undefined;
+  let beforeAnswer: ((req: import('./cni-wire.js').CniRequest, stdout: string) => void | Promise<void>) | undefined;
   if (opts.kubernetes) {
     const { startKubernetes, resolveNodeName } = await import('../k8s/agent-k8s.js');
     let policy: import('../k8s/policy-source.js').PolicyStateSink | undefined;
@@ -195,6 +200,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     }
     const k8s = await startKubernetes({
       ...(policy ? { policy } : {}),
+      ...(opts.podNetworks !== undefined ? { podNetworks: opts.podNetworks } : {}),
       ...opts.kubernetes,
       // The agent is where the process environment is read: the layers below get values.
       nodeName: resolveNodeName(opts.kubernetes.nodeName, process.env),
@@ -222,6 +228,15 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
         const t0 = performance.now();
         const now = policySource.podAddressKnown(pod.namespace, pod.name, pod.ips);
         log.debug({ pod: `${pod.namespace}/${pod.name}`, ips: pod.ips, appliedNow: now, ms: Math.round((performance.now() - t0) * 100) / 100 }, 'policy: pod address from CNI ADD');
+      };
+    }
+    const podnet = k8s.podnet;
+    if (podnet) {
+      // After policy (synchronous), the pod's extra interfaces: the answer waits for them (bounded: cni-server.ts).
+      const policyHook = beforeAnswer;
+      beforeAnswer = (req, stdout) => {
+        void policyHook?.(req, stdout);
+        return podnet.cniHook(req, stdout);
       };
     }
   }

@@ -107,6 +107,7 @@ export async function runSplitAgent(opts: AgentOptions, split: SplitOptions, log
     const k8s = await startKubernetes({
       ...opts.kubernetes,
       ...(policyOn ? { policy: mirror.policy } : {}),
+      ...(opts.podNetworks !== undefined ? { podNetworks: opts.podNetworks } : {}),
       nodeName: resolveNodeName(opts.kubernetes.nodeName, process.env),
       env: process.env,
       ...(opts.serviceCidr !== undefined ? { serviceCIDR: opts.serviceCidr } : {}),

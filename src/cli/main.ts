@@ -194,6 +194,11 @@ export function buildProgram(): Command {
       if (v === 'off' || v === 'false') return false;
       throw new Error(`--network-policy: want on or off, got '${v}'`);
     })
+    .option('--pod-networks [on|off]', 'with --kubernetes: give pods extra interfaces from NodeNetworks and PodNetworkConfigs (network.patu.dev; docs/podnet.md): watches both kinds, Namespaces and this node\'s Pods, and makes a new pod\'s interfaces during its CNI ADD. Not in split mode yet. Default: on', (v: string) => {
+      if (v === 'on' || v === 'true') return true;
+      if (v === 'off' || v === 'false') return false;
+      throw new Error(`--pod-networks: want on or off, got '${v}'`);
+    })
     .option('--request-timeout <ms>', 'deadline of one CNI request: a request still running then is answered with code 11 and abandoned', (v: string) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 100 || n > 55_000) throw new Error(`--request-timeout: want whole milliseconds from 100 to 55000 (below bin/patu's 60 s), got '${v}'`);
@@ -252,6 +257,7 @@ export function buildProgram(): Command {
         requestTimeoutMs: opts.requestTimeout,
         // commander: bare --network-policy is true, =on/=off parsed above, absent undefined (on with --kubernetes).
         ...(opts.networkPolicy !== undefined ? { networkPolicy: Boolean(opts.networkPolicy) } : {}),
+        ...(opts.podNetworks !== undefined ? { podNetworks: Boolean(opts.podNetworks) } : {}),
         ...(opts.manager ? { manager: { address: opts.manager, tlsDir: opts.tlsDir, ...(opts.serverName ? { serverName: opts.serverName } : {}) } } : {}),
       });
     });

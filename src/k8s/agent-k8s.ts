@@ -72,6 +72,14 @@ export interface KubernetesAgentOptions {
    * Undefined: no policy watches, and the Pod watch stays this node's.
    */
   policy?: PolicyStateSink;
+  /**
+   * Pod network configuration (--pod-networks, default on): NodeNetworks and
+   * PodNetworkConfigs give pods extra interfaces (src/k8s/podnet-agent.ts). In-process only:
+   * split mode does not cover it yet (the manager's API has no call for it).
+   */
+  podNetworks?: boolean;
+  /** Pod networks: the primary network's name in the conflist (its IPAM records name each pod's netns). */
+  network?: string;
 }
 
 /** The NetworkPolicy side of the Kubernetes source, when the agent enforces policy (o.policy). */
@@ -95,6 +103,8 @@ export interface KubernetesAgent {
   policy?: K8sPolicySource;
   /** In-process mode's ServiceLb (undefined in split mode). */
   lb?: ServiceLb;
+  /** Pod networks (in-process, unless switched off): its CNI hook goes into the CNI server's beforeAnswer. */
+  podnet?: import('./podnet-agent.js').PodNetAgent;
   close(): Promise<void>;
 }
 
@@ -196,11 +206,23 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
   source.model.seedOwners([...lb.programmedState.services.values()].map((s) => [s.key, s.ref] as const));
   source.start(cfg);
   o.log.info({ apiserver: cfg.server, credentials: cfg.source, node: nodeName }, 'watching Kubernetes');
+  let podnet: import('./podnet-agent.js').PodNetAgent | undefined;
+  if (o.podNetworks !== false) {
+    const { startPodNetworks } = await import('./podnet-agent.js');
+    podnet = startPodNetworks({
+      cfg, nodeName, clusterCidrs: [clusterCIDR], pinRoot: o.pinRoot, log: o.log,
+      ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+      ...(o.network ? { network: o.network } : {}),
+      ...(o.metrics ? { metrics: o.metrics } : {}),
+    });
+  }
   return {
     source,
     ...(policy ? { policy } : {}),
+    ...(podnet ? { podnet } : {}),
     lb,
     close: async () => {
+      await podnet?.close();
       policy?.close();
       await source.close();
       await health.close();
@@ -262,6 +284,8 @@ async function startKubernetesRemote(o: KubernetesAgentOptions, remote: RemoteDa
   });
   source.start(cfg);
   o.log.info({ apiserver: cfg.server, credentials: cfg.source, node: nodeName }, 'watching Kubernetes (data plane: the manager)');
+  // Asked for explicitly: say it is not done (the default's silence is the same as off).
+  if (o.podNetworks === true) o.log.warn({}, 'pod networks (NodeNetwork, PodNetworkConfig) are not covered in split mode yet: run the single-process agent for them');
   return {
     source,
     ...(policy ? { policy } : {}),

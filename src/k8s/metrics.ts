@@ -36,6 +36,19 @@ export class AgentMetrics {
   readonly policyBytes = new MirrorCounter({ name: 'patu_policy_bytes_total', help: 'Bytes of the packets counted by patu_policy_packets_total', labelNames: ['namespace', 'pod', 'policy', 'direction', 'verdict'] as const, registers: [this.registry] });
   readonly policyApplyErrors = new Counter({ name: 'patu_policy_apply_errors_total', help: 'NetworkPolicy applies that left something out, by reason: capacity (rules that did not fit the maps), duplicate-address, bad-address, fallback (programmed deny-only)', labelNames: ['reason'] as const, registers: [this.registry] });
 
+  // Pod network configuration (issue 12): src/k8s/podnet-source.ts.
+  readonly podnetReconciles = new Counter({ name: 'patu_podnet_reconciles_total', help: 'Pod network reconciles (kernel sync of every pod with a change, then status writes), by result', labelNames: ['result'] as const, registers: [this.registry] });
+  readonly podnetReconcileSeconds = new Histogram({
+    name: 'patu_podnet_reconcile_duration_seconds', help: 'Time of one pod network reconcile, apiserver writes included',
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry],
+  });
+  readonly podnetInterfaces = new Gauge({ name: 'patu_podnet_interfaces', help: 'Extra pod interfaces applied on this node (PodNetworkConfig)', registers: [this.registry] });
+  readonly podnetFailures = new Counter({ name: 'patu_podnet_failures_total', help: 'Extra interfaces the agent could not apply, by reason (each retried)', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly podnetCniAddSeconds = new Histogram({
+    name: 'patu_podnet_cni_add_duration_seconds', help: 'Time the CNI ADD answer waited for the pod\'s extra interfaces',
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5], registers: [this.registry],
+  });
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     // process_resident_memory_bytes and friends: the agent's footprint is a goal.
     if (opts.defaultMetrics !== false) processMetrics(this.registry, 'patu_');

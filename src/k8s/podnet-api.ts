@@ -17,6 +17,7 @@ export interface PodNetMeta {
   resourceVersion?: string;
   generation?: number;
   deletionTimestamp?: string;
+  creationTimestamp?: string;
   finalizers?: string[];
 }
 
@@ -48,6 +49,7 @@ const metaOf = (m: PodNetMeta): PodNetMeta => ({
   ...(m.namespace ? { namespace: m.namespace } : {}),
   ...(m.generation !== undefined ? { generation: m.generation } : {}),
   ...(m.deletionTimestamp ? { deletionTimestamp: m.deletionTimestamp } : {}),
+  ...(m.creationTimestamp ? { creationTimestamp: m.creationTimestamp } : {}),
   ...(m.finalizers?.length ? { finalizers: [...m.finalizers] } : {}),
 });
 

@@ -36,6 +36,7 @@ import {
   type Problem,
   type ResolvedNetwork,
 } from '../podnet/types.js';
+import type { DesiredInput } from '../podnet/desired.js';
 import { messageOf } from '../errors.js';
 import { ApiError } from './informers.js';
 import type { Logger } from './source.js';
@@ -47,14 +48,7 @@ import type {
 } from './podnet-api.js';
 import { slimPodNetPod } from './podnet-api.js';
 
-/** What desired.ts takes (src/podnet/desired.ts computeDesired). */
-export interface DesiredInput {
-  networks: NodeNetwork[];
-  configs: PodNetworkConfig[];
-  namespaces: Map<string, Record<string, string>>;
-  pods: PodInfo[];
-  clusterCidrs: string[];
-}
+export type { DesiredInput };
 
 /** One object as the apiserver sends it -> the typed object, or the problems naming fields (validate.ts). */
 export interface PodNetParsers {
@@ -341,8 +335,13 @@ export class K8sPodNetSource {
       });
     }
     // A config being deleted asks for nothing: its interfaces go, then its finalizer.
+    const attached = new Map<string, { ifname: string; network: string }[]>();
+    for (const [key, out] of this.outcomes) {
+      const have = out.results.flatMap((r) => (r.ok ? [{ ifname: r.ifname, network: r.applied.network }] : []));
+      if (have.length) attached.set(key, have);
+    }
     const desired = this.opts.resolve({
-      networks, configs: configs.filter((c) => !c.deleting), namespaces: this.namespaces, pods, clusterCidrs: this.opts.clusterCidrs,
+      networks, configs: configs.filter((c) => !c.deleting), namespaces: this.namespaces, pods, clusterCidrs: this.opts.clusterCidrs, attached,
     });
     for (const [k, ps] of desired.configProblems) if (ps.length) this.configProblems.set(k, [...(this.configProblems.get(k) ?? []), ...ps]);
     for (const [k, ps] of desired.networkProblems) if (ps.length) this.networkProblems.set(k, [...(this.networkProblems.get(k) ?? []), ...ps]);
@@ -419,6 +418,26 @@ export class K8sPodNetSource {
         if (rep.links.length || rep.addresses.length) this.log.info({ ...rep }, 'pod networks: GC removed what no live container owns');
       } catch (e) {
         this.log.error({ err: messageOf(e) }, 'pod networks: GC failed');
+      }
+    }
+    if (full) {
+      // What the kernel has (a restart: nothing known yet): users of networks being deleted, and what to compare with.
+      for (const [key, sb] of this.sandboxes) {
+        if (this.outcomes.has(key)) continue;
+        let have: AppliedInterface[] = [];
+        try {
+          have = this.opts.applier.list(sb);
+        } catch (e) {
+          this.log.warn({ pod: key, err: messageOf(e) }, 'pod networks: reading the pod\'s interfaces failed');
+        }
+        if (have.length) {
+          // Already there before this agent: no new "Applied" event for them.
+          for (const a of have) this.lastEvent.set(`${key}/${a.ifname}`, `ok ${a.address}`);
+          this.outcomes.set(key, {
+            results: have.map((a) => ({ ifname: a.ifname, ok: true as const, applied: a })),
+            want: new Map(have.map((a) => [a.ifname, { config: keyOf(a.config), network: a.network }])),
+          });
+        }
       }
     }
     const desired = this.computeDesired();
