@@ -121,7 +121,10 @@ export function ensureVlanTrunk(host: Rtnl, o: { network: string; link: string; 
         tc.ensureOnTrunk(outer.index);
         tc.ensureOnLink(link.index);
       });
-      const before = tc.entries().find((e) => e.trunk === outer.index);
+      const entries = tc.entries();
+      // Entries of trunks deleted behind our back (by hand, with a crash): their ifindex may come back as anything.
+      for (const e of entries) if (e.trunk !== outer.index && !host.linkByIndex(e.trunk)) tc.delete(e.trunk);
+      const before = entries.find((e) => e.trunk === outer.index);
       const moved = before !== undefined && (before.link !== link.index || before.vid !== o.id);
       if (moved) tc.delete(outer.index);
       tc.set({ trunk: outer.index, link: link.index, vid: o.id });

@@ -15,7 +15,8 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Rtnl } from '../../src/kernel/netlink/rtnl.js';
@@ -173,6 +174,9 @@ test('pod pings the far end over VLAN 100: tagged on the link, untagged in the p
   assert.match(dump, /vlan 100, p 0, ethertype IPv4.*10\.210\.0\.254 > 10\.210\.0\.10: ICMP echo reply/);
   assert.match(dump, /vlan 100, p 0, ethertype ARP/);
   assert.doesNotMatch(dump, /ethertype IPv4 \(0x0800\), length \d+: 10\.210\./, 'no untagged VLAN traffic on the link');
+  // Full-size frames: the tag does not count against the link's 1500-byte MTU.
+  const big = inNs(POD1, ['ping', '-c', '1', '-W', '1', '-M', 'do', '-s', '1472', '10.210.0.254']);
+  assert.equal(big.status, 0, big.out);
   // Untagged inside the pod.
   const inPod = await capture(POD1, 'eth1', [], () => assert.equal(ping(POD1, '10.210.0.254').status, 0));
   assert.match(inPod, /ethertype IPv4.*ICMP echo reply/);
@@ -270,6 +274,31 @@ test('two VLAN networks on one link are kept apart (same subnet, same responder 
     assert.deepEqual(listVlanTrunks(r, nodeEnv).map((x) => [x.network, x.link, x.id, x.bridge]), [['field', 'vlink', 100, 'nbr100'], ['lab', 'vlink', 200, 'nbr200']]);
   });
   assert.equal(withRtnl(NODE, (r) => r.linkByName(trunkNames('thief', 200).outer)), undefined, 'nothing made for the refused network');
+});
+
+test('repairs: a trunk deleted by hand is made again; a newer vlan.o is swapped in place on the link', { skip }, () => {
+  const t = trunkNames('field', 100);
+  ipn(NODE, 'link', 'del', t.outer);
+  assert.notEqual(ping(POD1, '10.210.0.254').status, 0, 'no trunk, no VLAN');
+  withRtnl(NODE, (r) => ensureVlanTrunk(r, NET100, nodeEnv));
+  assert.equal(ping(POD1, '10.210.0.254').status, 0);
+  const entries = withRtnl(NODE, (r) => listVlanTrunks(r, nodeEnv));
+  assert.deepEqual(entries.map((e) => [e.network, e.link, e.id]), [['field', 'vlink', 100], ['lab', 'vlink', 200]]);
+  // An upgrade: the object is newer than the pinned programs.
+  const idsBefore = withNetns(netnsPath(NODE), () => tcxQuery(ifindex(NODE, 'vlink'), 'ingress').map((p) => p.id));
+  const obj = fileURLToPath(new URL('../../../build/bpf/vlan.o', import.meta.url));
+  const later = new Date(Date.now() + 1000);
+  utimesSync(obj, later, later);
+  withRtnl(NODE, (r) => ensureVlanTrunk(r, NET100, nodeEnv));
+  const after = withNetns(netnsPath(NODE), () => tcxQuery(ifindex(NODE, 'vlink'), 'ingress'));
+  assert.deepEqual(after.map((p) => p.name), ['patu_vlan_link', 'patu_np_ingress']);
+  assert.notEqual(after[0]!.id, idsBefore[0], 'the new program runs');
+  assert.equal(after[1]!.id, idsBefore[1], 'nodeport untouched');
+  for (const pod of [POD1, POD2]) assert.equal(ping(pod, '10.210.0.254').status, 0, pod);
+  // The other network's trunk still runs the old trunk program until its next ensure, which swaps it.
+  withRtnl(NODE, (r) => ensureVlanTrunk(r, NET200, nodeEnv));
+  const trunkProgs = [t.outer, trunkNames('lab', 200).outer].map((n) => ingressChain(NODE, n));
+  assert.deepEqual(trunkProgs, [['patu_vlan_trunk'], ['patu_vlan_trunk']]);
 });
 
 test('TCP over the VLAN: an 8 MiB transfer arrives whole (sha256 on both ends)', { skip }, async () => {
