@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { Accel } from '../src/dataplane/accel.js';
 import { BpfObject, AttachType, type BpfLink } from '../src/kernel/bpf/object.js';
 import { Scratch } from '../test/helpers/kernel.js';
+import { iperf3, sockperfPingPong, type Stream, type PingPong } from './lib/netperf.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string): string => {
@@ -93,31 +94,12 @@ function vethBytes(): number {
   return l!.stats64.rx.bytes + l!.stats64.tx.bytes;
 }
 
-interface Stream { gbps: number; cpuSecPerGB: number; bytes: number }
 function iperf(ns: string, host: string, port: number, streams: number, len: string): Stream {
-  const out = run(ns, ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-l', len, '-J'], (SECONDS + 15) * 1000);
-  const j = JSON.parse(out) as { end: { sum_received: { bits_per_second: number; bytes: number; seconds: number }; cpu_utilization_percent: { host_total: number; remote_total: number } } };
-  const r = j.end.sum_received;
-  const cpu = j.end.cpu_utilization_percent;
-  // iperf3 reports each side's user+sys time as % of wall time; softirq work done in
-  // the sender's context is charged to it, so both paths are measured the same way.
-  const cpuSec = ((cpu.host_total + cpu.remote_total) / 100) * r.seconds;
-  return { gbps: r.bits_per_second / 1e9, bytes: r.bytes, cpuSecPerGB: cpuSec / (r.bytes / 1e9) };
+  return iperf3((argv, t) => run(ns, argv, t), host, port, { seconds: SECONDS, streams, len });
 }
 
-interface PingPong { p50us: number; p99us: number; rrPerSec: number }
 function sockperf(ns: string, host: string, port: number, size: number, pinned = false): PingPong {
-  const argv = ['sockperf', 'pp', '-i', host, '-p', String(port), '--tcp', '-m', String(size), '-t', String(SECONDS)];
-  const out = run(ns, pinned ? ['taskset', '-c', PIN_CPU, ...argv] : argv, (SECONDS + 15) * 1000);
-  const num = (re: RegExp): number => {
-    const m = re.exec(out);
-    if (!m) throw new Error(`sockperf output lacks ${re}: ${out.slice(-500)}`);
-    return Number(m[1]);
-  };
-  // sockperf reports half the round trip as latency; rate = completed round trips per second.
-  const runtime = num(/\[Valid Duration\] RunTime=([\d.]+) sec/);
-  const received = num(/\[Valid Duration\].*ReceivedMessages=(\d+)/);
-  return { p50us: num(/percentile 50\.000 =\s*([\d.]+)/), p99us: num(/percentile 99\.000 =\s*([\d.]+)/), rrPerSec: received / runtime };
+  return sockperfPingPong((argv, t) => run(ns, argv, t), host, port, { seconds: SECONDS, size, ...(pinned ? { prefix: ['taskset', '-c', PIN_CPU] } : {}) });
 }
 
 type Figures = Record<string, number>;
