@@ -17,6 +17,9 @@ import { podCounters, readPolicyNames } from '../policy/view.js';
 import { formatPolicyStatus, type PolicyStatus } from './policy-status.js';
 import { formatServicesTable } from './services.js';
 import { formatTable } from './table.js';
+import { openPodNetApplier } from '../podnet/apply.js';
+import { listSandboxes } from '../podnet/sandboxes.js';
+import { PODNET_POOL_DIR } from '../podnet/names.js';
 
 export interface StatusOptions {
   json?: boolean;
@@ -35,6 +38,21 @@ export interface PodStatus {
   linkUp: boolean;
 }
 
+/** One extra interface of a pod (PodNetworkConfig), read from the pod's netns. */
+export interface PodNetInterfaceStatus {
+  /** namespace/name. */
+  pod: string;
+  containerId: string;
+  ifname: string;
+  network: string;
+  address: string;
+  mtu: number;
+  /** namespace/name of the PodNetworkConfig that asked for it. */
+  config: string;
+  /** Its host-side veth exists and is up (the pod end is there: it was just read). */
+  ready: boolean;
+}
+
 export interface NodeStatus {
   accel: AccelStatus;
   services: ProgrammedServiceView[] | null;
@@ -51,6 +69,35 @@ export interface NodeStatus {
   nodePortTc: NodePortTcStatus | null;
   /** NetworkPolicy enforcement: what the maps hold and the per-pod counters of patu_pol_stats (null: not set up). */
   policy: PolicyStatus | null;
+  /** Pods' extra interfaces (second networks), from each pod's netns. */
+  podNetworks: PodNetInterfaceStatus[];
+}
+
+/**
+ * Every extra interface of this node's pods: the sandboxes the primary networks' IPAM
+ * records name, each netns read (links marked as patu's). Empty when the feature was
+ * never used here (no pool directory): no netns is entered then.
+ */
+export function collectPodNetworks(dataDir: string, links: ReadonlyMap<string, { up: boolean }>): PodNetInterfaceStatus[] {
+  if (!existsSync(join(dataDir, PODNET_POOL_DIR))) return [];
+  const out: PodNetInterfaceStatus[] = [];
+  const applier = openPodNetApplier({ dataDir });
+  try {
+    for (const network of readdirSync(dataDir).sort()) {
+      if (network === HOSTPORT_DIR || network === PODNET_POOL_DIR || !statSync(join(dataDir, network)).isDirectory()) continue;
+      for (const sb of listSandboxes(dataDir, network)) {
+        for (const a of applier.list(sb)) {
+          out.push({
+            pod: `${sb.pod.namespace}/${sb.pod.name}`, containerId: sb.containerId, ifname: a.ifname, network: a.network,
+            address: a.address, mtu: a.mtu, config: `${a.config.namespace}/${a.config.name}`, ready: links.get(a.hostIfname)?.up ?? false,
+          });
+        }
+      }
+    }
+  } finally {
+    applier.close();
+  }
+  return out.sort((x, y) => x.pod.localeCompare(y.pod) || x.ifname.localeCompare(y.ifname));
 }
 
 /** The policy maps under pinRoot, read back (never loads anything), or null when policy was never set up here. */
@@ -108,6 +155,7 @@ export function collectStatus(opts: StatusOptions): NodeStatus {
       hostPorts: HostPortStore.open(opts.dataDir, { create: false }).list(),
       nodePortTc: readNodePortTc(opts.pinRoot, (i) => byIndex.get(i)),
       policy: collectPolicyStatus(opts.pinRoot),
+      podNetworks: collectPodNetworks(opts.dataDir, links),
     };
   } finally {
     rtnl.close();
@@ -158,6 +206,15 @@ export function formatStatus(s: NodeStatus): string {
             const reg = a.pods.find((r) => r.ip === p.ip);
             return [p.network, p.ip, p.containerId.slice(0, 16), p.ifname, p.hostVeth, p.linkUp ? 'up' : 'missing', !reg ? '-' : reg.optOut ? 'opted out' : 'yes'];
           }),
+        ])
+      : '  none\n',
+  );
+  out.push(`\nPod extra interfaces (${s.podNetworks.length}):\n`);
+  out.push(
+    s.podNetworks.length
+      ? formatTable([
+          ['POD', 'IFNAME', 'NETWORK', 'ADDRESS', 'MTU', 'CONFIG', 'READY'],
+          ...s.podNetworks.map((p) => [p.pod, p.ifname, p.network, p.address, String(p.mtu), p.config, p.ready ? 'yes' : 'no (host side down)']),
         ])
       : '  none\n',
   );

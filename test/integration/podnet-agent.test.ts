@@ -186,6 +186,13 @@ test('config then ADD: net1 exists when the ADD answers, with the address, MTU, 
   });
   const ev = await api.must('GET', '/api/v1/namespaces/team-a/events');
   assert.ok(ev.items.some((e: any) => e.reason === 'Applied' && e.involvedObject.name === 'cnf'), 'an Applied event');
+  // `patu status` lists the pod's extra interface, read from its netns.
+  const st = spawnSync(PATU_BIN, ['status', '--json', '--data-dir', join(dir, 'ipam'), '--pin-root', cniPins, '--bridge', PRIMARY_BRIDGE], { encoding: 'utf8' });
+  assert.equal(st.status, 0, st.stderr);
+  const mine = JSON.parse(st.stdout).podNetworks.filter((x: any) => x.pod === 'team-a/p1');
+  assert.deepEqual(mine.map((x: any) => [x.ifname, x.network, x.address, x.mtu, x.config, x.ready]), [['net1', 'field', `${addr.local}/${addr.prefixlen}`, 1400, 'team-a/cnf', true]]);
+  const text = spawnSync(PATU_BIN, ['status', '--data-dir', join(dir, 'ipam'), '--pin-root', cniPins, '--bridge', PRIMARY_BRIDGE], { encoding: 'utf8' }).stdout;
+  assert.match(text, /Pod extra interfaces \(1\):[\s\S]*team-a\/p1\s+net1\s+field/);
 });
 
 test('an existing pod gets net1 once its labels match; label removal takes it away, its pool record too', { skip }, async () => {
