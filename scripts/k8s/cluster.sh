@@ -794,13 +794,16 @@ render() {
   printf '%s\n' "$out"
 }
 
-# deploy: build the patu:dev image (scripts/image.sh), load it into this cluster's containerd, apply the manifest
-# (PATU_MANIFEST=patu-split: the split mode's, deploy/patu-split.yaml).
+# deploy: build the patu:dev image (scripts/image.sh), load it into this cluster's containerd, apply the podnet
+# CRDs and the manifest (PATU_MANIFEST=patu-split: the split mode's, deploy/patu-split.yaml).
 deploy() {
   [[ -S $CTRD_SOCK ]] || die "no cluster in $STATE: run '$0 up --no-cni' first"
   [[ -f $REPO/build/image/patu-dev.tar && ${PATU_IMAGE_REBUILD:-1} == 0 ]] || bash "$REPO/scripts/image.sh" >&2
   ctr --address "$CTRD_SOCK" -n k8s.io images import "$REPO/build/image/patu-dev.tar" >>"$STATE/logs/images.log" 2>&1 \
     || { tail -5 "$STATE/logs/images.log" >&2; die "ctr images import patu-dev.tar failed"; }
+  # The pod network configuration CRDs first (deploy/patu.yaml's header says the same), so the agent finds them.
+  kubectl_ apply -f "$REPO/deploy/podnet-crds.yaml" >&2
+  kubectl_ wait --for condition=established --timeout=60s crd/nodenetworks.network.patu.dev crd/podnetworkconfigs.network.patu.dev >&2
   render "${PATU_MANIFEST:-patu}" | kubectl_ apply -f - >&2
   log "patu applied; waiting for its DaemonSet and the node to be Ready"
   kubectl_ -n kube-system rollout status ds/patu --timeout=120s >&2 || die "patu DaemonSet not ready"

@@ -49,6 +49,8 @@ export interface CallOptions {
   as?: { user: string; groups?: string[] };
   /** Content-Type of the body (default application/json; merge/strategic patches need theirs). */
   contentType?: string;
+  /** Accept header (e.g. kubectl's table form); default none. */
+  accept?: string;
 }
 
 /** Polls `cond` every 50 ms until it is true; errors it throws count as "not yet". */
@@ -148,6 +150,7 @@ export class BareApiserver {
         'Content-Type': o.contentType ?? 'application/json',
       };
       if (data) headers['Content-Length'] = Buffer.byteLength(data);
+      if (o.accept) headers.Accept = o.accept;
       if (o.as) {
         headers['Impersonate-User'] = o.as.user;
         if (o.as.groups?.length) headers['Impersonate-Group'] = o.as.groups;

@@ -1,7 +1,8 @@
 // deploy/patu.yaml and deploy/patu-uninstall.yaml: they parse, the agent's RBAC
-// is exactly read-only on the six resources it watches (this test fails if
-// anyone widens it), no credential other than the ServiceAccount is used, and
-// every flag the manifests pass exists in the CLI.
+// is exactly read-only on the six resources it watches plus the few writes pod network
+// configuration needs (this test fails if anyone widens it), no credential other than the
+// ServiceAccount is used, and every flag the manifests pass exists in the CLI. (The
+// podnet CRDs and the tenant Role: test/unit/podnet-manifests.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -13,13 +14,23 @@ import { buildProgram } from '../../src/cli/main.js';
 
 const ALLOWED: Record<string, string[]> = {
   '/services': ['get', 'list', 'watch'],
-  '/pods': ['get', 'list', 'watch'],
+  // patch: pod network configuration's k8s.v1.cni.cncf.io/network-status annotation (issue 12).
+  '/pods': ['get', 'list', 'patch', 'watch'],
   '/nodes': ['get', 'list', 'watch'],
-  // NetworkPolicy (issue 11): selectors name namespaces by their labels.
+  // NetworkPolicy (issue 11) and NodeNetwork namespaceSelectors (issue 12): namespaces by their labels.
   '/namespaces': ['get', 'list', 'watch'],
   'discovery.k8s.io/endpointslices': ['get', 'list', 'watch'],
   'networking.k8s.io/networkpolicies': ['get', 'list', 'watch'],
+  // Pod network configuration (issue 12): watch the two kinds; patch for metadata.finalizers
+  // (merge patch); status through the subresource only; events to explain, create only.
+  'network.patu.dev/nodenetworks': ['get', 'list', 'patch', 'watch'],
+  'network.patu.dev/podnetworkconfigs': ['get', 'list', 'patch', 'watch'],
+  'network.patu.dev/nodenetworks/status': ['patch'],
+  'network.patu.dev/podnetworkconfigs/status': ['patch'],
+  '/events': ['create'],
 };
+/** The only subresources the agent may touch. */
+const SUBRESOURCES = new Set(['nodenetworks/status', 'podnetworkconfigs/status']);
 
 test('patu.yaml: the expected objects, all valid YAML', () => {
   const docs = load('patu.yaml');
@@ -31,7 +42,7 @@ test('patu.yaml: the expected objects, all valid YAML', () => {
   }
 });
 
-test('patu.yaml: RBAC grants get/list/watch on services, endpointslices, pods, nodes, namespaces, networkpolicies and nothing else', () => {
+test('patu.yaml: RBAC grants get/list/watch on services, endpointslices, pods, nodes, namespaces, networkpolicies, what pod network configuration writes, and nothing else', () => {
   const docs = load('patu.yaml');
   // No Role/RoleBinding sneaking in extra rights, no aggregation.
   const rbac = docs.filter((d) => String(d.apiVersion).startsWith('rbac.authorization.k8s.io/'));
@@ -44,7 +55,7 @@ test('patu.yaml: RBAC grants get/list/watch on services, endpointslices, pods, n
     for (const g of r.apiGroups as string[]) {
       assert.notEqual(g, '*', 'no wildcard apiGroup');
       for (const res of r.resources as string[]) {
-        assert.ok(!res.includes('*') && !res.includes('/'), `resource ${res}: no wildcards or subresources`);
+        assert.ok(!res.includes('*') && (!res.includes('/') || SUBRESOURCES.has(res)), `resource ${res}: no wildcards or other subresources`);
         const key = `${g}/${res}`;
         for (const v of r.verbs as string[]) {
           assert.ok(ALLOWED[key]?.includes(v), `verb "${v}" on ${key} is more than the agent needs`);

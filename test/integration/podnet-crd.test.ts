@@ -1,0 +1,272 @@
+// The pod network configuration API against a REAL kube-apiserver (test/helpers/apiserver.ts):
+// deploy/podnet-crds.yaml applies cleanly and the CRDs become Established (structural
+// schemas, CEL cost estimates within limits); every in-object bad input is refused by the
+// apiserver naming the field, and by src/podnet/validate.ts naming the same field; valid
+// objects are accepted by both, and what the apiserver stores parses back to the same spec.
+// RBAC: the agent's ClusterRole from deploy/patu.yaml allows exactly its writes (finalizers
+// by merge patch, status, events, the pod annotation) and not more; the tenant Role of
+// deploy/podnet-tenant-role.yaml lets its ServiceAccount (a real token) manage
+// PodNetworkConfigs in its namespace only, and neither NodeNetworks nor status.
+// Needs no root: nothing touches the kernel. Skips, saying why, without the binaries.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { BareApiserver, apiserverSkipReason, until, type ApiResponse } from '../helpers/apiserver.js';
+import { loadManifest, type Doc } from '../helpers/manifests.js';
+import { parseNodeNetwork, parsePodNetworkConfig } from '../../src/podnet/validate.js';
+import { PODNET_API_VERSION, PODNET_FINALIZER } from '../../src/podnet/types.js';
+
+const skip = apiserverSkipReason() ?? false;
+const AGENT_USER = 'patu-it-agent';
+const NN = '/apis/network.patu.dev/v1alpha1/nodenetworks';
+const pncPath = (ns: string, name = ''): string => `/apis/network.patu.dev/v1alpha1/namespaces/${ns}/podnetworkconfigs${name ? `/${name}` : ''}`;
+const MERGE = { contentType: 'application/merge-patch+json' };
+let api: BareApiserver | undefined;
+
+before(async () => {
+  if (skip) return;
+  api = await BareApiserver.start([{ name: AGENT_USER }]);
+  for (const crd of loadManifest('podnet-crds.yaml')) {
+    await api.must('POST', '/apis/apiextensions.k8s.io/v1/customresourcedefinitions', crd);
+  }
+  for (const name of ['nodenetworks', 'podnetworkconfigs']) {
+    await until(`CRD ${name} Established`, async () => {
+      const c = await api!.must('GET', `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${name}.network.patu.dev`);
+      return (c.status?.conditions as Doc[] | undefined ?? []).some((x) => x.type === 'Established' && x.status === 'True');
+    });
+  }
+  // Discovery of the new group can lag the Established condition a little.
+  await until('podnetworkconfigs served', async () => (await api!.api('GET', pncPath('default'))).status === 200);
+  for (const ns of ['team-a', 'team-b']) await api.must('POST', '/api/v1/namespaces', { metadata: { name: ns } });
+});
+
+after(async () => {
+  await api?.stop();
+});
+
+const network = (name: string, spec: Doc): Doc => ({ apiVersion: PODNET_API_VERSION, kind: 'NodeNetwork', metadata: { name }, spec });
+const config = (ns: string, name: string, interfaces: Doc[], podSelector: Doc = { matchLabels: { app: 'cnf' } }): Doc =>
+  ({ apiVersion: PODNET_API_VERSION, kind: 'PodNetworkConfig', metadata: { name, namespace: ns }, spec: { podSelector, interfaces } });
+
+/** The fields the apiserver's 422 names (details.causes[].field). */
+const refusedFields = (r: ApiResponse): string[] => ((r.json?.details?.causes ?? []) as Doc[]).map((c) => String(c.field)).sort();
+
+// Each bad object, and the field both the apiserver and validate.ts must name.
+const BAD_NETWORKS: [string, Doc, string][] = [
+  ['vlan id 0', { vlan: { link: 'eth1', id: 0 }, subnet: '10.210.0.0/24' }, 'spec.vlan.id'],
+  ['vlan id 4095', { vlan: { link: 'eth1', id: 4095 }, subnet: '10.210.0.0/24' }, 'spec.vlan.id'],
+  ['neither bridge nor vlan', { subnet: '10.210.0.0/24' }, 'spec'],
+  ['bad CIDR', { bridge: 'b0', subnet: '10.210.0.0/33' }, 'spec.subnet'],
+  ['not a CIDR', { bridge: 'b0', subnet: '10.210.0.0' }, 'spec.subnet'],
+  ['IPv6 subnet', { bridge: 'b0', subnet: 'fd00::/64' }, 'spec.subnet'],
+  ['host bits in subnet', { bridge: 'b0', subnet: '10.210.0.1/24' }, 'spec.subnet'],
+  ['subnet too small', { bridge: 'b0', subnet: '10.210.0.0/31' }, 'spec.subnet'],
+  ['gateway outside', { bridge: 'b0', subnet: '10.210.0.0/24', gateway: '10.211.0.1' }, 'spec.gateway'],
+  ['gateway = network address', { bridge: 'b0', subnet: '10.210.0.0/24', gateway: '10.210.0.0' }, 'spec.gateway'],
+  ['bad gateway', { bridge: 'b0', subnet: '10.210.0.0/24', gateway: '010.210.0.1' }, 'spec.gateway'],
+  ['rangeStart outside', { bridge: 'b0', subnet: '10.210.0.0/24', rangeStart: '10.211.0.1' }, 'spec.rangeStart'],
+  ['bridge name too long', { bridge: 'a-very-long-bridge', subnet: '10.210.0.0/24' }, 'spec.bridge'],
+  ['bridge name with /', { bridge: 'br/0', subnet: '10.210.0.0/24' }, 'spec.bridge'],
+  ['mtu 67', { bridge: 'b0', subnet: '10.210.0.0/24', mtu: 67 }, 'spec.mtu'],
+  ['In without values', { bridge: 'b0', subnet: '10.210.0.0/24', namespaceSelector: { matchExpressions: [{ key: 'k', operator: 'In' }] } }, 'spec.namespaceSelector.matchExpressions[0]'],
+  ['unknown operator', { bridge: 'b0', subnet: '10.210.0.0/24', namespaceSelector: { matchExpressions: [{ key: 'k', operator: 'Like', values: ['x'] }] } }, 'spec.namespaceSelector.matchExpressions[0].operator'],
+];
+const net1 = (o: Doc = {}): Doc => ({ name: 'net1', network: 'field', ...o });
+const BAD_CONFIGS: [string, Doc[], string][] = [
+  ['table 254', [net1({ routes: [{ to: '10.211.0.0/16', table: 254 }] })], 'spec.interfaces[0].routes[0].table'],
+  ['table 255', [net1({ routes: [{ to: '10.211.0.0/16', table: 255 }] })], 'spec.interfaces[0].routes[0].table'],
+  ['table 253', [net1({ rules: [{ from: '10.210.0.0/24', table: 253 }] })], 'spec.interfaces[0].rules[0].table'],
+  ['table 0', [net1({ rules: [{ from: '10.210.0.0/24', table: 0 }] })], 'spec.interfaces[0].rules[0].table'],
+  ['duplicate interface names', [net1(), net1({ network: 'other' })], 'spec.interfaces'],
+  ['eth0', [net1({ name: 'eth0' })], 'spec.interfaces[0].name'],
+  ['lo', [net1({ name: 'lo' })], 'spec.interfaces[0].name'],
+  ['name with a space', [net1({ name: 'net 1' })], 'spec.interfaces[0].name'],
+  ['network not a name', [net1({ network: 'Field_1' })], 'spec.interfaces[0].network'],
+  ['bad address', [net1({ address: '10.210.0.300/24' })], 'spec.interfaces[0].address'],
+  ['address without prefix', [net1({ address: '10.210.0.10' })], 'spec.interfaces[0].address'],
+  ['address /32', [net1({ address: '10.210.0.10/32' })], 'spec.interfaces[0].address'],
+  ['bad route destination', [net1({ routes: [{ to: '10.211.0.1/16', table: 100 }] })], 'spec.interfaces[0].routes[0].to'],
+  ['bad next hop', [net1({ routes: [{ to: 'default', via: 'gw', table: 100 }] })], 'spec.interfaces[0].routes[0].via'],
+  ['bad rule source', [net1({ rules: [{ from: '10.210.0.0/33', table: 100 }] })], 'spec.interfaces[0].rules[0].from'],
+  ['priority 32766', [net1({ rules: [{ table: 100, priority: 32766 }] })], 'spec.interfaces[0].rules[0].priority'],
+  ['bad MAC', [net1({ mac: '02-00-00-00-00-01' })], 'spec.interfaces[0].mac'],
+  ['mtu 65536', [net1({ mtu: 65536 })], 'spec.interfaces[0].mtu'],
+  ['no interfaces', [], 'spec.interfaces'],
+];
+
+test('the CRDs are Established; valid objects are accepted and what the apiserver stores parses back to the same spec', { skip }, async () => {
+  const nn = await api!.must('POST', NN, network('field', {
+    bridge: 'field0', subnet: '10.210.0.0/24', gateway: '10.210.0.1', mtu: 1500, rangeStart: '10.210.0.10', rangeEnd: '10.210.0.200',
+    namespaceSelector: { matchLabels: { tenant: 'a' }, matchExpressions: [{ key: 'env', operator: 'NotIn', values: ['dev'] }, { key: 'x', operator: 'DoesNotExist' }] },
+    notInSchema: 'pruned',
+  }));
+  assert.equal(nn.spec.notInSchema, undefined, 'unknown fields are pruned (structural schema)');
+  const pn = parseNodeNetwork(nn);
+  assert.ok(pn.ok, JSON.stringify(pn));
+  assert.equal(pn.value.uid, nn.metadata.uid);
+  assert.equal(pn.value.generation, 1);
+  assert.equal(pn.value.creationTimestamp, nn.metadata.creationTimestamp);
+  const vlan = await api!.must('POST', NN, network('field-vlan', { vlan: { link: 'eth1', id: 4094 }, subnet: '10.212.0.0/30', namespaceSelector: {} }));
+  assert.deepEqual(parseNodeNetwork(vlan).ok && (parseNodeNetwork(vlan) as { value: { spec: unknown } }).value.spec, vlan.spec);
+
+  const c = await api!.must('POST', pncPath('team-a'), config('team-a', 'cnf', [
+    net1({ address: '10.210.0.10/24', mtu: 1400, mac: '02:aa:bb:cc:dd:ee',
+      routes: [{ to: '10.211.0.0/16', via: '10.210.0.1', table: 100 }, { to: 'default', via: '10.210.0.1', table: 256, metric: 10 }],
+      rules: [{ from: '10.210.0.0/24', table: 100 }, { to: '10.211.0.0/16', table: 4294967295, priority: 32765 }] }),
+    { name: 'vlan1', network: 'field-vlan' },
+  ]));
+  const pc = parsePodNetworkConfig(c);
+  assert.ok(pc.ok, JSON.stringify(pc));
+  assert.deepEqual(pc.value.spec, c.spec);
+  await api!.must('POST', pncPath('team-a'), config('team-a', 'all-pods', [net1()], {}));
+
+  // kubectl's columns come from the printer columns.
+  const t = await api!.must('GET', NN, undefined, { accept: 'application/json;as=Table;v=v1;g=meta.k8s.io' });
+  assert.deepEqual((t.columnDefinitions as Doc[]).map((d) => d.name), ['Name', 'Bridge', 'Link', 'VLAN', 'Subnet', 'Ready', 'Reason', 'Age']);
+});
+
+test('every in-object bad NodeNetwork is refused by the apiserver and by validate.ts, both naming the field', { skip }, async () => {
+  for (const [what, spec, field] of BAD_NETWORKS) {
+    const obj = network(`bad-${what.replace(/[^a-z0-9]+/g, '-')}`, spec);
+    const r = await api!.api('POST', NN, obj);
+    assert.equal(r.status, 422, `${what}: apiserver answered ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
+    assert.ok(refusedFields(r).includes(field), `${what}: apiserver names ${JSON.stringify(refusedFields(r))}, want ${field}: ${r.json.message}`);
+    const v = parseNodeNetwork(obj);
+    assert.equal(v.ok, false, `${what}: validate.ts accepted it`);
+    const fields = v.ok ? [] : v.problems.map((p) => p.field);
+    assert.ok(fields.some((f) => f === field || f.startsWith(`${field}.`)), `${what}: validate.ts names ${JSON.stringify(fields)}, want ${field}`);
+  }
+});
+
+test('every in-object bad PodNetworkConfig is refused by the apiserver and by validate.ts, both naming the field', { skip }, async () => {
+  for (const [what, interfaces, field] of BAD_CONFIGS) {
+    const obj = config('team-a', `bad-${what.replace(/[^a-z0-9]+/g, '-')}`, interfaces);
+    const r = await api!.api('POST', pncPath('team-a'), obj);
+    assert.equal(r.status, 422, `${what}: apiserver answered ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
+    assert.ok(refusedFields(r).includes(field), `${what}: apiserver names ${JSON.stringify(refusedFields(r))}, want ${field}: ${r.json.message}`);
+    const v = parsePodNetworkConfig(obj);
+    assert.equal(v.ok, false, `${what}: validate.ts accepted it`);
+    const fields = v.ok ? [] : v.problems.map((p) => p.field);
+    assert.ok(fields.some((f) => f === field || f.startsWith(`${field}[`) || f.startsWith(`${field}.`)), `${what}: validate.ts names ${JSON.stringify(fields)}, want ${field}`);
+  }
+  // The messages say what is wrong.
+  const r = await api!.api('POST', pncPath('team-a'), config('team-a', 'msg', [net1({ routes: [{ to: 'default', table: 254 }] })]));
+  assert.match(r.json.message, /spec\.interfaces\[0\]\.routes\[0\]\.table.*reserved table: .*254 \(main\)/);
+  const v = await api!.api('POST', NN, network('msg', { vlan: { link: 'eth1', id: 0 }, subnet: '10.210.0.0/24' }));
+  assert.match(v.json.message, /spec\.vlan\.id.*VLAN id must be 1-4094/);
+});
+
+/** The agent's ClusterRole and binding exactly as deploy/patu.yaml ships them, bound to a test user. */
+async function applyAgentRbac(): Promise<void> {
+  const docs = loadManifest('patu.yaml');
+  const role = docs.find((d) => d.kind === 'ClusterRole')!;
+  await api!.must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', { ...role, metadata: { name: 'patu-it-agent' } });
+  await api!.must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
+    metadata: { name: 'patu-it-agent' },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'patu-it-agent' },
+    subjects: [{ kind: 'User', name: AGENT_USER, apiGroup: 'rbac.authorization.k8s.io' }],
+  });
+}
+
+test('the agent\'s ClusterRole (deploy/patu.yaml): watch both kinds, finalizers by merge patch, status, events, the pod annotation; nothing more', { skip }, async () => {
+  await applyAgentRbac();
+  const as = { token: api!.tokens.get(AGENT_USER)! };
+  await api!.must('POST', NN, network('agent-net', { bridge: 'an0', subnet: '10.230.0.0/24', namespaceSelector: {} }));
+  await api!.must('POST', pncPath('team-b'), config('team-b', 'agent-cfg', [{ name: 'net1', network: 'agent-net' }]));
+  await until('agent RBAC in effect', async () => (await api!.api('GET', NN, undefined, as)).status === 200);
+  assert.equal((await api!.api('GET', '/apis/network.patu.dev/v1alpha1/podnetworkconfigs', undefined, as)).status, 200, 'list all configs');
+  assert.equal((await api!.api('GET', `${NN}?watch=true&timeoutSeconds=1`, undefined, as)).status, 200, 'watch');
+
+  // Finalizer on, status written, finalizer off: all merge patches.
+  const cfg = await api!.must('GET', pncPath('team-b', 'agent-cfg'));
+  const rv = cfg.metadata.resourceVersion;
+  let r = await api!.api('PATCH', pncPath('team-b', 'agent-cfg'), { metadata: { resourceVersion: rv, finalizers: [PODNET_FINALIZER] } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, `finalizer patch: ${JSON.stringify(r.json).slice(0, 300)}`);
+  r = await api!.api('PATCH', `${pncPath('team-b', 'agent-cfg')}/status`, { status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '', lastTransitionTime: '2026-01-01T00:00:00Z' }], pods: [] } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, `status patch: ${JSON.stringify(r.json).slice(0, 300)}`);
+  assert.equal(r.json.status.conditions[0].reason, 'Ready');
+  r = await api!.api('PATCH', `${NN}/agent-net/status`, { status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '', lastTransitionTime: '2026-01-01T00:00:00Z' }], users: ['team-b/agent-cfg'] } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, `network status patch: ${JSON.stringify(r.json).slice(0, 300)}`);
+  r = await api!.api('PATCH', `${NN}/agent-net`, { metadata: { finalizers: [PODNET_FINALIZER] } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, 'finalizer on a NodeNetwork');
+  r = await api!.api('PATCH', pncPath('team-b', 'agent-cfg'), { metadata: { finalizers: null } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, 'finalizer removed');
+
+  // Events: create only.
+  const ev = { metadata: { generateName: 'agent-cfg.' }, involvedObject: { apiVersion: PODNET_API_VERSION, kind: 'PodNetworkConfig', namespace: 'team-b', name: 'agent-cfg' }, reason: 'Ready', message: 'ok', type: 'Normal', source: { component: 'patu' } };
+  r = await api!.api('POST', '/api/v1/namespaces/team-b/events', ev, as);
+  assert.equal(r.status, 201, `event: ${JSON.stringify(r.json).slice(0, 300)}`);
+  assert.equal((await api!.api('DELETE', `/api/v1/namespaces/team-b/events/${r.json.metadata.name}`, undefined, as)).status, 403, 'no deleting events');
+
+  // The pod annotation: patch a pod.
+  await api!.must('POST', '/api/v1/namespaces/team-b/serviceaccounts', { metadata: { name: 'default' } });
+  await api!.must('POST', '/api/v1/namespaces/team-b/pods', { metadata: { name: 'p' }, spec: { nodeName: 'n', containers: [{ name: 'c', image: 'none' }] } });
+  r = await api!.api('PATCH', '/api/v1/namespaces/team-b/pods/p', { metadata: { annotations: { 'k8s.v1.cni.cncf.io/network-status': '[]' } } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, `pod annotation: ${JSON.stringify(r.json).slice(0, 300)}`);
+
+  // And nothing more.
+  const denied: [string, string, unknown, Doc?][] = [
+    ['POST', NN, network('agent-made', { bridge: 'x0', subnet: '10.231.0.0/24' })],
+    ['POST', pncPath('team-b'), config('team-b', 'agent-made', [{ name: 'net1', network: 'agent-net' }])],
+    ['PUT', pncPath('team-b', 'agent-cfg'), await api!.must('GET', pncPath('team-b', 'agent-cfg'))],
+    ['PUT', `${pncPath('team-b', 'agent-cfg')}/status`, await api!.must('GET', pncPath('team-b', 'agent-cfg'))],
+    ['DELETE', pncPath('team-b', 'agent-cfg'), undefined],
+    ['DELETE', `${NN}/agent-net`, undefined],
+    ['DELETE', '/api/v1/namespaces/team-b/pods/p', undefined],
+    ['POST', '/api/v1/namespaces/team-b/pods', { metadata: { name: 'q' }, spec: { containers: [{ name: 'c', image: 'none' }] } }],
+    ['PATCH', '/api/v1/namespaces/team-b', { metadata: { labels: { x: 'y' } } }, MERGE],
+    ['GET', '/api/v1/namespaces/team-b/secrets', undefined],
+    ['POST', '/apis/apiextensions.k8s.io/v1/customresourcedefinitions', { metadata: { name: 'x' } }],
+  ];
+  for (const [method, path, body, extra] of denied) {
+    const d = await api!.api(method, path, body, { ...as, ...(extra ?? {}) });
+    assert.equal(d.status, 403, `${method} ${path} must be forbidden to the agent, got ${d.status}`);
+  }
+  await api!.must('PATCH', `${NN}/agent-net`, { metadata: { finalizers: null } }, MERGE);
+});
+
+test('the tenant Role (deploy/podnet-tenant-role.yaml), with a real ServiceAccount token: PodNetworkConfigs in its namespace only, no NodeNetworks, no status', { skip }, async () => {
+  const docs = loadManifest('podnet-tenant-role.yaml');
+  const ns = docs[0]!.metadata.namespace as string;
+  assert.equal(ns, 'team-a');
+  await api!.must('POST', `/api/v1/namespaces/${ns}/serviceaccounts`, docs[0]);
+  await api!.must('POST', `/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles`, docs[1]);
+  await api!.must('POST', `/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, docs[2]);
+  const token = await api!.serviceAccountToken(ns, docs[0]!.metadata.name);
+  const as = { token };
+  const whoami = await api!.must('POST', '/apis/authentication.k8s.io/v1/selfsubjectreviews', { apiVersion: 'authentication.k8s.io/v1', kind: 'SelfSubjectReview' }, as);
+  assert.equal(whoami.status.userInfo.username, `system:serviceaccount:${ns}:${docs[0]!.metadata.name}`);
+
+  let r: ApiResponse = { status: 0, json: null };
+  await until('tenant RBAC in effect', async () => {
+    r = await api!.api('POST', pncPath(ns), config(ns, 'tenant-cfg', [{ name: 'net1', network: 'field' }]), as);
+    return r.status === 201;
+  });
+  assert.equal((await api!.api('GET', pncPath(ns, 'tenant-cfg'), undefined, as)).status, 200);
+  assert.equal((await api!.api('GET', pncPath(ns), undefined, as)).status, 200);
+  r = await api!.api('PATCH', pncPath(ns, 'tenant-cfg'), { spec: { podSelector: { matchLabels: { app: 'other' } } } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, 'edit its own config');
+  const mine = await api!.must('GET', pncPath(ns, 'tenant-cfg'));
+  assert.equal((await api!.api('PUT', pncPath(ns, 'tenant-cfg'), mine, as)).status, 200, 'update');
+
+  const denied: [string, string, unknown, Doc?][] = [
+    ['POST', pncPath('team-b'), config('team-b', 'tenant-cfg', [{ name: 'net1', network: 'field' }])],
+    ['GET', pncPath('team-b'), undefined],
+    ['GET', '/apis/network.patu.dev/v1alpha1/podnetworkconfigs', undefined],
+    ['POST', NN, network('tenant-net', { bridge: 't0', subnet: '10.240.0.0/24', namespaceSelector: {} })],
+    ['PATCH', `${NN}/field`, { spec: { namespaceSelector: {} } }, MERGE],
+    ['GET', NN, undefined],
+    ['PATCH', `${pncPath(ns, 'tenant-cfg')}/status`, { status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'forged', lastTransitionTime: '2026-01-01T00:00:00Z' }] } }, MERGE],
+    ['PUT', `${pncPath(ns, 'tenant-cfg')}/status`, mine],
+    ['PATCH', `/api/v1/namespaces/${ns}`, { metadata: { labels: { tenant: 'a' } } }, MERGE],
+  ];
+  for (const [method, path, body, extra] of denied) {
+    const d = await api!.api(method, path, body, { ...as, ...(extra ?? {}) });
+    assert.equal(d.status, 403, `${method} ${path} must be forbidden to the tenant, got ${d.status}`);
+  }
+  // A status field sent with the object itself is dropped (the status subresource is the only way in).
+  const sneaky = config(ns, 'sneaky', [{ name: 'net1', network: 'field' }]);
+  r = await api!.api('POST', pncPath(ns), { ...sneaky, status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'forged', lastTransitionTime: '2026-01-01T00:00:00Z' }] } }, as);
+  assert.equal(r.status, 201);
+  assert.equal(r.json.status, undefined, 'status ignored on create');
+  assert.equal((await api!.api('DELETE', pncPath(ns, 'sneaky'), undefined, as)).status, 200, 'delete its own config');
+});
