@@ -163,7 +163,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       log,
       ...(opts.policyBridge ? { bridges: [opts.policyBridge] } : {}),
       onApplied: (r) => {
-        if (r.changed || r.flushed || r.evicted) log.info({ file, mapChanges: r.changed, flowsCutOff: r.flushed, socketsEvicted: r.evicted, ms: r.ms }, 'network policy programmed');
+        if (r.changed || r.flushed || r.evicted) log.info({ file, mapChanges: r.changed, flowsCutOff: r.flushed, socketsEvicted: r.evicted, ms: r.ms, phases: r.phases }, 'network policy programmed');
         // Applies that left something out (rules that did not fit, duplicate addresses) or fell back to deny-only.
         for (const p of r.problems) metrics?.policyApplyErrors.inc({ reason: p.kind });
         if (r.fallback) metrics?.policyApplyErrors.inc({ reason: 'fallback' });

@@ -39,7 +39,10 @@ export function openPolicyEngine(o: { pinRoot: string; log: PolicyLog; mountBpff
     engine,
     dp,
     sink: {
-      setState: (state) => void engine.setState(state),
+      setState: (state) => {
+        const r = engine.setState(state);
+        if (r.changed || r.flushed || r.evicted) o.log.info({ mapChanges: r.changed, flowsCutOff: r.flushed, socketsEvicted: r.evicted, ms: r.ms, phases: r.phases }, 'network policy programmed');
+      },
     },
     close: () => dp.close(),
   };

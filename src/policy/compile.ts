@@ -369,11 +369,27 @@ export class PolicyCompiler {
       else for (const [ns, gs] of groupsByNs) if (a.nsMatch!(nsLabels.get(ns)!)) inNs.push(...gs);
       for (const g of inNs) if (!a.podMatch || a.podMatch(g.labels)) g.atoms.push(a.id);
     }
-    const ipAtomsOf = (ip: number): number[] => {
+    // ipBlock atoms by their cidr: what contains an address or a prefix is found by walking up its
+    // prefix lengths (one lookup per length in use), not by trying every atom.
+    const ipAtomsAt = new Map<number, Atom[]>();
+    for (const a of ipAtoms) {
+      const k = prefixKey(a.cidr!);
+      const l = ipAtomsAt.get(k);
+      if (l) l.push(a);
+      else ipAtomsAt.set(k, [a]);
+    }
+    const cidrLens = [...new Set(ipAtoms.map((a) => a.cidr!.len))].sort((x, y) => x - y);
+    /** The ipBlock atoms whose cidr contains q (an address: len 32) and none of whose excepts does. */
+    const ipAtomsOver = (q: Prefix): number[] => {
       const out: number[] = [];
-      for (const a of ipAtoms) if (addrIn(a.cidr!, ip) && !a.except!.some((e) => addrIn(e, ip))) out.push(a.id);
+      for (const len of cidrLens) {
+        if (len > q.len) break;
+        const l = ipAtomsAt.get(prefixKey({ net: (q.net & maskOf(len)) >>> 0, len }));
+        if (l) for (const a of l) if (!a.except!.some((e) => prefixContains(e, q))) out.push(a.id);
+      }
       return out;
     };
+    const ipAtomsOf = (ip: number): number[] => ipAtomsOver({ net: ip, len: 32 });
 
     // --- classes ---
     const infoBySig = new Map<string, PeerInfo>();
@@ -393,9 +409,7 @@ export class PolicyCompiler {
     const byLen = new Map<number, Map<number, PeerInfo>>();
     const regionInfo = new Map<number, PeerInfo>();
     for (const [k, q] of regionPrefixes) {
-      const ids: number[] = [];
-      for (const a of ipAtoms) if (prefixContains(a.cidr!, q) && !a.except!.some((e) => prefixContains(e, q))) ids.push(a.id);
-      const info = infoFor(ids, new Map());
+      const info = infoFor(ipAtomsOver(q), new Map());
       regionInfo.set(k, info);
       let m = byLen.get(q.len);
       if (!m) byLen.set(q.len, (m = new Map()));

@@ -66,6 +66,8 @@ export interface PolicyApplyResult {
    */
   failure?: 'capacity' | 'compile' | 'sync';
   ms: number;
+  /** Where the time went, ms: compiling, writing the maps, the names file, judging conntrack and sockets. */
+  phases: { compile: number; sync: number; names: number; flush: number };
 }
 
 export interface PolicyEngineCounters {
@@ -218,6 +220,8 @@ export class PolicyEngine {
 
   private apply(): PolicyApplyResult {
     const t0 = performance.now();
+    const ms2 = (t: number): number => Math.round(t * 100) / 100;
+    const phases = { compile: 0, sync: 0, names: 0, flush: 0 };
     this.counters.applies++;
     const state = this.state;
     let compiled: CompileResult | undefined;
@@ -232,6 +236,8 @@ export class PolicyEngine {
       failure = 'compile';
       fallback = true;
     }
+    let t = performance.now();
+    phases.compile = ms2(t - t0);
     if (compiled) {
       for (const p of compiled.problems) this.log.warn({ kind: p.kind, ...(p.pod ? { pod: p.pod } : {}), ...(p.policy ? { policy: p.policy } : {}) }, p.message);
       this.counters.problems += compiled.problems.length;
@@ -264,6 +270,8 @@ export class PolicyEngine {
       }
     }
     this.lastError = error;
+    phases.sync = ms2(performance.now() - t);
+    t = performance.now();
     if (compiled) {
       this.writeNames(compiled);
       if (changed > 0 && this.dp.pruneStats) {
@@ -276,6 +284,8 @@ export class PolicyEngine {
     }
     // Flows the new state denies: cut off, also when already established (the kernel only
     // judges new flows and those without a conntrack entry).
+    phases.names = ms2(performance.now() - t);
+    t = performance.now();
     let flushed = 0;
     let evicted = 0;
     if (changed > 0) {
@@ -302,8 +312,9 @@ export class PolicyEngine {
       this.counters.flushed += flushed;
       this.counters.evicted += evicted;
     }
-    const ms = Math.round((performance.now() - t0) * 100) / 100;
-    return { changed, flushed, evicted, problems: compiled?.problems ?? [], fallback, ...(failure ? { failure } : {}), ms };
+    phases.flush = ms2(performance.now() - t);
+    const ms = ms2(performance.now() - t0);
+    return { changed, flushed, evicted, problems: compiled?.problems ?? [], fallback, ...(failure ? { failure } : {}), ms, phases };
   }
 
   /** A verdict function over the state (memoized: many conntrack entries share a flow). */
