@@ -112,6 +112,12 @@ export interface RuleEntry {
   policyId: number;
 }
 export interface PolicyMapContents { endpoints: PolicyEndpoint[]; peers: PeerPrefix[]; rules: RuleEntry[] }
+/**
+ * What one sync() changed, for judging only the flows it can have changed: endpoints whose rules
+ * were written or removed (by id), endpoints written or removed (by address), peer prefixes written
+ * or removed. A flow between addresses none of these touch keeps its verdict.
+ */
+export interface SyncTouched { epIds: Set<number>; ips: Set<string>; peers: string[] }
 
 export interface CtKey { src: string; dst: string; sport: number; dport: number; proto: number; dir: 'ingress' | 'egress'; /** a fragment entry (sport = IP id) */ fragment: boolean }
 export interface CtVal { expiresNs: bigint; policy: number; epId: number; flags: number; /** kernel monotonic clock: expired when expiresNs <= now */ }

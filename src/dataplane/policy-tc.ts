@@ -27,9 +27,9 @@ import { accelPins, sockKeyCodec } from './accel-maps.js';
 import { isPatuVethName } from './names.js';
 import {
   POL, POLICY_MAP_CODECS, POLICY_PROGRAMS, policyPins, epFlags, peerKey, peerKeyString, ruleKeyString, ruleKeyStrings, parseRuleKeyString, rulesFromKeys,
-  dirName, decodeEvent,
+  dirName, decodeEvent, ctKeyC, ctValC,
   type PolicyMapContents, type PolicyEndpoint, type PeerPrefix, type EpValC, type PeerKeyC, type RuleKeyC, type CtKey, type CtVal,
-  type StatsEntry, type PolicyEvent, type CfgC, type CtKeyC, type CtValC,
+  type StatsEntry, type SyncTouched, type RuleEntry, type PolicyEvent, type CfgC, type CtKeyC, type CtValC,
 } from './policy-maps.js';
 
 export * from './policy-maps.js';
@@ -70,12 +70,223 @@ type TypedOf<N extends MapName> = TypedMap<
   ReturnType<(typeof POLICY_MAP_CODECS)[N]['value']['decode']>
 >;
 
+/** What the last sync() of an instance left in the tries: every key, and the contents it was given when they were canonical. */
+interface Written {
+  generation: number;
+  peers: Map<string, [PeerKeyC, number]>;
+  rules: Map<string, number>;
+  /** The rules and peers as given (canonical: see canonicalRules), for diffing the next contents against. */
+  last: { rules: RuleEntry[]; peers: Map<string, number> } | undefined;
+}
+
+interface TrieDiff {
+  ruleAdds: [RuleKeyC, number][];
+  ruleDels: RuleKeyC[];
+  peerAdds: [PeerKeyC, number][];
+  peerDels: PeerKeyC[];
+  /** Keys wanted, and in the maps during the update (the old and the new ones). */
+  ruleCount: number;
+  ruleUnion: number;
+  peerCount: number;
+  peerUnion: number;
+  /** What the tries hold after the update. */
+  rules: Map<string, number>;
+  peers: Map<string, [PeerKeyC, number]>;
+  last: Written['last'];
+}
+
+const DIR_ORDER = { egress: 0, ingress: 1 } as const;
+/** The compiler's order of rules: endpoint, class, direction (egress first), protocol (any first), first port (any first). */
+function ruleOrder(a: RuleEntry, b: RuleEntry): number {
+  return a.epId - b.epId || a.peerClass - b.peerClass || DIR_ORDER[a.dir] - DIR_ORDER[b.dir] ||
+    (a.proto ?? -1) - (b.proto ?? -1) || (a.portFrom ?? -1) - (b.portFrom ?? -1);
+}
+
+/**
+ * Whether rules are sorted (ruleOrder) and no two of them share an LPM key: per endpoint, class and
+ * direction, an any-protocol entry stands alone, an any-port entry alone in its protocol, and port
+ * ranges are disjoint. The compiler's output is; then each key comes from exactly one entry, and the
+ * keys of what changed can be worked out from the entries that changed.
+ */
+function canonicalRules(rules: readonly RuleEntry[]): boolean {
+  for (let i = 1; i < rules.length; i++) {
+    const a = rules[i - 1]!;
+    const b = rules[i]!;
+    const o = ruleOrder(a, b);
+    if (o > 0) return false;
+    if (a.epId !== b.epId || a.peerClass !== b.peerClass || a.dir !== b.dir) continue;
+    if (a.proto === null || b.proto === null) return false;
+    if (a.proto !== b.proto) continue;
+    if (a.portFrom === null || b.portFrom === null || a.portTo === null || b.portTo === null || b.portFrom <= a.portTo) return false;
+  }
+  return true;
+}
+
+/** Every key of the desired contents against the tries (cached, or read): the full diff. */
+function fullDiff(desired: PolicyMapContents, cached: Written | undefined, peerMap: TypedMap<PeerKeyC, number>, ruleMap: TypedMap<RuleKeyC, number>): TrieDiff {
+  const wantPeer = new Map<string, [PeerKeyC, number]>();
+  for (const p of desired.peers) {
+    let k: PeerKeyC;
+    try {
+      k = peerKey(p.cidr);
+    } catch (e) {
+      throw new PolicyContentsError((e as Error).message, { cause: e });
+    }
+    const s = peerKeyString(k);
+    const had = wantPeer.get(s);
+    if (had && had[1] !== p.peerClass) throw new PolicyContentsError(`peer prefix ${p.cidr} given classes ${had[1]} and ${p.peerClass}`);
+    wantPeer.set(s, [k, p.peerClass >>> 0]);
+  }
+  const wantRule = new Map<string, number>();
+  const strs: string[] = [];
+  for (const r of desired.rules) {
+    strs.length = 0;
+    try {
+      ruleKeyStrings(r, strs);
+    } catch (e) {
+      throw new PolicyContentsError((e as Error).message, { cause: e });
+    }
+    const pol = r.policyId >>> 0;
+    for (const k of strs) {
+      const had = wantRule.get(k);
+      // Two policies allowing the same thing: the lower id is reported (either one allows).
+      if (had === undefined || pol < had) wantRule.set(k, pol);
+    }
+  }
+  const havePeer = cached?.peers ?? new Map<string, [PeerKeyC, number]>([...peerMap.entries()].map(([k, v]) => [peerKeyString(k), [k, v]]));
+  const haveRule = cached?.rules ?? new Map<string, number>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), v]));
+  const ruleAdds: [RuleKeyC, number][] = [];
+  let ruleUnion = haveRule.size;
+  for (const [s, v] of wantRule) {
+    const h = haveRule.get(s);
+    if (h === undefined) ruleUnion++;
+    if (h !== v) ruleAdds.push([parseRuleKeyString(s), v]);
+  }
+  const ruleDels: RuleKeyC[] = [];
+  for (const s of haveRule.keys()) if (!wantRule.has(s)) ruleDels.push(parseRuleKeyString(s));
+  const peerAdds: [PeerKeyC, number][] = [];
+  let peerUnion = havePeer.size;
+  for (const [s, [k, v]] of wantPeer) {
+    const h = havePeer.get(s);
+    if (!h) peerUnion++;
+    if (h?.[1] !== v) peerAdds.push([k, v]);
+  }
+  const peerDels = [...havePeer].filter(([s]) => !wantPeer.has(s)).map(([, [k]]) => k);
+  let last: Written['last'];
+  if (canonicalRules(desired.rules)) {
+    const peers = new Map<string, number>();
+    let plain = true;
+    for (const p of desired.peers) {
+      if (peers.has(p.cidr) || !wantPeer.has(p.cidr)) plain = false; // written otherwise than given: diffs go the full way
+      peers.set(p.cidr, p.peerClass >>> 0);
+    }
+    if (plain) last = { rules: desired.rules.map((r) => ({ ...r })), peers }; // copies: the caller may reuse its objects
+  }
+  return { ruleAdds, ruleDels, peerAdds, peerDels, ruleCount: wantRule.size, ruleUnion, peerCount: wantPeer.size, peerUnion, rules: wantRule, peers: wantPeer, last };
+}
+
+/**
+ * The diff from the contents the last sync was given, when both they and the new ones are canonical:
+ * the sorted rule lists walked side by side (numbers only), keys made only for entries that differ.
+ * Undefined when it cannot be taken that way (the full diff is).
+ */
+function diffFromLast(w: Written, desired: PolicyMapContents): TrieDiff | undefined {
+  const last = w.last;
+  if (!last || !canonicalRules(desired.rules)) return undefined;
+  // Peers: by the cidr as given (the compiler gives them normalized; anything else goes the full way).
+  const wantPeers = new Map<string, number>();
+  for (const p of desired.peers) {
+    if (wantPeers.has(p.cidr)) return undefined;
+    wantPeers.set(p.cidr, p.peerClass >>> 0);
+  }
+  const peerAdds: [PeerKeyC, number][] = [];
+  const peerDels: PeerKeyC[] = [];
+  for (const [cidr, c] of wantPeers) {
+    if (last.peers.get(cidr) === c) continue;
+    let k: PeerKeyC;
+    try {
+      k = peerKey(cidr);
+    } catch (e) {
+      throw new PolicyContentsError((e as Error).message, { cause: e });
+    }
+    if (peerKeyString(k) !== cidr) return undefined;
+    peerAdds.push([k, c]);
+  }
+  for (const cidr of last.peers.keys()) if (!wantPeers.has(cidr)) peerDels.push(w.peers.get(cidr)![0]);
+  // Rules: entries only in the old list lose their keys, entries only in the new one (or with another
+  // policy) write theirs; a key both do (a range that grew) is written, not deleted.
+  const a = last.rules;
+  const b = desired.rules;
+  const gone: RuleEntry[] = [];
+  const come: RuleEntry[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    const x = a[i];
+    const y = b[j];
+    const o = x === undefined ? 1 : y === undefined ? -1 : ruleOrder(x, y);
+    if (o === 0 && x!.portTo === y!.portTo) {
+      if (x!.policyId !== y!.policyId) come.push(y!);
+      i++;
+      j++;
+    } else if (o < 0 || (o === 0 && x!.portTo! < y!.portTo!)) {
+      gone.push(x!);
+      i++;
+    } else {
+      if (o === 0) gone.push(x!), i++; // same start, other end: the old one goes, the new one comes
+      come.push(y!);
+      j++;
+    }
+  }
+  const strs: string[] = [];
+  const addKeys = new Map<string, number>();
+  for (const r of come) {
+    strs.length = 0;
+    try {
+      ruleKeyStrings(r, strs);
+    } catch (e) {
+      throw new PolicyContentsError((e as Error).message, { cause: e });
+    }
+    for (const k of strs) addKeys.set(k, r.policyId >>> 0);
+  }
+  const delKeys: string[] = [];
+  for (const r of gone) {
+    strs.length = 0;
+    ruleKeyStrings(r, strs);
+    for (const k of strs) if (!addKeys.has(k)) delKeys.push(k);
+  }
+  const rules = w.rules;
+  const ruleAdds: [RuleKeyC, number][] = [];
+  let ruleUnion = rules.size;
+  let ruleCount = rules.size;
+  for (const [k, v] of addKeys) {
+    const h = rules.get(k);
+    if (h === undefined) {
+      ruleUnion++;
+      ruleCount++;
+    }
+    if (h !== v) ruleAdds.push([parseRuleKeyString(k), v]);
+  }
+  ruleCount -= delKeys.length;
+  const ruleDels = delKeys.map(parseRuleKeyString);
+  let peerUnion = w.peers.size;
+  for (const [k] of peerAdds) if (!w.peers.has(peerKeyString(k))) peerUnion++;
+  const peerCount = wantPeers.size;
+  // The tries' keys after the update (the cached maps are this instance's own: updated in place).
+  for (const k of delKeys) rules.delete(k);
+  for (const [k, v] of addKeys) rules.set(k, v);
+  const peers = w.peers;
+  for (const k of peerDels) peers.delete(peerKeyString(k));
+  for (const [k, v] of peerAdds) peers.set(peerKeyString(k), [k, v]);
+  return { ruleAdds, ruleDels, peerAdds, peerDels, ruleCount, ruleUnion, peerCount, peerUnion, rules, peers, last: { rules: b.map((r) => ({ ...r })), peers: wantPeers } };
+}
+
 export class PolicyDataplane {
   private readonly pins: ReturnType<typeof policyPins>;
   private readonly opened = new Map<string, { close(): void }>();
   private readonly progIds: Record<Hook, number>;
   /** What the last sync() of this instance left in the tries, and the generation it wrote. */
-  private written: { generation: number; peers: Map<string, [PeerKeyC, number]>; rules: Map<string, number> } | undefined;
+  private written: Written | undefined;
 
   private constructor(readonly pinRoot: string, private readonly progs: Record<Hook, BpfProgram>) {
     this.pins = policyPins(pinRoot);
@@ -184,7 +395,7 @@ export class PolicyDataplane {
    * mid-update. Capacity is checked before the first write. An endpoint with
    * ifindex 0 keeps the veth the map (CNI ADD: bindDevice) already knows.
    */
-  sync(desired: PolicyMapContents): { changed: number } {
+  sync(desired: PolicyMapContents): { changed: number; touched: SyncTouched } {
     // Everything computed and checked before anything is written.
     const wantEp = new Map<string, EpValC>();
     for (const e of desired.endpoints) {
@@ -192,35 +403,6 @@ export class PolicyDataplane {
       if (!Number.isInteger(e.epId) || e.epId <= 0 || e.epId > 0xffffffff) throw new PolicyContentsError(`endpoint ${e.ip}: ep id ${e.epId} must be a nonzero u32`);
       ipv4.encode(e.ip, Buffer.alloc(4), 0);
       wantEp.set(e.ip, { epId: e.epId, ifindex: e.ifindex >>> 0, flags: epFlags(e), pad: 0 });
-    }
-    const wantPeer = new Map<string, [PeerKeyC, number]>();
-    for (const p of desired.peers) {
-      let k: PeerKeyC;
-      try {
-        k = peerKey(p.cidr);
-      } catch (e) {
-        throw new PolicyContentsError((e as Error).message, { cause: e });
-      }
-      const s = peerKeyString(k);
-      const had = wantPeer.get(s);
-      if (had && had[1] !== p.peerClass) throw new PolicyContentsError(`peer prefix ${p.cidr} given classes ${had[1]} and ${p.peerClass}`);
-      wantPeer.set(s, [k, p.peerClass >>> 0]);
-    }
-    const wantRule = new Map<string, number>();
-    const strs: string[] = [];
-    for (const r of desired.rules) {
-      strs.length = 0;
-      try {
-        ruleKeyStrings(r, strs);
-      } catch (e) {
-        throw new PolicyContentsError((e as Error).message, { cause: e });
-      }
-      const pol = r.policyId >>> 0;
-      for (const k of strs) {
-        const had = wantRule.get(k);
-        // Two policies allowing the same thing: the lower id is reported (either one allows).
-        if (had === undefined || pol < had) wantRule.set(k, pol);
-      }
     }
 
     return withPinDirLock(this.pins.dir, () => {
@@ -232,34 +414,30 @@ export class PolicyDataplane {
       const cfg = cfgMap.lookup(0) ?? { monitor: 0, monitorAllow: 0, generation: 0, pad: 0 };
       // Endpoints and veth bindings are read every time (the CNI plugin writes them too; hash maps: batch reads).
       const haveEp = new Map(epMap.entriesBatch());
+      const devIp = new Map(devMap.entriesBatch());
       const devOf = new Map<string, number>();
-      for (const [ifindex, ip] of devMap.entriesBatch()) devOf.set(ip, Math.max(devOf.get(ip) ?? 0, ifindex));
+      for (const [ifindex, ip] of devIp) devOf.set(ip, Math.max(devOf.get(ip) ?? 0, ifindex));
       // The tries only sync() writes: what this instance wrote last, unless another writer bumped the generation since.
       const cached = this.written?.generation === cfg.generation ? this.written : undefined;
-      const havePeer = cached?.peers ?? new Map<string, [PeerKeyC, number]>([...peerMap.entries()].map(([k, v]) => [peerKeyString(k), [k, v]]));
-      const haveRule = cached?.rules ?? new Map<string, number>([...ruleMap.entries()].map(([k, v]) => [ruleKeyString(k), v]));
       this.written = undefined; // until the writes below are all done
+      // What differs from the tries: from the last contents when they are known and canonical (a walk
+      // over the sorted entries, then keys only for what changed), else key by key over everything.
+      const diff = (cached && diffFromLast(cached, desired)) || fullDiff(desired, cached, peerMap, ruleMap);
+      const { ruleAdds, ruleDels, peerAdds, peerDels } = diff;
       // The latest binding of the address (CNI ADD) first: an ifindex the map holds may be a deleted veth's.
       for (const [ip, v] of wantEp) if (v.ifindex === 0) v.ifindex = devOf.get(ip) || haveEp.get(ip)?.ifindex || 0;
 
-      const capacity = (name: string, want: number, have: Map<string, unknown>, wanted: Map<string, unknown>, max: number): boolean => {
+      const capacity = (name: string, want: number, union: number, max: number): boolean => {
         if (want > max) throw new PolicyCapacityError(name, want, max);
-        let union = have.size;
-        for (const k of wanted.keys()) if (!have.has(k)) union++;
         return union > max; // removes must go first to make room
       };
-      const epFirst = capacity('patu_pol_ep', wantEp.size, haveEp, wantEp, epMap.info.maxEntries);
-      const peerFirst = capacity('patu_pol_peer', wantPeer.size, havePeer, wantPeer, peerMap.info.maxEntries);
-      const ruleFirst = capacity('patu_pol_rule', wantRule.size, haveRule, wantRule, ruleMap.info.maxEntries);
+      let epUnion = haveEp.size;
+      for (const ip of wantEp.keys()) if (!haveEp.has(ip)) epUnion++;
+      const epFirst = capacity('patu_pol_ep', wantEp.size, epUnion, epMap.info.maxEntries);
+      const peerFirst = capacity('patu_pol_peer', diff.peerCount, diff.peerUnion, peerMap.info.maxEntries);
+      const ruleFirst = capacity('patu_pol_rule', diff.ruleCount, diff.ruleUnion, ruleMap.info.maxEntries);
 
       let changed = 0;
-      const ruleAdds: [RuleKeyC, number][] = [];
-      for (const [s, v] of wantRule) if (haveRule.get(s) !== v) ruleAdds.push([parseRuleKeyString(s), v]);
-      const ruleDels: RuleKeyC[] = [];
-      for (const s of haveRule.keys()) if (!wantRule.has(s)) ruleDels.push(parseRuleKeyString(s));
-      const peerAdds: [PeerKeyC, number][] = [];
-      for (const [s, [k, v]] of wantPeer) if (havePeer.get(s)?.[1] !== v) peerAdds.push([k, v]);
-      const peerDels = [...havePeer].filter(([s]) => !wantPeer.has(s)).map(([, [k]]) => k);
       const epAdds: [string, EpValC][] = [];
       for (const [ip, v] of wantEp) {
         const h = haveEp.get(ip);
@@ -267,7 +445,7 @@ export class PolicyDataplane {
       }
       const epDels = [...haveEp.keys()].filter((ip) => !wantEp.has(ip));
       const devAdds: [number, string][] = [];
-      for (const [ip, v] of wantEp) if (v.ifindex && devMap.lookup(v.ifindex) !== ip) devAdds.push([v.ifindex, ip]);
+      for (const [ip, v] of wantEp) if (v.ifindex && devIp.get(v.ifindex) !== ip) devAdds.push([v.ifindex, ip]);
 
       // A map too full for both the old and the new entries frees room first (a moment of deny, never of allow).
       if (epFirst) changed += epMap.batchDelete(epDels);
@@ -283,8 +461,15 @@ export class PolicyDataplane {
       if (!ruleFirst) changed += ruleMap.batchDelete(ruleDels);
       const generation = (cfg.generation + 1) >>> 0;
       cfgMap.update(0, { ...cfg, generation });
-      this.written = { generation, peers: wantPeer, rules: wantRule };
-      return { changed };
+      this.written = { generation, peers: diff.peers, rules: diff.rules, last: diff.last };
+      const touched: SyncTouched = { epIds: new Set(), ips: new Set(), peers: [] };
+      for (const [k] of ruleAdds) touched.epIds.add(k.epId);
+      for (const k of ruleDels) touched.epIds.add(k.epId);
+      for (const [ip] of epAdds) touched.ips.add(ip);
+      for (const ip of epDels) touched.ips.add(ip);
+      for (const [k] of peerAdds) touched.peers.push(peerKeyString(k));
+      for (const k of peerDels) touched.peers.push(peerKeyString(k));
+      return { changed, touched };
     });
   }
 
@@ -394,14 +579,15 @@ export class PolicyDataplane {
    * tombstones pred no longer picks (the flow is allowed again) are deleted. That is the cut-off a
    * policy change needs: deleted, a flow's mid-stream packet from the side whose own policy is open
    * would re-create an entry admitting the other side's packets as replies.
+   * With `only` (addresses as big-endian numbers), entries it does not pick are not even decoded: they stay as they are.
    */
-  flushConntrack(pred: (k: CtKey, v: CtVal) => boolean, opts: { tombstone?: boolean } = {}): number {
+  flushConntrack(pred: (k: CtKey, v: CtVal) => boolean, opts: { tombstone?: boolean; only?: (src: number, dst: number) => boolean } = {}): number {
     const ct = this.map('patu_pol_ct');
     const doomed: CtKeyC[] = [];
     const tombs: [CtKeyC, CtValC][] = [];
     // CLOCK_MONOTONIC: the base of the kernel's coarse clock, never behind it.
     const until = process.hrtime.bigint() + BigInt(POL_TOMBSTONE_S) * 1_000_000_000n;
-    for (const [k, v] of ct.entriesBatch()) {
+    const one = (k: CtKeyC, v: CtValC): void => {
       const key: CtKey = { src: k.src, dst: k.dst, sport: k.sport, dport: k.dport, proto: k.proto, dir: dirName(k.dir), fragment: k.pad === 1 };
       const denied = pred(key, { expiresNs: v.expiresNs, policy: v.policy, epId: v.epId, flags: v.flags });
       if (!opts.tombstone) {
@@ -411,7 +597,17 @@ export class PolicyDataplane {
       } else if (denied) {
         tombs.push([k, { ...v, flags: v.flags | POL.CT_DENIED, expiresNs: until }]);
       }
-    }
+    };
+    const only = opts.only;
+    // With `only`, entries are picked by their addresses (the key's first 8 bytes) before anything is decoded.
+    const raw = only && ct.batchesRaw((keys, vals, n) => {
+      for (let i = 0; i < n; i++) {
+        const o = i * ctKeyC.size;
+        if (!only(keys.readUInt32BE(o), keys.readUInt32BE(o + 4))) continue;
+        one(ctKeyC.decode(keys, o), ctValC.decode(vals, i * ctValC.size));
+      }
+    });
+    if (!raw) for (const [k, v] of ct.entriesBatch()) one(k, v);
     ct.batchUpdate(tombs);
     return tombs.length + ct.batchDelete(doomed);
   }

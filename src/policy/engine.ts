@@ -14,13 +14,15 @@ import { PolicyCompiler, type CompileProblem, type CompileResult } from './compi
 import { Evaluator } from './evaluate.js';
 import { policyNamesPath, readPolicyNamesFile, writePolicyNames, type PolicyNames } from './names.js';
 import { PEER_CLASS_HOST, type PolicyMapContents, type PolicyState } from './types.js';
+import type { SyncTouched } from '../dataplane/policy-maps.js';
 
 /** What the engine needs of the kernel side (src/dataplane/policy-tc.ts PolicyDataplane has it). */
 export interface PolicyDataplaneLike {
-  sync(desired: PolicyMapContents): { changed: number };
+  /** `touched`, when given, lets the engine judge only the flows the sync can have changed. */
+  sync(desired: PolicyMapContents): { changed: number; touched?: SyncTouched };
   read(): PolicyMapContents;
   /** With `tombstone`, denied flows are marked (every packet dropped, either way) rather than deleted. */
-  flushConntrack(pred: (k: { src: string; dst: string; sport: number; dport: number; proto: number; dir: 'ingress' | 'egress'; fragment?: boolean }, v: unknown) => boolean, opts?: { tombstone?: boolean }): number;
+  flushConntrack(pred: (k: { src: string; dst: string; sport: number; dport: number; proto: number; dir: 'ingress' | 'egress'; fragment?: boolean }, v: { flags: number }) => boolean, opts?: { tombstone?: boolean; only?: (src: number, dst: number) => boolean }): number;
   evictSockets(pred: (flow: { src: string; dst: string; sport: number; dport: number }) => boolean): number;
   /** Counters of endpoints no longer programmed are dropped (the stats map is keyed by endpoint id). */
   pruneStats?(keepEpIds: ReadonlySet<number>): number;
@@ -83,6 +85,36 @@ export interface PolicyEngineCounters {
 }
 
 const TCP = 6;
+/** bpf/policy.h PATU_POL_CT_DENIED: a tombstone (the flow was cut off). */
+const CT_DENIED = 8;
+
+/**
+ * Whether an address is one a sync can have changed the verdicts of: an endpoint it wrote or removed,
+ * one whose rules it wrote or removed (ids of the contents before and after), or an address under a
+ * peer prefix it wrote or removed (its class may differ).
+ */
+function affectedBy(t: SyncTouched, before: PolicyMapContents, after: PolicyMapContents): { num(ip: number): boolean; ip(ip: string): boolean } {
+  const ips = new Set<number>();
+  for (const ip of t.ips) ips.add(ipNum(ip));
+  for (const c of [before, after]) for (const e of c.endpoints) if (t.epIds.has(e.epId)) ips.add(ipNum(e.ip));
+  const prefixes = new Map<number, Set<number>>(); // length -> networks
+  for (const cidr of t.peers) {
+    const [a, l] = cidr.split('/');
+    const len = Number(l);
+    let s = prefixes.get(len);
+    if (!s) prefixes.set(len, (s = new Set()));
+    s.add((ipNum(a!) & maskOf(len)) >>> 0);
+  }
+  const lens = [...prefixes].map(([len, nets]) => [maskOf(len), nets] as const);
+  const num = (n: number): boolean => {
+    if (ips.has(n)) return true;
+    for (const [mask, nets] of lens) if (nets.has((n & mask) >>> 0)) return true;
+    return false;
+  };
+  return { num, ip: (ip) => num(ipNum(ip)) };
+}
+const maskOf = (len: number): number => (len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0);
+const ipNum = (ip: string): number => ip.split('.').reduce((a, x) => a * 256 + Number(x), 0) >>> 0;
 
 export class PolicyEngine {
   private readonly compiler = new PolicyCompiler();
@@ -101,6 +133,8 @@ export class PolicyEngine {
   private remember: boolean;
   /** What the last successful sync wrote (unset after a failure or the fallback). */
   private lastSynced: PolicyMapContents | undefined;
+  /** The last judging of conntrack and sockets failed: the next one judges every flow. */
+  private judgeAll = false;
   private lastNames: PolicyNames = { version: 1, policies: {}, endpoints: {}, classes: {} };
   private readonly namesFile: string;
   readonly counters: PolicyEngineCounters = { applies: 0, fallbacks: 0, failures: 0, problems: 0, flushed: 0, evicted: 0 };
@@ -226,6 +260,9 @@ export class PolicyEngine {
     const state = this.state;
     let compiled: CompileResult | undefined;
     let changed = 0;
+    let touched: SyncTouched | undefined;
+    // What the maps held, judged flow by flow (unset after a failure or the fallback): what a sync diff is taken against.
+    const before = this.lastSynced;
     let fallback = false;
     let error: string | undefined;
     let failure: PolicyApplyResult['failure'];
@@ -247,7 +284,7 @@ export class PolicyEngine {
       if (!this.lastSynced || !sameContents(this.lastSynced, compiled.contents)) {
         this.lastSynced = undefined;
         try {
-          changed = this.dp.sync(compiled.contents).changed;
+          ({ changed, touched } = this.dp.sync(compiled.contents));
           this.lastSynced = compiled.contents;
         } catch (e) {
           error = messageOf(e);
@@ -290,22 +327,31 @@ export class PolicyEngine {
     let evicted = 0;
     if (changed > 0) {
       const judge = fallback ? this.denyOnlyJudge(compiled) : this.judge(state);
+      // Only flows whose verdict the sync can have changed are judged (an end whose endpoint or rules
+      // changed, or whose address is under a peer prefix that changed); the others keep what the last
+      // judging left (the compiled maps decide as the evaluator does: the property tests). Everything is
+      // judged after a failure, the fallback, or a dataplane that does not say what it touched.
+      const affected = !fallback && before && compiled && touched && !this.judgeAll ? affectedBy(touched, before, compiled.contents) : undefined;
       try {
         const known = new Set<string>();
-        flushed = this.dp.flushConntrack((k) => {
-          known.add(`${k.proto} ${k.src} ${k.sport} ${k.dst} ${k.dport}`);
+        flushed = this.dp.flushConntrack((k, v) => {
+          if (affected && !affected.ip(k.src) && !affected.ip(k.dst)) return (v.flags & CT_DENIED) !== 0; // as it is
+          if (k.proto === TCP) known.add(`${k.src} ${k.sport} ${k.dst} ${k.dport}`); // (sockets of unaffected flows are not looked at)
           return !judge(k.src, k.dst, k.proto, k.dport);
           // Tombstones, not deletion: deleted, a mid-stream packet from the side whose own policy is
           // open would re-create an entry that lets the other side's packets in as its replies.
-        }, { tombstone: true });
+        }, { tombstone: true, ...(affected ? { only: (src: number, dst: number) => affected.num(src) || affected.num(dst) } : {}) });
         // A socket sees its own end of a connection: the one the conntrack map knows as the
         // opener says which way it was opened; without an entry, either way denied cuts it.
         evicted = this.dp.evictSockets((f) => {
-          if (known.has(`${TCP} ${f.src} ${f.sport} ${f.dst} ${f.dport}`)) return !judge(f.src, f.dst, TCP, f.dport);
-          if (known.has(`${TCP} ${f.dst} ${f.dport} ${f.src} ${f.sport}`)) return !judge(f.dst, f.src, TCP, f.sport);
+          if (affected && !affected.ip(f.src) && !affected.ip(f.dst)) return false;
+          if (known.has(`${f.src} ${f.sport} ${f.dst} ${f.dport}`)) return !judge(f.src, f.dst, TCP, f.dport);
+          if (known.has(`${f.dst} ${f.dport} ${f.src} ${f.sport}`)) return !judge(f.dst, f.src, TCP, f.sport);
           return !judge(f.src, f.dst, TCP, f.dport) || !judge(f.dst, f.src, TCP, f.sport);
         });
+        this.judgeAll = false;
       } catch (e) {
+        this.judgeAll = true; // the flows it did not get to are judged next time
         this.lastError = `${this.lastError ? `${this.lastError}; ` : ''}cutting off denied flows failed: ${messageOf(e)}`;
         this.log.error({ err: messageOf(e) }, 'policy: deleting conntrack entries / evicting sockets of denied flows failed');
       }

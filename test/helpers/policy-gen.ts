@@ -170,3 +170,40 @@ export function flowArb(state: PolicyState): fc.Arbitrary<{ src: string; dst: st
     dport: fc.oneof({ arbitrary: fc.constantFrom(...PORTS), weight: 6 }, { arbitrary: fc.integer({ min: 53, max: 500 }), weight: 2 }, { arbitrary: fc.integer({ min: 1, max: 65535 }), weight: 1 }),
   }).map((f) => (f.proto === 1 ? { ...f, dport: 0 } : f));
 }
+
+/**
+ * A state and what follows it: `length` single changes, each applied to the state before (a policy
+ * added, deleted or rewritten, a pod's labels changed, a pod gone, a namespace's labels changed).
+ * The incremental tests apply them one by one and compare with a compile from scratch.
+ */
+export function changesArb(opts: RandomStateOptions & { length?: number } = {}): fc.Arbitrary<PolicyState[]> {
+  const change = fc.oneof(
+    fc.record({ kind: fc.constant('add' as const), p: policyArb('new') }),
+    fc.record({ kind: fc.constant('delete' as const), i: fc.nat() }),
+    fc.record({ kind: fc.constant('edit' as const), i: fc.nat(), p: policyArb('edit') }),
+    fc.record({ kind: fc.constant('podLabels' as const), i: fc.nat(), labels: labelsArb }),
+    fc.record({ kind: fc.constant('podGone' as const), i: fc.nat() }),
+    fc.record({ kind: fc.constant('nsLabels' as const), i: fc.nat({ max: 2 }), labels: labelsArb }),
+  );
+  return fc.tuple(stateArb(opts), fc.array(change, { minLength: 1, maxLength: opts.length ?? 8 })).map(([s0, cs]) => {
+    const out = [s0];
+    let s = s0;
+    let n = 0;
+    for (const c of cs) {
+      const policies = s.policies;
+      const pods = s.pods;
+      if (c.kind === 'add') s = { ...s, policies: [...policies, { ...c.p, metadata: { ...c.p.metadata, name: `c${n++}` } }] };
+      else if (c.kind === 'delete' && policies.length) s = { ...s, policies: policies.filter((_, j) => j !== c.i % policies.length) };
+      else if (c.kind === 'edit' && policies.length) {
+        const j = c.i % policies.length;
+        s = { ...s, policies: policies.map((p, k) => (k === j ? { ...p, spec: c.p.spec } : p)) };
+      } else if (c.kind === 'podLabels' && pods.length) {
+        const j = c.i % pods.length;
+        s = { ...s, pods: pods.map((p, k) => (k === j ? { ...p, labels: c.labels } : p)) };
+      } else if (c.kind === 'podGone' && pods.length > 1) s = { ...s, pods: pods.filter((_, k) => k !== c.i % pods.length) };
+      else if (c.kind === 'nsLabels') s = { ...s, namespaces: s.namespaces.map((x, k) => (k === c.i ? { ...x, labels: c.labels } : x)) };
+      out.push(s);
+    }
+    return out;
+  });
+}

@@ -43,9 +43,9 @@ class FakeDp implements PolicyDataplaneLike {
   read(): PolicyMapContents {
     return structuredClone(this.contents);
   }
-  flushConntrack(pred: (k: Ct, v: unknown) => boolean): number {
+  flushConntrack(pred: (k: Ct, v: { flags: number }) => boolean): number {
     const before = this.ct.length;
-    this.ct = this.ct.filter((k) => !pred({ ...k }, {}));
+    this.ct = this.ct.filter((k) => !pred({ ...k }, { flags: 0 }));
     return before - this.ct.length;
   }
   evictSockets(pred: (f: Sock) => boolean): number {

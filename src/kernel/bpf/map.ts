@@ -289,6 +289,21 @@ export class TypedMap<K, V> {
    * the map type has no batch lookup.
    */
   entriesBatch(chunk = 4096): [K, V][] {
+    const out: [K, V][] = [];
+    const ksz = this.keyCodec.size;
+    const vsz = this.valueCodec.size;
+    const all = this.batchesRaw((keys, vals, n) => {
+      for (let i = 0; i < n; i++) out.push([this.keyCodec.decode(keys, i * ksz), this.valueCodec.decode(vals, i * vsz)]);
+    }, chunk);
+    return all ? out : [...this.entries()];
+  }
+
+  /**
+   * Every entry in batches, undecoded: fn gets each batch's keys and values (count of each, packed
+   * at the codecs' sizes), for scans that decode only the few entries they look at. Returns false,
+   * having read nothing, on kernels without batch lookups for this map type (use entries()).
+   */
+  batchesRaw(fn: (keys: Buffer, vals: Buffer, count: number) => void, chunk = 4096): boolean {
     const ksz = this.keyCodec.size;
     const vsz = this.valueCodec.size;
     const keys = Buffer.alloc(chunk * ksz);
@@ -296,22 +311,20 @@ export class TypedMap<K, V> {
     // The batch token: a bucket index for hash maps; room for a key to be safe.
     const inTok = Buffer.alloc(Math.max(8, ksz));
     const outTok = Buffer.alloc(Math.max(8, ksz));
-    const out: [K, V][] = [];
     let first = true;
     for (let round = 0; round <= this.info.maxEntries; round++) {
       const count = [chunk];
       const rc = raw.bpf_map_lookup_batch(this.fd, first ? null : inTok, outTok, keys, vals, count, batchOpts(0)) as number;
       if (rc < 0 && rc !== -ENOENT) {
-        if (first && (rc === -EINVAL || rc === -ENOTSUPP || rc === -EOPNOTSUPP)) return [...this.entries()];
+        if (first && (rc === -EINVAL || rc === -ENOTSUPP || rc === -EOPNOTSUPP)) return false;
         this.fail('bpf_map_lookup_batch', rc);
       }
-      const n = count[0] ?? 0;
-      for (let i = 0; i < n; i++) out.push([this.keyCodec.decode(keys, i * ksz), this.valueCodec.decode(vals, i * vsz)]);
+      fn(keys, vals, count[0] ?? 0);
       if (rc === -ENOENT) break; // the last batch
       outTok.copy(inTok);
       first = false;
     }
-    return out;
+    return true;
   }
 
   /** Empties a hash-like map; for array maps (which cannot delete) zeroes every slot. */
