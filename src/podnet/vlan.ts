@@ -51,6 +51,8 @@ export interface VlanEnv {
   netnsPath?: string;
   /** Compiled bpf/vlan.c (default: build/bpf/vlan.o). */
   objectPath?: string;
+  /** Mount bpffs when missing (default true; the DaemonSet says false, see BpffsOptions). */
+  mountBpffs?: boolean;
 }
 
 export interface VlanTrunk {
@@ -77,8 +79,10 @@ function checkNetwork(network: string): void {
 
 const inNetns = <T>(env: VlanEnv, fn: () => T): T => (env.netnsPath ? withNetns(env.netnsPath, fn) : fn());
 
+const bpffs = (env: VlanEnv): { mountBpffs?: boolean } => (env.mountBpffs === undefined ? {} : { mountBpffs: env.mountBpffs });
+
 function openTc(env: VlanEnv): VlanTc {
-  return VlanTc.open({ pinRoot: env.pinRoot ?? DEFAULTS.pinRoot, ...(env.objectPath ? { objectPath: env.objectPath } : {}) });
+  return VlanTc.open({ pinRoot: env.pinRoot ?? DEFAULTS.pinRoot, ...(env.objectPath ? { objectPath: env.objectPath } : {}), ...bpffs(env) });
 }
 
 /**
@@ -133,7 +137,7 @@ export function ensureVlanTrunk(host: Rtnl, o: { network: string; link: string; 
     } finally {
       tc.close();
     }
-  });
+  }, bpffs(env));
 }
 
 /** The pair, made or checked: both ends ours, bridge end in the bridge, MTU, up. Returns the outer end. */
@@ -251,7 +255,7 @@ export function removeVlanTrunk(host: Rtnl, o: { network: string; link: string; 
       tc.close();
     }
     if (empty) removeVlanPins(pinRoot);
-  });
+  }, bpffs(env));
 }
 
 /**
