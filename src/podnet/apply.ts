@@ -220,16 +220,21 @@ class Applier implements OpenedPodNetApplier {
 
   // ---------------------------------------------------------------- networks
 
+  /** Checks everything every time (the reconciler calls it per network per reconcile): bridge, gateway, trunk. */
   ensureNetwork(net: ResolvedNetwork): void {
-    this.ensureBridge(net);
+    this.ensureBridge(net, true);
   }
 
-  /** The network's bridge, created and marked when missing; a foreign one as it is. */
-  private ensureBridge(net: ResolvedNetwork): { index: number; mtu: number } {
+  /**
+   * The network's bridge, created and marked when missing; a foreign one as it is.
+   * Unless `full`, a bridge this process already ensured for the same spec is only looked
+   * up (one round trip): sync() runs in the CNI ADD's time.
+   */
+  private ensureBridge(net: ResolvedNetwork, full = false): { index: number; mtu: number } {
     const key = JSON.stringify(net);
     let link = this.host.linkByName(net.bridge);
     const hit = this.ensured.get(net.name);
-    if (link && hit && hit.key === key && hit.index === link.index) return { index: link.index, mtu: link.mtu };
+    if (!full && link && hit && hit.key === key && hit.index === link.index) return { index: link.index, mtu: link.mtu };
     if (!link) link = this.createBridge(net);
     if (link.kind !== 'bridge') {
       throw new PodNetApplyError(REASONS.applyFailed, `network '${net.name}': link '${net.bridge}' exists and is ${link.kind ? `a '${link.kind}'` : 'a device without a link kind'}, not a bridge; patu never changes a link it did not create`);

@@ -320,3 +320,25 @@ test('CNI DEL through the real plugin removes the extra interfaces and their rec
   assert.ok(linkExists(net.bridge), 'DEL never removes a bridge: pruneNetworks does');
   a.pruneNetworks(new Set());
 });
+
+test('VLAN networks: the trunk is ensured with the bridge, and removed by a restarted applier\'s prune (network.json)', { skip }, () => {
+  const calls: string[] = [];
+  const vlan = {
+    ensure: (_h: unknown, o: { network: string; link: string; id: number; bridge: string; mtu: number }) => void calls.push(`ensure ${o.network} ${o.link}.${o.id} ${o.bridge} ${o.mtu}`),
+    remove: (_h: unknown, o: { network: string; link: string; id: number }) => void calls.push(`remove ${o.network} ${o.link}.${o.id}`),
+  };
+  const first = openPodNetApplier({ dataDir, vlan });
+  appliers.push(first);
+  const net = network('vl', { subnet: SUBNET2, vlan: { link: 'eth9', id: 100 } });
+  const pod = makePod(10);
+  okResult(first.sync(pod, [iface(net)]));
+  assert.deepEqual(calls, [`ensure ${net.name} eth9.100 ${net.bridge} 1500`]);
+  first.release(pod.containerId, pod.netns);
+  first.close();
+  const again = openPodNetApplier({ dataDir, vlan });
+  appliers.push(again);
+  const rep = again.pruneNetworks(new Set());
+  assert.deepEqual(calls.slice(1), [`remove ${net.name} eth9.100`]);
+  assert.deepEqual(rep.bridges, [net.bridge]);
+  assert.equal(existsSync(join(dataDir, PODNET_POOL_DIR, net.name)), false);
+});
