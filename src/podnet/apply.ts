@@ -408,10 +408,8 @@ class Applier implements OpenedPodNetApplier {
     if (cur.network !== w.network.name || cur.config.namespace !== w.config.namespace || cur.config.name !== w.config.name) return false;
     if (cur.mtu !== w.mtu || !link.up) return false;
     const ip = cur.address.split('/')[0]!;
-    if (w.address) {
-      const want = parseCidr(w.address);
-      if (`${canonicalIp(w.address.split('/')[0]!)}/${want.prefix}` !== cur.address) return false;
-    }
+    // The prefix is always the subnet's (the pool's), whatever a static address says.
+    if (w.address && canonicalIp(w.address.split('/')[0]!) !== ip) return false;
     if (cur.mac !== (w.mac ? w.mac.toLowerCase() : derivedMac(ip))) return false;
     // The pool still says it is this interface's, and the host end is on the right bridge.
     const { store } = this.pool(w.network);
