@@ -10,6 +10,7 @@
 // Needs no root: nothing touches the kernel. Skips, saying why, without the binaries.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import { BareApiserver, apiserverSkipReason, until, type ApiResponse } from '../helpers/apiserver.js';
 import { loadManifest, type Doc } from '../helpers/manifests.js';
 import { parseNodeNetwork, parsePodNetworkConfig } from '../../src/podnet/validate.js';
@@ -269,4 +270,91 @@ test('the tenant Role (deploy/podnet-tenant-role.yaml), with a real ServiceAccou
   assert.equal(r.status, 201);
   assert.equal(r.json.status, undefined, 'status ignored on create');
   assert.equal((await api!.api('DELETE', pncPath(ns, 'sneaky'), undefined, as)).status, 200, 'delete its own config');
+});
+
+// ---- Parity: the apiserver and validate.ts agree on random objects ---------------------
+
+/** What validate.ts refuses that CEL cannot express (docs/podnet.md): fields only the agent checks. */
+function agentOnlyFields(kind: 'NodeNetwork' | 'PodNetworkConfig', spec: Doc): Set<string> {
+  const out = new Set<string>();
+  if (kind === 'NodeNetwork') {
+    const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(String(spec.subnet));
+    const num = (ip: unknown): number | undefined => {
+      const p = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(String(ip));
+      return p ? p.slice(1).reduce((a, o) => a * 256 + Number(o), 0) : undefined;
+    };
+    if (m) {
+      const base = m.slice(1, 5).reduce((a, o) => a * 256 + Number(o), 0);
+      const bcast = base + 2 ** (32 - Number(m[5])) - 1;
+      for (const f of ['gateway', 'rangeStart', 'rangeEnd']) if (num(spec[f]) === bcast) out.add(`spec.${f}`);
+      const s = num(spec.rangeStart);
+      const e = num(spec.rangeEnd);
+      if (s !== undefined && e !== undefined && s > e) out.add('spec.rangeEnd');
+    }
+  } else {
+    (spec.interfaces as Doc[] ?? []).forEach((i, k) => {
+      if (typeof i.mac === 'string' && /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(i.mac)
+        && ((parseInt(i.mac.slice(0, 2), 16) & 1) === 1 || /^(00:){5}00$/.test(i.mac))) out.add(`spec.interfaces[${k}].mac`);
+    });
+  }
+  return out;
+}
+
+test('parity: on 300 random objects, the apiserver (dry run) and validate.ts accept and refuse the same, except the documented agent-only rules', { skip }, async (t) => {
+  // PATU_PARITY_RUNS=2000 for a longer hunt.
+  const runs = Number(process.env.PATU_PARITY_RUNS ?? 150);
+  // Each field: mostly a valid value, sometimes one of the bad ones (so most objects have
+  // at most one or two faults, and the rules are met one at a time).
+  const mostly = <T>(good: T[], bad: T[]): fc.Arbitrary<T> =>
+    fc.oneof({ arbitrary: fc.constantFrom(...good), weight: 12 }, { arbitrary: fc.constantFrom(...bad), weight: 1 });
+  const opt = <T>(a: fc.Arbitrary<T>) => fc.option(a, { nil: undefined, freq: 2 });
+  const ifname = mostly(['net1', 'eth1', 'br-lan.100', 'x'], ['a-very-long-name', 'br/0', '', '.x', 'x y']);
+  const hostIp = mostly(['10.210.0.1', '10.210.0.3', '10.210.0.200', '10.210.0.10'], ['10.210.0.0', '10.210.0.255', '10.211.0.1', '010.210.0.1', 'x', '::1']);
+  const subnet = mostly(['10.210.0.0/24'], ['10.210.0.1/24', '10.210.0.0/30', '10.210.0.0/31', '0.0.0.0/0', 'fd00::/64', '10.210.0.0', '10.210.0.0/33', '10.210.0.0/16']);
+  const address = mostly(['10.210.0.10/24', '10.210.0.11/24'], ['10.210.0.10/32', '10.210.0.300/24', '10.210.0.10', 'fd00::1/64', '10.210.0.10/31']);
+  const net = mostly(['10.211.0.0/16', '10.210.0.0/24', '0.0.0.0/0'], ['10.211.0.1/16', '10.211.0.0', 'fd00::/64', '10.211.0.0/33']);
+  const selector = mostly<Doc>([{}, { matchLabels: { a: 'b' } }, { matchExpressions: [{ key: 'k', operator: 'In', values: ['v'] }] }, { matchExpressions: [{ key: 'k', operator: 'Exists' }] }],
+    [{ matchExpressions: [{ key: 'k', operator: 'In' }] }, { matchExpressions: [{ key: 'k', operator: 'DoesNotExist', values: ['x'] }] }, { matchExpressions: [{ key: '', operator: 'Exists' }] }, { matchExpressions: [{ key: 'k', operator: 'Like' }] }]);
+  const table = mostly([1, 100, 252, 256, 4294967295], [0, 253, 254, 255, 4294967296, -1]);
+  const mtu = mostly([68, 1400, 1500, 65535], [67, 65536, 0]);
+  const clean = (o: Doc): Doc => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+  const networkSpec = fc.record({
+    bridge: fc.option(ifname, { nil: undefined, freq: 5 }), vlan: opt(fc.record({ link: ifname, id: mostly([1, 100, 4094], [-1, 0, 4095]) })), subnet,
+    gateway: opt(hostIp), mtu: opt(mtu), rangeStart: opt(hostIp), rangeEnd: opt(hostIp), namespaceSelector: opt(selector),
+  }).map(clean);
+  const iface = fc.record({
+    name: mostly(['net1', 'net2', 'net3', 'n', 'vlan100'], ['eth0', 'lo', 'net 1', 'a-very-long-ifname']),
+    network: mostly(['field', 'field-vlan', 'a.b'], ['Field', '-x', '', 'a_b']),
+    address: opt(address), mtu: opt(mtu),
+    mac: opt(mostly(['02:00:00:00:00:01', '02:AA:bb:00:00:01'], ['01:00:5e:00:00:01', '00:00:00:00:00:00', '02-00-00-00-00-01', 'ZZ:00:00:00:00:01'])),
+    routes: opt(fc.array(fc.record({ to: fc.oneof(net, fc.constant('default')), via: opt(hostIp), table, metric: opt(mostly([0, 10], [-1, 4294967296])) }).map(clean), { maxLength: 2 })),
+    rules: opt(fc.array(fc.record({ from: opt(net), to: opt(net), table, priority: opt(mostly([1, 1000, 32765], [0, 32766])) }).map(clean), { maxLength: 2 })),
+  }).map(clean);
+  const configSpec = fc.record({ podSelector: selector, interfaces: fc.array(iface, { minLength: 0, maxLength: 3 }) });
+  const seen = { accepted: 0, refused: 0, agentOnly: 0 };
+  let n = 0;
+  const check = async (kind: 'NodeNetwork' | 'PodNetworkConfig', spec: Doc): Promise<void> => {
+    const name = `parity-${n++}`;
+    const obj = kind === 'NodeNetwork' ? network(name, spec) : config('team-b', name, spec.interfaces as Doc[], spec.podSelector as Doc);
+    const path = kind === 'NodeNetwork' ? `${NN}?dryRun=All` : `${pncPath('team-b')}?dryRun=All`;
+    const r = await api!.api('POST', path, obj);
+    assert.ok(r.status === 201 || r.status === 422, `${kind} ${JSON.stringify(spec)}: HTTP ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
+    const v = kind === 'NodeNetwork' ? parseNodeNetwork(obj) : parsePodNetworkConfig(obj);
+    const why = `${kind} ${JSON.stringify(spec)}: apiserver ${r.status} ${r.status === 422 ? r.json.message : ''}; validate.ts ${v.ok ? 'ok' : JSON.stringify(v.problems)}`;
+    if (r.status === 422) {
+      seen.refused++;
+      assert.equal(v.ok, false, `the apiserver refuses what validate.ts accepts: ${why}`);
+    } else if (!v.ok) {
+      seen.agentOnly++;
+      const allowed = agentOnlyFields(kind, spec);
+      for (const p of v.problems) assert.ok(allowed.has(p.field), `validate.ts refuses ${p.field}, which the apiserver accepted and is not an agent-only rule: ${why}`);
+    } else {
+      seen.accepted++;
+    }
+  };
+  await fc.assert(fc.asyncProperty(networkSpec, (s) => check('NodeNetwork', s)), { numRuns: runs });
+  await fc.assert(fc.asyncProperty(configSpec, (s) => check('PodNetworkConfig', s)), { numRuns: runs });
+  t.diagnostic(`accepted ${seen.accepted}, refused by both ${seen.refused}, agent-only ${seen.agentOnly}`);
+  // Not vacuous: both answers, and the agent-only rules, were seen.
+  assert.ok(seen.accepted >= 50 && seen.refused >= 50 && seen.agentOnly >= 1, JSON.stringify(seen));
 });
