@@ -12,7 +12,7 @@
 //
 //   sudo node dist/bench/podnet-vlan.js [--seconds 3] [--runs 3] [--json out.json]
 // Per run: iperf3 1 stream (128 KiB writes) and 4 streams, sockperf TCP ping-pong
-// 64 B (p50, p99, round trips/s), VLAN and untagged (alternating which goes first). Prints each figure's median
+// 64 B (p50, p99, round trips/s; free and with both ends on one CPU), VLAN and untagged (alternating which goes first). Prints each figure's median
 // over the runs with the spread (min-max), and the ratio vlan/untagged.
 // Needs root, iperf3, sockperf, build/bpf/vlan.o. Creates its own netns and pin
 // roots (named after its pid) and removes them at the end; nothing leaves them.
@@ -46,6 +46,13 @@ const POD_IP = '10.210.0.10';
 const SRV_IP = '10.210.0.254';
 const IPERF_PORT = 5201;
 const SOCKPERF_PORT = 11111;
+/**
+ * A second sockperf server, pinned with its client to one CPU: across the two vCPUs a
+ * ping-pong's p50 flips between ~4 and ~35 us with where the scheduler puts the two ends
+ * (a cross-CPU wake-up, the same for both paths); on one CPU what remains is the path.
+ */
+const SOCKPERF_PINNED_PORT = 11112;
+const PIN_CPU = '1';
 
 interface Topo { label: string; pod: string; srv: string }
 
@@ -93,6 +100,7 @@ function build(label: string, vlan: boolean): Topo {
   };
   daemon(['iperf3', '-s', '-B', SRV_IP, '-p', String(IPERF_PORT)]);
   daemon(['sockperf', 'sr', '-i', SRV_IP, '-p', String(SOCKPERF_PORT), '--tcp']);
+  daemon(['taskset', '-c', PIN_CPU, 'sockperf', 'sr', '-i', SRV_IP, '-p', String(SOCKPERF_PINNED_PORT), '--tcp']);
   return { label, pod, srv };
 }
 let nodePins = '';
@@ -143,11 +151,13 @@ function measure(t: Topo, run: number): Figures {
     f[`iperf3 ${streams}x128K CPU s/GB`] = s.cpuSecPerGB;
     process.stderr.write(`  run ${run} ${t.label}: iperf3 ${streams} stream(s) ${s.gbps.toFixed(2)} Gbit/s\n`);
   }
-  const p = sockperfPingPong(ex, SRV_IP, SOCKPERF_PORT, { seconds: SECONDS, size: 64 });
-  f['sockperf 64 B p50 us'] = p.p50us;
-  f['sockperf 64 B p99 us'] = p.p99us;
-  f['sockperf 64 B round trips/s'] = p.rrPerSec;
-  process.stderr.write(`  run ${run} ${t.label}: sockperf 64 B p50 ${p.p50us} us, ${p.rrPerSec.toFixed(0)}/s\n`);
+  for (const [tag, port, prefix] of [['', SOCKPERF_PORT, []], [' one CPU', SOCKPERF_PINNED_PORT, ['taskset', '-c', PIN_CPU]]] as const) {
+    const p = sockperfPingPong(ex, SRV_IP, port, { seconds: SECONDS, size: 64, prefix: [...prefix] });
+    f[`sockperf 64 B${tag} p50 us`] = p.p50us;
+    f[`sockperf 64 B${tag} p99 us`] = p.p99us;
+    f[`sockperf 64 B${tag} round trips/s`] = p.rrPerSec;
+    process.stderr.write(`  run ${run} ${t.label}: sockperf 64 B${tag} p50 ${p.p50us} us, ${p.rrPerSec.toFixed(0)}/s\n`);
+  }
   return f;
 }
 
