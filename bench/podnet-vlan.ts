@@ -47,9 +47,9 @@ const SRV_IP = '10.210.0.254';
 const IPERF_PORT = 5201;
 const SOCKPERF_PORT = 11111;
 /**
- * A second sockperf server, pinned with its client to one CPU: across the two vCPUs a
- * ping-pong's p50 flips between ~4 and ~35 us with where the scheduler puts the two ends
- * (a cross-CPU wake-up, the same for both paths); on one CPU what remains is the path.
+ * A second sockperf server, pinned with its client to one CPU: in one run the free
+ * ping-pong's p50 jumped from ~4 to ~35 us, most likely a cross-CPU wake-up (where the
+ * scheduler put the two ends, nothing to do with the path); on one CPU that cannot happen.
  */
 const SOCKPERF_PINNED_PORT = 11112;
 const PIN_CPU = '1';
