@@ -191,6 +191,45 @@ export class BareApiserver {
     return path;
   }
 
+  /**
+   * Creates manifest objects (deploy/*.yaml as loadManifest reads them) as the admin, each at
+   * its kind's path; `namespace` fills in a namespaced object without one. Kinds beyond the
+   * few the deploy files hold throw, naming the kind.
+   */
+  async create(docs: Record<string, any>[], namespace = 'default'): Promise<any[]> {
+    const out: any[] = [];
+    for (const d of docs) {
+      const ns = d.metadata?.namespace ?? namespace;
+      const path = {
+        CustomResourceDefinition: '/apis/apiextensions.k8s.io/v1/customresourcedefinitions',
+        ValidatingAdmissionPolicy: '/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies',
+        ValidatingAdmissionPolicyBinding: '/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings',
+        ClusterRole: '/apis/rbac.authorization.k8s.io/v1/clusterroles',
+        ClusterRoleBinding: '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings',
+        Namespace: '/api/v1/namespaces',
+        ServiceAccount: `/api/v1/namespaces/${ns}/serviceaccounts`,
+        Role: `/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles`,
+        RoleBinding: `/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`,
+        ConfigMap: `/api/v1/namespaces/${ns}/configmaps`,
+      }[String(d.kind)];
+      if (!path) throw new Error(`BareApiserver.create: no path known for kind ${String(d.kind)}`);
+      out.push(await this.must('POST', path, d));
+    }
+    return out;
+  }
+
+  /** Waits until the CRDs are Established and their resources served (discovery can lag the condition). */
+  async crdsReady(crds: Record<string, any>[]): Promise<void> {
+    for (const crd of crds) {
+      await until(`CRD ${crd.metadata.name} Established`, async () => {
+        const c = await this.must('GET', `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${crd.metadata.name}`);
+        return ((c.status?.conditions ?? []) as { type: string; status: string }[]).some((x) => x.type === 'Established' && x.status === 'True');
+      });
+      const v = crd.spec.versions.find((x: { storage: boolean }) => x.storage).name;
+      await until(`${crd.metadata.name} served`, async () => (await this.api('GET', `/apis/${crd.spec.group}/${v}/${crd.spec.names.plural}`)).status === 200);
+    }
+  }
+
   /** A real ServiceAccount token (TokenRequest API), creating the ServiceAccount if missing. */
   async serviceAccountToken(namespace: string, name: string): Promise<string> {
     const sa = await this.api('POST', `/api/v1/namespaces/${namespace}/serviceaccounts`, { metadata: { name } });

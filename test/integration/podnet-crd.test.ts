@@ -14,10 +14,9 @@ import fc from 'fast-check';
 import { BareApiserver, apiserverSkipReason, until, type ApiResponse } from '../helpers/apiserver.js';
 import { loadManifest, type Doc } from '../helpers/manifests.js';
 import { parseNodeNetwork, parsePodNetworkConfig } from '../../src/podnet/validate.js';
-import { PODNET_API_VERSION, PODNET_FINALIZER } from '../../src/podnet/types.js';
+import { NETWORK_STATUS_ANNOTATION, PODNET_API_VERSION, PODNET_FINALIZER } from '../../src/podnet/types.js';
 
 const skip = apiserverSkipReason() ?? false;
-const AGENT_USER = 'patu-it-agent';
 const NN = '/apis/network.patu.dev/v1alpha1/nodenetworks';
 const pncPath = (ns: string, name = ''): string => `/apis/network.patu.dev/v1alpha1/namespaces/${ns}/podnetworkconfigs${name ? `/${name}` : ''}`;
 const MERGE = { contentType: 'application/merge-patch+json' };
@@ -25,18 +24,10 @@ let api: BareApiserver | undefined;
 
 before(async () => {
   if (skip) return;
-  api = await BareApiserver.start([{ name: AGENT_USER }]);
-  for (const crd of loadManifest('podnet-crds.yaml')) {
-    await api.must('POST', '/apis/apiextensions.k8s.io/v1/customresourcedefinitions', crd);
-  }
-  for (const name of ['nodenetworks', 'podnetworkconfigs']) {
-    await until(`CRD ${name} Established`, async () => {
-      const c = await api!.must('GET', `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${name}.network.patu.dev`);
-      return (c.status?.conditions as Doc[] | undefined ?? []).some((x) => x.type === 'Established' && x.status === 'True');
-    });
-  }
-  // Discovery of the new group can lag the Established condition a little.
-  await until('podnetworkconfigs served', async () => (await api!.api('GET', pncPath('default'))).status === 200);
+  api = await BareApiserver.start();
+  const docs = loadManifest('podnet-crds.yaml');
+  await api.create(docs);
+  await api.crdsReady(docs.filter((d) => d.kind === 'CustomResourceDefinition'));
   for (const ns of ['team-a', 'team-b']) await api.must('POST', '/api/v1/namespaces', { metadata: { name: ns } });
 });
 
@@ -156,21 +147,16 @@ test('every in-object bad PodNetworkConfig is refused by the apiserver and by va
   assert.match(v.json.message, /spec\.vlan\.id.*VLAN id must be 1-4094/);
 });
 
-/** The agent's ClusterRole and binding exactly as deploy/patu.yaml ships them, bound to a test user. */
-async function applyAgentRbac(): Promise<void> {
-  const docs = loadManifest('patu.yaml');
-  const role = docs.find((d) => d.kind === 'ClusterRole')!;
-  await api!.must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', { ...role, metadata: { name: 'patu-it-agent' } });
-  await api!.must('POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
-    metadata: { name: 'patu-it-agent' },
-    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'patu-it-agent' },
-    subjects: [{ kind: 'User', name: AGENT_USER, apiGroup: 'rbac.authorization.k8s.io' }],
-  });
+/** The agent's ServiceAccount, ClusterRole and binding exactly as deploy/patu.yaml ships them; a real token for it. */
+async function agentToken(): Promise<string> {
+  const docs = loadManifest('patu.yaml').filter((d) => ['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding'].includes(d.kind));
+  assert.equal(docs.length, 3);
+  await api!.create(docs);
+  return api!.serviceAccountToken('kube-system', 'patu');
 }
 
-test('the agent\'s ClusterRole (deploy/patu.yaml): watch both kinds, finalizers by merge patch, status, events, the pod annotation; nothing more', { skip }, async () => {
-  await applyAgentRbac();
-  const as = { token: api!.tokens.get(AGENT_USER)! };
+test('the agent\'s ClusterRole (deploy/patu.yaml), as its ServiceAccount: watch both kinds, finalizers by merge patch, status, events, the pod annotation; nothing more', { skip }, async () => {
+  const as = { token: await agentToken() };
   await api!.must('POST', NN, network('agent-net', { bridge: 'an0', subnet: '10.230.0.0/24', namespaceSelector: {} }));
   await api!.must('POST', pncPath('team-b'), config('team-b', 'agent-cfg', [{ name: 'net1', network: 'agent-net' }]));
   await until('agent RBAC in effect', async () => (await api!.api('GET', NN, undefined, as)).status === 200);
@@ -198,13 +184,15 @@ test('the agent\'s ClusterRole (deploy/patu.yaml): watch both kinds, finalizers 
   assert.equal(r.status, 201, `event: ${JSON.stringify(r.json).slice(0, 300)}`);
   assert.equal((await api!.api('DELETE', `/api/v1/namespaces/team-b/events/${r.json.metadata.name}`, undefined, as)).status, 403, 'no deleting events');
 
-  // The pod annotation: patch a pod.
+  // The pod annotation: patch a pod (set, then remove).
   await api!.must('POST', '/api/v1/namespaces/team-b/serviceaccounts', { metadata: { name: 'default' } });
-  await api!.must('POST', '/api/v1/namespaces/team-b/pods', { metadata: { name: 'p' }, spec: { nodeName: 'n', containers: [{ name: 'c', image: 'none' }] } });
-  r = await api!.api('PATCH', '/api/v1/namespaces/team-b/pods/p', { metadata: { annotations: { 'k8s.v1.cni.cncf.io/network-status': '[]' } } }, { ...as, ...MERGE });
+  await api!.must('POST', '/api/v1/namespaces/team-b/pods', { metadata: { name: 'p', labels: { app: 'cnf' }, annotations: { keep: 'me' } }, spec: { nodeName: 'n', containers: [{ name: 'c', image: 'none' }] } });
+  r = await api!.api('PATCH', '/api/v1/namespaces/team-b/pods/p', { metadata: { annotations: { [NETWORK_STATUS_ANNOTATION]: '[]' } } }, { ...as, ...MERGE });
   assert.equal(r.status, 200, `pod annotation: ${JSON.stringify(r.json).slice(0, 300)}`);
+  r = await api!.api('PATCH', '/api/v1/namespaces/team-b/pods/p', { metadata: { annotations: { [NETWORK_STATUS_ANNOTATION]: null } } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, `pod annotation removed: ${JSON.stringify(r.json).slice(0, 300)}`);
 
-  // And nothing more.
+  // And nothing more: RBAC (403) ...
   const denied: [string, string, unknown, Doc?][] = [
     ['POST', NN, network('agent-made', { bridge: 'x0', subnet: '10.231.0.0/24' })],
     ['POST', pncPath('team-b'), config('team-b', 'agent-made', [{ name: 'net1', network: 'agent-net' }])],
@@ -212,6 +200,7 @@ test('the agent\'s ClusterRole (deploy/patu.yaml): watch both kinds, finalizers 
     ['PUT', `${pncPath('team-b', 'agent-cfg')}/status`, await api!.must('GET', pncPath('team-b', 'agent-cfg'))],
     ['DELETE', pncPath('team-b', 'agent-cfg'), undefined],
     ['DELETE', `${NN}/agent-net`, undefined],
+    ['PUT', '/api/v1/namespaces/team-b/pods/p', await api!.must('GET', '/api/v1/namespaces/team-b/pods/p')],
     ['DELETE', '/api/v1/namespaces/team-b/pods/p', undefined],
     ['POST', '/api/v1/namespaces/team-b/pods', { metadata: { name: 'q' }, spec: { containers: [{ name: 'c', image: 'none' }] } }],
     ['PATCH', '/api/v1/namespaces/team-b', { metadata: { labels: { x: 'y' } } }, MERGE],
@@ -222,6 +211,31 @@ test('the agent\'s ClusterRole (deploy/patu.yaml): watch both kinds, finalizers 
     const d = await api!.api(method, path, body, { ...as, ...(extra ?? {}) });
     assert.equal(d.status, 403, `${method} ${path} must be forbidden to the agent, got ${d.status}`);
   }
+  // ... and what its patch grants allow but the ValidatingAdmissionPolicy in podnet-crds.yaml refuses.
+  await api!.must('PATCH', pncPath('team-b', 'agent-cfg'), { metadata: { finalizers: ['someone/else'] } }, MERGE);
+  const refused: [string, unknown, RegExp][] = [
+    ['/api/v1/namespaces/team-b/pods/p', { metadata: { labels: { app: 'other' } } }, /may not change labels/],
+    ['/api/v1/namespaces/team-b/pods/p', { metadata: { annotations: { other: 'x' } } }, /only the k8s.v1.cni.cncf.io\/network-status annotation/],
+    ['/api/v1/namespaces/team-b/pods/p', { metadata: { annotations: { keep: null } } }, /only the k8s.v1.cni.cncf.io\/network-status annotation/],
+    ['/api/v1/namespaces/team-b/pods/p', { metadata: { finalizers: [PODNET_FINALIZER] } }, /only its own finalizer.*not on pods/],
+    ['/api/v1/namespaces/team-b/pods/p', { spec: { activeDeadlineSeconds: 5 } }, /may not change a spec/],
+    [pncPath('team-b', 'agent-cfg'), { spec: { podSelector: { matchLabels: { app: 'x' } } } }, /may not change a spec/],
+    [pncPath('team-b', 'agent-cfg'), { metadata: { labels: { x: 'y' } } }, /may not change labels/],
+    [pncPath('team-b', 'agent-cfg'), { metadata: { annotations: { [NETWORK_STATUS_ANNOTATION]: '[]' } } }, /only on pods/],
+    [pncPath('team-b', 'agent-cfg'), { metadata: { finalizers: ['someone/else', 'another/one'] } }, /only its own finalizer/],
+    [pncPath('team-b', 'agent-cfg'), { metadata: { finalizers: [PODNET_FINALIZER] } }, /only its own finalizer/],
+    [`${NN}/agent-net`, { spec: { namespaceSelector: null } }, /may not change a spec/],
+  ];
+  for (const [path, patch, msg] of refused) {
+    const d = await api!.api('PATCH', path, patch, { ...as, ...MERGE });
+    assert.ok(d.status === 422 || d.status === 403, `PATCH ${path} ${JSON.stringify(patch)} must be refused, got ${d.status}`);
+    assert.match(String(d.json.message), msg, `PATCH ${path} ${JSON.stringify(patch)}`);
+  }
+  // Adding and removing its own finalizer next to someone else's is fine; the admin is not bound by the policy.
+  r = await api!.api('PATCH', pncPath('team-b', 'agent-cfg'), { metadata: { finalizers: ['someone/else', PODNET_FINALIZER] } }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, JSON.stringify(r.json).slice(0, 300));
+  await api!.must('PATCH', '/api/v1/namespaces/team-b/pods/p', { metadata: { labels: { app: 'other' } } }, MERGE);
+  await api!.must('PATCH', pncPath('team-b', 'agent-cfg'), { metadata: { finalizers: null } }, MERGE);
   await api!.must('PATCH', `${NN}/agent-net`, { metadata: { finalizers: null } }, MERGE);
 });
 

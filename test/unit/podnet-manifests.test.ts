@@ -1,14 +1,15 @@
 // deploy/podnet-crds.yaml and deploy/podnet-tenant-role.yaml: the CRDs say what
 // src/podnet/validate.ts enforces (same limits, same patterns, the same reserved tables and
-// names), and the example tenant Role grants PodNetworkConfigs in one namespace and nothing
-// else. That the apiserver enforces the CRDs as written: test/integration/podnet-crd.test.ts.
+// names), the admission policy guards patu.yaml's agent, and the example tenant Role grants
+// PodNetworkConfigs in one namespace and nothing else. That the apiserver enforces all of it
+// as written: test/integration/podnet-crd.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadManifest as load, type Doc } from '../helpers/manifests.js';
 import { DNS_SUBDOMAIN_PATTERN, IFNAME_PATTERN, LIMITS, MAC_PATTERN, RESERVED_IFNAMES } from '../../src/podnet/validate.js';
-import { PODNET_GROUP, PODNET_VERSION, RESERVED_TABLES } from '../../src/podnet/types.js';
+import { NETWORK_STATUS_ANNOTATION, PODNET_FINALIZER, PODNET_GROUP, PODNET_VERSION, RESERVED_TABLES } from '../../src/podnet/types.js';
 
-const crds = () => new Map(load('podnet-crds.yaml').map((d) => [d.spec.names.kind as string, d]));
+const crds = () => new Map(load('podnet-crds.yaml').filter((d) => d.kind === 'CustomResourceDefinition').map((d) => [d.spec.names.kind as string, d]));
 const schemaOf = (crd: Doc): Doc => crd.spec.versions[0].schema.openAPIV3Schema;
 const rules = (s: Doc): string => (s['x-kubernetes-validations'] as Doc[] | undefined ?? []).map((r) => r.rule).join(' ');
 
@@ -16,6 +17,7 @@ test('podnet-crds.yaml: two CRDs of network.patu.dev/v1alpha1, NodeNetwork clust
   const docs = load('podnet-crds.yaml');
   assert.deepEqual(docs.map((d) => `${d.kind}/${d.metadata.name}`), [
     'CustomResourceDefinition/nodenetworks.network.patu.dev', 'CustomResourceDefinition/podnetworkconfigs.network.patu.dev',
+    'ValidatingAdmissionPolicy/patu-agent-writes', 'ValidatingAdmissionPolicyBinding/patu-agent-writes',
   ]);
   const byKind = crds();
   assert.equal(byKind.get('NodeNetwork')!.spec.scope, 'Cluster');
@@ -86,4 +88,22 @@ test('podnet-tenant-role.yaml: a Role on podnetworkconfigs only, in one namespac
   }], 'no status, no nodenetworks, no wildcard');
   assert.deepEqual(docs[2]!.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name });
   assert.deepEqual(docs[2]!.subjects, [{ kind: 'ServiceAccount', name: docs[0]!.metadata.name, namespace: ns }]);
+});
+
+test('podnet-crds.yaml: the ValidatingAdmissionPolicy binds the agent\'s patch grants to the annotation and its finalizer, for patu.yaml\'s ServiceAccount only', () => {
+  const docs = load('podnet-crds.yaml');
+  const vap = docs.find((d) => d.kind === 'ValidatingAdmissionPolicy')!;
+  const binding = docs.find((d) => d.kind === 'ValidatingAdmissionPolicyBinding')!;
+  assert.equal(binding.spec.policyName, vap.metadata.name);
+  assert.deepEqual(binding.spec.validationActions, ['Deny']);
+  assert.equal(vap.spec.failurePolicy, 'Fail');
+  const sa = load('patu.yaml').find((d) => d.kind === 'ServiceAccount')!;
+  assert.deepEqual(vap.spec.matchConditions.map((c: Doc) => c.expression),
+    [`request.userInfo.username == 'system:serviceaccount:${sa.metadata.namespace}:${sa.metadata.name}'`]);
+  // Every resource the agent may patch (patu.yaml), and only UPDATE (a patch is one).
+  const rules = vap.spec.matchConstraints.resourceRules as Doc[];
+  assert.deepEqual(rules.flatMap((r) => r.resources as string[]).sort(), ['nodenetworks', 'podnetworkconfigs', 'pods']);
+  for (const r of rules) assert.deepEqual(r.operations, ['UPDATE']);
+  const text = JSON.stringify(vap.spec.variables);
+  assert.ok(text.includes(NETWORK_STATUS_ANNOTATION) && text.includes(PODNET_FINALIZER), 'names the annotation and the finalizer of types.ts');
 });
