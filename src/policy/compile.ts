@@ -156,7 +156,7 @@ interface Atom {
 }
 
 /** A set of pods with one namespace and one label set: they match the same selectors. */
-interface Group { ns: string; labels: Record<string, string>; atoms: number[] }
+interface Group { key: string; ns: string; labels: Record<string, string>; atoms: number[] }
 
 interface PeerInfo {
   /** The class signature: atom ids (sorted) and named-port numbers. */
@@ -164,6 +164,35 @@ interface PeerInfo {
   atoms: number[];
   /** egress named port key ("name/proto") -> port number */
   named: Map<string, number>;
+}
+
+type Raw = { proto: number | null; from: number | null; to: number | null; pid: number };
+
+/** One endpoint group's rules as the last compile worked them out, and what they came from. */
+interface RuleMemo {
+  /** The policies that selected the group (objects and ids), in state order. */
+  selecting: { pol: NetworkPolicy; id: number }[];
+  /** Atoms the peers of those policies' rules name; whether a rule had no peers (every class) or an egress named port. */
+  atoms: Set<number>;
+  usesAll: boolean;
+  usesNamed: boolean;
+  isoIn: number[];
+  isoOut: number[];
+  /** Normalized, in output order (ruleOrderNoEp); and their LPM blocks per endpoint. */
+  norm: Omit<RuleEntry, 'epId'>[];
+  blocks: number;
+  /** Per endpoint id: the rules stamped with it (the same objects while nothing changes). */
+  stamped: Map<number, RuleEntry[]>;
+}
+
+interface PolicyPrep {
+  ref: string;
+  ingress: boolean;
+  egress: boolean;
+  sel: Matcher;
+  /** Each peer's atom key and matchers (atom undefined: IPv6, matches nothing), or why its ipBlock is bad. */
+  peers: { peer: NetworkPolicyPeer; key: string; atom?: Omit<Atom, 'id'> | undefined; bad?: string }[];
+  egressNames: string[];
 }
 
 export interface CompilerSeed {
@@ -184,6 +213,18 @@ export class PolicyCompiler {
   private nextPolicy = 1;
   /** After a restart: prefix -> class the maps hold, used to give classes their old numbers. */
   private seedPeers: Map<string, number> | undefined;
+  /** Endpoint group key -> its rules (see the rules section of compile()). */
+  private readonly ruleMemo = new Map<string, RuleMemo>();
+  /** What the classes were at the last compile: all of them (class:signature), per atom, the list of every class. */
+  private lastClassesKey = '';
+  private lastAtomClasses = new Map<number, string>();
+  private lastAllClasses = '';
+  /** The last compile finished: ruleMemo agrees with the fields above. */
+  private memoSound = true;
+  /** Per policy object: what prepOf() worked out (dropped with the object). */
+  private preps = new WeakMap<NetworkPolicy, PolicyPrep>();
+  /** Atom key -> its matchers (undefined: an IPv6 ipBlock), while some policy of the last compile has it. */
+  private readonly atomProtos = new Map<string, Omit<Atom, 'id'> | undefined>();
 
   /** Takes over the numbers a previous run left in the maps, so an unchanged state compiles to the same contents. */
   seed(seed: CompilerSeed): void {
@@ -218,6 +259,63 @@ export class PolicyCompiler {
     }
   }
 
+  /**
+   * What compile() needs of one policy that depends on nothing else: its ref, types, podSelector,
+   * the atom (key and matchers) of each peer, its egress named ports. Kept per policy object, so
+   * an unchanged policy is not looked at again; states are immutable (a source that changes a
+   * policy hands a new object).
+   */
+  private prepOf(p: NetworkPolicy): PolicyPrep {
+    let prep = this.preps.get(p);
+    if (prep) return prep;
+    const ref = policyRef(p);
+    const ns = p.metadata.namespace;
+    const types = policyTypesOf(p);
+    prep = { ref, ingress: types.includes('Ingress'), egress: types.includes('Egress'), sel: compileSelector(p.spec.podSelector), peers: [], egressNames: [] };
+    const add = (peer: NetworkPolicyPeer): void => {
+      let key: string;
+      let make: () => Omit<Atom, 'id'> | undefined;
+      if (peer.ipBlock) {
+        const b = peer.ipBlock;
+        key = `ip ${b.cidr} ${[...(b.except ?? [])].sort().join(',')}`;
+        make = () => {
+          const cidr = parsePrefix(b.cidr);
+          if (!cidr) return undefined; // IPv6: matches no IPv4 address
+          const except = (b.except ?? []).map(parsePrefix).filter((e): e is Prefix => e !== undefined);
+          return { kind: 'ip', ns: null, nsMatch: null, podMatch: null, cidr, except };
+        };
+      } else {
+        const ps = peer.podSelector ? canonSelector(peer.podSelector) : '';
+        key = peer.namespaceSelector ? `sel * ${canonSelector(peer.namespaceSelector)} ${ps}` : `sel ${ns} ${ps}`;
+        make = () => ({
+          kind: 'sel',
+          ns: peer.namespaceSelector ? null : ns,
+          nsMatch: peer.namespaceSelector ? compileSelector(peer.namespaceSelector) : null,
+          podMatch: peer.podSelector ? compileSelector(peer.podSelector) : null,
+        });
+      }
+      // An atom is what its key says: made once while some policy has it.
+      if (this.atomProtos.has(key)) {
+        prep!.peers.push({ peer, key, atom: this.atomProtos.get(key) });
+        return;
+      }
+      try {
+        const atom = make();
+        this.atomProtos.set(key, atom);
+        prep!.peers.push({ peer, key, atom });
+      } catch (e) {
+        prep!.peers.push({ peer, key, bad: `policy ${ref}: ipBlock ${peer.ipBlock!.cidr}: ${(e as Error).message}; it matches nothing` });
+      }
+    };
+    for (const r of p.spec.ingress ?? []) for (const peer of r.from ?? []) add(peer);
+    for (const r of p.spec.egress ?? []) {
+      for (const peer of r.to ?? []) add(peer);
+      for (const port of r.ports ?? []) if (typeof port.port === 'string') prep.egressNames.push(`${port.port}/${port.protocol ?? 'TCP'}`);
+    }
+    this.preps.set(p, prep);
+    return prep;
+  }
+
   private atomId(key: string): number {
     let id = this.atomIds.get(key);
     if (id === undefined) {
@@ -229,6 +327,9 @@ export class PolicyCompiler {
 
   compile(state: PolicyState): CompileResult {
     const t0 = performance.now();
+    // A compile that threw half-way may have left the memo behind what the last-compile fields say.
+    if (!this.memoSound) this.ruleMemo.clear();
+    this.memoSound = false;
     const problems: CompileProblem[] = [];
 
     // --- addresses: hosts, then pods (the first pod listed at an address has it) ---
@@ -271,7 +372,7 @@ export class PolicyCompiler {
       const key = `${p.namespace}\0${canon(p.labels)}`;
       let g = groups.get(key);
       if (!g) {
-        g = { ns: p.namespace, labels: p.labels, atoms: [] };
+        g = { key, ns: p.namespace, labels: p.labels, atoms: [] };
         groups.set(key, g);
         let l = groupsByNs.get(p.namespace);
         if (!l) groupsByNs.set(p.namespace, (l = []));
@@ -296,65 +397,28 @@ export class PolicyCompiler {
     const atoms = new Map<number, Atom>();
     const peerAtom = new Map<NetworkPolicyPeer, number>();
     const badCidr = new Set<string>();
-    const atomFor = (policyNs: string, peer: NetworkPolicyPeer, policy: string): number | undefined => {
-      let key: string;
-      let make: () => Omit<Atom, 'id'> | undefined;
-      if (peer.ipBlock) {
-        const b = peer.ipBlock;
-        key = `ip ${b.cidr} ${[...(b.except ?? [])].sort().join(',')}`;
-        make = () => {
-          try {
-            const cidr = parsePrefix(b.cidr);
-            if (!cidr) return undefined; // IPv6: matches no IPv4 address
-            const except = (b.except ?? []).map(parsePrefix).filter((e): e is Prefix => e !== undefined);
-            return { kind: 'ip', ns: null, nsMatch: null, podMatch: null, cidr, except };
-          } catch (e) {
-            if (!badCidr.has(key)) {
-              badCidr.add(key);
-              problems.push({ kind: 'bad-address', policy, message: `policy ${policy}: ipBlock ${b.cidr}: ${(e as Error).message}; it matches nothing` });
-            }
-            return undefined;
-          }
-        };
-      } else {
-        const ps = peer.podSelector ? canonSelector(peer.podSelector) : '';
-        if (peer.namespaceSelector) {
-          key = `sel * ${canonSelector(peer.namespaceSelector)} ${ps}`;
-        } else {
-          key = `sel ${policyNs} ${ps}`;
-        }
-        make = () => ({
-          kind: 'sel',
-          ns: peer.namespaceSelector ? null : policyNs,
-          nsMatch: peer.namespaceSelector ? compileSelector(peer.namespaceSelector) : null,
-          podMatch: peer.podSelector ? compileSelector(peer.podSelector) : null,
-        });
-      }
-      const id = this.atomId(key);
-      if (!atoms.has(id)) {
-        const a = make();
-        if (!a) return undefined;
-        atoms.set(id, { id, ...a });
-      }
-      return id;
-    };
     // Named ports of egress rules: the peer's number for each is part of its class.
     const egressNames = new Set<string>();
+    const liveAtomKeys = new Set<string>();
     for (const p of state.policies) {
-      const ref = policyRef(p);
-      const ns = p.metadata.namespace;
-      for (const r of p.spec.ingress ?? []) for (const peer of r.from ?? []) {
-        const a = atomFor(ns, peer, ref);
-        if (a !== undefined) peerAtom.set(peer, a);
-      }
-      for (const r of p.spec.egress ?? []) {
-        for (const peer of r.to ?? []) {
-          const a = atomFor(ns, peer, ref);
-          if (a !== undefined) peerAtom.set(peer, a);
+      const prep = this.prepOf(p);
+      for (const e of prep.peers) {
+        if (e.bad !== undefined) {
+          if (!badCidr.has(e.key)) {
+            badCidr.add(e.key);
+            problems.push({ kind: 'bad-address', policy: prep.ref, message: e.bad });
+          }
+          continue;
         }
-        for (const port of r.ports ?? []) if (typeof port.port === 'string') egressNames.add(`${port.port}/${port.protocol ?? 'TCP'}`);
+        if (!e.atom) continue; // IPv6: matches no IPv4 address
+        const id = this.atomId(e.key);
+        liveAtomKeys.add(e.key);
+        if (!atoms.has(id)) atoms.set(id, { id, ...e.atom });
+        peerAtom.set(e.peer, id);
       }
+      for (const n of prep.egressNames) egressNames.add(n);
     }
+    for (const k of this.atomProtos.keys()) if (!liveAtomKeys.has(k)) this.atomProtos.delete(k);
     const namedList = [...egressNames].sort();
 
     // --- memberships: selector atoms per label group, ipBlock atoms per address ---
@@ -547,26 +611,29 @@ export class PolicyCompiler {
     // --- rules ---
     // Endpoints with one namespace, label set and container ports get the same rules (only
     // the endpoint id differs): worked out once per such group, then stamped per endpoint.
-    type Raw = { proto: number | null; from: number | null; to: number | null; pid: number };
-    interface EpGroup { pod: PolicyPod; labels: Record<string, string>; eps: PolicyEndpoint[]; pods: PolicyPod[]; raw: Map<number, Raw[]> }
-    const epGroups = new Map<Group, Map<string, EpGroup>>();
+    // A group's rules are kept between compiles (ruleMemo) and worked out again only when what
+    // they come from changed: the policies that select it (objects and ids), or the classes of
+    // an atom its policies' peers name (all classes: a rule without peers; any class change: an
+    // egress named port). A policy change recomputes the groups it selects, and those whose
+    // peers' classes it split or merged.
+    interface EpGroup { key: string; pod: PolicyPod; labels: Record<string, string>; eps: PolicyEndpoint[]; pods: PolicyPod[] }
+    const epGroups = new Map<string, EpGroup>();
     for (const [p, ep] of epList) {
       const g = groupOf.get(p)!;
-      let m = epGroups.get(g);
-      if (!m) epGroups.set(g, (m = new Map()));
-      const pk = p.ports.length ? canon(p.ports) : '';
-      let eg = m.get(pk);
-      if (!eg) m.set(pk, (eg = { pod: p, labels: g.labels, eps: [], pods: [], raw: new Map() }));
+      const key = `${g.key}\0${p.ports.length ? canon(p.ports) : ''}`;
+      let eg = epGroups.get(key);
+      if (!eg) epGroups.set(key, (eg = { key, pod: p, labels: g.labels, eps: [], pods: [] }));
       eg.eps.push(ep);
       eg.pods.push(p);
     }
     const endpointInfo: CompileResult['endpointInfo'] = new Map();
-    const policiesByNs = new Map<string, { pol: NetworkPolicy; id: number; ingress: boolean; egress: boolean; sel: Matcher }[]>();
+    type Selecting = { pol: NetworkPolicy; id: number; ingress: boolean; egress: boolean; sel: Matcher };
+    const policiesByNs = new Map<string, Selecting[]>();
     for (const pol of state.policies) {
-      const types = policyTypesOf(pol);
+      const prep = this.prepOf(pol);
       let l = policiesByNs.get(pol.metadata.namespace);
       if (!l) policiesByNs.set(pol.metadata.namespace, (l = []));
-      l.push({ pol, id: pid.get(pol)!, ingress: types.includes('Ingress'), egress: types.includes('Egress'), sel: compileSelector(pol.spec.podSelector) });
+      l.push({ pol, id: pid.get(pol)!, ingress: prep.ingress, egress: prep.egress, sel: prep.sel });
     }
     // Per rule: the classes its peers match; per egress named port: [class, number] among them.
     const ruleClasses = new Map<object, number[]>();
@@ -600,72 +667,135 @@ export class PolicyCompiler {
       egressNamed.set(port, l);
       return l;
     };
-    // Key of (class, direction) in a group's raw map.
+    // What the classes are this time, against the last compile: per atom, all of them, any at all.
+    const classesKey = `${namedList.join(',')}#${usedInfos.map((i) => `${classOfSig.get(i.sig)}:${i.sig}`).sort().join(';')}`;
+    const anyClassChanged = classesKey !== this.lastClassesKey;
+    const atomClasses = new Map<number, string>();
+    for (const [a, l] of classesOfAtom) atomClasses.set(a, l.join(','));
+    const lastAtomClasses = this.lastAtomClasses;
+    const atomChanged = (a: number): boolean => anyClassChanged && atomClasses.get(a) !== lastAtomClasses.get(a);
+    const allChanged = anyClassChanged && allClasses.join(',') !== this.lastAllClasses;
+    this.lastClassesKey = classesKey;
+    this.lastAtomClasses = atomClasses;
+    this.lastAllClasses = allClasses.join(',');
+
     const INGRESS = 0;
     const EGRESS = 1;
-    for (const byPorts of epGroups.values()) {
-      for (const eg of byPorts.values()) {
-        const raw = eg.raw;
-        const push = (c: number, dir: number, r: Raw): void => {
-          const k = c * 2 + dir;
-          const l = raw.get(k);
-          if (l) l.push(r);
-          else raw.set(k, [r]);
-        };
-        const isoIn: number[] = [];
-        const isoOut: number[] = [];
-        for (const cp of policiesByNs.get(eg.pod.namespace) ?? []) {
-          if (!cp.sel(eg.labels)) continue;
-          for (const dir of [INGRESS, EGRESS]) {
-            if (dir === INGRESS ? !cp.ingress : !cp.egress) continue;
-            (dir === INGRESS ? isoIn : isoOut).push(cp.id);
-            const rules: (NetworkPolicyIngressRule | NetworkPolicyEgressRule)[] = (dir === INGRESS ? cp.pol.spec.ingress : cp.pol.spec.egress) ?? [];
-            for (const rule of rules) {
-              const classes = classesOfRule(dir === INGRESS ? (rule as NetworkPolicyIngressRule).from : (rule as NetworkPolicyEgressRule).to, rule);
-              if (classes.length === 0) continue;
-              const ports = rule.ports ?? [];
-              if (ports.length === 0) {
-                const r: Raw = { proto: null, from: null, to: null, pid: cp.id };
-                for (const c of classes) push(c, dir, r);
-                continue;
-              }
-              for (const port of ports) {
-                const proto = IPPROTO[port.protocol ?? 'TCP'];
-                let r: Raw;
-                if (typeof port.port === 'string') {
-                  if (dir === EGRESS) {
-                    for (const [c, n] of egressNamedOf(port, classes)) push(c, dir, { proto, from: n, to: n, pid: cp.id });
-                    continue;
-                  }
-                  const n = namedPort(eg.pod, port);
-                  if (n === undefined) continue;
-                  r = { proto, from: n, to: n, pid: cp.id };
-                } else if (port.port === undefined) {
-                  r = { proto, from: null, to: null, pid: cp.id };
-                } else {
-                  const to = port.endPort ?? port.port;
-                  if (to < port.port) continue;
-                  r = { proto, from: port.port, to, pid: cp.id };
+    /** A group's rules before normalizing, keyed by class * 2 + direction; and what they depend on. */
+    const rawOf = (eg: EpGroup, selecting: Selecting[]): { raw: Map<number, Raw[]>; isoIn: number[]; isoOut: number[]; atoms: Set<number>; usesAll: boolean; usesNamed: boolean } => {
+      const raw = new Map<number, Raw[]>();
+      const push = (c: number, dir: number, r: Raw): void => {
+        const k = c * 2 + dir;
+        const l = raw.get(k);
+        if (l) l.push(r);
+        else raw.set(k, [r]);
+      };
+      const isoIn: number[] = [];
+      const isoOut: number[] = [];
+      const atomsUsed = new Set<number>();
+      let usesAll = false;
+      let usesNamed = false;
+      for (const cp of selecting) {
+        for (const dir of [INGRESS, EGRESS]) {
+          if (dir === INGRESS ? !cp.ingress : !cp.egress) continue;
+          (dir === INGRESS ? isoIn : isoOut).push(cp.id);
+          const rules: (NetworkPolicyIngressRule | NetworkPolicyEgressRule)[] = (dir === INGRESS ? cp.pol.spec.ingress : cp.pol.spec.egress) ?? [];
+          for (const rule of rules) {
+            const peersOfRule = dir === INGRESS ? (rule as NetworkPolicyIngressRule).from : (rule as NetworkPolicyEgressRule).to;
+            if (!peersOfRule || peersOfRule.length === 0) usesAll = true;
+            else for (const peer of peersOfRule) {
+              const at = peerAtom.get(peer);
+              if (at !== undefined) atomsUsed.add(at);
+            }
+            const classes = classesOfRule(peersOfRule, rule);
+            if (classes.length === 0) continue;
+            const ports = rule.ports ?? [];
+            if (ports.length === 0) {
+              const r: Raw = { proto: null, from: null, to: null, pid: cp.id };
+              for (const c of classes) push(c, dir, r);
+              continue;
+            }
+            for (const port of ports) {
+              const proto = IPPROTO[port.protocol ?? 'TCP'];
+              let r: Raw;
+              if (typeof port.port === 'string') {
+                if (dir === EGRESS) {
+                  usesNamed = true;
+                  for (const [c, n] of egressNamedOf(port, classes)) push(c, dir, { proto, from: n, to: n, pid: cp.id });
+                  continue;
                 }
-                for (const c of classes) push(c, dir, r);
+                const n = namedPort(eg.pod, port);
+                if (n === undefined) continue;
+                r = { proto, from: n, to: n, pid: cp.id };
+              } else if (port.port === undefined) {
+                r = { proto, from: null, to: null, pid: cp.id };
+              } else {
+                const to = port.endPort ?? port.port;
+                if (to < port.port) continue;
+                r = { proto, from: port.port, to, pid: cp.id };
               }
+              for (const c of classes) push(c, dir, r);
             }
           }
         }
-        eg.eps.forEach((ep, i) => {
-          ep.isolatedIngress = isoIn.length > 0;
-          ep.isolatedEgress = isoOut.length > 0;
-          const p = eg.pods[i]!;
-          endpointInfo.set(ep.epId, { namespace: p.namespace, name: p.name, ip: ep.ip, ingress: isoIn, egress: isoOut });
-        });
       }
+      return { raw, isoIn, isoOut, atoms: atomsUsed, usesAll, usesNamed };
+    };
+    const selectingOf = (eg: EpGroup): Selecting[] => (policiesByNs.get(eg.pod.namespace) ?? []).filter((cp) => cp.sel(eg.labels));
+
+    // Each group's normalized rules (memo or worked out), stamped per endpoint, in the order of the output.
+    const liveGroups = new Set<string>();
+    const groupOfEp = new Map<number, RuleMemo>();
+    let ruleBlocks = 0;
+    for (const eg of epGroups.values()) {
+      liveGroups.add(eg.key);
+      const selecting = selectingOf(eg);
+      let m = this.ruleMemo.get(eg.key);
+      const valid = m !== undefined && m.selecting.length === selecting.length &&
+        m.selecting.every((x, i) => x.pol === selecting[i]!.pol && x.id === selecting[i]!.id) &&
+        !(m.usesAll && allChanged) && !(m.usesNamed && anyClassChanged) && ![...m.atoms].some(atomChanged);
+      if (!valid) {
+        const r = rawOf(eg, selecting);
+        const norm: Omit<RuleEntry, 'epId'>[] = [];
+        for (const [k, list] of r.raw) {
+          const peerClass = Math.floor(k / 2);
+          const dir = k % 2 === INGRESS ? 'ingress' : 'egress';
+          for (const x of normalize(list)) norm.push({ peerClass, dir, proto: x.proto, portFrom: x.from, portTo: x.to, policyId: x.pid });
+        }
+        norm.sort(ruleOrderNoEp);
+        let blocks = 0;
+        for (const x of norm) blocks += blocksOf(x as RuleEntry);
+        m = { selecting: selecting.map((x) => ({ pol: x.pol, id: x.id })), atoms: r.atoms, usesAll: r.usesAll, usesNamed: r.usesNamed, isoIn: r.isoIn, isoOut: r.isoOut, norm, blocks, stamped: new Map() };
+        this.ruleMemo.set(eg.key, m);
+      }
+      const memo = m!;
+      const stamped = new Map<number, RuleEntry[]>();
+      eg.eps.forEach((ep, i) => {
+        ep.isolatedIngress = memo.isoIn.length > 0;
+        ep.isolatedEgress = memo.isoOut.length > 0;
+        const p = eg.pods[i]!;
+        endpointInfo.set(ep.epId, { namespace: p.namespace, name: p.name, ip: ep.ip, ingress: memo.isoIn, egress: memo.isoOut });
+        stamped.set(ep.epId, memo.stamped.get(ep.epId) ?? memo.norm.map((x) => ({ epId: ep.epId, ...x })));
+        groupOfEp.set(ep.epId, memo);
+        ruleBlocks += memo.blocks;
+      });
+      memo.stamped = stamped;
     }
-    const perPolicyBlocks = new Map<number, number>();
-    const build = (drop: Set<number>): RuleEntry[] => {
-      const out: RuleEntry[] = [];
-      for (const byPorts of epGroups.values()) {
-        for (const eg of byPorts.values()) {
-          for (const [k, all] of eg.raw) {
+    for (const k of this.ruleMemo.keys()) if (!liveGroups.has(k)) this.ruleMemo.delete(k);
+    endpoints.sort((a, b) => a.epId - b.epId);
+    let rules: RuleEntry[] = [];
+    for (const ep of endpoints) for (const r of groupOfEp.get(ep.epId)!.stamped.get(ep.epId)!) rules.push(r);
+
+    // --- capacity: leave out the rules of the largest policies until the rest fits (less allowed, never more) ---
+    const dropped: string[] = [];
+    if (ruleBlocks > POLICY_CAPACITY.rules) {
+      // Worked out afresh, without the memo: a policy's share, and the rules without the dropped ones.
+      const raws = [...epGroups.values()].map((eg) => ({ eg, raw: rawOf(eg, selectingOf(eg)).raw }));
+      const perPolicyBlocks = new Map<number, number>();
+      const build = (drop: Set<number>): RuleEntry[] => {
+        const out: RuleEntry[] = [];
+        for (const { eg, raw } of raws) {
+          for (const [k, all] of raw) {
             const list = drop.size ? all.filter((r) => !drop.has(r.pid)) : all;
             if (list.length === 0) continue;
             const peerClass = Math.floor(k / 2);
@@ -679,15 +809,9 @@ export class PolicyCompiler {
             }
           }
         }
-      }
-      return out;
-    };
-    let rules = build(new Set());
-
-    // --- capacity: leave out the rules of the largest policies until the rest fits (less allowed, never more) ---
-    let ruleBlocks = rules.reduce((n, r) => n + blocksOf(r), 0);
-    const dropped: string[] = [];
-    if (ruleBlocks > POLICY_CAPACITY.rules) {
+        return out;
+      };
+      build(new Set());
       const order = [...perPolicyBlocks].sort((a, b) => b[1] - a[1] || b[0] - a[0]);
       const drop = new Set<number>();
       while (ruleBlocks > POLICY_CAPACITY.rules && drop.size < order.length) {
@@ -703,6 +827,7 @@ export class PolicyCompiler {
         rules = build(drop);
         ruleBlocks = rules.reduce((n, r) => n + blocksOf(r), 0);
       }
+      rules.sort((a, b) => a.epId - b.epId || ruleOrderNoEp(a, b));
       problems.push({
         kind: 'capacity',
         message: `the rules need more than the ${POLICY_CAPACITY.rules} entries of patu_pol_rule: left out the rules of ${dropped.length} policies (${dropped.slice(0, 5).join(', ')}${dropped.length > 5 ? ', ...' : ''}); the pods they select stay isolated without them`,
@@ -715,10 +840,8 @@ export class PolicyCompiler {
       });
     }
 
-    endpoints.sort((a, b) => a.epId - b.epId);
     peers.sort((a, b) => (a.cidr < b.cidr ? -1 : a.cidr > b.cidr ? 1 : 0));
-    rules.sort((a, b) => a.epId - b.epId || a.peerClass - b.peerClass || (a.dir < b.dir ? -1 : a.dir > b.dir ? 1 : 0) ||
-      (a.proto ?? -1) - (b.proto ?? -1) || (a.portFrom ?? -1) - (b.portFrom ?? -1));
+    this.memoSound = true;
     return {
       contents: { endpoints, peers, rules },
       policyIds,
@@ -732,6 +855,11 @@ export class PolicyCompiler {
       },
     };
   }
+}
+
+/** The order of rules within an endpoint: class, direction (egress first), protocol (any first), first port (any first). */
+function ruleOrderNoEp(a: Omit<RuleEntry, 'epId'>, b: Omit<RuleEntry, 'epId'>): number {
+  return a.peerClass - b.peerClass || (a.dir < b.dir ? -1 : a.dir > b.dir ? 1 : 0) || (a.proto ?? -1) - (b.proto ?? -1) || (a.portFrom ?? -1) - (b.portFrom ?? -1);
 }
 
 function namedPort(pod: PolicyPod, port: NetworkPolicyPort): number | undefined {
