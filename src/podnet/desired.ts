@@ -24,7 +24,8 @@
 //     a pod earlier in this order (AddressInUse: the first pod by name of the oldest config
 //     gets it), or when one of its networks is being deleted and the pod does not have that
 //     interface on it already (NetworkTerminating: a terminating network keeps its users,
-//     and gets no new ones, until they are gone).
+//     and gets no new ones, until they are gone). Each such problem is reported once per
+//     config, naming the pods it hit (the first ten, then a count).
 // A pod being deleted keeps what it would have (its interfaces go at CNI DEL, so a graceful
 // shutdown can still use them).
 //
@@ -217,6 +218,25 @@ function planConfig(cfg: PodNetworkConfig, usable: Map<string, UsableNetwork>, k
   return { plan, problems };
 }
 
+/** Pods one config was refused for, the same problem once with the pods it hit (a status stays short). */
+class Refusals {
+  private readonly byKey = new Map<string, { problem: Problem; pods: string[] }>();
+  add(p: Problem, pod: string): void {
+    const key = `${p.field}\0${p.reason}\0${p.message}`;
+    const e = this.byKey.get(key) ?? { problem: p, pods: [] };
+    e.pods.push(pod);
+    this.byKey.set(key, e);
+  }
+  problems(): Problem[] {
+    return [...this.byKey.values()].map(({ problem, pods }) => {
+      const shown = pods.slice(0, MAX_PODS_NAMED).join(', ') + (pods.length > MAX_PODS_NAMED ? ` and ${pods.length - MAX_PODS_NAMED} more` : '');
+      return { ...problem, message: `${problem.message}: nothing from this config for pod${pods.length > 1 ? 's' : ''} ${shown}` };
+    });
+  }
+}
+/** Pods a refusal names before it counts the rest. */
+const MAX_PODS_NAMED = 10;
+
 /** Networks x configs x namespaces x pods -> what each pod on this node should have. */
 export function computeDesired(input: DesiredInput): DesiredState {
   const networkProblems = new Map<string, Problem[]>();
@@ -254,6 +274,7 @@ export function computeDesired(input: DesiredInput): DesiredState {
     const { plan, problems } = planConfig(cfg, usable, known, input.namespaces.get(cfg.namespace));
     configProblems.set(ckey, problems);
     if (problems.length > 0) continue;
+    const refusals = new Refusals();
     for (const pod of podsByNs.get(cfg.namespace) ?? []) {
       if (!selectorMatches(cfg.spec.podSelector, pod.labels)) continue;
       const pkey = keyOf(pod);
@@ -264,19 +285,19 @@ export function computeDesired(input: DesiredInput): DesiredState {
         const at = `spec.interfaces[${p.index}]`;
         const owner = have.get(p.want.ifname);
         if (owner !== undefined) {
-          refused.push({ field: `${at}.name`, reason: REASONS.duplicateInterface, message: `pod ${pod.name} already gets ${p.want.ifname} from PodNetworkConfig ${owner} (the older config keeps it)` });
+          refused.push({ field: `${at}.name`, reason: REASONS.duplicateInterface, message: `${p.want.ifname} is already given by PodNetworkConfig ${owner} (the older config keeps it)` });
         }
         if (p.staticIp !== undefined) {
           const holder = addresses.get(`${p.want.network.name}|${p.staticIp}`);
-          if (holder !== undefined) refused.push({ field: `${at}.address`, reason: REASONS.addressInUse, message: `${p.want.address} is already ${holder}'s: pod ${pod.name} gets nothing from this config` });
+          if (holder !== undefined) refused.push({ field: `${at}.address`, reason: REASONS.addressInUse, message: `${p.want.address} is already ${holder}'s (the first pod by name keeps it)` });
         }
         if (p.terminating) {
           const kept = isLocal && (input.attached?.get(pkey) ?? []).some((a) => a.ifname === p.want.ifname && a.network === p.want.network.name);
-          if (!kept) refused.push({ field: `${at}.network`, reason: REASONS.networkTerminating, message: `NodeNetwork ${p.want.network.name} is being deleted: pod ${pod.name} is not attached to it, and no new pod may be` });
+          if (!kept) refused.push({ field: `${at}.network`, reason: REASONS.networkTerminating, message: `NodeNetwork ${p.want.network.name} is being deleted: it keeps the pods attached to it and takes no new one` });
         }
       }
       if (refused.length > 0) {
-        if (isLocal) problems.push(...refused);
+        if (isLocal) for (const r of refused) refusals.add(r, pod.name);
         continue;
       }
       for (const p of plan) {
@@ -289,6 +310,7 @@ export function computeDesired(input: DesiredInput): DesiredState {
       for (const p of plan) list.push({ config: { namespace: cfg.namespace, name: cfg.name }, ...p.want });
       out.set(pkey, list);
     }
+    problems.push(...refusals.problems());
   }
 
   const pods: DesiredState['pods'] = new Map();

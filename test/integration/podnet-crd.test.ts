@@ -171,6 +171,11 @@ test('the agent\'s ClusterRole (deploy/patu.yaml), as its ServiceAccount: watch 
   r = await api!.api('PATCH', `${pncPath('team-b', 'agent-cfg')}/status`, { status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '', lastTransitionTime: '2026-01-01T00:00:00Z' }], pods: [] } }, { ...as, ...MERGE });
   assert.equal(r.status, 200, `status patch: ${JSON.stringify(r.json).slice(0, 300)}`);
   assert.equal(r.json.status.conditions[0].reason, 'Ready');
+  // Status is unbounded (no CEL reads it): a long message and many pods always fit.
+  const long = { conditions: [{ type: 'Ready', status: 'False', reason: 'AddressInUse', message: 'x'.repeat(50_000), lastTransitionTime: '2026-01-01T00:00:00Z' }],
+    pods: Array.from({ length: 2000 }, (_, i) => ({ name: `p${i}`, node: 'n', interface: 'net1', network: 'agent-net', address: '10.230.0.9/24', ready: false, message: 'y'.repeat(100) })) };
+  r = await api!.api('PATCH', `${pncPath('team-b', 'agent-cfg')}/status`, { status: long }, { ...as, ...MERGE });
+  assert.equal(r.status, 200, `long status: ${JSON.stringify(r.json).slice(0, 300)}`);
   r = await api!.api('PATCH', `${NN}/agent-net/status`, { status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '', lastTransitionTime: '2026-01-01T00:00:00Z' }], users: ['team-b/agent-cfg'] } }, { ...as, ...MERGE });
   assert.equal(r.status, 200, `network status patch: ${JSON.stringify(r.json).slice(0, 300)}`);
   r = await api!.api('PATCH', `${NN}/agent-net`, { metadata: { finalizers: [PODNET_FINALIZER] } }, { ...as, ...MERGE });

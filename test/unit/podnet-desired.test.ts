@@ -90,8 +90,12 @@ test('a static address with several matching pods: the first by name gets it (ac
   const configs = [cfg('team-a', 'c', [{ name: 'net1', network: 'field', address: '10.210.0.10/24' }])];
   const d = computeDesired(input({ networks, configs, pods: [pod('team-a', 'p2'), pod('team-a', 'p1'), pod('team-a', 'p3')] }));
   assert.deepEqual(summary(d), { 'team-a/p1': ['net1 field 10.210.0.10/24'] });
-  assert.deepEqual(reasons(d.configProblems.get('team-a/c')), ['spec.interfaces[0].address AddressInUse', 'spec.interfaces[0].address AddressInUse']);
-  assert.match(d.configProblems.get('team-a/c')![0]!.message, /pod team-a\/p1 \(net1\).*p2/);
+  assert.deepEqual(reasons(d.configProblems.get('team-a/c')), ['spec.interfaces[0].address AddressInUse'], 'one problem naming the pods');
+  assert.equal(d.configProblems.get('team-a/c')![0]!.message,
+    '10.210.0.10/24 is already pod team-a/p1 (net1)\'s (the first pod by name keeps it): nothing from this config for pods p2, p3');
+  // Many pods: the first ten named, the rest counted.
+  const many = computeDesired(input({ networks, configs, pods: Array.from({ length: 30 }, (_, i) => pod('team-a', `p${String(i).padStart(2, '0')}`)) }));
+  assert.match(many.configProblems.get('team-a/c')![0]!.message, /for pods p01, p02, .*, p10 and 19 more$/);
   // p1 runs on another node: p2 here gets nothing, and no problem is reported for p1 by this node.
   const r = computeDesired(input({ networks, configs, pods: [pod('team-a', 'p2')], remotePods: [pod('team-a', 'p1')] }));
   assert.deepEqual(summary(r), {});
@@ -109,7 +113,9 @@ test('the same interface name from two configs: the older config keeps it, the n
     pods: [pod('team-a', 'p'), pod('team-a', 'q', { app: 'cnf', only: 'new' })],
   }));
   assert.deepEqual(summary(d), { 'team-a/p': ['net1 n1'], 'team-a/q': ['net1 n1'] });
-  assert.deepEqual(reasons(d.configProblems.get('team-a/aa-new')), ['spec.interfaces[0].name DuplicateInterface', 'spec.interfaces[0].name DuplicateInterface']);
+  assert.deepEqual(reasons(d.configProblems.get('team-a/aa-new')), ['spec.interfaces[0].name DuplicateInterface']);
+  assert.equal(d.configProblems.get('team-a/aa-new')![0]!.message,
+    'net1 is already given by PodNetworkConfig team-a/zz-old (the older config keeps it): nothing from this config for pods p, q');
 });
 
 test('network conflicts: overlap with the cluster CIDR or an older network, a VLAN tag or VLAN bridge taken; the older keeps it', () => {
