@@ -80,8 +80,22 @@ export class BareApiserver {
 
   private constructor(readonly dir: string) {}
 
-  /** etcd + kube-apiserver, ready (/readyz 200). Call apiserverSkipReason() first. */
+  /**
+   * etcd + kube-apiserver, ready (/readyz 200). Call apiserverSkipReason() first. A free
+   * port can be taken by another process between freePort() and the bind: such a start is
+   * retried on new ports (three tries).
+   */
   static async start(users: StaticUser[] = []): Promise<BareApiserver> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await BareApiserver.startOnce(users);
+      } catch (e) {
+        if (attempt >= 3 || !/address already in use/.test(String((e as Error).message))) throw e;
+      }
+    }
+  }
+
+  private static async startOnce(users: StaticUser[]): Promise<BareApiserver> {
     const s = new BareApiserver(mkdtempSync(join(tmpdir(), 'patu-apiserver-')));
     try {
       s.etcdPort = await freePort();
@@ -98,8 +112,10 @@ export class BareApiserver {
       if (k.status !== 0) throw new Error(`openssl genrsa: ${k.stderr}`);
       s.etcd = spawn(which('etcd')!, [`--data-dir=${join(s.dir, 'etcd')}`, `--listen-client-urls=http://127.0.0.1:${s.etcdPort}`,
         `--advertise-client-urls=http://127.0.0.1:${s.etcdPort}`, `--listen-peer-urls=http://127.0.0.1:${peer}`,
-        `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`, `--initial-cluster=default=http://127.0.0.1:${peer}`], { stdio: 'ignore' });
-      await s.startApiserver();
+        `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`, `--initial-cluster=default=http://127.0.0.1:${peer}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let etcdErr = '';
+      s.etcd.stderr!.on('data', (b: Buffer) => { etcdErr = (etcdErr + b.toString()).slice(-4000); });
+      await s.startApiserver().catch((e: Error) => { throw new Error(`${e.message}${s.etcd?.exitCode !== null ? `\netcd exited: ${etcdErr}` : ''}`); });
       return s;
     } catch (e) {
       await s.stop();
