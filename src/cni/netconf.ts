@@ -20,6 +20,7 @@ import { validIfname } from './env.js';
 import { DEFAULTS } from '../defaults.js';
 import { canonicalIp, parseCidr, parseIp } from '../net/cidr.js';
 import { messageOf } from '../errors.js';
+import { fieldPath } from '../field-path.js';
 import { MAX_NETWORK_NAME } from '../ipam/index.js';
 import type { PortMapping } from '../hostport/records.js';
 
@@ -133,11 +134,6 @@ export interface NetConf {
   validAttachments?: { containerID: string; ifname: string }[];
 }
 
-/** ['ipam', 'ranges', 0, 0, 'subnet'] -> 'ipam.ranges[0][0].subnet' (the form IPAM's errors use). */
-function jsonPath(path: readonly PropertyKey[]): string {
-  if (path.length === 0) return '(root)';
-  return path.map((k, i) => (typeof k === 'number' ? `[${k}]` : `${i ? '.' : ''}${String(k)}`)).join('');
-}
 
 /** Largest network config read from stdin; the launcher (src/launcher/patu.c MAX_STDIN) has the same limit. */
 export const MAX_CONFIG_BYTES = 16 << 20;
@@ -190,7 +186,7 @@ export function parseNetConf(raw: unknown): NetConf {
   const parsed = netconfShape.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    throw invalidConfig(jsonPath(issue.path), issue.message);
+    throw invalidConfig(fieldPath(issue.path), issue.message);
   }
   const c = parsed.data;
   if (c.type !== 'patu') throw invalidConfig('type', `must be "patu", got "${c.type}"`);

@@ -14,6 +14,7 @@
 // below, so that each has its own reason and message.
 import * as z from 'zod/mini';
 import en from 'zod/v4/locales/en.js';
+import { fieldPath } from '../field-path.js';
 import { broadcastAddress, networkAddress, parseCidr, parseIp, type Cidr } from '../net/cidr.js';
 import {
   REASONS, RESERVED_TABLES,
@@ -119,11 +120,6 @@ const configShape = z.looseObject({
   }),
 });
 
-/** ['spec', 'interfaces', 1, 'address'] -> 'spec.interfaces[1].address'. */
-export function fieldPath(path: readonly PropertyKey[]): string {
-  if (path.length === 0) return '(root)';
-  return path.map((k, i) => (typeof k === 'number' ? `[${k}]` : `${i ? '.' : ''}${String(k)}`)).join('');
-}
 
 // ---- Rules ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@
 import * as z from 'zod/mini';
 import en from 'zod/v4/locales/en.js';
 import { PatuError } from '../errors.js';
+import { fieldPath } from '../field-path.js';
 import { contains, parseCidr, parseIp } from '../net/cidr.js';
 import type { NetworkPolicy, PolicyNamespace, PolicyPod, PolicyPodPort, PolicyState } from './types.js';
 
@@ -162,11 +163,6 @@ const podDoc = z.looseObject({
 });
 
 type Issue = { path: PropertyKey[]; message: string };
-/** spec.ingress[0].from[1] */
-function fieldPath(path: readonly PropertyKey[]): string {
-  if (path.length === 0) return '(document)';
-  return path.map((k, i) => (typeof k === 'number' ? `[${k}]` : `${i ? '.' : ''}${String(k)}`)).join('');
-}
 
 /** Whole objects, strings cut: a 100,000-character name must not make a 100,000-character message. */
 const shown = (v: string): string => (v.length <= 60 ? v : `${v.slice(0, 60)}...`);
@@ -203,7 +199,7 @@ export function validatePolicyDocuments(docs: unknown[], file = '<input>'): Poli
     const r = schema.safeParse(doc);
     if (!r.success) {
       for (const i of r.error.issues as Issue[]) {
-        if (problems.length < MAX_PROBLEMS) problems.push(`${at}: ${fieldPath(i.path)}: ${i.message}`);
+        if (problems.length < MAX_PROBLEMS) problems.push(`${at}: ${fieldPath(i.path, '(document)')}: ${i.message}`);
       }
       return;
     }
