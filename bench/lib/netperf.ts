@@ -23,9 +23,9 @@ export function iperf3(exec: Exec, host: string, port: number, o: { seconds: num
 
 export interface PingPong { p50us: number; p99us: number; rrPerSec: number }
 
-/** One sockperf ping-pong run over TCP; `prefix` (e.g. taskset -c 1) goes before sockperf. */
-export function sockperfPingPong(exec: Exec, host: string, port: number, o: { seconds: number; size: number; prefix?: string[] }): PingPong {
-  const argv = [...(o.prefix ?? []), 'sockperf', 'pp', '-i', host, '-p', String(port), '--tcp', '-m', String(o.size), '-t', String(o.seconds)];
+/** One sockperf ping-pong run over TCP (UDP with `udp`); `prefix` (e.g. taskset -c 1) goes before sockperf. */
+export function sockperfPingPong(exec: Exec, host: string, port: number, o: { seconds: number; size: number; prefix?: string[]; udp?: boolean }): PingPong {
+  const argv = [...(o.prefix ?? []), 'sockperf', 'pp', '-i', host, '-p', String(port), ...(o.udp ? [] : ['--tcp']), '-m', String(o.size), '-t', String(o.seconds)];
   const out = exec(argv, (o.seconds + 15) * 1000);
   const num = (re: RegExp): number => {
     const m = re.exec(out);
