@@ -33,7 +33,7 @@
 // nodes' pods as `remotePods` (they take part in who-gets-it, but nothing is decided or
 // reported for them here: their own agents do that); without them, per node.
 import { sha256Hex } from '../sha256.js';
-import { broadcastAddress, networkAddress, overlaps, parseCidr, parseIp, type Cidr } from '../net/cidr.js';
+import { broadcastAddress, formatNetwork, networkAddress, overlaps, parseCidr, parseIp, type Cidr } from '../net/cidr.js';
 import { selectorMatches } from '../policy/evaluate.js';
 import {
   DEFAULT_PODNET_MTU, REASONS,
@@ -69,7 +69,7 @@ export function resolveNetwork(n: NodeNetwork): ResolvedNetwork {
     name: n.name,
     bridge: s.bridge ?? vlanBridgeName(n.name, s.vlan!.id),
     ...(s.vlan ? { vlan: { link: s.vlan.link, id: s.vlan.id } } : {}),
-    subnet: `${ip4(networkAddress(c))}/${c.prefix}`,
+    subnet: formatNetwork(c),
     ...(s.gateway !== undefined ? { gateway: s.gateway } : {}),
     ...(s.rangeStart !== undefined ? { rangeStart: s.rangeStart } : {}),
     ...(s.rangeEnd !== undefined ? { rangeEnd: s.rangeEnd } : {}),
@@ -95,7 +95,6 @@ export interface DesiredInput {
   remotePods?: PodInfo[];
 }
 
-const ip4 = (v: bigint): string => [24n, 16n, 8n, 0n].map((s) => String((v >> s) & 255n)).join('.');
 const cmp = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 const keyOf = (o: { namespace: string; name: string }): string => `${o.namespace}/${o.name}`;
 

@@ -15,7 +15,7 @@
 import * as z from 'zod/mini';
 import en from 'zod/v4/locales/en.js';
 import { fieldPath } from '../field-path.js';
-import { broadcastAddress, networkAddress, parseCidr, parseIp, type Cidr } from '../net/cidr.js';
+import { broadcastAddress, formatNetwork, networkAddress, parseCidr, parseIp, type Cidr } from '../net/cidr.js';
 import {
   REASONS, RESERVED_TABLES,
   type InterfaceSpec, type LabelSelector, type NodeNetwork, type NodeNetworkSpec, type ObjectRef, type PodNetworkConfig,
@@ -155,7 +155,7 @@ class Checker {
       return undefined;
     }
     if (network && networkAddress(c) !== c.ip) {
-      this.add(field, `${JSON.stringify(v)} has host bits set: the network is ${formatNet(c)}`);
+      this.add(field, `${JSON.stringify(v)} has host bits set: the network is ${formatNetwork(c)}`);
       return undefined;
     }
     return c;
@@ -192,8 +192,6 @@ class Checker {
   }
 }
 
-const formatNet = (c: Cidr): string => `${ipText(networkAddress(c))}/${c.prefix}`;
-const ipText = (v: bigint): string => [24n, 16n, 8n, 0n].map((s) => String((v >> s) & 255n)).join('.');
 
 function checkNetworkSpec(c: Checker, s: NodeNetworkSpec): void {
   if (s.bridge === undefined && s.vlan === undefined) c.add('spec', 'needs a bridge, a vlan, or both');
