@@ -50,6 +50,19 @@ export interface K8sPolicySourceOptions {
   onError?: (err: unknown) => void;
 }
 
+/**
+ * fn after ms; with no wait, right after the events of this turn of the event loop (setImmediate:
+ * not a timer's 1 ms at least, and every event the watch delivered in this chunk is in).
+ */
+function later(ms: number, fn: () => void): { cancel(): void } {
+  if (ms <= 0) {
+    const h = setImmediate(fn);
+    return { cancel: () => clearImmediate(h) };
+  }
+  const h = setTimeout(fn, ms);
+  return { cancel: () => clearTimeout(h) };
+}
+
 const nolog: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 const keyOf = (m: { namespace?: string; name?: string }): string => `${m.namespace ?? ''}/${m.name ?? ''}`;
 
@@ -65,7 +78,7 @@ export class K8sPolicySource {
   private readonly synced = new Set<PolicyResource>();
   private programmed = false;
   private lastError: string | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: { cancel(): void } | undefined;
   private closed = false;
   private readonly log: Logger;
   private lastFlush = -Infinity;
@@ -157,7 +170,7 @@ export class K8sPolicySource {
     // The whole state, now: it also carries any change still waiting for its window (the
     // engine compiles the whole state either way, so a one-pod path would cost the same).
     this.pending = true;
-    clearTimeout(this.timer);
+    this.timer?.cancel();
     this.timer = undefined;
     this.flush();
     return this.programmed && !this.pending;
@@ -217,10 +230,10 @@ export class K8sPolicySource {
     } else {
       this.heldBack = false;
     }
-    this.timer = setTimeout(() => {
+    this.timer = later(delay, () => {
       this.timer = undefined;
       this.flush();
-    }, delay);
+    });
   }
 
   /** Hands the whole state to the engine now (normally run by the coalescing timer). */
@@ -249,11 +262,11 @@ export class K8sPolicySource {
       this.opts.onError?.(e);
       this.log.error({ err: this.lastError, retryInMs: this.opts.retryMs ?? 1000 }, 'programming network policy failed; retrying');
       if (!this.closed) {
-        clearTimeout(this.timer);
-        this.timer = setTimeout(() => {
+        this.timer?.cancel();
+        this.timer = later(this.opts.retryMs ?? 1000, () => {
           this.timer = undefined;
           this.flush();
-        }, this.opts.retryMs ?? 1000);
+        });
       }
     }
   }
@@ -268,7 +281,7 @@ export class K8sPolicySource {
 
   close(): void {
     this.closed = true;
-    clearTimeout(this.timer);
+    this.timer?.cancel();
     this.timer = undefined;
   }
 }

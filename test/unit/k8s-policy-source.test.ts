@@ -133,6 +133,29 @@ test('K8sPolicySource: nothing before Pods, Namespaces and NetworkPolicies are a
   s.close();
 });
 
+test('K8sPolicySource: an isolated change is applied at once; only a stream is held back, and the window grows', async () => {
+  const r = new Recorder();
+  const s = new K8sPolicySource({ nodeName: 'n1', sink: r, coalesceMs: 100, maxCoalesceMs: 400 });
+  synced(s);
+  await sleep(150);
+  const n = r.states.length;
+  assert.ok(n >= 1, 'the initial state');
+  // Long after the last apply: no wait (the next turn of the event loop).
+  s.handlePolicy(netpol('x', 'a', { podSelector: {} }));
+  await new Promise((res) => setImmediate(res));
+  await new Promise((res) => setImmediate(res));
+  assert.equal(r.states.length, n + 1, 'applied without waiting for the window');
+  // Right after it: held back until the window has passed since that apply, then one apply for all.
+  s.handlePolicy(netpol('x', 'b', { podSelector: {} }));
+  s.handlePolicy(netpol('x', 'c', { podSelector: {} }));
+  await sleep(30);
+  assert.equal(r.states.length, n + 1, 'a stream waits for the window');
+  await sleep(120);
+  assert.equal(r.states.length, n + 2, 'then one apply');
+  assert.deepEqual(r.last.policies.map((p) => p.metadata.name), ['a', 'b', 'c']);
+  s.close();
+});
+
 test('K8sPolicySource: a failed apply is retried with the whole state', async () => {
   const r = new Recorder();
   r.fail = 2;
