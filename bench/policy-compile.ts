@@ -12,11 +12,12 @@
 //   synthetic P policies x N pods (default 1,000 x 1,000: 10 namespaces, 100 app labels, each policy
 //             selecting one app and allowing another app, a team of namespaces on a named port and a
 //             port range, and an egress ipBlock with an except)
-//   bench     bench/policy.ts's latency section: P policies (bench/lib/policy-objects.ts) on its two pods
+//   bench     bench/policy.ts's latency section: P policies (bench/lib/policy-objects.ts) on its two pods;
+//             with --toggle the changes are that section's (its allowing policy deleted, written back)
 // Median and spread of --runs for the first four.
 //
 //   node dist/bench/policy-compile.js [--shape synthetic|bench] [--policies 1000] [--pods 1000] [--runs 5]
-//        [--changes 50] [--engine] [--ct 10000] [--json out.json]
+//        [--changes 50] [--toggle] [--engine] [--ct 10000] [--json out.json]
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,6 +40,8 @@ const CHANGES = Number(opt('changes', '50'));
 const ENGINE = args.includes('--engine');
 const CT = Number(opt('ct', '10000'));
 const JSON_OUT = opt('json', '');
+/** --toggle (bench shape): the changes are the latency bench's, its allowing policy deleted and written back in turn. */
+const TOGGLE = args.includes('--toggle');
 
 const pod = (i: number): PolicyPod => ({
   namespace: `ns${i % 10}`, name: `p${i}`, labels: { app: `app${i % 100}`, tier: ['fe', 'be', 'db'][i % 3]! },
@@ -105,6 +108,13 @@ function changes(s0: PolicyState, count: number): { state: PolicyState; what: st
   // Only fillers change (the bench shape's two allowing policies stay).
   const changeable = (): number[] => s.policies.map((p, i) => [p, i] as const).filter(([p]) => SHAPE !== 'bench' || p.metadata.name.startsWith('filler-')).map(([, i]) => i);
   for (let i = 0; i < count; i++) {
+    if (TOGGLE) {
+      // The latency bench's change: the policy that allows the probe deleted, then written back.
+      const allow = s0.policies.find((p) => p.metadata.name === 'zz-allow-server-ingress')!;
+      s = { ...s, policies: i % 2 === 0 ? s.policies.filter((p) => p !== allow) : [...s.policies, allow] };
+      out.push({ state: s, what: i % 2 === 0 ? 'delete' : 'add' });
+      continue;
+    }
     const kind = i % 3;
     const idx = changeable();
     const pick = idx[Math.floor(rand() * idx.length)];
@@ -158,7 +168,7 @@ const compileMs: number[] = [];
   for (const ch of seq) compileMs.push(timed(() => c.compile(ch.state)));
 }
 const fmt = (xs: number[]): string => `p50 ${q(xs, 0.5).toFixed(1).padStart(7)}  p99 ${q(xs, 0.99).toFixed(1).padStart(7)}  max ${Math.max(...xs).toFixed(1).padStart(7)}`;
-say(`${CHANGES} single changes (delete, add, edit a policy in turn), compile only, ms: ${fmt(compileMs)}  (load ${load()})`);
+say(`${CHANGES} single changes (${TOGGLE ? 'the allowing policy deleted, written back' : 'delete, add, edit a policy'} in turn), compile only, ms: ${fmt(compileMs)}  (load ${load()})`);
 
 const engine: Record<string, number[]> = {};
 if (ENGINE) {

@@ -355,6 +355,15 @@ async function clusterSetup(tmp: string): Promise<ClusterCtx> {
   const node = `patu-bench-pol-${process.pid}`;
   await createFakeNode(api, node, GW);
   await api.call('POST', '/api/v1/namespaces', benchNamespace());
+  // Pods need the namespace's default ServiceAccount, which the controller manager makes a moment later.
+  for (const end = Date.now() + 60_000; ; await sleep(200)) {
+    try {
+      await api.call('GET', `/api/v1/namespaces/${BENCH_NS}/serviceaccounts/default`);
+      break;
+    } catch (e) {
+      if (Date.now() > end) throw e;
+    }
+  }
   await createPods(api, node, GW, benchPods(CLIENT_IP, SERVER_IP));
   return { cluster, api, node, tmp };
 }

@@ -187,6 +187,7 @@ interface RuleMemo {
 
 interface PolicyPrep {
   ref: string;
+  name: { namespace: string; name: string };
   ingress: boolean;
   egress: boolean;
   sel: Matcher;
@@ -213,10 +214,13 @@ export class PolicyCompiler {
   private nextPolicy = 1;
   /** After a restart: prefix -> class the maps hold, used to give classes their old numbers. */
   private seedPeers: Map<string, number> | undefined;
+  /** The regions of the last compile (see the classes section of compile()). */
+  private regionMemo: { key: string; infos: PeerInfo[]; at: (ip: number, maxLen?: number) => PeerInfo; written: [string, PeerInfo][]; members: [PeerInfo, string][] } | undefined;
   /** Endpoint group key -> its rules (see the rules section of compile()). */
   private readonly ruleMemo = new Map<string, RuleMemo>();
-  /** What the classes were at the last compile: all of them (class:signature), per atom, the list of every class. */
-  private lastClassesKey = '';
+  /** What the classes were at the last compile: used signature -> class, the egress port names, per atom its classes, every class. */
+  private lastUsed = new Map<string, number>();
+  private lastNamed = '';
   private lastAtomClasses = new Map<number, string>();
   private lastAllClasses = '';
   /** The last compile finished: ruleMemo agrees with the fields above. */
@@ -225,6 +229,8 @@ export class PolicyCompiler {
   private preps = new WeakMap<NetworkPolicy, PolicyPrep>();
   /** Atom key -> its matchers (undefined: an IPv6 ipBlock), while some policy of the last compile has it. */
   private readonly atomProtos = new Map<string, Omit<Atom, 'id'> | undefined>();
+  /** Atom key -> the atom with its id, as the last compile used it. */
+  private readonly atomObjs = new Map<string, Atom>();
 
   /** Takes over the numbers a previous run left in the maps, so an unchanged state compiles to the same contents. */
   seed(seed: CompilerSeed): void {
@@ -271,7 +277,7 @@ export class PolicyCompiler {
     const ref = policyRef(p);
     const ns = p.metadata.namespace;
     const types = policyTypesOf(p);
-    prep = { ref, ingress: types.includes('Ingress'), egress: types.includes('Egress'), sel: compileSelector(p.spec.podSelector), peers: [], egressNames: [] };
+    prep = { ref, name: { namespace: ns, name: p.metadata.name }, ingress: types.includes('Ingress'), egress: types.includes('Egress'), sel: compileSelector(p.spec.podSelector), peers: [], egressNames: [] };
     const add = (peer: NetworkPolicyPeer): void => {
       let key: string;
       let make: () => Omit<Atom, 'id'> | undefined;
@@ -385,14 +391,14 @@ export class PolicyCompiler {
     const policyIds = new Map<number, { namespace: string; name: string }>();
     const pid = new Map<NetworkPolicy, number>();
     for (const p of state.policies) {
-      const ref = policyRef(p);
-      let id = this.policyIdByRef.get(ref);
+      const prep = this.prepOf(p);
+      let id = this.policyIdByRef.get(prep.ref);
       if (id === undefined) {
         id = this.nextPolicy++;
-        this.policyIdByRef.set(ref, id);
+        this.policyIdByRef.set(prep.ref, id);
       }
       pid.set(p, id);
-      policyIds.set(id, { namespace: p.metadata.namespace, name: p.metadata.name });
+      policyIds.set(id, prep.name);
     }
     const atoms = new Map<number, Atom>();
     const peerAtom = new Map<NetworkPolicyPeer, number>();
@@ -413,12 +419,17 @@ export class PolicyCompiler {
         if (!e.atom) continue; // IPv6: matches no IPv4 address
         const id = this.atomId(e.key);
         liveAtomKeys.add(e.key);
-        if (!atoms.has(id)) atoms.set(id, { id, ...e.atom });
+        if (!atoms.has(id)) {
+          let atom = this.atomObjs.get(e.key);
+          if (!atom || atom.id !== id) this.atomObjs.set(e.key, (atom = { id, ...e.atom }));
+          atoms.set(id, atom);
+        }
         peerAtom.set(e.peer, id);
       }
       for (const n of prep.egressNames) egressNames.add(n);
     }
     for (const k of this.atomProtos.keys()) if (!liveAtomKeys.has(k)) this.atomProtos.delete(k);
+    for (const k of this.atomObjs.keys()) if (!liveAtomKeys.has(k)) this.atomObjs.delete(k);
     const namedList = [...egressNames].sort();
 
     // --- memberships: selector atoms per label group, ipBlock atoms per address ---
@@ -466,35 +477,52 @@ export class PolicyCompiler {
       if (!info) infoBySig.set(sig, (info = { sig, atoms: atomIds, named }));
       return info;
     };
-    // Regions: every ipBlock cidr and except, and 0.0.0.0/0.
-    const regionPrefixes = new Map<number, Prefix>();
-    regionPrefixes.set(0, { net: 0, len: 0 });
-    for (const a of ipAtoms) for (const p of [a.cidr!, ...a.except!]) regionPrefixes.set(prefixKey(p), p);
-    const byLen = new Map<number, Map<number, PeerInfo>>();
-    const regionInfo = new Map<number, PeerInfo>();
-    for (const [k, q] of regionPrefixes) {
-      const info = infoFor(ipAtomsOver(q), new Map());
-      regionInfo.set(k, info);
-      let m = byLen.get(q.len);
-      if (!m) byLen.set(q.len, (m = new Map()));
-      m.set(q.net, info);
-    }
-    const lens = [...byLen.keys()].sort((x, y) => y - x);
-    /** The region an address (or a prefix, strictly inside: below maxLen) falls in. */
-    const regionAt = (ip: number, maxLen = 32): PeerInfo => {
-      for (const len of lens) {
-        if (len > maxLen) continue;
-        const info = byLen.get(len)!.get((ip & maskOf(len)) >>> 0);
-        if (info) return info;
+    // Regions: every ipBlock cidr and except, and 0.0.0.0/0. What they are depends only on the
+    // ipBlock atoms (and the number of egress port names, in the signatures): kept while those stay.
+    const regionKey = `${namedList.length}#${ipAtoms.map((x) => x.id).sort((x, y) => x - y).join(',')}`;
+    let rm = this.regionMemo?.key === regionKey ? this.regionMemo : undefined;
+    if (!rm) {
+      const regionPrefixes = new Map<number, Prefix>();
+      regionPrefixes.set(0, { net: 0, len: 0 });
+      for (const x of ipAtoms) for (const q of [x.cidr!, ...x.except!]) regionPrefixes.set(prefixKey(q), q);
+      const byLen = new Map<number, Map<number, PeerInfo>>();
+      const infos: PeerInfo[] = [];
+      const regionInfo = new Map<number, PeerInfo>();
+      for (const [k, q] of regionPrefixes) {
+        const info = infoFor(ipAtomsOver(q), new Map());
+        infos.push(info);
+        regionInfo.set(k, info);
+        let m = byLen.get(q.len);
+        if (!m) byLen.set(q.len, (m = new Map()));
+        m.set(q.net, info);
       }
-      return regionInfo.get(0)!;
-    };
-    const peerOf = new Map<string, PeerInfo>(); // cidr -> info (before classes are numbered)
-    for (const [k, q] of regionPrefixes) {
-      const info = regionInfo.get(k)!;
-      if (q.len > 0 && regionAt(q.net, q.len - 1) === info) continue; // same as around it
-      peerOf.set(prefixText(q), info);
+      const lens = [...byLen.keys()].sort((x, y) => y - x);
+      const world = regionInfo.get(0)!;
+      const at = (ip: number, maxLen = 32): PeerInfo => {
+        for (const len of lens) {
+          if (len > maxLen) continue;
+          const info = byLen.get(len)!.get((ip & maskOf(len)) >>> 0);
+          if (info) return info;
+        }
+        return world;
+      };
+      const written: [string, PeerInfo][] = [];
+      const members: [PeerInfo, string][] = [];
+      for (const [k, q] of regionPrefixes) {
+        const info = regionInfo.get(k)!;
+        members.push([info, prefixText(q)]);
+        if (q.len > 0 && at(q.net, q.len - 1) === info) continue; // same as around it
+        written.push([prefixText(q), info]);
+      }
+      rm = { key: regionKey, infos, at, written, members };
+      this.regionMemo = rm;
+    } else {
+      // The same signatures are the same objects (regionAt compares them).
+      for (const info of rm.infos) if (!infoBySig.has(info.sig)) infoBySig.set(info.sig, info);
     }
+    /** The region an address (or a prefix, strictly inside: below maxLen) falls in. */
+    const regionAt = rm.at;
+    const peerOf = new Map<string, PeerInfo>(rm.written); // cidr -> info (before classes are numbered)
     const podInfo = new Map<PolicyPod, PeerInfo>();
     for (const [ip, p] of podAt) {
       const named = new Map<string, number>();
@@ -512,10 +540,12 @@ export class PolicyCompiler {
     }
     // Number the classes: known meanings keep their numbers; after a restart, a class takes
     // the number the maps hold at its prefixes when they all agree.
-    for (const [cidr, info] of peerOf) {
-      let l = sigPrefixes.get(info.sig);
-      if (!l) sigPrefixes.set(info.sig, (l = []));
-      l.push(cidr);
+    if (this.seedPeers) {
+      for (const [cidr, info] of peerOf) {
+        let l = sigPrefixes.get(info.sig);
+        if (!l) sigPrefixes.set(info.sig, (l = []));
+        l.push(cidr);
+      }
     }
     const taken = new Set<number>();
     for (const info of infoBySig.values()) {
@@ -562,7 +592,7 @@ export class PolicyCompiler {
       if (!l) classMembers.set(c, [m]);
       else if (l.length < 8) l.push(m);
     };
-    for (const [k, q] of regionPrefixes) member(classOfSig.get(regionInfo.get(k)!.sig)!, prefixText(q));
+    for (const [info, text] of rm.members) member(classOfSig.get(info.sig)!, text);
     for (const [p, info] of podInfo) member(classOfSig.get(info.sig)!, `${p.namespace}/${p.name}`);
     if (hostIps.size) classMembers.set(PEER_CLASS_HOST, ['(node)', ...[...hostIps].slice(0, 7).map(v4Text)]);
     // Every class a lookup can return (pods whose /32 was left out share their region's).
@@ -668,16 +698,26 @@ export class PolicyCompiler {
       return l;
     };
     // What the classes are this time, against the last compile: per atom, all of them, any at all.
-    const classesKey = `${namedList.join(',')}#${usedInfos.map((i) => `${classOfSig.get(i.sig)}:${i.sig}`).sort().join(';')}`;
-    const anyClassChanged = classesKey !== this.lastClassesKey;
-    const atomClasses = new Map<number, string>();
-    for (const [a, l] of classesOfAtom) atomClasses.set(a, l.join(','));
+    // (The classes are their used signatures with their numbers: the same pairs, the same classes.)
+    const usedNow = new Map<string, number>();
+    for (const i of usedInfos) usedNow.set(i.sig, classOfSig.get(i.sig)!);
+    const names = namedList.join(',');
+    const lastUsed = this.lastUsed;
+    let anyClassChanged = names !== this.lastNamed || usedNow.size !== lastUsed.size;
+    if (!anyClassChanged) for (const [sig, c] of usedNow) if (lastUsed.get(sig) !== c) anyClassChanged = true;
     const lastAtomClasses = this.lastAtomClasses;
+    let atomClasses = lastAtomClasses;
+    let allChanged = false;
+    if (anyClassChanged) {
+      atomClasses = new Map<number, string>();
+      for (const [a, l] of classesOfAtom) atomClasses.set(a, l.join(','));
+      allChanged = allClasses.join(',') !== this.lastAllClasses;
+      this.lastAllClasses = allClasses.join(',');
+    }
     const atomChanged = (a: number): boolean => anyClassChanged && atomClasses.get(a) !== lastAtomClasses.get(a);
-    const allChanged = anyClassChanged && allClasses.join(',') !== this.lastAllClasses;
-    this.lastClassesKey = classesKey;
+    this.lastUsed = usedNow;
+    this.lastNamed = names;
     this.lastAtomClasses = atomClasses;
-    this.lastAllClasses = allClasses.join(',');
 
     const INGRESS = 0;
     const EGRESS = 1;
