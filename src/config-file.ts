@@ -1,6 +1,7 @@
 // A local configuration file that the agent follows (the services file, the policy
-// file): read safely, then watched. Import-free of patu's layers (node:fs only), so
-// each source keeps its own parser and error type and shares only this.
+// file, the nodes file): read safely, parsed (YAML or JSON), then watched. Import-free
+// of patu's layers (node:fs, and the yaml package on first parse), so each source keeps
+// its own validation and error type and shares only this.
 //
 // Read: a regular file only (a FIFO would block the agent, a device has no end),
 // opened non-blocking, at most `maxBytes` (a file growing while read is refused, not
@@ -8,7 +9,7 @@
 // one reload loop at a time, and a bad result reported only after it has stood for
 // settleMs (an editor caught mid-write sends a follow-up event that clears it).
 import { closeSync, constants as fsc, fstatSync, openSync, readSync, watch, type FSWatcher } from 'node:fs';
-import { basename, dirname } from 'node:path';
+import { basename, dirname, extname } from 'node:path';
 
 /**
  * Reads `file` as UTF-8 under the rules above. A problem is handed to `fail` as one
@@ -174,4 +175,67 @@ export class FileWatcher<T> extends ReloadLoop {
     }
     return lastError;
   }
+}
+
+/**
+ * How deeply `text` nests, over-estimated cheaply in one pass: block indentation
+ * levels plus "- " sequence markers on a line plus open flow brackets ([ {) outside
+ * quotes. Checked before parsing, because parsing itself is what gets slow.
+ */
+export function nestingDepth(text: string): number {
+  const indents: number[] = [];
+  let flow = 0;
+  let max = 0;
+  let quote = '';
+  for (const line of text.split('\n')) {
+    let i = 0;
+    if (!quote && flow === 0) {
+      while (i < line.length && line[i] === ' ') i++;
+      if (i === line.length || line[i] === '#') continue;
+      while (indents.length && indents[indents.length - 1]! >= i) indents.pop();
+      indents.push(i);
+      let seq = 0;
+      while (line.startsWith('- ', i + seq * 2)) seq++;
+      max = Math.max(max, indents.length + seq);
+    }
+    for (; i < line.length; i++) {
+      const c = line[i]!;
+      if (quote) {
+        if (c === quote) quote = '';
+        else if (c === '\\' && quote === '"') i++;
+        continue;
+      }
+      if (c === '#' && (i === 0 || line[i - 1] === ' ')) break;
+      if (c === '"' || (c === "'" && (i === 0 || /[\s\[{,:]/.test(line[i - 1]!)))) quote = c;
+      else if (c === '[' || c === '{') max = Math.max(max, indents.length + ++flow);
+      else if ((c === ']' || c === '}') && flow > 0) flow--;
+    }
+  }
+  return max;
+}
+
+/** Syntax problems of a config file's text (each `(syntax): ...`); the source wraps them in its own error. */
+export class ConfigSyntaxError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join('; '));
+  }
+}
+
+/** Parses file text as JSON (.json) or YAML (anything else; YAML is a superset of JSON). */
+export async function parseYamlOrJson(text: string, file: string): Promise<unknown> {
+  if (extname(file).toLowerCase() === '.json') {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new ConfigSyntaxError([`(syntax): ${(e as Error).message}`]);
+    }
+  }
+  // Loaded on first use: the yaml parser is the largest module on this path.
+  const mod = await import('yaml');
+  // In the agent's bundle (esbuild, split at dynamic imports) a CommonJS package imported
+  // this way offers only its `default`; Node's own loader offers the named exports too.
+  const YAML = 'parseDocument' in mod ? mod : (mod as { default: typeof mod }).default;
+  const parsed = YAML.parseDocument(text, { prettyErrors: true });
+  if (parsed.errors.length) throw new ConfigSyntaxError(parsed.errors.slice(0, 5).map((e) => `(syntax): ${e.message.split('\n')[0]}`));
+  return parsed.toJS();
 }

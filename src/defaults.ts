@@ -18,6 +18,14 @@ export const DEFAULTS = {
   serviceCIDR: '10.96.0.0/12',
   /** How often the agent reads address notifications (RTM_NEWADDR/DELADDR) for NodePorts. */
   nodeAddrPollMs: 200,
+  /**
+   * Routes to other nodes' pods (src/dataplane/node-routes.ts): the kernel vxlan device used
+   * for peers not on a shared link, its VNI and UDP port (IANA's 4789; Linux's own default,
+   * 8472, is what flannel uses: pick another VNI/port to run beside it).
+   */
+  vxlanDevice: 'patu.vxlan',
+  vxlanVni: 1,
+  vxlanPort: 4789,
   /** Pod addresses of all nodes: never masqueraded. */
   clusterCIDR: '10.200.0.0/16',
   /** The node's pod subnet when neither ipam.ranges nor podCIDR is given: the first /24 of clusterCIDR. */

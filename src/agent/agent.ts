@@ -3,6 +3,7 @@
 //   - with --accel, switches on same-node socket acceleration (pinned: survives restarts),
 //   - with --services-file, watches a services file and programs ClusterIP load balancing,
 //   - with --policy-file, watches a policy file and enforces its NetworkPolicies (src/policy),
+//   - with --nodes-file, routes to the other nodes' pods (direct or VXLAN: src/nodes),
 //   - or with --kubernetes, takes services, endpoints, pod opt-outs and the pod subnet
 //     from the apiserver (src/k8s), and serves /metrics, /healthz, /readyz.
 //   - or with --manager (split mode, src/agent/split.ts), does none of the kernel's part
@@ -28,6 +29,12 @@ export interface AgentOptions {
   cgroupFs?: string;
   accel: boolean;
   servicesFile?: string;
+  /** Route to the other nodes' pods from this nodes file (watched; a bad edit keeps the last good routes). */
+  nodesFile?: string;
+  /** Node routing: auto (direct on a shared link, else VXLAN), direct or vxlan; VXLAN's VNI and port. */
+  nodeRouting?: { mode?: 'auto' | 'direct' | 'vxlan'; vni?: number; port?: number };
+  /** --node-name for --nodes-file (default NODE_NAME, else the hostname). */
+  nodeName?: string;
   /** Enforce the NetworkPolicies of this policy file (watched; a bad edit keeps the last good state). */
   policyFile?: string;
   /** The pod bridge whose veths the policy programs attach to at start (--bridge; default: every patu veth). */
@@ -83,6 +90,7 @@ export function kernelOptionsGiven(opts: AgentOptions): string[] {
   if (opts.cgroup !== undefined) given.push('--cgroup');
   if (opts.cgroupFs !== undefined) given.push('--cgroup-fs');
   if (opts.hostPorts === true) given.push('--hostports');
+  if (opts.nodesFile !== undefined) given.push('--nodes-file');
   return given;
 }
 
@@ -150,6 +158,15 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       },
       onRepair: (repair) => log.warn({ pinRoot: opts.pinRoot, repair }, 'service map pins repaired'),
     }));
+  }
+
+  if (opts.nodesFile) {
+    if (opts.kubernetes) throw new Error('agent: --nodes-file and --kubernetes both give the node list (Kubernetes: the Node objects); use one');
+    const { startNodesFile } = await import('./nodes-watch.js');
+    const { resolveNodeName } = await import('../k8s/agent-k8s.js');
+    const nodeName = resolveNodeName(opts.nodeName, process.env);
+    const stop = await startNodesFile(opts.nodesFile, log, { nodeName, ...opts.nodeRouting });
+    closers.push(stop);
   }
 
   let policyFileEngine: import('../policy/engine.js').PolicyEngine | undefined;

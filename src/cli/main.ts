@@ -176,11 +176,23 @@ export function buildProgram(): Command {
     .option('--accel', 'switch on same-node socket acceleration at start')
     .option('--policy-file <path>', 'watch this policy file (a YAML stream of Namespace, NetworkPolicy, Pod) and enforce its NetworkPolicies on the pod veths; a bad edit keeps the last good state')
     .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it (an empty file is an error: write "services: []")')
+    .option('--nodes-file <path>', 'route to the other nodes\' pods from this nodes file (YAML/JSON: nodes: [{name, podCIDR, address}], this node included; watched, a bad edit keeps the last good routes; docs/multinode.md)')
+    .addOption(new Option('--node-routing <mode>', 'routes to other nodes: auto (direct when the node is on a shared link, else VXLAN), direct, or vxlan').choices(['auto', 'direct', 'vxlan']).default('auto'))
+    .option('--vxlan-vni <n>', `VXLAN network identifier of patu's vxlan device (default ${DEFAULTS.vxlanVni})`, (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 0xffffff) throw new Error(`--vxlan-vni: want 1 to 16777215, got '${v}'`);
+      return n;
+    })
+    .option('--vxlan-port <port>', `UDP port of patu's VXLAN (default ${DEFAULTS.vxlanPort})`, (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--vxlan-port: want 1 to 65535, got '${v}'`);
+      return n;
+    })
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs (default: the root of the cgroup2 hierarchy, found in /proc/self/mountinfo)')
     .option('--cgroup-fs <dir>', 'look for the cgroup2 root only at or below DIR; in a container: where the host\'s /sys/fs/cgroup is mounted (it is checked to be the host\'s root, not the container\'s own)')
     .option('--kubernetes', 'take services, endpoints, pod acceleration opt-outs and the pod subnet from the Kubernetes API')
     .option('--kubeconfig <file>', 'with --kubernetes outside a pod: the kubeconfig to use (in a pod the ServiceAccount is used)')
-    .option('--node-name <name>', 'with --kubernetes: this node\'s name (default: $NODE_NAME, else the hostname)')
+    .option('--node-name <name>', 'with --kubernetes or --nodes-file: this node\'s name (default: $NODE_NAME, else the hostname)')
     .option('--cluster-cidr <cidr>', 'with --kubernetes: pod addresses of the cluster; its first /24 is the pod subnet when the Node has no spec.podCIDR', DEFAULTS.clusterCIDR)
     .option('--service-cidr <cidr>', `the cluster's service CIDR (IPv4, /8 or longer): a connect or send to an address in it that no service port answers is refused with ECONNREFUSED instead of leaving the node ('' = none; default with --kubernetes: ${DEFAULTS.serviceCIDR}, with --services-file: none)`)
     .option('--cni-conf-dir <dir>', `with --kubernetes: where to write ${DEFAULTS.conflistName} (empty: do not write)`, DEFAULTS.cniConfDir)
@@ -234,6 +246,13 @@ export function buildProgram(): Command {
         ...(opts.cgroupFs ? { cgroupFs: opts.cgroupFs } : {}),
         accel: Boolean(opts.accel),
         ...(opts.servicesFile ? { servicesFile: opts.servicesFile } : {}),
+        ...(opts.nodesFile
+          ? {
+            nodesFile: opts.nodesFile,
+            ...(opts.nodeName ? { nodeName: opts.nodeName } : {}),
+            nodeRouting: { mode: opts.nodeRouting, ...(opts.vxlanVni ? { vni: opts.vxlanVni } : {}), ...(opts.vxlanPort ? { port: opts.vxlanPort } : {}) },
+          }
+          : {}),
         ...(opts.policyFile ? { policyFile: opts.policyFile, policyBridge: opts.bridge } : {}),
         ...(opts.kubernetes
           ? {
@@ -291,6 +310,18 @@ export function buildProgram(): Command {
     .option('--bridge <name>', 'the host bridge: in the conflist, and the only one a CNI call over the API may name', DEFAULTS.bridge)
     .option('--data-dir <dir>', 'the IPAM state directory (hostPort records in <dir>/_hostports); the only one a CNI call over the API may name', DEFAULTS.dataDir)
     .option('--no-masquerade', 'the conflist does not masquerade traffic leaving the cluster CIDR')
+    .option('--nodes-file <path>', 'route to the other nodes\' pods from this nodes file (YAML/JSON: nodes: [{name, podCIDR, address}], this node included; watched, a bad edit keeps the last good routes; docs/multinode.md)')
+    .addOption(new Option('--node-routing <mode>', 'routes to other nodes: auto (direct when the node is on a shared link, else VXLAN), direct, or vxlan').choices(['auto', 'direct', 'vxlan']).default('auto'))
+    .option('--vxlan-vni <n>', `VXLAN network identifier of patu's vxlan device (default ${DEFAULTS.vxlanVni})`, (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 0xffffff) throw new Error(`--vxlan-vni: want 1 to 16777215, got '${v}'`);
+      return n;
+    })
+    .option('--vxlan-port <port>', `UDP port of patu's VXLAN (default ${DEFAULTS.vxlanPort})`, (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--vxlan-port: want 1 to 65535, got '${v}'`);
+      return n;
+    })
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs (default: the root of the cgroup2 hierarchy)')
     .option('--cgroup-fs <dir>', 'look for the cgroup2 root only at or below DIR (in a container: the host\'s /sys/fs/cgroup)')
     .option('--nodeport-devices <list>', 'comma-separated uplinks where packets from outside the node are translated to services by tc (default: none)', (v: string) => v.split(','))

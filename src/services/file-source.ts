@@ -5,8 +5,9 @@
 // watcher reloads on change and keeps the last good content when a new one is
 // bad, so a typo never unprograms anything.
 import { watch } from 'node:fs';
-import { extname } from 'node:path';
-import { FileWatcher, ReloadLoop, readConfigFile, type FileWatchOptions } from '../config-file.js';
+import { ConfigSyntaxError, FileWatcher, ReloadLoop, nestingDepth, parseYamlOrJson, readConfigFile, type FileWatchOptions } from '../config-file.js';
+
+export { nestingDepth };
 import { messageOf, PatuError } from '../errors.js';
 import { isIPv4 } from '../net/cidr.js';
 import {
@@ -239,44 +240,6 @@ export function validateServices(doc: unknown, file = '<input>'): ServiceWithEnd
   return out;
 }
 
-/** Parses file text as JSON (.json) or YAML (anything else; YAML is a superset of JSON). */
-/**
- * How deeply `text` nests, over-estimated cheaply in one pass: block indentation
- * levels plus "- " sequence markers on a line plus open flow brackets ([ {) outside
- * quotes. Checked before parsing, because parsing itself is what gets slow.
- */
-export function nestingDepth(text: string): number {
-  const indents: number[] = [];
-  let flow = 0;
-  let max = 0;
-  let quote = '';
-  for (const line of text.split('\n')) {
-    let i = 0;
-    if (!quote && flow === 0) {
-      while (i < line.length && line[i] === ' ') i++;
-      if (i === line.length || line[i] === '#') continue;
-      while (indents.length && indents[indents.length - 1]! >= i) indents.pop();
-      indents.push(i);
-      let seq = 0;
-      while (line.startsWith('- ', i + seq * 2)) seq++;
-      max = Math.max(max, indents.length + seq);
-    }
-    for (; i < line.length; i++) {
-      const c = line[i]!;
-      if (quote) {
-        if (c === quote) quote = '';
-        else if (c === '\\' && quote === '"') i++;
-        continue;
-      }
-      if (c === '#' && (i === 0 || line[i - 1] === ' ')) break;
-      if (c === '"' || (c === "'" && (i === 0 || /[\s\[{,:]/.test(line[i - 1]!)))) quote = c;
-      else if (c === '[' || c === '{') max = Math.max(max, indents.length + ++flow);
-      else if ((c === ']' || c === '}') && flow > 0) flow--;
-    }
-  }
-  return max;
-}
-
 export async function parseServicesText(text: string, file: string): Promise<ServiceWithEndpoints[]> {
   // A watcher often reads a file between a writer's truncate and its write: taken
   // as "no services", that read would wipe every service for a moment. So empty is
@@ -290,23 +253,11 @@ export async function parseServicesText(text: string, file: string): Promise<Ser
     throw new ServiceFileError(file, [`(syntax): nested ${depth} levels deep; a services file needs fewer than ${MAX_NESTING}`]);
   }
   let doc: unknown;
-  if (extname(file).toLowerCase() === '.json') {
-    try {
-      doc = JSON.parse(text);
-    } catch (e) {
-      throw new ServiceFileError(file, [`(syntax): ${messageOf(e)}`]);
-    }
-  } else {
-    // Loaded on first use: the yaml parser is the largest module on this path.
-    const mod = await import('yaml');
-    // In the agent's bundle (esbuild, split at dynamic imports) a CommonJS package imported
-    // this way offers only its `default`; Node's own loader offers the named exports too.
-    const YAML = 'parseDocument' in mod ? mod : (mod as { default: typeof mod }).default;
-    const parsed = YAML.parseDocument(text, { prettyErrors: true });
-    if (parsed.errors.length) {
-      throw new ServiceFileError(file, parsed.errors.slice(0, 5).map((e) => `(syntax): ${e.message.split('\n')[0]}`));
-    }
-    doc = parsed.toJS();
+  try {
+    doc = await parseYamlOrJson(text, file);
+  } catch (e) {
+    if (e instanceof ConfigSyntaxError) throw new ServiceFileError(file, e.problems);
+    throw e;
   }
   return validateServices(doc, file);
 }

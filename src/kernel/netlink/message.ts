@@ -87,6 +87,15 @@ export const IFLA_INFO_SLAVE_DATA = 5;
 
 export const VETH_INFO_PEER = 1;
 
+/** IFLA_INFO_DATA of a vxlan link (include/uapi/linux/if_link.h). */
+export const IFLA_VXLAN_ID = 1;
+export const IFLA_VXLAN_LINK = 3;
+export const IFLA_VXLAN_LOCAL = 4;
+export const IFLA_VXLAN_TTL = 5;
+export const IFLA_VXLAN_LEARNING = 7;
+/** The UDP destination port, in network byte order (big endian). */
+export const IFLA_VXLAN_PORT = 15;
+
 export const IFLA_BRPORT_STATE = 1;
 export const IFLA_BRPORT_MODE = 4; // hairpin
 export const IFLA_BRPORT_LEARNING = 8;
@@ -141,6 +150,11 @@ export const RTM_F_CLONED = 0x200;
 export const NDA_DST = 1;
 export const NDA_LLADDR = 2;
 export const NDA_IFINDEX = 8;
+
+/** ndm_flags: an FDB entry of the device itself (a vxlan's own table), not of a bridge master. */
+export const NTF_SELF = 0x02;
+/** rtm_flags: the gateway is on the link even without a matching subnet (`onlink`). */
+export const RTNH_F_ONLINK = 0x4;
 
 export const NUD_INCOMPLETE = 0x01;
 export const NUD_REACHABLE = 0x02;

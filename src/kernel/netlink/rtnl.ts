@@ -11,7 +11,7 @@ import {
   encodeIfInfo, decodeIfInfo, encodeIfAddr, decodeIfAddr, encodeRtMsg, decodeRtMsg, encodeNdMsg, decodeNdMsg,
   toNlPrefix, ipToBytes, bytesToIp, maskBytes, familyToAf, afToFamily, macToBytes, bytesToMac,
   RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR,
-  RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH, RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE,
+  RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH, RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE,
   encodeFibRuleHdr, decodeFibRuleHdr, FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE, FRA_PROTOCOL, FR_ACT_TO_TBL,
   IFLA_IFALIAS, IFALIASZ,
   NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_DUMP, NLM_F_ECHO,
@@ -22,7 +22,8 @@ import {
   IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS, IFA_F_NODAD,
   RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE,
   RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RTPROT_BOOT, RTPROT_UNSPEC, RTN_UNICAST, RTN_UNSPEC,
-  RTM_F_CLONED, NDA_DST, NDA_LLADDR, NDA_IFINDEX, NUD_PERMANENT, NUD_REACHABLE,
+  RTM_F_CLONED, NDA_DST, NDA_LLADDR, NDA_IFINDEX, NUD_PERMANENT, NUD_REACHABLE, NUD_NOARP, NTF_SELF, RTNH_F_ONLINK,
+  IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT,
 } from './message.js';
 
 export interface LinkInfo {
@@ -49,6 +50,64 @@ export interface LinkInfo {
   hairpin?: boolean;
   /** IFLA_IFALIAS (`ip link set x alias ...`), when the link has one. */
   alias?: string;
+  /** A vxlan link's settings (IFLA_INFO_DATA), as the kernel reports them. */
+  vxlan?: { vni: number; local?: string; port: number; learning: boolean };
+}
+
+/** A vxlan device as patu makes them: unicast only (per-peer FDB entries), no learning. */
+export interface VxlanOptions {
+  /** VXLAN network identifier (24 bits). */
+  vni: number;
+  /** UDP destination port (IANA: 4789). */
+  port: number;
+  /** The node's own (underlay) address: the outer source. */
+  local: string;
+  mtu?: number;
+  mac?: string;
+}
+
+/**
+ * The RTM_NEWLINK body that creates a vxlan link (exported for the encoding's unit test).
+ * Learning is off: every peer's MAC and address are programmed (FDB), none learnt from
+ * what arrives, so a spoofed outer source cannot redirect a pod subnet.
+ */
+export function vxlanLinkBody(name: string, o: VxlanOptions): Buffer[] {
+  checkName(name, 'vxlan');
+  if (!Number.isInteger(o.vni) || o.vni < 1 || o.vni > 0xffffff) throw new Error(`vxlan '${name}': vni ${o.vni}: want 1 to 16777215`);
+  if (!Number.isInteger(o.port) || o.port < 1 || o.port > 65535) throw new Error(`vxlan '${name}': port ${o.port}: want 1 to 65535`);
+  const local = ipToBytes(o.local);
+  if (local.length !== 4) throw new Error(`vxlan '${name}': local ${o.local}: IPv4 only`);
+  const body = [encodeIfInfo({}), attrStr(IFLA_IFNAME, name)];
+  if (o.mtu !== undefined) body.push(attrU32(IFLA_MTU, o.mtu));
+  if (o.mac !== undefined) body.push(attr(IFLA_ADDRESS, macToBytes(o.mac)));
+  const port = Buffer.alloc(2);
+  port.writeUInt16BE(o.port);
+  body.push(attrNested(IFLA_LINKINFO, [
+    attrStr(IFLA_INFO_KIND, 'vxlan'),
+    attrNested(IFLA_INFO_DATA, [
+      attrU32(IFLA_VXLAN_ID, o.vni),
+      attr(IFLA_VXLAN_LOCAL, local),
+      attr(IFLA_VXLAN_PORT, port),
+      attrU8(IFLA_VXLAN_LEARNING, 0),
+    ]),
+  ]));
+  return body;
+}
+
+/** An entry of a vxlan device's own forwarding table: frames for `mac` go to `dst` (the peer's underlay address). */
+export interface FdbEntry {
+  index: number;
+  mac: string;
+  dst: string;
+}
+
+/** The RTM_NEWNEIGH/RTM_DELNEIGH body of a vxlan FDB entry (`bridge fdb ... dev X dst Y self permanent`). */
+export function fdbBody(e: FdbEntry): Buffer[] {
+  return [
+    encodeNdMsg({ family: AF_BRIDGE, index: e.index, state: NUD_PERMANENT | NUD_NOARP, flags: NTF_SELF }),
+    attr(NDA_LLADDR, macToBytes(e.mac)),
+    attr(NDA_DST, ipToBytes(e.dst)),
+  ];
 }
 
 export interface AddressInfo {
@@ -77,6 +136,8 @@ export interface Route {
   family?: Family;
   /** RTN_* route type, reported by listRoutes. */
   type?: number;
+  /** RTNH_F_ONLINK: the gateway is taken to be on `oif` whatever its subnets (`ip route ... onlink`). */
+  onlink?: boolean;
 }
 
 /** A policy routing rule (`ip rule`): traffic matching from/to looks up `table`. */
@@ -201,6 +262,14 @@ export class Rtnl {
     if (opts.mac !== undefined) body.push(attr(IFLA_ADDRESS, macToBytes(opts.mac)));
     body.push(attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'bridge')]));
     this.sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, { object: `bridge '${name}'` });
+  }
+
+  /** Creates a vxlan link (vxlanLinkBody); returns it as the kernel echoes it (undefined without an echo). */
+  createVxlan(name: string, opts: VxlanOptions): LinkInfo | undefined {
+    const echoed = this.sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, vxlanLinkBody(name, opts), { object: `vxlan '${name}' (vni ${opts.vni}, port ${opts.port}, local ${opts.local})` })
+      .find((m) => m.type === RTM_NEWLINK);
+    const link = echoed ? parseLink(echoed) : undefined;
+    return link && link.name === name ? link : undefined;
   }
 
   /**
@@ -383,6 +452,7 @@ export class Rtnl {
     const body = [encodeRtMsg({
       family: familyToAf(family), dstLen, table: table < 256 ? table : 0,
       protocol: r.protocol ?? (isDel ? RTPROT_UNSPEC : RTPROT_BOOT), scope, type: isDel ? RTN_UNSPEC : RTN_UNICAST,
+      flags: r.onlink ? RTNH_F_ONLINK : 0,
     })];
     body.push(attrU32(RTA_TABLE, table));
     if (dstBytes && dstLen > 0) body.push(attr(RTA_DST, dstBytes));
@@ -435,6 +505,7 @@ export class Rtnl {
       if (src) r.src = bytesToIp(src);
       const metric = a.u32(RTA_PRIORITY);
       if (metric !== undefined) r.metric = metric;
+      if (h.flags & RTNH_F_ONLINK) r.onlink = true;
       out.push(r);
     }
     return out;
@@ -507,6 +578,51 @@ export class Rtnl {
     this.onLink(n.index, `adding neighbour ${n.ip} lladdr ${n.mac} on`, () => this.sock.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, body, { object: '' }));
   }
 
+  /** Adds or updates a permanent neighbour entry (`ip neigh replace ... nud permanent`). */
+  replaceNeighbour(n: { index: number; ip: string; mac: string }): void {
+    const ip = ipToBytes(n.ip);
+    const body = [
+      encodeNdMsg({ family: ip.length === 4 ? AF_INET : AF_INET6, index: n.index, state: NUD_PERMANENT }),
+      attr(NDA_DST, ip),
+      attr(NDA_LLADDR, macToBytes(n.mac)),
+    ];
+    this.onLink(n.index, `replacing neighbour ${n.ip} lladdr ${n.mac} on`, () => this.sock.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, { object: '' }));
+  }
+
+  deleteNeighbour(n: { index: number; ip: string }): void {
+    const ip = ipToBytes(n.ip);
+    const body = [encodeNdMsg({ family: ip.length === 4 ? AF_INET : AF_INET6, index: n.index }), attr(NDA_DST, ip)];
+    this.onLink(n.index, `deleting neighbour ${n.ip} on`, () => this.sock.request(RTM_DELNEIGH, 0, body, { object: '' }));
+  }
+
+  // ------------------------------------------------------------------ vxlan FDB
+
+  /** Adds or updates a vxlan FDB entry (`bridge fdb replace MAC dev X dst IP self permanent`). */
+  replaceFdb(e: FdbEntry): void {
+    this.onLink(e.index, `replacing fdb ${e.mac} dst ${e.dst} on`, () => this.sock.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, fdbBody(e), { object: '' }));
+  }
+
+  deleteFdb(e: FdbEntry): void {
+    this.onLink(e.index, `deleting fdb ${e.mac} dst ${e.dst} on`, () => this.sock.request(RTM_DELNEIGH, 0, fdbBody(e), { object: '' }));
+  }
+
+  /** The FDB entries of one device that name a remote (NDA_DST): a vxlan's unicast table. */
+  listFdb(index: number): FdbEntry[] {
+    const msgs = this.sock.request(RTM_GETNEIGH, NLM_F_DUMP, [encodeNdMsg({ family: AF_BRIDGE })], { object: `fdb of link #${index} (dump)` });
+    const out: FdbEntry[] = [];
+    for (const m of msgs) {
+      if (m.type !== RTM_NEWNEIGH) continue;
+      const h = decodeNdMsg(m.payload);
+      if (h.family !== AF_BRIDGE || h.index !== index) continue;
+      const a = AttrMap.parse(m.payload, 12);
+      const ll = a.get(NDA_LLADDR);
+      const dst = a.get(NDA_DST);
+      if (!ll || !dst) continue;
+      out.push({ index, mac: bytesToMac(ll), dst: bytesToIp(dst) });
+    }
+    return out;
+  }
+
   listNeighbours(index?: number): Neighbour[] {
     // Strict dump checking refuses an index in the header; the filter goes in NDA_IFINDEX.
     const body = [encodeNdMsg({})];
@@ -569,6 +685,15 @@ function parseLink(m: NlMsg): LinkInfo {
     if (sk === 'bridge') {
       const mode = li.nested(IFLA_INFO_SLAVE_DATA)?.u8(IFLA_BRPORT_MODE);
       if (mode !== undefined) l.hairpin = mode !== 0;
+    }
+    if (kind === 'vxlan') {
+      const d = li.nested(IFLA_INFO_DATA);
+      if (d) {
+        const local = d.get(IFLA_VXLAN_LOCAL);
+        const port = d.get(IFLA_VXLAN_PORT);
+        l.vxlan = { vni: d.u32(IFLA_VXLAN_ID) ?? 0, port: port && port.length >= 2 ? port.readUInt16BE(0) : 0, learning: (d.u8(IFLA_VXLAN_LEARNING) ?? 1) !== 0 };
+        if (local) l.vxlan.local = bytesToIp(local);
+      }
     }
   }
   return l;

@@ -1,0 +1,192 @@
+// Several nodes as network namespaces, each with its own patu bridge and pods made by the
+// real CNI plugin (run inside the node's netns), and the agent's node routing
+// (startNodesFile: the same code as `patu agent --nodes-file`) driven for each node:
+//   - nodes A and B share a link (a veth between them): direct routes;
+//   - nodes C and D sit on two subnets joined by a router netns: VXLAN;
+//   - a node leaving the file takes its routes, FDB and neighbour entries with it, rejoining
+//     restores them; an overlapping pod CIDR is refused and logged;
+//   - a restart (a fresh sync on the same kernel state) changes nothing.
+// Needs root. Nothing leaves the namespaces the test makes.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { addNetns, delNetns, isRoot, netnsPath, nsRun, ping, tcpExchange, PATU_BIN } from '../helpers/cni.js';
+import { startNodesFile } from '../../src/agent/nodes-watch.js';
+import { createLog } from '../../src/agent/log.js';
+import { NODE_ROUTES_RTPROT } from '../../src/dataplane/node-routes.js';
+
+const skip = !isRoot() ? 'needs root (netns, links)' : false;
+const tag = `mn${process.pid.toString(36)}`;
+const dir = mkdtempSync(join(tmpdir(), `${tag}-`));
+const made: string[] = [];
+const stops: (() => void)[] = [];
+
+after(() => {
+  for (const s of stops) s();
+  for (const ns of made.reverse()) delNetns(ns);
+  rmSync(dir, { recursive: true, force: true });
+  rmSync(`/sys/fs/bpf/patu-test-${tag}`, { recursive: true, force: true });
+});
+
+function sh(ns: string, cmd: string): string {
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-ec', cmd], { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`[${ns}] ${cmd}: exit ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
+
+function netns(name: string): string {
+  const ns = `${tag}${name}`;
+  addNetns(ns);
+  made.push(ns);
+  return ns;
+}
+
+/** A node: a netns with forwarding on and one uplink address. */
+function node(name: string): string {
+  const ns = netns(name);
+  sh(ns, 'sysctl -qw net.ipv4.ip_forward=1');
+  return ns;
+}
+
+/** Joins two netns with a veth pair (ends named `link` in both), with an address on each end. */
+function wire(a: string, aAddr: string, b: string, bAddr: string, link = 'up0', peer = link): void {
+  const tmpA = `${tag}a${made.length}`.slice(0, 15);
+  const tmpB = `${tag}b${made.length}`.slice(0, 15);
+  assert.equal(spawnSync('ip', ['link', 'add', tmpA, 'netns', a, 'type', 'veth', 'peer', 'name', tmpB, 'netns', b]).status, 0);
+  sh(a, `ip link set ${tmpA} name ${link} && ip addr add ${aAddr} dev ${link} && ip link set ${link} up`);
+  sh(b, `ip link set ${tmpB} name ${peer} && ip addr add ${bAddr} dev ${peer} && ip link set ${peer} up`);
+}
+
+/** A pod on `nodeNs` made by the real plugin running inside the node's netns; returns its address. */
+function pod(nodeNs: string, name: string, subnet: string): { ns: string; ip: string } {
+  const ns = netns(name);
+  const netconf = {
+    cniVersion: '1.1.0', name: `${tag}net`, type: 'patu', bridge: 'patu0', mtu: 1450, masquerade: false,
+    ipam: { ranges: [[{ subnet }]], dataDir: join(dir, `ipam-${nodeNs}`) },
+    pinRoot: `/sys/fs/bpf/patu-test-${tag}`, agentSocket: join(dir, 'no-agent.sock'),
+  };
+  const env = {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    CNI_COMMAND: 'ADD', CNI_CONTAINERID: `${ns}-c`, CNI_NETNS: netnsPath(ns), CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni',
+  };
+  const r = spawnSync('ip', ['netns', 'exec', nodeNs, PATU_BIN], { env, input: JSON.stringify(netconf), encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, `ADD on ${nodeNs}: ${r.stdout} ${r.stderr}`);
+  const ip = JSON.parse(r.stdout).ips[0].address.split('/')[0] as string;
+  return { ns, ip };
+}
+
+interface Logged { msg: string; [k: string]: unknown }
+
+async function routing(nodeNs: string, nodeName: string, file: string): Promise<Logged[]> {
+  const lines: Logged[] = [];
+  const log = createLog({ level: 'info', write: (l) => void lines.push(JSON.parse(l) as Logged) });
+  stops.push(await startNodesFile(file, log, { nodeName, netns: netnsPath(nodeNs) }));
+  return lines;
+}
+
+const ourRoutes = (ns: string): string => sh(ns, `ip route show proto ${NODE_ROUTES_RTPROT}`).trim();
+const until = async (what: string, fn: () => boolean, ms = 5_000): Promise<void> => {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+};
+
+test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { skip }, async () => {
+  const a = node('A');
+  const b = node('B');
+  wire(a, '192.168.77.1/24', b, '192.168.77.2/24');
+  const pa = pod(a, 'pa', '10.244.0.0/24');
+  const pb = pod(b, 'pb', '10.244.1.0/24');
+  const file = join(dir, 'direct.yaml');
+  writeFileSync(file, `nodes:
+  - { name: a, podCIDR: 10.244.0.0/24, address: 192.168.77.1 }
+  - { name: b, podCIDR: 10.244.1.0/24, address: 192.168.77.2 }
+`);
+  await routing(a, 'a', file);
+  await routing(b, 'b', file);
+  assert.match(ourRoutes(a), /^10\.244\.1\.0\/24 via 192\.168\.77\.2 dev up0/);
+  assert.match(ourRoutes(b), /^10\.244\.0\.0\/24 via 192\.168\.77\.1 dev up0/);
+  assert.equal(sh(a, 'ip -o link show type vxlan').trim(), '', 'no vxlan device for direct peers');
+  for (const [from, to] of [[pa, pb], [pb, pa]] as const) {
+    const p = ping(from.ns, to.ip);
+    assert.ok(p.ok, `${from.ns} -> ${to.ip}: ${p.out}`);
+  }
+  const t = await tcpExchange(pb.ns, pa.ns, pb.ip, 7070);
+  assert.ok(t.ok, t.detail);
+});
+
+test('nodes on two subnets behind a router: VXLAN, pod to pod; leave and rejoin; overlap refused; restart idempotent', { skip }, async () => {
+  const c = node('C');
+  const d = node('D');
+  const r = node('R');
+  wire(c, '192.168.78.1/24', r, '192.168.78.254/24', 'up0', 'toc');
+  wire(d, '192.168.79.1/24', r, '192.168.79.254/24', 'up0', 'tod');
+  sh(c, 'ip route add default via 192.168.78.254');
+  sh(d, 'ip route add default via 192.168.79.254');
+  const pc = pod(c, 'pc', '10.245.0.0/24');
+  const pd = pod(d, 'pd', '10.245.1.0/24');
+  const file = join(dir, 'vxlan.yaml');
+  const both = `nodes:
+  - { name: c, podCIDR: 10.245.0.0/24, address: 192.168.78.1 }
+  - { name: d, podCIDR: 10.245.1.0/24, address: 192.168.79.1 }
+`;
+  writeFileSync(file, both);
+  const logC = await routing(c, 'c', file);
+  await routing(d, 'd', file);
+  assert.match(ourRoutes(c), /^10\.245\.1\.0\/24 via 10\.245\.1\.0 dev patu\.vxlan onlink/);
+  const vx = JSON.parse(sh(c, 'ip -j -d link show patu.vxlan'))[0];
+  assert.equal(vx.linkinfo.info_data.id, 1);
+  assert.equal(vx.linkinfo.info_data.port, 4789);
+  assert.equal(vx.linkinfo.info_data.local, '192.168.78.1');
+  assert.equal(vx.linkinfo.info_data.learning, false);
+  assert.equal(vx.mtu, 1450, 'uplink 1500 - 50');
+  assert.match(sh(c, 'bridge fdb show dev patu.vxlan'), /0e:70:c0:a8:4f:01 dst 192\.168\.79\.1 self permanent/);
+  assert.match(sh(c, 'ip neigh show dev patu.vxlan'), /10\.245\.1\.0 lladdr 0e:70:c0:a8:4f:01 PERMANENT/);
+  for (const [from, to] of [[pc, pd], [pd, pc]] as const) {
+    const p = ping(from.ns, to.ip);
+    assert.ok(p.ok, `${from.ns} -> ${to.ip}: ${p.out}`);
+  }
+  // Large packets fit: the pods' MTU (1450) is the vxlan device's.
+  const big = nsRun(pc.ns, ['busybox', 'ping', '-c', '1', '-W', '2', '-s', '1400', pd.ip]);
+  assert.equal(big.status, 0, big.stdout + big.stderr);
+  const t = await tcpExchange(pd.ns, pc.ns, pd.ip, 7071);
+  assert.ok(t.ok, t.detail);
+  // The router saw only VXLAN between the nodes, never a pod address.
+  assert.equal(sh(r, 'ip route').includes('10.245'), false);
+
+  // d leaves: its route, FDB and neighbour entries go (and the vxlan device, with no VXLAN peer left).
+  writeFileSync(file, `nodes:
+  - { name: c, podCIDR: 10.245.0.0/24, address: 192.168.78.1 }
+`);
+  await until('d removed on c', () => ourRoutes(c) === '');
+  assert.equal(sh(c, 'ip -o link show type vxlan').trim(), '');
+  assert.equal(ping(pc.ns, pd.ip).ok, false, 'no route to a node that left');
+  // Rejoining restores everything.
+  writeFileSync(file, both);
+  await until('d back on c', () => ourRoutes(c) !== '');
+  assert.match(sh(c, 'bridge fdb show dev patu.vxlan'), /0e:70:c0:a8:4f:01 dst 192\.168\.79\.1/);
+  await until('ping after rejoin', () => ping(pc.ns, pd.ip).ok, 8_000);
+
+  // An overlapping node is refused and logged; the good peer stays routed; a bad edit keeps the last good state.
+  writeFileSync(file, `${both}  - { name: e, podCIDR: 10.245.0.128/25, address: 192.168.78.9 }\n`);
+  await until('overlap logged', () => logC.some((l) => l.msg === 'node not routed' && l.node === 'e'));
+  assert.match(String(logC.find((l) => l.node === 'e')!.reason), /overlaps this node's/);
+  assert.equal(ourRoutes(c).includes('10.245.0.128'), false);
+  writeFileSync(file, 'nodes:\n  - { name: c, podCIDR: nonsense, address: 192.168.78.1 }\n');
+  await until('bad file logged', () => logC.some((l) => l.msg.startsWith('nodes file rejected')));
+  assert.match(String(logC.find((l) => l.msg.startsWith('nodes file rejected'))!.err), /nodes\[0\]\.podCIDR/);
+  assert.match(ourRoutes(c), /10\.245\.1\.0\/24/, 'last good routes kept');
+
+  // A restart: a fresh sync over the same kernel state adds and removes nothing.
+  writeFileSync(file, both);
+  await new Promise((res) => setTimeout(res, 300));
+  const before = ourRoutes(c) + sh(c, 'bridge fdb show dev patu.vxlan') + sh(c, 'ip neigh show dev patu.vxlan');
+  const again = await routing(c, 'c', file);
+  assert.equal(again.filter((l) => l.msg === 'routes to other nodes programmed').length, 0, JSON.stringify(again));
+  assert.equal(ourRoutes(c) + sh(c, 'bridge fdb show dev patu.vxlan') + sh(c, 'ip neigh show dev patu.vxlan'), before);
+});
