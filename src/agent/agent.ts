@@ -32,7 +32,9 @@ export interface AgentOptions {
   /** Route to the other nodes' pods from this nodes file (watched; a bad edit keeps the last good routes). */
   nodesFile?: string;
   /** Node routing: auto (direct on a shared link, else VXLAN), direct or vxlan; VXLAN's VNI and port. */
-  nodeRouting?: { mode?: 'auto' | 'direct' | 'vxlan'; vni?: number; port?: number };
+  nodeRouting?: { mode?: 'auto' | 'direct' | 'vxlan' | 'off'; vni?: number; port?: number };
+  /** --pod-mtu: the MTU the conflist gives pods (Kubernetes mode); undefined: detected (see KubernetesAgentOptions.podMtu). */
+  podMtu?: number;
   /** --node-name for --nodes-file (default NODE_NAME, else the hostname). */
   nodeName?: string;
   /** Enforce the NetworkPolicies of this policy file (watched; a bad edit keeps the last good state). */
@@ -165,7 +167,9 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     const { startNodesFile } = await import('./nodes-watch.js');
     const { resolveNodeName } = await import('../k8s/agent-k8s.js');
     const nodeName = resolveNodeName(opts.nodeName, process.env);
-    const stop = await startNodesFile(opts.nodesFile, log, { nodeName, ...opts.nodeRouting });
+    const { mode, ...rest } = opts.nodeRouting ?? {};
+    if (mode === 'off') throw new Error('agent: --nodes-file is for routing between nodes: --node-routing off contradicts it');
+    const stop = await startNodesFile(opts.nodesFile, log, { nodeName, ...rest, ...(mode ? { mode } : {}) });
     closers.push(stop);
   }
 
@@ -215,8 +219,11 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       const detached = policyPinned(opts.pinRoot) ? teardownPolicy(opts.pinRoot) : 0;
       log.info({ detached }, 'network policy off (--network-policy=off): NetworkPolicies are not enforced by patu');
     }
+    const routing = opts.nodeRouting;
+    if (opts.podMtu !== undefined) opts.kubernetes = { ...opts.kubernetes, podMtu: opts.podMtu };
     const k8s = await startKubernetes({
       ...(policy ? { policy } : {}),
+      ...(routing ? { nodeRouting: routing.mode === 'off' ? false : { ...(routing.mode ? { mode: routing.mode } : {}), ...(routing.vni ? { vni: routing.vni } : {}), ...(routing.port ? { port: routing.port } : {}) } } : {}),
       ...(opts.podNetworks !== undefined ? { podNetworks: opts.podNetworks } : {}),
       ...opts.kubernetes,
       // The agent is where the process environment is read: the layers below get values.

@@ -2,7 +2,7 @@
 // (src/nodes/file-source.ts), kept in step with it; a bad edit keeps the last good
 // routes. The Kubernetes source feeds the same NodeRoutesSync from the Node objects.
 import { NodesFileWatcher } from '../nodes/file-source.js';
-import { NodeRoutesSync, type NodeRoutesSyncOptions } from '../nodes/routes-sync.js';
+import { NodeRoutesSync, nodeRoutesLogging, type NodeRoutesSyncOptions } from '../nodes/routes-sync.js';
 import type { Log } from './log.js';
 
 export async function startNodesFile(file: string, log: Log, opts: Omit<NodeRoutesSyncOptions, 'onApplied' | 'onRefused' | 'onNoSelf'>): Promise<() => void> {
@@ -22,16 +22,5 @@ export async function startNodesFile(file: string, log: Log, opts: Omit<NodeRout
   return () => {
     watcher.close();
     sync.close();
-  };
-}
-
-/** The log lines of node routing, the same for both sources. */
-export function nodeRoutesLogging(log: Log, base: Record<string, unknown>): Pick<NodeRoutesSyncOptions, 'onApplied' | 'onRefused' | 'onNoSelf'> {
-  return {
-    onApplied: (r) => {
-      if (r.added || r.removed) log.info({ ...base, routes: r.routes.map((x) => `${x.podCIDR} ${x.via} via ${x.gateway} (${x.node})`), added: r.added, removed: r.removed, vxlanMtu: r.vxlanMtu, ms: r.ms }, 'routes to other nodes programmed');
-    },
-    onRefused: (node, reason) => log.error({ ...base, node: node.name, reason }, 'node not routed'),
-    onNoSelf: (name) => log.warn({ ...base, nodeName: name }, 'this node is not in the node list: no routes to other nodes'),
   };
 }

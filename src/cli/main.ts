@@ -177,7 +177,7 @@ export function buildProgram(): Command {
     .option('--policy-file <path>', 'watch this policy file (a YAML stream of Namespace, NetworkPolicy, Pod) and enforce its NetworkPolicies on the pod veths; a bad edit keeps the last good state')
     .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it (an empty file is an error: write "services: []")')
     .option('--nodes-file <path>', 'route to the other nodes\' pods from this nodes file (YAML/JSON: nodes: [{name, podCIDR, address}], this node included; watched, a bad edit keeps the last good routes; docs/multinode.md)')
-    .addOption(new Option('--node-routing <mode>', 'routes to other nodes: auto (direct when the node is on a shared link, else VXLAN), direct, or vxlan').choices(['auto', 'direct', 'vxlan']).default('auto'))
+    .addOption(new Option('--node-routing <mode>', 'with --nodes-file or --kubernetes (the Node objects): routes to the other nodes\' pods: auto (direct when the node is on a shared link, else VXLAN), direct, vxlan, or off (--kubernetes: something else routes between nodes)').choices(['auto', 'direct', 'vxlan', 'off']).default('auto'))
     .option('--vxlan-vni <n>', `VXLAN network identifier of patu's vxlan device (default ${DEFAULTS.vxlanVni})`, (v: string) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 1 || n > 0xffffff) throw new Error(`--vxlan-vni: want 1 to 16777215, got '${v}'`);
@@ -186,6 +186,12 @@ export function buildProgram(): Command {
     .option('--vxlan-port <port>', `UDP port of patu's VXLAN (default ${DEFAULTS.vxlanPort})`, (v: string) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--vxlan-port: want 1 to 65535, got '${v}'`);
+      return n;
+    })
+    .option('--pod-mtu <mtu>', 'with --kubernetes: the MTU the conflist gives pods (\'\' or absent: the uplink\'s minus 50 when node routing may use VXLAN, so pods fit the tunnel; else 1500)', (v: string) => {
+      if (v.trim() === '') return undefined;
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 576 || n > 65535) throw new Error(`--pod-mtu: want 576 to 65535, got '${v}'`);
       return n;
     })
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs (default: the root of the cgroup2 hierarchy, found in /proc/self/mountinfo)')
@@ -246,13 +252,9 @@ export function buildProgram(): Command {
         ...(opts.cgroupFs ? { cgroupFs: opts.cgroupFs } : {}),
         accel: Boolean(opts.accel),
         ...(opts.servicesFile ? { servicesFile: opts.servicesFile } : {}),
-        ...(opts.nodesFile
-          ? {
-            nodesFile: opts.nodesFile,
-            ...(opts.nodeName ? { nodeName: opts.nodeName } : {}),
-            nodeRouting: { mode: opts.nodeRouting, ...(opts.vxlanVni ? { vni: opts.vxlanVni } : {}), ...(opts.vxlanPort ? { port: opts.vxlanPort } : {}) },
-          }
-          : {}),
+        ...(opts.nodesFile ? { nodesFile: opts.nodesFile, ...(opts.nodeName ? { nodeName: opts.nodeName } : {}) } : {}),
+        ...(opts.podMtu !== undefined ? { podMtu: opts.podMtu } : {}),
+        nodeRouting: { mode: opts.nodeRouting, ...(opts.vxlanVni ? { vni: opts.vxlanVni } : {}), ...(opts.vxlanPort ? { port: opts.vxlanPort } : {}) },
         ...(opts.policyFile ? { policyFile: opts.policyFile, policyBridge: opts.bridge } : {}),
         ...(opts.kubernetes
           ? {
@@ -311,7 +313,7 @@ export function buildProgram(): Command {
     .option('--data-dir <dir>', 'the IPAM state directory (hostPort records in <dir>/_hostports); the only one a CNI call over the API may name', DEFAULTS.dataDir)
     .option('--no-masquerade', 'the conflist does not masquerade traffic leaving the cluster CIDR')
     .option('--nodes-file <path>', 'route to the other nodes\' pods from this nodes file (YAML/JSON: nodes: [{name, podCIDR, address}], this node included; watched, a bad edit keeps the last good routes; docs/multinode.md)')
-    .addOption(new Option('--node-routing <mode>', 'routes to other nodes: auto (direct when the node is on a shared link, else VXLAN), direct, or vxlan').choices(['auto', 'direct', 'vxlan']).default('auto'))
+    .addOption(new Option('--node-routing <mode>', 'with --nodes-file or --kubernetes (the Node objects): routes to the other nodes\' pods: auto (direct when the node is on a shared link, else VXLAN), direct, vxlan, or off (--kubernetes: something else routes between nodes)').choices(['auto', 'direct', 'vxlan', 'off']).default('auto'))
     .option('--vxlan-vni <n>', `VXLAN network identifier of patu's vxlan device (default ${DEFAULTS.vxlanVni})`, (v: string) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 1 || n > 0xffffff) throw new Error(`--vxlan-vni: want 1 to 16777215, got '${v}'`);

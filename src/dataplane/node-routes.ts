@@ -24,6 +24,20 @@ export const VXLAN_OVERHEAD = 50;
 
 export type RoutingMode = 'auto' | 'direct' | 'vxlan';
 
+/**
+ * The pod MTU to give new pods when node routing may use VXLAN: the MTU of the link the
+ * IPv4 default route leaves by (else the lowest of the links that are up and not patu's
+ * or loopback), minus VXLAN_OVERHEAD. Pods get it from their first day, so a VXLAN peer
+ * that appears later never meets pods whose full-size packets cannot pass the tunnel.
+ */
+export function vxlanPodMtu(rtnl: Rtnl): number {
+  const links = rtnl.listLinks();
+  const def = rtnl.listRoutes({ family: 4 }).find((r) => r.dst === 'default' && r.oif !== undefined);
+  const up = def ? links.find((l) => l.index === def.oif) : undefined;
+  const mtu = up?.mtu ?? Math.min(DEFAULTS.mtu, ...links.filter((l) => l.up && l.name !== 'lo' && l.kind !== 'bridge' && l.kind !== 'veth' && l.kind !== 'vxlan').map((l) => l.mtu));
+  return mtu - VXLAN_OVERHEAD;
+}
+
 export interface NodeRoutesOptions {
   /** 'auto' (default): direct when the peer's address is on one of our subnets, else VXLAN. */
   mode?: RoutingMode;

@@ -78,6 +78,17 @@ export interface KubernetesAgentOptions {
    * split mode does not cover it yet (the manager's API has no call for it).
    */
   podNetworks?: boolean;
+  /**
+   * Routes to the other nodes' pods from the Node objects (src/nodes; --node-routing):
+   * default auto (direct on a shared link, else VXLAN); false: off (something else routes
+   * between nodes). In-process only: split mode does not route between nodes yet.
+   */
+  nodeRouting?: import('../dataplane/node-routes.js').NodeRoutesOptions | false;
+  /**
+   * The pods' MTU written to the conflist (--pod-mtu). Undefined: with node routing that may
+   * use VXLAN (auto, vxlan), the uplink's MTU minus 50 (vxlanPodMtu); otherwise the plugin's default.
+   */
+  podMtu?: number;
   /** Pod networks: the primary network's name in the conflist (its IPAM records name each pod's netns). */
   network?: string;
 }
@@ -148,6 +159,23 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     if (own) lb.close();
     throw e;
   }
+  let nodeSync: import('../nodes/routes-sync.js').NodeRoutesSync | undefined;
+  if (o.nodeRouting !== false) {
+    const { NodeRoutesSync, nodeRoutesLogging } = await import('../nodes/routes-sync.js');
+    nodeSync = new NodeRoutesSync({ nodeName, ...(o.nodeRouting ?? {}), ...(o.nodeNetns ? { netns: o.nodeNetns } : {}), ...nodeRoutesLogging(o.log, { source: 'Nodes' }) });
+  }
+  let podMtu = o.podMtu;
+  if (podMtu === undefined && o.nodeRouting !== false && o.nodeRouting?.mode !== 'direct') {
+    const { vxlanPodMtu } = await import('../dataplane/node-routes.js');
+    const { Rtnl } = await import('../kernel/netlink/rtnl.js');
+    const rtnl = o.nodeNetns ? Rtnl.openInNetns(o.nodeNetns) : Rtnl.open();
+    try {
+      podMtu = vxlanPodMtu(rtnl);
+    } finally {
+      rtnl.close();
+    }
+    o.log.info({ podMtu }, 'pod MTU: the uplink\'s minus 50, so pods fit a VXLAN tunnel to any node (set --pod-mtu, ConfigMap pod-mtu, to choose)');
+  }
   let registry: PodRegistry | undefined;
   const confDir = o.cniConfDir ?? DEFAULTS.cniConfDir;
   const health = healthCheckServer(o);
@@ -171,6 +199,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     onHealthChecks: (entries) => health.update(entries),
     nodeName,
     clusterCIDR,
+    ...(nodeSync ? { onNodes: (nodes: import('../nodes/model.js').NodeInfo[]) => void nodeSync.update(nodes) } : {}),
     sink: lb,
     log: o.log,
     ...(o.metrics ? { metrics: o.metrics } : {}),
@@ -197,6 +226,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
         ...(o.bridge ? { bridge: o.bridge } : {}),
         ...(o.dataDir ? { dataDir: o.dataDir } : {}),
         ...(o.masquerade !== undefined ? { masquerade: o.masquerade } : {}),
+        ...(podMtu !== undefined ? { mtu: podMtu } : {}),
       });
       const wrote = writeConflistIfChanged(confDir, conflist);
       o.log.info({ file: `${confDir}/${DEFAULTS.conflistName}`, podCIDR: cidr, changed: wrote }, wrote ? 'CNI conflist written' : 'CNI conflist up to date');
@@ -225,6 +255,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
       await podnet?.close();
       policy?.close();
       await source.close();
+      nodeSync?.close();
       await health.close();
       tracker.close();
       registry?.close();

@@ -53,6 +53,7 @@ export interface K8sPod {
 export interface K8sNode {
   metadata: { name?: string; resourceVersion?: string };
   spec?: { podCIDR?: string; podCIDRs?: string[] };
+  status?: { addresses?: { type?: string; address?: string }[] };
 }
 
 export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
@@ -290,5 +291,12 @@ export function slimNode(o: K8sNode): K8sNode {
   return {
     metadata: { name: o.metadata.name, resourceVersion: o.metadata.resourceVersion },
     spec: { podCIDR: o.spec?.podCIDR, podCIDRs: o.spec?.podCIDRs },
+    // Routing to other nodes needs their InternalIP only (not images, conditions, ...).
+    status: { addresses: (o.status?.addresses ?? []).filter((a) => a.type === 'InternalIP').map((a) => ({ type: a.type, address: a.address })) },
   } as K8sNode;
+}
+
+/** The node's first IPv4 InternalIP (status.addresses), where other nodes reach it. */
+export function nodeInternalIPv4(node: K8sNode | undefined): string | undefined {
+  return (node?.status?.addresses ?? []).find((a) => a.type === 'InternalIP' && isIPv4(a.address))?.address;
 }

@@ -21,7 +21,7 @@ import type { PodRegistry } from '../dataplane/accel-registry.js';
 import { ServiceModel, type DesiredServicePort } from '../services/model.js';
 import type { ClientConfig } from './kubeconfig.js';
 import {
-  ACCEL_ANNOTATION, convertService, mergeSlices, nodePodCidr, podAccel, refOf, sliceService,
+  ACCEL_ANNOTATION, convertService, mergeSlices, nodeInternalIPv4, nodePodCidr, podAccel, refOf, sliceService,
   slimEndpointSlice, slimNode, slimPod, slimService,
   type K8sEndpointSlice, type K8sNode, type K8sPod, type K8sService,
 } from './convert.js';
@@ -30,6 +30,7 @@ import { startInformer, type BackoffOptions, type RunningInformer } from './info
 import { slimNamespace, slimNetworkPolicy, slimPolicyPod, type K8sNamespace, type K8sNetworkPolicy, type K8sPolicyPod } from './policy-convert.js';
 import type { K8sPolicySource } from './policy-source.js';
 import { messageOf } from '../errors.js';
+import { normalCidr, type NodeInfo } from '../nodes/model.js';
 import { contains, firstSubnet24, parseCidr, type Cidr } from '../net/cidr.js';
 
 /** What programs services: ServiceLb in the agent, a recorder in tests. */
@@ -87,6 +88,12 @@ export interface K8sSourceOptions {
   metrics?: AgentMetrics;
   /** Called with the pod subnet once the Node informer has synced, then on every change. */
   onPodCidr?: (cidr: string) => void;
+  /**
+   * Routing to other nodes: the Node watch becomes cluster-wide and every node with a
+   * podCIDR and an IPv4 InternalIP is handed here (this node with its pod subnet) once
+   * the watch has synced, then on every change of a node's name, podCIDR or address.
+   */
+  onNodes?: (nodes: NodeInfo[]) => void;
   /** The healthCheckNodePorts to serve (all of them), called when one changed. */
   onHealthChecks?: (entries: { ref: string; port: number; localEndpoints: number }[]) => void;
   /** Called after every successful apply. */
@@ -126,6 +133,9 @@ export class K8sSource {
   /** Addresses whose opt-out flag this agent set (only those are reverted when the annotation goes). */
   private readonly optedOut = new Set<string>();
   private node: K8sNode | undefined;
+  /** With onNodes: every Node by name. */
+  private readonly allNodes = new Map<string, K8sNode>();
+  private lastNodes = '';
   private lastCidr: string | undefined;
   private lastError: string | undefined;
   /** When the last apply started (performance.now()); -Infinity before the first. */
@@ -186,7 +196,7 @@ export class K8sSource {
           on('pods', (o) => this.handlePod(o), (o) => this.handlePodDelete(o, true)), b)
         : startInformer<K8sPod>(cfg, { resource: 'pods', path: '/api/v1/pods', fieldSelector: `spec.nodeName=${node}`, slim: slimPod },
           on('pods', (o) => this.handlePod(o), (o) => this.handlePodDelete(o, true)), b),
-      startInformer<K8sNode>(cfg, { resource: 'node', path: '/api/v1/nodes', fieldSelector: `metadata.name=${node}`, slim: slimNode },
+      startInformer<K8sNode>(cfg, { resource: 'node', path: '/api/v1/nodes', ...(this.opts.onNodes ? {} : { fieldSelector: `metadata.name=${node}` }), slim: slimNode },
         on('node', (o) => this.handleNode(o), (o) => this.handleNodeDelete(o)), b),
     ];
     if (policy) {
@@ -252,7 +262,10 @@ export class K8sSource {
     this.synced.add(resource);
     this.log.info({ resource }, 'informer synced');
     if (resource === 'pods' || resource === 'namespaces' || resource === 'networkpolicies') this.opts.policy?.markSynced(resource);
-    if (resource === 'node') this.publishCidr();
+    if (resource === 'node') {
+      this.publishCidr();
+      this.publishNodes();
+    }
     if (resource === 'pods') this.resyncPods();
     this.schedule();
   }
@@ -529,12 +542,19 @@ export class K8sSource {
   // ---- node: pod subnet
 
   handleNode(o: K8sNode): void {
-    if (o.metadata.name !== this.opts.nodeName) return;
-    this.node = o;
-    if (this.synced.has('node')) this.publishCidr();
+    const self = o.metadata.name === this.opts.nodeName;
+    if (self) this.node = o;
+    if (this.opts.onNodes) this.allNodes.set(o.metadata.name ?? '', o);
+    if (!this.synced.has('node')) return;
+    if (self) this.publishCidr();
+    if (this.opts.onNodes) this.publishNodes();
   }
 
   handleNodeDelete(o: K8sNode): void {
+    if (this.opts.onNodes && o.metadata.name !== this.opts.nodeName) {
+      this.allNodes.delete(o.metadata.name ?? '');
+      if (this.synced.has('node')) this.publishNodes();
+    }
     if (o.metadata.name !== this.opts.nodeName) return;
     // Keep the last subnet: pods keep their addresses; a re-created Node updates it.
     this.log.warn({ node: o.metadata.name }, 'this Node was deleted; keeping its pod subnet');
@@ -543,6 +563,30 @@ export class K8sSource {
   /** node.spec.podCIDR, else the first /24 of the cluster CIDR. */
   podCIDR(): string {
     return nodePodCidr(this.node) ?? this.lastCidr ?? firstSubnet24(this.opts.clusterCIDR);
+  }
+
+  /** The nodes to route between (this one with its pod subnet, which may be the cluster CIDR's first /24). */
+  nodeInfos(): NodeInfo[] {
+    const out: NodeInfo[] = [];
+    for (const [name, n] of this.allNodes) {
+      const podCIDR = name === this.opts.nodeName ? this.podCIDR() : nodePodCidr(n);
+      const address = nodeInternalIPv4(n);
+      if (!podCIDR || !address) continue;
+      out.push({ name, podCIDR: normalCidr(podCIDR), address });
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  private publishNodes(): void {
+    const nodes = this.nodeInfos();
+    const key = JSON.stringify(nodes);
+    if (key === this.lastNodes) return;
+    this.lastNodes = key;
+    try {
+      this.opts.onNodes?.(nodes);
+    } catch (e) {
+      this.log.error({ err: messageOf(e) }, 'routes to other nodes not programmed');
+    }
   }
 
   private publishCidr(): void {

@@ -5,6 +5,7 @@
 // it ends, not on every apply.
 import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { NodeRoutes, type NodeRoutesOptions, type NodeRoutesResult } from '../dataplane/node-routes.js';
+import { syncNodeSnat } from '../dataplane/node-snat.js';
 import { planPeers, type NodeInfo } from './model.js';
 
 export interface NodeRoutesSyncOptions extends NodeRoutesOptions {
@@ -17,6 +18,11 @@ export interface NodeRoutesSyncOptions extends NodeRoutesOptions {
   onRefused?: (node: NodeInfo | { name: string }, reason: string) => void;
   /** This node is missing from the list: nothing is routed (everything of ours is removed). */
   onNoSelf?: (nodeName: string) => void;
+  /**
+   * SNAT traffic from outside the cluster forwarded to other nodes' pods (NodePorts with a
+   * remote backend: src/dataplane/node-snat.ts). Default true; false leaves nftables alone.
+   */
+  snat?: boolean;
 }
 
 export class NodeRoutesSync {
@@ -24,6 +30,7 @@ export class NodeRoutesSync {
   private readonly routes: NodeRoutes;
   private reported = new Map<string, string>();
   private selfMissing = false;
+  private lastSnat: string | undefined;
 
   constructor(private readonly opts: NodeRoutesSyncOptions) {
     this.rtnl = opts.netns ? Rtnl.openInNetns(opts.netns) : Rtnl.open();
@@ -39,15 +46,25 @@ export class NodeRoutesSync {
       if (!this.selfMissing) this.opts.onNoSelf?.(this.opts.nodeName);
       this.selfMissing = true;
       this.routes.clear();
+      this.snat([], []);
       this.report(now, nodes);
       return undefined;
     }
     this.selfMissing = false;
     const result = this.routes.apply(plan.self, plan.peers);
     for (const s of result.skipped) now.set(s.node, s.reason);
+    this.snat(result.routes.map((r) => r.podCIDR), [plan.self.podCIDR, ...plan.peers.map((p) => p.podCIDR)]);
     this.report(now, nodes);
     this.opts.onApplied?.(result);
     return result;
+  }
+
+  private snat(peers: string[], all: string[]): void {
+    if (this.opts.snat === false) return;
+    const key = `${peers.join(',')}|${all.join(',')}`;
+    if (key === this.lastSnat) return;
+    syncNodeSnat(peers, all, this.opts.netns);
+    this.lastSnat = key;
   }
 
   private report(now: Map<string, string>, nodes: readonly NodeInfo[]): void {
@@ -61,4 +78,15 @@ export class NodeRoutesSync {
   close(): void {
     this.rtnl.close();
   }
+}
+
+/** The log lines of node routing, the same for both sources (a structural logger: the agent's, or the k8s source's). */
+export function nodeRoutesLogging(log: { info(o: object, m: string): void; warn(o: object, m: string): void; error(o: object, m: string): void }, base: Record<string, unknown>): Pick<NodeRoutesSyncOptions, 'onApplied' | 'onRefused' | 'onNoSelf'> {
+  return {
+    onApplied: (r) => {
+      if (r.added || r.removed) log.info({ ...base, routes: r.routes.map((x) => `${x.podCIDR} ${x.via} via ${x.gateway} (${x.node})`), added: r.added, removed: r.removed, ...(r.vxlanMtu !== undefined ? { vxlanMtu: r.vxlanMtu } : {}), ms: r.ms }, 'routes to other nodes programmed');
+    },
+    onRefused: (node, reason) => log.error({ ...base, node: node.name, reason }, 'node not routed'),
+    onNoSelf: (name) => log.warn({ ...base, nodeName: name }, 'this node is not in the node list: no routes to other nodes'),
+  };
 }

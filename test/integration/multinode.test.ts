@@ -118,6 +118,19 @@ test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { 
   }
   const t = await tcpExchange(pb.ns, pa.ns, pb.ip, 7070);
   assert.ok(t.ok, t.detail);
+
+  // From outside the cluster through A to B's pod (what a NodePort with a backend on B
+  // becomes after A's tc translation): B has no route to the client, so only A's SNAT
+  // lets the reply come back. Pod-to-pod traffic is not SNATed (source in a pod CIDR).
+  const x = netns('X');
+  wire(a, '192.168.80.1/24', x, '192.168.80.2/24', 'out0', 'up0');
+  sh(x, 'ip route add default via 192.168.80.1');
+  assert.match(sh(a, 'nft list table ip patu_nodes'), /ip daddr 10\.244\.1\.0\/24 ip saddr != \{ 10\.244\.0\.0\/23 \} fib saddr type != local masquerade/);
+  const px = ping(x, pb.ip);
+  assert.ok(px.ok, `outside -> pod on B through A: ${px.out}`);
+  const tx = await tcpExchange(pb.ns, x, pb.ip, 7072);
+  assert.ok(tx.ok, tx.detail);
+  assert.equal(sh(b, 'nft list tables').includes('patu_nodes'), true, 'B has the rule for A too');
 });
 
 test('nodes on two subnets behind a router: VXLAN, pod to pod; leave and rejoin; overlap refused; restart idempotent', { skip }, async () => {
@@ -159,12 +172,13 @@ test('nodes on two subnets behind a router: VXLAN, pod to pod; leave and rejoin;
   // The router saw only VXLAN between the nodes, never a pod address.
   assert.equal(sh(r, 'ip route').includes('10.245'), false);
 
-  // d leaves: its route, FDB and neighbour entries go (and the vxlan device, with no VXLAN peer left).
+  // d leaves: its route, FDB and neighbour entries go (and the vxlan device, with no VXLAN peer left; and the SNAT table).
   writeFileSync(file, `nodes:
   - { name: c, podCIDR: 10.245.0.0/24, address: 192.168.78.1 }
 `);
   await until('d removed on c', () => ourRoutes(c) === '');
   assert.equal(sh(c, 'ip -o link show type vxlan').trim(), '');
+  assert.equal(sh(c, 'nft list tables').includes('patu_nodes'), false);
   assert.equal(ping(pc.ns, pd.ip).ok, false, 'no route to a node that left');
   // Rejoining restores everything.
   writeFileSync(file, both);

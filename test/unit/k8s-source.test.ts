@@ -398,3 +398,29 @@ test('NodePort conflict: the second service is left out, logged and counted once
   assert.deepEqual(health.at(-1), [{ ref: 'default/b', port: 32000, localEndpoints: 0 }]);
   await s.close();
 });
+
+test('nodes for routing: every Node with a podCIDR and an IPv4 InternalIP, this one with its pod subnet; published after the list and on change only', async () => {
+  const seen: string[] = [];
+  const s = source(new DiffSink(), { onNodes: (n) => seen.push(n.map((x) => `${x.name} ${x.podCIDR} ${x.address}`).join(', ')), clusterCIDR: '10.201.0.0/16' });
+  const node = (name: string, podCIDR: string | undefined, ip: string | undefined, rv = '1') => ({
+    metadata: { name, resourceVersion: rv },
+    spec: podCIDR ? { podCIDR } : {},
+    status: { addresses: [{ type: 'Hostname', address: name }, ...(ip ? [{ type: 'InternalIP', address: ip }] : [])] },
+  });
+  try {
+    s.handleNode(node('n1', undefined, '192.168.1.1'));
+    s.handleNode(node('n2', '10.201.2.0/24', '192.168.1.2'));
+    s.handleNode(node('n3', '10.201.3.0/24', undefined));
+    assert.deepEqual(seen, [], 'nothing before the list');
+    s.markSynced('node');
+    assert.deepEqual(seen, ['n1 10.201.0.0/24 192.168.1.1, n2 10.201.2.0/24 192.168.1.2']);
+    s.handleNode(node('n2', '10.201.2.0/24', '192.168.1.2', '2'));
+    assert.equal(seen.length, 1, 'a status change that routing does not see is not published');
+    s.handleNode(node('n1', '10.201.1.0/24', '192.168.1.1', '2'));
+    assert.equal(seen.at(-1), 'n1 10.201.1.0/24 192.168.1.1, n2 10.201.2.0/24 192.168.1.2');
+    s.handleNodeDelete(node('n2', '10.201.2.0/24', '192.168.1.2'));
+    assert.equal(seen.at(-1), 'n1 10.201.1.0/24 192.168.1.1');
+  } finally {
+    await s.close();
+  }
+});
