@@ -65,8 +65,9 @@ test('patu-split.yaml: the same objects and RBAC as patu.yaml, all valid YAML', 
   assert.deepEqual(role(split), withoutPodnet(role(single)), 'the agent needs exactly what it has today (deploy-manifest.test.ts pins that list)');
   const binding = (docs: Doc[]) => docs.find((d) => d.kind === 'ClusterRoleBinding');
   assert.deepEqual(binding(split), binding(single));
-  const { 'pod-networks': _podNetworks, ...singleData } = single.find((d) => d.kind === 'ConfigMap')!.data as Record<string, string>;
-  assert.deepEqual(split.find((d) => d.kind === 'ConfigMap')!.data, singleData, 'the same settings (pod-networks: single process only)');
+  // Routing between nodes (docs/multinode.md) and the pod MTU it picks are single process only too.
+  const { 'pod-networks': _podNetworks, 'node-routing': _nodeRouting, 'pod-mtu': _podMtu, ...singleData } = single.find((d) => d.kind === 'ConfigMap')!.data as Record<string, string>;
+  assert.deepEqual(split.find((d) => d.kind === 'ConfigMap')!.data, singleData, 'the same settings (pod-networks, node-routing, pod-mtu: single process only)');
 });
 
 test('patu-split.yaml: the agent container has no privilege and no hostPath', () => {
