@@ -88,10 +88,22 @@ export function selectorMatches(sel: LabelSelector, labels: Record<string, strin
   return true;
 }
 
+/** Parsed cidrs (the engine judges many flows against the same ipBlocks); emptied when large. */
+const cidrs = new Map<string, ReturnType<typeof parseCidr>>();
+function cidrOf(text: string): ReturnType<typeof parseCidr> {
+  let c = cidrs.get(text);
+  if (c === undefined) {
+    c = parseCidr(text);
+    if (cidrs.size >= 100_000) cidrs.clear();
+    cidrs.set(text, c);
+  }
+  return c;
+}
+
 function inIpBlock(block: { cidr: string; except?: string[] }, ip: string): boolean {
   const a = parseIp(ip);
-  if (!contains(parseCidr(block.cidr), a)) return false;
-  return !(block.except ?? []).some((e) => contains(parseCidr(e), a));
+  if (!contains(cidrOf(block.cidr), a)) return false;
+  return !(block.except ?? []).some((e) => contains(cidrOf(e), a));
 }
 
 /** Whether a peer of a policy in namespace policyNs matches the address (and the pod at it, if any). */
@@ -151,7 +163,12 @@ export class Evaluator {
   }
 
   /** A namespace's labels: as declared, plus kubernetes.io/metadata.name (also for namespaces only pods mention). */
-  private readonly nsLabels = (name: string): Record<string, string> => ({ ...(this.nsLabelsOf.get(name) ?? {}), [NAMESPACE_NAME_LABEL]: name });
+  private readonly nsLabelsMemo = new Map<string, Record<string, string>>();
+  private readonly nsLabels = (name: string): Record<string, string> => {
+    let l = this.nsLabelsMemo.get(name);
+    if (!l) this.nsLabelsMemo.set(name, (l = { ...(this.nsLabelsOf.get(name) ?? {}), [NAMESPACE_NAME_LABEL]: name }));
+    return l;
+  };
 
   /**
    * The verdict on a new flow from src to dst (IPv4 addresses) with this IP protocol
