@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A single-node Kubernetes cluster inside this machine, for patu's tests. Loopback, private dirs and a network
+# A one- or two-node Kubernetes cluster inside this machine, for patu's tests. Loopback, private dirs and a network
 # namespace of its own only:
 #   the node's address ($NODE_IP, InternalIP) on a veth ($UPLINK) whose other end is in an "outside" netns the
 #   script makes ($OUTSIDE_NS, at $OUTSIDE_IP): the node's uplink in this topology, never the machine's own;
@@ -10,7 +10,15 @@
 #   optional kube-proxy.
 #   The service CIDR stays on the node: an unreachable route for it (unless --kube-proxy, which owns that), and a
 #   watcher (tcpdump) on $UPLINK records every packet to the service CIDR that leaves that way (`uplink-check`).
-# Usage: scripts/k8s/cluster.sh up [--kube-proxy] [--no-cni] | deploy | dns | uplink-check | down | env | status
+# Usage: scripts/k8s/cluster.sh up [--kube-proxy] [--no-cni] [--nodes 1|2] [--static-routes] | deploy | dns | uplink-check
+#          | down | env | status
+#   --nodes 2: a second node, $NODE2 (see "the second node" below): its own kubelet and containerd in a network
+#   namespace of its own ($NS2, InternalIP $NODE2_IP on the same L2 as the first node's uplink) and a mount
+#   namespace in which the first node's host paths ($STATE/{cni,patu,run,containerd,ipam,kubelet,pod-logs}, the pin
+#   root, /var/lib/kubelet, /var/log/containers) are its own: the DaemonSet's hostPaths then mean node-local
+#   directories on both nodes, as on two machines, and the same rendered manifest serves both.
+#   --static-routes (with --nodes 2): each node gets a route to the other's pod CIDR via its InternalIP, for as
+#   long as patu's agent does not program cross-node routes itself.
 #   --no-cni: no patu conflist is written: deploy/patu.yaml installs patu (its agent writes the conflist,
 #   and the node turns Ready then). CNI_* requests reach the agent at $STATE/run/patu/agent.sock (the
 #   DaemonSet's /run/patu must be mounted from there): containerd passes PATU_AGENT_SOCKET to bin/patu.
@@ -21,7 +29,8 @@
 #   PATU_K8S_NODE, PATU_K8S_POD_CIDR (inside 10.202.0.0/16), PATU_K8S_BRIDGE, PATU_K8S_CGROUP (cgroup dir name),
 #   PATU_K8S_NODE_IP (10.203.0.1; a.b.c.d with d < 254, its /24 is the uplink's, the outside netns gets d+1),
 #   PATU_K8S_UPLINK (host end of the veth, default <bridge>u), PATU_K8S_OUTSIDE_NS (default <cgroup>-outside),
-#   PATU_K8S_COREDNS_IMAGE.
+#   PATU_K8S_COREDNS_IMAGE; the second node: PATU_K8S_NODE2 (node2), PATU_K8S_POD_CIDR2 (the pod /24 with the third
+#   octet + 128), its InternalIP is the first node's + 2 (the outside netns holds + 1).
 # The admin kubeconfig lives only in $STATE/admin.kubeconfig: it is for the tests, never shipped.
 set -euo pipefail
 
@@ -62,6 +71,21 @@ TEST_IMAGE=localhost/patu/busybox:test
 CTRD_SOCK=$STATE/containerd/containerd.sock
 PIN_ROOT=${PATU_K8S_PIN_ROOT:-/sys/fs/bpf/patu-test-$CGROOT}
 METRICS_PORT=${PATU_K8S_METRICS_PORT:-9464}
+# ---------- the second node (up --nodes 2) ----------
+# Its dirs on the host; inside its mount namespace they are mounted over the first node's paths (NODE2_BINDS).
+STATE2=$STATE/node2
+NODE2=${PATU_K8S_NODE2:-node2}
+NODE2_IP=${NODE_IP%.*}.$((${NODE_IP##*.} + 2))
+IFS=. read -r _a _b _c _ <<<"$POD_CIDR"
+POD_CIDR2=${PATU_K8S_POD_CIDR2:-$_a.$_b.$(((_c + 128) % 256)).0/24}
+NS2=$CGROOT-node2
+CGROOT2=$CGROOT-node2
+PIN_ROOT2=$PIN_ROOT-node2
+CTRD_SOCK2=$STATE2/containerd/containerd.sock
+# A persistent mount namespace (unshare --mount=FILE) that node 2's containerd, kubelet and everything they start
+# share: kubelet's volume mounts must be what containerd bind-mounts into containers.
+MNTNS2=$STATE2/ns/mnt
+NODE2_BINDS=(cni patu run containerd ipam kubelet pod-logs)
 # Where containerd (netns_mounts_under_state_dir) keeps pod netns files: its CRI plugin's state dir.
 NETNS_DIR=$STATE/containerd/state/io.containerd.grpc.v1.cri/netns
 PATH=$BIN:$PATH
@@ -176,9 +200,11 @@ C
 }
 
 # ---------- components ----------
+# write_containerd_config [host dir]: the paths in it are the node's view ($STATE/containerd), the file goes to
+# the host dir (node 2's is $STATE2/containerd, which its mount namespace shows at $STATE/containerd).
 write_containerd_config() {
-  local c=$STATE/containerd; mkdir -p "$c/root" "$c/state" "$c/opt"
-  cat >"$c/config.toml" <<EOF
+  local c=$STATE/containerd h=${1:-$STATE/containerd}; mkdir -p "$h/root" "$h/state" "$h/opt"
+  cat >"$h/config.toml" <<EOF
 version = 2
 root = "$c/root"
 state = "$c/state"
@@ -215,34 +241,37 @@ state = "$c/state"
 EOF
 }
 
+# write_cni <no_cni> [host dir] [pod CIDR]: as write_containerd_config, paths in the files are the node's view.
 write_cni() {
-  local no_cni=$1
-  mkdir -p "$STATE/cni/bin" "$STATE/cni/net.d" "$STATE/ipam" "$STATE/run/patu"
+  local no_cni=$1 h=${2:-$STATE} pod_cidr=${3:-$POD_CIDR}
+  mkdir -p "$h/cni/bin" "$h/cni/net.d" "$h/ipam" "$h/run/patu"
   # containerd's CRI sets up each pod's lo through the reference loopback plugin.
-  ln -sf /usr/lib/cni/loopback "$STATE/cni/bin/loopback"
+  ln -sf /usr/lib/cni/loopback "$h/cni/bin/loopback"
   ((no_cni)) && return 0
   [[ -x $REPO/bin/patu ]] || die "$REPO/bin/patu missing (run scripts/build.sh)"
-  ln -sf "$REPO/bin/patu" "$STATE/cni/bin/patu"
+  ln -sf "$REPO/bin/patu" "$h/cni/bin/patu"
   # masquerade off: nothing leaves this node, and the nft table is shared with other tests on the machine.
   # accel off: the pin root of production (/sys/fs/bpf/patu) is not this cluster's to touch.
-  cat >"$STATE/cni/net.d/10-patu.conflist" <<EOF
+  cat >"$h/cni/net.d/10-patu.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "patu-k8s",
   "plugins": [
     {"type": "patu", "bridge": "$BRIDGE", "hairpin": true, "masquerade": false, "accel": false,
-     "clusterCIDR": "$CLUSTER_CIDR", "podCIDR": "$POD_CIDR", "ipam": {"dataDir": "$STATE/ipam"}}
+     "clusterCIDR": "$CLUSTER_CIDR", "podCIDR": "$pod_cidr", "ipam": {"dataDir": "$STATE/ipam"}}
   ]
 }
 EOF
 }
 
+# write_kubelet_config [file node-ip cgroup-root pod-cidr]: node 1's by default.
 write_kubelet_config() {
+  local f=${1:-$STATE/kubelet-config.yaml} node_ip=${2:-$NODE_IP} cgroot=${3:-$CGROOT} pod_cidr=${4:-$POD_CIDR}
   mkdir -p "$STATE/kubelet"
-  cat >"$STATE/kubelet-config.yaml" <<EOF
+  cat >"$f" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: $NODE_IP
+address: $node_ip
 port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -256,8 +285,8 @@ containerRuntimeEndpoint: "unix://$CTRD_SOCK"
 # This host is hybrid (v1 controllers; cgroup2 only at /sys/fs/cgroup/unified): kubelet sees cgroup v1.
 failCgroupV1: false
 cgroupDriver: cgroupfs
-# Everything kubelet makes lives under /$CGROOT in each hierarchy, so down removes exactly that.
-cgroupRoot: /$CGROOT
+# Everything kubelet makes lives under /$cgroot in each hierarchy, so down removes exactly that.
+cgroupRoot: /$cgroot
 cgroupsPerQOS: true
 enforceNodeAllocatable: [pods]
 failSwapOn: false
@@ -270,7 +299,7 @@ clusterDomain: $CLUSTER_DOMAIN
 registerNode: true
 # Container logs in our state dir instead of /var/log/pods (kubelet still links them from /var/log/containers).
 podLogsDir: "$STATE/pod-logs"
-podCIDR: "$POD_CIDR"
+podCIDR: "$pod_cidr"
 maxPods: 50
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
@@ -332,38 +361,173 @@ teardown_net() {
   return 0
 }
 # uplink-check: every packet to the service CIDR the node sent out of its uplink since `up`; fails if any.
+# With two nodes, each node's uplink (node 2's watcher writes uplink-node2.pcap).
 uplink_check() {
   [[ -f $STATE/uplink.pcap ]] || die "no uplink capture in $STATE (is the cluster up?)"
-  alive uplink-watch || die "the uplink watcher (tcpdump on $UPLINK) is not running: log $STATE/logs/uplink-watch.log"
-  local pkts; pkts=$(tcpdump -r "$STATE/uplink.pcap" -nn 2>/dev/null) || die "cannot read $STATE/uplink.pcap"
-  if [[ -n $pkts ]]; then
-    log "LEAK: $(wc -l <<<"$pkts") packet(s) to the service CIDR $SERVICE_CIDR left the node through $UPLINK:"
-    head -n 20 <<<"$pkts" >&2
-    return 1
+  local w node pcap bad=0 pkts
+  for w in uplink-watch $( (($(nodes_count) > 1)) && echo uplink-watch-node2); do
+    node=$NODE pcap=$STATE/uplink.pcap
+    [[ $w == uplink-watch-node2 ]] && node=$NODE2 pcap=$STATE/uplink-node2.pcap
+    alive "$w" || die "the uplink watcher of node $node (tcpdump on $UPLINK) is not running: log $STATE/logs/$w.log"
+    pkts=$(tcpdump -r "$pcap" -nn 2>/dev/null) || die "cannot read $pcap"
+    if [[ -n $pkts ]]; then
+      log "LEAK: $(wc -l <<<"$pkts") packet(s) to the service CIDR $SERVICE_CIDR left node $node through $UPLINK:"
+      head -n 20 <<<"$pkts" >&2
+      bad=1
+    else
+      log "uplink $UPLINK of node $node: no packet to $SERVICE_CIDR left the node"
+    fi
+  done
+  return $bad
+}
+
+# ---------- the second node ----------
+# Network: the outside netns becomes the LAN: a bridge `lan` there holds $OUTSIDE_IP, the first node's uplink peer
+# and a veth to $NS2, where the other end is named $UPLINK too (each node's uplink has the same name, so one
+# nodeport-devices setting fits both) and holds $NODE2_IP. The nodes share that L2 segment, as nodes in a rack do.
+# $NS2 gets what the first node has: a default route out of its uplink, the service CIDR refused on the node (with
+# the leak route behind it) and a watcher on its uplink.
+setup_net2() {
+  ip -n "$OUTSIDE_NS" link add lan type bridge && ip -n "$OUTSIDE_NS" addr del "$OUTSIDE_IP/24" dev uplink \
+    && ip -n "$OUTSIDE_NS" link set uplink master lan && ip -n "$OUTSIDE_NS" addr add "$OUTSIDE_IP/24" dev lan \
+    && ip -n "$OUTSIDE_NS" link set lan up && ip -n "$OUTSIDE_NS" route replace default via "$NODE_IP" \
+    || die "cannot make the LAN bridge in $OUTSIDE_NS"
+  ip netns add "$NS2" || die "ip netns add $NS2 failed (a cluster with these names already runs? '$0 down')"
+  echo "$NS2" >"$STATE/node2-netns"
+  ip -n "$OUTSIDE_NS" link add uplink2 type veth peer name "$UPLINK" netns "$NS2" \
+    && ip -n "$OUTSIDE_NS" link set uplink2 master lan && ip -n "$OUTSIDE_NS" link set uplink2 up \
+    && ip -n "$NS2" link set lo up && ip -n "$NS2" addr add "$NODE2_IP/24" dev "$UPLINK" && ip -n "$NS2" link set "$UPLINK" up \
+    && ip -n "$NS2" route add default via "$OUTSIDE_IP" \
+    && ip -n "$NS2" route add unreachable "$SERVICE_CIDR" metric 1000 \
+    && ip -n "$NS2" route add "$SERVICE_CIDR" via "$OUTSIDE_IP" dev "$UPLINK" metric 11000 \
+    && ip netns exec "$NS2" sysctl -qw net.ipv4.ip_forward=1 \
+    || die "cannot configure node 2's netns $NS2"
+  start uplink-watch-node2 ip netns exec "$NS2" tcpdump -i "$UPLINK" -Q out -nn -U -Z root -w "$STATE/uplink-node2.pcap" dst net "$SERVICE_CIDR"
+  wait_for uplink-watch-node2 10 grep -q '^tcpdump: listening on' "$STATE/logs/uplink-watch-node2.log" \
+    || { ensure_alive uplink-watch-node2; die "node 2's uplink watcher did not start"; }
+}
+# Routes between the nodes' pod CIDRs over the LAN (up --static-routes): what the agent would program.
+static_routes() {
+  ip route add "$POD_CIDR2" via "$NODE2_IP" dev "$UPLINK" || die "ip route add $POD_CIDR2 via $NODE2_IP failed"
+  ip -n "$NS2" route add "$POD_CIDR" via "$NODE_IP" dev "$UPLINK" || die "ip route add $POD_CIDR via $NODE_IP in $NS2 failed"
+  touch "$STATE/static-routes"
+}
+# Runs a command as node 2 does (its mount and network namespaces): "${IN_NODE2[@]}" cmd... (nsenter execs it).
+IN_NODE2=(nsenter --mount="$MNTNS2" --net="/run/netns/$NS2")
+# The mount namespace: a copy of the host's (slave: the host's unmounts, e.g. of /run/netns entries, reach it), with
+# node 2's dirs mounted over the first node's paths: the state subdirs, the pin root, the cgroup the agent attaches
+# to (cgroup-path in the rendered manifest names /$CGROOT; node 2's pods live in /$CGROOT2), and the two fixed host
+# dirs kubelet writes (/var/lib/kubelet, /var/log/containers). The file that holds it lives on a private mount
+# (unshare(1): a persistent namespace must not be bound where it would propagate into itself). Made before node 1
+# mounts anything under the state dir (the host's mounts are private here: copies would outlive their originals).
+setup_mntns2() {
+  mkdir -p "$STATE2/ns" "$STATE2/var-lib-kubelet" "$STATE2/var-log-containers"
+  mount --bind "$STATE2/ns" "$STATE2/ns" && mount --make-private "$STATE2/ns" && touch "$MNTNS2" \
+    && unshare --mount="$MNTNS2" --propagation slave true || die "cannot make node 2's mount namespace at $MNTNS2"
+  local d binds=()
+  for d in "${NODE2_BINDS[@]}"; do mkdir -p "$STATE/$d" "$STATE2/$d"; binds+=("$STATE2/$d" "$STATE/$d"); done
+  mkdir -p "$PIN_ROOT" "$PIN_ROOT2" || die "cannot make $PIN_ROOT and $PIN_ROOT2 (is bpffs mounted at /sys/fs/bpf?)"
+  mkdir -p /sys/fs/cgroup/unified/"$CGROOT" /sys/fs/cgroup/unified/"$CGROOT2" || die "cannot make the nodes' cgroups in /sys/fs/cgroup/unified"
+  binds+=("$PIN_ROOT2" "$PIN_ROOT" /sys/fs/cgroup/unified/"$CGROOT2" /sys/fs/cgroup/unified/"$CGROOT"
+    "$STATE2/var-lib-kubelet" /var/lib/kubelet "$STATE2/var-log-containers" /var/log/containers)
+  for d in /var/lib/kubelet /var/log/containers; do
+    [[ -e $d ]] || { mkdir -p "$d" && echo "$d" >>"$STATE/host-dirs-created"; }
+  done
+  local i
+  for ((i = 0; i < ${#binds[@]}; i += 2)); do
+    nsenter --mount="$MNTNS2" mount --bind "${binds[i]}" "${binds[i + 1]}" || die "node 2: mount --bind ${binds[i]} ${binds[i + 1]} failed"
+  done
+  # As for node 1 (see up): pod netns files under containerd's state dir, a shared mount of its own.
+  nsenter --mount="$MNTNS2" sh -c "mkdir -p '$NETNS_DIR' && mount --bind '$NETNS_DIR' '$NETNS_DIR' && mount --make-shared '$NETNS_DIR'" \
+    || die "node 2: cannot make $NETNS_DIR a shared mount"
+}
+# up_node2 <no_cni>: containerd and kubelet of node 2, registered with its pod CIDR.
+up_node2() {
+  local no_cni=$1
+  mkcert kubelet-node2 "system:node:$NODE2" system:nodes "DNS:$NODE2,IP:$NODE2_IP,IP:127.0.0.1"
+  kubeconfig "$STATE/kubelet-node2.kubeconfig" "system:node:$NODE2" kubelet-node2
+  write_cni "$no_cni" "$STATE2" "$POD_CIDR2"
+  write_containerd_config "$STATE2/containerd"
+  write_kubelet_config "$STATE2/kubelet-config.yaml" "$NODE2_IP" "$CGROOT2" "$POD_CIDR2"
+  start containerd-node2 "${IN_NODE2[@]}" env PATU_AGENT_SOCKET="$STATE/run/patu/agent.sock" containerd --config "$STATE/containerd/config.toml"
+  wait_for containerd-node2 30 ctr --address "$CTRD_SOCK2" version || { ensure_alive containerd-node2; die "node 2's containerd not answering"; }
+  local img
+  for img in pause busybox; do
+    ctr --address "$CTRD_SOCK2" -n k8s.io images import "$STATE/images/$img.tar" >>"$STATE/logs/images.log" 2>&1 \
+      || { cat "$STATE/logs/images.log" >&2; die "node 2: ctr images import $img.tar failed"; }
+  done
+  start kubelet-node2 "${IN_NODE2[@]}" kubelet --config "$STATE2/kubelet-config.yaml" --kubeconfig "$STATE/kubelet-node2.kubeconfig" \
+    --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki" --hostname-override "$NODE2" --node-ip "$NODE2_IP" --v 2
+  wait_for kubelet-node2 120 kubectl_ get node "$NODE2" || { ensure_alive kubelet-node2; die "node $NODE2 not registered (log: $STATE/logs/kubelet-node2.log)"; }
+  kubectl_ patch node "$NODE2" --type merge -p "{\"spec\":{\"podCIDR\":\"$POD_CIDR2\",\"podCIDRs\":[\"$POD_CIDR2\"]}}" >/dev/null \
+    || die "cannot set spec.podCIDR of node $NODE2"
+}
+nodes_count() { cat "$STATE/nodes" 2>/dev/null || echo 1; }
+node_names() { if (($(nodes_count) > 1)); then echo "$NODE $NODE2"; else echo "$NODE"; fi; }
+# The containerd socket of every node (as the host reaches it).
+containerd_socks() { if (($(nodes_count) > 1)); then echo "$CTRD_SOCK $CTRD_SOCK2"; else echo "$CTRD_SOCK"; fi; }
+# down's part for node 2, while the apiserver still runs: its pods' CNI DEL, then its processes, mounts, netns.
+down_node2() {
+  [[ -f $STATE/pids/kubelet-node2 || -f $STATE/pids/containerd-node2 || -f $STATE/node2-netns || -e $MNTNS2 ]] || return 0
+  if [[ -S $CTRD_SOCK2 ]] && alive containerd-node2; then
+    local id end=$((SECONDS + 30))
+    for id in $(ctr --address "$CTRD_SOCK2" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr --address "$CTRD_SOCK2" -n k8s.io tasks kill -s KILL "$id" >/dev/null 2>&1 || true
+    done
+    while ((SECONDS < end)) && alive kubelet-node2 \
+      && [[ -n $(find "$STATE2/ipam" "$STATE2/patu/ipam" -mindepth 2 -maxdepth 2 -regex '.*/[0-9.]+' 2>/dev/null) ]]; do sleep 1; done
   fi
-  log "uplink $UPLINK: no packet to $SERVICE_CIDR left the node"
+  local ids
+  ids=$(ls "$STATE2/containerd/state/io.containerd.runtime.v2.task/k8s.io" 2>/dev/null || true)
+  stop_pid kubelet-node2
+  stop_pid containerd-node2
+  # Its shims were started with the same -address text as node 1's ($CTRD_SOCK is its view of its socket).
+  local p
+  for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $CTRD_SOCK" || true); do kill -KILL "$p" 2>/dev/null || true; done
+  for id in $ids; do
+    rm -f "/run/containerd/s/$(printf '%s' "$CTRD_SOCK/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+    rm -f /var/lib/cni/results/*-"$id"-*
+  done
+  for p in /sys/fs/cgroup/*/"$CGROOT2"; do
+    [[ -d $p ]] && find "$p" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done
+  stop_pid uplink-watch-node2
+  # Its mount namespace goes with its last process and the file that holds it (down unmounts that with the rest).
+  [[ -f $STATE/node2-netns ]] && { ip netns del "$(cat "$STATE/node2-netns")" 2>/dev/null || true; }
+  [[ $PIN_ROOT2 == /sys/fs/bpf/patu-test-* ]] && rm -rf "$PIN_ROOT2"
+  return 0
 }
 
 apiserver_ready() { curl -fsS --max-time 2 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" "https://$NODE_IP:$API_PORT/readyz" | grep -qx ok; }
-node_ready() { kubectl_ get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
+node_ready() { kubectl_ get node "${1:-$NODE}" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
+all_nodes_ready() { local n; for n in $(node_names); do node_ready "$n" || return 1; done; }
 etcd_ready() { etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health; }
 
 up() {
-  local with_proxy=0 no_cni=0 a
-  for a in "$@"; do
-    case $a in
+  local with_proxy=0 no_cni=0 nodes=1 static=0
+  while (($#)); do
+    case $1 in
       --kube-proxy) with_proxy=1 ;;
       --no-cni) no_cni=1 ;;
-      *) die "up: unknown option $a" ;;
+      --nodes) [[ ${2:-} =~ ^[12]$ ]] || die "up: --nodes takes 1 or 2"; nodes=$2; shift ;;
+      --static-routes) static=1 ;;
+      *) die "up: unknown option $1" ;;
     esac
+    shift
   done
+  ((nodes == 1 || !with_proxy)) || die "up: --kube-proxy runs on the first node only: not with --nodes 2"
+  ((nodes == 2 || !static)) || die "up: --static-routes needs --nodes 2"
+  ((nodes == 1)) || [[ ${NODE_IP##*.} -lt 253 ]] || die "up --nodes 2: node 2 takes PATU_K8S_NODE_IP + 2 ($NODE2_IP): want d < 253"
   [[ $(id -u) == 0 ]] || die "needs root (containerd, kubelet, netns, cgroups)"
   local b; for b in etcd etcdctl kube-apiserver kubelet kubectl; do [[ -x $BIN/$b ]] || die "$BIN/$b missing: run scripts/k8s/build.sh"; done
   ((with_proxy)) && { [[ -x $BIN/kube-proxy ]] || die "$BIN/kube-proxy missing: run scripts/k8s/build.sh"; }
   [[ -e $STATE/pids ]] && die "$STATE already holds a cluster: run '$0 down' first"
   mkdir -p "$STATE/pids" "$STATE/logs"
+  echo "$nodes" >"$STATE/nodes"
   local t0=$SECONDS
   setup_net "$with_proxy"
+  # Node 2's mount namespace first, before node 1 mounts anything under the state dir that it would copy.
+  ((nodes == 1)) || { setup_net2; setup_mntns2; }
   make_pki
   build_images
   write_cni "$no_cni"
@@ -424,14 +588,16 @@ up() {
 
   # kubelet refuses a cgroupRoot that does not exist in every hierarchy. cpuset needs cpus/mems copied from
   # its parent before a task (or child) may join.
-  local h
+  local h cg
   for h in /sys/fs/cgroup/*/; do
     [[ -f ${h}cgroup.procs ]] || continue
-    mkdir -p "$h$CGROOT"
-    if [[ -f ${h}cpuset.cpus ]]; then
-      cat "${h}cpuset.cpus" >"$h$CGROOT/cpuset.cpus"
-      cat "${h}cpuset.mems" >"$h$CGROOT/cpuset.mems"
-    fi
+    for cg in "$CGROOT" $( ((nodes == 1)) || echo "$CGROOT2"); do
+      mkdir -p "$h$cg"
+      if [[ -f ${h}cpuset.cpus ]]; then
+        cat "${h}cpuset.cpus" >"$h$cg/cpuset.cpus"
+        cat "${h}cpuset.mems" >"$h$cg/cpuset.mems"
+      fi
+    done
   done
   save_sysctls
   # kubelet also writes to fixed host paths whatever its flags say: /var/lib/kubelet/device-plugins/kubelet.sock
@@ -444,11 +610,18 @@ up() {
   wait_for kubelet 120 kubectl_ get node "$NODE" || { ensure_alive kubelet; die "node $NODE not registered (log: $STATE/logs/kubelet.log)"; }
   kubectl_ patch node "$NODE" --type merge -p "{\"spec\":{\"podCIDR\":\"$POD_CIDR\",\"podCIDRs\":[\"$POD_CIDR\"]}}" >/dev/null \
     || die "cannot set spec.podCIDR of node $NODE"
+  if ((nodes == 2)); then
+    up_node2 "$no_cni"
+    ((static)) && static_routes
+  fi
   if ((no_cni)); then
     # NotReady (no network config yet) until patu's agent writes its conflist.
     wait_for kubelet 120 kubectl_ get node "$NODE" || { ensure_alive kubelet; die "node $NODE not registered (log: $STATE/logs/kubelet.log)"; }
   else
     wait_for kubelet 120 node_ready || { ensure_alive kubelet; die "node $NODE not Ready (log: $STATE/logs/kubelet.log)"; }
+    if ((nodes == 2)); then
+      wait_for kubelet-node2 120 node_ready "$NODE2" || { ensure_alive kubelet-node2; die "node $NODE2 not Ready (log: $STATE/logs/kubelet-node2.log)"; }
+    fi
   fi
 
   if ((with_proxy)); then
@@ -470,7 +643,7 @@ EOF
     touch "$STATE/kube-proxy-ran"
     wait_for kube-proxy 30 curl -fsS --max-time 2 http://127.0.0.1:10256/healthz || { ensure_alive kube-proxy; die "kube-proxy not healthy"; }
   fi
-  log "up in $((SECONDS - t0))s; node $NODE $( ((no_cni)) && echo 'registered (Ready once patu is deployed)' || echo Ready)"
+  log "up in $((SECONDS - t0))s; node$( ((nodes == 1)) || echo s) $(node_names) $( ((no_cni)) && echo 'registered (Ready once patu is deployed)' || echo Ready)"
   env_
 }
 
@@ -543,6 +716,7 @@ down() {
   # Every container/sandbox id of our containerd: their shim sockets (/run/containerd/s/<sha256(address/ns/id)>,
   # a fixed place in containerd 1.6) and libcni's result cache (/var/lib/cni/results) are keyed by them.
   # The task dirs survive a crashed containerd, unlike its API.
+  down_node2
   local ids
   ids=$(ls "$STATE/containerd/state/io.containerd.runtime.v2.task/k8s.io" 2>/dev/null || true)
   for c in kube-proxy kubelet; do stop_pid "$c"; done
@@ -600,11 +774,13 @@ down() {
   [[ $PIN_ROOT == /sys/fs/bpf/patu-test-* ]] && rm -rf "$PIN_ROOT"
   remove_masquerade
   # The cgroups kubelet made under /$CGROOT, in every v1 hierarchy and in cgroup2; deepest first, EBUSY retried.
-  local h d try
+  local h d try cg
   for h in /sys/fs/cgroup/*/; do
-    [[ -d $h$CGROOT ]] || continue
-    for d in $(find "$h$CGROOT" -depth -type d); do
-      for try in 1 2 3 4 5; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
+    for cg in "$CGROOT" "$CGROOT2"; do
+      [[ -d $h$cg ]] || continue
+      for d in $(find "$h$cg" -depth -type d); do
+        for try in 1 2 3 4 5; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
+      done
     done
   done
   rm -rf "$STATE"
@@ -636,6 +812,19 @@ export PATU_K8S_PIN_ROOT=$PIN_ROOT
 export PATU_K8S_METRICS_PORT=$METRICS_PORT
 export PATU_K8S_TEST_IMAGE=$TEST_IMAGE
 export PATU_K8S_STATE=$STATE
+export PATU_K8S_NODES=$(nodes_count)
+EOF
+  (($(nodes_count) > 1)) || return 0
+  cat <<EOF
+export PATU_K8S_NODE2=$NODE2
+export PATU_K8S_NODE2_IP=$NODE2_IP
+export PATU_K8S_POD_CIDR2=$POD_CIDR2
+export PATU_K8S_NODE2_NETNS=$NS2
+export PATU_K8S_NODE2_MNTNS=$MNTNS2
+export PATU_K8S_CONTAINERD_SOCK2=$CTRD_SOCK2
+export PATU_K8S_PIN_ROOT2=$PIN_ROOT2
+export PATU_K8S_CGROUP2=$CGROOT2
+export PATU_K8S_STATE2=$STATE2
 EOF
 }
 
@@ -750,8 +939,11 @@ EOF
 # dns: deploy kube-dns and wait until it and every other kube-system pod is Ready (e2e's setup checks that).
 dns() {
   [[ -S $CTRD_SOCK ]] || die "no cluster in $STATE: run '$0 up' first"
-  ctr --address "$CTRD_SOCK" -n k8s.io images ls -q | grep -qxF "$COREDNS_IMAGE" \
-    || die "image $COREDNS_IMAGE is not in the cluster's containerd (scripts/k8s/images.sh import --address $CTRD_SOCK)"
+  local s
+  for s in $(containerd_socks); do
+    ctr --address "$s" -n k8s.io images ls -q | grep -qxF "$COREDNS_IMAGE" \
+      || die "image $COREDNS_IMAGE is not in the cluster's containerd $s (scripts/k8s/images.sh import --address $s)"
+  done
   kube_dns_manifest | kubectl_ apply -f - >&2
   kubectl_ -n kube-system rollout status deploy/coredns --timeout=180s >&2 \
     || { kubectl_ -n kube-system logs deploy/coredns --tail=20 >&2 || true; die "kube-dns (CoreDNS) not ready"; }
@@ -760,7 +952,8 @@ dns() {
 }
 # Every kube-system pod Ready (succeeded ones aside) and the node schedulable: what e2e's suite setup waits for.
 kube_system_ready() {
-  [[ $(kubectl_ get node "$NODE" -o 'jsonpath={.spec.unschedulable}') != true ]] || return 1
+  local n
+  for n in $(node_names); do [[ $(kubectl_ get node "$n" -o 'jsonpath={.spec.unschedulable}') != true ]] || return 1; done
   local pods
   pods=$(kubectl_ -n kube-system get pods -o 'jsonpath={range .items[*]}{.status.phase}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}') || return 1
   [[ -n $pods ]] && ! grep -v '^Succeeded ' <<<"$pods" | grep -qv ' True$'
@@ -799,23 +992,33 @@ render() {
 deploy() {
   [[ -S $CTRD_SOCK ]] || die "no cluster in $STATE: run '$0 up --no-cni' first"
   [[ -f $REPO/build/image/patu-dev.tar && ${PATU_IMAGE_REBUILD:-1} == 0 ]] || bash "$REPO/scripts/image.sh" >&2
-  ctr --address "$CTRD_SOCK" -n k8s.io images import "$REPO/build/image/patu-dev.tar" >>"$STATE/logs/images.log" 2>&1 \
-    || { tail -5 "$STATE/logs/images.log" >&2; die "ctr images import patu-dev.tar failed"; }
+  local s
+  for s in $(containerd_socks); do
+    ctr --address "$s" -n k8s.io images import "$REPO/build/image/patu-dev.tar" >>"$STATE/logs/images.log" 2>&1 \
+      || { tail -5 "$STATE/logs/images.log" >&2; die "ctr images import patu-dev.tar into $s failed"; }
+  done
   # The pod network configuration CRDs first (deploy/patu.yaml's header says the same), so the agent finds them.
   kubectl_ apply -f "$REPO/deploy/podnet-crds.yaml" >&2
   kubectl_ wait --for condition=established --timeout=60s crd/nodenetworks.network.patu.dev crd/podnetworkconfigs.network.patu.dev >&2
   render "${PATU_MANIFEST:-patu}" | kubectl_ apply -f - >&2
   log "patu applied; waiting for its DaemonSet and the node to be Ready"
   kubectl_ -n kube-system rollout status ds/patu --timeout=120s >&2 || die "patu DaemonSet not ready"
-  wait_for kubelet 60 node_ready || die "node $NODE not Ready after patu was deployed"
+  wait_for kubelet 60 all_nodes_ready || die "node(s) $(node_names) not Ready after patu was deployed"
 }
 
 status() {
   local c
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy uplink-watch; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy uplink-watch \
+    containerd-node2 kubelet-node2 uplink-watch-node2; do
     [[ -f $STATE/pids/$c ]] || continue
     if alive "$c"; then echo "$c: running (pid $(cat "$STATE/pids/$c"))"; else echo "$c: DEAD (log: $STATE/logs/$c.log)"; fi
   done
+  local n
+  if alive kube-apiserver; then
+    for n in $(node_names); do
+      echo "node $n: Ready=$(kubectl_ get node "$n" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || echo unknown)"
+    done
+  fi
 }
 
 case ${1:-} in
@@ -827,5 +1030,5 @@ case ${1:-} in
   uplink-check) uplink_check ;;
   render) render "${2:-patu}" ;;
   deploy) deploy ;;
-  *) echo "usage: $0 up [--kube-proxy] [--no-cni] | deploy | dns | uplink-check | render [patu|patu-split|patu-uninstall] | down | env | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--kube-proxy] [--no-cni] [--nodes 1|2] [--static-routes] | deploy | dns | uplink-check | render [patu|patu-split|patu-uninstall] | down | env | status" >&2; exit 2 ;;
 esac

@@ -17,6 +17,8 @@ export const K8S_BIN = process.env.PATU_K8S_BIN_DIR ?? join(K8S_CACHE, K8S_VERSI
 const SCRIPTS = join(REPO_ROOT, 'scripts', 'k8s');
 /** The node name cluster.sh registers (see there: how the apiserver reaches kubelet on loopback). */
 export const NODE = 'localhost';
+/** The second node's name (cluster.sh up --nodes 2). */
+export const NODE2 = 'node2';
 export const TEST_IMAGE = 'localhost/patu/busybox:test';
 
 /** Why a cluster cannot run here, or undefined. `extra` names binaries beyond the always-needed ones. */
@@ -42,6 +44,11 @@ export interface ClusterNames {
   outsideIP: string;
   uplink: string;
   outsideNs: string;
+  /** The second node (up --nodes 2): InternalIP (nodeIP + 2, on the same LAN), pod CIDR, network namespace. */
+  node2IP: string;
+  podCIDR2: string;
+  node2Netns: string;
+  cgroup2: string;
 }
 
 /** Names derive from a pid only, so a killed run's cluster can be found again. */
@@ -54,6 +61,10 @@ export const namesFor = (pid: number): ClusterNames => ({
   outsideIP: `10.203.${(pid % 200) + 20}.2`,
   uplink: `pk8${pid % 100000}u`,
   outsideNs: `patu-k8s-s${pid}-outside`,
+  node2IP: `10.203.${(pid % 200) + 20}.3`,
+  podCIDR2: `10.202.${((pid % 200) + 20 + 128) % 256}.0/24`,
+  node2Netns: `patu-k8s-s${pid}-node2`,
+  cgroup2: `patu-k8s-s${pid}-node2`,
 });
 
 export const freePort = (): Promise<number> =>
@@ -109,6 +120,8 @@ export class TestCluster {
       PATU_K8S_BRIDGE: this.names.bridge,
       PATU_K8S_CGROUP: this.names.cgroup,
       PATU_K8S_POD_CIDR: this.names.podCIDR,
+      PATU_K8S_POD_CIDR2: this.names.podCIDR2,
+      PATU_K8S_NODE2: NODE2,
       PATU_K8S_NODE_IP: this.names.nodeIP,
       PATU_K8S_UPLINK: this.names.uplink,
       PATU_K8S_OUTSIDE_NS: this.names.outsideNs,
@@ -128,6 +141,10 @@ export class TestCluster {
   }
   get containerdSocket(): string {
     return join(this.state, 'containerd', 'containerd.sock');
+  }
+  /** The second node's containerd, as the host reaches it (its own mount namespace shows it at containerdSocket). */
+  get containerdSocket2(): string {
+    return join(this.state, 'node2', 'containerd', 'containerd.sock');
   }
 
   run(cmd: string, args: string[], timeoutMs: number, input?: string): RunResult {
@@ -158,13 +175,14 @@ export class TestCluster {
     return r.stdout;
   }
 
-  /** crictl against the cluster's containerd: what kubelet sees through CRI. */
-  crictl(args: string[], timeoutMs = 15_000): RunResult {
-    return this.run(join(K8S_BIN, 'crictl'), ['--runtime-endpoint', `unix://${this.containerdSocket}`, '--image-endpoint', `unix://${this.containerdSocket}`, ...args], timeoutMs);
+  /** crictl against the cluster's containerd (node: 2 for the second node's): what kubelet sees through CRI. */
+  crictl(args: string[], timeoutMs = 15_000, node: 1 | 2 = 1): RunResult {
+    const sock = node === 1 ? this.containerdSocket : this.containerdSocket2;
+    return this.run(join(K8S_BIN, 'crictl'), ['--runtime-endpoint', `unix://${sock}`, '--image-endpoint', `unix://${sock}`, ...args], timeoutMs);
   }
 
-  ctr(args: string[], timeoutMs = 15_000): RunResult {
-    return this.run('ctr', ['--address', this.containerdSocket, '-n', 'k8s.io', ...args], timeoutMs);
+  ctr(args: string[], timeoutMs = 15_000, node: 1 | 2 = 1): RunResult {
+    return this.run('ctr', ['--address', node === 1 ? this.containerdSocket : this.containerdSocket2, '-n', 'k8s.io', ...args], timeoutMs);
   }
 
   /** Builds the binaries if asked to (PATU_K8S_BUILD=1), picks free ports and brings the cluster up. */
