@@ -17,14 +17,22 @@ import { addNetns, delNetns, isRoot, netnsPath, nsRun, ping, tcpExchange, PATU_B
 import { startNodesFile } from '../../src/agent/nodes-watch.js';
 import { createLog } from '../../src/agent/log.js';
 import { NODE_ROUTES_RTPROT } from '../../src/dataplane/node-routes.js';
+import { ServiceModel } from '../../src/services/model.js';
+import { scratchForTests } from '../helpers/kernel.js';
+import { Children, openScratchLb, runClient, startServer } from '../helpers/svc-fixtures.js';
 
 const skip = !isRoot() ? 'needs root (netns, links)' : false;
 const tag = `mn${process.pid.toString(36)}`;
 const dir = mkdtempSync(join(tmpdir(), `${tag}-`));
 const made: string[] = [];
 const stops: (() => void)[] = [];
+const scratch = scratchForTests('patu-test-mn');
+const children = new Children();
+/** The direct test's pods, for the service test after it. */
+let direct: { pa: { ns: string; ip: string }; pb: { ns: string; ip: string } } | undefined;
 
 after(() => {
+  children.killAll();
   for (const s of stops) s();
   for (const ns of made.reverse()) delNetns(ns);
   rmSync(dir, { recursive: true, force: true });
@@ -118,6 +126,7 @@ test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { 
   }
   const t = await tcpExchange(pb.ns, pa.ns, pb.ip, 7070);
   assert.ok(t.ok, t.detail);
+  direct = { pa, pb };
 
   // From outside the cluster through A to B's pod (what a NodePort with a backend on B
   // becomes after A's tc translation): B has no route to the client, so only A's SNAT
@@ -203,4 +212,26 @@ test('nodes on two subnets behind a router: VXLAN, pod to pod; leave and rejoin;
   const again = await routing(c, 'c', file);
   assert.equal(again.filter((l) => l.msg === 'routes to other nodes programmed').length, 0, JSON.stringify(again));
   assert.equal(ourRoutes(c) + sh(c, 'bridge fdb show dev patu.vxlan') + sh(c, 'ip neigh show dev patu.vxlan'), before);
+});
+
+test('a service with backends on both nodes: a pod on A reaches both (socket LB, remote endpoint kept)', { skip }, async () => {
+  assert.ok(direct, 'needs the direct test\'s nodes');
+  const { pa, pb } = direct;
+  const cg = scratch.cgroup();
+  const lb = openScratchLb(scratch, { pinRoot: scratch.pinRoot(), cgroupPath: cg });
+  const model = new ServiceModel({ nodeName: 'a' });
+  model.upsertService({ namespace: 'mn', name: 'both', clusterIP: '10.96.88.1', ports: [{ port: 80, protocol: 'TCP', targetPort: 8080 }], sessionAffinity: 'None', affinityTimeoutSeconds: 10800 });
+  model.setEndpoints('mn/both', [
+    { ip: pa.ip, ready: true, serving: true, terminating: false, nodeName: 'a' },
+    { ip: pb.ip, ready: true, serving: true, terminating: false, nodeName: 'b' },
+  ]);
+  lb.resync(model.desired());
+  lb.attach();
+  await startServer(children, [{ ip: pa.ip, port: 8080 }], { netns: pa.ns });
+  await startServer(children, [{ ip: pb.ip, port: 8080 }], { netns: pb.ns });
+  const r = await runClient(children, { mode: 'tcp', host: '10.96.88.1', port: 80, count: 60 }, { netns: pa.ns, cgroup: cg });
+  assert.equal(r.ok, 60, JSON.stringify(r));
+  const local = r.byBackend[`${pa.ip}:8080`] ?? 0;
+  const remote = r.byBackend[`${pb.ip}:8080`] ?? 0;
+  assert.ok(local >= 10 && remote >= 10, `both nodes' backends answer: ${JSON.stringify(r.byBackend)}`);
 });
