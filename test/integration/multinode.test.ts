@@ -9,91 +9,29 @@
 // Needs root. Nothing leaves the namespaces the test makes.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { addNetns, delNetns, isRoot, netnsPath, nsRun, ping, tcpExchange, PATU_BIN } from '../helpers/cni.js';
-import { startNodesFile } from '../../src/agent/nodes-watch.js';
-import { createLog } from '../../src/agent/log.js';
+import { writeFileSync } from 'node:fs';
+import { isRoot, nsRun, ping, tcpExchange } from '../helpers/cni.js';
 import { NODE_ROUTES_RTPROT } from '../../src/dataplane/node-routes.js';
 import { ServiceModel } from '../../src/services/model.js';
 import { scratchForTests } from '../helpers/kernel.js';
+import { NodeLab } from '../helpers/nodes.js';
 import { Children, openScratchLb, runClient, startServer } from '../helpers/svc-fixtures.js';
 
 const skip = !isRoot() ? 'needs root (netns, links)' : false;
-const tag = `mn${process.pid.toString(36)}`;
-const dir = mkdtempSync(join(tmpdir(), `${tag}-`));
-const made: string[] = [];
-const stops: (() => void)[] = [];
 const scratch = scratchForTests('patu-test-mn');
+const lab = new NodeLab(scratch);
 const children = new Children();
 /** The direct test's pods, for the service test after it. */
 let direct: { pa: { ns: string; ip: string }; pb: { ns: string; ip: string } } | undefined;
 
-after(() => {
-  children.killAll();
-  for (const s of stops) s();
-  for (const ns of made.reverse()) delNetns(ns);
-  rmSync(dir, { recursive: true, force: true });
-  rmSync(`/sys/fs/bpf/patu-test-${tag}`, { recursive: true, force: true });
-});
+after(() => children.killAll());
 
-function sh(ns: string, cmd: string): string {
-  const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-ec', cmd], { encoding: 'utf8', timeout: 10_000 });
-  if (r.status !== 0) throw new Error(`[${ns}] ${cmd}: exit ${r.status}: ${r.stderr}`);
-  return r.stdout;
-}
-
-function netns(name: string): string {
-  const ns = `${tag}${name}`;
-  addNetns(ns);
-  made.push(ns);
-  return ns;
-}
-
-/** A node: a netns with forwarding on and one uplink address. */
-function node(name: string): string {
-  const ns = netns(name);
-  sh(ns, 'sysctl -qw net.ipv4.ip_forward=1');
-  return ns;
-}
-
-/** Joins two netns with a veth pair (ends named `link` in both), with an address on each end. */
-function wire(a: string, aAddr: string, b: string, bAddr: string, link = 'up0', peer = link): void {
-  const tmpA = `${tag}a${made.length}`.slice(0, 15);
-  const tmpB = `${tag}b${made.length}`.slice(0, 15);
-  assert.equal(spawnSync('ip', ['link', 'add', tmpA, 'netns', a, 'type', 'veth', 'peer', 'name', tmpB, 'netns', b]).status, 0);
-  sh(a, `ip link set ${tmpA} name ${link} && ip addr add ${aAddr} dev ${link} && ip link set ${link} up`);
-  sh(b, `ip link set ${tmpB} name ${peer} && ip addr add ${bAddr} dev ${peer} && ip link set ${peer} up`);
-}
-
-/** A pod on `nodeNs` made by the real plugin running inside the node's netns; returns its address. */
-function pod(nodeNs: string, name: string, subnet: string): { ns: string; ip: string } {
-  const ns = netns(name);
-  const netconf = {
-    cniVersion: '1.1.0', name: `${tag}net`, type: 'patu', bridge: 'patu0', mtu: 1450, masquerade: false,
-    ipam: { ranges: [[{ subnet }]], dataDir: join(dir, `ipam-${nodeNs}`) },
-    pinRoot: `/sys/fs/bpf/patu-test-${tag}`, agentSocket: join(dir, 'no-agent.sock'),
-  };
-  const env = {
-    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-    CNI_COMMAND: 'ADD', CNI_CONTAINERID: `${ns}-c`, CNI_NETNS: netnsPath(ns), CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni',
-  };
-  const r = spawnSync('ip', ['netns', 'exec', nodeNs, PATU_BIN], { env, input: JSON.stringify(netconf), encoding: 'utf8', timeout: 30_000 });
-  assert.equal(r.status, 0, `ADD on ${nodeNs}: ${r.stdout} ${r.stderr}`);
-  const ip = JSON.parse(r.stdout).ips[0].address.split('/')[0] as string;
-  return { ns, ip };
-}
-
-interface Logged { msg: string; [k: string]: unknown }
-
-async function routing(nodeNs: string, nodeName: string, file: string): Promise<Logged[]> {
-  const lines: Logged[] = [];
-  const log = createLog({ level: 'info', write: (l) => void lines.push(JSON.parse(l) as Logged) });
-  stops.push(await startNodesFile(file, log, { nodeName, netns: netnsPath(nodeNs) }));
-  return lines;
-}
+const sh = (ns: string, cmd: string): string => lab.sh(ns, cmd);
+const node = (name: string): string => lab.node(name);
+const netns = (name: string): string => lab.netns(name);
+const wire = (...a: Parameters<NodeLab['wire']>): void => lab.wire(...a);
+const pod = (nodeNs: string, name: string, subnet: string) => lab.pod(nodeNs, name, subnet);
+const routing = (nodeNs: string, nodeName: string, file: string) => lab.routing(nodeNs, nodeName, file);
 
 const ourRoutes = (ns: string): string => sh(ns, `ip route show proto ${NODE_ROUTES_RTPROT}`).trim();
 const until = async (what: string, fn: () => boolean, ms = 5_000): Promise<void> => {
@@ -110,7 +48,7 @@ test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { 
   wire(a, '192.168.77.1/24', b, '192.168.77.2/24');
   const pa = pod(a, 'pa', '10.244.0.0/24');
   const pb = pod(b, 'pb', '10.244.1.0/24');
-  const file = join(dir, 'direct.yaml');
+  const file = lab.path('direct.yaml');
   writeFileSync(file, `nodes:
   - { name: a, podCIDR: 10.244.0.0/24, address: 192.168.77.1 }
   - { name: b, podCIDR: 10.244.1.0/24, address: 192.168.77.2 }
@@ -152,7 +90,7 @@ test('nodes on two subnets behind a router: VXLAN, pod to pod; leave and rejoin;
   sh(d, 'ip route add default via 192.168.79.254');
   const pc = pod(c, 'pc', '10.245.0.0/24');
   const pd = pod(d, 'pd', '10.245.1.0/24');
-  const file = join(dir, 'vxlan.yaml');
+  const file = lab.path('vxlan.yaml');
   const both = `nodes:
   - { name: c, podCIDR: 10.245.0.0/24, address: 192.168.78.1 }
   - { name: d, podCIDR: 10.245.1.0/24, address: 192.168.79.1 }
