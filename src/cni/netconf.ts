@@ -2,7 +2,8 @@
 //
 //   {
 //     "cniVersion": "1.1.0", "name": "patu", "type": "patu",
-//     "bridge": "patu0",              host bridge; its address is each range's gateway
+//     "mode": "bridge",               "bridge" (default) or "routed": /32 pods behind 169.254.1.1, no bridge (docs/routed.md)
+//     "bridge": "patu0",              host bridge; its address is each range's gateway (bridge mode)
 //     "mtu": 1500,                    MTU of the bridge and both veth ends
 //     "hairpin": true,                let a pod reach itself through a service address
 //     "masquerade": true,             SNAT traffic that leaves clusterCIDR (nftables, table ip patu)
@@ -84,6 +85,7 @@ const netconfShape = z.looseObject({
     z.maxLength(MAX_NETWORK_NAME, `must be at most ${MAX_NETWORK_NAME} characters`),
   ),
   type: z.string(),
+  mode: z.optional(z.enum(['bridge', 'routed'], 'must be "bridge" or "routed"')),
   bridge: z.optional(z.string()),
   mtu: z.optional(z.number().check(z.int(), z.gte(576), z.lte(65535))),
   hairpin: z.optional(z.boolean()),
@@ -111,9 +113,13 @@ export interface RawIpam {
   lockTimeoutMs?: number;
 }
 
+export type NetMode = 'bridge' | 'routed';
+
 export interface NetConf {
   cniVersion: string;
   name: string;
+  /** bridge (default): pods on a bridge whose address is their gateway; routed: /32 pods behind 169.254.1.1. */
+  mode: NetMode;
   bridge: string;
   mtu: number;
   hairpin: boolean;
@@ -199,6 +205,7 @@ export function parseNetConf(raw: unknown): NetConf {
   return {
     cniVersion: c.cniVersion,
     name: c.name,
+    mode: c.mode ?? 'bridge',
     bridge,
     mtu: c.mtu ?? DEFAULTS.mtu,
     hairpin: c.hairpin ?? true,

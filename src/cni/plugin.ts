@@ -68,7 +68,7 @@ async function run(env: NodeJS.ProcessEnv, stdin: string | Uint8Array, opts: Run
         await cmdDel(cniEnv, conf, ipamOpts);
         return { exitCode: 0, stdout: '' };
       case 'CHECK':
-        cmdCheck(cniEnv, conf);
+        await cmdCheck(cniEnv, conf);
         return { exitCode: 0, stdout: '' };
       case 'GC':
         await cmdGc(conf, ipamOpts);

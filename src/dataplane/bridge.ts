@@ -135,7 +135,8 @@ export class BridgeCache {
   }
 }
 
-function ensureForwarding(gateways: GatewayAddress[]): void {
+/** ip_forward (and IPv6 forwarding with an IPv6 gateway) on: the host routes pods' traffic. */
+export function ensureForwarding(gateways: Pick<GatewayAddress, 'family'>[]): void {
   const keys = ['net.ipv4.ip_forward'];
   if (gateways.some((g) => g.family === 6)) keys.push('net.ipv6.conf.all.forwarding');
   for (const key of keys) if (readSysctl(key).trim() !== '1') writeSysctl(key, '1');
@@ -173,26 +174,34 @@ function randomMac(): string {
   return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
+/** What createPodVeth needs: the names, the pod's netns, and how the host end is born. */
+export interface PodVethSpec {
+  hostVeth: string;
+  ifname: string;
+  netnsPath: string;
+  mtu: number;
+  /** Born as a port of this bridge (bridge mode). */
+  masterIndex?: number;
+  /** The host end's MAC (routed mode: the gateway's); else the kernel's random one. */
+  hostMac?: string;
+}
+
 /**
- * Wires one pod: veth created with its peer directly inside the pod netns (no move
- * step), host end on the bridge, addresses and routes inside the pod. The fewest
- * round trips the kernel allows: the creation is echoed back (host end's index and MAC,
- * the peer's index), the peer's MAC is chosen here, and a stale veth is looked for only
- * when the name turns out taken.
+ * The pod's veth, up on the host side, its peer born inside the pod netns with a MAC
+ * chosen here (no move step, no look-ups; the creation is echoed back). A stale veth
+ * of the same name (an ADD killed half-way) is removed only on EEXIST.
  */
-export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
+export function createPodVeth(host: Rtnl, spec: PodVethSpec): { hostLink: LinkInfo; podMac: string } {
   const podMac = randomMac();
   const nsFd = openNetns(spec.netnsPath);
   let echoed: LinkInfo | undefined;
   try {
-    // Born on the bridge and up, in one request: an ADD killed at any point never
-    // leaves a patu veth outside its bridge, where GC (which looks only at this
-    // network's bridge ports) could not tell which network it belonged to.
     const create = () => host.createVeth(spec.hostVeth, spec.ifname, {
       mtu: spec.mtu,
       peerNetnsFd: nsFd,
       peerMac: podMac,
-      masterIndex: spec.bridgeIndex,
+      ...(spec.masterIndex !== undefined ? { masterIndex: spec.masterIndex } : {}),
+      ...(spec.hostMac !== undefined ? { mac: spec.hostMac } : {}),
       up: true,
     });
     try {
@@ -210,6 +219,21 @@ export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
   }
   const hostLink = echoed ?? host.linkByName(spec.hostVeth);
   if (!hostLink) throw new Error(`veth '${spec.hostVeth}' not found right after it was created`);
+  return { hostLink, podMac };
+}
+
+/**
+ * Wires one pod: veth created with its peer directly inside the pod netns (no move
+ * step), host end on the bridge, addresses and routes inside the pod. The fewest
+ * round trips the kernel allows: the creation is echoed back (host end's index and MAC,
+ * the peer's index), the peer's MAC is chosen here, and a stale veth is looked for only
+ * when the name turns out taken.
+ */
+export function attachPod(host: Rtnl, spec: PodSpec): AttachedPod {
+  // Born on the bridge and up, in one request: an ADD killed at any point never
+  // leaves a patu veth outside its bridge, where GC (which looks only at this
+  // network's bridge ports) could not tell which network it belonged to.
+  const { hostLink, podMac } = createPodVeth(host, { ...spec, masterIndex: spec.bridgeIndex });
   if (spec.hairpin) host.setHairpin(hostLink.index, true);
 
   const pod = Rtnl.openInNetns(spec.netnsPath);

@@ -25,6 +25,8 @@ import { PatuError } from '../errors.js';
 import { bpfObjectPath } from '../home.js';
 import { accelPins, sockKeyCodec } from './accel-maps.js';
 import { isPatuVethName } from './names.js';
+import { markPolicyVeth } from './routed-tc.js';
+import { ROUTED_GATEWAY_MAC } from './routed-gateway.js';
 import {
   POL, POLICY_MAP_CODECS, POLICY_PROGRAMS, policyPins, epFlags, peerKey, peerKeyString, ruleKeyString, ruleKeyStrings, parseRuleKeyString, rulesFromKeys,
   dirName, decodeEvent, ctKeyC, ctValC,
@@ -511,6 +513,8 @@ export class PolicyDataplane {
    * patu_pol_* program there is replaced in place. Returns true when anything changed.
    */
   attach(ifindex: number): boolean {
+    // A routed pod's veth: bpf_redirect_peer must not skip these programs (bpf/routed.c).
+    markPolicyVeth(this.pinRoot, ifindex);
     let changed = false;
     for (const hook of ['toPod', 'fromPod'] as const) {
       const dir = HOOK_DIR[hook];
@@ -551,7 +555,9 @@ export class PolicyDataplane {
       rtnl.close();
     }
     const bridges = bridgeNames ? new Set(links.filter((l) => l.kind === 'bridge' && bridgeNames.includes(l.name)).map((l) => l.index)) : undefined;
-    const veths = links.filter((l) => l.kind === 'veth' && (bridges ? l.masterIndex !== undefined && bridges.has(l.masterIndex) : isPatuVethName(l.name)));
+    // Routed pods' veths (no bridge: patu-named, gateway MAC, no master) are always included.
+    const routed = (l: (typeof links)[number]): boolean => l.masterIndex === undefined && l.mac === ROUTED_GATEWAY_MAC && isPatuVethName(l.name);
+    const veths = links.filter((l) => l.kind === 'veth' && (bridges ? (l.masterIndex !== undefined && bridges.has(l.masterIndex)) || routed(l) : isPatuVethName(l.name)));
     let n = 0;
     const errors: Error[] = [];
     for (const l of veths) {

@@ -14,6 +14,7 @@ import { SOCK_DESTROY_MAP_CODECS } from '../../src/dataplane/udp-destroy.js';
 import { NODEPORT_MAP_CODECS } from '../../src/dataplane/nodeport-tc.js';
 import { POLICY_MAP_CODECS, eventC } from '../../src/dataplane/policy-maps.js';
 import { VLAN_MAP_CODECS } from '../../src/dataplane/vlan-tc.js';
+import { ROUTED_MAP_CODECS } from '../../src/dataplane/routed-tc.js';
 
 const obj = (rel: string): string => fileURLToPath(new URL(`../../../build/${rel}`, import.meta.url));
 const SOCK_LB = obj('bpf/sock_lb.o');
@@ -22,8 +23,9 @@ const SOCK_DESTROY = obj('bpf/sock_destroy.o');
 const NODEPORT = obj('bpf/nodeport.o');
 const POLICY = obj('bpf/policy.o');
 const VLAN = obj('bpf/vlan.o');
+const ROUTED = obj('bpf/routed.o');
 const FIXTURE = obj('test/bpf/test_maps.o');
-const built = [SOCK_LB, ACCEL, SOCK_DESTROY, NODEPORT, POLICY, VLAN, FIXTURE].every(existsSync);
+const built = [SOCK_LB, ACCEL, SOCK_DESTROY, NODEPORT, POLICY, VLAN, ROUTED, FIXTURE].every(existsSync);
 const skip = built ? false : 'needs the eBPF objects: run scripts/build.sh';
 
 type Codecs = Record<string, { key: Codec<unknown>; value: Codec<unknown> }>;
@@ -70,6 +72,10 @@ test('policy maps: every codec matches the C layout field by field (the ring buf
 
 test('vlan maps (bpf/vlan.h): every codec matches the C layout field by field', { skip }, () => {
   check(VLAN, VLAN_MAP_CODECS as Codecs, []);
+});
+
+test('routed maps (bpf/routed.h): every codec matches the C layout field by field', { skip }, () => {
+  check(ROUTED, ROUTED_MAP_CODECS as Codecs, []);
 });
 
 test('policy ring buffer records: the event codec is struct patu_pol_event (not in BTF: no map names it), field by field', () => {

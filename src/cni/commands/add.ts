@@ -14,6 +14,8 @@ import { hostVethName } from '../../dataplane/names.js';
 import { registerPodForAccel, type Warn } from '../register-accel.js';
 import { reserveHostPorts } from '../hostports.js';
 import { attachPolicy } from '../policy-attach.js';
+import { checkModeConflicts, routedMasqueradeKey } from '../routed-checks.js';
+import { ROUTED_GATEWAY4, ROUTED_GATEWAY6 } from '../../dataplane/routed-gateway.js';
 
 export interface AddOptions extends IpamOpenOptions {
   warn?: Warn;
@@ -25,6 +27,9 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
   // A bad runtimeConfig.portMappings is refused before anything is allocated.
   portMappingsOf(conf);
   const ipam = ipamFor(conf, opts);
+  // Routed and bridged pods never share a subnet; 169.254.1.1 is nobody's address (routed-checks.ts).
+  await checkModeConflicts(conf, ipam);
+  if (conf.mode === 'routed') return addRouted(env, conf, ipam, opts);
   const allocations = (() => {
     try {
       return ipam.allocate(env.containerId, env.ifname, conf.requestedIps, recordMetaOf(env));
@@ -137,6 +142,97 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
       /* best effort: GC releases what is left */
     }
     if (err instanceof ForeignLinkError) throw invalidConfig('bridge', err.message, { cause: err });
+    throw toCniError(err, `setting up ${env.ifname} in ${env.netns}`);
+  } finally {
+    host?.close();
+  }
+}
+
+/**
+ * ADD in routed mode (docs/routed.md): the same address, hostPort, policy, acceleration
+ * and rollback steps as bridge mode, with a /32 pod behind 169.254.1.1 instead of a bridge.
+ */
+async function addRouted(env: CniEnv, conf: NetConf, ipam: ReturnType<typeof ipamFor>, opts: AddOptions): Promise<CniResult> {
+  // Loaded here: libbpf (koffi) is for routed networks only, never on bridge mode's path.
+  const { attachRoutedPod, publishRoutedPod, unpublishRoutedPods } = await import('../../dataplane/routed.js');
+  const allocations = (() => {
+    try {
+      return ipam.allocate(env.containerId, env.ifname, conf.requestedIps, recordMetaOf(env));
+    } catch (err) {
+      throw toCniError(err, 'allocating an address');
+    }
+  })();
+  const hostVeth = hostVethName(env.containerId, env.ifname);
+  let host: Rtnl | undefined;
+  let vethCreated = false;
+  let undoHostPorts = (): void => {};
+  try {
+    undoHostPorts = reserveHostPorts(conf, env, ipam.config.dataDir, allocations.map((a) => a.ip), opts);
+    host = Rtnl.open();
+    if (conf.masquerade) {
+      const key = routedMasqueradeKey(conf);
+      const memo = `${key}\nmasquerade\n${ipam.subnets().join(',')}\n${conf.clusterCIDR}`;
+      if (!opts.bridges?.recentlyChecked(memo)) {
+        ensureMasqueradeInPlace(key, ipam.subnets(), conf.clusterCIDR);
+        opts.bridges?.markChecked(memo);
+      }
+    }
+    vethCreated = true;
+    const attached = attachRoutedPod(host, {
+      hostVeth,
+      ifname: env.ifname,
+      netnsPath: env.netns,
+      mtu: conf.mtu,
+      pinRoot: conf.pinRoot,
+      addresses: allocations.map((a) => ({ ip: a.ip, family: a.family })),
+      routes: ipam.routes(),
+    });
+    // Policy before the redirect entry: the moment other pods deliver past the stack, the
+    // veth is already marked if it carries policy programs (bpf/routed.c patu_routed_nopeer).
+    await attachPolicy(conf, attached.hostIndex, allocations.filter((a) => a.family === 4).map((a) => a.ip));
+    publishRoutedPod(conf.pinRoot, attached.hostIndex, attached.podMac, allocations.map((a) => a.ip));
+
+    const accelOn = conf.accel && env.args.PATU_ACCEL !== 'off';
+    await registerPodForAccel(conf, allocations.map((a) => a.ip), { optOut: !accelOn, warn: opts.warn ?? (() => {}) });
+
+    const gw = (a: { family: 4 | 6 }): string => (a.family === 4 ? ROUTED_GATEWAY4 : ROUTED_GATEWAY6);
+    return {
+      cniVersion: conf.cniVersion,
+      interfaces: [
+        { name: hostVeth, mac: attached.hostMac },
+        { name: env.ifname, mac: attached.podMac, sandbox: env.netns },
+      ],
+      ips: allocations.map((a) => ({ address: `${a.ip}/${a.family === 4 ? 32 : 128}`, interface: 1, gateway: gw(a) })),
+      routes: [
+        ...[...new Set(allocations.map((a) => a.family))].map((f) => ({ dst: f === 4 ? '0.0.0.0/0' : '::/0', gw: gw({ family: f }) })),
+        ...ipam.routes().filter((r) => r.dst !== '0.0.0.0/0' && r.dst !== '::/0').map((r) => ({ dst: r.dst, gw: gw({ family: r.dst.includes(':') ? 6 : 4 }) })),
+      ],
+      dns: {},
+    };
+  } catch (err) {
+    // The veth's deletion takes its routes and program with it; the map entries go by address.
+    try {
+      unpublishRoutedPods(conf.pinRoot, allocations.map((a) => a.ip));
+    } catch {
+      /* best effort: GC sweeps entries no record holds */
+    }
+    if (vethCreated && host) {
+      try {
+        detachPod(host, hostVeth);
+      } catch {
+        /* best effort: GC removes what is left */
+      }
+    }
+    try {
+      undoHostPorts();
+    } catch {
+      /* best effort */
+    }
+    try {
+      ipam.release(env.containerId, env.ifname);
+    } catch {
+      /* best effort: GC releases what is left */
+    }
     throw toCniError(err, `setting up ${env.ifname} in ${env.netns}`);
   } finally {
     host?.close();

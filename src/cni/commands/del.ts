@@ -15,6 +15,15 @@ export async function cmdDel(env: CniEnv, conf: NetConf, opts: IpamOpenOptions &
   const ipam = ipamFor(conf, opts);
   // The host veth is deleted by us rather than left to the netns teardown, which
   // the kernel does asynchronously (PLATFORM.md): the next ADD may reuse the name.
+  if (conf.mode === 'routed') {
+    // The redirect entries first: once the veth goes, its ifindex may name another link.
+    try {
+      const { unpublishRoutedPods } = await import('../../dataplane/routed.js');
+      unpublishRoutedPods(conf.pinRoot, ipam.addressesOf(env.containerId, env.ifname));
+    } catch (err) {
+      throw toCniError(err, `removing the routed entries of ${env.containerId}/${env.ifname}`);
+    }
+  }
   const host = Rtnl.open();
   try {
     detachPod(host, hostVethName(env.containerId, env.ifname));

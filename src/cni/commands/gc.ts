@@ -10,6 +10,7 @@ import { hostVethName, isPatuVethName } from '../../dataplane/names.js';
 import { sweepAccelRegistry, unregisterPodFromAccel, type Warn } from '../register-accel.js';
 import { gcHostPorts } from '../hostports.js';
 import { openPodNetApplier } from '../../podnet/apply.js';
+import { ROUTED_GATEWAY_MAC } from '../../dataplane/routed-gateway.js';
 
 export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn } = {}): Promise<void> {
   const valid = conf.validAttachments;
@@ -43,6 +44,7 @@ export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn
   await sweepAccelRegistry(conf, (ip) => ipam.inRanges(ip), () => new Set(ipam.reservations().map((r) => r.ip)), warn);
 
   const keep = new Set(valid.map((v) => hostVethName(v.containerID, v.ifname)));
+  if (conf.mode === 'routed') return gcRouted(conf, ipam, released, keep);
   const host = Rtnl.open();
   try {
     const bridge = host.linkByName(conf.bridge);
@@ -51,6 +53,38 @@ export async function cmdGc(conf: NetConf, opts: IpamOpenOptions & { warn?: Warn
       if (link.masterIndex === bridge.index && isPatuVethName(link.name) && !keep.has(link.name)) {
         detachPod(host, link.name);
       }
+    }
+  } catch (err) {
+    throw toCniError(err, 'removing stale veths');
+  } finally {
+    host.close();
+  }
+}
+
+/**
+ * Routed mode: redirect entries of released addresses, and any in our ranges that no
+ * record holds (a DEL killed half-way), then stale routed veths. A routed veth is a
+ * patu-named veth with the gateway MAC and no master; it is this network's when its
+ * routes lead into our ranges, or when it has none (an ADD killed before its routes:
+ * a routed network's GC may then remove another routed network's veth that is being
+ * made at this very moment, as bridge mode's GC may remove an in-flight port).
+ */
+async function gcRouted(conf: NetConf, ipam: ReturnType<typeof ipamFor>, released: string[], keep: Set<string>): Promise<void> {
+  const { unpublishRoutedPods, sweepRoutedPods } = await import('../../dataplane/routed.js');
+  try {
+    unpublishRoutedPods(conf.pinRoot, released);
+    sweepRoutedPods(conf.pinRoot, (ip) => ipam.inRanges(ip), () => new Set(ipam.reservations().map((r) => r.ip)));
+  } catch (err) {
+    throw toCniError(err, 'removing stale routed entries');
+  }
+  const host = Rtnl.open();
+  try {
+    const routes = host.listRoutes({ family: 4 }).concat(host.listRoutes({ family: 6 }));
+    for (const link of host.listLinks()) {
+      if (link.kind !== 'veth' || link.masterIndex !== undefined || link.mac !== ROUTED_GATEWAY_MAC) continue;
+      if (!isPatuVethName(link.name) || keep.has(link.name)) continue;
+      const dsts = routes.filter((r) => r.oif === link.index && r.dst !== 'default').map((r) => r.dst.split('/')[0]!);
+      if (dsts.length === 0 || dsts.some((ip) => ipam.inRanges(ip))) detachPod(host, link.name);
     }
   } catch (err) {
     throw toCniError(err, 'removing stale veths');

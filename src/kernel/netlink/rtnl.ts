@@ -183,6 +183,8 @@ export interface VethOptions {
   up?: boolean;
   /** The peer's MAC (aa:bb:..); without it the kernel picks a random one. */
   peerMac?: string;
+  /** The new (host) end's MAC; without it the kernel picks a random one. */
+  mac?: string;
 }
 
 const IFNAMSIZ = 16;
@@ -295,6 +297,7 @@ export class Rtnl {
       const body = [encodeIfInfo(opts.up ? { flags: IFF_UP, change: IFF_UP } : {}), attrStr(IFLA_IFNAME, name)];
       if (opts.mtu !== undefined) body.push(attrU32(IFLA_MTU, opts.mtu));
       if (opts.masterIndex !== undefined) body.push(attrU32(IFLA_MASTER, opts.masterIndex));
+      if (opts.mac !== undefined) body.push(attr(IFLA_ADDRESS, macToBytes(opts.mac)));
       body.push(attrNested(IFLA_LINKINFO, [
         attrStr(IFLA_INFO_KIND, 'veth'),
         attrNested(IFLA_INFO_DATA, [attr(VETH_INFO_PEER, Buffer.concat(peer))]),
