@@ -30,7 +30,7 @@
 //   bash scripts/build.sh && node dist/bench/policy.js        (root; iperf3, sockperf, ipset; kube-router rows also
 //   need the Kubernetes binaries of scripts/k8s/build.sh and Go for scripts/bench/kube-router.sh)
 //   BENCH_POLICIES=0,100,1000 BENCH_RUNS=3 BENCH_SECONDS=3 BENCH_WHAT=testrun,patu,kube-router,latency,rss BENCH_REPEAT=200000
-//   BENCH_LATENCY_ROUNDS=25
+//   BENCH_LATENCY_ROUNDS=25  BENCH_AGENT_LOG=FILE (keep the latency agent's log)  BENCH_APISERVER=bare (latency alone on a bare kube-apiserver + etcd: no cluster, no cluster lock)
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -323,8 +323,11 @@ async function patuSection(pp: PatuPolicy, topo: Topology, accel: Accel): Promis
 
 /** The test cluster the kube-router and latency sections share: its apiserver, the pods as Pod objects on a Node of their own. */
 interface ClusterCtx {
-  cluster: TestCluster;
+  /** The full test cluster (kube-router needs its kubeconfig); absent on a bare apiserver. */
+  cluster?: TestCluster;
   api: Api;
+  /** A kubeconfig for `patu agent --kubernetes`, written under dir. */
+  agentKubeconfig(dir: string): string;
   node: string;
   tmp: string;
 }
@@ -365,7 +368,29 @@ async function clusterSetup(tmp: string): Promise<ClusterCtx> {
     }
   }
   await createPods(api, node, GW, benchPods(CLIENT_IP, SERVER_IP));
-  return { cluster, api, node, tmp };
+  return { cluster, api, agentKubeconfig: (dir) => agentKubeconfig(cluster, dir), node, tmp };
+}
+
+/**
+ * The latency section alone on a bare kube-apiserver + etcd (test/helpers/apiserver.ts: free loopback
+ * ports, no controllers, no cluster lock needed; BENCH_APISERVER=bare): the same objects, the agent
+ * with the admin's token. What differs from the test cluster: no controller manager (the namespace's
+ * default ServiceAccount is made here), and the apiserver is on loopback.
+ */
+async function bareSetup(tmp: string): Promise<ClusterCtx> {
+  const { BareApiserver, apiserverSkipReason } = await import('../test/helpers/apiserver.js');
+  const skip = apiserverSkipReason();
+  if (skip) throw new Error(`BENCH_APISERVER=bare: ${skip}`);
+  log('starting a bare kube-apiserver ...');
+  const bs = await BareApiserver.start();
+  scratch.defer('bare apiserver', () => bs.stop());
+  const api = { call: (method: string, path: string, body?: unknown, contentType?: string) => bs.must(method, path, body, contentType ? { contentType } : {}) } as unknown as Api;
+  const node = `patu-bench-pol-${process.pid}`;
+  await createFakeNode(api, node, GW);
+  await api.call('POST', '/api/v1/namespaces', benchNamespace());
+  await api.call('POST', `/api/v1/namespaces/${BENCH_NS}/serviceaccounts`, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default', namespace: BENCH_NS } });
+  await createPods(api, node, GW, benchPods(CLIENT_IP, SERVER_IP));
+  return { api, agentKubeconfig: () => bs.kubeconfig(), node, tmp };
 }
 
 /** Writes the policies of benchPolicies(n) that are not in the apiserver yet (they only grow along SCALES). */
@@ -384,6 +409,7 @@ async function kubeRouterSection(ctx: ClusterCtx): Promise<void> {
   const bin = kubeRouterBinary();
   const version = kubeRouterVersion(bin);
   const kubeconfig = join(ctx.tmp, 'kube-router.kubeconfig');
+  if (!ctx.cluster) throw new Error('the kube-router section needs the test cluster (not BENCH_APISERVER=bare)');
   writeFileSync(kubeconfig, readFileSync(ctx.cluster.kubeconfig, 'utf8'), { mode: 0o600 });
   let running: KubeRouterRun | undefined;
   scratch.defer('kube-router', () => stopKubeRouter(running, bin, NODE_NS));
@@ -431,7 +457,7 @@ async function latencySection(ctx: ClusterCtx): Promise<void> {
   scratch.defer('names file', () => rmSync(policyNamesPath(pin), { force: true }));
   const dir = join(ctx.tmp, 'agent-lat');
   mkdirSync(dir, { recursive: true });
-  const kubeconfig = agentKubeconfig(ctx.cluster, dir);
+  const kubeconfig = ctx.agentKubeconfig(dir);
   // --bridge: a name no bridge has, so its start-up attach finds no veth of the host's; ours are attached below.
   const agent = await startAgent({ kubeconfig, pinRoot: pin, cgroup: CG, dir, nodeName: ctx.node, readyMs: 300_000, extraArgs: ['--bridge', `pbnone${process.pid % 10000}`] });
   scratch.defer('agent (latency)', () => stopChild(agent.child));
@@ -495,10 +521,12 @@ async function latencySection(ctx: ClusterCtx): Promise<void> {
     await sleep(50);
   }
   p.kill('SIGKILL');
+  // BENCH_AGENT_LOG=FILE: the agent's log kept (each apply's phases: 'network policy programmed').
+  if (process.env.BENCH_AGENT_LOG) writeFileSync(process.env.BENCH_AGENT_LOG, readFileSync(agent.logFile));
   const q = (xs: number[], f: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(f * xs.length) - 1)]!;
   const fmt = (xs: number[]) => `p50 ${q(xs, 0.5).toFixed(1)} ms, p99 ${q(xs, 0.99).toFixed(1)} ms, max ${Math.max(...xs).toFixed(1)} ms`;
   const p99 = Math.max(q(deny, 0.99), q(grant, 0.99));
-  latencyLines.push(`policy change -> new verdict (patu agent --kubernetes on the test cluster's apiserver, ${big} policies, probe every ~1 ms, ${rounds} rounds each way):`);
+  latencyLines.push(`policy change -> new verdict (patu agent --kubernetes on ${ctx.cluster ? 'the test cluster\'s apiserver' : 'a bare kube-apiserver (BENCH_APISERVER=bare)'}, ${big} policies, probe every ~1 ms, ${rounds} rounds each way):`);
   latencyLines.push(`  allowing policy deleted -> first refused connect:  ${fmt(deny)}`);
   latencyLines.push(`  allowing policy written -> first connect:          ${fmt(grant)}`);
   latencyLines.push(`  target p99 < 20 ms: ${p99 < 20 ? 'met' : 'MISSED'}`);
@@ -587,7 +615,7 @@ async function main(): Promise<void> {
   }
   if (WHAT.has('patu')) await patuSection(pp, topo, accel);
   if (WHAT.has('kube-router') || WHAT.has('latency')) {
-    const ctx = await clusterSetup(tmp);
+    const ctx = process.env.BENCH_APISERVER === 'bare' && !WHAT.has('kube-router') ? await bareSetup(tmp) : await clusterSetup(tmp);
     if (WHAT.has('kube-router')) await kubeRouterSection(ctx);
     if (WHAT.has('latency')) await latencySection(ctx);
   }
