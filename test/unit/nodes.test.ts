@@ -103,3 +103,12 @@ test('netlink: a vxlan FDB entry is AF_BRIDGE, permanent, NTF_SELF, with the MAC
   assert.equal(bytesToMac(a.get(NDA_LLADDR)!), '0e:70:c0:a8:32:02');
   assert.equal(bytesToIp(a.get(NDA_DST)!), '192.168.50.2');
 });
+
+test('node SNAT: one rule for the peers\' CIDRs, excluding every pod CIDR and the node\'s own traffic; no peer, no table', async () => {
+  const { nodeSnatScript } = await import('../../src/dataplane/node-snat.js');
+  const s = nodeSnatScript(['10.200.1.0/24', '10.200.2.0/24'], ['10.200.0.0/24', '10.200.1.0/24', '10.200.2.0/24']);
+  assert.match(s, /chain postrouting \{ type nat hook postrouting priority srcnat; policy accept; \}/);
+  assert.match(s, /flush chain ip patu_nodes postrouting/);
+  assert.match(s, /ip daddr \{ 10\.200\.1\.0\/24, 10\.200\.2\.0\/24 \} ip saddr != \{ 10\.200\.0\.0\/24, 10\.200\.1\.0\/24, 10\.200\.2\.0\/24 \} fib saddr type != local masquerade/);
+  assert.equal(nodeSnatScript([], []), 'table ip patu_nodes {}\ndelete table ip patu_nodes\n');
+});
