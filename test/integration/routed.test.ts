@@ -212,6 +212,47 @@ describe('routed mode', { skip: ROOT ? false : 'needs root: creates network name
     assert.equal((await del(a)).code, 0, 'second DEL');
   });
 
+  test('dual stack: a /128 too, fe80::1 answered by the program (ND), IPv6 between pods redirected', async (t) => {
+    const v6 = `fd00:${(process.pid % 0xffff).toString(16)}::/64`;
+    const c = conf({ ipam: { ranges: [[{ subnet: f.subnet }], [{ subnet: v6 }]], dataDir: f.dataDir } });
+    const a = newPod();
+    const b = newPod();
+    // The node has IPv6 off (above) for the IPv4 checks; this case needs it on its new veths.
+    ip('netns', 'exec', node, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=0', 'net.ipv6.conf.default.disable_ipv6=0');
+    try {
+      const ra = await add(a, c);
+      assert.equal(ra.code, 0, show(ra));
+      const rb = await add(b, c);
+      assert.equal(rb.code, 0, show(rb));
+      const six = (r: any): string => String(r.ips.find((x: any) => String(x.address).includes(':')).address);
+      assert.match(six(ra.json), /\/128$/);
+      assert.ok(ra.json.ips.some((x: any) => x.gateway === 'fe80::1'), JSON.stringify(ra.json.ips));
+      const ipB6 = six(rb.json).split('/')[0]!;
+      const s0 = stats();
+      // DAD of the pods' /128s may hold the first packets: a few tries.
+      let ok = false;
+      let out = '';
+      for (let i = 0; i < 10 && !ok; i++) {
+        const r = nsRun(a.name, ['ping', '-6', '-c', '1', '-W', '1', ipB6]);
+        ok = r.status === 0;
+        out = r.stdout + r.stderr;
+      }
+      assert.ok(ok, `ping -6 a -> b: ${out}`);
+      const s1 = stats();
+      const neigh = ip('-n', a.name, '-6', 'neigh', 'show', 'fe80::1', 'dev', 'eth0');
+      t.diagnostic(`nd answered ${s1.nd - s0.nd}, redirected ${s1.redirected - s0.redirected}; ${neigh.trim()}`);
+      assert.match(neigh, new RegExp(`lladdr ${ROUTED_GATEWAY_MAC}`), `pod a's IPv6 neighbours: ${neigh}`);
+      assert.ok(s1.nd > s0.nd, 'the ND counter did not move: someone else answered');
+      assert.ok(s1.redirected - s0.redirected >= 2n, 'IPv6 was not redirected');
+      const chk = await run('CHECK', { ...c, prevResult: ra.json }, { containerId: a.id, netns: a.path });
+      assert.equal(chk.code, 0, show(chk));
+      assert.equal((await del(a, c)).code, 0);
+      assert.equal((await del(b, c)).code, 0);
+    } finally {
+      ip('netns', 'exec', node, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1');
+    }
+  });
+
   test('a veth with NetworkPolicy programs (patu_routed_nopeer): no redirect into it, the stack path works', async () => {
     const a = newPod();
     const b = newPod();
