@@ -17,8 +17,9 @@
 #   namespace in which the first node's host paths ($STATE/{cni,patu,run,containerd,ipam,kubelet,pod-logs}, the pin
 #   root, /var/lib/kubelet, /var/log/containers) are its own: the DaemonSet's hostPaths then mean node-local
 #   directories on both nodes, as on two machines, and the same rendered manifest serves both.
-#   --static-routes (with --nodes 2): each node gets a route to the other's pod CIDR via its InternalIP, for as
-#   long as patu's agent does not program cross-node routes itself.
+#   --static-routes (with --nodes 2): each node gets a route to the other's pod CIDR via its InternalIP. patu's agent
+#   programs these itself from the Node objects (node-routing, deploy/patu.yaml): this is for conflist-only
+#   clusters (up without --no-cni) and to compare; the agent leaves routes it did not make alone.
 #   --no-cni: no patu conflist is written: deploy/patu.yaml installs patu (its agent writes the conflist,
 #   and the node turns Ready then). CNI_* requests reach the agent at $STATE/run/patu/agent.sock (the
 #   DaemonSet's /run/patu must be mounted from there): containerd passes PATU_AGENT_SOCKET to bin/patu.
@@ -773,6 +774,9 @@ down() {
   # A deployed patu's pins (unpinning its links detaches its programs) and its masquerade chain.
   [[ $PIN_ROOT == /sys/fs/bpf/patu-test-* ]] && rm -rf "$PIN_ROOT"
   remove_masquerade
+  # Node 1's agent SNATs outside traffic it forwards to node 2's pods in `table ip patu_nodes` (src/dataplane/
+  # node-snat.ts) on the host; node 2's table went with its netns. Ours only if it names node 2's pod CIDR.
+  if nft list table ip patu_nodes 2>/dev/null | grep -qF "$POD_CIDR2"; then nft delete table ip patu_nodes || log "nft: could not delete table patu_nodes"; fi
   # The cgroups kubelet made under /$CGROOT, in every v1 hierarchy and in cgroup2; deepest first, EBUSY retried.
   local h d try cg
   for h in /sys/fs/cgroup/*/; do
@@ -976,6 +980,10 @@ render() {
     -e "s#^  cgroup-path: .*#  cgroup-path: \"/host/sys/fs/cgroup/unified/$CGROOT\"#; s#^  log-level: .*#  log-level: \"debug\"#" \
     -e "s%^  # k8s-service-host: .*%  k8s-service-host: \"$NODE_IP\"%; s%^  # k8s-service-port: .*%  k8s-service-port: \"$API_PORT\"%" \
     -e '/^[[:space:]]*#/d' "$f")
+  # Two nodes: NodePorts on every node's uplink (same name on both), as a multi-node cluster is set up. A pod or
+  # node connecting to the OTHER node's InternalIP:nodePort sends it over the LAN; that node's tc program
+  # translates it. One node: off, as before (connections to the node's own address are translated at the socket).
+  if (($(nodes_count) > 1)); then out=$(sed -e "s#^  nodeport-devices: .*#  nodeport-devices: \"$UPLINK\"#" <<<"$out"); fi
   # A manifest edit that no longer matches these lines must fail here, not deploy something half-rendered.
   if [[ $name == patu || $name == patu-split ]]; then
     local want

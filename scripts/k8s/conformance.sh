@@ -2,8 +2,11 @@
 # Kubernetes network conformance with patu as the CNI and the only service proxy, on the single-node cluster of
 # scripts/k8s/cluster.sh, offline (binaries from scripts/k8s/build.sh --with-suite, images from images.sh).
 #
-# Usage: scripts/k8s/conformance.sh [--focus REGEX] [--skip REGEX] [--report DIR] [--procs N]
-#   1. cluster.sh up --no-cni, the test images imported, patu from deploy/patu.yaml (cluster.sh deploy), kube-dns
+# Usage: scripts/k8s/conformance.sh [--focus REGEX] [--skip REGEX] [--report DIR] [--procs N] [--nodes 2 [--static-routes]]
+#   --nodes 2: the cluster has a second node (cluster.sh up --nodes 2: its own kubelet and containerd in a netns of
+#   its own), for the specs that need two (e2e.test gets --num-nodes: SkipUnlessNodeCountIsAtLeast reads that flag, not
+#   the cluster); --static-routes: cluster.sh's routes between the nodes' pod CIDRs instead of the agent's.
+#   1. cluster.sh up --no-cni, the test images imported (into every node), patu from deploy/patu.yaml (cluster.sh deploy), kube-dns
 #      (cluster.sh dns: CoreDNS, every kube-system pod Ready);
 #   2. e2e.test --provider=skeleton with the focus (default '\[sig-network\].*\[Conformance\]'): what upstream
 #      marks non-serial through `ginkgo -p` (N processes, default 2), then the [Serial] ones alone;
@@ -42,13 +45,17 @@ FOCUS='\[sig-network\].*\[Conformance\]'
 SKIP=''
 REPORT=''
 PROCS=2
-usage() { echo "usage: $0 [--focus REGEX] [--skip REGEX] [--report DIR] [--procs N]" >&2; exit 2; }
+NODES=1
+UP_FLAGS=()
+usage() { echo "usage: $0 [--focus REGEX] [--skip REGEX] [--report DIR] [--procs N] [--nodes 1|2] [--static-routes]" >&2; exit 2; }
 while (($#)); do
   case $1 in
     --focus) (($# >= 2)) || usage; FOCUS=$2; shift 2 ;;
     --skip) (($# >= 2)) || usage; SKIP=$2; shift 2 ;;
     --report) (($# >= 2)) || usage; REPORT=$2; shift 2 ;;
     --procs) (($# >= 2)) && [[ $2 =~ ^[1-9][0-9]*$ ]] || usage; PROCS=$2; shift 2 ;;
+    --nodes) (($# >= 2)) && [[ $2 =~ ^[12]$ ]] || usage; UP_FLAGS+=(--nodes "$2"); NODES=$2; shift 2 ;;
+    --static-routes) UP_FLAGS+=(--static-routes); shift ;;
     *) usage ;;
   esac
 done
@@ -83,17 +90,22 @@ trap 'teardown || true' EXIT
 t0=$SECONDS
 step() { log "$*"; }
 step "cluster up ($STATE, node ${PATU_K8S_NODE_IP})"
-"${CLUSTER[@]}" up --no-cni >"$REPORT/up.log" 2>&1 || { tail -n 30 "$REPORT/up.log" >&2; die "cluster.sh up failed (log: $REPORT/up.log)"; }
+"${CLUSTER[@]}" up --no-cni ${UP_FLAGS[@]+"${UP_FLAGS[@]}"} >"$REPORT/up.log" 2>&1 || { tail -n 30 "$REPORT/up.log" >&2; die "cluster.sh up failed (log: $REPORT/up.log)"; }
 eval "$("${CLUSTER[@]}" env)"
 step "importing the test images"
-bash "$HERE/images.sh" import --address "$PATU_K8S_CONTAINERD_SOCK" >"$REPORT/images.log" 2>&1 \
-  || { tail -n 30 "$REPORT/images.log" >&2; die "images.sh import failed (log: $REPORT/images.log)"; }
+for sock in "$PATU_K8S_CONTAINERD_SOCK" ${PATU_K8S_CONTAINERD_SOCK2:+"$PATU_K8S_CONTAINERD_SOCK2"}; do
+  bash "$HERE/images.sh" import --address "$sock" >>"$REPORT/images.log" 2>&1 \
+    || { tail -n 30 "$REPORT/images.log" >&2; die "images.sh import into $sock failed (log: $REPORT/images.log)"; }
+done
 step "deploying patu (deploy/patu.yaml)"
 "${CLUSTER[@]}" deploy >"$REPORT/deploy.log" 2>&1 || { tail -n 30 "$REPORT/deploy.log" >&2; die "cluster.sh deploy failed (log: $REPORT/deploy.log)"; }
 step "deploying kube-dns"
 "${CLUSTER[@]}" dns >"$REPORT/dns.log" 2>&1 || { tail -n 30 "$REPORT/dns.log" >&2; die "cluster.sh dns failed (log: $REPORT/dns.log)"; }
 log "cluster ready in $((SECONDS - t0))s"
 
+# One node: e2e.test's default (-1), as in every run before --nodes existed.
+NUM_NODES_FLAG=()
+((NODES == 1)) || NUM_NODES_FLAG=(--num-nodes="$NODES")
 # run_pass <name> <label filter> <ginkgo flags...>: one e2e.test run; its JUnit ends up as junit_<name>.xml.
 # ginkgo exits non-zero when a spec fails: the verdict comes from the JUnit files, so that is not fatal here.
 # An e2e run that wrote no JUnit at all (it could not even start) is.
@@ -105,7 +117,7 @@ run_pass() {
   step "e2e pass '$name' (label filter '$labels'): focus '$FOCUS'${SKIP:+, skip '$SKIP'}"
   "$BIN/ginkgo" "$@" --timeout=3h --label-filter="$labels" --focus="$FOCUS" ${SKIP:+--skip="$SKIP"} \
     --no-color --silence-skips "$BIN/e2e.test" -- \
-    --provider=skeleton --kubeconfig="$KUBECONFIG" --report-dir="$dir" --dump-logs-on-failure=false \
+    --provider=skeleton --kubeconfig="$KUBECONFIG" --report-dir="$dir" --dump-logs-on-failure=false ${NUM_NODES_FLAG[@]+"${NUM_NODES_FLAG[@]}"} \
     >"$REPORT/e2e-$name.log" 2>&1 || rc=$?
   log "pass '$name': ginkgo exit $rc after $((SECONDS - t))s (log: $REPORT/e2e-$name.log)"
   local j

@@ -9,8 +9,9 @@
 //   - a Service whose backends are on both nodes answers from both backends, to a client pod on each node;
 //   - no packet to the service CIDR left either node by its uplink (cluster.sh uplink-check);
 //   - down leaves nothing of either node.
-// Cross-node routes: cluster.sh --static-routes (a route per node to the other's pod CIDR) until patu's agent
-// programs them from the Node objects (issue 14); PATU_K8S_TWO_NODES_ROUTES=agent runs without them.
+// Cross-node routes: patu's agents program them from the Node objects (node-routing auto: direct, the nodes share
+// the LAN), checked below; PATU_K8S_TWO_NODES_ROUTES=static runs with cluster.sh --static-routes instead (the agent
+// then leaves those routes alone: they are not its own).
 //
 // Needs root, the Kubernetes binaries (scripts/k8s/build.sh) and podman (scripts/image.sh); skips saying so
 // without them. ~2-3 min: two kubelets, one image build, six pods.
@@ -27,7 +28,7 @@ const { state: STATE, bridge: BRIDGE, cgroup: CGROUP, podCIDR: POD_CIDR, podCIDR
 const PIN_ROOT = `/sys/fs/bpf/patu-test-${CGROUP}`;
 const PIN_ROOT2 = `${PIN_ROOT}-node2`;
 const NS = 'default';
-const STATIC_ROUTES = process.env.PATU_K8S_TWO_NODES_ROUTES !== 'agent';
+const STATIC_ROUTES = process.env.PATU_K8S_TWO_NODES_ROUTES === 'static';
 
 const server = (name: string, node: string) => ({
   apiVersion: 'v1',
@@ -151,8 +152,13 @@ describe('two nodes: a second kubelet in its own netns, patu on both, pods and s
   });
 
   // wget under timeout(1): the image's busybox (Debian 12's 1.35) crashes on `wget -T`.
-  test('pod to pod across the nodes, both ways: TCP and ICMP', () => {
+  test('pod to pod across the nodes, both ways: TCP and ICMP', async () => {
     assert.ok(pods.web2 && pods.web1, 'pods did not start');
+    // Each node routes the other's pod CIDR via its InternalIP: the agent's route (proto 156), or cluster.sh's.
+    const route = (netns: string[], cidr: string) => spawnSync('ip', [...netns, 'route', 'show', 'exact', cidr], { encoding: 'utf8' }).stdout.trim();
+    const want = (cidr: string, via: string) => new RegExp(`^${cidr.replace(/\./g, '\\.')} via ${via.replace(/\./g, '\\.')} dev \\S+ ${STATIC_ROUTES ? '' : 'proto 156'}`);
+    await until('routes between the nodes', 30_000, () => (want(POD_CIDR2, NODE2_IP).test(route([], POD_CIDR2)) && want(POD_CIDR, NODE_IP).test(route(['-n', NETNS2], POD_CIDR)) ? true : undefined))
+      .catch((e: Error) => { throw new Error(`${e.message}: host: '${route([], POD_CIDR2)}', ${NETNS2}: '${route(['-n', NETNS2], POD_CIDR)}'`); });
     assert.equal(sh('client1', `timeout 5 wget -q -O - http://${pods.web2!.ip}:8080/`).trim(), 'web2');
     assert.equal(sh('client2', `timeout 5 wget -q -O - http://${pods.web1!.ip}:8080/`).trim(), 'web1');
     sh('client1', `ping -c 2 -W 2 ${pods.client2!.ip}`);
@@ -205,5 +211,9 @@ describe('two nodes: a second kubelet in its own netns, patu on both, pods and s
     assert.equal(shims.stdout.trim(), '', 'containerd shims of this cluster still run');
     const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(STATE));
     assert.deepEqual(mounts, [], 'mounts under the state dir remain');
+    // Node 1's agent SNAT table for node 2's pods (on the host) and its route to them.
+    const snat = spawnSync('nft', ['list', 'table', 'ip', 'patu_nodes'], { encoding: 'utf8' }).stdout ?? '';
+    assert.ok(!snat.includes(POD_CIDR2), `table ip patu_nodes still names ${POD_CIDR2}:\n${snat}`);
+    assert.equal(spawnSync('ip', ['route', 'show', 'exact', POD_CIDR2], { encoding: 'utf8' }).stdout.trim(), '', `a route to ${POD_CIDR2} remains`);
   });
 });
