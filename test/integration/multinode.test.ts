@@ -13,6 +13,9 @@ import { writeFileSync } from 'node:fs';
 import { isRoot, nsRun, ping, tcpExchange } from '../helpers/cni.js';
 import { NODE_ROUTES_RTPROT } from '../../src/dataplane/node-routes.js';
 import { ServiceModel } from '../../src/services/model.js';
+import { ServiceLb } from '../../src/dataplane/service-lb.js';
+import { NodePortTc } from '../../src/dataplane/nodeport-tc.js';
+import { netnsPath } from '../helpers/kernel.js';
 import { scratchForTests } from '../helpers/kernel.js';
 import { NodeLab } from '../helpers/nodes.js';
 import { Children, openScratchLb, runClient, startServer } from '../helpers/svc-fixtures.js';
@@ -22,7 +25,7 @@ const scratch = scratchForTests('patu-test-mn');
 const lab = new NodeLab(scratch);
 const children = new Children();
 /** The direct test's pods, for the service test after it. */
-let direct: { pa: { ns: string; ip: string }; pb: { ns: string; ip: string } } | undefined;
+let direct: { a: string; x: string; pa: { ns: string; ip: string }; pb: { ns: string; ip: string } } | undefined;
 
 after(() => children.killAll());
 
@@ -64,7 +67,6 @@ test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { 
   }
   const t = await tcpExchange(pb.ns, pa.ns, pb.ip, 7070);
   assert.ok(t.ok, t.detail);
-  direct = { pa, pb };
 
   // From outside the cluster through A to B's pod (what a NodePort with a backend on B
   // becomes after A's tc translation): B has no route to the client, so only A's SNAT
@@ -78,6 +80,7 @@ test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { 
   const tx = await tcpExchange(pb.ns, x, pb.ip, 7072);
   assert.ok(tx.ok, tx.detail);
   assert.equal(sh(b, 'nft list tables').includes('patu_nodes'), true, 'B has the rule for A too');
+  direct = { a, x, pa, pb };
 });
 
 test('nodes on two subnets behind a router: VXLAN, pod to pod; leave and rejoin; overlap refused; restart idempotent', { skip }, async () => {
@@ -172,4 +175,42 @@ test('a service with backends on both nodes: a pod on A reaches both (socket LB,
   const local = r.byBackend[`${pa.ip}:8080`] ?? 0;
   const remote = r.byBackend[`${pb.ip}:8080`] ?? 0;
   assert.ok(local >= 10 && remote >= 10, `both nodes' backends answer: ${JSON.stringify(r.byBackend)}`);
+});
+
+test('a NodePort from outside, translated by A\'s tc path, reaches the backend on B too (SNAT) and answers as the NodePort', { skip }, async () => {
+  assert.ok(direct, 'needs the direct test\'s nodes');
+  const { a, x, pa, pb } = direct;
+  const pin = scratch.pinRoot('np');
+  const model = new ServiceModel({ nodeName: 'a' });
+  model.upsertService({
+    namespace: 'mn', name: 'np', clusterIP: '10.96.88.2', type: 'NodePort', externalTrafficPolicy: 'Cluster',
+    sessionAffinity: 'None', affinityTimeoutSeconds: 10800, ports: [{ port: 80, protocol: 'TCP', targetPort: 8081, nodePort: 30088 }],
+  });
+  model.setEndpoints('mn/np', [
+    { ip: pa.ip, ready: true, serving: true, terminating: false, nodeName: 'a' },
+    { ip: pb.ip, ready: true, serving: true, terminating: false, nodeName: 'b' },
+  ]);
+  const lb = ServiceLb.open({ pinRoot: pin });
+  try {
+    lb.setNodeAddresses(new Map([['192.168.80.1', 0]]));
+    lb.resync(model.desired());
+  } finally {
+    lb.close();
+  }
+  const np = NodePortTc.open({ pinRoot: pin, devices: ['out0'], netnsPath: netnsPath(a) });
+  scratch.defer('nodeport tc', () => {
+    try {
+      np.detach();
+    } finally {
+      np.close();
+    }
+  });
+  assert.deepEqual(np.sync(), ['out0']);
+  await startServer(children, [{ ip: pa.ip, port: 8081 }], { netns: pa.ns });
+  await startServer(children, [{ ip: pb.ip, port: 8081 }], { netns: pb.ns });
+  const r = await runClient(children, { mode: 'tcp', host: '192.168.80.1', port: 30088, count: 40 }, { netns: x });
+  assert.deepEqual(r.errors, {}, JSON.stringify(r));
+  assert.equal(r.ok, 40);
+  assert.ok((r.byBackend[`${pb.ip}:8081`] ?? 0) >= 5 && (r.byBackend[`${pa.ip}:8081`] ?? 0) >= 5, `both nodes' backends: ${JSON.stringify(r.byBackend)}`);
+  assert.deepEqual(r.peers, { '192.168.80.1:30088': 40 }, 'every answer comes from the NodePort');
 });
