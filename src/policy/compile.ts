@@ -214,6 +214,8 @@ export class PolicyCompiler {
   private nextPolicy = 1;
   /** After a restart: prefix -> class the maps hold, used to give classes their old numbers. */
   private seedPeers: Map<string, number> | undefined;
+  /** The ipBlock atoms of the last compile by cidr, and the cidr lengths in use. */
+  private ipIndex: { key: string; at: Map<number, Atom[]>; lens: number[] } | undefined;
   /** The regions of the last compile (see the classes section of compile()). */
   private regionMemo: { key: string; infos: PeerInfo[]; at: (ip: number, maxLen?: number) => PeerInfo; written: [string, PeerInfo][]; members: [PeerInfo, string][] } | undefined;
   /** Endpoint group key -> its rules (see the rules section of compile()). */
@@ -446,14 +448,20 @@ export class PolicyCompiler {
     }
     // ipBlock atoms by their cidr: what contains an address or a prefix is found by walking up its
     // prefix lengths (one lookup per length in use), not by trying every atom.
-    const ipAtomsAt = new Map<number, Atom[]>();
-    for (const a of ipAtoms) {
-      const k = prefixKey(a.cidr!);
-      const l = ipAtomsAt.get(k);
-      if (l) l.push(a);
-      else ipAtomsAt.set(k, [a]);
+    // Kept while the ipBlock atoms stay (an atom's id stands for its cidr and excepts).
+    const ipKey = ipAtoms.map((x) => x.id).sort((x, y) => x - y).join(',');
+    if (this.ipIndex?.key !== ipKey) {
+      const at = new Map<number, Atom[]>();
+      for (const a of ipAtoms) {
+        const k = prefixKey(a.cidr!);
+        const l = at.get(k);
+        if (l) l.push(a);
+        else at.set(k, [a]);
+      }
+      this.ipIndex = { key: ipKey, at, lens: [...new Set(ipAtoms.map((a) => a.cidr!.len))].sort((x, y) => x - y) };
     }
-    const cidrLens = [...new Set(ipAtoms.map((a) => a.cidr!.len))].sort((x, y) => x - y);
+    const ipAtomsAt = this.ipIndex.at;
+    const cidrLens = this.ipIndex.lens;
     /** The ipBlock atoms whose cidr contains q (an address: len 32) and none of whose excepts does. */
     const ipAtomsOver = (q: Prefix): number[] => {
       const out: number[] = [];
@@ -479,7 +487,7 @@ export class PolicyCompiler {
     };
     // Regions: every ipBlock cidr and except, and 0.0.0.0/0. What they are depends only on the
     // ipBlock atoms (and the number of egress port names, in the signatures): kept while those stay.
-    const regionKey = `${namedList.length}#${ipAtoms.map((x) => x.id).sort((x, y) => x - y).join(',')}`;
+    const regionKey = `${namedList.length}#${ipKey}`;
     let rm = this.regionMemo?.key === regionKey ? this.regionMemo : undefined;
     if (!rm) {
       const regionPrefixes = new Map<number, Prefix>();
