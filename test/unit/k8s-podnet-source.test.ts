@@ -225,9 +225,12 @@ test('config before ADD: net1 is made during the ADD; finalizers, status, event 
 
   // Nothing changed: nothing written, no event, the kernel untouched for pods without change.
   const writes = t.api.statusWrites;
+  const syncs = t.applier.calls.length;
   t.echo();
+  t.src.handleNamespace({ metadata: { name: 'team-a', labels: { tenant: 'a', more: 'x' } } });
   await t.src.reconcile();
   assert.equal(t.api.statusWrites, writes, 'status written only when it changed');
+  assert.equal(t.applier.calls.length, syncs, 'an unchanged pod is not synced again (the periodic full reconcile does)');
   assert.equal(t.api.events.length, 1, 'events only on change');
 });
 
