@@ -7,7 +7,9 @@
 // when ADD answers), an existing pod gets net1 when its config appears, label removal,
 // config deletion (finalizer), pod DEL, the status conditions and pods entries, every bad
 // input of the issue, a namespaceSelector denial, a NodeNetwork deletion held while in use,
-// an agent restart midway (same ifindex and address), the network-status annotation.
+// an agent restart midway (same ifindex and address), the network-status annotation, and
+// `patu status`. The agent runs with its shipped ServiceAccount, ClusterRole and admission
+// policy (deploy/), so every write it makes is one those allow.
 // Needs root and the k8s binaries (skips, saying which, otherwise). Makes: netns
 // patu-test-pnet-<pid>-*, bridges pnb<pid>/ptb<pid>, pins and a cgroup of its own, a temp dir.
 import { test, before, after } from 'node:test';
@@ -23,18 +25,30 @@ import { PATU_BIN, REPO_ROOT, execPlugin, isRoot, type ExecResult } from '../hel
 import { scratchForTests } from '../helpers/kernel.js';
 import { NETWORK_STATUS_ANNOTATION, PODNET_FINALIZER, REASONS } from '../../src/podnet/types.js';
 
-/** The CRDs as deploy/ ships them. */
-function deployedCrds(): any[] {
-  const crds: any[] = [];
+/** The objects deploy/ ships (every YAML file). */
+function deployed(): any[] {
+  const out: any[] = [];
   for (const f of readdirSync(join(REPO_ROOT, 'deploy')).filter((n) => n.endsWith('.yaml'))) {
     for (const d of YAML.parseAllDocuments(readFileSync(join(REPO_ROOT, 'deploy', f), 'utf8'))) {
       const o = d.toJSON();
-      if (o?.kind === 'CustomResourceDefinition' && o.spec?.group === 'network.patu.dev') crds.push(o);
+      if (o) out.push({ ...o, file: f });
     }
   }
-  return crds;
+  return out;
 }
-const CRDS = deployedCrds();
+const DEPLOY = deployed();
+const CRDS = DEPLOY.filter((o) => o.kind === 'CustomResourceDefinition' && o.spec?.group === 'network.patu.dev').map(({ file: _f, ...o }) => o);
+/** The agent's ServiceAccount, ClusterRole and binding (deploy/patu.yaml), and the admission policy that narrows its writes. */
+const AGENT_RBAC = DEPLOY.filter((o) => o.file === 'patu.yaml' && ['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind))
+  .concat(DEPLOY.filter((o) => ['ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding'].includes(o.kind)))
+  .map(({ file: _f, ...o }) => o);
+const COLLECTION: Record<string, string> = {
+  ServiceAccount: '/api/v1/namespaces/kube-system/serviceaccounts',
+  ClusterRole: '/apis/rbac.authorization.k8s.io/v1/clusterroles',
+  ClusterRoleBinding: '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings',
+  ValidatingAdmissionPolicy: '/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies',
+  ValidatingAdmissionPolicyBinding: '/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings',
+};
 
 const skip = !isRoot() ? 'needs root (netns, links, eBPF)'
   : apiserverSkipReason() ?? (!existsSync(PATU_BIN) ? 'bin/patu not built (scripts/build.sh)'
@@ -130,13 +144,19 @@ before(async () => {
     await api.must('POST', `/api/v1/namespaces/${ns}/serviceaccounts`, { metadata: { name: 'default' } });
   }
   await api.must('POST', '/api/v1/nodes', { metadata: { name: NODE } });
+  // The agent runs with exactly the permissions deploy/ gives it: its ServiceAccount's token.
+  await api.api('POST', '/api/v1/namespaces', { metadata: { name: 'kube-system' } });
+  for (const o of AGENT_RBAC) await api.must('POST', COLLECTION[o.kind]!, o);
+  const sa = AGENT_RBAC.find((o) => o.kind === 'ServiceAccount');
+  assert.ok(sa, 'deploy/patu.yaml has the agent\'s ServiceAccount');
+  const agentToken = await api.serviceAccountToken(sa.metadata.namespace, sa.metadata.name);
   await api.must('POST', `${G}/nodenetworks`, {
     apiVersion: 'network.patu.dev/v1alpha1', kind: 'NodeNetwork', metadata: { name: 'field' },
     spec: { bridge: FIELD_BRIDGE, subnet: FIELD_SUBNET, gateway: '10.213.0.1', mtu: 1450, namespaceSelector: { matchLabels: { tenant: 'a' } } },
   });
   metricsPort = await freePort();
   cniPins = scratch.pinRoot('cni');
-  agentArgs = ['--kubernetes', '--kubeconfig', api.kubeconfig(), '--node-name', NODE, '--cluster-cidr', '10.252.0.0/16',
+  agentArgs = ['--kubernetes', '--kubeconfig', api.kubeconfig(agentToken), '--node-name', NODE, '--cluster-cidr', '10.252.0.0/16',
     '--cni-conf-dir', '', '--pin-root', scratch.pinRoot(), '--cgroup', scratch.cgroup(), '--bridge', PRIMARY_BRIDGE,
     '--data-dir', join(dir, 'ipam'), '--metrics-addr', `127.0.0.1:${metricsPort}`, '--cni-socket', join(dir, 'agent.sock'),
     '--network-policy=off', '--no-hostports', '--log-level', 'debug'];
@@ -229,7 +249,7 @@ test('agent restart midway changes nothing: same ifindex and address', { skip },
   assert.deepEqual(podnetHostLinks().sort(), hostBefore, 'no host link added or removed');
 });
 
-test('every bad input of the issue gets its condition, and nothing is configured', { skip }, async () => {
+test('every bad input of the issue gets its condition, and nothing is configured', { skip }, async (t) => {
   const bad: [string, object, string][] = [
     ['outside', { podSelector: { matchLabels: { bad: 'outside' } }, interfaces: [{ name: 'net2', network: 'field', address: '10.99.0.5/24' }] }, REASONS.addressOutsideSubnet],
     ['dupname', { podSelector: { matchLabels: { bad: 'dupname' } }, interfaces: [{ name: 'net2', network: 'field' }, { name: 'net2', network: 'field' }] }, REASONS.duplicateInterface],
@@ -240,11 +260,13 @@ test('every bad input of the issue gets its condition, and nothing is configured
   for (const [name, spec, reason] of bad) {
     const r = await api.api('POST', `${G}/namespaces/team-a/podnetworkconfigs`, config('team-a', name, spec));
     if (r.status === 422) {
+      t.diagnostic(`${name}: refused by the CRD's schema/CEL (HTTP 422)`);
       // Refused by the CRD's schema/CEL: the apiserver's answer is the report (nothing stored, nothing to configure).
       assert.match(JSON.stringify(r.json), /net2|table|interfaces/, `${name}: ${JSON.stringify(r.json).slice(0, 300)}`);
       continue;
     }
     assert.ok(r.status < 300, `${name}: HTTP ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
+    t.diagnostic(`${name}: accepted by the apiserver; the agent reports ${reason}`);
     const p = await createPod('team-a', `bad-${name}`, { bad: name });
     await add(p);
     pods.push(p);
