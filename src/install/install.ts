@@ -482,6 +482,12 @@ export interface UninstallOptions {
   stateDir?: string;
   /** Pin root to remove (removePins). null: leave pins alone. Default: patu's pin root on a live host, none with --root. */
   pinRoot?: string | null;
+  /**
+   * Remove the routes to other nodes' pods (proto 156), the vxlan device and the node SNAT
+   * table (docs/multinode.md). Default: on a live host only (never with --root: a staging
+   * root has no kernel of its own).
+   */
+  nodeRoutes?: boolean;
   log?: (line: string) => void;
 }
 
@@ -491,6 +497,8 @@ export interface UninstallReport {
   removed: string[];
   kept: Array<{ path: string; reason: string }>;
   pinsRemoved: string | null;
+  /** Routes, vxlan device and SNAT table of routing between nodes removed (0 when none or not asked). */
+  nodeRoutesRemoved?: number;
 }
 
 /** Removes what the manifest lists (and only that), then the created directories if empty, then patu's pins. */
@@ -563,6 +571,24 @@ export async function uninstall(o: UninstallOptions = {}): Promise<UninstallRepo
       report.pinsRemoved = abs;
       log(`removed pins under ${abs}`);
     }
+  }
+  if (o.nodeRoutes ?? paths.root === '/') {
+    const { Rtnl } = await import('../kernel/netlink/rtnl.js');
+    const { NodeRoutes } = await import('../dataplane/node-routes.js');
+    const { syncNodeSnat } = await import('../dataplane/node-snat.js');
+    const rtnl = Rtnl.open();
+    try {
+      report.nodeRoutesRemoved = new NodeRoutes(rtnl).clear();
+    } finally {
+      rtnl.close();
+    }
+    try {
+      syncNodeSnat([], []);
+    } catch (e) {
+      // No nft on the host: then there is no table of ours either.
+      log(`node SNAT table not checked: ${(e as Error).message}`);
+    }
+    if (report.nodeRoutesRemoved) log(`removed ${report.nodeRoutesRemoved} route(s)/device(s) of routing between nodes`);
   }
   return report;
 }
