@@ -112,7 +112,8 @@ const notFound = <T>(p: Promise<T>): Promise<T | undefined> =>
 /** PodNetApi over the agent's ClientConfig. */
 export function httpPodNetApi(cfg: ClientConfig): PodNetApi {
   return {
-    getPod: (ns, name) => notFound(getJson<K8sPodNetPod>(cfg, `/api/v1/namespaces/${encodeURIComponent(ns)}/pods/${encodeURIComponent(name)}`, 10_000)),
+    // Asked during a CNI ADD (whose answer waits at most DEFAULTS.beforeAnswerTimeoutMs): short.
+    getPod: (ns, name) => notFound(getJson<K8sPodNetPod>(cfg, `/api/v1/namespaces/${encodeURIComponent(ns)}/pods/${encodeURIComponent(name)}`, 2_000)),
     getConfig: (ns, name) => notFound(getJson<K8sPodNetworkConfig>(cfg, podNetPath('podnetworkconfigs', ns, name), 10_000)),
     getNetwork: (name) => notFound(getJson<K8sNodeNetwork>(cfg, podNetPath('nodenetworks', undefined, name), 10_000)),
     patchConfigStatus: (ns, name, rv, status) =>

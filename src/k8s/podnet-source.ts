@@ -91,6 +91,8 @@ export interface PodNetSourceOptions {
   retryMs?: number;
   /** A full reconcile (sandboxes re-read, GC, kernel drift) this often (default 60 s). */
   resyncMs?: number;
+  /** How long a CNI ADD waits for the informers' first lists (default 1 s). */
+  syncWaitMs?: number;
   /** Clock for status timestamps (tests). */
   now?: () => string;
 }
@@ -244,7 +246,20 @@ export class K8sPodNetSource {
     const key = `${a.namespace}/${a.name}`;
     this.sandboxes.set(key, { pod: { namespace: a.namespace, name: a.name, uid: a.uid ?? '' }, containerId: a.containerId, netns: a.netns, ifname: a.ifname, ips: a.ips });
     if (this.closed) return { interfaces: 0, failed: 0 };
-    if (!this.isSynced) await new Promise<void>((r) => this.waiters.push(r));
+    if (!this.isSynced) {
+      // Just started (or the apiserver is away): wait a little for the lists, not for ever:
+      // every pod's start would wait the CNI server's whole bound. The reconciler catches up.
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        timer = setTimeout(r, this.opts.syncWaitMs ?? 1000);
+      });
+      clearTimeout(timer);
+      if (!this.isSynced) {
+        this.log.warn({ pod: key, notReady: this.notReady() }, 'pod networks: CNI ADD answered before the informers listed; the reconciler adds the pod\'s interfaces later');
+        return { interfaces: 0, failed: 0 };
+      }
+    }
     const cached = this.pods.get(key);
     if (!cached || (a.uid && cached.metadata.uid !== a.uid)) {
       // The watch lags the kubelet (an agent just started, a slow apiserver): ask.

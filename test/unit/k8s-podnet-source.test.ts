@@ -402,6 +402,21 @@ test('CNI DEL forgets the sandbox; a pod with another uid (name reused) gets not
   assert.equal(t.applier.have.size, 0);
 });
 
+test('an ADD before the informers listed waits briefly, then is answered without interfaces; the reconciler adds them', async () => {
+  const t = setup();
+  t.src.handleNamespace({ metadata: { name: 'a' } });
+  t.addNet(net('field'));
+  t.addCfg(cfg('a', 'cnf', cnfSpec));
+  t.addPod(pod('a', 'p1', { app: 'cnf' }));
+  const t0 = performance.now();
+  const r = await t.add('a', 'p1', 'c1');
+  assert.deepEqual(r, { interfaces: 0, failed: 0 });
+  assert.ok(performance.now() - t0 >= 900 && performance.now() - t0 < 3000, 'waited ~1 s');
+  t.syncAll();
+  await t.src.reconcile();
+  assert.equal(t.applier.have.get('c1')?.length, 1, 'made by the reconciler');
+});
+
 test('a CRD that is not installed counts as empty; the reconciler still runs', async () => {
   const t = setup();
   t.src.kindNotInstalled('nodenetworks');
