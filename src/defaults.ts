@@ -26,6 +26,8 @@ export const DEFAULTS = {
   vxlanDevice: 'patu.vxlan',
   vxlanVni: 1,
   vxlanPort: 4789,
+  /** After a failed apply of the routes to other nodes (e.g. our address not up yet), retry this often. */
+  nodeRoutesRetryMs: 5_000,
   /** Pod addresses of all nodes: never masqueraded. */
   clusterCIDR: '10.200.0.0/16',
   /** The node's pod subnet when neither ipam.ranges nor podCIDR is given: the first /24 of clusterCIDR. */

@@ -5,7 +5,7 @@ import { NodesFileWatcher } from '../nodes/file-source.js';
 import { NodeRoutesSync, nodeRoutesLogging, type NodeRoutesSyncOptions } from '../nodes/routes-sync.js';
 import type { Log } from './log.js';
 
-export async function startNodesFile(file: string, log: Log, opts: Omit<NodeRoutesSyncOptions, 'onApplied' | 'onRefused' | 'onNoSelf'>): Promise<() => void> {
+export async function startNodesFile(file: string, log: Log, opts: Omit<NodeRoutesSyncOptions, 'onApplied' | 'onRefused' | 'onNoSelf' | 'onError'>): Promise<() => void> {
   const sync = new NodeRoutesSync({ ...opts, ...nodeRoutesLogging(log, { file }) });
   const watcher = new NodesFileWatcher(file, {
     onChange: (nodes) => {

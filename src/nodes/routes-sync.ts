@@ -2,11 +2,14 @@
 // then NodeRoutes.apply (a full reconcile), with what happened handed to callbacks
 // (the agent logs them; this layer never prints). Shared by both sources: the nodes file
 // and the Kubernetes Node objects. A refusal or skip is reported when it starts and when
-// it ends, not on every apply.
+// it ends, not on every apply. A failed apply (our address not up yet at boot, a netlink
+// error) is reported and retried with the same list until it works or a new list comes,
+// so neither source has to: the agent starts, and routes follow when the kernel allows.
 import { Rtnl } from '../kernel/netlink/rtnl.js';
 import { NodeRoutes, type NodeRoutesOptions, type NodeRoutesResult } from '../dataplane/node-routes.js';
 import { syncNodeSnat } from '../dataplane/node-snat.js';
 import { planPeers, type NodeInfo } from './model.js';
+import { DEFAULTS } from '../defaults.js';
 
 export interface NodeRoutesSyncOptions extends NodeRoutesOptions {
   /** This node's name: its entry gives our pod CIDR and address. */
@@ -23,6 +26,10 @@ export interface NodeRoutesSyncOptions extends NodeRoutesOptions {
    * remote backend: src/dataplane/node-snat.ts). Default true; false leaves nftables alone.
    */
   snat?: boolean;
+  /** An apply failed; it is retried after retryMs with the same list (unless a new list comes first). */
+  onError?: (err: Error) => void;
+  /** Default DEFAULTS.nodeRoutesRetryMs. */
+  retryMs?: number;
 }
 
 export class NodeRoutesSync {
@@ -31,14 +38,34 @@ export class NodeRoutesSync {
   private reported = new Map<string, string>();
   private selfMissing = false;
   private lastSnat: string | undefined;
+  private retry: NodeJS.Timeout | undefined;
+  private closed = false;
 
   constructor(private readonly opts: NodeRoutesSyncOptions) {
     this.rtnl = opts.netns ? Rtnl.openInNetns(opts.netns) : Rtnl.open();
     this.routes = new NodeRoutes(this.rtnl, opts);
   }
 
-  /** Programs routes for this node list; returns what apply() did (undefined when this node is not in the list). */
+  /**
+   * Programs routes for this node list; returns what apply() did (undefined when this node
+   * is not in the list, or when it failed: reported through onError, retried).
+   */
   update(nodes: readonly NodeInfo[]): NodeRoutesResult | undefined {
+    clearTimeout(this.retry);
+    this.retry = undefined;
+    if (this.closed) return undefined;
+    try {
+      return this.apply(nodes);
+    } catch (e) {
+      this.lastSnat = undefined;
+      this.opts.onError?.(e instanceof Error ? e : new Error(String(e)));
+      this.retry = setTimeout(() => void this.update(nodes), this.opts.retryMs ?? DEFAULTS.nodeRoutesRetryMs);
+      this.retry.unref();
+      return undefined;
+    }
+  }
+
+  private apply(nodes: readonly NodeInfo[]): NodeRoutesResult | undefined {
     const plan = planPeers(this.opts.nodeName, nodes);
     const now = new Map<string, string>();
     for (const r of plan.refused) now.set(r.node.name, r.reason);
@@ -76,13 +103,16 @@ export class NodeRoutesSync {
   }
 
   close(): void {
+    this.closed = true;
+    clearTimeout(this.retry);
     this.rtnl.close();
   }
 }
 
 /** The log lines of node routing, the same for both sources (a structural logger: the agent's, or the k8s source's). */
-export function nodeRoutesLogging(log: { info(o: object, m: string): void; warn(o: object, m: string): void; error(o: object, m: string): void }, base: Record<string, unknown>): Pick<NodeRoutesSyncOptions, 'onApplied' | 'onRefused' | 'onNoSelf'> {
+export function nodeRoutesLogging(log: { info(o: object, m: string): void; warn(o: object, m: string): void; error(o: object, m: string): void }, base: Record<string, unknown>): Pick<NodeRoutesSyncOptions, 'onApplied' | 'onRefused' | 'onNoSelf' | 'onError'> {
   return {
+    onError: (err) => log.error({ ...base, err: err.message }, 'routes to other nodes not programmed; retrying'),
     onApplied: (r) => {
       if (r.added || r.removed) log.info({ ...base, routes: r.routes.map((x) => `${x.podCIDR} ${x.via} via ${x.gateway} (${x.node})`), added: r.added, removed: r.removed, ...(r.vxlanMtu !== undefined ? { vxlanMtu: r.vxlanMtu } : {}), ms: r.ms }, 'routes to other nodes programmed');
     },

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { startNodesFile } from '../../src/agent/nodes-watch.js';
 import { createLog } from '../../src/agent/log.js';
-import type { NodeRoutesOptions } from '../../src/dataplane/node-routes.js';
+import type { NodeRoutesSyncOptions } from '../../src/nodes/routes-sync.js';
 import { PATU_BIN } from './cni.js';
 import { netnsPath, type Scratch } from './kernel.js';
 
@@ -69,7 +69,7 @@ export class NodeLab {
   }
 
   /** The agent's node routing for one node, from a nodes file; returns its log lines as they come. */
-  async routing(nodeNs: string, nodeName: string, file: string, opts: NodeRoutesOptions = {}): Promise<Logged[]> {
+  async routing(nodeNs: string, nodeName: string, file: string, opts: Partial<Pick<NodeRoutesSyncOptions, 'mode' | 'vni' | 'port' | 'retryMs' | 'snat'>> = {}): Promise<Logged[]> {
     const lines: Logged[] = [];
     const log = createLog({ level: 'info', write: (l) => void lines.push(JSON.parse(l) as Logged) });
     const stop = await startNodesFile(file, log, { nodeName, netns: netnsPath(nodeNs), ...opts });

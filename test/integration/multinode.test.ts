@@ -214,3 +214,17 @@ test('a NodePort from outside, translated by A\'s tc path, reaches the backend o
   assert.ok((r.byBackend[`${pb.ip}:8081`] ?? 0) >= 5 && (r.byBackend[`${pa.ip}:8081`] ?? 0) >= 5, `both nodes' backends: ${JSON.stringify(r.byBackend)}`);
   assert.deepEqual(r.peers, { '192.168.80.1:30088': 40 }, 'every answer comes from the NodePort');
 });
+
+test('an apply that fails (this node\'s address not up yet, as at boot) is logged and retried until it works', { skip }, async () => {
+  const n = node('late');
+  const file = lab.path('late.yaml');
+  writeFileSync(file, `nodes:
+  - { name: late, podCIDR: 10.249.0.0/24, address: 192.168.96.1 }
+  - { name: far, podCIDR: 10.249.1.0/24, address: 172.31.96.1 }
+`);
+  const logged = await lab.routing(n, 'late', file, { retryMs: 200 });
+  assert.match(String(logged.find((l) => l.msg.startsWith('routes to other nodes not programmed'))?.err), /192\.168\.96\.1 .* is on none of its links/);
+  assert.equal(ourRoutes(n), '');
+  sh(n, 'ip link add up0 type veth peer name up1 && ip addr add 192.168.96.1/24 dev up0 && ip link set up0 up && ip link set up1 up');
+  await until('routes after the address came up', () => ourRoutes(n).includes('10.249.1.0/24 via 10.249.1.0 dev patu.vxlan'));
+});
