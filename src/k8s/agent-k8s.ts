@@ -18,6 +18,7 @@ import type { NodeAddressTracker } from '../dataplane/node-addrs.js';
 import type { NodeSettings } from '../dataplane/api.js';
 import { HealthCheckServer } from '../services/health-check.js';
 import { messageOf } from '../errors.js';
+import { bigIntToIp, contains, parseCidr } from '../net/cidr.js';
 import { describeUdpDestroy } from '../dataplane/udp-destroy-report.js';
 import { loadClientConfig } from './kubeconfig.js';
 import type { AgentMetrics } from './metrics.js';
@@ -160,6 +161,7 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     throw e;
   }
   let nodeSync: import('../nodes/routes-sync.js').NodeRoutesSync | undefined;
+  const outsideWarned = new Set<string>();
   if (o.nodeRouting !== false) {
     const { NodeRoutesSync, nodeRoutesLogging } = await import('../nodes/routes-sync.js');
     nodeSync = new NodeRoutesSync({ nodeName, ...(o.nodeRouting ?? {}), ...(o.nodeNetns ? { netns: o.nodeNetns } : {}), ...nodeRoutesLogging(o.log, { source: 'Nodes' }) });
@@ -199,7 +201,15 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
     onHealthChecks: (entries) => health.update(entries),
     nodeName,
     clusterCIDR,
-    ...(nodeSync ? { onNodes: (nodes: import('../nodes/model.js').NodeInfo[]) => void nodeSync.update(nodes) } : {}),
+    ...(nodeSync ? { onNodes: (nodes: import('../nodes/model.js').NodeInfo[]) => {
+      // The pods' masquerade exempts the cluster CIDR only: a node's pods outside it would be reached masqueraded.
+      for (const n of nodes) {
+        if (outsideWarned.has(n.name) || cidrInside(n.podCIDR, clusterCIDR)) continue;
+        outsideWarned.add(n.name);
+        o.log.warn({ node: n.name, podCIDR: n.podCIDR, clusterCIDR }, 'a node\'s podCIDR is outside the cluster CIDR: pod traffic to it is masqueraded; set --cluster-cidr (ConfigMap cluster-cidr) to cover every node');
+      }
+      nodeSync.update(nodes);
+    } } : {}),
     sink: lb,
     log: o.log,
     ...(o.metrics ? { metrics: o.metrics } : {}),
@@ -262,6 +272,17 @@ export async function startKubernetes(o: KubernetesAgentOptions): Promise<Kubern
       if (own) lb.close();
     },
   };
+}
+
+/** Whether CIDR `inner` lies inside `outer` (both IPv4 text; false when either does not parse). */
+function cidrInside(inner: string, outer: string): boolean {
+  try {
+    const i = parseCidr(inner);
+    const o = parseCidr(outer);
+    return i.prefix >= o.prefix && contains(o, bigIntToIp(i.ip, i.family));
+  } catch {
+    return false;
+  }
 }
 
 function healthCheckServer(o: KubernetesAgentOptions): HealthCheckServer {
