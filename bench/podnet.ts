@@ -59,6 +59,12 @@ const freePort = (): Promise<number> => new Promise((resolve) => {
   });
 });
 const rssMiB = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+/** The agent's V8 heap (main thread) from its /metrics, MiB: what of the RSS is JavaScript objects. */
+const heapMiB = async (port: number): Promise<{ used: string; total: string }> => {
+  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text());
+  const v = (n: string) => (Number(new RegExp(`^patu_nodejs_heap_size_${n}_bytes (\\S+)`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20).toFixed(1);
+  return { used: v('used'), total: v('total') };
+};
 
 interface Pod { name: string; uid: string; netns: string; containerId: string; rtnl?: Rtnl }
 
@@ -131,6 +137,7 @@ async function main(): Promise<void> {
   await add(await makePod({}));
   await sleep(3000);
   const rssOff = rssMiB(agent.main.pid!);
+  const heapOff = await heapMiB(metricsPort);
   await agent.stop();
   agent = await start(true);
 
@@ -143,6 +150,7 @@ async function main(): Promise<void> {
   }
   await sleep(3000);
   const rssIdle = rssMiB(agent.main.pid!); // on, N pods, no config: idle
+  const heapIdle = await heapMiB(metricsPort);
   const cfgBody = { apiVersion: 'network.patu.dev/v1alpha1', kind: 'PodNetworkConfig', metadata: { name: 'cnf', namespace: 'bench' },
     spec: { podSelector: { matchLabels: { app: 'cnf' } }, interfaces: [{ name: 'net1', network: 'field', routes: [{ to: '10.211.0.0/16', via: '10.213.0.1', table: 100 }], rules: [{ from: '10.213.0.0/24', table: 100 }] }] } };
   const toNet1: number[] = [];
@@ -164,6 +172,7 @@ async function main(): Promise<void> {
   }
   await sleep(3000);
   const rssInUse = rssMiB(agent.main.pid!);
+  const heapInUse = await heapMiB(metricsPort);
 
   // 2. ADD with and without an extra interface, interleaved.
   const withNet1: number[] = [];
@@ -186,6 +195,7 @@ async function main(): Promise<void> {
     configToNet1: { samples: toNet1.length, p50Ms: ms(pct(toNet1, 0.5)), p99Ms: ms(pct(toNet1, 0.99)), maxMs: ms(Math.max(...toNet1)), lastPodPerRoundMs: lastPerRound.map(ms) },
     cniAdd: { withNet1P50Ms: ms(pct(withNet1, 0.5)), plainP50Ms: ms(pct(plain, 0.5)), deltaP50Ms: ms(pct(withNet1, 0.5) - pct(plain, 0.5)), withNet1P99Ms: ms(pct(withNet1, 0.99)), plainP99Ms: ms(pct(plain, 0.99)) },
     agentRssMiB: { podNetworksOff: rssOff.toFixed(1), idle: rssIdle.toFixed(1), idlePods: PODS, inUse: rssInUse.toFixed(1), inUseInterfaces: PODS },
+    agentHeapMiB: { podNetworksOff: heapOff, idle: heapIdle, inUse: heapInUse },
     agentMetrics: metrics.split('\n').filter((l) => /^patu_podnet_(reconciles_total|interfaces|failures_total|cni_add_duration_seconds_(sum|count))/.test(l)),
   };
   console.log(JSON.stringify(out, null, 2));
