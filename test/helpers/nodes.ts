@@ -52,10 +52,12 @@ export class NodeLab {
   }
 
   /** A pod on `nodeNs`, made by the real plugin running inside the node's netns; returns its netns and address. */
-  pod(nodeNs: string, name: string, subnet: string, mtu = 1450): Pod {
+  pod(nodeNs: string, name: string, subnet: string, o: { mtu?: number; clusterCIDR?: string } = {}): Pod {
     const ns = this.netns(name);
     const netconf = {
-      cniVersion: '1.1.0', name: `${this.scratch.prefix}-net`, type: 'patu', bridge: 'patu0', mtu, masquerade: false,
+      cniVersion: '1.1.0', name: `${this.scratch.prefix}-net`, type: 'patu', bridge: 'patu0', mtu: o.mtu ?? 1450,
+      // With a cluster CIDR, the pods' masquerade is on (for what leaves it), as in a real node.
+      ...(o.clusterCIDR ? { masquerade: true, clusterCIDR: o.clusterCIDR } : { masquerade: false }),
       ipam: { ranges: [[{ subnet }]], dataDir: join(this.dir, `ipam-${nodeNs}`) },
       pinRoot: this.scratch.pinRoot('cni'), agentSocket: join(this.dir, 'no-agent.sock'),
     };

@@ -10,6 +10,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { isRoot, nsRun, ping, tcpExchange } from '../helpers/cni.js';
 import { NODE_ROUTES_RTPROT } from '../../src/dataplane/node-routes.js';
 import { ServiceModel } from '../../src/services/model.js';
@@ -33,7 +34,7 @@ const sh = (ns: string, cmd: string): string => lab.sh(ns, cmd);
 const node = (name: string): string => lab.node(name);
 const netns = (name: string): string => lab.netns(name);
 const wire = (...a: Parameters<NodeLab['wire']>): void => lab.wire(...a);
-const pod = (nodeNs: string, name: string, subnet: string) => lab.pod(nodeNs, name, subnet);
+const pod = (nodeNs: string, name: string, subnet: string, clusterCIDR?: string) => lab.pod(nodeNs, name, subnet, clusterCIDR ? { clusterCIDR } : {});
 const routing = (nodeNs: string, nodeName: string, file: string) => lab.routing(nodeNs, nodeName, file);
 
 const ourRoutes = (ns: string): string => sh(ns, `ip route show proto ${NODE_ROUTES_RTPROT}`).trim();
@@ -49,8 +50,9 @@ test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { 
   const a = node('A');
   const b = node('B');
   wire(a, '192.168.77.1/24', b, '192.168.77.2/24');
-  const pa = pod(a, 'pa', '10.244.0.0/24');
-  const pb = pod(b, 'pb', '10.244.1.0/24');
+  // The pods' masquerade on, for what leaves 10.244.0.0/16: pod to pod across nodes must not be masqueraded.
+  const pa = pod(a, 'pa', '10.244.0.0/24', '10.244.0.0/16');
+  const pb = pod(b, 'pb', '10.244.1.0/24', '10.244.0.0/16');
   const file = lab.path('direct.yaml');
   writeFileSync(file, `nodes:
   - { name: a, podCIDR: 10.244.0.0/24, address: 192.168.77.1 }
@@ -67,6 +69,16 @@ test('nodes on one link: direct routes, pod to pod both ways (ICMP and TCP)', { 
   }
   const t = await tcpExchange(pb.ns, pa.ns, pb.ip, 7070);
   assert.ok(t.ok, t.detail);
+  assert.match(sh(a, 'nft list table ip patu'), /masquerade/, 'the pods\' masquerade is in place on A');
+  // B's pod sees A's pod's own address (no masquerade across nodes).
+  const cap = spawn('ip', ['netns', 'exec', pb.ns, 'timeout', '5', 'tcpdump', '-lni', 'eth0', '-c', '1', 'icmp[icmptype] == icmp-echo'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let seen = '';
+  cap.stdout.setEncoding('utf8').on('data', (d: string) => (seen += d));
+  const capDone = new Promise((res) => cap.on('close', res));
+  await new Promise((res) => setTimeout(res, 700));
+  ping(pa.ns, pb.ip);
+  await capDone;
+  assert.match(seen, new RegExp(`IP ${pa.ip.replace(/\./g, '\\.')} > ${pb.ip.replace(/\./g, '\\.')}: ICMP echo request`), seen);
 
   // From outside the cluster through A to B's pod (what a NodePort with a backend on B
   // becomes after A's tc translation): B has no route to the client, so only A's SNAT
