@@ -65,6 +65,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } patu_routed_nopeer SEC(".maps");
 
+/* [0]: non-zero once any veth of this pin root was marked in patu_routed_nopeer (an array: its lookup is inlined). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} patu_routed_cfg SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PATU_ROUTED_STATS);
@@ -224,8 +233,10 @@ static __always_inline struct patu_routed_pod *peer_target(struct patu_routed_po
 		count(PATU_ROUTED_STACK);
 		return 0;
 	}
-	__u32 dst = p->ifindex;
-	if (bpf_map_lookup_elem(&patu_routed_nopeer, &ifindex) || bpf_map_lookup_elem(&patu_routed_nopeer, &dst)) {
+	__u32 dst = p->ifindex, zero = 0;
+	__u32 *any = bpf_map_lookup_elem(&patu_routed_cfg, &zero);
+	/* No veth with policy under this pin root (the common case without NetworkPolicy): no hash lookups. */
+	if (any && *any && (bpf_map_lookup_elem(&patu_routed_nopeer, &ifindex) || bpf_map_lookup_elem(&patu_routed_nopeer, &dst))) {
 		count(PATU_ROUTED_POLICY);
 		return 0;
 	}

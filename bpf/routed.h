@@ -35,6 +35,8 @@ struct patu_routed_ip6 {
  * veth, which bpf_redirect_peer would skip) both see every packet.
  */
 
+/* patu_routed_cfg: array of one __u32, non-zero once any veth was marked in patu_routed_nopeer. */
+
 /* patu_routed_stats (per-CPU array of __u64 counters, summed by readers) indexes. */
 #define PATU_ROUTED_ARP        0  /* ARP request for 169.254.1.1 answered */
 #define PATU_ROUTED_ND         1  /* neighbour solicitation for fe80::1 answered */

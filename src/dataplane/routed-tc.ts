@@ -29,6 +29,7 @@ export const ROUTED_MAP_CODECS = {
   patu_routed_pods: { key: ipv4, value: routedPodC },
   patu_routed_pods6: { key: ip6C, value: routedPodC },
   patu_routed_nopeer: { key: u32, value: u32 },
+  patu_routed_cfg: { key: u32, value: u32 },
   patu_routed_stats: { key: u32, value: u64 },
 } as const;
 
@@ -71,6 +72,7 @@ export class RoutedTc {
     private readonly pods: TypedMap<string, RoutedPodC>,
     private readonly pods6: TypedMap<{ addr: Buffer }, RoutedPodC>,
     private readonly nopeer: TypedMap<number, number>,
+    private readonly cfg: TypedMap<number, number>,
   ) {}
 
   /**
@@ -118,7 +120,9 @@ export class RoutedTc {
       const pods6 = TypedMap.fromPin(join(dir, 'patu_routed_pods6'), c.patu_routed_pods6.key, c.patu_routed_pods6.value);
       opened.push(pods6);
       const nopeer = TypedMap.fromPin(join(dir, 'patu_routed_nopeer'), c.patu_routed_nopeer.key, c.patu_routed_nopeer.value);
-      return new RoutedTc(dir, prog, pods, pods6, nopeer);
+      opened.push(nopeer);
+      const cfg = TypedMap.fromPin(join(dir, 'patu_routed_cfg'), c.patu_routed_cfg.key, c.patu_routed_cfg.value);
+      return new RoutedTc(dir, prog, pods, pods6, nopeer, cfg);
     } catch (e) {
       for (const o of opened) o.close();
       throw e;
@@ -169,8 +173,11 @@ export class RoutedTc {
 
   /** Marks a veth as carrying NetworkPolicy programs (no redirect from or into it), or clears it. */
   setPolicy(ifindex: number, on: boolean): void {
-    if (on) this.nopeer.update(ifindex, 1);
-    else this.nopeer.delete(ifindex);
+    if (on) {
+      this.nopeer.update(ifindex, 1);
+      // The program reads the per-veth marks only once there is one (never reset: marks stay until their veths go).
+      this.cfg.update(0, 1);
+    } else this.nopeer.delete(ifindex);
   }
 
   hasPolicy(ifindex: number): boolean {
@@ -182,6 +189,7 @@ export class RoutedTc {
     this.pods.close();
     this.pods6.close();
     this.nopeer.close();
+    this.cfg.close();
   }
 }
 
@@ -191,12 +199,16 @@ export class RoutedTc {
  * programs by bpf_redirect_peer. Nothing happens on a node without routed pods.
  */
 export function markPolicyVeth(pinRoot: string, ifindex: number): void {
-  if (!existsSync(join(routedPinDir(pinRoot), 'patu_routed_nopeer'))) return;
-  const m = TypedMap.fromPin(join(routedPinDir(pinRoot), 'patu_routed_nopeer'), u32, u32);
-  try {
-    m.update(ifindex, 1);
-  } finally {
-    m.close();
+  // Pin by pin, not openExisting: pins of an older build (no patu_routed_cfg) still get the mark their program reads.
+  const dir = routedPinDir(pinRoot);
+  for (const [name, key] of [['patu_routed_nopeer', ifindex], ['patu_routed_cfg', 0]] as const) {
+    if (!existsSync(join(dir, name))) continue;
+    const m = TypedMap.fromPin(join(dir, name), u32, u32);
+    try {
+      m.update(key, 1);
+    } finally {
+      m.close();
+    }
   }
 }
 
