@@ -41,6 +41,7 @@ import { readRoutedStats, RoutedTc } from '../../src/dataplane/routed-tc.js';
 import { ROUTED_GATEWAY_MAC } from '../../src/dataplane/routed-gateway.js';
 import { withNetns } from '../../src/kernel/netns.js';
 import { tcxQuery } from '../../src/kernel/bpf/tcx.js';
+import { PolicyDataplane } from '../../src/dataplane/policy-tc.js';
 
 const ROOT = isRoot();
 const tag = `rt${process.pid.toString(36)}`;
@@ -253,24 +254,36 @@ describe('routed mode', { skip: ROOT ? false : 'needs root: creates network name
     }
   });
 
-  test('a veth with NetworkPolicy programs (patu_routed_nopeer): no redirect into it, the stack path works', async () => {
+  test('NetworkPolicy programs on a routed veth (the real attach): no redirect from or into it, the stack path (and its hooks) carries the traffic', async () => {
     const a = newPod();
     const b = newPod();
     const ra = await add(a);
     const rb = await add(b);
     assert.ok(ra.code === 0 && rb.code === 0, show(ra) + show(rb));
     const idx = linkJson(node, hostVethOf(rb.json)).ifindex;
+    // What the agent does when policy is turned on with pods running (attachAll picks routed veths too).
+    const dp = PolicyDataplane.open({ pinRoot });
+    try {
+      const n = inNode(() => dp.attachAll(['-no-bridge-']));
+      assert.ok(n >= 2, `attachAll attached ${n} routed veths`);
+      const names = inNode(() => tcxQuery(idx, 'ingress').map((x) => x.name));
+      assert.deepEqual(names, ['patu_routed', 'patu_pol_from_p'], 'the ingress chain of a routed veth with policy');
+    } finally {
+      dp.close();
+    }
     const tc = RoutedTc.openExisting(pinRoot)!;
     try {
-      tc.setPolicy(idx, true);
-      const s0 = stats();
-      assert.ok(ping(a.name, ipOf(rb.json), 3).ok, 'ping a -> b through the stack');
-      const s1 = stats();
-      assert.equal(s1.redirected - s0.redirected, 0n, 'redirected into a veth with policy');
-      assert.ok(s1.policy - s0.policy >= 3n, 'the policy fallback counter did not move');
+      assert.ok(tc.hasPolicy(idx), 'the policy attach did not mark the veth');
     } finally {
       tc.close();
     }
+    const s0 = stats();
+    assert.ok(ping(a.name, ipOf(rb.json), 3).ok, 'ping a -> b through the stack');
+    const tcp = await tcpExchange(b.name, a.name, ipOf(rb.json), 7311);
+    assert.ok(tcp.ok, `TCP a -> b with policy programs: ${tcp.detail}`);
+    const s1 = stats();
+    assert.equal(s1.redirected - s0.redirected, 0n, 'redirected while policy programs are on the veths');
+    assert.ok(s1.policy - s0.policy >= 3n, 'the policy fallback counter did not move');
     assert.equal((await del(a)).code, 0);
     assert.equal((await del(b)).code, 0);
   });
