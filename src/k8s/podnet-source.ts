@@ -627,13 +627,21 @@ export class K8sPodNetSource {
     });
   }
 
+  /**
+   * Who holds a network on this node: the pods with an interface on it and the configs that gave
+   * them one. A config that merely names the network is not a user: otherwise any tenant, even
+   * one the network's namespaceSelector never admitted, could keep the admin's deletion waiting
+   * forever by writing a PodNetworkConfig.
+   */
   private networkUsers(name: string): string[] {
     const users = new Set<string>();
-    for (const [key, o] of this.configs) {
-      const ifs = (o.spec as { interfaces?: { network?: unknown }[] } | undefined)?.interfaces;
-      if (Array.isArray(ifs) && ifs.some((i) => i?.network === name)) users.add(key);
+    for (const [podKey, out] of this.outcomes) {
+      for (const r of out.results) {
+        if (!r.ok || r.applied.network !== name) continue;
+        users.add(podKey);
+        users.add(`${r.applied.config.namespace}/${r.applied.config.name}`);
+      }
     }
-    for (const [podKey, out] of this.outcomes) if (out.results.some((r) => r.ok && r.applied.network === name)) users.add(podKey);
     return [...users].sort();
   }
 

@@ -448,3 +448,27 @@ test('configStatus keeps the other nodes\' entries; the annotation lists eth0 fi
   ]);
   assert.ok(NETWORK_STATUS_ANNOTATION);
 });
+
+test('a config that only names a NodeNetwork does not hold its deletion (a tenant cannot block the admin)', async () => {
+  const t = setup();
+  t.src.handleNamespace({ metadata: { name: 'a' } });
+  t.addNet(net('field'));
+  t.addCfg(cfg('a', 'cnf', cnfSpec));
+  t.addPod(pod('a', 'p1', { app: 'cnf' }));
+  t.syncAll();
+  await t.add('a', 'p1', 'c1');
+  await t.src.reconcile();
+  t.echo();
+  // The pod stops matching: its interface goes, the config still names the network.
+  t.addPod({ ...pod('a', 'p1', { app: 'other' }), metadata: { ...pod('a', 'p1', { app: 'other' }).metadata, resourceVersion: '2' } });
+  await t.src.reconcile();
+  t.echo();
+  assert.equal(t.applier.have.size, 0, 'interface removed with the label');
+  const n = t.api.networks.get('field')!;
+  n.metadata.deletionTimestamp = '2026-12-03T00:00:01Z';
+  t.src.handleNetwork(structuredClone(n));
+  await t.src.reconcile();
+  t.echo();
+  await t.src.reconcile();
+  assert.equal(t.api.networks.has('field'), false, 'no pod uses it: deleted although a config names it');
+});
