@@ -102,7 +102,7 @@ describe('patu install / uninstall into a staging root', { skip: !ROOT ? 'needs 
     assert.ok(!existsSync(join(root, 'usr/lib/patu/dist/test')), 'no compiled tests in the prefix');
     // The eBPF objects patu loads, and not the test fixtures (build/test/bpf/).
     assert.deepEqual(readdirSync(join(root, 'usr/lib/patu/build')), ['bpf']);
-    assert.deepEqual(readdirSync(join(root, 'usr/lib/patu/build/bpf')).sort(), ['accel.o', 'nodeport.o', 'policy.o', 'sock_destroy.o', 'sock_lb.o']);
+    assert.deepEqual(readdirSync(join(root, 'usr/lib/patu/build/bpf')).sort(), ['accel.o', 'nodeport.o', 'policy.o', 'routed.o', 'sock_destroy.o', 'sock_lb.o', 'vlan.o']);
     const conf = JSON.parse(readFileSync(join(root, 'etc/cni/net.d/10-patu.conflist'), 'utf8'));
     assert.equal(conf.plugins[0].type, 'patu');
     const unit = readFileSync(join(root, 'etc/systemd/system/patu-agent.service'), 'utf8');
