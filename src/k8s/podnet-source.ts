@@ -17,7 +17,7 @@
 // have its interfaces; deleted, it leaves the desired state at once (its interfaces go),
 // and the finalizer is removed when no interface of it is left on this node. A NodeNetwork
 // in use gets it too; deleted, it stays (Terminating, its status naming its users) until
-// no config names it and no pod on this node has an interface on it. With several nodes
+// no pod on this node has an interface on it (a config naming it is not a use: networkUsers). With several nodes
 // the first agent with nothing left removes the finalizer; the others still remove their
 // interfaces on the DELETED event (the objects are gone from their caches).
 import {
