@@ -681,7 +681,8 @@ remove_masquerade() {
     nft delete rule ip patu postrouting handle "$h" || true
   done
   nft delete chain ip patu "$chain" || log "nft: could not delete chain $chain"
-  nft list table ip patu 2>/dev/null | grep -q 'chain masq_' || nft delete table ip patu 2>/dev/null || true
+  local left; left=$(nft list table ip patu 2>/dev/null || true)
+  grep -q 'chain masq_' <<<"$left" || nft delete table ip patu 2>/dev/null || true
 }
 
 stop_pid() { # name: TERM its process group, then KILL after 10 s
@@ -776,7 +777,9 @@ down() {
   remove_masquerade
   # Node 1's agent SNATs outside traffic it forwards to node 2's pods in `table ip patu_nodes` (src/dataplane/
   # node-snat.ts) on the host; node 2's table went with its netns. Ours only if it names node 2's pod CIDR.
-  if nft list table ip patu_nodes 2>/dev/null | grep -qF "$POD_CIDR2"; then nft delete table ip patu_nodes || log "nft: could not delete table patu_nodes"; fi
+  # Read whole before grep: under pipefail, grep -q leaving early makes nft's exit SIGPIPE (it missed 11 of 50 here).
+  local snat; snat=$(nft list table ip patu_nodes 2>/dev/null || true)
+  if grep -qF "$POD_CIDR2" <<<"$snat"; then nft delete table ip patu_nodes || log "nft: could not delete table patu_nodes"; fi
   # The cgroups kubelet made under /$CGROOT, in every v1 hierarchy and in cgroup2; deepest first, EBUSY retried.
   local h d try cg
   for h in /sys/fs/cgroup/*/; do
