@@ -123,24 +123,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
       dns: {},
     };
   } catch (err) {
-    // Roll back in reverse order; a rollback failure must not hide the cause.
-    if (vethCreated && host) {
-      try {
-        detachPod(host, hostVeth);
-      } catch {
-        /* best effort: GC removes what is left */
-      }
-    }
-    try {
-      undoHostPorts();
-    } catch {
-      /* best effort: DEL and GC remove the attachment's records */
-    }
-    try {
-      ipam.release(env.containerId, env.ifname);
-    } catch {
-      /* best effort: GC releases what is left */
-    }
+    rollBack(vethCreated ? host : undefined, hostVeth, undoHostPorts, () => ipam.release(env.containerId, env.ifname));
     if (err instanceof ForeignLinkError) throw invalidConfig('bridge', err.message, { cause: err });
     throw toCniError(err, `setting up ${env.ifname} in ${env.netns}`);
   } finally {
@@ -216,25 +199,25 @@ async function addRouted(env: CniEnv, conf: NetConf, ipam: ReturnType<typeof ipa
     } catch {
       /* best effort: GC sweeps entries no record holds */
     }
-    if (vethCreated && host) {
-      try {
-        detachPod(host, hostVeth);
-      } catch {
-        /* best effort: GC removes what is left */
-      }
-    }
-    try {
-      undoHostPorts();
-    } catch {
-      /* best effort */
-    }
-    try {
-      ipam.release(env.containerId, env.ifname);
-    } catch {
-      /* best effort: GC releases what is left */
-    }
+    rollBack(vethCreated ? host : undefined, hostVeth, undoHostPorts, () => ipam.release(env.containerId, env.ifname));
     throw toCniError(err, `setting up ${env.ifname} in ${env.netns}`);
   } finally {
     host?.close();
+  }
+}
+
+/**
+ * A failed ADD undoes what it made, in reverse order: the veth (when this ADD created it),
+ * the hostPort records, the address. Each step is best effort and never hides the ADD's own
+ * error: DEL and GC remove whatever a failed step leaves.
+ */
+function rollBack(host: Rtnl | undefined, hostVeth: string, undoHostPorts: () => void, releaseAddress: () => void): void {
+  const steps = [() => host && detachPod(host, hostVeth), undoHostPorts, releaseAddress];
+  for (const step of steps) {
+    try {
+      step();
+    } catch {
+      /* best effort, see above */
+    }
   }
 }
