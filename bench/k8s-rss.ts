@@ -283,7 +283,7 @@ async function main(): Promise<void> {
     const [cmd, pre] = nodeArgs ? [process.execPath, [...nodeArgs, script]] : [join(ROOT, 'bin', 'patu'), []];
     const extraEnv = Object.fromEntries((process.env.RSS_AGENT_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
     const args = [...pre, 'agent', '--kubernetes', '--kubeconfig', join(tmp, 'kubeconfig'), '--node-name', NODE,
-      '--cluster-cidr', '10.244.0.0/16', '--cni-conf-dir', '', '--pin-root', PIN, '--cgroup', CG,
+      '--cluster-cidr', '10.244.0.0/16', '--cni-conf-dir', '', '--pin-root', PIN, '--cgroup', CG, '--node-routing', 'off',
       // A bridge of no one: the policy programs attach only to veths of the agent's bridge (none here).
       '--bridge', `prss${process.pid % 100000}`,
       '--metrics-addr', `127.0.0.1:${metricsPort}`, '--cni-socket', join(tmp, 'agent.sock')];

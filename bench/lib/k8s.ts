@@ -175,7 +175,7 @@ export async function startAgent(o: { kubeconfig: string; pinRoot: string; cgrou
   const child = spawn(cmd, [
     ...pre, 'agent', '--kubernetes', '--kubeconfig', o.kubeconfig, '--node-name', o.nodeName ?? NODE, '--cluster-cidr', '10.202.0.0/16',
     '--cni-conf-dir', '', '--pin-root', o.pinRoot, '--cgroup', o.cgroup, '--metrics-addr', `127.0.0.1:${metricsPort}`,
-    '--cni-socket', join(o.dir, 'agent.sock'), ...(o.extraArgs ?? []),
+    '--cni-socket', join(o.dir, 'agent.sock'), '--node-routing', 'off', ...(o.extraArgs ?? []),
   ], {
     stdio: ['ignore', fd, fd],
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },

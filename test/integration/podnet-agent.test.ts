@@ -168,7 +168,9 @@ before(async () => {
   agentArgs = ['--kubernetes', '--kubeconfig', api.kubeconfig(agentToken), '--node-name', NODE, '--cluster-cidr', '10.252.0.0/16',
     '--cni-conf-dir', '', '--pin-root', scratch.pinRoot(), '--cgroup', scratch.cgroup(), '--bridge', PRIMARY_BRIDGE,
     '--data-dir', join(dir, 'ipam'), '--metrics-addr', `127.0.0.1:${metricsPort}`, '--cni-socket', join(dir, 'agent.sock'),
-    '--network-policy=off', '--no-hostports', '--log-level', 'debug'];
+    '--network-policy=off', '--no-hostports', '--log-level', 'debug',
+    // In the host netns beside whatever else runs here: never touch node routes (proto 156) of a test cluster.
+    '--node-routing', 'off'];
   await startTheAgent();
   scratch.defer('agent', () => agent?.stop());
   scratch.defer('bridges', () => {
