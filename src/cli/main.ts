@@ -25,6 +25,24 @@ function fromEnv(env: NodeJS.ProcessEnv = process.env): { mountBpffs: boolean; d
   };
 }
 
+/**
+ * The node-routing options (docs/multinode.md), the same on `patu agent` and `patu manager`:
+ * whichever process owns the kernel side programs the routes to the other nodes' pods.
+ */
+function nodeRoutingOptions(): Option[] {
+  const int = (name: string, lo: number, hi: number) => (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < lo || n > hi) throw new Error(`${name}: want ${lo} to ${hi}, got '${v}'`);
+    return n;
+  };
+  return [
+    new Option('--nodes-file <path>', 'route to the other nodes\' pods from this nodes file (YAML/JSON: nodes: [{name, podCIDR, address}], this node included; watched, a bad edit keeps the last good routes; docs/multinode.md)'),
+    new Option('--node-routing <mode>', 'with --nodes-file or --kubernetes (the Node objects): routes to the other nodes\' pods: auto (direct when the node is on a shared link, else VXLAN), direct, vxlan, or off (--kubernetes: something else routes between nodes)').choices(['auto', 'direct', 'vxlan', 'off']).default('auto'),
+    new Option('--vxlan-vni <n>', `VXLAN network identifier of patu's vxlan device (default ${DEFAULTS.vxlanVni})`).argParser(int('--vxlan-vni', 1, 0xffffff)),
+    new Option('--vxlan-port <port>', `UDP port of patu's VXLAN (default ${DEFAULTS.vxlanPort})`).argParser(int('--vxlan-port', 1, 65535)),
+  ];
+}
+
 export function buildProgram(): Command {
   const program = new Command('patu')
     .description(
@@ -169,25 +187,13 @@ export function buildProgram(): Command {
       process.exitCode = await policyApply(file, { pinRoot: root, json: Boolean(json), bridge: br, mountBpffs: fromEnv().mountBpffs });
     });
 
-  program
+  const agentCmd = program
     .command('agent')
     .description('run the node agent: serves CNI requests for bin/patu over a unix socket (pod events then skip a Node start)')
     .option('--cni-socket <path>', 'unix socket for CNI requests', DEFAULTS.agentSocket)
     .option('--accel', 'switch on same-node socket acceleration at start')
     .option('--policy-file <path>', 'watch this policy file (a YAML stream of Namespace, NetworkPolicy, Pod) and enforce its NetworkPolicies on the pod veths; a bad edit keeps the last good state')
     .option('--services-file <path>', 'watch this services file or directory (YAML/JSON) and program ClusterIP services from it (an empty file is an error: write "services: []")')
-    .option('--nodes-file <path>', 'route to the other nodes\' pods from this nodes file (YAML/JSON: nodes: [{name, podCIDR, address}], this node included; watched, a bad edit keeps the last good routes; docs/multinode.md)')
-    .addOption(new Option('--node-routing <mode>', 'with --nodes-file or --kubernetes (the Node objects): routes to the other nodes\' pods: auto (direct when the node is on a shared link, else VXLAN), direct, vxlan, or off (--kubernetes: something else routes between nodes)').choices(['auto', 'direct', 'vxlan', 'off']).default('auto'))
-    .option('--vxlan-vni <n>', `VXLAN network identifier of patu's vxlan device (default ${DEFAULTS.vxlanVni})`, (v: string) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 0xffffff) throw new Error(`--vxlan-vni: want 1 to 16777215, got '${v}'`);
-      return n;
-    })
-    .option('--vxlan-port <port>', `UDP port of patu's VXLAN (default ${DEFAULTS.vxlanPort})`, (v: string) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--vxlan-port: want 1 to 65535, got '${v}'`);
-      return n;
-    })
     .option('--pod-mtu <mtu>', 'with --kubernetes: the MTU the conflist gives pods (\'\' or absent: the uplink\'s minus 50 when node routing may use VXLAN, so pods fit the tunnel; else 1500)', (v: string) => {
       if (v.trim() === '') return undefined;
       const n = Number(v);
@@ -282,13 +288,14 @@ export function buildProgram(): Command {
         ...(opts.manager ? { manager: { address: opts.manager, tlsDir: opts.tlsDir, ...(opts.serverName ? { serverName: opts.serverName } : {}) } } : {}),
       });
     });
+  for (const o of nodeRoutingOptions()) agentCmd.addOption(o);
 
   const cidrList = (flag: string) => (v: string, prev: string[] | undefined): string[] => {
     const add = v.split(',').map((x) => x.trim()).filter((x) => x !== '');
     if (add.length === 0) throw new Error(`${flag}: want one or more CIDRs (comma-separated or repeated), got '${v}'`);
     return [...(prev ?? []), ...add];
   };
-  program
+  const managerCmd = program
     .command('manager')
     .description('split mode, the privileged half: own the node\'s data plane (eBPF programs and maps, pod links, the CNI socket) and serve the data-plane API over gRPC with mutual TLS to an unprivileged `patu agent --manager`')
     .requiredOption('--listen <address>', 'where the API is served: unix:///run/patu/manager.sock or tcp://ADDR:PORT (mutual TLS on both)')
@@ -312,18 +319,6 @@ export function buildProgram(): Command {
     .option('--bridge <name>', 'the host bridge: in the conflist, and the only one a CNI call over the API may name', DEFAULTS.bridge)
     .option('--data-dir <dir>', 'the IPAM state directory (hostPort records in <dir>/_hostports); the only one a CNI call over the API may name', DEFAULTS.dataDir)
     .option('--no-masquerade', 'the conflist does not masquerade traffic leaving the cluster CIDR')
-    .option('--nodes-file <path>', 'route to the other nodes\' pods from this nodes file (YAML/JSON: nodes: [{name, podCIDR, address}], this node included; watched, a bad edit keeps the last good routes; docs/multinode.md)')
-    .addOption(new Option('--node-routing <mode>', 'with --nodes-file or --kubernetes (the Node objects): routes to the other nodes\' pods: auto (direct when the node is on a shared link, else VXLAN), direct, vxlan, or off (--kubernetes: something else routes between nodes)').choices(['auto', 'direct', 'vxlan', 'off']).default('auto'))
-    .option('--vxlan-vni <n>', `VXLAN network identifier of patu's vxlan device (default ${DEFAULTS.vxlanVni})`, (v: string) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 0xffffff) throw new Error(`--vxlan-vni: want 1 to 16777215, got '${v}'`);
-      return n;
-    })
-    .option('--vxlan-port <port>', `UDP port of patu's VXLAN (default ${DEFAULTS.vxlanPort})`, (v: string) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--vxlan-port: want 1 to 65535, got '${v}'`);
-      return n;
-    })
     .option('--cgroup <dir>', 'cgroup2 directory for the cgroup eBPF programs (default: the root of the cgroup2 hierarchy)')
     .option('--cgroup-fs <dir>', 'look for the cgroup2 root only at or below DIR (in a container: the host\'s /sys/fs/cgroup)')
     .option('--nodeport-devices <list>', 'comma-separated uplinks where packets from outside the node are translated to services by tc (default: none)', (v: string) => v.split(','))
@@ -377,6 +372,7 @@ export function buildProgram(): Command {
         version: packageVersion(),
       });
     });
+  for (const o of nodeRoutingOptions()) managerCmd.addOption(o);
 
   const certs = program
     .command('certs')
