@@ -30,13 +30,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
   // Routed and bridged pods never share a subnet; 169.254.1.1 is nobody's address (routed-checks.ts).
   await checkModeConflicts(conf, ipam);
   if (conf.mode === 'routed') return addRouted(env, conf, ipam, opts);
-  const allocations = (() => {
-    try {
-      return ipam.allocate(env.containerId, env.ifname, conf.requestedIps, recordMetaOf(env));
-    } catch (err) {
-      throw toCniError(err, 'allocating an address');
-    }
-  })();
+  const allocations = allocate(env, conf, ipam);
 
   const hostVeth = hostVethName(env.containerId, env.ifname);
   let host: Rtnl | undefined;
@@ -61,13 +55,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
     // before it got here, or someone removed the table since (cheap check first). The
     // agent repeats the check once per BridgeCache TTL for the same bridge, subnets and
     // cluster CIDR: a config that turns masquerade on, or changes, is checked at once.
-    if (conf.masquerade) {
-      const key = `${conf.bridge}\nmasquerade\n${ipam.subnets().join(',')}\n${conf.clusterCIDR}`;
-      if (!opts.bridges?.recentlyChecked(key)) {
-        ensureMasqueradeInPlace(conf.bridge, ipam.subnets(), conf.clusterCIDR);
-        opts.bridges?.markChecked(key);
-      }
-    }
+    if (conf.masquerade) checkMasquerade(conf.bridge, conf, ipam, opts);
 
     vethCreated = true;
     const podSpec = {
@@ -138,13 +126,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf, opts: AddOptions = {}):
 async function addRouted(env: CniEnv, conf: NetConf, ipam: ReturnType<typeof ipamFor>, opts: AddOptions): Promise<CniResult> {
   // Loaded here: libbpf (koffi) is for routed networks only, never on bridge mode's path.
   const { attachRoutedPod, publishRoutedPod, unpublishRoutedPods } = await import('../../dataplane/routed.js');
-  const allocations = (() => {
-    try {
-      return ipam.allocate(env.containerId, env.ifname, conf.requestedIps, recordMetaOf(env));
-    } catch (err) {
-      throw toCniError(err, 'allocating an address');
-    }
-  })();
+  const allocations = allocate(env, conf, ipam);
   const hostVeth = hostVethName(env.containerId, env.ifname);
   let host: Rtnl | undefined;
   let vethCreated = false;
@@ -152,14 +134,7 @@ async function addRouted(env: CniEnv, conf: NetConf, ipam: ReturnType<typeof ipa
   try {
     undoHostPorts = reserveHostPorts(conf, env, ipam.config.dataDir, allocations.map((a) => a.ip), opts);
     host = Rtnl.open();
-    if (conf.masquerade) {
-      const key = routedMasqueradeKey(conf);
-      const memo = `${key}\nmasquerade\n${ipam.subnets().join(',')}\n${conf.clusterCIDR}`;
-      if (!opts.bridges?.recentlyChecked(memo)) {
-        ensureMasqueradeInPlace(key, ipam.subnets(), conf.clusterCIDR);
-        opts.bridges?.markChecked(memo);
-      }
-    }
+    if (conf.masquerade) checkMasquerade(routedMasqueradeKey(conf), conf, ipam, opts);
     vethCreated = true;
     const attached = attachRoutedPod(host, {
       hostVeth,
@@ -204,6 +179,26 @@ async function addRouted(env: CniEnv, conf: NetConf, ipam: ReturnType<typeof ipa
   } finally {
     host?.close();
   }
+}
+
+/** One address per range set for (container, ifname), the pod's identity in the record; a failure is the CNI error. */
+function allocate(env: CniEnv, conf: NetConf, ipam: ReturnType<typeof ipamFor>) {
+  try {
+    return ipam.allocate(env.containerId, env.ifname, conf.requestedIps, recordMetaOf(env));
+  } catch (err) {
+    throw toCniError(err, 'allocating an address');
+  }
+}
+
+/**
+ * The masquerade rules of `key` (a bridge, or a routed network's key) checked and reinstalled
+ * when missing; the agent remembers a check for a BridgeCache TTL per key, subnets and cluster CIDR.
+ */
+function checkMasquerade(key: string, conf: NetConf, ipam: ReturnType<typeof ipamFor>, opts: AddOptions): void {
+  const memo = `${key}\nmasquerade\n${ipam.subnets().join(',')}\n${conf.clusterCIDR}`;
+  if (opts.bridges?.recentlyChecked(memo)) return;
+  ensureMasqueradeInPlace(key, ipam.subnets(), conf.clusterCIDR);
+  opts.bridges?.markChecked(memo);
 }
 
 /**
