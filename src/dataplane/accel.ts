@@ -6,15 +6,12 @@ import { existsSync, statSync, unlinkSync } from 'node:fs';
 import { BpfObject, BpfProgram, BpfLink, AttachType } from '../kernel/bpf/object.js';
 import { TypedMap, u32, u64 } from '../kernel/bpf/map.js';
 import { BpfError } from '../kernel/bpf/errors.js';
-import { ensurePinDir, removePins, type BpffsOptions } from '../kernel/bpf/pins.js';
+import { ensurePinDir, removePins, withPinDirLock, type BpffsOptions } from '../kernel/bpf/pins.js';
 import { DEFAULTS } from '../defaults.js';
 import { bpfObjectPath } from '../home.js';
-import { open as openFd, close as closeFd, flock, O_RDONLY, LOCK_EX, LOCK_UN } from '../kernel/ffi/libc.js';
 import { mapsUsedBy, repinMaps } from '../kernel/bpf/repin.js';
 import { accelPins, accelCfgCodec, sockKeyCodec, ACCEL_MAP_CODECS, type SockKey } from './accel-maps.js';
 import { openPodRegistry } from './accel-registry.js';
-
-const O_DIRECTORY = 0o200000;
 
 export interface AccelOptions extends BpffsOptions {
   pinRoot?: string;
@@ -69,14 +66,7 @@ export class Accel {
 
   /** Serialises enable/disable/teardown across processes (CLI vs agent) with flock on the pin dir. */
   private locked<T>(fn: () => T): T {
-    const dir = ensurePinDir(this.pins.dir, this.bpffs);
-    const fd = openFd(dir, O_RDONLY | O_DIRECTORY);
-    try {
-      flock(fd, LOCK_EX, dir);
-      return fn();
-    } finally {
-      try { flock(fd, LOCK_UN, dir); } finally { closeFd(fd); }
-    }
+    return withPinDirLock(ensurePinDir(this.pins.dir, this.bpffs), fn);
   }
 
   private cgroup(): string {
