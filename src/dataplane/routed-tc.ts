@@ -16,6 +16,7 @@ import { ensurePinDir, withPinDirLock, assertPinRoot, type BpffsOptions } from '
 import { parseIp } from '../net/cidr.js';
 import { PatuError } from '../errors.js';
 import { bpfObjectPath } from '../home.js';
+import { bytesToMac, macToBytes } from '../kernel/netlink/message.js';
 
 export const ROUTED_PROGRAM = 'patu_routed';
 export { ROUTED_GATEWAY4, ROUTED_GATEWAY6, ROUTED_GATEWAY_MAC } from './routed-gateway.js';
@@ -52,8 +53,6 @@ export interface RoutedTcOptions extends BpffsOptions {
   objectPath?: string;
 }
 
-const macBytes = (mac: string): Buffer => Buffer.from(mac.split(':').map((x) => parseInt(x, 16)));
-const macString = (b: Buffer): string => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 const ip6Key = (ip: string): { addr: Buffer } => {
   const v = parseIp(ip).value;
   const b = Buffer.alloc(16);
@@ -151,7 +150,7 @@ export class RoutedTc {
 
   /** A pod's address: from now on, packets to it from routed pods go straight into its netns. */
   setPod(p: RoutedPod): void {
-    const v = { ifindex: p.ifindex, mac: macBytes(p.mac), pad: 0 };
+    const v = { ifindex: p.ifindex, mac: macToBytes(p.mac), pad: 0 };
     if (p.ip.includes(':')) this.pods6.update(ip6Key(p.ip), v);
     else this.pods.update(p.ip, v);
   }
@@ -163,7 +162,7 @@ export class RoutedTc {
 
   pod(ip: string): RoutedPod | undefined {
     const v = ip.includes(':') ? this.pods6.lookup(ip6Key(ip)) : this.pods.lookup(ip);
-    return v ? { ip, ifindex: v.ifindex, mac: macString(v.mac) } : undefined;
+    return v ? { ip, ifindex: v.ifindex, mac: bytesToMac(v.mac) } : undefined;
   }
 
   /** Every IPv4 pod address in the map (GC sweeps those no IPAM record holds). */

@@ -5,6 +5,7 @@
 // with a reason, since routing it would take traffic from pods that own those addresses.
 // No kernel here: src/dataplane/node-routes.ts programs the plan.
 import { contains, formatNetwork, networkAddress, overlaps, parseCidr, parseIp, bigIntToIp } from '../net/cidr.js';
+import { bytesToMac } from '../kernel/netlink/message.js';
 
 export interface NodeInfo {
   name: string;
@@ -89,7 +90,7 @@ export function vtepMac(address: string): string {
   const ip = parseIp(address);
   if (ip.family !== 4) throw new Error(`vtep MAC of ${address}: IPv4 only`);
   const b = [0x0e, 0x70, Number((ip.value >> 24n) & 0xffn), Number((ip.value >> 16n) & 0xffn), Number((ip.value >> 8n) & 0xffn), Number(ip.value & 0xffn)];
-  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
+  return bytesToMac(Buffer.from(b));
 }
 
 /** The pod CIDR as a network (host bits cleared): '10.200.1.7/24' -> '10.200.1.0/24'. */
